@@ -1,0 +1,78 @@
+//! The clap front end: global options, commands, error rendering and exit codes.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use fleetup::exit_code;
+
+mod errors;
+mod inventory;
+mod paths;
+
+/// Upgrade fleets of Formance Ledger v1 (`numary`) nodes over SSH, following the vendor's guide.
+#[derive(Debug, Parser)]
+#[command(name = "fleetup", version, about, max_term_width = 100)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options every command accepts.
+#[derive(Debug, Args, Clone)]
+pub struct Global {
+    /// Inventory file (TOML). Default: `FLEETUP_INVENTORY`, else `./inventory.toml`.
+    #[arg(short = 'i', long = "inventory", global = true, env = "FLEETUP_INVENTORY")]
+    pub inventory: Option<PathBuf>,
+    /// Select hosts: names, globs (`ledger-*`), groups (`@eu`), exclusions (`!ledger-3`);
+    /// comma-separated or repeated.
+    #[arg(short = 'l', long = "limit", global = true, value_delimiter = ',')]
+    pub limit: Vec<String>,
+    /// Output format of results on stdout.
+    #[arg(long, global = true, value_enum, default_value_t = Format::Human)]
+    pub format: Format,
+    /// Upgrade-path table replacing the built-in one (TOML, same shape as `fleetup paths --format toml`).
+    #[arg(long = "paths", global = true, env = "FLEETUP_PATHS")]
+    pub paths_file: Option<PathBuf>,
+    /// More detail on stderr (repeat for more).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Only errors on stderr.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    Human,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Show the supported upgrade paths, or the verdict for one upgrade (`--from C --to T`).
+    Paths(paths::PathsArgs),
+    /// Validate the inventory or list its resolved hosts.
+    #[command(subcommand)]
+    Inventory(inventory::InventoryCommand),
+}
+
+/// Parse the command line, run the command, render errors; returns the process exit code.
+pub fn main() -> i32 {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { exit_code::USAGE } else { exit_code::SUCCESS };
+        }
+    };
+    let result = match &cli.command {
+        Command::Paths(args) => paths::run(&cli.global, args),
+        Command::Inventory(cmd) => inventory::run(&cli.global, cmd),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => errors::report(&err),
+    }
+}

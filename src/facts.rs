@@ -1,0 +1,62 @@
+//! Facts about one host, as gathered over SSH (`fleetup status`) or built by hand in tests.
+//! A plain struct on purpose: the plan builder is a pure function of these.
+
+use serde::Serialize;
+
+use crate::version::Version;
+
+/// What fleetup learned about one host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Default)]
+pub struct HostFacts {
+    /// `None` when the host was reachable; otherwise why not (timeout, auth, host key...).
+    pub unreachable: Option<String>,
+    /// Version printed by the installed `numary version` (the binary the service runs).
+    pub installed_version: Option<Version>,
+    pub service: ServiceState,
+    /// What the HTTP API answered at `/_info`, seen from the node itself.
+    pub api: Option<ApiInfo>,
+    pub storage: Option<StorageFacts>,
+    /// Ledgers registered in storage (from `/_info` or `storage list`).
+    pub ledgers: Vec<String>,
+    /// Releases already staged under the releases dir (versions).
+    pub staged: Vec<Version>,
+    /// SQLite hot journal files found in the storage dir (a sign of an unclean stop).
+    pub hot_journals: Vec<String>,
+}
+
+impl HostFacts {
+    pub fn reachable(&self) -> bool {
+        self.unreachable.is_none()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ServiceState {
+    Running,
+    Stopped,
+    #[default]
+    Unknown,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ApiInfo {
+    pub healthy: bool,
+    pub version: Option<Version>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageDriver {
+    Sqlite,
+    Postgres,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StorageFacts {
+    pub driver: StorageDriver,
+    /// SQLite: the storage dir (`NUMARY_STORAGE_DIR`).
+    pub sqlite_dir: Option<String>,
+    /// Postgres: the connection string with the password removed (see [`crate::redact`]).
+    pub postgres: Option<String>,
+}

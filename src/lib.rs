@@ -1,0 +1,21 @@
+//! fleetup: upgrade fleets of Formance Ledger v1 (`numary`) nodes over SSH.
+//!
+//! This crate is the engine. It never prints and never exits: it returns data (plans, facts,
+//! verdicts) and emits events; the `fleetup` binary (`src/main.rs`, `src/cli/`) renders them and
+//! maps outcomes to the exit codes of [`exit_code`].
+#![deny(clippy::print_stdout, clippy::print_stderr, clippy::exit)]
+
+pub mod error;
+pub mod exit_code;
+pub mod facts;
+pub mod inventory;
+pub mod lab;
+pub mod plan;
+pub mod policy;
+pub mod redact;
+pub mod shell;
+pub mod ssh;
+pub mod version;
+
+pub use error::Failure;
+pub use version::Version;
