@@ -1,5 +1,788 @@
 //! The practice lab: real OpenSSH `sshd` processes on 127.0.0.1 with the ledger simulator
 //! installed as each node's `numary`, and an inventory that every fleetup command uses unchanged.
+//! [`Lab::up`] builds one in a dir (state in `lab.json`), [`Lab::down`] stops exactly the
+//! processes it started, by pid. Tests use [`LabGuard`] so a failing test leaves nothing behind.
 
+pub mod digest;
+mod inventory_file;
 pub mod keys;
+pub mod node;
+pub mod pg;
+pub mod process;
 pub mod sshd;
+
+use std::collections::BTreeSet;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use serde::{Deserialize, Serialize};
+
+use crate::error::Failure;
+use crate::exit_code;
+use crate::version::Version;
+
+pub use node::NodePaths;
+
+/// Format of `lab.json`; bumped when a field changes meaning.
+const STATE_FORMAT: u32 = 1;
+const STATE_FILE: &str = "lab.json";
+const SIM_NAME: &str = "numary-sim";
+/// How long `up` waits for a started server to answer `/_info`.
+const HEALTH_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Where the ledgers live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Driver {
+    /// Each node has its own SQLite store: N independent single-node deployments.
+    Sqlite,
+    /// All nodes share one Postgres database, as a real multi-node deployment does.
+    Postgres,
+}
+
+impl Driver {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Driver::Sqlite => "sqlite",
+            Driver::Postgres => "postgres",
+        }
+    }
+}
+
+/// What [`Lab::up`] builds.
+#[derive(Debug, Clone)]
+pub struct LabSpec {
+    pub dir: PathBuf,
+    pub nodes: usize,
+    pub version: Version,
+    pub driver: Driver,
+    /// Postgres server to create the lab's database in (any database of it; credentials must
+    /// allow `CREATE DATABASE`). Required for [`Driver::Postgres`].
+    pub pg_url: Option<String>,
+    pub ledgers: Vec<String>,
+    /// Transactions seeded in each ledger.
+    pub transactions: u32,
+    /// Start every node's service (else the fleet is left cleanly stopped).
+    pub start: bool,
+    /// The simulator to install; default: see [`find_sim`].
+    pub sim: Option<PathBuf>,
+}
+
+impl LabSpec {
+    /// 3 SQLite nodes at 1.8.2 with ledgers `default` and `payments`, 20 transactions each,
+    /// services started.
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        LabSpec {
+            dir: dir.into(),
+            nodes: 3,
+            version: Version::new(1, 8, 2),
+            driver: Driver::Sqlite,
+            pg_url: None,
+            ledgers: vec!["default".into(), "payments".into()],
+            transactions: 20,
+            start: true,
+            sim: None,
+        }
+    }
+}
+
+/// A lab as recorded in `DIR/lab.json` (mode 0600: it holds the Postgres URL, password included,
+/// which `down` needs to drop the database).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lab {
+    pub format: u32,
+    /// Absolute.
+    pub dir: PathBuf,
+    /// The version installed at `up`.
+    pub version: Version,
+    pub driver: Driver,
+    /// The user fleetup logs in as (the one who ran `up`).
+    pub user: String,
+    pub ledgers: Vec<String>,
+    pub transactions: u32,
+    pub nodes: Vec<LabNode>,
+    pub postgres: Option<LabPostgres>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LabNode {
+    /// `node-1`, `node-2`, ...
+    pub name: String,
+    pub ssh_port: u16,
+    pub api_port: u16,
+    /// The node's filesystem root; every path of its inventory entry is under it.
+    pub root: PathBuf,
+    /// Host keys, config, pid file and log of its sshd (outside the root: they change with
+    /// every connection).
+    pub sshd_dir: PathBuf,
+    pub sshd_pid: u32,
+    pub migrator: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LabPostgres {
+    /// The server URL given to `up` (password included).
+    pub server_url: String,
+    /// The lab's own database in that server, shared by every node.
+    pub database: String,
+}
+
+impl LabPostgres {
+    /// Connection string of the lab's database (password included: never print it).
+    pub fn url(&self) -> anyhow::Result<String> {
+        Ok(pg::PgUrl::parse(&self.server_url)?.with_database(&self.database))
+    }
+}
+
+impl LabNode {
+    pub fn paths(&self) -> NodePaths {
+        NodePaths::new(&self.root)
+    }
+
+    /// The service script says the server runs.
+    pub fn service_running(&self) -> bool {
+        self.paths()
+            .service("status")
+            .is_ok_and(|(code, _)| code == 0)
+    }
+
+    pub fn sshd_running(&self) -> bool {
+        self.sshd_is_ours()
+    }
+
+    /// The pid is alive and still the sshd of this node (not a reused pid).
+    fn sshd_is_ours(&self) -> bool {
+        process::alive(self.sshd_pid)
+            && process::cmdline(self.sshd_pid).contains(&*self.sshd_dir.to_string_lossy())
+    }
+
+    /// `GET path` on the node's API from this machine: status code and body.
+    pub fn api_get(&self, path: &str) -> anyhow::Result<(u16, String)> {
+        http_get(self.api_port, path, Duration::from_secs(3))
+    }
+
+    /// The version of the release the node's binary points to.
+    pub fn installed_version(&self) -> Option<String> {
+        self.paths().installed_version()
+    }
+}
+
+/// One node as `lab status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct NodeStatus {
+    pub name: String,
+    pub ssh_port: u16,
+    pub sshd_pid: u32,
+    pub sshd_running: bool,
+    pub api_port: u16,
+    pub service_running: bool,
+    pub server_pid: Option<u32>,
+    /// From the wrapper the binary symlink points to.
+    pub installed_version: Option<String>,
+    /// What `/_info` answers, when the API is up.
+    pub api_version: Option<String>,
+    /// `sqlite DIR` or `postgres DATABASE` (never a password).
+    pub storage: String,
+}
+
+/// What [`Lab::down`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct DownReport {
+    /// `(node, pid)` of each server stopped.
+    pub servers_stopped: Vec<(String, u32)>,
+    /// `(node, pid)` of each sshd stopped.
+    pub sshd_stopped: Vec<(String, u32)>,
+    /// The Postgres database dropped, if any.
+    pub database_dropped: Option<String>,
+    /// Processes that would not die (should be empty).
+    pub survivors: Vec<u32>,
+}
+
+/// A lab that is brought down and deleted when dropped, so a failing test leaves no process
+/// and no database behind.
+#[derive(Debug)]
+pub struct LabGuard {
+    lab: Lab,
+}
+
+impl LabGuard {
+    pub fn up(spec: &LabSpec) -> anyhow::Result<LabGuard> {
+        Lab::up(spec).map(|lab| LabGuard { lab })
+    }
+}
+
+impl std::ops::Deref for LabGuard {
+    type Target = Lab;
+    fn deref(&self) -> &Lab {
+        &self.lab
+    }
+}
+
+impl Drop for LabGuard {
+    fn drop(&mut self) {
+        let _ = self.lab.down();
+        let _ = std::fs::remove_dir_all(&self.lab.dir);
+    }
+}
+
+impl Lab {
+    /// Builds and starts a lab in `spec.dir`, which must not hold one already. On failure,
+    /// whatever was started is stopped again; the dir is kept for its logs.
+    pub fn up(spec: &LabSpec) -> anyhow::Result<Lab> {
+        check_spec(spec)?;
+        // Missing tools are reported before anything is created.
+        sshd::find_sshd()?;
+        keys::find_ssh_keygen()?;
+        let sim = find_sim(spec.sim.as_deref())?;
+        let server = match (spec.driver, &spec.pg_url) {
+            (Driver::Postgres, Some(url)) => Some(pg::PgUrl::parse(url)?),
+            (Driver::Postgres, None) => {
+                return Err(Failure::usage("a Postgres lab needs a server URL")
+                    .hint("pass `--pg-url postgresql://USER:PASSWORD@HOST:PORT/postgres` or set `FLEETUP_LAB_PG_URL`")
+                    .hint("`eval \"$(scripts/pg.sh start)\"` starts a private server and sets `FLEETUP_TEST_PG_URL`")
+                    .into());
+            }
+            (Driver::Sqlite, _) => None,
+        };
+
+        if spec.dir.join(STATE_FILE).exists() {
+            return Err(
+                Failure::usage(format!("`{}` already holds a lab", spec.dir.display()))
+                    .hint(format!(
+                        "`fleetup lab down --dir {} --purge` removes it, or choose another `--dir`",
+                        spec.dir.display()
+                    ))
+                    .into(),
+            );
+        }
+        std::fs::create_dir_all(&spec.dir)
+            .with_context(|| format!("cannot create `{}`", spec.dir.display()))?;
+        let dir = std::fs::canonicalize(&spec.dir)
+            .with_context(|| format!("cannot resolve `{}`", spec.dir.display()))?;
+        let mut lab = Lab {
+            format: STATE_FORMAT,
+            dir,
+            version: spec.version.clone(),
+            driver: spec.driver,
+            user: current_user()?,
+            ledgers: spec.ledgers.clone(),
+            transactions: spec.transactions,
+            nodes: Vec::new(),
+            postgres: None,
+        };
+        lab.save()?;
+        match lab.build(spec, &sim, server.as_ref()) {
+            Ok(()) => Ok(lab),
+            Err(e) => {
+                let _ = lab.down();
+                Err(e.context(format!(
+                    "the lab in `{}` did not come up; what it started is stopped again",
+                    lab.dir.display()
+                )))
+            }
+        }
+    }
+
+    fn build(
+        &mut self,
+        spec: &LabSpec,
+        sim: &Path,
+        server: Option<&pg::PgUrl>,
+    ) -> anyhow::Result<()> {
+        // A copy, so rebuilding the simulator cannot change or break a running lab.
+        std::fs::create_dir_all(self.dir.join("bin"))?;
+        std::fs::copy(sim, self.sim_path()).with_context(|| {
+            format!(
+                "cannot copy `{}` to `{}`",
+                sim.display(),
+                self.sim_path().display()
+            )
+        })?;
+        node::set_mode(&self.sim_path(), 0o755)?;
+        std::fs::create_dir_all(self.sim_state_dir())?;
+        keys::generate_key(
+            &self.client_key_path(),
+            keys::KeyKind::Ed25519,
+            None,
+            "fleetup-lab-client",
+        )?;
+        let client_pub = keys::public_key_line(&self.client_key_path())?;
+
+        if let Some(server) = server {
+            let database = pg::unique_database_name();
+            // Recorded before it exists, so `down` drops it even if creating it half-failed.
+            self.postgres = Some(LabPostgres {
+                server_url: spec.pg_url.clone().unwrap_or_default(),
+                database: database.clone(),
+            });
+            self.save()?;
+            pg::create_database(server, &database)?;
+        }
+
+        let wrapper = self.release_wrapper(&self.version);
+        let mut used_ports = BTreeSet::new();
+        let mut known_hosts = Vec::new();
+        for i in 1..=spec.nodes {
+            let name = format!("node-{i}");
+            let base = self.dir.join("nodes").join(&name);
+            let api_port = fresh_port(&mut used_ports)?;
+            let paths = NodePaths::new(base.join("root"));
+            let env = self.node_env(&name, &paths, api_port)?;
+            paths
+                .install(&env, &self.version, &wrapper)
+                .with_context(|| format!("cannot lay out node `{name}`"))?;
+            let sshd = sshd::start(&sshd::SshdSpec {
+                authorized_keys: vec![client_pub.clone()],
+                ..sshd::SshdSpec::new(base.join("sshd"))
+            })
+            .with_context(|| format!("cannot start the sshd of node `{name}`"))?;
+            used_ports.insert(sshd.port);
+            known_hosts.extend(sshd::known_hosts_lines(&sshd, "127.0.0.1"));
+            self.nodes.push(LabNode {
+                name,
+                ssh_port: sshd.port,
+                api_port,
+                root: paths.root.clone(),
+                sshd_dir: sshd.dir.clone(),
+                sshd_pid: sshd.pid,
+                migrator: i == 1,
+            });
+            self.save()?;
+        }
+        let mut text = known_hosts.join("\n");
+        text.push('\n');
+        node::write_file(&self.known_hosts_path(), &text, 0o644)?;
+
+        self.seed()?;
+        node::write_file(&self.inventory_path(), &inventory_file::render(self), 0o644)?;
+        if spec.start {
+            self.start_services()?;
+        }
+        Ok(())
+    }
+
+    /// The node's `NUMARY_*` environment, in env-file order.
+    fn node_env(
+        &self,
+        name: &str,
+        paths: &NodePaths,
+        api_port: u16,
+    ) -> anyhow::Result<Vec<(String, String)>> {
+        let mut env = vec![(
+            "NUMARY_STORAGE_DRIVER".to_owned(),
+            self.driver.as_str().to_owned(),
+        )];
+        // Every `numary` command creates this dir, Postgres or not: keep it inside the root.
+        env.push((
+            "NUMARY_STORAGE_DIR".to_owned(),
+            paths.data_dir().to_string_lossy().into_owned(),
+        ));
+        if let Some(pg) = &self.postgres {
+            env.push(("NUMARY_STORAGE_POSTGRES_CONN_STRING".to_owned(), pg.url()?));
+        }
+        env.push((
+            "NUMARY_SERVER_HTTP_BIND_ADDRESS".to_owned(),
+            format!("127.0.0.1:{api_port}"),
+        ));
+        env.push(("NUMARY_SIM_NODE".to_owned(), name.to_owned()));
+        Ok(env)
+    }
+
+    /// Seeds the ledgers with the node's own binary and environment: every node's SQLite
+    /// store, or the shared Postgres database once.
+    fn seed(&self) -> anyhow::Result<()> {
+        let seeders = match self.driver {
+            Driver::Sqlite => &self.nodes[..],
+            Driver::Postgres => &self.nodes[..self.nodes.len().min(1)],
+        };
+        for node in seeders {
+            for ledger in &self.ledgers {
+                let mut cmd = Command::new(node.paths().binary());
+                cmd.args(["sim", "seed", "--ledger", ledger, "--transactions"])
+                    .arg(self.transactions.to_string());
+                self.run_as_node(node, &mut cmd)
+                    .with_context(|| format!("cannot seed ledger `{ledger}` on `{}`", node.name))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs `cmd` with exactly the node's env file loaded (as the service and fleetup's storage
+    /// commands do); returns stdout.
+    pub fn run_as_node(&self, node: &LabNode, cmd: &mut Command) -> anyhow::Result<String> {
+        let text = std::fs::read_to_string(node.paths().env_file())
+            .with_context(|| format!("cannot read the env file of `{}`", node.name))?;
+        let out = cmd
+            .envs(crate::numary::parse_env_file(&text))
+            .current_dir(&node.root)
+            .stdin(Stdio::null())
+            .output()
+            .with_context(|| format!("cannot run `{}`", cmd.get_program().to_string_lossy()))?;
+        if !out.status.success() {
+            bail!(
+                "`{}` failed ({}): {}",
+                cmd.get_program().to_string_lossy(),
+                out.status,
+                crate::redact::redact_conn_strings(String::from_utf8_lossy(&out.stderr).trim())
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Starts every node's service and waits until each API answers `/_info`.
+    pub fn start_services(&self) -> anyhow::Result<()> {
+        for node in &self.nodes {
+            let (code, out) = node.paths().service("start")?;
+            if code != 0 {
+                bail!(
+                    "the service of `{}` did not start (exit {code}): {out}",
+                    node.name
+                );
+            }
+        }
+        for node in &self.nodes {
+            wait_healthy(node)?;
+        }
+        Ok(())
+    }
+
+    /// Stops every node's service (each waits for its server to exit).
+    pub fn stop_services(&self) -> anyhow::Result<()> {
+        for node in &self.nodes {
+            let (code, out) = node.paths().service("stop")?;
+            if code != 0 {
+                bail!(
+                    "the service of `{}` did not stop (exit {code}): {out}",
+                    node.name
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads `DIR/lab.json`.
+    pub fn load(dir: &Path) -> anyhow::Result<Lab> {
+        let path = dir.join(STATE_FILE);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(Failure::usage(format!("no lab in `{}`", dir.display()))
+                    .hint("start one with `fleetup lab up --dir DIR`")
+                    .into());
+            }
+            Err(e) => {
+                return Err(
+                    anyhow::Error::new(e).context(format!("cannot read `{}`", path.display()))
+                );
+            }
+        };
+        let lab: Lab = serde_json::from_str(&text)
+            .with_context(|| format!("`{}` is not a lab state file", path.display()))?;
+        if lab.format != STATE_FORMAT {
+            bail!(
+                "`{}` has format {} (this fleetup reads format {STATE_FORMAT})",
+                path.display(),
+                lab.format
+            );
+        }
+        Ok(lab)
+    }
+
+    fn save(&self) -> anyhow::Result<()> {
+        let path = self.dir.join(STATE_FILE);
+        let mut text = serde_json::to_string_pretty(self)?;
+        text.push('\n');
+        // Created 0600 before the URL is written into it.
+        let tmp = self.dir.join(format!("{STATE_FILE}.tmp"));
+        node::write_file(&tmp, "", 0o600)?;
+        std::fs::write(&tmp, text).with_context(|| format!("cannot write `{}`", tmp.display()))?;
+        std::fs::rename(&tmp, &path).with_context(|| format!("cannot write `{}`", path.display()))
+    }
+
+    /// Stops every server and sshd the lab started (by pid, never by name) and drops its
+    /// database. Safe to repeat; reports what it stopped.
+    pub fn down(&self) -> anyhow::Result<DownReport> {
+        let mut report = DownReport::default();
+        let grace = Duration::from_secs(5);
+        for node in &self.nodes {
+            let paths = node.paths();
+            let before = paths.recorded_pid().filter(|p| self.is_lab_server(*p));
+            // The service script first, as an operator would; then by pid.
+            if paths.service_script().exists() {
+                let _ = paths.service("stop");
+            }
+            if let Some(pid) = before {
+                if !process::terminate(pid, grace) {
+                    report.survivors.push(pid);
+                }
+                report.servers_stopped.push((node.name.clone(), pid));
+            }
+            let _ = std::fs::remove_file(paths.pid_file());
+        }
+        // Servers started outside the service script (e.g. by hand), or a command still
+        // running: anything executing the lab's own copy of the simulator.
+        for pid in process::running_exe(&self.sim_path()) {
+            if !process::terminate(pid, grace) {
+                report.survivors.push(pid);
+            }
+            report.servers_stopped.push(("(stray)".to_owned(), pid));
+        }
+        for node in &self.nodes {
+            if node.sshd_is_ours() {
+                sshd::stop(node.sshd_pid)
+                    .with_context(|| format!("cannot stop the sshd of `{}`", node.name))?;
+                report.sshd_stopped.push((node.name.clone(), node.sshd_pid));
+            }
+        }
+        if let Some(pg) = &self.postgres {
+            let server = pg::PgUrl::parse(&pg.server_url)?;
+            pg::drop_database(&server, &pg.database)?;
+            report.database_dropped = Some(pg.database.clone());
+        }
+        Ok(report)
+    }
+
+    fn is_lab_server(&self, pid: u32) -> bool {
+        process::running_exe(&self.sim_path()).contains(&pid)
+    }
+
+    /// Per-node state: processes, versions, storage.
+    pub fn status(&self) -> Vec<NodeStatus> {
+        self.nodes
+            .iter()
+            .map(|node| {
+                let api_version = node
+                    .api_get("/_info")
+                    .ok()
+                    .filter(|(code, _)| *code == 200)
+                    .and_then(|(_, body)| crate::numary::parse_info(body.as_bytes()).ok())
+                    .map(|info| info.version.to_string());
+                let storage = match &self.postgres {
+                    Some(pg) => format!("postgres {}", pg.database),
+                    None => format!("sqlite {}", node.paths().data_dir().display()),
+                };
+                let service_running = node.service_running();
+                NodeStatus {
+                    name: node.name.clone(),
+                    ssh_port: node.ssh_port,
+                    sshd_pid: node.sshd_pid,
+                    sshd_running: node.sshd_running(),
+                    api_port: node.api_port,
+                    service_running,
+                    server_pid: node.paths().recorded_pid().filter(|_| service_running),
+                    installed_version: node.installed_version(),
+                    api_version,
+                    storage,
+                }
+            })
+            .collect()
+    }
+
+    pub fn inventory_path(&self) -> PathBuf {
+        self.dir.join("inventory.toml")
+    }
+
+    pub fn client_key_path(&self) -> PathBuf {
+        self.dir.join("client/id_ed25519")
+    }
+
+    pub fn known_hosts_path(&self) -> PathBuf {
+        self.dir.join("client/known_hosts")
+    }
+
+    /// The lab's own copy of the simulator.
+    pub fn sim_path(&self) -> PathBuf {
+        self.dir.join("bin").join(SIM_NAME)
+    }
+
+    /// `NUMARY_SIM_STATE_DIR`: the simulator's lab-wide bookkeeping (misuse log, faults).
+    pub fn sim_state_dir(&self) -> PathBuf {
+        self.dir.join("sim-state")
+    }
+
+    pub fn node(&self, name: &str) -> Option<&LabNode> {
+        self.nodes.iter().find(|n| n.name == name)
+    }
+
+    /// A release "binary" for `version`: what `fleetup upgrade --binary FILE` uploads.
+    pub fn release_wrapper(&self, version: &Version) -> String {
+        node::release_wrapper(version, &self.sim_state_dir(), &self.sim_path())
+    }
+
+    /// Writes [`Lab::release_wrapper`] to `out` (mode 0755).
+    pub fn write_release(&self, version: &Version, out: &Path) -> anyhow::Result<()> {
+        node::write_file(out, &self.release_wrapper(version), 0o755)
+    }
+
+    /// Every misuse the simulator recorded (one JSON object per line of `misuse.log`).
+    pub fn misuse_records(&self) -> anyhow::Result<Vec<serde_json::Value>> {
+        let path = self.sim_state_dir().join("misuse.log");
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => {
+                return Err(
+                    anyhow::Error::new(e).context(format!("cannot read `{}`", path.display()))
+                );
+            }
+        };
+        text.lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| {
+                serde_json::from_str(l).with_context(|| {
+                    format!("`{}` has a line that is not JSON: {l}", path.display())
+                })
+            })
+            .collect()
+    }
+
+    /// SHA-256 over every file under every node's root (paths, modes, contents, links).
+    pub fn tree_digest(&self) -> anyhow::Result<String> {
+        digest::tree_digest(
+            self.nodes
+                .iter()
+                .map(|n| (n.name.as_str(), n.root.as_path())),
+        )
+    }
+}
+
+fn check_spec(spec: &LabSpec) -> anyhow::Result<()> {
+    if spec.nodes == 0 || spec.nodes > 64 {
+        return Err(
+            Failure::usage(format!("`{}` nodes: a lab has 1 to 64 nodes", spec.nodes)).into(),
+        );
+    }
+    if spec.ledgers.is_empty() {
+        return Err(Failure::usage("a lab needs at least one ledger").into());
+    }
+    for l in &spec.ledgers {
+        crate::shell::validate_ledger_name(l).map_err(|e| Failure::usage(e.to_string()))?;
+    }
+    if spec.dir.as_os_str().is_empty() {
+        return Err(Failure::usage("the lab dir is empty").into());
+    }
+    Ok(())
+}
+
+/// The simulator binary: `explicit`, else `FLEETUP_SIM`, else `numary-sim` beside the running
+/// executable or in its parent dir (test binaries live in `target/<profile>/deps`), else `PATH`.
+pub fn find_sim(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
+    let not_found = |what: String| -> anyhow::Error {
+        Failure::new(exit_code::FAILURE, what)
+            .hint("build it with `cargo build --workspace` (it is the `sim/` crate)")
+            .hint("or name it with `--sim PATH` or `FLEETUP_SIM`")
+            .into()
+    };
+    if let Some(p) = explicit {
+        return p
+            .is_file()
+            .then(|| p.to_path_buf())
+            .ok_or_else(|| not_found(format!("the simulator `{}` does not exist", p.display())));
+    }
+    if let Some(p) = std::env::var_os("FLEETUP_SIM").filter(|p| !p.is_empty()) {
+        let p = PathBuf::from(p);
+        return p.is_file().then(|| p.clone()).ok_or_else(|| {
+            not_found(format!(
+                "the simulator `{}` (from `FLEETUP_SIM`) does not exist",
+                p.display()
+            ))
+        });
+    }
+    let mut candidates = Vec::new();
+    if let Some(dir) = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(Path::to_path_buf))
+    {
+        candidates.push(dir.join(SIM_NAME));
+        if let Some(up) = dir.parent() {
+            candidates.push(up.join(SIM_NAME));
+        }
+    }
+    if let Some(path) = std::env::var_os("PATH") {
+        candidates.extend(std::env::split_paths(&path).map(|d| d.join(SIM_NAME)));
+    }
+    candidates
+        .into_iter()
+        .find(|p| p.is_file())
+        .ok_or_else(|| not_found(format!("the ledger simulator `{SIM_NAME}` was not found")))
+}
+
+/// A free port not handed out yet in this lab (two quick binds can return the same port).
+fn fresh_port(used: &mut BTreeSet<u16>) -> anyhow::Result<u16> {
+    for _ in 0..50 {
+        let port = sshd::free_port()?;
+        if used.insert(port) {
+            return Ok(port);
+        }
+    }
+    bail!("cannot find a free port on 127.0.0.1")
+}
+
+fn wait_healthy(node: &LabNode) -> anyhow::Result<()> {
+    let deadline = Instant::now() + HEALTH_TIMEOUT;
+    loop {
+        match node.api_get("/_info") {
+            Ok((200, _)) => return Ok(()),
+            _ if Instant::now() > deadline => {
+                bail!(
+                    "the API of `{}` did not answer on 127.0.0.1:{} within {}s; see `{}`",
+                    node.name,
+                    node.api_port,
+                    HEALTH_TIMEOUT.as_secs(),
+                    node.paths().log_file().display()
+                );
+            }
+            _ => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+}
+
+/// A minimal HTTP/1.0 GET on 127.0.0.1 (the simulator answers with a plain body).
+fn http_get(port: u16, path: &str, timeout: Duration) -> anyhow::Result<(u16, String)> {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let mut s = TcpStream::connect_timeout(&addr, timeout)
+        .with_context(|| format!("cannot connect to 127.0.0.1:{port}"))?;
+    s.set_read_timeout(Some(timeout))?;
+    s.set_write_timeout(Some(timeout))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)
+        .with_context(|| format!("no answer from 127.0.0.1:{port}"))?;
+    let text = String::from_utf8_lossy(&raw);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .with_context(|| format!("127.0.0.1:{port} did not answer HTTP"))?;
+    Ok((code, body.to_owned()))
+}
+
+/// The name of the effective user (the one sshd will let in).
+fn current_user() -> anyhow::Result<String> {
+    // SAFETY: geteuid has no preconditions.
+    let uid = unsafe { libc::geteuid() };
+    let mut buf = vec![0 as libc::c_char; 16 * 1024];
+    // SAFETY: passwd is plain data; getpwuid_r fills it with pointers into `buf`.
+    let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut result: *mut libc::passwd = std::ptr::null_mut();
+    // SAFETY: every pointer is valid for the sizes given.
+    let rc = unsafe { libc::getpwuid_r(uid, &mut pwd, buf.as_mut_ptr(), buf.len(), &mut result) };
+    if rc == 0 && !result.is_null() && !pwd.pw_name.is_null() {
+        // SAFETY: getpwuid_r succeeded, so pw_name is a NUL-terminated string inside `buf`.
+        let name = unsafe { std::ffi::CStr::from_ptr(pwd.pw_name) };
+        return Ok(name.to_string_lossy().into_owned());
+    }
+    std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .ok()
+        .filter(|u| !u.is_empty())
+        .with_context(|| format!("cannot find the user name of uid {uid}"))
+}
