@@ -106,39 +106,30 @@ pub(super) fn load(path: &Path) -> anyhow::Result<PolicyTable> {
 
 /// `1.9.x` → (1, 9). Only major 1 is in scope: v2 migrates with its own tool.
 fn parse_target(s: &str) -> Result<Family, String> {
-    let parts: Vec<&str> = s.split('.').collect();
-    match parts.as_slice() {
-        [major, minor, "x"] => {
-            let major = number(major, s)?;
-            let minor = number(minor, s)?;
-            in_scope(major, s)?;
-            Ok(Family { major, minor })
-        }
-        _ => Err(format!(
-            "target `{s}` is not a version family: expected `MAJOR.MINOR.x` such as `1.9.x`"
-        )),
-    }
+    parse_family(s, false)?.ok_or_else(|| {
+        format!("target `{s}` is not a version family: expected `MAJOR.MINOR.x` such as `1.9.x`")
+    })
 }
 
 /// `1.4.x` → (1, 4); `1.x` → (1, 0), the whole major.
 fn parse_min_current(s: &str) -> Result<Family, String> {
-    let parts: Vec<&str> = s.split('.').collect();
-    match parts.as_slice() {
-        [major, minor, "x"] => {
-            let major = number(major, s)?;
-            let minor = number(minor, s)?;
-            in_scope(major, s)?;
-            Ok(Family { major, minor })
-        }
-        [major, "x"] => {
-            let major = number(major, s)?;
-            in_scope(major, s)?;
-            Ok(Family { major, minor: 0 })
-        }
-        _ => Err(format!(
+    parse_family(s, true)?.ok_or_else(|| {
+        format!(
             "minimum current `{s}` is not a version family: expected `MAJOR.MINOR.x` (such as `1.4.x`) or `MAJOR.x` (such as `1.x`)"
-        )),
-    }
+        )
+    })
+}
+
+/// `Ok(None)` when `s` does not have the shape of a family at all.
+fn parse_family(s: &str, allow_whole_major: bool) -> Result<Option<Family>, String> {
+    let parts: Vec<&str> = s.split('.').collect();
+    let (major, minor) = match parts.as_slice() {
+        [major, minor, "x"] => (number(major, s)?, number(minor, s)?),
+        [major, "x"] if allow_whole_major => (number(major, s)?, 0),
+        _ => return Ok(None),
+    };
+    in_scope(major, s)?;
+    Ok(Some(Family { major, minor }))
 }
 
 fn number(part: &str, whole: &str) -> Result<u64, String> {

@@ -140,40 +140,45 @@ fn same_version_is_nothing_to_do() {
     );
 }
 
+/// Refusals that do not depend on the table: each kind with the words its reason must carry.
 #[test]
-fn downgrade_is_refused() {
-    for (c, t) in [("1.9.0", "1.8.2"), ("1.8.2", "1.8.1"), ("1.10.3", "1.9.6")] {
+fn downgrades_and_other_majors_are_refused() {
+    let cases = [
+        (
+            "1.9.0",
+            "1.8.2",
+            VerdictKind::Downgrade,
+            "restore the backup",
+        ),
+        (
+            "1.8.2",
+            "1.8.1",
+            VerdictKind::Downgrade,
+            "restore the backup",
+        ),
+        (
+            "1.10.3",
+            "1.9.6",
+            VerdictKind::Downgrade,
+            "no down-migrations",
+        ),
+        ("1.9.6", "2.0.0", VerdictKind::MajorTwo, "`ledger migrate`"),
+        ("2.1.0", "2.2.0", VerdictKind::MajorTwo, "`ledger migrate`"),
+        ("2.0.0", "2.0.0", VerdictKind::MajorTwo, "`ledger migrate`"),
+        ("0.9.0", "1.4.0", VerdictKind::UnsupportedMajor, "`0.9.0`"),
+        ("1.9.0", "3.0.0", VerdictKind::UnsupportedMajor, "`3.0.0`"),
+    ];
+    for (c, t, kind, needle) in cases {
         let verdict = eval(c, t);
-        assert_eq!(verdict.kind, VerdictKind::Downgrade, "{c} → {t}");
-        assert!(!verdict.supported);
+        assert_eq!(verdict.kind, kind, "{c} → {t}");
+        assert!(!verdict.supported, "{c} → {t}");
+        assert!(!verdict.zero_downtime, "{c} → {t}");
+        assert!(verdict.hops.is_empty(), "{c} → {t}");
         assert!(
-            verdict.reason.contains("restore the backup"),
-            "{}",
+            verdict.reason.contains(needle),
+            "{c} → {t}: {}",
             verdict.reason
         );
-    }
-}
-
-#[test]
-fn v2_is_refused_with_ledger_migrate() {
-    for (c, t) in [("1.9.6", "2.0.0"), ("2.1.0", "2.2.0"), ("2.0.0", "2.0.0")] {
-        let verdict = eval(c, t);
-        assert_eq!(verdict.kind, VerdictKind::MajorTwo, "{c} → {t}");
-        assert!(!verdict.supported);
-        assert!(
-            verdict.reason.contains("`ledger migrate`"),
-            "{}",
-            verdict.reason
-        );
-    }
-}
-
-#[test]
-fn major_zero_and_three_are_refused() {
-    for (c, t) in [("0.9.0", "1.4.0"), ("1.9.0", "3.0.0")] {
-        let verdict = eval(c, t);
-        assert_eq!(verdict.kind, VerdictKind::UnsupportedMajor, "{c} → {t}");
-        assert!(!verdict.supported);
     }
 }
 
