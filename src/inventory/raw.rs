@@ -1,0 +1,119 @@
+//! The inventory file exactly as written: serde shapes with `deny_unknown_fields`, every value a
+//! validated newtype, spans kept where the second pass needs to point at a line.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::version::Version;
+
+use super::values::{
+    Address, ApiAddr, GroupName, HostName, HttpUrl, HumanDuration, JumpHost, LedgerList, LocalPath,
+    Port, RemotePath, Sha256Hex, ShellCommand, UnitName, UserName,
+};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawInventory {
+    #[serde(default)]
+    pub ssh: RawSsh,
+    #[serde(default)]
+    pub ledger: RawLedger,
+    #[serde(default)]
+    pub groups: BTreeMap<Spanned<GroupName>, RawGroup>,
+    #[serde(default, rename = "host")]
+    pub hosts: Vec<Spanned<RawHost>>,
+    #[serde(default)]
+    pub releases: BTreeMap<Spanned<Version>, Spanned<RawRelease>>,
+}
+
+/// `[ssh]`, `[groups.NAME.ssh]`, `[host.ssh]`: every key optional, set keys override lower layers.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSsh {
+    pub user: Option<Spanned<UserName>>,
+    pub port: Option<Spanned<Port>>,
+    pub identity_files: Option<Vec<Spanned<LocalPath>>>,
+    pub known_hosts: Option<Spanned<LocalPath>>,
+    pub connect_timeout: Option<HumanDuration>,
+    pub command_timeout: Option<HumanDuration>,
+    pub jump_host: Option<JumpHost>,
+    pub use_agent: Option<bool>,
+}
+
+/// `[ledger]`, `[groups.NAME.ledger]`, `[host.ledger]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLedger {
+    pub binary: Option<RemotePath>,
+    pub releases_dir: Option<RemotePath>,
+    pub service: Option<Spanned<RawService>>,
+    pub env_file: Option<RemotePath>,
+    pub api: Option<ApiAddr>,
+    pub ledgers: Option<LedgerList>,
+    pub backup_dir: Option<RemotePath>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Manager {
+    Systemd,
+    Command,
+}
+
+/// `service = { manager = "systemd", unit = "..." }` or
+/// `service = { manager = "command", start = "...", stop = "...", status = "..." }`. One flat
+/// table checked after parsing: an internally tagged enum would lose the spans of its fields.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawService {
+    pub manager: Option<Manager>,
+    pub unit: Option<UnitName>,
+    pub start: Option<ShellCommand>,
+    pub stop: Option<ShellCommand>,
+    pub status: Option<ShellCommand>,
+}
+
+/// `[groups.NAME]`: overrides for the hosts that list the group.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawGroup {
+    #[serde(default)]
+    pub ssh: RawSsh,
+    #[serde(default)]
+    pub ledger: RawLedger,
+}
+
+/// One `[[host]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHost {
+    pub name: Spanned<HostName>,
+    pub address: Spanned<Address>,
+    pub port: Option<Spanned<Port>>,
+    pub user: Option<Spanned<UserName>>,
+    #[serde(default)]
+    pub groups: Vec<Spanned<GroupName>>,
+    pub migrator: Option<Spanned<bool>>,
+    pub replaces: Option<Spanned<HostName>>,
+    #[serde(default)]
+    pub ssh: RawSsh,
+    #[serde(default)]
+    pub ledger: RawLedger,
+}
+
+impl RawHost {
+    pub fn is_migrator(&self) -> bool {
+        self.migrator.as_ref().is_some_and(|m| *m.get_ref())
+    }
+}
+
+/// `[releases."1.9.6"]`: where the binary of one version comes from.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRelease {
+    pub file: Option<LocalPath>,
+    pub url: Option<HttpUrl>,
+    pub sha256: Option<Sha256Hex>,
+}

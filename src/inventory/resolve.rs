@@ -1,0 +1,637 @@
+//! The second pass over a parsed inventory: checks that need more than one value (service
+//! tables, cross-references between hosts and groups), then the layering of defaults, groups,
+//! host, environment and flags into one [`ResolvedHost`] per host. Every problem is collected so
+//! the operator sees them all at once.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use toml::Spanned;
+
+use crate::version::Version;
+
+use super::diagnostics::{Diagnostic, closest, line_of};
+use super::overrides::Overrides;
+use super::raw::{Manager, RawHost, RawInventory, RawLedger, RawService, RawSsh};
+use super::values::{Invalid, JumpHost, LocalPath};
+use super::{LedgerSettings, LocalEnv, Release, ReleaseSource, ResolvedHost, Service, SshSettings};
+
+/// What the file means once every layer is applied.
+pub struct Resolved {
+    pub hosts: Vec<ResolvedHost>,
+    pub groups: Vec<String>,
+    pub releases: BTreeMap<Version, Release>,
+}
+
+/// Where local paths of the file are resolved and where diagnostics go.
+struct Pass<'a> {
+    source: &'a str,
+    home: Option<&'a Path>,
+    base: &'a Path,
+    diags: Vec<Diagnostic>,
+}
+
+impl Pass<'_> {
+    fn local_path(&mut self, path: &Spanned<LocalPath>) -> Option<PathBuf> {
+        match path.get_ref().resolve(self.home, self.base) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                self.invalid(path.span(), e);
+                None
+            }
+        }
+    }
+
+    fn invalid(&mut self, span: std::ops::Range<usize>, e: Invalid) {
+        self.diags.push(Diagnostic {
+            span: Some(span),
+            message: e.message,
+            hints: e.hints,
+        });
+    }
+
+    fn line(&self, span: &std::ops::Range<usize>) -> usize {
+        line_of(self.source, span.start)
+    }
+}
+
+/// SSH settings of one layer; `None` leaves the lower layer's value.
+#[derive(Debug, Clone, Default)]
+struct SshLayer {
+    user: Option<String>,
+    port: Option<u16>,
+    identity_files: Option<Vec<PathBuf>>,
+    known_hosts: Option<PathBuf>,
+    connect_timeout: Option<Duration>,
+    command_timeout: Option<Duration>,
+    jump_host: Option<JumpHost>,
+    use_agent: Option<bool>,
+}
+
+impl SshLayer {
+    fn from_raw(raw: &RawSsh, pass: &mut Pass<'_>) -> SshLayer {
+        SshLayer {
+            user: raw.user.as_ref().map(|u| u.get_ref().to_string()),
+            port: raw.port.as_ref().map(|p| p.get_ref().0),
+            identity_files: raw
+                .identity_files
+                .as_ref()
+                .map(|files| files.iter().filter_map(|f| pass.local_path(f)).collect()),
+            known_hosts: raw.known_hosts.as_ref().and_then(|p| pass.local_path(p)),
+            connect_timeout: raw.connect_timeout.map(|d| d.0),
+            command_timeout: raw.command_timeout.map(|d| d.0),
+            jump_host: raw.jump_host.clone(),
+            use_agent: raw.use_agent,
+        }
+    }
+
+    fn from_overrides(o: &Overrides) -> SshLayer {
+        SshLayer {
+            user: o.user.clone(),
+            port: o.port,
+            identity_files: o.identity_files.clone(),
+            known_hosts: o.known_hosts.clone(),
+            connect_timeout: o.connect_timeout,
+            command_timeout: o.command_timeout,
+            jump_host: o.jump_host.clone(),
+            use_agent: None,
+        }
+    }
+
+    /// The built-in defaults; `known_hosts` stays unset without a home directory.
+    fn builtin(local: &LocalEnv) -> SshLayer {
+        SshLayer {
+            user: Some(local.user.clone()),
+            port: Some(22),
+            identity_files: Some(local.default_identity_files.clone()),
+            known_hosts: local.home.as_ref().map(|h| h.join(".ssh/known_hosts")),
+            connect_timeout: Some(Duration::from_secs(10)),
+            command_timeout: Some(Duration::from_secs(30 * 60)),
+            jump_host: Some(JumpHost::Direct),
+            use_agent: Some(true),
+        }
+    }
+
+    fn over(&self, lower: SshLayer) -> SshLayer {
+        SshLayer {
+            user: self.user.clone().or(lower.user),
+            port: self.port.or(lower.port),
+            identity_files: self.identity_files.clone().or(lower.identity_files),
+            known_hosts: self.known_hosts.clone().or(lower.known_hosts),
+            connect_timeout: self.connect_timeout.or(lower.connect_timeout),
+            command_timeout: self.command_timeout.or(lower.command_timeout),
+            jump_host: self.jump_host.clone().or(lower.jump_host),
+            use_agent: self.use_agent.or(lower.use_agent),
+        }
+    }
+
+    /// Settings from a stack that starts with [`SshLayer::builtin`]; `None` only for a missing
+    /// `known_hosts`.
+    fn finish(self, fallback: &LocalEnv) -> Option<SshSettings> {
+        Some(SshSettings {
+            user: self.user.unwrap_or_else(|| fallback.user.clone()),
+            port: self.port.unwrap_or(22),
+            identity_files: self.identity_files.unwrap_or_default(),
+            known_hosts: self.known_hosts?,
+            connect_timeout: self.connect_timeout.unwrap_or(Duration::from_secs(10)),
+            command_timeout: self.command_timeout.unwrap_or(Duration::from_secs(30 * 60)),
+            jump_host: self.jump_host.and_then(JumpHost::into_option),
+            use_agent: self.use_agent.unwrap_or(true),
+        })
+    }
+}
+
+/// Ledger settings of one layer; `service` replaces the lower layer's table as a whole.
+#[derive(Debug, Clone, Default)]
+struct LedgerLayer {
+    binary: Option<String>,
+    releases_dir: Option<String>,
+    service: Option<Service>,
+    env_file: Option<String>,
+    api: Option<String>,
+    ledgers: Option<Vec<String>>,
+    backup_dir: Option<String>,
+}
+
+impl LedgerLayer {
+    fn from_raw(raw: &RawLedger, pass: &mut Pass<'_>) -> LedgerLayer {
+        LedgerLayer {
+            binary: raw.binary.as_ref().map(|p| p.to_string()),
+            releases_dir: raw.releases_dir.as_ref().map(|p| p.to_string()),
+            service: raw.service.as_ref().and_then(|s| match check_service(s) {
+                Ok(service) => Some(service),
+                Err(d) => {
+                    pass.diags.push(d);
+                    None
+                }
+            }),
+            env_file: raw.env_file.as_ref().map(|p| p.to_string()),
+            api: raw.api.as_ref().map(|a| a.to_string()),
+            ledgers: raw
+                .ledgers
+                .as_ref()
+                .map(|l| l.0.iter().map(|n| n.to_string()).collect()),
+            backup_dir: raw.backup_dir.as_ref().map(|p| p.to_string()),
+        }
+    }
+
+    fn over(&self, lower: LedgerLayer) -> LedgerLayer {
+        LedgerLayer {
+            binary: self.binary.clone().or(lower.binary),
+            releases_dir: self.releases_dir.clone().or(lower.releases_dir),
+            service: self.service.clone().or(lower.service),
+            env_file: self.env_file.clone().or(lower.env_file),
+            api: self.api.clone().or(lower.api),
+            ledgers: self.ledgers.clone().or(lower.ledgers),
+            backup_dir: self.backup_dir.clone().or(lower.backup_dir),
+        }
+    }
+
+    fn finish(self) -> LedgerSettings {
+        let builtin = LedgerSettings::default();
+        LedgerSettings {
+            binary: self.binary.unwrap_or(builtin.binary),
+            releases_dir: self.releases_dir.unwrap_or(builtin.releases_dir),
+            service: self.service.unwrap_or(builtin.service),
+            env_file: self.env_file.or(builtin.env_file),
+            api: self.api.unwrap_or(builtin.api),
+            ledgers: self.ledgers.or(builtin.ledgers),
+            backup_dir: self.backup_dir.unwrap_or(builtin.backup_dir),
+        }
+    }
+}
+
+/// A service table must be complete for its manager (systemd when `manager` is left out).
+fn check_service(raw: &Spanned<RawService>) -> Result<Service, Diagnostic> {
+    let s = raw.get_ref();
+    let at = |msg: String| Diagnostic::at(raw.span(), msg);
+    match s.manager.unwrap_or(Manager::Systemd) {
+        Manager::Systemd => {
+            let extra: Vec<&str> = [
+                ("start", &s.start),
+                ("stop", &s.stop),
+                ("status", &s.status),
+            ]
+            .iter()
+            .filter(|(_, v)| v.is_some())
+            .map(|(k, _)| *k)
+            .collect();
+            if !extra.is_empty() {
+                return Err(at(format!(
+                    "{} only apply to `manager = \"command\"`, and this service is managed by systemd",
+                    backticks(&extra)
+                ))
+                .hint("add `manager = \"command\"` to run your own commands, or remove them to use a systemd unit"));
+            }
+            let unit = s
+                .unit
+                .as_ref()
+                .map(|u| u.to_string())
+                .unwrap_or_else(|| "numary.service".into());
+            Ok(Service::Systemd { unit })
+        }
+        Manager::Command => {
+            if s.unit.is_some() {
+                return Err(
+                    at("`unit` only applies to `manager = \"systemd\"`".to_string())
+                        .hint("remove `unit`, or use `manager = \"systemd\"`"),
+                );
+            }
+            match (&s.start, &s.stop, &s.status) {
+                (Some(start), Some(stop), Some(status)) => Ok(Service::Command {
+                    start: start.to_string(),
+                    stop: stop.to_string(),
+                    status: status.to_string(),
+                }),
+                _ => {
+                    let missing: Vec<&str> = [
+                        ("start", &s.start),
+                        ("stop", &s.stop),
+                        ("status", &s.status),
+                    ]
+                    .iter()
+                    .filter(|(_, v)| v.is_none())
+                    .map(|(k, _)| *k)
+                    .collect();
+                    Err(at(format!("`manager = \"command\"` needs `start`, `stop` and `status`; missing {}", backticks(&missing)))
+                        .hint("`status` must exit 0 while the ledger runs and non-zero once it is stopped"))
+                }
+            }
+        }
+    }
+}
+
+fn backticks(names: &[&str]) -> String {
+    names
+        .iter()
+        .map(|n| format!("`{n}`"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Names with their lines: "`a` (line 3) and `b` (line 9)".
+fn named_lines(items: &[(&str, usize)]) -> String {
+    let parts: Vec<String> = items
+        .iter()
+        .map(|(n, l)| format!("`{n}` (line {l})"))
+        .collect();
+    match parts.split_last() {
+        Some((last, rest)) if !rest.is_empty() => format!("{} and {last}", rest.join(", ")),
+        _ => parts.join(""),
+    }
+}
+
+/// One host's own layers, before groups and overrides are stacked under and over them.
+struct HostLayers<'a> {
+    raw: &'a RawHost,
+    ssh: SshLayer,
+    ledger: LedgerLayer,
+}
+
+pub fn resolve(
+    raw: &RawInventory,
+    source: &str,
+    base: &Path,
+    local: &LocalEnv,
+    overrides: &Overrides,
+) -> Result<Resolved, Vec<Diagnostic>> {
+    let mut pass = Pass {
+        source,
+        home: local.home.as_deref(),
+        base,
+        diags: Vec::new(),
+    };
+
+    let default_ssh = SshLayer::from_raw(&raw.ssh, &mut pass);
+    let default_ledger = LedgerLayer::from_raw(&raw.ledger, &mut pass);
+    let groups: BTreeMap<String, (SshLayer, LedgerLayer)> = raw
+        .groups
+        .iter()
+        .map(|(name, g)| {
+            let layers = (
+                SshLayer::from_raw(&g.ssh, &mut pass),
+                LedgerLayer::from_raw(&g.ledger, &mut pass),
+            );
+            (name.get_ref().to_string(), layers)
+        })
+        .collect();
+    let hosts: Vec<HostLayers<'_>> = raw
+        .hosts
+        .iter()
+        .map(|h| host_layers(h.get_ref(), &mut pass))
+        .collect();
+
+    check_cross_references(raw, &mut pass);
+
+    let top = SshLayer::from_overrides(overrides);
+    let mut resolved = Vec::with_capacity(hosts.len());
+    let mut missing_known_hosts = false;
+    for host in &hosts {
+        let mut ssh = default_ssh.over(SshLayer::builtin(local));
+        let mut ledger = default_ledger.clone();
+        for group in &host.raw.groups {
+            if let Some((g_ssh, g_ledger)) = groups.get(group.get_ref().as_str()) {
+                ssh = g_ssh.over(ssh);
+                ledger = g_ledger.over(ledger);
+            }
+        }
+        let ssh = top.over(host.ssh.over(ssh));
+        let ledger = host.ledger.over(ledger);
+        let Some(ssh) = ssh.finish(local) else {
+            missing_known_hosts = true;
+            continue;
+        };
+        resolved.push(ResolvedHost {
+            name: host.raw.name.get_ref().to_string(),
+            address: host.raw.address.get_ref().to_string(),
+            groups: host
+                .raw
+                .groups
+                .iter()
+                .map(|g| g.get_ref().to_string())
+                .collect(),
+            migrator: host.raw.is_migrator(),
+            replaces: host.raw.replaces.as_ref().map(|r| r.get_ref().to_string()),
+            ssh,
+            ledger: ledger.finish(),
+        });
+    }
+    if missing_known_hosts {
+        pass.diags.push(Diagnostic {
+            span: None,
+            message:
+                "cannot find the default known_hosts file `~/.ssh/known_hosts`: `HOME` is not set"
+                    .into(),
+            hints: vec!["set `known_hosts` in `[ssh]`, or `FLEETUP_KNOWN_HOSTS`".into()],
+        });
+    } else {
+        check_duplicate_endpoints(raw, &resolved, &mut pass);
+    }
+
+    let releases = releases(raw, &mut pass);
+    if pass.diags.is_empty() {
+        Ok(Resolved {
+            hosts: resolved,
+            groups: groups.into_keys().collect(),
+            releases,
+        })
+    } else {
+        Err(pass.diags)
+    }
+}
+
+/// The host's `[host.ssh]` with the host-level `user`/`port` shortcuts folded in.
+fn host_layers<'a>(raw: &'a RawHost, pass: &mut Pass<'_>) -> HostLayers<'a> {
+    let mut ssh = SshLayer::from_raw(&raw.ssh, pass);
+    let name = raw.name.get_ref();
+    if let Some(user) = &raw.user {
+        if raw.ssh.user.is_some() {
+            pass.diags.push(
+                Diagnostic::at(
+                    user.span(),
+                    format!("host `{name}` sets `user` twice: here and in `[host.ssh]`"),
+                )
+                .hint("keep one of them"),
+            );
+        }
+        ssh.user = Some(user.get_ref().to_string());
+    }
+    if let Some(port) = &raw.port {
+        if raw.ssh.port.is_some() {
+            pass.diags.push(
+                Diagnostic::at(
+                    port.span(),
+                    format!("host `{name}` sets `port` twice: here and in `[host.ssh]`"),
+                )
+                .hint("keep one of them"),
+            );
+        }
+        ssh.port = Some(port.get_ref().0);
+    }
+    HostLayers {
+        raw,
+        ssh,
+        ledger: LedgerLayer::from_raw(&raw.ledger, pass),
+    }
+}
+
+fn check_cross_references(raw: &RawInventory, pass: &mut Pass<'_>) {
+    let hosts: Vec<&RawHost> = raw.hosts.iter().map(|h| h.get_ref()).collect();
+    let mut first_by_name: HashMap<String, &RawHost> = HashMap::new();
+    for host in &hosts {
+        let key = host.name.get_ref().as_str().to_ascii_lowercase();
+        if let Some(first) = first_by_name.get(&key) {
+            let line = pass.line(&first.name.span());
+            pass.diags.push(
+                Diagnostic::at(
+                    host.name.span(),
+                    format!(
+                        "duplicate host name `{}`: `{}` is already defined at line {line}",
+                        host.name.get_ref(),
+                        first.name.get_ref()
+                    ),
+                )
+                .hint(
+                    "host names must be unique (ignoring case); rename or remove one of the hosts",
+                ),
+            );
+        } else {
+            first_by_name.insert(key, host);
+        }
+    }
+
+    let defined: Vec<&str> = raw.groups.keys().map(|g| g.get_ref().as_str()).collect();
+    for host in &hosts {
+        for (i, group) in host.groups.iter().enumerate() {
+            let g = group.get_ref().as_str();
+            if host.groups[..i]
+                .iter()
+                .any(|earlier| earlier.get_ref().as_str() == g)
+            {
+                pass.diags.push(
+                    Diagnostic::at(
+                        group.span(),
+                        format!("host `{}` lists group `{g}` twice", host.name.get_ref()),
+                    )
+                    .hint("list each group once"),
+                );
+            } else if !defined.contains(&g) {
+                let mut d = Diagnostic::at(
+                    group.span(),
+                    format!(
+                        "host `{}` lists group `{g}`, which is not defined",
+                        host.name.get_ref()
+                    ),
+                );
+                if let Some(best) = closest(g, defined.iter().copied()).first() {
+                    d = d.hint(format!("did you mean `{best}`?"));
+                }
+                pass.diags.push(d.hint(format!(
+                    "declare it with a `[groups.{g}]` table (it may be empty)"
+                )));
+            }
+        }
+    }
+
+    let migrators: Vec<&RawHost> = hosts.iter().copied().filter(|h| h.is_migrator()).collect();
+    if let [_, second, ..] = migrators.as_slice() {
+        let listed: Vec<(&str, usize)> = migrators
+            .iter()
+            .map(|h| (h.name.get_ref().as_str(), pass.line(&h.name.span())))
+            .collect();
+        let span = second
+            .migrator
+            .as_ref()
+            .map(|m| m.span())
+            .unwrap_or_else(|| second.name.span());
+        pass.diags.push(
+            Diagnostic::at(
+                span,
+                format!(
+                    "{} migrators: hosts {} all set `migrator = true`",
+                    migrators.len(),
+                    named_lines(&listed)
+                ),
+            )
+            .hint("keep `migrator = true` on one host: migrations run once, on that node"),
+        );
+    }
+
+    let names: Vec<&str> = hosts.iter().map(|h| h.name.get_ref().as_str()).collect();
+    let mut replaced_by: HashMap<String, Vec<&RawHost>> = HashMap::new();
+    for host in &hosts {
+        let Some(target) = &host.replaces else {
+            continue;
+        };
+        let t = target.get_ref().as_str();
+        let this = host.name.get_ref().as_str();
+        let found = first_by_name.get(&t.to_ascii_lowercase());
+        match found {
+            _ if t.eq_ignore_ascii_case(this) => pass.diags.push(
+                Diagnostic::at(target.span(), format!("host `{this}` replaces itself"))
+                    .hint("`replaces` names the old host this new node takes over from"),
+            ),
+            None => {
+                let mut d = Diagnostic::at(
+                    target.span(),
+                    format!("host `{this}` replaces `{t}`, which is not in the inventory"),
+                );
+                if let Some(best) = closest(t, names.iter().copied()).first() {
+                    d = d.hint(format!("did you mean `{best}`?"));
+                }
+                pass.diags.push(d.hint("`replaces` names the `[[host]]` this new node takes over from; keep the old host in the inventory until it is decommissioned"));
+            }
+            Some(old) => {
+                if let Some(further) = &old.replaces {
+                    pass.diags.push(
+                        Diagnostic::at(
+                            target.span(),
+                            format!(
+                                "host `{this}` replaces `{t}`, which itself replaces `{}`",
+                                further.get_ref()
+                            ),
+                        )
+                        .hint("point `replaces` at a node running today; replace in one step"),
+                    );
+                }
+                replaced_by
+                    .entry(t.to_ascii_lowercase())
+                    .or_default()
+                    .push(host);
+            }
+        }
+    }
+    let mut contested: Vec<&Vec<&RawHost>> = replaced_by.values().filter(|v| v.len() > 1).collect();
+    contested.sort_by_key(|v| v[1].name.span().start);
+    for replacers in contested {
+        let listed: Vec<(&str, usize)> = replacers
+            .iter()
+            .map(|h| (h.name.get_ref().as_str(), pass.line(&h.name.span())))
+            .collect();
+        let second = replacers[1];
+        let target = second
+            .replaces
+            .as_ref()
+            .map(|r| r.get_ref().to_string())
+            .unwrap_or_default();
+        let span = second
+            .replaces
+            .as_ref()
+            .map(|r| r.span())
+            .unwrap_or_else(|| second.name.span());
+        pass.diags.push(
+            Diagnostic::at(
+                span,
+                format!("hosts {} all replace `{target}`", named_lines(&listed)),
+            )
+            .hint("each old host is replaced by exactly one new node"),
+        );
+    }
+}
+
+/// Two entries for one machine (same address, port and jump host) would upgrade it twice.
+fn check_duplicate_endpoints(raw: &RawInventory, resolved: &[ResolvedHost], pass: &mut Pass<'_>) {
+    let mut seen: HashMap<(String, u16, Option<String>), usize> = HashMap::new();
+    for (i, (host, raw_host)) in resolved.iter().zip(&raw.hosts).enumerate() {
+        let key = (
+            raw_host.get_ref().address.get_ref().canonical(),
+            host.ssh.port,
+            host.ssh.jump_host.clone(),
+        );
+        let Some(&first) = seen.get(&key) else {
+            seen.insert(key, i);
+            continue;
+        };
+        let first_raw = raw.hosts[first].get_ref();
+        let listed = [
+            (
+                resolved[first].name.as_str(),
+                pass.line(&first_raw.name.span()),
+            ),
+            (
+                host.name.as_str(),
+                pass.line(&raw_host.get_ref().name.span()),
+            ),
+        ];
+        let endpoint = raw_host
+            .get_ref()
+            .address
+            .get_ref()
+            .with_port(host.ssh.port);
+        pass.diags.push(
+            Diagnostic::at(
+                raw_host.get_ref().address.span(),
+                format!("hosts {} both point at `{endpoint}`", named_lines(&listed)),
+            )
+            .hint("one machine listed twice would be upgraded twice; fix the address or port, or remove one entry"),
+        );
+    }
+}
+
+fn releases(raw: &RawInventory, pass: &mut Pass<'_>) -> BTreeMap<Version, Release> {
+    let mut out = BTreeMap::new();
+    for (version, release) in &raw.releases {
+        let r = release.get_ref();
+        let source = match (&r.file, &r.url) {
+            (Some(file), None) => match file.resolve(pass.home, pass.base) {
+                Ok(path) => ReleaseSource::File(path),
+                Err(e) => {
+                    pass.invalid(release.span(), e);
+                    continue;
+                }
+            },
+            (None, Some(url)) => ReleaseSource::Url(url.to_string()),
+            _ => {
+                pass.diags.push(
+                    Diagnostic::at(release.span(), format!("release `{}` needs exactly one of `file` and `url`", version.get_ref()))
+                        .hint("`file` is a binary on this machine that fleetup uploads; `url` is downloaded by each node"),
+                );
+                continue;
+            }
+        };
+        let sha256 = r.sha256.as_ref().map(|s| s.to_string());
+        out.insert(version.get_ref().clone(), Release { source, sha256 });
+    }
+    out
+}
