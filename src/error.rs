@@ -19,7 +19,11 @@ pub struct Failure {
 
 impl Failure {
     pub fn new(code: i32, message: impl Into<String>) -> Self {
-        Failure { code, message: message.into(), hints: Vec::new() }
+        Failure {
+            code,
+            message: message.into(),
+            hints: Vec::new(),
+        }
     }
 
     /// A configuration or command-line error ([`exit_code::USAGE`]).

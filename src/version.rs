@@ -11,7 +11,9 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 pub struct Version(pub semver::Version);
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("`{input}` is not a version: {reason} (expected MAJOR.MINOR.PATCH such as `1.8.2`, a leading `v` is allowed)")]
+#[error(
+    "`{input}` is not a version: {reason} (expected MAJOR.MINOR.PATCH such as `1.8.2`, a leading `v` is allowed)"
+)]
 pub struct VersionError {
     pub input: String,
     pub reason: String,
@@ -25,10 +27,12 @@ impl Version {
     pub fn parse(input: &str) -> Result<Self, VersionError> {
         let trimmed = input.trim();
         let bare = trimmed.strip_prefix('v').unwrap_or(trimmed);
-        semver::Version::parse(bare).map(Version).map_err(|e| VersionError {
-            input: input.to_string(),
-            reason: e.to_string(),
-        })
+        semver::Version::parse(bare)
+            .map(Version)
+            .map_err(|e| VersionError {
+                input: input.to_string(),
+                reason: e.to_string(),
+            })
     }
 
     pub fn major(&self) -> u64 {

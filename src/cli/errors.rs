@@ -6,7 +6,9 @@ use fleetup::exit_code;
 /// Render an error chain in the house style and return the exit code it maps to.
 pub fn report(err: &anyhow::Error) -> i32 {
     eprint!("{}", render(err));
-    find_failure(err).map(|f| f.code).unwrap_or(exit_code::FAILURE)
+    find_failure(err)
+        .map(|f| f.code)
+        .unwrap_or(exit_code::FAILURE)
 }
 
 /// `error: <top>` then one `caused by: <source>` per further link, then the hints of any
