@@ -1,2 +1,327 @@
-//! The upgrade plan as data: a pure function from (resolved inventory, per-host facts, target,
-//! options) to an ordered list of steps. The runner executes it; the dry run prints it.
+//! The upgrade plan as data: a pure function ([`build_plan`]) from (resolved inventory, per-host
+//! facts, target, options, upgrade-path table) to an ordered list of steps, each naming its hosts,
+//! what it does, why, what it checks first and the remote commands it runs. The runner interprets
+//! a [`Plan`]; the dry run prints it ([`render_text`], or JSON via serde); [`plan_digest`] is its id.
+//! Field names and choices are documented in `docs/plan.md`.
+
+mod build;
+mod digest;
+mod render;
+mod steps;
+
+#[cfg(test)]
+mod tests;
+
+use std::fmt;
+use std::num::NonZeroUsize;
+use std::path::{Path, PathBuf};
+
+use serde::{Serialize, Serializer};
+
+use crate::policy::Verdict;
+use crate::version::Version;
+
+pub use build::build_plan;
+pub use digest::plan_digest;
+pub use render::render_text;
+
+/// Token in commands that the runner replaces with the run id (backups go to a fresh directory
+/// per run, so a second run never overwrites the backup of the first).
+pub const RUN_ID_TOKEN: &str = "{run_id}";
+
+/// How the fleet is moved to the target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Strategy {
+    /// Zero-downtime when the table allows it for every node, offline otherwise.
+    #[default]
+    Auto,
+    /// The guide's procedure: stop everything, migrate once, restart on the new binary.
+    Offline,
+    /// Zero-downtime in place: batch by batch, stop, switch, start, health-gate.
+    Rolling,
+    /// Zero-downtime by replacement: new nodes (`replaces = "old"`) up and healthy, then the old
+    /// ones stopped.
+    Replace,
+}
+
+impl Strategy {
+    /// True for the strategies that keep part of the fleet serving while others change.
+    pub fn is_zero_downtime(self) -> bool {
+        matches!(self, Strategy::Rolling | Strategy::Replace)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Strategy::Auto => "auto",
+            Strategy::Offline => "offline",
+            Strategy::Rolling => "rolling",
+            Strategy::Replace => "replace",
+        }
+    }
+}
+
+impl fmt::Display for Strategy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Whether the guide's single-node or multi-node procedure applies (one selected host or more).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    SingleNode,
+    MultiNode,
+}
+
+/// Where the new `numary` binary comes from; its SHA-256 is always known up front.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum BinarySource {
+    /// A file on the machine running fleetup, uploaded to each node.
+    File {
+        #[serde(serialize_with = "lossy_path")]
+        path: PathBuf,
+        sha256: String,
+    },
+    /// A URL each node downloads from itself.
+    Url { url: String, sha256: String },
+}
+
+impl BinarySource {
+    pub fn sha256(&self) -> &str {
+        match self {
+            BinarySource::File { sha256, .. } | BinarySource::Url { sha256, .. } => sha256,
+        }
+    }
+}
+
+fn lossy_path<S: Serializer>(p: &Path, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(&p.display())
+}
+
+/// What the operator asked for on the command line.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PlanOptions {
+    pub strategy: Strategy,
+    /// Batch size for starting nodes after the migrator. `None`: all at once for offline and
+    /// replace, one at a time for rolling.
+    pub serial: Option<NonZeroUsize>,
+    /// `--stop`: stop running nodes instead of refusing (offline; new nodes of replace).
+    pub stop_running: bool,
+    /// False only with `--no-backup`.
+    pub backup: bool,
+    pub binary: BinarySource,
+}
+
+/// The whole plan. Serialized as the dry run's JSON (field names are stable, see `docs/plan.md`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Plan {
+    pub target: Version,
+    pub strategy_requested: Strategy,
+    /// The strategy the steps follow (never `auto`).
+    pub strategy: Strategy,
+    pub mode: Mode,
+    pub serial: Option<NonZeroUsize>,
+    pub stop_running: bool,
+    pub backup: bool,
+    pub binary: BinarySource,
+    /// The node that runs `storage scan/list/upgrade` and starts first.
+    pub migrator: Option<String>,
+    /// Start order: the migrator alone, then the others in batches of `serial`.
+    pub batches: Vec<Vec<String>>,
+    pub steps: Vec<Step>,
+    /// Every selected host, in inventory order, with what happens to it.
+    pub hosts: Vec<HostPlan>,
+    /// Why the plan must not run; the steps are listed anyway so the dry run shows them.
+    pub blockers: Vec<Blocker>,
+    pub warnings: Vec<String>,
+}
+
+impl Plan {
+    pub fn is_blocked(&self) -> bool {
+        !self.blockers.is_empty()
+    }
+
+    /// Every selected node already runs the target and nothing blocks.
+    pub fn nothing_to_do(&self) -> bool {
+        !self.is_blocked() && self.steps.is_empty()
+    }
+
+    pub fn host(&self, name: &str) -> Option<&HostPlan> {
+        self.hosts.iter().find(|h| h.name == name)
+    }
+
+    /// Hosts the plan changes (upgrades, deploys or decommissions), in inventory order.
+    pub fn touched_hosts(&self) -> Vec<&str> {
+        self.hosts
+            .iter()
+            .filter(|h| h.action != HostAction::AlreadyAtTarget)
+            .map(|h| h.name.as_str())
+            .collect()
+    }
+}
+
+/// One step: what it does on which hosts. A step naming several hosts runs on each of them
+/// (concurrently unless the runner says otherwise); `commands` holds each host's command lines.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Step {
+    /// 1-based position in the plan.
+    pub number: usize,
+    pub kind: StepKind,
+    pub hosts: Vec<String>,
+    /// 1-based start batch this step belongs to (per-batch steps only).
+    pub batch: Option<usize>,
+    /// What it does, one line.
+    pub action: String,
+    /// Why, citing the guide or the numary contract.
+    pub why: String,
+    /// What it checks before (or to decide) going on.
+    pub checks: Vec<String>,
+    /// The remote command lines per host, for the dry run; secrets never appear (connection
+    /// strings stay in the service's environment file). Empty for steps whose mechanism is the
+    /// runner's own (preflight probes, locks). `{run_id}` stands for the run id.
+    pub commands: Vec<HostCommands>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HostCommands {
+    pub host: String,
+    pub commands: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepKind {
+    Preflight,
+    Lock,
+    StopService,
+    ConfirmStopped,
+    Backup,
+    Stage,
+    Migrate,
+    Switch,
+    StartService,
+    HealthGate,
+    Decommission,
+    Unlock,
+}
+
+impl StepKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StepKind::Preflight => "preflight",
+            StepKind::Lock => "lock",
+            StepKind::StopService => "stop-service",
+            StepKind::ConfirmStopped => "confirm-stopped",
+            StepKind::Backup => "backup",
+            StepKind::Stage => "stage",
+            StepKind::Migrate => "migrate",
+            StepKind::Switch => "switch",
+            StepKind::StartService => "start-service",
+            StepKind::HealthGate => "health-gate",
+            StepKind::Decommission => "decommission",
+            StepKind::Unlock => "unlock",
+        }
+    }
+}
+
+impl fmt::Display for StepKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One selected host and what the plan does to it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HostPlan {
+    pub name: String,
+    /// Installed version, when the host was reachable and it could be read.
+    pub current: Option<Version>,
+    pub action: HostAction,
+    pub migrator: bool,
+    /// For a new node of the replace strategy: the old node it replaces.
+    pub replaces: Option<String>,
+    /// 1-based start batch, for hosts the plan starts.
+    pub batch: Option<usize>,
+    /// The table's verdict for `current` → target (`None` when the version is unknown, and for
+    /// new nodes of the replace strategy, whose current binary does not matter).
+    pub verdict: Option<Verdict>,
+    /// Reasons from [`Plan::blockers`] that name this host; empty when nothing blocks it.
+    pub blocked: Vec<String>,
+}
+
+/// What happens to a host. A host may also be blocked ([`HostPlan::blocked`]): the action is what
+/// the plan would do once the blockers are resolved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HostAction {
+    /// Upgraded in place to the target.
+    Upgrade,
+    /// A new node (replace strategy): staged and started on the target.
+    Deploy,
+    /// An old node (replace strategy): stopped once its replacements are healthy.
+    Decommission,
+    /// Already runs the target: no step names it.
+    AlreadyAtTarget,
+}
+
+impl HostAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HostAction::Upgrade => "upgrade",
+            HostAction::Deploy => "deploy",
+            HostAction::Decommission => "decommission",
+            HostAction::AlreadyAtTarget => "already at target",
+        }
+    }
+}
+
+/// Something that stops the plan from running.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Blocker {
+    pub kind: BlockerKind,
+    /// Hosts concerned; empty when fleet-wide.
+    pub hosts: Vec<String>,
+    pub reason: String,
+    /// What the operator can do about it.
+    pub hint: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BlockerKind {
+    /// The selection is empty.
+    NoHosts,
+    /// No facts were gathered for a selected host.
+    NoFacts,
+    Unreachable,
+    /// The installed `numary` version could not be read.
+    UnknownVersion,
+    Downgrade,
+    /// The table does not allow the node's current version → target (hops given when any).
+    UnsupportedPath,
+    /// A forced zero-downtime strategy the table does not allow for some node.
+    StrategyNotAllowed,
+    /// Offline strategy, node running, no `--stop`.
+    Running,
+    /// Offline strategy, the service manager did not say stopped or running, no `--stop`.
+    ServiceStateUnknown,
+    /// The API answers although the service manager says stopped: a `numary` runs outside it.
+    RunningOutsideServiceManager,
+    /// SQLite journal left by an unclean stop.
+    HotJournal,
+    /// The storage driver (or the SQLite dir needed for the backup) is unknown.
+    StorageUnknown,
+    /// The selection mixes SQLite and Postgres, or several Postgres databases.
+    MixedStorage,
+    /// Replace strategy without any `replaces` pair in the selection.
+    NoReplacePairs,
+    /// A host named by `replaces` is not in the selection.
+    ReplacedHostMissing,
+    /// Replace strategy on SQLite: a new node cannot share an old node's files.
+    ReplaceNeedsPostgres,
+    /// Replace strategy: a host to upgrade is neither a new node nor replaced by one.
+    NotPaired,
+}

@@ -1,0 +1,784 @@
+//! Deciding the plan: assess each host against the table, choose the strategy, collect blockers
+//! and warnings, pick the migrator and the start batches. `steps.rs` lays out the steps.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::steps::{self, Layout};
+use super::{Blocker, BlockerKind, HostAction, HostPlan, Mode, Plan, PlanOptions, Strategy};
+use crate::facts::{HostFacts, ServiceState, StorageDriver};
+use crate::inventory::ResolvedHost;
+use crate::policy::{PathRow, PolicyTable, Verdict, VerdictKind};
+use crate::redact::redact_conn_strings;
+use crate::version::Version;
+
+/// One selected host as the builder sees it.
+pub(super) struct View<'a> {
+    pub host: &'a ResolvedHost,
+    pub facts: Option<&'a HostFacts>,
+    /// Installed version; `None` when unreachable or unreadable.
+    pub current: Option<Version>,
+    pub verdict: Option<Verdict>,
+    pub action: HostAction,
+}
+
+impl<'a> View<'a> {
+    fn new(
+        host: &'a ResolvedHost,
+        facts: Option<&'a HostFacts>,
+        target: &Version,
+        policy: &PolicyTable,
+    ) -> Self {
+        let reachable = facts.filter(|f| f.reachable());
+        let current = reachable.and_then(|f| f.installed_version.clone());
+        let driver = reachable.and_then(|f| f.storage.as_ref()).map(|s| s.driver);
+        let verdict = current
+            .as_ref()
+            .map(|c| policy.evaluate_for(c, target, driver));
+        View {
+            host,
+            facts,
+            current,
+            verdict,
+            action: HostAction::Upgrade,
+        }
+    }
+
+    pub fn name(&self) -> &'a str {
+        &self.host.name
+    }
+
+    fn reachable_facts(&self) -> Option<&'a HostFacts> {
+        self.facts.filter(|f| f.reachable())
+    }
+
+    fn reachable(&self) -> bool {
+        self.reachable_facts().is_some()
+    }
+
+    fn at_target(&self, target: &Version) -> bool {
+        self.current.as_ref() == Some(target)
+    }
+
+    pub fn driver(&self) -> Option<StorageDriver> {
+        self.reachable_facts()
+            .and_then(|f| f.storage.as_ref())
+            .map(|s| s.driver)
+    }
+
+    pub fn sqlite_dir(&self) -> Option<&'a str> {
+        self.reachable_facts()
+            .and_then(|f| f.storage.as_ref())
+            .and_then(|s| s.sqlite_dir.as_deref())
+    }
+
+    fn service(&self) -> ServiceState {
+        self.reachable_facts()
+            .map_or(ServiceState::Unknown, |f| f.service)
+    }
+
+    /// Ledgers known now: the inventory's list, else what the node reported.
+    pub fn known_ledgers(&self) -> Vec<String> {
+        match &self.host.ledger.ledgers {
+            Some(l) => l.clone(),
+            None => self
+                .reachable_facts()
+                .map(|f| f.ledgers.clone())
+                .unwrap_or_default(),
+        }
+    }
+
+    pub fn staged(&self, target: &Version) -> bool {
+        self.reachable_facts()
+            .is_some_and(|f| f.staged.contains(target))
+    }
+
+    /// The node the plan starts on the target (as opposed to decommissions).
+    fn starts(&self) -> bool {
+        matches!(self.action, HostAction::Upgrade | HostAction::Deploy)
+    }
+
+    fn touched(&self) -> bool {
+        self.action != HostAction::AlreadyAtTarget
+    }
+}
+
+/// Blockers and warnings as they are found.
+#[derive(Default)]
+struct Findings {
+    blockers: Vec<Blocker>,
+    warnings: Vec<String>,
+}
+
+impl Findings {
+    fn block(&mut self, kind: BlockerKind, hosts: &[&str], reason: String, hint: Option<String>) {
+        self.blockers.push(Blocker {
+            kind,
+            hosts: hosts.iter().map(|h| (*h).to_string()).collect(),
+            reason,
+            hint,
+        });
+    }
+
+    fn warn(&mut self, warning: String) {
+        if !self.warnings.contains(&warning) {
+            self.warnings.push(warning);
+        }
+    }
+}
+
+/// Build the plan for moving the selected `hosts` (inventory order) to `target`. Pure: no I/O.
+/// The plan is always complete; whatever must not run is listed in [`Plan::blockers`].
+pub fn build_plan(
+    hosts: &[ResolvedHost],
+    facts: &BTreeMap<String, HostFacts>,
+    target: &Version,
+    opts: &PlanOptions,
+    policy: &PolicyTable,
+) -> Plan {
+    let mode = if hosts.len() == 1 {
+        Mode::SingleNode
+    } else {
+        Mode::MultiNode
+    };
+    let mut views: Vec<View> = hosts
+        .iter()
+        .map(|h| View::new(h, facts.get(&h.name), target, policy))
+        .collect();
+    let strategy = choose_strategy(&views, opts.strategy, mode);
+    assign_actions(&mut views, strategy, target);
+
+    let mut found = Findings::default();
+    if hosts.is_empty() {
+        found.block(
+            BlockerKind::NoHosts,
+            &[],
+            "no host is selected".to_string(),
+            Some("check `--limit` and the inventory's `[[host]]` entries".to_string()),
+        );
+    }
+    host_blockers(&views, strategy, target, &mut found);
+    strategy_blockers(&views, strategy, &mut found);
+    if strategy == Strategy::Replace {
+        replace_blockers(&views, &mut found);
+    }
+    let to_stop = stop_state(&views, strategy, opts.stop_running, &mut found);
+    let driver = storage_checks(&views, strategy, opts.backup, &mut found);
+    warnings(&views, strategy, mode, target, opts, driver, &mut found);
+
+    let starters: Vec<&View> = views.iter().filter(|v| v.starts()).collect();
+    let migrator = choose_migrator(&views, &starters, &mut found);
+    let batches = start_batches(&starters, migrator, strategy, opts);
+
+    let layout = Layout {
+        target,
+        strategy,
+        opts,
+        touched: views.iter().filter(|v| v.touched()).collect(),
+        starters: starters.clone(),
+        retiring: views
+            .iter()
+            .filter(|v| v.action == HostAction::Decommission)
+            .collect(),
+        to_stop,
+        migrator,
+        batches: batches.clone(),
+        shared_storage: driver != Some(StorageDriver::Sqlite),
+    };
+    let steps = steps::lay_out(&layout);
+
+    let batch_names: Vec<Vec<String>> = batches
+        .iter()
+        .map(|b| b.iter().map(|v| v.name().to_string()).collect())
+        .collect();
+    let host_plans = views
+        .iter()
+        .map(|v| HostPlan {
+            name: v.name().to_string(),
+            current: v.current.clone(),
+            action: v.action,
+            migrator: migrator.is_some_and(|m| m.name() == v.name()),
+            replaces: v.host.replaces.clone(),
+            batch: batch_names
+                .iter()
+                .position(|b| b.iter().any(|n| n == v.name()))
+                .map(|i| i + 1),
+            verdict: if v.action == HostAction::Deploy {
+                None
+            } else {
+                v.verdict.clone()
+            },
+            blocked: found
+                .blockers
+                .iter()
+                .filter(|b| b.hosts.iter().any(|h| h == v.name()))
+                .map(|b| b.reason.clone())
+                .collect(),
+        })
+        .collect();
+
+    Plan {
+        target: target.clone(),
+        strategy_requested: opts.strategy,
+        strategy,
+        mode,
+        serial: opts.serial,
+        stop_running: opts.stop_running,
+        backup: opts.backup,
+        binary: opts.binary.clone(),
+        migrator: migrator.map(|m| m.name().to_string()),
+        batches: batch_names,
+        steps,
+        hosts: host_plans,
+        blockers: found.blockers,
+        warnings: found.warnings,
+    }
+}
+
+/// `auto` goes zero-downtime only when the table allows it for every node still to upgrade (new
+/// nodes of a replacement excluded: their own binary does not matter, the storage's does), and
+/// never for a single node (the guide's single-node procedure is offline).
+fn choose_strategy(views: &[View], requested: Strategy, mode: Mode) -> Strategy {
+    if requested != Strategy::Auto {
+        return requested;
+    }
+    if mode == Mode::SingleNode {
+        return Strategy::Offline;
+    }
+    let has_pairs = views.iter().any(|v| v.host.replaces.is_some());
+    let pending: Vec<&View> = views
+        .iter()
+        .filter(|v| v.host.replaces.is_none())
+        .filter(|v| {
+            v.verdict
+                .as_ref()
+                .is_none_or(|x| x.kind != VerdictKind::AlreadyAtTarget)
+        })
+        .collect();
+    if pending.is_empty() && !has_pairs {
+        return Strategy::Offline;
+    }
+    let zero_downtime = pending.iter().all(|v| {
+        v.verdict
+            .as_ref()
+            .is_some_and(|x| x.supported && x.zero_downtime)
+    });
+    match (zero_downtime, has_pairs) {
+        (true, true) => Strategy::Replace,
+        (true, false) => Strategy::Rolling,
+        (false, _) => Strategy::Offline,
+    }
+}
+
+fn assign_actions(views: &mut [View], strategy: Strategy, target: &Version) {
+    let replaced: BTreeSet<String> = if strategy == Strategy::Replace {
+        views
+            .iter()
+            .filter_map(|v| v.host.replaces.clone())
+            .collect()
+    } else {
+        BTreeSet::new()
+    };
+    for v in views.iter_mut() {
+        v.action = if strategy == Strategy::Replace && v.host.replaces.is_some() {
+            // A new node already on the target and serving has been deployed before.
+            if v.at_target(target) && v.service() == ServiceState::Running {
+                HostAction::AlreadyAtTarget
+            } else {
+                HostAction::Deploy
+            }
+        } else if replaced.contains(v.name()) {
+            HostAction::Decommission
+        } else if v.at_target(target) {
+            HostAction::AlreadyAtTarget
+        } else {
+            HostAction::Upgrade
+        };
+    }
+}
+
+fn host_blockers(views: &[View], strategy: Strategy, target: &Version, found: &mut Findings) {
+    for v in views {
+        let name = v.name();
+        let Some(facts) = v.facts else {
+            found.block(
+                BlockerKind::NoFacts,
+                &[name],
+                format!("no facts were gathered for `{name}`"),
+                None,
+            );
+            continue;
+        };
+        if let Some(why) = &facts.unreachable {
+            found.block(
+                BlockerKind::Unreachable,
+                &[name],
+                format!("`{name}` is unreachable: {why}"),
+                Some(format!(
+                    "check its address and SSH settings with `fleetup status --limit {name}`, or leave it out with `--limit '!{name}'`"
+                )),
+            );
+            continue;
+        }
+        if !matches!(v.action, HostAction::Upgrade | HostAction::Decommission) {
+            continue;
+        }
+        let (Some(current), Some(verdict)) = (&v.current, &v.verdict) else {
+            let hint = match &v.host.replaces {
+                Some(old) if strategy != Strategy::Replace => format!(
+                    "`{name}` is a new node (`replaces = \"{old}\"`), nothing to upgrade in place: use `--strategy replace` where the table allows it, or leave it out with `--limit '!{name}'`"
+                ),
+                _ => format!(
+                    "check `ledger.binary` (`{}`) in the inventory and that `numary version` runs there",
+                    v.host.ledger.binary
+                ),
+            };
+            found.block(
+                BlockerKind::UnknownVersion,
+                &[name],
+                format!("the installed `numary` version of `{name}` is unknown"),
+                Some(hint),
+            );
+            continue;
+        };
+        if verdict.supported {
+            continue;
+        }
+        if verdict.kind == VerdictKind::Downgrade {
+            found.block(
+                BlockerKind::Downgrade,
+                &[name],
+                format!("`{name}` runs `{current}`, newer than the target `{target}`: {}", verdict.reason),
+                Some(format!("pick a target of at least `{current}`, or leave `{name}` out with `--limit '!{name}'`")),
+            );
+            continue;
+        }
+        let mut reason = format!(
+            "`{name}`: `{current}` → `{target}` is not supported: {}",
+            verdict.reason
+        );
+        let hint = if verdict.hops.is_empty() {
+            None
+        } else {
+            let route = format!("{current} → {}", verdict.hops.join(" → "));
+            reason.push_str(&format!(" (supported route: {route})"));
+            Some(format!(
+                "upgrade one hop at a time, each its own `fleetup upgrade --to ...` run: {route}"
+            ))
+        };
+        found.block(BlockerKind::UnsupportedPath, &[name], reason, hint);
+    }
+}
+
+/// A forced zero-downtime strategy must be allowed by the table for every node it upgrades; one
+/// blocker per deciding row, naming its hosts.
+fn strategy_blockers(views: &[View], strategy: Strategy, found: &mut Findings) {
+    if !strategy.is_zero_downtime() {
+        return;
+    }
+    let mut by_row: BTreeMap<Option<usize>, (Option<PathRow>, Vec<&View>)> = BTreeMap::new();
+    for v in views {
+        if !matches!(v.action, HostAction::Upgrade | HostAction::Decommission) {
+            continue;
+        }
+        if let Some(verdict) = &v.verdict
+            && verdict.supported
+            && !verdict.zero_downtime
+        {
+            let entry = by_row
+                .entry(verdict.row.as_ref().map(|r| r.index))
+                .or_insert_with(|| (verdict.row.clone(), Vec::new()));
+            entry.1.push(v);
+        }
+    }
+    for (row, group) in by_row.values() {
+        let row_text = match row {
+            Some(r) => format!(
+                "table row {} (target `{}`, from `{}`, zero-downtime: no)",
+                r.index, r.target, r.min_current
+            ),
+            None => "the table".to_string(),
+        };
+        let names: Vec<&str> = group.iter().map(|v| v.name()).collect();
+        let paths: Vec<String> = group
+            .iter()
+            .map(|v| {
+                let current = v
+                    .current
+                    .as_ref()
+                    .map_or_else(String::new, |c| c.to_string());
+                format!("`{}` ({current})", v.name())
+            })
+            .collect();
+        found.block(
+            BlockerKind::StrategyNotAllowed,
+            &names,
+            format!(
+                "strategy `{strategy}` needs zero-downtime, but {row_text} decides for {}",
+                paths.join(", ")
+            ),
+            Some(
+                "use `--strategy offline` (the guide's procedure, every node stopped) or `--strategy auto`"
+                    .to_string(),
+            ),
+        );
+    }
+}
+
+fn replace_blockers(views: &[View], found: &mut Findings) {
+    let selected: BTreeSet<&str> = views.iter().map(|v| v.name()).collect();
+    if views.iter().all(|v| v.host.replaces.is_none()) {
+        found.block(
+            BlockerKind::NoReplacePairs,
+            &[],
+            "strategy `replace` needs new nodes, but no selected host has `replaces = \"old-host\"`".to_string(),
+            Some("add `replaces` to the new nodes' `[[host]]` entries, or use `--strategy rolling` or `offline`".to_string()),
+        );
+    }
+    for v in views {
+        let name = v.name();
+        match &v.host.replaces {
+            Some(old) if !selected.contains(old.as_str()) => found.block(
+                BlockerKind::ReplacedHostMissing,
+                &[name],
+                format!("`{name}` replaces `{old}`, which is not selected"),
+                Some(format!("select both: `--limit {name},{old}`")),
+            ),
+            Some(_) => {}
+            None if v.action == HostAction::Upgrade => found.block(
+                BlockerKind::NotPaired,
+                &[name],
+                format!("`{name}` is neither a new node nor replaced by one: strategy `replace` does not upgrade in place"),
+                Some(format!("add a new node with `replaces = \"{name}\"`, or leave `{name}` out with `--limit '!{name}'`")),
+            ),
+            None => {}
+        }
+    }
+}
+
+/// Offline: every node to upgrade must be stopped; replace: every new node. Returns the nodes
+/// to stop first (`--stop`). Rolling stops nodes itself, batch by batch.
+fn stop_state<'v, 'a>(
+    views: &'v [View<'a>],
+    strategy: Strategy,
+    stop_running: bool,
+    found: &mut Findings,
+) -> Vec<&'v View<'a>> {
+    let must_be_stopped = |v: &View| match strategy {
+        Strategy::Offline | Strategy::Auto => v.action == HostAction::Upgrade,
+        Strategy::Replace => v.action == HostAction::Deploy,
+        Strategy::Rolling => false,
+    };
+    let mut to_stop = Vec::new();
+    for v in views.iter().filter(|v| must_be_stopped(v)) {
+        let Some(facts) = v.reachable_facts() else {
+            continue;
+        };
+        let name = v.name();
+        let stop_hint = Some(
+            "stop it cleanly first, or pass `--stop` to have fleetup stop running nodes and wait"
+                .to_string(),
+        );
+        match facts.service {
+            ServiceState::Running if stop_running => to_stop.push(v),
+            ServiceState::Running => found.block(
+                BlockerKind::Running,
+                &[name],
+                format!("`{name}` is running: the offline procedure needs every node to upgrade cleanly stopped"),
+                stop_hint,
+            ),
+            ServiceState::Unknown if stop_running => to_stop.push(v),
+            ServiceState::Unknown => found.block(
+                BlockerKind::ServiceStateUnknown,
+                &[name],
+                format!("could not tell whether the service on `{name}` is stopped"),
+                stop_hint,
+            ),
+            ServiceState::Stopped => {
+                if let Some(api) = &facts.api {
+                    let version = api
+                        .version
+                        .as_ref()
+                        .map_or_else(String::new, |x| format!(" (version `{x}`)"));
+                    found.block(
+                        BlockerKind::RunningOutsideServiceManager,
+                        &[name],
+                        format!(
+                            "`{name}`: the service manager says stopped but the API at `{}` answers{version}: a `numary` runs outside the service manager",
+                            v.host.ledger.api
+                        ),
+                        Some("find and stop that process (`pgrep -a numary`); fleetup stops nodes only through the service manager".to_string()),
+                    );
+                }
+            }
+        }
+    }
+    // A journal next to a running SQLite database is normal; next to a stopped one it is the
+    // trace of an unclean stop.
+    for v in views.iter().filter(|v| v.starts()) {
+        let Some(facts) = v.reachable_facts() else {
+            continue;
+        };
+        if facts.hot_journals.is_empty() || facts.service == ServiceState::Running {
+            continue;
+        }
+        let name = v.name();
+        let files: Vec<String> = facts
+            .hot_journals
+            .iter()
+            .map(|f| format!("`{f}`"))
+            .collect();
+        found.block(
+            BlockerKind::HotJournal,
+            &[name],
+            format!("`{name}` has a hot SQLite journal ({}): its last stop was not clean", files.join(", ")),
+            Some("start the ledger once with its current binary and stop it cleanly (SQLite rolls the journal back when it opens the database), then check again; never delete a hot journal, it holds what must be rolled back".to_string()),
+        );
+    }
+    to_stop
+}
+
+/// Storage must be known and one: all SQLite (each node its own files) or one Postgres database.
+/// Returns the fleet's driver when every known driver agrees.
+fn storage_checks(
+    views: &[View],
+    strategy: Strategy,
+    backup: bool,
+    found: &mut Findings,
+) -> Option<StorageDriver> {
+    let mut sqlite: Vec<&str> = Vec::new();
+    let mut postgres: BTreeMap<String, Vec<&str>> = BTreeMap::new();
+    for v in views.iter().filter(|v| v.touched() && v.reachable()) {
+        let name = v.name();
+        let storage = v.reachable_facts().and_then(|f| f.storage.as_ref());
+        match storage {
+            None if v.starts() => found.block(
+                BlockerKind::StorageUnknown,
+                &[name],
+                format!("the storage driver of `{name}` is unknown"),
+                Some("set `ledger.env_file` to the environment file the service reads (`NUMARY_STORAGE_DRIVER`, `NUMARY_STORAGE_DIR`, ...)".to_string()),
+            ),
+            None => {}
+            Some(s) => match s.driver {
+                StorageDriver::Sqlite => {
+                    sqlite.push(name);
+                    if s.sqlite_dir.is_none() && backup && v.starts() {
+                        found.block(
+                            BlockerKind::StorageUnknown,
+                            &[name],
+                            format!("the SQLite storage dir of `{name}` is unknown: it cannot be backed up"),
+                            Some("set `NUMARY_STORAGE_DIR` in the service's environment file (`ledger.env_file`)".to_string()),
+                        );
+                    }
+                }
+                StorageDriver::Postgres => postgres
+                    .entry(s.postgres.clone().unwrap_or_default())
+                    .or_default()
+                    .push(name),
+            },
+        }
+    }
+    let quoted = |names: &[&str]| {
+        names
+            .iter()
+            .map(|n| format!("`{n}`"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let separate_hint =
+        Some("upgrade each storage separately, selecting its nodes with `--limit`".to_string());
+    if !sqlite.is_empty() && !postgres.is_empty() {
+        let pg_hosts: Vec<&str> = postgres.values().flatten().copied().collect();
+        let mut all = sqlite.clone();
+        all.extend(&pg_hosts);
+        found.block(
+            BlockerKind::MixedStorage,
+            &all,
+            format!(
+                "the selection mixes storage drivers: sqlite on {}; postgres on {}",
+                quoted(&sqlite),
+                quoted(&pg_hosts)
+            ),
+            separate_hint.clone(),
+        );
+    } else if postgres.len() > 1 {
+        let all: Vec<&str> = postgres.values().flatten().copied().collect();
+        let parts: Vec<String> = postgres
+            .iter()
+            .map(|(db, names)| {
+                let db = if db.is_empty() {
+                    "an unknown database".to_string()
+                } else {
+                    format!("`{}`", redact_conn_strings(db))
+                };
+                format!("{db} on {}", quoted(names))
+            })
+            .collect();
+        found.block(
+            BlockerKind::MixedStorage,
+            &all,
+            format!(
+                "the nodes use different Postgres databases ({}): one migration would leave the others unmigrated",
+                parts.join("; ")
+            ),
+            separate_hint,
+        );
+    }
+    if strategy == Strategy::Replace && !sqlite.is_empty() {
+        found.block(
+            BlockerKind::ReplaceNeedsPostgres,
+            &sqlite,
+            format!(
+                "strategy `replace` needs shared Postgres storage, but {} use SQLite (a new node cannot take over an old node's files)",
+                quoted(&sqlite)
+            ),
+            Some("use `--strategy rolling` or `offline`".to_string()),
+        );
+    }
+    match (sqlite.is_empty(), postgres.is_empty()) {
+        (false, true) => Some(StorageDriver::Sqlite),
+        (true, false) => Some(StorageDriver::Postgres),
+        _ => None,
+    }
+}
+
+fn warnings(
+    views: &[View],
+    strategy: Strategy,
+    mode: Mode,
+    target: &Version,
+    opts: &PlanOptions,
+    driver: Option<StorageDriver>,
+    found: &mut Findings,
+) {
+    // New nodes of a replacement do not run the fleet: their versions are not "mixed in".
+    let mut by_version: BTreeMap<&Version, Vec<&str>> = BTreeMap::new();
+    for v in views.iter().filter(|v| v.action != HostAction::Deploy) {
+        if let Some(c) = &v.current {
+            by_version.entry(c).or_default().push(v.name());
+        }
+    }
+    if by_version.len() > 1 {
+        let parts: Vec<String> = by_version
+            .iter()
+            .map(|(version, names)| {
+                let names: Vec<String> = names.iter().map(|n| format!("`{n}`")).collect();
+                format!("`{version}` on {}", names.join(", "))
+            })
+            .collect();
+        found.warn(format!(
+            "the selection runs mixed versions: {}",
+            parts.join("; ")
+        ));
+    }
+    for v in views.iter().filter(|v| v.touched()) {
+        let Some(verdict) = &v.verdict else { continue };
+        for advisory in &verdict.advisories {
+            // Refusals are already the reason of an unsupported-path blocker.
+            if !advisory.starts_with("refused:") {
+                found.warn(advisory.clone());
+            }
+        }
+    }
+    for v in views {
+        let Some(facts) = v.reachable_facts() else {
+            continue;
+        };
+        let name = v.name();
+        if let (Some(installed), Some(api_version)) = (
+            &v.current,
+            facts.api.as_ref().and_then(|a| a.version.as_ref()),
+        ) && installed != api_version
+            && facts.service == ServiceState::Running
+        {
+            found.warn(format!(
+                "`{name}` serves `{api_version}` (per `/_info`) but its binary is `{installed}`: it has not been restarted since its binary changed"
+            ));
+        }
+        if v.action == HostAction::AlreadyAtTarget
+            && strategy == Strategy::Offline
+            && driver != Some(StorageDriver::Sqlite)
+            && facts.service == ServiceState::Running
+            && views.iter().any(|o| o.action == HostAction::Upgrade)
+        {
+            found.warn(format!(
+                "`{name}` already runs `{target}` and stays up: it migrates ledgers lazily when they are used, concurrently with `storage upgrade`; stop it first to follow the guide strictly"
+            ));
+        }
+    }
+    for v in views
+        .iter()
+        .filter(|v| v.starts() && v.host.ledger.env_file.is_none())
+    {
+        found.warn(format!(
+            "`{}` has no `ledger.env_file`: storage commands run with the SSH user's environment, which may point at another storage than the service's",
+            v.name()
+        ));
+    }
+    if !opts.backup && views.iter().any(|v| v.touched()) {
+        found.warn(
+            "no backup (`--no-backup`): migrations cannot be undone, only a backup taken elsewhere can restore the ledgers".to_string(),
+        );
+    }
+    if strategy == Strategy::Rolling && mode == Mode::SingleNode {
+        found.warn(
+            "strategy `rolling` on a single node still stops it: expect downtime while it restarts"
+                .to_string(),
+        );
+    }
+}
+
+/// Inventory `migrator = true` among the nodes the plan starts, else the first reachable one in
+/// inventory order (else the first, so that a blocked plan still shows its steps).
+fn choose_migrator<'v, 'a>(
+    views: &'v [View<'a>],
+    starters: &[&'v View<'a>],
+    found: &mut Findings,
+) -> Option<&'v View<'a>> {
+    let chosen = starters
+        .iter()
+        .find(|v| v.host.migrator && v.reachable())
+        .or_else(|| starters.iter().find(|v| v.reachable()))
+        .or_else(|| starters.first())
+        .copied();
+    if let (Some(flagged), Some(chosen)) = (views.iter().find(|v| v.host.migrator), chosen)
+        && flagged.name() != chosen.name()
+    {
+        let why = if flagged.reachable() {
+            "the plan does not start it"
+        } else {
+            "it is unreachable"
+        };
+        found.warn(format!(
+            "`{}` is marked `migrator = true` but {why}: migrating on `{}` instead",
+            flagged.name(),
+            chosen.name()
+        ));
+    }
+    chosen
+}
+
+/// The migrator alone first (a canary: a bad binary or environment stops the run with one node
+/// affected), then the other starters in inventory order, `serial` at a time.
+fn start_batches<'v, 'a>(
+    starters: &[&'v View<'a>],
+    migrator: Option<&'v View<'a>>,
+    strategy: Strategy,
+    opts: &PlanOptions,
+) -> Vec<Vec<&'v View<'a>>> {
+    let Some(migrator) = migrator else {
+        return Vec::new();
+    };
+    let rest: Vec<&View> = starters
+        .iter()
+        .filter(|v| v.name() != migrator.name())
+        .copied()
+        .collect();
+    let size = match (opts.serial, strategy) {
+        (Some(n), _) => n.get(),
+        (None, Strategy::Rolling) => 1,
+        (None, _) => rest.len().max(1),
+    };
+    let mut batches = vec![vec![migrator]];
+    batches.extend(rest.chunks(size).map(<[_]>::to_vec));
+    batches
+}

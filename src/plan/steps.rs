@@ -1,0 +1,647 @@
+//! Laying out the steps of each strategy, with what each checks and the remote command lines
+//! it runs. Every interpolated value goes through [`crate::shell::quote`]; connection strings
+//! never appear: storage commands source the service's environment file.
+
+use super::build::View;
+use super::{BinarySource, HostCommands, PlanOptions, RUN_ID_TOKEN, Step, StepKind, Strategy};
+use crate::facts::StorageDriver;
+use crate::inventory::Service;
+use crate::shell::quote;
+use crate::version::Version;
+
+/// Everything the builder decided, for laying out the steps.
+pub(super) struct Layout<'v, 'a> {
+    pub target: &'v Version,
+    pub strategy: Strategy,
+    pub opts: &'v PlanOptions,
+    /// Every host the plan changes, inventory order.
+    pub touched: Vec<&'v View<'a>>,
+    /// Hosts started on the target (upgraded or deployed), inventory order.
+    pub starters: Vec<&'v View<'a>>,
+    /// Old nodes of the replace strategy.
+    pub retiring: Vec<&'v View<'a>>,
+    /// Nodes to stop first (`--stop`).
+    pub to_stop: Vec<&'v View<'a>>,
+    pub migrator: Option<&'v View<'a>>,
+    pub batches: Vec<Vec<&'v View<'a>>>,
+    /// One Postgres database shared by the fleet (as opposed to SQLite files per node).
+    pub shared_storage: bool,
+}
+
+pub(super) fn lay_out(l: &Layout) -> Vec<Step> {
+    if l.touched.is_empty() {
+        return Vec::new();
+    }
+    let mut steps = vec![preflight(l), lock(l)];
+    match l.strategy {
+        Strategy::Rolling => rolling(l, &mut steps),
+        Strategy::Replace => replace(l, &mut steps),
+        Strategy::Offline | Strategy::Auto => offline(l, &mut steps),
+    }
+    steps.push(unlock(l));
+    for (i, step) in steps.iter_mut().enumerate() {
+        step.number = i + 1;
+    }
+    steps
+}
+
+/// The guide's multi-node (and single-node) procedure.
+fn offline(l: &Layout, steps: &mut Vec<Step>) {
+    if !l.to_stop.is_empty() {
+        steps.push(stop(
+            l,
+            &l.to_stop,
+            None,
+            "`--stop`: the guide requires every instance cleanly shut down before migrating; numary has no lock, a running node would migrate ledgers lazily, concurrently with `storage upgrade`",
+        ));
+    }
+    steps.push(confirm_stopped(l, &l.starters));
+    let migrating = migrating_hosts(l, &l.starters);
+    if l.opts.backup {
+        steps.push(backup(l, &migrating, None));
+    }
+    steps.push(stage(l, &l.starters));
+    steps.push(migrate(l, &migrating, None));
+    steps.push(switch(l, &l.starters, None));
+    start_batches(l, steps);
+}
+
+/// Zero-downtime in place. Postgres: dumped and migrated once while the fleet still serves, then
+/// batch by batch stop, switch, start, gate. SQLite: each node's own files are backed up and
+/// migrated inside its batch, while it is stopped.
+fn rolling(l: &Layout, steps: &mut Vec<Step>) {
+    let migrator: Vec<&View> = l.migrator.into_iter().collect();
+    if l.shared_storage && l.opts.backup {
+        steps.push(backup(l, &migrator, None));
+    }
+    steps.push(stage(l, &l.starters));
+    if l.shared_storage {
+        steps.push(migrate(l, &migrator, None));
+    }
+    for (i, batch) in l.batches.iter().enumerate() {
+        let n = Some(i + 1);
+        steps.push(stop(
+            l,
+            batch,
+            n,
+            "rolling: this batch leaves service while the others keep serving",
+        ));
+        if !l.shared_storage {
+            if l.opts.backup {
+                steps.push(backup(l, batch, n));
+            }
+            steps.push(migrate(l, batch, n));
+        }
+        steps.push(switch(l, batch, n));
+        steps.push(start(l, batch, i));
+        steps.push(gate(l, batch, n));
+    }
+}
+
+/// Zero-downtime by replacement: new nodes migrated, started and healthy, then old ones stopped.
+fn replace(l: &Layout, steps: &mut Vec<Step>) {
+    let migrator: Vec<&View> = l.migrator.into_iter().collect();
+    if l.opts.backup && !migrator.is_empty() {
+        steps.push(backup(l, &migrator, None));
+    }
+    if !l.to_stop.is_empty() {
+        steps.push(stop(
+            l,
+            &l.to_stop,
+            None,
+            "`--stop`: a new node must be stopped before it is switched, or it would keep running its old binary",
+        ));
+    }
+    if !l.starters.is_empty() {
+        steps.push(stage(l, &l.starters));
+        steps.push(migrate(l, &migrator, None));
+        steps.push(switch(l, &l.starters, None));
+        start_batches(l, steps);
+    }
+    if !l.retiring.is_empty() {
+        steps.push(decommission(l));
+    }
+}
+
+fn start_batches(l: &Layout, steps: &mut Vec<Step>) {
+    for (i, batch) in l.batches.iter().enumerate() {
+        steps.push(start(l, batch, i));
+        steps.push(gate(l, batch, Some(i + 1)));
+    }
+}
+
+/// Postgres: the migrator alone (one shared database); SQLite: every node (its own files).
+fn migrating_hosts<'v, 'a>(l: &Layout<'v, 'a>, hosts: &[&'v View<'a>]) -> Vec<&'v View<'a>> {
+    if l.shared_storage {
+        l.migrator.into_iter().collect()
+    } else {
+        hosts.to_vec()
+    }
+}
+
+fn step(
+    kind: StepKind,
+    hosts: &[&View],
+    batch: Option<usize>,
+    action: String,
+    why: &str,
+    checks: Vec<String>,
+    commands: impl Fn(&View) -> Vec<String>,
+) -> Step {
+    let commands = hosts
+        .iter()
+        .map(|v| HostCommands {
+            host: v.name().to_string(),
+            commands: commands(v),
+        })
+        .filter(|c| !c.commands.is_empty())
+        .collect();
+    Step {
+        number: 0,
+        kind,
+        hosts: hosts.iter().map(|v| v.name().to_string()).collect(),
+        batch,
+        action,
+        why: why.to_string(),
+        checks,
+        commands,
+    }
+}
+
+fn names(hosts: &[&View]) -> String {
+    hosts
+        .iter()
+        .map(|v| format!("`{}`", v.name()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn preflight(l: &Layout) -> Step {
+    let zero = if l.strategy.is_zero_downtime() {
+        " with zero downtime"
+    } else {
+        ""
+    };
+    let mut checks = vec![
+        "each node answers over SSH and its `numary version` is readable".to_string(),
+        format!(
+            "the upgrade-path table allows each node's current version → `{}`{zero}",
+            l.target
+        ),
+        "free disk for the new binary under the releases dir".to_string(),
+    ];
+    if l.opts.backup {
+        checks.push("free disk for the backup under the backup dir".to_string());
+    }
+    let postgres = l
+        .touched
+        .iter()
+        .any(|v| v.driver() == Some(StorageDriver::Postgres));
+    if postgres && *l.target >= Version::new(1, 8, 0) {
+        checks.push("Postgres: the extensions `pgcrypto` and `pg_trgm` exist or the role may create them (1.8.0+ creates `pg_trgm` at every start)".to_string());
+    }
+    checks.push(format!(
+        "the new binary's SHA-256 is `{}`",
+        l.opts.binary.sha256()
+    ));
+    step(
+        StepKind::Preflight,
+        &l.touched,
+        None,
+        "check every node, read-only, and report all findings at once before anything changes"
+            .to_string(),
+        "the guide: verify the upgrade path requirements for each node first; nothing may change while any node would be refused",
+        checks,
+        |_| Vec::new(),
+    )
+}
+
+fn lock(l: &Layout) -> Step {
+    step(
+        StepKind::Lock,
+        &l.touched,
+        None,
+        "take the fleetup lock on each node (who, from where, run id, pid, start time)".to_string(),
+        "two runs against the same fleet would interleave stops, migrations and restarts",
+        vec!["no other run holds the lock on any node (a stale lock is broken only with `--break-lock`)".to_string()],
+        |_| Vec::new(),
+    )
+}
+
+fn stop(l: &Layout, hosts: &[&View], batch: Option<usize>, why: &str) -> Step {
+    let mut checks = vec!["the service manager reports stopped within the timeout".to_string()];
+    if l.strategy == Strategy::Rolling {
+        checks.push(
+            "no `numary` process remains and, for SQLite, no hot journal is left".to_string(),
+        );
+    }
+    step(
+        StepKind::StopService,
+        hosts,
+        batch,
+        format!(
+            "stop the service on {} and wait until it is stopped",
+            names(hosts)
+        ),
+        why,
+        checks,
+        |v| {
+            vec![
+                service_command(v, ServiceVerb::Stop),
+                service_command(v, ServiceVerb::Status),
+            ]
+        },
+    )
+}
+
+fn confirm_stopped(_l: &Layout, hosts: &[&View]) -> Step {
+    let mut checks = vec![
+        "the service manager says stopped".to_string(),
+        "no `numary` process runs".to_string(),
+        "the API does not answer".to_string(),
+    ];
+    if hosts
+        .iter()
+        .any(|v| v.driver() == Some(StorageDriver::Sqlite))
+    {
+        checks.push("SQLite: no hot journal (`*.db-journal`, `*-wal`) in the storage dir; one means the last stop was not clean".to_string());
+    }
+    step(
+        StepKind::ConfirmStopped,
+        hosts,
+        None,
+        "confirm every node to upgrade is cleanly stopped".to_string(),
+        "the guide: confirm that all your ledger instances were cleanly shut down; numary has no lock and a running instance races the migration",
+        checks,
+        |v| {
+            let mut c = vec![
+                service_command(v, ServiceVerb::Status),
+                "pgrep -x numary".to_string(),
+                format!("curl -fsS --max-time 2 {}", quote(&api_url(v, "/_info"))),
+            ];
+            if let Some(dir) = v.sqlite_dir() {
+                c.push(format!(
+                    "find {} -maxdepth 1 \\( -name '*.db-journal' -o -name '*-wal' \\)",
+                    quote(dir)
+                ));
+            }
+            c
+        },
+    )
+}
+
+fn backup(l: &Layout, hosts: &[&View], batch: Option<usize>) -> Step {
+    let sqlite = !l.shared_storage;
+    let (action, why, checks) = if sqlite {
+        (
+            format!(
+                "copy every `numary_*.db` (`numary__system.db` included) of {} to `<backup dir>/{RUN_ID_TOKEN}/` and compare SHA-256",
+                names(hosts)
+            ),
+            "the guide: create a backup of your database (by copying the SQLite files); migrations have no down path, a restore is the only way back",
+            vec![
+                "the node is stopped, so the files are consistent".to_string(),
+                "each copy's SHA-256 equals its original's; location, size and checksum go to the journal".to_string(),
+            ],
+        )
+    } else {
+        (
+            format!(
+                "dump the Postgres database from {} with `pg_dump --format=custom` into `<backup dir>/{RUN_ID_TOKEN}/` and verify it",
+                names(hosts)
+            ),
+            "the guide: create a backup of your database (pg_dump for Postgres); migrations have no down path, a restore is the only way back",
+            vec![
+                "the connection string comes from the service's environment file, never a command line".to_string(),
+                "`pg_restore --list` reads the dump; location, size and checksum go to the journal".to_string(),
+            ],
+        )
+    };
+    step(StepKind::Backup, hosts, batch, action, why, checks, |v| {
+        let dir = format!(
+            "{}/{RUN_ID_TOKEN}",
+            v.host.ledger.backup_dir.trim_end_matches('/')
+        );
+        let mut c = vec![format!("mkdir -p -m 0700 {}", quote(&dir))];
+        match (sqlite, v.sqlite_dir()) {
+            (true, Some(data)) => {
+                c.push(format!(
+                    "cp -p {}/numary_*.db {}/",
+                    quote(data),
+                    quote(&dir)
+                ));
+                c.push(format!("cd {} && sha256sum numary_*.db", quote(data)));
+                c.push(format!("cd {} && sha256sum numary_*.db", quote(&dir)));
+            }
+            (true, None) => c.push("# SQLite storage dir unknown".to_string()),
+            (false, _) => {
+                let file = quote(&format!("{dir}/postgres.dump"));
+                c.push(with_env(
+                    v,
+                    format!(
+                        "pg_dump --format=custom --file={file}  # connects with NUMARY_STORAGE_POSTGRES_CONN_STRING, passed through the environment"
+                    ),
+                ));
+                c.push(format!("pg_restore --list {file} >/dev/null"));
+                c.push(format!("sha256sum {file}"));
+            }
+        }
+        c
+    })
+}
+
+fn stage(l: &Layout, hosts: &[&View]) -> Step {
+    let (action, source) = match &l.opts.binary {
+        BinarySource::File { path, .. } => (
+            format!(
+                "upload `{}` to `<releases dir>/{}/numary` on each node and verify it",
+                path.display(),
+                l.target
+            ),
+            None,
+        ),
+        BinarySource::Url { url, .. } => (
+            format!(
+                "download `{url}` to `<releases dir>/{}/numary` on each node and verify it",
+                l.target
+            ),
+            Some(url.as_str()),
+        ),
+    };
+    let mut checks = vec![
+        format!("the SHA-256 is `{}`", l.opts.binary.sha256()),
+        format!("`numary version` prints `{}`", l.target),
+    ];
+    let staged: Vec<&View> = hosts
+        .iter()
+        .copied()
+        .filter(|v| v.staged(l.target))
+        .collect();
+    if !staged.is_empty() {
+        checks.push(format!(
+            "already staged on {}: verified, not transferred again",
+            names(&staged)
+        ));
+    }
+    step(
+        StepKind::Stage,
+        hosts,
+        None,
+        action,
+        "the guide: download the target version; it is staged beside the running one, so nothing that runs changes yet",
+        checks,
+        |v| {
+            let dir = release_dir(v, l.target);
+            let part = quote(&format!("{dir}/numary.fleetup-part"));
+            let fetch = match source {
+                Some(url) => format!("curl -fsSL --output {part} {}", quote(url)),
+                None => format!("# upload the binary to {part}"),
+            };
+            vec![
+                format!("mkdir -p {}", quote(&dir)),
+                fetch,
+                format!("sha256sum {part}"),
+                format!("chmod 0755 {part}"),
+                with_env(v, format!("{part} version")),
+                format!("mv -f {part} {}", quote(&release_bin(v, l.target))),
+            ]
+        },
+    )
+}
+
+fn migrate(l: &Layout, hosts: &[&View], batch: Option<usize>) -> Step {
+    let (action, why) = if l.shared_storage {
+        (
+            format!(
+                "with the new binary and the service's environment, on {} only: `storage scan`, `storage list`, then `storage upgrade NAME` for each ledger listed",
+                names(hosts)
+            ),
+            if l.strategy == Strategy::Offline {
+                "the guide: choose one node and, using the new binary, run `storage scan`, `storage list`, `storage upgrade {LEDGER_NAME}`; the shared database is migrated once, while no node runs"
+            } else {
+                "migrating once, explicitly, before any node runs the target: no racing lazy migrations between new nodes (numary has no migration lock), each ledger's result checked, and a failure stops the run before any node changed"
+            },
+        )
+    } else {
+        (
+            format!(
+                "on each of {}, against its own SQLite files, with the new binary and the service's environment: `storage scan`, `storage list`, then `storage upgrade NAME` for each ledger listed",
+                names(hosts)
+            ),
+            "the guide: using the new binary, run `storage scan`, `storage list`, `storage upgrade {LEDGER_NAME}`; SQLite nodes each hold their own ledgers, so each migrates its own",
+        )
+    };
+    let mut checks = vec![
+        "`storage list` before and after `scan` is compared and the difference shown".to_string(),
+        "only names printed by `storage list` are passed (`storage upgrade` creates a ledger on a typo)".to_string(),
+        "`No ledger found.` while the fleet has ledgers aborts: wrong storage environment".to_string(),
+        "each `storage upgrade` prints `migrated` or `left in place` for its ledger, not just exit 0".to_string(),
+    ];
+    for v in hosts {
+        if let Some(expected) = &v.host.ledger.ledgers {
+            let listed: Vec<String> = expected.iter().map(|n| format!("`{n}`")).collect();
+            checks.push(format!(
+                "`{}`: the inventory's ledgers must each be listed: {}",
+                v.name(),
+                listed.join(", ")
+            ));
+        }
+    }
+    step(StepKind::Migrate, hosts, batch, action, why, checks, |v| {
+        let mut c = vec![
+            numary(v, l.target, "storage list"),
+            numary(v, l.target, "storage scan"),
+            numary(v, l.target, "storage list"),
+        ];
+        let known = v.known_ledgers();
+        if known.is_empty() {
+            c.push(
+                "# then `storage upgrade NAME` for each ledger `storage list` prints".to_string(),
+            );
+        }
+        for name in known {
+            c.push(numary(
+                v,
+                l.target,
+                &format!("storage upgrade {}", quote(&name)),
+            ));
+        }
+        c
+    })
+}
+
+fn switch(l: &Layout, hosts: &[&View], batch: Option<usize>) -> Step {
+    step(
+        StepKind::Switch,
+        hosts,
+        batch,
+        format!(
+            "point each node's binary at `<releases dir>/{}/numary` with an atomic symlink swap; the previous release stays for rollback",
+            l.target
+        ),
+        "the guide: restart the nodes with the upgraded binary; renaming a symlink is atomic and reversible",
+        vec!["the previous target of the binary is recorded for rollback (a plain file is first kept as its version's release)".to_string()],
+        |v| {
+            let bin = &v.host.ledger.binary;
+            let next = quote(&format!("{bin}.fleetup-new"));
+            let mut c = Vec::new();
+            if let Some(current) = &v.current {
+                let old = format!("{}/{current}", v.host.ledger.releases_dir.trim_end_matches('/'));
+                c.push(format!(
+                    "test -L {b} || {{ mkdir -p {o} && cp -p {b} {ob}; }}",
+                    b = quote(bin),
+                    o = quote(&old),
+                    ob = quote(&format!("{old}/numary"))
+                ));
+            }
+            c.push(format!("readlink -f {}", quote(bin)));
+            c.push(format!("ln -sfn {} {next}", quote(&release_bin(v, l.target))));
+            c.push(format!("mv -Tf {next} {}", quote(bin)));
+            c
+        },
+    )
+}
+
+fn start(l: &Layout, hosts: &[&View], index: usize) -> Step {
+    let first = index == 0;
+    let action = if first {
+        format!(
+            "start the migrator {} first, on `{}`",
+            names(hosts),
+            l.target
+        )
+    } else {
+        format!(
+            "start batch {} on `{}`: {}",
+            index + 1,
+            l.target,
+            names(hosts)
+        )
+    };
+    let why = if first {
+        "the migrator goes first: a bad binary or environment stops the run with one node affected"
+    } else if l.strategy == Strategy::Offline {
+        "the guide: restart all your nodes with the upgraded binary, in batches after the migrator"
+    } else {
+        "new nodes join batch by batch, each health-gated before the next"
+    };
+    step(
+        StepKind::StartService,
+        hosts,
+        Some(index + 1),
+        action,
+        why,
+        vec!["the service manager accepts the start".to_string()],
+        |v| vec![service_command(v, ServiceVerb::Start)],
+    )
+}
+
+fn gate(l: &Layout, hosts: &[&View], batch: Option<usize>) -> Step {
+    step(
+        StepKind::HealthGate,
+        hosts,
+        batch,
+        format!(
+            "wait until {} report `{}` at `/_info` and answer `/_health`, within the timeout",
+            names(hosts),
+            l.target
+        ),
+        "a node that does not come up healthy on the target stops the run before the next batch, with a report of each node's state",
+        vec![
+            format!("`/_info` reports version `{}`", l.target),
+            "`/_health` answers 200".to_string(),
+        ],
+        |v| {
+            vec![
+                format!("curl -fsS {}", quote(&api_url(v, "/_info"))),
+                format!("curl -fsS {}", quote(&api_url(v, "/_health"))),
+            ]
+        },
+    )
+}
+
+fn decommission(l: &Layout) -> Step {
+    step(
+        StepKind::Decommission,
+        &l.retiring,
+        None,
+        format!(
+            "stop the old nodes {} now that their replacements are healthy",
+            names(&l.retiring)
+        ),
+        "the guide (zero-downtime): deploy new nodes with the upgraded version, then decommission the old nodes with the previous version",
+        vec![
+            "every new node passed its health gate".to_string(),
+            "the service manager reports stopped".to_string(),
+        ],
+        |v| {
+            vec![
+                service_command(v, ServiceVerb::Stop),
+                service_command(v, ServiceVerb::Status),
+            ]
+        },
+    )
+}
+
+fn unlock(l: &Layout) -> Step {
+    step(
+        StepKind::Unlock,
+        &l.touched,
+        None,
+        "release the locks and summarize: per node old → new version, backup location, timings"
+            .to_string(),
+        "the fleet is consistent again; the next run may start",
+        Vec::new(),
+        |_| Vec::new(),
+    )
+}
+
+#[derive(Clone, Copy)]
+enum ServiceVerb {
+    Start,
+    Stop,
+    Status,
+}
+
+fn service_command(v: &View, verb: ServiceVerb) -> String {
+    match (&v.host.ledger.service, verb) {
+        (Service::Systemd { unit }, ServiceVerb::Start) => {
+            format!("systemctl start {}", quote(unit))
+        }
+        (Service::Systemd { unit }, ServiceVerb::Stop) => format!("systemctl stop {}", quote(unit)),
+        (Service::Systemd { unit }, ServiceVerb::Status) => {
+            format!("systemctl is-active {}", quote(unit))
+        }
+        (Service::Command { start, .. }, ServiceVerb::Start) => start.clone(),
+        (Service::Command { stop, .. }, ServiceVerb::Stop) => stop.clone(),
+        (Service::Command { status, .. }, ServiceVerb::Status) => status.clone(),
+    }
+}
+
+fn release_dir(v: &View, target: &Version) -> String {
+    format!(
+        "{}/{target}",
+        v.host.ledger.releases_dir.trim_end_matches('/')
+    )
+}
+
+fn release_bin(v: &View, target: &Version) -> String {
+    format!("{}/numary", release_dir(v, target))
+}
+
+/// Runs `command` with exactly the variables the service reads, so storage commands see the
+/// service's storage (a different `NUMARY_STORAGE_DIR` or `$HOME` silently means another store).
+fn with_env(v: &View, command: String) -> String {
+    match &v.host.ledger.env_file {
+        Some(file) => format!("set -a && . {} && set +a && {command}", quote(file)),
+        None => command,
+    }
+}
+
+fn numary(v: &View, target: &Version, args: &str) -> String {
+    with_env(v, format!("{} {args}", quote(&release_bin(v, target))))
+}
+
+fn api_url(v: &View, path: &str) -> String {
+    format!("http://{}{path}", v.host.ledger.api)
+}

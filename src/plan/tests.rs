@@ -1,0 +1,1 @@
+//! Plan builder tests.
