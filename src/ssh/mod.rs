@@ -1,2 +1,94 @@
 //! SSH transport on russh: one connection per host, host keys checked against known_hosts,
 //! commands, uploads and HTTP probes through the node.
+//!
+//! [`Transport`] is what the rest of fleetup talks to; [`Session`] is the real implementation,
+//! and tests of the scheduler can use a fake.
+
+// The error enums carry what the operator needs (host, address, key type, fingerprint, file and
+// line); they are built once per failed host, so their size does not matter.
+#![allow(clippy::result_large_err)]
+
+mod auth;
+mod error;
+pub mod http;
+pub mod known_hosts;
+mod session;
+
+use std::future::Future;
+use std::time::Duration;
+
+pub use auth::{KeyCache, PASSPHRASE_ENV, PassphrasePrompt};
+pub use error::{ConnectError, ExecError, HostKeyError, HttpError, UploadError};
+pub use http::HttpResponse;
+pub use session::{
+    ConnectOptions, ExecOptions, ExecOutput, ExitStatus, HostKeyPolicy, HostProgress,
+    OutputCallback, OutputStream, Progress, Session, UploadReport, connect, connect_all,
+    host_key_problems, upload_to_many,
+};
+
+/// What fleetup does on a host. Implemented by [`Session`] over SSH.
+pub trait Transport: Send + Sync {
+    /// The inventory name of the host.
+    fn host(&self) -> &str;
+
+    fn exec(
+        &self,
+        command: &str,
+        opts: &ExecOptions,
+    ) -> impl Future<Output = Result<ExecOutput, ExecError>> + Send;
+
+    /// Writes `data` (whose hex SHA-256 is `sha256`) to `remote_path` atomically, verified on
+    /// the host. `progress(bytes_sent, total)`.
+    fn upload(
+        &self,
+        data: &[u8],
+        sha256: &str,
+        remote_path: &str,
+        mode: u32,
+        progress: Progress<'_>,
+    ) -> impl Future<Output = Result<UploadReport, UploadError>> + Send;
+
+    /// GET over HTTP/1.1 to `host:port` as seen from the node.
+    fn http_get(
+        &self,
+        host: &str,
+        port: u16,
+        path: &str,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<HttpResponse, HttpError>> + Send;
+}
+
+impl Transport for Session {
+    fn host(&self) -> &str {
+        Session::host(self)
+    }
+
+    fn exec(
+        &self,
+        command: &str,
+        opts: &ExecOptions,
+    ) -> impl Future<Output = Result<ExecOutput, ExecError>> + Send {
+        Session::exec(self, command, opts)
+    }
+
+    fn upload(
+        &self,
+        data: &[u8],
+        sha256: &str,
+        remote_path: &str,
+        mode: u32,
+        progress: Progress<'_>,
+    ) -> impl Future<Output = Result<UploadReport, UploadError>> + Send {
+        self.upload_bytes(data, sha256, remote_path, mode, progress)
+    }
+
+    fn http_get(
+        &self,
+        host: &str,
+        port: u16,
+        path: &str,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<HttpResponse, HttpError>> + Send {
+        Session::http_get(self, host, port, path, timeout)
+    }
+}

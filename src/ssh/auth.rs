@@ -1,0 +1,214 @@
+//! Public-key authentication: the ssh-agent first (when enabled), then identity files. Key files
+//! are decrypted once per run and shared by every host through [`KeyCache`] (bcrypt decryption
+//! is slow on purpose; doing it per host would dominate a fleet run).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use russh::client::Handle;
+use russh::keys::agent::AgentIdentity;
+use russh::keys::agent::client::AgentClient;
+use russh::keys::{PrivateKey, PrivateKeyWithHashAlg, PublicKey};
+use tokio::sync::{Mutex, OnceCell};
+
+use super::error::ConnectError;
+use super::known_hosts::{fingerprint, key_type};
+use super::session::Client;
+
+/// Environment variable holding the passphrase of encrypted identity files.
+pub const PASSPHRASE_ENV: &str = "FLEETUP_KEY_PASSPHRASE";
+
+/// Asks for the passphrase of a key file (the CLI prompts on a TTY). Called at most once per
+/// key, from a blocking thread; `None` means "no passphrase available".
+pub type PassphrasePrompt = Arc<dyn Fn(&Path) -> Option<String> + Send + Sync>;
+
+type Loaded = Result<Arc<PrivateKey>, String>;
+
+/// Decrypted identity files of a run, shared across hosts.
+#[derive(Clone, Default)]
+pub struct KeyCache {
+    keys: Arc<Mutex<HashMap<PathBuf, Arc<OnceCell<Loaded>>>>>,
+    passphrase: Option<String>,
+    prompt: Option<PassphrasePrompt>,
+    /// Serializes prompts so two keys never ask on the terminal at once.
+    prompt_lock: Arc<std::sync::Mutex<()>>,
+}
+
+impl std::fmt::Debug for KeyCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyCache")
+            .field("has_passphrase", &self.passphrase.is_some())
+            .finish()
+    }
+}
+
+impl KeyCache {
+    /// Passphrase from [`PASSPHRASE_ENV`] when set, else `prompt` (if any).
+    pub fn from_env(prompt: Option<PassphrasePrompt>) -> Self {
+        let passphrase = std::env::var(PASSPHRASE_ENV).ok().filter(|p| !p.is_empty());
+        KeyCache {
+            passphrase,
+            prompt,
+            ..Default::default()
+        }
+    }
+
+    pub fn with_passphrase(passphrase: Option<String>, prompt: Option<PassphrasePrompt>) -> Self {
+        KeyCache {
+            passphrase,
+            prompt,
+            ..Default::default()
+        }
+    }
+
+    /// The decrypted key, loading it on first use. `Ok(None)`: the file does not exist.
+    pub async fn get(&self, path: &Path) -> Result<Option<Arc<PrivateKey>>, ConnectError> {
+        if !path.exists() {
+            return Ok(None);
+        }
+        let cell = {
+            let mut map = self.keys.lock().await;
+            map.entry(path.to_path_buf()).or_default().clone()
+        };
+        let loaded = cell
+            .get_or_init(|| {
+                let this = self.clone();
+                let path = path.to_path_buf();
+                async move {
+                    tokio::task::spawn_blocking(move || this.load_blocking(&path))
+                        .await
+                        .unwrap_or_else(|e| Err(format!("key loader panicked: {e}")))
+                }
+            })
+            .await;
+        match loaded {
+            Ok(k) => Ok(Some(k.clone())),
+            Err(reason) => Err(ConnectError::Key {
+                path: path.to_path_buf(),
+                reason: reason.clone(),
+            }),
+        }
+    }
+
+    fn load_blocking(&self, path: &Path) -> Loaded {
+        match russh::keys::load_secret_key(path, None) {
+            Ok(k) => return Ok(Arc::new(k)),
+            Err(russh::keys::Error::KeyIsEncrypted) => {}
+            Err(e) => return Err(format!("cannot read the key: {e}")),
+        }
+        let (passphrase, source) = match &self.passphrase {
+            Some(p) => (Some(p.clone()), format!("`{PASSPHRASE_ENV}`")),
+            None => {
+                let asked = self.prompt.as_ref().and_then(|prompt| {
+                    let _one_at_a_time = self.prompt_lock.lock();
+                    prompt(path)
+                });
+                (asked, "the prompt".to_owned())
+            }
+        };
+        let Some(passphrase) = passphrase else {
+            return Err(format!(
+                "the key is encrypted and no passphrase is available (set `{PASSPHRASE_ENV}`)"
+            ));
+        };
+        russh::keys::load_secret_key(path, Some(&passphrase))
+            .map(Arc::new)
+            .map_err(|e| format!("cannot decrypt the key with the passphrase from {source} (wrong passphrase?): {e}"))
+    }
+}
+
+/// Authenticates `user` on a fresh handle: agent keys first, then each identity file not
+/// already offered through the agent.
+pub(crate) async fn authenticate(
+    handle: &mut Handle<Client>,
+    host: &str,
+    addr: &str,
+    user: &str,
+    use_agent: bool,
+    identity_files: &[PathBuf],
+    keys: &KeyCache,
+) -> Result<(), ConnectError> {
+    let mut tried: Vec<String> = Vec::new();
+    let mut offered: Vec<PublicKey> = Vec::new();
+    let handshake = |source| ConnectError::Handshake {
+        host: host.to_owned(),
+        addr: addr.to_owned(),
+        source,
+    };
+
+    if use_agent && let Ok(sock) = std::env::var("SSH_AUTH_SOCK") {
+        match AgentClient::connect_uds(&sock).await {
+            Err(e) => tried.push(format!("agent `{sock}` (unavailable: {e})")),
+            Ok(mut agent) => {
+                let ids = match agent.request_identities().await {
+                    Ok(ids) => ids,
+                    Err(e) => {
+                        tried.push(format!("agent `{sock}` (cannot list keys: {e})"));
+                        Vec::new()
+                    }
+                };
+                for id in ids {
+                    let AgentIdentity::PublicKey { key, .. } = id else {
+                        continue;
+                    };
+                    let hash = rsa_hash(handle, &key).await.map_err(handshake)?;
+                    tried.push(format!("agent {} `{}`", key_type(&key), fingerprint(&key)));
+                    offered.push(key.clone());
+                    match handle
+                        .authenticate_publickey_with(user, key, hash, &mut agent)
+                        .await
+                    {
+                        Ok(r) if r.success() => return Ok(()),
+                        Ok(_) => {}
+                        Err(e) => {
+                            if let Some(last) = tried.last_mut() {
+                                last.push_str(&format!(" (agent could not sign: {e})"));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    for path in identity_files {
+        let Some(key) = keys.get(path).await? else {
+            tried.push(format!("`{}` (missing)", path.display()));
+            continue;
+        };
+        let public = key.public_key();
+        if offered.iter().any(|k| k.key_data() == public.key_data()) {
+            continue;
+        }
+        let hash = rsa_hash(handle, public).await.map_err(handshake)?;
+        tried.push(format!("`{}`", path.display()));
+        let with_hash = PrivateKeyWithHashAlg::new(key.clone(), hash);
+        match handle.authenticate_publickey(user, with_hash).await {
+            Ok(r) if r.success() => return Ok(()),
+            Ok(_) => {}
+            Err(e) => return Err(handshake(e)),
+        }
+    }
+    Err(ConnectError::Auth {
+        host: host.to_owned(),
+        user: user.to_owned(),
+        tried,
+    })
+}
+
+/// SHA-2 for RSA keys (OpenSSH >= 8.8 refuses SHA-1 `ssh-rsa`); asked only for RSA because the
+/// server's answer can take a second to arrive.
+async fn rsa_hash(
+    handle: &Handle<Client>,
+    key: &PublicKey,
+) -> Result<Option<russh::keys::HashAlg>, russh::Error> {
+    if !key.algorithm().is_rsa() {
+        return Ok(None);
+    }
+    Ok(handle
+        .best_supported_rsa_hash()
+        .await?
+        .flatten()
+        .or(Some(russh::keys::HashAlg::Sha256)))
+}

@@ -1,0 +1,282 @@
+//! Typed errors of the transport, one enum per operation, so callers can branch (a host-key
+//! problem is reported up front, a timeout is "unreachable", a failed command is a result) and
+//! the CLI can turn each into a [`Failure`] with hints.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::error::Failure;
+use crate::exit_code;
+
+/// The host presented a key we must not trust.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HostKeyError {
+    #[error(
+        "host `{host}` (`{addr}`) presented an unknown {key_type} host key `{fingerprint}` \
+         (not in `{known_hosts}`)"
+    )]
+    Unknown {
+        host: String,
+        addr: String,
+        key_type: String,
+        fingerprint: String,
+        known_hosts: PathBuf,
+    },
+    #[error(
+        "host `{host}` (`{addr}`) presented a {key_type} host key `{fingerprint}` that differs \
+         from the one recorded at `{known_hosts}:{line}`: someone may be intercepting the connection"
+    )]
+    Changed {
+        host: String,
+        addr: String,
+        key_type: String,
+        fingerprint: String,
+        known_hosts: PathBuf,
+        line: usize,
+    },
+    #[error(
+        "host `{host}` (`{addr}`) presented the {key_type} host key `{fingerprint}` that is \
+         marked @revoked at `{known_hosts}:{line}`"
+    )]
+    Revoked {
+        host: String,
+        addr: String,
+        key_type: String,
+        fingerprint: String,
+        known_hosts: PathBuf,
+        line: usize,
+    },
+    /// Unknown key while accepting new keys, but the host is recorded with another key type:
+    /// that is not a new host, so the key is not recorded.
+    #[error(
+        "host `{host}` (`{addr}`) presented a {key_type} host key `{fingerprint}` but is recorded \
+         with a {known_type} key at `{known_hosts}:{line}`; not recording it"
+    )]
+    OtherTypeKnown {
+        host: String,
+        addr: String,
+        key_type: String,
+        fingerprint: String,
+        known_type: String,
+        known_hosts: PathBuf,
+        line: usize,
+    },
+    #[error("cannot use known_hosts file `{known_hosts}`: {reason}")]
+    File {
+        known_hosts: PathBuf,
+        reason: String,
+    },
+    #[error(
+        "host `{host}` (`{addr}`) presented a host certificate; certificates are not supported"
+    )]
+    Certificate { host: String, addr: String },
+}
+
+impl HostKeyError {
+    pub fn hints(&self) -> Vec<String> {
+        match self {
+            HostKeyError::Unknown {
+                addr, known_hosts, ..
+            } => vec![format!(
+                "check the fingerprint with the host's owner, then add the key to `{}` \
+                     (e.g. `ssh-keyscan` output for `{addr}`), or rerun with \
+                     `--accept-new-host-keys` to record keys of hosts seen for the first time",
+                known_hosts.display()
+            )],
+            HostKeyError::Changed {
+                addr, known_hosts, ..
+            }
+            | HostKeyError::OtherTypeKnown {
+                addr, known_hosts, ..
+            } => vec![format!(
+                "if the host was legitimately re-installed, check the new fingerprint with its \
+                 owner, then remove the old entry with `ssh-keygen -R '{addr}' -f {}`",
+                crate::shell::quote(&known_hosts.display().to_string())
+            )],
+            HostKeyError::Revoked { .. } => {
+                vec!["the key was revoked on purpose: do not connect to this host until it is re-keyed".into()]
+            }
+            HostKeyError::File { .. } => {
+                vec!["check the `known_hosts` setting of the inventory".into()]
+            }
+            HostKeyError::Certificate { .. } => {
+                vec!["record the host's plain public key in known_hosts".into()]
+            }
+        }
+    }
+}
+
+/// Connecting to one host failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("host `{host}` (`{addr}`): no SSH session within {}: {stage}", humantime::format_duration(*.after))]
+    Timeout {
+        host: String,
+        addr: String,
+        stage: &'static str,
+        after: Duration,
+    },
+    #[error("host `{host}`: cannot connect to `{addr}`: {source}")]
+    Tcp {
+        host: String,
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    HostKey(HostKeyError),
+    #[error("host `{host}` (`{addr}`): SSH handshake failed: {source}")]
+    Handshake {
+        host: String,
+        addr: String,
+        #[source]
+        source: russh::Error,
+    },
+    #[error("host `{host}` refused authentication as `{user}` (tried: {})", tried_list(.tried))]
+    Auth {
+        host: String,
+        user: String,
+        tried: Vec<String>,
+    },
+    #[error("cannot use key `{path}`: {reason}")]
+    Key { path: PathBuf, reason: String },
+    #[error("host `{host}`: {message}")]
+    Config { host: String, message: String },
+    #[error("host `{host}`: jump host `{jump}` failed: {reason}")]
+    Jump {
+        host: String,
+        jump: String,
+        reason: String,
+    },
+}
+
+fn tried_list(tried: &[String]) -> String {
+    if tried.is_empty() {
+        "no key available".to_owned()
+    } else {
+        tried.join(", ")
+    }
+}
+
+impl ConnectError {
+    pub fn host_key(&self) -> Option<&HostKeyError> {
+        match self {
+            ConnectError::HostKey(e) => Some(e),
+            _ => None,
+        }
+    }
+
+    pub fn hints(&self) -> Vec<String> {
+        match self {
+            ConnectError::HostKey(e) => e.hints(),
+            ConnectError::Timeout { .. } | ConnectError::Tcp { .. } => {
+                vec![
+                    "check that the host is up and that sshd listens on that address and port"
+                        .into(),
+                ]
+            }
+            ConnectError::Auth { user, .. } => vec![format!(
+                "check that one of the keys is in `~{user}/.ssh/authorized_keys` on the host, \
+                 that `SSH_AUTH_SOCK` points at a running agent, or set `identity_files`"
+            )],
+            ConnectError::Key { .. } => vec![
+                "set the passphrase in `FLEETUP_KEY_PASSPHRASE` or run on a terminal to be asked"
+                    .into(),
+            ],
+            _ => Vec::new(),
+        }
+    }
+
+    /// The operator-facing form, with the exit code for an unreachable host.
+    pub fn to_failure(&self) -> Failure {
+        let mut f = Failure::new(exit_code::UNREACHABLE, self.to_string());
+        f.hints = self.hints();
+        f
+    }
+}
+
+/// Running one command failed before it could report an exit status. A command that ran and
+/// exited non-zero is not an error: see [`super::ExitStatus`].
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError {
+    #[error("host `{host}`: cannot open a channel: {source}")]
+    Channel {
+        host: String,
+        #[source]
+        source: russh::Error,
+    },
+    #[error("host `{host}`: the server refused to run the command")]
+    Refused { host: String },
+    #[error("host `{host}`: command did not finish within {}", humantime::format_duration(*.after))]
+    Timeout {
+        host: String,
+        after: Duration,
+        stdout: Vec<u8>,
+        stderr: Vec<u8>,
+    },
+    #[error("host `{host}`: the command ended without an exit status ({reason})")]
+    Lost {
+        host: String,
+        reason: String,
+        stdout: Vec<u8>,
+        stderr: Vec<u8>,
+    },
+    #[error("host `{host}`: `{name}` is not a valid environment variable name")]
+    BadEnv { host: String, name: String },
+    #[error("host `{host}`: cannot send to the command: {source}")]
+    Send {
+        host: String,
+        #[source]
+        source: russh::Error,
+    },
+}
+
+/// Uploading a file failed; the remote temp file has been removed (best effort).
+#[derive(Debug, thiserror::Error)]
+pub enum UploadError {
+    #[error("cannot read `{path}`: {source}")]
+    Local {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Exec(#[from] ExecError),
+    #[error("host `{host}`: upload to `{remote}` failed (exit {status}): {stderr}")]
+    Remote {
+        host: String,
+        remote: String,
+        status: String,
+        stderr: String,
+    },
+    #[error("host `{host}`: `{remote}` has sha256 `{got}` on the host, expected `{want}`")]
+    Checksum {
+        host: String,
+        remote: String,
+        want: String,
+        got: String,
+    },
+}
+
+/// An HTTP request through the node failed.
+#[derive(Debug, thiserror::Error)]
+pub enum HttpError {
+    #[error("host `{host}`: cannot reach `{target}` from the node: {reason}")]
+    Connect {
+        host: String,
+        target: String,
+        reason: String,
+    },
+    #[error("host `{host}`: no complete answer from `{target}` within {}", humantime::format_duration(*.after))]
+    Timeout {
+        host: String,
+        target: String,
+        after: Duration,
+    },
+    #[error("host `{host}`: bad HTTP answer from `{target}`: {reason}")]
+    Protocol {
+        host: String,
+        target: String,
+        reason: String,
+    },
+}

@@ -1,0 +1,1198 @@
+//! One SSH connection to one host: connecting (timeouts, host-key check, authentication,
+//! optional jump host), then commands, uploads and HTTP requests over channels of that one
+//! connection, at most `max_sessions` channels at a time.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex as StdMutex};
+use std::time::Duration;
+
+use russh::client::{self, DisconnectReason, Handle};
+use russh::keys::PublicKeyOrCertificate;
+use russh::{ChannelMsg, Sig};
+use sha2::{Digest, Sha256};
+use tokio::net::TcpStream;
+use tokio::sync::{OnceCell, Semaphore};
+use tokio::time::{Instant, timeout, timeout_at};
+
+use super::auth::{KeyCache, authenticate};
+use super::error::{ConnectError, ExecError, HostKeyError, HttpError, UploadError};
+use super::http::{HttpResponse, parse_response, request};
+use super::known_hosts::{self, KnownHosts, Verdict, fingerprint, key_type};
+use crate::inventory::ResolvedHost;
+use crate::shell::quote;
+
+/// What to do with a host key that is not in known_hosts. There is deliberately no "accept
+/// anything" policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum HostKeyPolicy {
+    /// Refuse the host.
+    #[default]
+    Strict,
+    /// Record the key when the host is not in known_hosts at all; changed keys are still
+    /// refused, and so is a host recorded with another key type.
+    AcceptNew,
+}
+
+/// Settings shared by every connection of a run.
+#[derive(Clone)]
+pub struct ConnectOptions {
+    pub host_keys: HostKeyPolicy,
+    /// Decrypted identity files, shared by every host.
+    pub keys: KeyCache,
+    /// Hosts connected to at once (`--forks`).
+    pub forks: usize,
+    /// Channels open at once on one connection (stay at or below the server's `MaxSessions`).
+    pub max_sessions: usize,
+    /// Sent when the connection is idle, so a silent long command keeps it alive.
+    pub keepalive: Duration,
+    /// The connection is dropped after this long without any answer (must exceed `keepalive`).
+    pub inactivity_timeout: Duration,
+    jumps: Arc<tokio::sync::Mutex<HashMap<String, Arc<OnceCell<JumpResult>>>>>,
+}
+
+type JumpResult = Result<Session, (Option<HostKeyError>, String)>;
+
+impl Default for ConnectOptions {
+    fn default() -> Self {
+        ConnectOptions {
+            host_keys: HostKeyPolicy::Strict,
+            keys: KeyCache::default(),
+            forks: 50,
+            max_sessions: 8,
+            keepalive: Duration::from_secs(15),
+            inactivity_timeout: Duration::from_secs(90),
+            jumps: Arc::default(),
+        }
+    }
+}
+
+impl std::fmt::Debug for ConnectOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnectOptions")
+            .field("host_keys", &self.host_keys)
+            .field("forks", &self.forks)
+            .field("max_sessions", &self.max_sessions)
+            .field("keepalive", &self.keepalive)
+            .field("inactivity_timeout", &self.inactivity_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How a command ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExitStatus {
+    Code(u32),
+    /// Killed by this signal (`TERM`, `KILL`, ...).
+    Signal(String),
+}
+
+impl ExitStatus {
+    pub fn success(&self) -> bool {
+        *self == ExitStatus::Code(0)
+    }
+}
+
+impl std::fmt::Display for ExitStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ExitStatus::Code(c) => write!(f, "{c}"),
+            ExitStatus::Signal(s) => write!(f, "signal {s}"),
+        }
+    }
+}
+
+/// The result of a command that ran to the end.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecOutput {
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    pub status: ExitStatus,
+    pub duration: Duration,
+}
+
+impl ExecOutput {
+    pub fn stdout_lossy(&self) -> String {
+        String::from_utf8_lossy(&self.stdout).into_owned()
+    }
+    pub fn stderr_lossy(&self) -> String {
+        String::from_utf8_lossy(&self.stderr).into_owned()
+    }
+}
+
+/// Which stream a piece of output came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputStream {
+    Stdout,
+    Stderr,
+}
+
+/// Receives output as it arrives (for live events), in addition to the collected output.
+pub type OutputCallback = Arc<dyn Fn(OutputStream, &[u8]) + Send + Sync>;
+
+/// Options of one command.
+#[derive(Clone, Default)]
+pub struct ExecOptions {
+    /// Bytes written to the command's stdin (then EOF). Without it, stdin gets EOF at once.
+    pub stdin: Option<Vec<u8>>,
+    /// Exported before the command runs (sshd refuses most `env` requests, so they are put on
+    /// the command line, quoted).
+    pub env: Vec<(String, String)>,
+    /// Overrides the host's `command_timeout`.
+    pub timeout: Option<Duration>,
+    pub on_output: Option<OutputCallback>,
+}
+
+/// A file uploaded and verified on the host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UploadReport {
+    pub bytes: u64,
+    /// Hex SHA-256, as computed on the host (equal to the local one).
+    pub sha256: String,
+}
+
+/// An SSH connection to one host, cheap to clone and to share between tasks.
+#[derive(Clone)]
+pub struct Session {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    name: String,
+    handle: Handle<Client>,
+    channels: Semaphore,
+    command_timeout: Duration,
+    disconnect_reason: Arc<StdMutex<Option<String>>>,
+    /// Keeps the jump host's connection open as long as this one lives.
+    _jump: Option<Session>,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("host", &self.inner.name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Told how many bytes of how many were sent.
+pub type Progress<'a> = &'a (dyn Fn(u64, u64) + Sync);
+/// Told, for one host, how many bytes of how many were sent.
+pub type HostProgress = Arc<dyn Fn(&str, u64, u64) + Send + Sync>;
+
+/// Chunk size of uploads: big enough that russh splits it into full packets without copying.
+const CHUNK: usize = 1 << 20;
+/// After the exit status arrives, output still in flight gets this long to arrive.
+const EXIT_GRACE: Duration = Duration::from_secs(2);
+
+/// Connects to one host: TCP (or a tunnel through the jump host), SSH handshake with the host
+/// key checked against known_hosts, then authentication, all within `connect_timeout`.
+pub async fn connect(host: &ResolvedHost, opts: &ConnectOptions) -> Result<Session, ConnectError> {
+    let deadline = Instant::now() + host.ssh.connect_timeout;
+    let target = Target::of(host);
+    let jump = match &host.ssh.jump_host {
+        None => None,
+        Some(spec) => Some(jump_session(host, spec, opts, deadline).await?),
+    };
+    connect_target(&target, opts, deadline, jump).await
+}
+
+/// Connects to every host, at most `opts.forks` at once. Every host gets its result, in the
+/// order given, so all problems (host keys above all) can be reported together.
+pub async fn connect_all(
+    hosts: &[ResolvedHost],
+    opts: &ConnectOptions,
+) -> Vec<(String, Result<Session, ConnectError>)> {
+    let forks = Arc::new(Semaphore::new(opts.forks.max(1)));
+    let tasks: Vec<_> = hosts
+        .iter()
+        .map(|h| {
+            let (h, opts, forks) = (h.clone(), opts.clone(), forks.clone());
+            tokio::spawn(async move {
+                let _permit = forks.acquire_owned().await;
+                connect(&h, &opts).await
+            })
+        })
+        .collect();
+    let mut out = Vec::with_capacity(hosts.len());
+    for (h, task) in hosts.iter().zip(tasks) {
+        let result = task.await.unwrap_or_else(|e| {
+            Err(ConnectError::Config {
+                host: h.name.clone(),
+                message: format!("connect task failed: {e}"),
+            })
+        });
+        out.push((h.name.clone(), result));
+    }
+    out
+}
+
+/// The host-key problems among connection results, for reporting them all at once.
+pub fn host_key_problems<T>(
+    results: &[(String, Result<T, ConnectError>)],
+) -> Vec<(&str, &HostKeyError)> {
+    results
+        .iter()
+        .filter_map(|(name, r)| {
+            r.as_ref()
+                .err()
+                .and_then(ConnectError::host_key)
+                .map(|e| (name.as_str(), e))
+        })
+        .collect()
+}
+
+/// Where and as whom to connect.
+#[derive(Debug, Clone)]
+struct Target {
+    name: String,
+    address: String,
+    port: u16,
+    user: String,
+    identity_files: Vec<PathBuf>,
+    known_hosts: PathBuf,
+    use_agent: bool,
+    command_timeout: Duration,
+    connect_timeout: Duration,
+}
+
+impl Target {
+    fn of(h: &ResolvedHost) -> Self {
+        Target {
+            name: h.name.clone(),
+            address: h.address.clone(),
+            port: h.ssh.port,
+            user: h.ssh.user.clone(),
+            identity_files: h.ssh.identity_files.clone(),
+            known_hosts: h.ssh.known_hosts.clone(),
+            use_agent: h.ssh.use_agent,
+            command_timeout: h.ssh.command_timeout,
+            connect_timeout: h.ssh.connect_timeout,
+        }
+    }
+
+    fn addr(&self) -> String {
+        if self.address.contains(':') {
+            format!("[{}]:{}", self.address, self.port)
+        } else {
+            format!("{}:{}", self.address, self.port)
+        }
+    }
+}
+
+async fn connect_target(
+    t: &Target,
+    opts: &ConnectOptions,
+    deadline: Instant,
+    jump: Option<Session>,
+) -> Result<Session, ConnectError> {
+    let addr = t.addr();
+    let timed_out = |stage| ConnectError::Timeout {
+        host: t.name.clone(),
+        addr: addr.clone(),
+        stage,
+        after: t.connect_timeout,
+    };
+    let known = KnownHosts::load(&t.known_hosts).map_err(|e| {
+        ConnectError::HostKey(HostKeyError::File {
+            known_hosts: t.known_hosts.clone(),
+            reason: e.to_string(),
+        })
+    })?;
+    let config = Arc::new(client_config(
+        opts,
+        known.preferred_for_host(&t.address, t.port),
+    ));
+    let disconnect_reason = Arc::new(StdMutex::new(None));
+    let handler = Client {
+        name: t.name.clone(),
+        address: t.address.clone(),
+        port: t.port,
+        known_hosts: t.known_hosts.clone(),
+        policy: opts.host_keys,
+        disconnect_reason: disconnect_reason.clone(),
+    };
+    let handshake_err = |e: ClientError| match e {
+        ClientError::HostKey(k) => ConnectError::HostKey(k),
+        ClientError::Russh(source) => ConnectError::Handshake {
+            host: t.name.clone(),
+            addr: addr.clone(),
+            source,
+        },
+    };
+    let mut handle = match &jump {
+        None => {
+            let stream = timeout_at(deadline, tcp_connect(&t.address, t.port, deadline))
+                .await
+                .map_err(|_| timed_out("tcp connect"))?
+                .map_err(|source| ConnectError::Tcp {
+                    host: t.name.clone(),
+                    addr: addr.clone(),
+                    source,
+                })?;
+            timeout_at(deadline, client::connect_stream(config, stream, handler))
+                .await
+                .map_err(|_| timed_out("ssh handshake (banner and key exchange)"))?
+                .map_err(handshake_err)?
+        }
+        Some(j) => {
+            let channel = timeout_at(
+                deadline,
+                j.inner.handle.channel_open_direct_tcpip(
+                    t.address.clone(),
+                    u32::from(t.port),
+                    "127.0.0.1",
+                    0,
+                ),
+            )
+            .await
+            .map_err(|_| timed_out("tunnel through the jump host"))?
+            .map_err(|e| ConnectError::Jump {
+                host: t.name.clone(),
+                jump: j.inner.name.clone(),
+                reason: format!("cannot open a tunnel to `{addr}`: {e}"),
+            })?;
+            timeout_at(
+                deadline,
+                client::connect_stream(config, channel.into_stream(), handler),
+            )
+            .await
+            .map_err(|_| timed_out("ssh handshake through the jump host"))?
+            .map_err(handshake_err)?
+        }
+    };
+    timeout_at(
+        deadline,
+        authenticate(
+            &mut handle,
+            &t.name,
+            &addr,
+            &t.user,
+            t.use_agent,
+            &t.identity_files,
+            &opts.keys,
+        ),
+    )
+    .await
+    .map_err(|_| timed_out("authentication"))??;
+    Ok(Session {
+        inner: Arc::new(Inner {
+            name: t.name.clone(),
+            handle,
+            channels: Semaphore::new(opts.max_sessions.max(1)),
+            command_timeout: t.command_timeout,
+            disconnect_reason,
+            _jump: jump,
+        }),
+    })
+}
+
+/// The jump host's session, shared by every host of the run that goes through it.
+async fn jump_session(
+    host: &ResolvedHost,
+    spec: &str,
+    opts: &ConnectOptions,
+    deadline: Instant,
+) -> Result<Session, ConnectError> {
+    let (user, address, port) =
+        parse_jump(spec, &host.ssh.user).ok_or_else(|| ConnectError::Config {
+            host: host.name.clone(),
+            message: format!("`{spec}` is not a jump host (expected `[user@]host[:port]`)"),
+        })?;
+    let key = format!("{user}@{address}:{port}");
+    let cell = opts.jumps.lock().await.entry(key).or_default().clone();
+    let result = cell
+        .get_or_init(|| async {
+            let mut t = Target::of(host);
+            t.name = spec.to_owned();
+            (t.address, t.port, t.user) = (address, port, user);
+            connect_target(&t, opts, deadline, None)
+                .await
+                .map_err(|e| (e.host_key().cloned(), e.to_string()))
+        })
+        .await;
+    match result {
+        Ok(s) => Ok(s.clone()),
+        Err((Some(hk), _)) => Err(ConnectError::HostKey(hk.clone())),
+        Err((None, reason)) => Err(ConnectError::Jump {
+            host: host.name.clone(),
+            jump: spec.to_owned(),
+            reason: reason.clone(),
+        }),
+    }
+}
+
+/// `[user@]host[:port]`, with `[v6addr]:port` for IPv6.
+fn parse_jump(spec: &str, default_user: &str) -> Option<(String, String, u16)> {
+    let spec = spec.trim();
+    let (user, rest) = match spec.rsplit_once('@') {
+        Some((u, r)) if !u.is_empty() => (u.to_owned(), r),
+        Some(_) => return None,
+        None => (default_user.to_owned(), spec),
+    };
+    let (host, port) = if let Some(v6) = rest.strip_prefix('[') {
+        let (h, after) = v6.split_once(']')?;
+        let port = match after.strip_prefix(':') {
+            Some(p) => p.parse().ok()?,
+            None if after.is_empty() => 22,
+            None => return None,
+        };
+        (h.to_owned(), port)
+    } else {
+        match rest.split_once(':') {
+            Some((h, p)) => (h.to_owned(), p.parse().ok()?),
+            None => (rest.to_owned(), 22),
+        }
+    };
+    if host.is_empty() || host.contains(char::is_whitespace) {
+        return None;
+    }
+    Some((user, host, port))
+}
+
+/// Tries each address of `host` in turn, giving each a fair share of the time left.
+async fn tcp_connect(host: &str, port: u16, deadline: Instant) -> std::io::Result<TcpStream> {
+    let addrs: Vec<_> = tokio::net::lookup_host((host, port)).await?.collect();
+    let mut last = std::io::Error::new(
+        std::io::ErrorKind::NotFound,
+        "the name resolved to no address",
+    );
+    for (i, a) in addrs.iter().enumerate() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let share = left / u32::try_from(addrs.len() - i).unwrap_or(1);
+        match timeout(share, TcpStream::connect(a)).await {
+            Ok(Ok(s)) => {
+                s.set_nodelay(true)?;
+                return Ok(s);
+            }
+            Ok(Err(e)) => last = e,
+            Err(_) => {
+                last = std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("`{a}` did not answer"),
+                )
+            }
+        }
+    }
+    Err(last)
+}
+
+fn client_config(
+    opts: &ConnectOptions,
+    host_key_order: Vec<russh::keys::Algorithm>,
+) -> client::Config {
+    // curve25519 first: cheapest for both ends. The strict-kex and ext-info markers stay.
+    let defaults = russh::Preferred::DEFAULT;
+    let curve = [russh::kex::CURVE25519, russh::kex::CURVE25519_PRE_RFC_8731];
+    let mut kex: Vec<_> = curve.to_vec();
+    kex.extend(defaults.kex.iter().filter(|k| !curve.contains(k)).cloned());
+    let keepalive = opts.keepalive.max(Duration::from_millis(100));
+    let inactivity = if opts.inactivity_timeout > keepalive {
+        opts.inactivity_timeout
+    } else {
+        keepalive * 4
+    };
+    client::Config {
+        preferred: russh::Preferred {
+            kex: Cow::Owned(kex),
+            key: Cow::Owned(host_key_order),
+            ..defaults
+        },
+        inactivity_timeout: Some(inactivity),
+        keepalive_interval: Some(keepalive),
+        keepalive_max: 3,
+        nodelay: true,
+        gex: client::GexParams::new(2048, 3072, 4096).unwrap_or_default(),
+        ..Default::default()
+    }
+}
+
+/// The russh handler of one connection: checks the host key, remembers why it ended.
+pub(crate) struct Client {
+    name: String,
+    address: String,
+    port: u16,
+    known_hosts: PathBuf,
+    policy: HostKeyPolicy,
+    disconnect_reason: Arc<StdMutex<Option<String>>>,
+}
+
+#[derive(Debug)]
+pub(crate) enum ClientError {
+    Russh(russh::Error),
+    HostKey(HostKeyError),
+}
+
+impl From<russh::Error> for ClientError {
+    fn from(e: russh::Error) -> Self {
+        ClientError::Russh(e)
+    }
+}
+
+/// Appends to known_hosts are serialized within the process.
+static LEARN_LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+impl client::Handler for Client {
+    type Error = ClientError;
+
+    async fn check_server_key(
+        &mut self,
+        key: &PublicKeyOrCertificate,
+    ) -> Result<bool, ClientError> {
+        let addr = known_hosts::lookup_name(&self.address, self.port);
+        let PublicKeyOrCertificate::PublicKey { key, .. } = key else {
+            return Err(ClientError::HostKey(HostKeyError::Certificate {
+                host: self.name.clone(),
+                addr,
+            }));
+        };
+        self.verify(key)
+            .await
+            .map(|()| true)
+            .map_err(ClientError::HostKey)
+    }
+
+    async fn disconnected(
+        &mut self,
+        reason: DisconnectReason<ClientError>,
+    ) -> Result<(), ClientError> {
+        let (text, result) = match reason {
+            DisconnectReason::ReceivedDisconnect(info) => {
+                (format!("the server disconnected: {info:?}"), Ok(()))
+            }
+            DisconnectReason::Error(ClientError::Russh(e)) => {
+                (e.to_string(), Err(ClientError::Russh(e)))
+            }
+            DisconnectReason::Error(e) => (format!("{e:?}"), Err(e)),
+        };
+        if let Ok(mut slot) = self.disconnect_reason.lock() {
+            slot.get_or_insert(text);
+        }
+        result
+    }
+}
+
+impl Client {
+    async fn verify(&self, key: &russh::keys::PublicKey) -> Result<(), HostKeyError> {
+        let load = || {
+            KnownHosts::load(&self.known_hosts).map_err(|e| HostKeyError::File {
+                known_hosts: self.known_hosts.clone(),
+                reason: e.to_string(),
+            })
+        };
+        let verdict = load()?.check(&self.address, self.port, key);
+        match (verdict, self.policy) {
+            (Verdict::Known { .. }, _) => Ok(()),
+            (Verdict::Unknown { other_types }, HostKeyPolicy::AcceptNew)
+                if other_types.is_empty() =>
+            {
+                let _serial = LEARN_LOCK.lock().await;
+                // Another connection may have recorded this host meanwhile.
+                match load()?.check(&self.address, self.port, key) {
+                    Verdict::Unknown { other_types } if other_types.is_empty() => {
+                        self.record(key)?;
+                        Ok(())
+                    }
+                    v => self.refuse(v, key),
+                }
+            }
+            (v, _) => self.refuse(v, key),
+        }
+    }
+
+    fn refuse(&self, verdict: Verdict, key: &russh::keys::PublicKey) -> Result<(), HostKeyError> {
+        let (host, addr) = (
+            self.name.clone(),
+            known_hosts::lookup_name(&self.address, self.port),
+        );
+        let (key_type, fingerprint, known_hosts) =
+            (key_type(key), fingerprint(key), self.known_hosts.clone());
+        Err(match verdict {
+            Verdict::Known { .. } => return Ok(()),
+            Verdict::Revoked { line } => HostKeyError::Revoked {
+                host,
+                addr,
+                key_type,
+                fingerprint,
+                known_hosts,
+                line,
+            },
+            Verdict::Changed { line } => HostKeyError::Changed {
+                host,
+                addr,
+                key_type,
+                fingerprint,
+                known_hosts,
+                line,
+            },
+            Verdict::Unknown { other_types } => match other_types.into_iter().next() {
+                None => HostKeyError::Unknown {
+                    host,
+                    addr,
+                    key_type,
+                    fingerprint,
+                    known_hosts,
+                },
+                Some((known_type, line)) => HostKeyError::OtherTypeKnown {
+                    host,
+                    addr,
+                    key_type,
+                    fingerprint,
+                    known_type,
+                    known_hosts,
+                    line,
+                },
+            },
+        })
+    }
+
+    fn record(&self, key: &russh::keys::PublicKey) -> Result<(), HostKeyError> {
+        let file_err = |reason: String| HostKeyError::File {
+            known_hosts: self.known_hosts.clone(),
+            reason,
+        };
+        let line = known_hosts::entry_line(&self.address, self.port, key)
+            .map_err(|e| file_err(e.to_string()))?;
+        if let Some(dir) = self
+            .known_hosts
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+        {
+            std::fs::create_dir_all(dir).map_err(|e| file_err(e.to_string()))?;
+        }
+        let needs_newline = std::fs::read(&self.known_hosts)
+            .map(|b| b.last().is_some_and(|&c| c != b'\n'))
+            .unwrap_or(false);
+        let text = format!("{}{line}\n", if needs_newline { "\n" } else { "" });
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.known_hosts)
+            .and_then(|mut f| f.write_all(text.as_bytes()))
+            .map_err(|e| file_err(e.to_string()))
+    }
+}
+
+impl Session {
+    /// The inventory name of the host.
+    pub fn host(&self) -> &str {
+        &self.inner.name
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.inner.handle.is_closed()
+    }
+
+    /// Ends the connection politely. Clones of this session stop working.
+    pub async fn close(&self) {
+        let _ = self
+            .inner
+            .handle
+            .disconnect(russh::Disconnect::ByApplication, "", "en")
+            .await;
+    }
+
+    /// Runs `command` through the remote user's shell and collects its output. A command that
+    /// ends with no exit status and no signal (the connection died) is an error, never success.
+    pub async fn exec(&self, command: &str, opts: &ExecOptions) -> Result<ExecOutput, ExecError> {
+        let command = with_env(&self.inner.name, command, &opts.env)?;
+        let timeout = opts.timeout.unwrap_or(self.inner.command_timeout);
+        let no_progress = |_: u64, _: u64| {};
+        let stdin: Option<(&[u8], Progress<'_>)> = opts
+            .stdin
+            .as_deref()
+            .map(|data| (data, &no_progress as &(dyn Fn(u64, u64) + Sync)));
+        self.run(&command, stdin, timeout, opts.on_output.as_ref())
+            .await
+    }
+
+    async fn run(
+        &self,
+        command: &str,
+        stdin: Option<(&[u8], Progress<'_>)>,
+        limit: Duration,
+        on_output: Option<&OutputCallback>,
+    ) -> Result<ExecOutput, ExecError> {
+        let host = || self.inner.name.clone();
+        let _permit = self
+            .inner
+            .channels
+            .acquire()
+            .await
+            .map_err(|_| ExecError::Lost {
+                host: host(),
+                reason: "the session is closed".into(),
+                stdout: Vec::new(),
+                stderr: Vec::new(),
+            })?;
+        let started = Instant::now();
+        let channel = self
+            .inner
+            .handle
+            .channel_open_session()
+            .await
+            .map_err(|source| ExecError::Channel {
+                host: host(),
+                source,
+            })?;
+        let (mut rx, tx) = channel.split();
+        tx.exec(true, command)
+            .await
+            .map_err(|source| ExecError::Send {
+                host: host(),
+                source,
+            })?;
+
+        let mut stdout = Vec::new();
+        let mut stderr = Vec::new();
+        let mut status: Option<ExitStatus> = None;
+        let mut refused = false;
+        let mut closed = false;
+        let writer = async {
+            if let Some((data, progress)) = stdin {
+                let total = data.len() as u64;
+                for (i, chunk) in data.chunks(CHUNK).enumerate() {
+                    tx.data_bytes(chunk.to_vec()).await?;
+                    progress((i * CHUNK + chunk.len()) as u64, total);
+                }
+            }
+            tx.eof().await
+        };
+        let reader = async {
+            let mut grace_until = None;
+            loop {
+                let msg = match grace_until {
+                    None => rx.wait().await,
+                    Some(until) => timeout_at(until, rx.wait()).await.unwrap_or(None),
+                };
+                let Some(msg) = msg else { break };
+                match msg {
+                    ChannelMsg::Data { data } => {
+                        if let Some(cb) = on_output {
+                            cb(OutputStream::Stdout, &data);
+                        }
+                        stdout.extend_from_slice(&data);
+                    }
+                    ChannelMsg::ExtendedData { data, ext: 1 } => {
+                        if let Some(cb) = on_output {
+                            cb(OutputStream::Stderr, &data);
+                        }
+                        stderr.extend_from_slice(&data);
+                    }
+                    ChannelMsg::ExitStatus { exit_status } => {
+                        status = Some(ExitStatus::Code(exit_status));
+                        grace_until = Some(Instant::now() + EXIT_GRACE);
+                    }
+                    ChannelMsg::ExitSignal { signal_name, .. } => {
+                        status = Some(ExitStatus::Signal(signal_name_text(&signal_name)));
+                        grace_until = Some(Instant::now() + EXIT_GRACE);
+                    }
+                    ChannelMsg::Failure if status.is_none() => {
+                        refused = true;
+                        break;
+                    }
+                    ChannelMsg::Close => {
+                        closed = true;
+                        break;
+                    }
+                    _ => {}
+                }
+            }
+        };
+        let both = async {
+            tokio::pin!(writer, reader);
+            let mut write_result = None;
+            loop {
+                tokio::select! {
+                    () = &mut reader => break,
+                    w = &mut writer, if write_result.is_none() => write_result = Some(w),
+                }
+            }
+            write_result
+        };
+        let outcome = timeout(limit, both).await;
+        if !closed {
+            // Never wait for the server's answer to our close (russh drops it, see the notes).
+            if outcome.is_err() {
+                let _ = tx.signal(Sig::TERM).await;
+            }
+            let _ = tx.close().await;
+        }
+        drop((rx, tx));
+        let write_result = match outcome {
+            Err(_) => {
+                return Err(ExecError::Timeout {
+                    host: host(),
+                    after: limit,
+                    stdout,
+                    stderr,
+                });
+            }
+            Ok(w) => w,
+        };
+        if refused {
+            return Err(ExecError::Refused { host: host() });
+        }
+        match status {
+            Some(status) => Ok(ExecOutput {
+                stdout,
+                stderr,
+                status,
+                duration: started.elapsed(),
+            }),
+            None => {
+                let reason = match write_result {
+                    Some(Err(e)) => format!("sending stdin failed: {e}"),
+                    _ => self.lost_reason(),
+                };
+                Err(ExecError::Lost {
+                    host: host(),
+                    reason,
+                    stdout,
+                    stderr,
+                })
+            }
+        }
+    }
+
+    fn lost_reason(&self) -> String {
+        let recorded = self
+            .inner
+            .disconnect_reason
+            .lock()
+            .ok()
+            .and_then(|r| r.clone());
+        match recorded {
+            Some(r) => r,
+            None if self.inner.handle.is_closed() => "the connection closed".into(),
+            None => "the channel closed".into(),
+        }
+    }
+
+    /// Uploads `local` to `remote_path`: streamed into a temp file in the same remote dir, synced,
+    /// SHA-256 checked on the host against the local digest, then `chmod` and an atomic
+    /// `mv -f`. The temp file is removed on any failure.
+    pub async fn upload(
+        &self,
+        local: &Path,
+        remote_path: &str,
+        mode: u32,
+        progress: impl Fn(u64, u64) + Sync,
+    ) -> Result<UploadReport, UploadError> {
+        let data = read_local(local).await?;
+        let digest = hex::encode(Sha256::digest(&data));
+        self.upload_bytes(&data, &digest, remote_path, mode, &progress)
+            .await
+    }
+
+    /// [`Session::upload`] of bytes already in memory with their known hex SHA-256.
+    pub async fn upload_bytes(
+        &self,
+        data: &[u8],
+        sha256: &str,
+        remote_path: &str,
+        mode: u32,
+        progress: Progress<'_>,
+    ) -> Result<UploadReport, UploadError> {
+        let dir = match remote_path.rsplit_once('/') {
+            Some(("", _)) => "/".to_owned(),
+            Some((d, _)) => d.to_owned(),
+            None => ".".to_owned(),
+        };
+        let tmp = format!(
+            "{}/.fleetup-tmp-{:016x}",
+            dir.trim_end_matches('/'),
+            rand::random::<u64>()
+        );
+        let (qt, qd) = (quote(&tmp), quote(remote_path));
+        // Generous: the command timeout plus one second per MiB.
+        let limit =
+            self.inner.command_timeout + Duration::from_secs(data.len() as u64 / CHUNK as u64);
+        let result = async {
+            let sent = self
+                .run(
+                    &format!("umask 077 && cat > {qt}"),
+                    Some((data, progress)),
+                    limit,
+                    None,
+                )
+                .await?;
+            self.check_step(&sent, remote_path)?;
+            let finish = finish_script(&qt, &qd, &quote(&dir), sha256, mode);
+            let done = self
+                .run(&finish, None, self.inner.command_timeout, None)
+                .await?;
+            if done.status == ExitStatus::Code(FINISH_MISMATCH) {
+                return Err(UploadError::Checksum {
+                    host: self.inner.name.clone(),
+                    remote: remote_path.to_owned(),
+                    want: sha256.to_owned(),
+                    got: done.stdout_lossy().trim().to_owned(),
+                });
+            }
+            self.check_step(&done, remote_path)?;
+            Ok(UploadReport {
+                bytes: data.len() as u64,
+                sha256: done.stdout_lossy().trim().to_owned(),
+            })
+        }
+        .await;
+        if result.is_err() {
+            let cleanup = ExecOptions {
+                timeout: Some(Duration::from_secs(10)),
+                ..Default::default()
+            };
+            let _ = self.exec(&format!("rm -f {qt}"), &cleanup).await;
+        }
+        result
+    }
+
+    fn check_step(&self, out: &ExecOutput, remote: &str) -> Result<(), UploadError> {
+        if out.status.success() {
+            return Ok(());
+        }
+        Err(UploadError::Remote {
+            host: self.inner.name.clone(),
+            remote: remote.to_owned(),
+            status: out.status.to_string(),
+            stderr: out.stderr_lossy().trim().to_owned(),
+        })
+    }
+
+    /// GET `http://host:port/path` as seen from the node (a direct-tcpip channel: the node's sshd
+    /// opens the TCP connection), with `Connection: close`.
+    pub async fn http_get(
+        &self,
+        host: &str,
+        port: u16,
+        path: &str,
+        limit: Duration,
+    ) -> Result<HttpResponse, HttpError> {
+        let target = format!("{host}:{port}");
+        let node = || self.inner.name.clone();
+        let timed_out = || HttpError::Timeout {
+            host: node(),
+            target: target.clone(),
+            after: limit,
+        };
+        let deadline = Instant::now() + limit;
+        let channel = timeout_at(
+            deadline,
+            self.inner
+                .handle
+                .channel_open_direct_tcpip(host, u32::from(port), "127.0.0.1", 0),
+        )
+        .await
+        .map_err(|_| timed_out())?
+        .map_err(|e| HttpError::Connect {
+            host: node(),
+            target: target.clone(),
+            reason: e.to_string(),
+        })?;
+        let (mut rx, tx) = channel.split();
+        let exchange = async {
+            tx.data_bytes(request(host, port, path).into_bytes())
+                .await
+                .map_err(|e| HttpError::Connect {
+                    host: node(),
+                    target: target.clone(),
+                    reason: e.to_string(),
+                })?;
+            let mut buf = Vec::new();
+            loop {
+                let (eof, closed) = match rx.wait().await {
+                    Some(ChannelMsg::Data { data }) => {
+                        buf.extend_from_slice(&data);
+                        (false, false)
+                    }
+                    Some(ChannelMsg::Eof) => (true, false),
+                    Some(ChannelMsg::Close) | None => (true, true),
+                    Some(_) => continue,
+                };
+                let parsed = parse_response(&buf, eof).map_err(|reason| HttpError::Protocol {
+                    host: node(),
+                    target: target.clone(),
+                    reason,
+                })?;
+                if let Some(resp) = parsed {
+                    return Ok((resp, closed));
+                }
+            }
+        };
+        let result = timeout_at(deadline, exchange).await;
+        if !matches!(result, Ok(Ok((_, true)))) {
+            let _ = tx.close().await;
+        }
+        match result {
+            Err(_) => Err(timed_out()),
+            Ok(r) => r.map(|(resp, _)| resp),
+        }
+    }
+}
+
+const FINISH_MISMATCH: u32 = 92;
+
+/// Sync, hash on the host, compare, then chmod and rename. Prints the host's digest.
+fn finish_script(tmp: &str, dst: &str, dir: &str, want: &str, mode: u32) -> String {
+    format!(
+        "t={tmp}; d={dst}; \
+         sync \"$t\" 2>/dev/null || sync; \
+         if command -v sha256sum >/dev/null 2>&1; then h=$(sha256sum < \"$t\") && h=${{h%% *}}; \
+         elif command -v shasum >/dev/null 2>&1; then h=$(shasum -a 256 < \"$t\") && h=${{h%% *}}; \
+         elif command -v openssl >/dev/null 2>&1; then h=$(openssl dgst -sha256 < \"$t\") && h=${{h##* }}; \
+         else echo 'no sha256sum, shasum or openssl on the host' >&2; exit 91; fi; \
+         if [ \"$h\" != {want} ]; then echo \"$h\"; exit {FINISH_MISMATCH}; fi; \
+         chmod {mode:o} \"$t\" && mv -f \"$t\" \"$d\" || exit 93; \
+         sync {dir} 2>/dev/null; echo \"$h\"",
+        want = quote(want),
+    )
+}
+
+async fn read_local(local: &Path) -> Result<Vec<u8>, UploadError> {
+    tokio::fs::read(local)
+        .await
+        .map_err(|source| UploadError::Local {
+            path: local.to_path_buf(),
+            source,
+        })
+}
+
+/// Uploads one local file to many hosts at once (at most `parallel`), reading and hashing it
+/// once. `progress(host, bytes_sent, total)`.
+pub async fn upload_to_many(
+    sessions: &[Session],
+    local: &Path,
+    remote_path: &str,
+    mode: u32,
+    parallel: usize,
+    progress: HostProgress,
+) -> Result<Vec<(String, Result<UploadReport, UploadError>)>, UploadError> {
+    let data = Arc::new(read_local(local).await?);
+    let digest = Arc::new(hex::encode(Sha256::digest(data.as_slice())));
+    let gate = Arc::new(Semaphore::new(parallel.max(1)));
+    let tasks: Vec<_> = sessions
+        .iter()
+        .map(|s| {
+            let (s, data, digest, gate, progress) = (
+                s.clone(),
+                data.clone(),
+                digest.clone(),
+                gate.clone(),
+                progress.clone(),
+            );
+            let remote = remote_path.to_owned();
+            tokio::spawn(async move {
+                let _permit = gate.acquire_owned().await;
+                let name = s.host().to_owned();
+                s.upload_bytes(&data, &digest, &remote, mode, &|done, total| {
+                    progress(&name, done, total)
+                })
+                .await
+            })
+        })
+        .collect();
+    let mut out = Vec::with_capacity(sessions.len());
+    for (s, t) in sessions.iter().zip(tasks) {
+        let r = t.await.unwrap_or_else(|e| {
+            Err(UploadError::Exec(ExecError::Lost {
+                host: s.host().to_owned(),
+                reason: format!("upload task failed: {e}"),
+                stdout: Vec::new(),
+                stderr: Vec::new(),
+            }))
+        });
+        out.push((s.host().to_owned(), r));
+    }
+    Ok(out)
+}
+
+/// `export K='v'; command`, after checking each name is a plain shell variable name.
+fn with_env(host: &str, command: &str, env: &[(String, String)]) -> Result<String, ExecError> {
+    if env.is_empty() {
+        return Ok(command.to_owned());
+    }
+    let mut prefix = String::from("export");
+    for (k, v) in env {
+        let valid = k
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !valid {
+            return Err(ExecError::BadEnv {
+                host: host.to_owned(),
+                name: k.clone(),
+            });
+        }
+        prefix.push_str(&format!(" {k}={}", quote(v)));
+    }
+    Ok(format!("{prefix}; {command}"))
+}
+
+fn signal_name_text(sig: &Sig) -> String {
+    match sig {
+        Sig::Custom(s) => s.clone(),
+        other => format!("{other:?}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jump_specs() {
+        assert_eq!(
+            parse_jump("bastion", "root"),
+            Some(("root".into(), "bastion".into(), 22))
+        );
+        assert_eq!(
+            parse_jump("ops@bastion:2222", "root"),
+            Some(("ops".into(), "bastion".into(), 2222))
+        );
+        assert_eq!(
+            parse_jump("[::1]:2200", "u"),
+            Some(("u".into(), "::1".into(), 2200))
+        );
+        assert_eq!(parse_jump("@bastion", "u"), None);
+        assert_eq!(parse_jump("bastion:notaport", "u"), None);
+        assert_eq!(parse_jump("", "u"), None);
+    }
+
+    #[test]
+    fn env_is_exported_quoted_and_names_are_checked() {
+        let env = vec![
+            ("A_1".to_owned(), "x y".to_owned()),
+            ("B".to_owned(), "$(id)".to_owned()),
+        ];
+        assert_eq!(
+            with_env("h", "run", &env).unwrap(),
+            "export A_1='x y' B='$(id)'; run"
+        );
+        let bad = vec![("A;B".to_owned(), "x".to_owned())];
+        assert!(matches!(
+            with_env("h", "run", &bad),
+            Err(ExecError::BadEnv { .. })
+        ));
+        assert_eq!(with_env("h", "run", &[]).unwrap(), "run");
+    }
+
+    #[test]
+    fn config_prefers_curve25519_and_keeps_strict_kex() {
+        let cfg = client_config(
+            &ConnectOptions::default(),
+            russh::Preferred::DEFAULT.key.to_vec(),
+        );
+        assert_eq!(cfg.preferred.kex[0], russh::kex::CURVE25519);
+        assert!(
+            cfg.preferred
+                .kex
+                .contains(&russh::kex::EXTENSION_OPENSSH_STRICT_KEX_AS_CLIENT)
+        );
+        assert_eq!(cfg.preferred.kex.len(), russh::Preferred::DEFAULT.kex.len());
+        assert_eq!(cfg.gex.max_group_size(), 4096);
+        assert!(cfg.keepalive_interval < cfg.inactivity_timeout);
+    }
+}
