@@ -128,60 +128,73 @@ pub fn locate(file: &Path, source: &str, diag: &Diagnostic) -> String {
     }
 }
 
-/// All diagnostics of one pass as one usage [`Failure`], in file order; hints deduplicated.
+/// All diagnostics of one pass as one usage [`Failure`], in file order. One problem keeps its
+/// hints as the failure's hints; several put each one's hints under its own line, where they
+/// make sense.
 pub fn to_failure(file: &Path, source: &str, mut diags: Vec<Diagnostic>) -> Failure {
     diags.sort_by_key(|d| d.span.as_ref().map(|s| s.start).unwrap_or(0));
-    let mut hints: Vec<String> = Vec::new();
-    for hint in diags.iter().flat_map(|d| d.hints.iter()) {
-        if !hints.contains(hint) {
-            hints.push(hint.clone());
-        }
-    }
-    let message = match diags.as_slice() {
-        [one] => locate(file, source, one),
+    diags.dedup();
+    match diags.as_slice() {
+        [one] => Failure {
+            code: exit_code::USAGE,
+            message: locate(file, source, one),
+            hints: one.hints.clone(),
+        },
         many => {
             let mut message = format!("inventory `{}` has {} errors:", file.display(), many.len());
             for d in many {
                 message.push_str("\n  ");
                 message.push_str(&locate(file, source, d));
+                for hint in &d.hints {
+                    message.push_str("\n      hint: ");
+                    message.push_str(hint);
+                }
             }
-            message
+            Failure::usage(message)
         }
-    };
-    Failure {
-        code: exit_code::USAGE,
-        message,
-        hints,
     }
 }
 
-/// Levenshtein distance in characters, ignoring ASCII case.
+/// Edit distance counting a swap of two neighbours as one edit (optimal string alignment),
+/// ignoring ASCII case: `nmae` is one edit from `name`.
 fn distance(a: &str, b: &str) -> usize {
     let a: Vec<char> = a.to_ascii_lowercase().chars().collect();
     let b: Vec<char> = b.to_ascii_lowercase().chars().collect();
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.iter().enumerate() {
-        let mut cur = vec![i + 1; b.len() + 1];
-        for (j, cb) in b.iter().enumerate() {
-            let cost = usize::from(ca != cb);
-            cur[j + 1] = (prev[j] + cost).min(prev[j + 1] + 1).min(cur[j] + 1);
-        }
-        prev = cur;
+    let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for (i, row) in d.iter_mut().enumerate() {
+        row[0] = i;
     }
-    prev[b.len()]
+    for (j, cell) in d[0].iter_mut().enumerate() {
+        *cell = j;
+    }
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            let mut best = (d[i - 1][j] + 1)
+                .min(d[i][j - 1] + 1)
+                .min(d[i - 1][j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                best = best.min(d[i - 2][j - 2] + 1);
+            }
+            d[i][j] = best;
+        }
+    }
+    d[a.len()][b.len()]
 }
 
 /// Candidates close to `wanted` (few edits, or containing it), best first, at most three.
 pub fn closest<'a>(wanted: &str, candidates: impl IntoIterator<Item = &'a str>) -> Vec<&'a str> {
     let wanted_lower = wanted.to_ascii_lowercase();
-    let limit = (wanted.chars().count() / 3).max(2);
+    let len = wanted.chars().count();
+    let limit = (len / 4).max(1);
     let mut scored: Vec<(usize, &str)> = candidates
         .into_iter()
         .filter_map(|c| {
             let d = distance(wanted, c);
             let contains =
                 !wanted_lower.is_empty() && c.to_ascii_lowercase().contains(&wanted_lower);
-            (d <= limit || contains).then_some((d, c))
+            // An edit count equal to the length would suggest any name as short as the typo.
+            ((d <= limit && d < len) || contains).then_some((d, c))
         })
         .collect();
     scored.sort();
@@ -206,25 +219,47 @@ mod tests {
     #[test]
     fn closest_prefers_few_edits() {
         let names = ["ledger-1", "ledger-2", "db-1"];
-        assert_eq!(closest("ledgr-1", names), vec!["ledger-1", "ledger-2"]);
+        assert_eq!(closest("ledgr-1", names), vec!["ledger-1"]);
+        assert_eq!(closest("ledger-3", names), vec!["ledger-1", "ledger-2"]);
         assert_eq!(closest("db", names), vec!["db-1"]);
         assert!(closest("zzzzzz", names).is_empty());
+        assert!(closest("us", ["eu"]).is_empty());
+        assert!(closest("c", ["a"]).is_empty());
+        assert_eq!(closest("usr", ["user", "port"]), vec!["user"]);
+        assert_eq!(closest("ue", ["eu", "us", "west"]), vec!["eu", "us"]);
+        assert_eq!(distance("nmae", "name"), 1);
+        assert_eq!(distance("Ledger", "ledger"), 0);
+        assert_eq!(distance("", "abc"), 3);
     }
 
     #[test]
-    fn many_diagnostics_become_one_failure_in_file_order() {
+    fn many_diagnostics_become_one_failure_in_file_order_with_hints_inline() {
         let src = "one\ntwo\nthree\n";
+        let third = Diagnostic::at(8..13, "third").hint("h3");
         let diags = vec![
-            Diagnostic::at(8..13, "third").hint("h1"),
-            Diagnostic::at(0..3, "first").hint("h1").hint("h2"),
+            third.clone(),
+            Diagnostic::at(0..3, "first").hint("h1"),
+            third,
         ];
         let f = to_failure(Path::new("inv.toml"), src, diags);
         assert_eq!(f.code, exit_code::USAGE);
         assert_eq!(
             f.message,
-            "inventory `inv.toml` has 2 errors:\n  `inv.toml`:1:1: first\n  `inv.toml`:3:1: third"
+            "inventory `inv.toml` has 2 errors:\n  `inv.toml`:1:1: first\n      hint: h1\n  \
+             `inv.toml`:3:1: third\n      hint: h3"
         );
-        assert_eq!(f.hints, vec!["h1", "h2"]);
+        assert!(f.hints.is_empty());
+    }
+
+    #[test]
+    fn one_diagnostic_keeps_its_hints_on_the_failure() {
+        let f = to_failure(
+            Path::new("a/inv.toml"),
+            "x = 1\n",
+            vec![Diagnostic::at(4..5, "bad").hint("h")],
+        );
+        assert_eq!(f.message, "`a/inv.toml`:1:5: bad");
+        assert_eq!(f.hints, vec!["h"]);
     }
 
     #[test]

@@ -9,7 +9,6 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::Context as _;
 use serde::Serialize;
 
 use crate::error::Failure;
@@ -185,12 +184,10 @@ impl Inventory {
     /// Read and resolve the inventory at `path` with this process's environment (`HOME`,
     /// `USER`) for the built-in defaults. Errors hold a usage [`Failure`] with every problem.
     pub fn load(path: &Path, overrides: &Overrides) -> anyhow::Result<Inventory> {
-        let source = std::fs::read_to_string(path)
-            .map_err(|e| {
-                Failure::usage(format!("cannot read inventory `{}`: {e}", path.display()))
-                    .hint("pass the inventory with `-i FILE` or `FLEETUP_INVENTORY`")
-            })
-            .with_context(|| format!("cannot load inventory `{}`", path.display()))?;
+        let source = std::fs::read_to_string(path).map_err(|e| {
+            Failure::usage(format!("cannot read inventory `{}`: {e}", path.display()))
+                .hint("pass the inventory with `-i FILE` or `FLEETUP_INVENTORY`")
+        })?;
         Ok(Inventory::parse(
             &source,
             path,
@@ -260,5 +257,442 @@ impl Inventory {
     /// The hosts `patterns` select (see [`select`]).
     pub fn select(&self, patterns: &[String]) -> Result<Vec<&ResolvedHost>, Failure> {
         select(&self.hosts, patterns)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::exit_code;
+
+    fn local() -> LocalEnv {
+        LocalEnv {
+            home: Some("/home/op".into()),
+            user: "op".into(),
+            default_identity_files: vec!["/home/op/.ssh/id_ed25519".into()],
+        }
+    }
+
+    fn parse_with(src: &str, overrides: &Overrides) -> Result<Inventory, Failure> {
+        Inventory::parse(src, Path::new("/fleet/inv.toml"), overrides, &local())
+    }
+
+    fn parse(src: &str) -> Result<Inventory, Failure> {
+        parse_with(src, &Overrides::default())
+    }
+
+    fn err(src: &str) -> Failure {
+        parse(src).expect_err("the inventory should be refused")
+    }
+
+    const ONE: &str = "[[host]]\nname = \"a\"\naddress = \"10.0.0.1\"\n";
+
+    #[test]
+    fn example_inventory_parses_and_resolves_every_layer() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("inventory.example.toml");
+        let src = std::fs::read_to_string(&path).unwrap();
+        let inv = Inventory::parse(&src, &path, &Overrides::default(), &local()).unwrap();
+        let names: Vec<&str> = inv.hosts().iter().map(|h| h.name.as_str()).collect();
+        assert_eq!(
+            names,
+            ["ledger-eu-1", "ledger-eu-2", "ledger-us-1", "ledger-us-2"]
+        );
+        assert_eq!(inv.groups(), ["canary", "eu", "us"]);
+
+        let eu1 = inv.host("ledger-eu-1").unwrap();
+        assert!(eu1.migrator);
+        assert_eq!(eu1.ssh.user, "deploy");
+        assert_eq!(
+            eu1.ssh.jump_host.as_deref(),
+            Some("ops@bastion-eu.example.com:22")
+        );
+        assert_eq!(
+            eu1.ssh.identity_files,
+            [PathBuf::from("/home/op/.ssh/id_ed25519")]
+        );
+        assert_eq!(
+            eu1.ledger.ledgers,
+            Some(vec!["payments".into(), "wallets".into()])
+        );
+        assert_eq!(
+            eu1.ledger.env_file.as_deref(),
+            Some("/etc/numary/numary.env")
+        );
+
+        let eu2 = inv.host("ledger-eu-2").unwrap();
+        assert_eq!((eu2.ssh.user.as_str(), eu2.ssh.port), ("numary-ops", 2222));
+
+        let us1 = inv.host("ledger-us-1").unwrap();
+        let dir = path.parent().unwrap();
+        assert_eq!(us1.ssh.identity_files, [dir.join("keys/us-deploy")]);
+        assert_eq!(us1.ssh.connect_timeout, Duration::from_secs(20));
+        assert_eq!(us1.ssh.command_timeout, Duration::from_secs(3600));
+        assert_eq!(us1.ledger.api, "[::1]:3068");
+        assert!(
+            matches!(&us1.ledger.service, Service::Command { start, .. } if start == "/opt/numary/bin/start")
+        );
+
+        let us2 = inv.host("ledger-us-2").unwrap();
+        assert_eq!(us2.replaces.as_deref(), Some("ledger-us-1"));
+        assert_eq!(
+            us2.ledger.service,
+            Service::Systemd {
+                unit: "numary@us.service".into()
+            }
+        );
+        assert_eq!(us2.ssh.command_timeout, Duration::from_secs(30 * 60));
+
+        let v196 = &inv.releases()[&Version::new(1, 9, 6)];
+        assert_eq!(
+            v196.source,
+            ReleaseSource::File(dir.join("dist/numary-1.9.6-linux-amd64"))
+        );
+        assert!(
+            matches!(&inv.releases()[&Version::new(1, 8, 2)].source, ReleaseSource::Url(u) if u.starts_with("https://"))
+        );
+    }
+
+    #[test]
+    fn built_in_defaults_apply_to_a_bare_host() {
+        let inv = parse(ONE).unwrap();
+        let h = &inv.hosts()[0];
+        assert_eq!(
+            h.ssh,
+            SshSettings {
+                user: "op".into(),
+                port: 22,
+                identity_files: vec!["/home/op/.ssh/id_ed25519".into()],
+                known_hosts: "/home/op/.ssh/known_hosts".into(),
+                connect_timeout: Duration::from_secs(10),
+                command_timeout: Duration::from_secs(1800),
+                jump_host: None,
+                use_agent: true,
+            }
+        );
+        assert_eq!(h.ledger, LedgerSettings::default());
+        assert_eq!(h.ledger.api, "127.0.0.1:3068");
+        assert!(!h.migrator);
+        assert!(inv.releases().is_empty());
+    }
+
+    /// `port` is set at every level; each case removes the highest level left.
+    #[test]
+    fn precedence_defaults_ssh_groups_host_env_flags() {
+        let src = |host_port: bool, groups: &str| {
+            format!(
+                "[ssh]\nport = 1001\n[groups.g1.ssh]\nport = 1002\n[groups.g2.ssh]\nport = 1003\n\
+                 [groups.g3]\n[[host]]\nname = \"a\"\naddress = \"h\"\ngroups = {groups}\n{}",
+                if host_port { "port = 1004\n" } else { "" }
+            )
+        };
+        let port = |src: String, o: &Overrides| parse_with(&src, o).unwrap().hosts()[0].ssh.port;
+        let none = Overrides::default();
+        let env = Overrides {
+            port: Some(1005),
+            ..Overrides::default()
+        };
+        let flags = Overrides {
+            port: Some(1006),
+            ..Overrides::default()
+        };
+        assert_eq!(
+            port(src(true, "[\"g1\"]"), &flags.clone().over(env.clone())),
+            1006
+        );
+        assert_eq!(
+            port(src(true, "[\"g1\"]"), &none.clone().over(env.clone())),
+            1005
+        );
+        assert_eq!(port(src(true, "[\"g1\", \"g2\"]"), &none), 1004);
+        assert_eq!(
+            port(src(false, "[\"g1\", \"g2\"]"), &none),
+            1003,
+            "later group wins"
+        );
+        assert_eq!(
+            port(src(false, "[\"g2\", \"g1\"]"), &none),
+            1002,
+            "later group wins"
+        );
+        assert_eq!(
+            port(src(false, "[\"g3\"]"), &none),
+            1001,
+            "a group without the key"
+        );
+        assert_eq!(port(ONE.to_string(), &none), 22);
+    }
+
+    #[test]
+    fn env_beats_host_and_flags_beat_env_for_every_override() {
+        let src = "[[host]]\nname = \"a\"\naddress = \"h\"\nuser = \"host-user\"\n[host.ssh]\n\
+                   identity_files = [\"k\"]\nknown_hosts = \"kh\"\nconnect_timeout = \"1s\"\n\
+                   command_timeout = \"1m\"\njump_host = \"bastion\"\n";
+        let env = Overrides {
+            user: Some("env-user".into()),
+            port: Some(2),
+            identity_files: Some(vec!["/env/k".into()]),
+            known_hosts: Some("/env/kh".into()),
+            connect_timeout: Some(Duration::from_secs(2)),
+            command_timeout: Some(Duration::from_secs(120)),
+            jump_host: Some(JumpHost::Direct),
+        };
+        let h = parse_with(src, &env).unwrap().hosts()[0].clone();
+        assert_eq!(h.ssh.user, "env-user");
+        assert_eq!(h.ssh.port, 2);
+        assert_eq!(h.ssh.identity_files, [PathBuf::from("/env/k")]);
+        assert_eq!(h.ssh.known_hosts, PathBuf::from("/env/kh"));
+        assert_eq!(h.ssh.connect_timeout, Duration::from_secs(2));
+        assert_eq!(h.ssh.command_timeout, Duration::from_secs(120));
+        assert_eq!(h.ssh.jump_host, None);
+
+        let flags = Overrides {
+            user: Some("flag-user".into()),
+            ..Overrides::default()
+        };
+        let h = parse_with(src, &flags.over(env)).unwrap().hosts()[0].clone();
+        assert_eq!(h.ssh.user, "flag-user");
+        assert_eq!(h.ssh.port, 2, "unset flags leave the environment's value");
+
+        let h = parse(src).unwrap().hosts()[0].clone();
+        assert_eq!(h.ssh.user, "host-user");
+        assert_eq!(h.ssh.identity_files, [PathBuf::from("/fleet/k")]);
+        assert_eq!(h.ssh.jump_host.as_deref(), Some("bastion"));
+    }
+
+    #[test]
+    fn a_host_can_cancel_a_group_jump_host_and_replace_the_service() {
+        let src = "[ledger]\nservice = { manager = \"command\", start = \"a\", stop = \"b\", status = \"c\" }\n\
+                   [groups.eu.ssh]\njump_host = \"bastion\"\n[[host]]\nname = \"a\"\naddress = \"h\"\n\
+                   groups = [\"eu\"]\n[host.ssh]\njump_host = \"none\"\n[host.ledger]\nservice = { unit = \"x.service\" }\n";
+        let h = parse(src).unwrap().hosts()[0].clone();
+        assert_eq!(h.ssh.jump_host, None);
+        assert_eq!(
+            h.ledger.service,
+            Service::Systemd {
+                unit: "x.service".into()
+            }
+        );
+    }
+
+    fn assert_refused(src: &str, at: &str, needle: &str) {
+        let f = err(src);
+        assert_eq!(f.code, exit_code::USAGE, "{}", f.message);
+        assert!(
+            f.message.contains(&format!("`/fleet/inv.toml`:{at}: ")),
+            "{at}: {}",
+            f.message
+        );
+        assert!(f.message.contains(needle), "{needle}: {}", f.message);
+        assert!(
+            !f.hints.is_empty() || f.message.contains("hint: "),
+            "no hint: {}",
+            f.message
+        );
+    }
+
+    #[test]
+    fn bad_values_point_at_line_and_column() {
+        assert_refused(
+            &format!("{ONE}[host.ledger]\nbinary = \"numary\"\n"),
+            "5:10",
+            "not an absolute path",
+        );
+        assert_refused(
+            &format!("{ONE}[host.ledger]\nledgers = []\n"),
+            "5:11",
+            "`ledgers` is empty",
+        );
+        assert_refused(
+            &format!("{ONE}[host.ledger]\nledgers = [\"a\", \"a\"]\n"),
+            "5:11",
+            "listed twice",
+        );
+        assert_refused(
+            &format!("{ONE}[host.ledger]\nledgers = [\"ok\", \"a.b\"]\n"),
+            "5:18",
+            "not a valid ledger name",
+        );
+        assert_refused(
+            &format!("{ONE}[host.ledger]\nledgers = [\"_system\"]\n"),
+            "5:12",
+            "ledger registry",
+        );
+        assert_refused(&format!("{ONE}port = 0\n"), "4:8", "port 0");
+        assert_refused(&format!("{ONE}port = 70000\n"), "4:8", "out of range");
+        assert_refused(
+            &format!("{ONE}[host.ssh]\nconnect_timeout = \"10\"\n"),
+            "5:19",
+            "not a duration",
+        );
+        assert_refused(
+            &format!("{ONE}[host.ledger]\napi = \"localhost\"\n"),
+            "5:7",
+            "has no port",
+        );
+        assert_refused(
+            &format!("{ONE}[host.ledger]\nservice = {{ manager = \"upstart\" }}\n"),
+            "5:23",
+            "unknown variant",
+        );
+        assert_refused(
+            &format!("{ONE}migrator = \"yes\"\n"),
+            "4:12",
+            "invalid type",
+        );
+        assert_refused(
+            "[releases.\"v1.9\"]\nurl = \"https://x/y\"\n",
+            "1:11",
+            "not a version",
+        );
+    }
+
+    #[test]
+    fn service_tables_must_fit_their_manager() {
+        let with = |service: &str| format!("{ONE}[host.ledger]\nservice = {service}\n");
+        assert_refused(
+            &with("{ start = \"x\" }"),
+            "5:11",
+            "only apply to `manager = \"command\"`",
+        );
+        assert_refused(
+            &with("{ manager = \"command\", unit = \"a\" }"),
+            "5:11",
+            "`unit` only applies",
+        );
+        assert_refused(
+            &with("{ manager = \"command\", start = \"a\" }"),
+            "5:11",
+            "missing `stop`, `status`",
+        );
+    }
+
+    #[test]
+    fn user_or_port_set_twice_on_a_host_is_refused() {
+        assert_refused(
+            &format!("{ONE}user = \"x\"\n[host.ssh]\nuser = \"y\"\n"),
+            "4:8",
+            "sets `user` twice",
+        );
+        assert_refused(
+            &format!("{ONE}port = 1\n[host.ssh]\nport = 2\n"),
+            "4:8",
+            "sets `port` twice",
+        );
+    }
+
+    #[test]
+    fn releases_need_exactly_one_source() {
+        assert_refused(
+            &format!(
+                "{ONE}[releases.\"1.9.6\"]\nsha256 = \"{}\"\n",
+                "a".repeat(64)
+            ),
+            "4:1",
+            "exactly one of `file` and `url`",
+        );
+        assert_refused(
+            &format!("{ONE}[releases.\"1.9.6\"]\nfile = \"a\"\nurl = \"https://x/y\"\n"),
+            "4:1",
+            "exactly one",
+        );
+    }
+
+    #[test]
+    fn duplicate_endpoints_consider_port_and_jump_host() {
+        let two =
+            |extra: &str| format!("{ONE}[[host]]\nname = \"b\"\naddress = \"10.0.0.1\"\n{extra}");
+        assert_refused(
+            &two(""),
+            "6:11",
+            "hosts `a` (line 2) and `b` (line 5) both point at `10.0.0.1:22`",
+        );
+        assert!(parse(&two("port = 2222\n")).is_ok());
+        assert!(parse(&two("[host.ssh]\njump_host = \"bastion\"\n")).is_ok());
+    }
+
+    #[test]
+    fn cross_reference_errors_are_all_reported_at_once() {
+        let src = "[groups.eu]\n\
+                   [[host]]\nname = \"a\"\naddress = \"h1\"\nmigrator = true\ngroups = [\"eu\", \"ue\", \"eu\"]\n\
+                   [[host]]\nname = \"b\"\naddress = \"h2\"\nmigrator = true\nreplaces = \"zz\"\n\
+                   [[host]]\nname = \"a\"\naddress = \"h3\"\nreplaces = \"a\"\n";
+        let f = err(src);
+        for needle in [
+            "has 6 errors",
+            "`/fleet/inv.toml`:6:17: host `a` lists group `ue`, which is not defined",
+            "hint: did you mean `eu`?",
+            "`/fleet/inv.toml`:6:23: host `a` lists group `eu` twice",
+            "`/fleet/inv.toml`:10:12: 2 migrators: hosts `a` (line 3) and `b` (line 8) both set",
+            "`/fleet/inv.toml`:11:12: host `b` replaces `zz`, which is not in the inventory",
+            "`/fleet/inv.toml`:13:8: duplicate host name `a`: `a` is already defined at line 3",
+        ] {
+            assert!(f.message.contains(needle), "{needle}\n{}", f.message);
+        }
+        // `a` replacing itself is hidden behind the duplicate name only if we stop early; we don't.
+        let f = err(&format!("{ONE}replaces = \"a\"\n"));
+        assert!(
+            f.message.contains("host `a` replaces itself"),
+            "{}",
+            f.message
+        );
+    }
+
+    #[test]
+    fn two_hosts_replacing_one_are_named_together() {
+        let src = format!(
+            "{ONE}[[host]]\nname = \"b\"\naddress = \"h2\"\nreplaces = \"a\"\n\
+             [[host]]\nname = \"c\"\naddress = \"h3\"\nreplaces = \"A\"\n"
+        );
+        assert_refused(
+            &src,
+            "11:12",
+            "hosts `b` (line 5) and `c` (line 9) both replace `A`",
+        );
+    }
+
+    #[test]
+    fn an_inventory_without_hosts_is_no_hosts() {
+        let f = err("[ssh]\nuser = \"x\"\n");
+        assert_eq!(f.code, exit_code::NO_HOSTS);
+        assert!(f.message.contains("defines no host"), "{}", f.message);
+    }
+
+    #[test]
+    fn known_hosts_default_needs_home() {
+        let no_home = LocalEnv {
+            home: None,
+            ..local()
+        };
+        let f = Inventory::parse(ONE, Path::new("inv.toml"), &Overrides::default(), &no_home)
+            .unwrap_err();
+        assert!(f.message.contains("`HOME` is not set"), "{}", f.message);
+        let ok = format!("[ssh]\nknown_hosts = \"/etc/kh\"\n{ONE}");
+        let inv =
+            Inventory::parse(&ok, Path::new("inv.toml"), &Overrides::default(), &no_home).unwrap();
+        assert_eq!(inv.hosts()[0].ssh.known_hosts, PathBuf::from("/etc/kh"));
+    }
+
+    #[test]
+    fn resolved_hosts_serialize_with_readable_durations_and_service() {
+        let inv = parse(ONE).unwrap();
+        let json = serde_json::to_value(inv.hosts()).unwrap();
+        assert_eq!(json[0]["ssh"]["connect_timeout"], "10s");
+        assert_eq!(json[0]["ssh"]["command_timeout"], "30m");
+        assert_eq!(json[0]["ledger"]["service"]["manager"], "systemd");
+        assert_eq!(json[0]["ledger"]["service"]["unit"], "numary.service");
+    }
+
+    #[test]
+    fn load_reports_a_missing_file_as_usage() {
+        let err =
+            Inventory::load(Path::new("/nonexistent/inv.toml"), &Overrides::default()).unwrap_err();
+        let f = crate::error::find_failure(&err).unwrap();
+        assert_eq!(f.code, exit_code::USAGE);
+        assert!(
+            f.message
+                .contains("cannot read inventory `/nonexistent/inv.toml`"),
+            "{}",
+            f.message
+        );
     }
 }

@@ -282,6 +282,10 @@ fn named_lines(items: &[(&str, usize)]) -> String {
     }
 }
 
+fn both_or_all(n: usize) -> &'static str {
+    if n == 2 { "both" } else { "all" }
+}
+
 /// One host's own layers, before groups and overrides are stacked under and over them.
 struct HostLayers<'a> {
     raw: &'a RawHost,
@@ -489,9 +493,10 @@ fn check_cross_references(raw: &RawInventory, pass: &mut Pass<'_>) {
             Diagnostic::at(
                 span,
                 format!(
-                    "{} migrators: hosts {} all set `migrator = true`",
+                    "{} migrators: hosts {} {} set `migrator = true`",
                     migrators.len(),
-                    named_lines(&listed)
+                    named_lines(&listed),
+                    both_or_all(listed.len())
                 ),
             )
             .hint("keep `migrator = true` on one host: migrations run once, on that node"),
@@ -563,7 +568,11 @@ fn check_cross_references(raw: &RawInventory, pass: &mut Pass<'_>) {
         pass.diags.push(
             Diagnostic::at(
                 span,
-                format!("hosts {} all replace `{target}`", named_lines(&listed)),
+                format!(
+                    "hosts {} {} replace `{target}`",
+                    named_lines(&listed),
+                    both_or_all(listed.len())
+                ),
             )
             .hint("each old host is replaced by exactly one new node"),
         );
