@@ -69,3 +69,101 @@ pub fn render(lab: &Lab) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::{Driver, LabNode};
+    use super::*;
+    use crate::inventory::{Inventory, LocalEnv, Overrides, Service};
+    use crate::version::Version;
+
+    #[test]
+    fn generated_inventory_resolves_to_every_node_as_the_lab_laid_it_out() {
+        // A dir with a space and a quote: the service commands must still be one word each.
+        let dir = std::path::PathBuf::from("/tmp/fleet lab's/lab");
+        let node = |i: u16| LabNode {
+            name: format!("node-{i}"),
+            ssh_port: 40000 + i,
+            api_port: 41000 + i,
+            root: dir.join(format!("nodes/node-{i}/root")),
+            sshd_dir: dir.join(format!("nodes/node-{i}/sshd")),
+            sshd_pid: 1,
+            migrator: i == 1,
+        };
+        let lab = Lab {
+            format: 1,
+            dir: dir.clone(),
+            version: Version::new(1, 8, 2),
+            driver: Driver::Sqlite,
+            user: "ops".into(),
+            ledgers: vec!["default".into(), "payments".into()],
+            transactions: 1,
+            nodes: vec![node(1), node(2)],
+            postgres: None,
+        };
+        let text = render(&lab);
+        let local = LocalEnv {
+            home: Some("/home/else".into()),
+            user: "someone-else".into(),
+            default_identity_files: vec!["/home/else/.ssh/id_rsa".into()],
+        };
+        let inv = Inventory::parse(&text, &lab.inventory_path(), &Overrides::default(), &local)
+            .unwrap_or_else(|f| panic!("{f:?}\n{text}"));
+        let hosts = inv.hosts();
+        assert_eq!(hosts.len(), 2);
+        for (h, n) in hosts.iter().zip(&lab.nodes) {
+            let paths = n.paths();
+            assert_eq!(h.name, n.name);
+            assert_eq!(h.address, "127.0.0.1");
+            assert_eq!(h.migrator, n.migrator);
+            assert_eq!(h.ssh.port, n.ssh_port);
+            assert_eq!(h.ssh.user, "ops");
+            assert_eq!(h.ssh.identity_files, vec![lab.client_key_path()]);
+            assert_eq!(h.ssh.known_hosts, lab.known_hosts_path());
+            assert!(!h.ssh.use_agent);
+            assert_eq!(h.ledger.binary, paths.binary().to_string_lossy());
+            assert_eq!(
+                h.ledger.releases_dir,
+                paths.releases_dir().to_string_lossy()
+            );
+            assert_eq!(
+                h.ledger.env_file.as_deref(),
+                Some(&*paths.env_file().to_string_lossy())
+            );
+            assert_eq!(h.ledger.api, format!("127.0.0.1:{}", n.api_port));
+            assert_eq!(h.ledger.backup_dir, paths.backup_dir().to_string_lossy());
+            assert_eq!(
+                h.ledger.ledgers.as_deref(),
+                Some(&["default".to_owned(), "payments".to_owned()][..])
+            );
+            let Service::Command {
+                start,
+                stop,
+                status,
+            } = &h.ledger.service
+            else {
+                panic!("{:?}", h.ledger.service);
+            };
+            assert_eq!(start, &paths.service_command("start"));
+            assert_eq!(stop, &paths.service_command("stop"));
+            assert_eq!(status, &paths.service_command("status"));
+        }
+        // The shell reads the quoted script path back as one word.
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "printf '%s|' {}",
+                paths_of(&lab).service_command("stop")
+            ))
+            .output()
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            format!("{}|stop|", paths_of(&lab).service_script().display())
+        );
+    }
+
+    fn paths_of(lab: &Lab) -> super::super::NodePaths {
+        lab.nodes[0].paths()
+    }
+}
