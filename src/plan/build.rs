@@ -705,6 +705,11 @@ fn warnings(
             ));
         }
     }
+    for v in views.iter().filter(|v| v.touched()) {
+        for problem in v.reachable_facts().map_or(&[][..], |f| &f.problems) {
+            found.warn(format!("`{}`: {problem}", v.name()));
+        }
+    }
     for v in views
         .iter()
         .filter(|v| v.starts() && v.host.ledger.env_file.is_none())

@@ -542,9 +542,9 @@ fn gate(l: &Layout, hosts: &[&View], batch: Option<usize>) -> Step {
         hosts,
         batch,
         format!(
-            "wait until {} report `{}` at `/_info` and answer `/_health`, within the timeout",
-            names(hosts),
-            l.target
+            "wait until `/_info` reports `{}` and `/_health` answers on {}, within the timeout",
+            l.target,
+            names(hosts)
         ),
         "a node that does not come up healthy on the target stops the run before the next batch, with a report of each node's state",
         vec![

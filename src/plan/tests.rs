@@ -1,1 +1,999 @@
-//! Plan builder tests.
+//! Plan builder tests on hand-built fleets: one [`Node`] builder for host + facts, the real
+//! built-in upgrade-path table.
+
+use std::collections::BTreeMap;
+use std::num::NonZeroUsize;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::*;
+use crate::facts::{ApiInfo, HostFacts, ServiceState, StorageDriver, StorageFacts};
+use crate::inventory::{LedgerSettings, ResolvedHost, Service, SshSettings};
+use crate::policy::PolicyTable;
+
+const SHA: &str = "4f2b9c1e0d8a7b6c5d4e3f2a1b0c9d8e7f6a5b4c3d2e1f0a9b8c7d6e5f4a3b2c";
+const PG: &str = "postgresql://ledger:***@db.internal:5432/ledger";
+
+fn v(s: &str) -> Version {
+    Version::parse(s).expect("test version")
+}
+
+/// One host and its facts. Defaults: reachable, stopped, Postgres (shared `PG`), systemd unit.
+struct Node {
+    host: ResolvedHost,
+    facts: HostFacts,
+}
+
+fn node(name: &str, version: &str) -> Node {
+    Node {
+        host: ResolvedHost {
+            name: name.to_string(),
+            address: format!("{name}.internal"),
+            groups: Vec::new(),
+            migrator: false,
+            replaces: None,
+            ssh: SshSettings {
+                user: "root".to_string(),
+                port: 22,
+                identity_files: Vec::new(),
+                known_hosts: PathBuf::from("/root/.ssh/known_hosts"),
+                connect_timeout: Duration::from_secs(10),
+                command_timeout: Duration::from_secs(600),
+                jump_host: None,
+                use_agent: false,
+            },
+            ledger: LedgerSettings {
+                binary: "/usr/local/bin/numary".to_string(),
+                releases_dir: "/opt/numary/releases".to_string(),
+                service: Service::Systemd {
+                    unit: "numary.service".to_string(),
+                },
+                env_file: Some("/etc/numary/env".to_string()),
+                api: "127.0.0.1:3068".to_string(),
+                ledgers: None,
+                backup_dir: "/var/backups/numary".to_string(),
+            },
+        },
+        facts: HostFacts {
+            unreachable: None,
+            installed_version: Some(v(version)),
+            service: ServiceState::Stopped,
+            api: None,
+            storage: Some(StorageFacts {
+                driver: StorageDriver::Postgres,
+                sqlite_dir: None,
+                postgres: Some(PG.to_string()),
+            }),
+            ledgers: vec!["default".to_string(), "payments".to_string()],
+            staged: Vec::new(),
+            hot_journals: Vec::new(),
+            ..HostFacts::default()
+        },
+    }
+}
+
+impl Node {
+    fn running(mut self) -> Self {
+        self.facts.service = ServiceState::Running;
+        self.facts.api = Some(ApiInfo {
+            healthy: true,
+            version: self.facts.installed_version.clone(),
+        });
+        self
+    }
+
+    fn sqlite(mut self) -> Self {
+        self.facts.storage = Some(StorageFacts {
+            driver: StorageDriver::Sqlite,
+            sqlite_dir: Some("/var/lib/numary/data".to_string()),
+            postgres: None,
+        });
+        self
+    }
+
+    fn migrator(mut self) -> Self {
+        self.host.migrator = true;
+        self
+    }
+
+    fn replaces(mut self, old: &str) -> Self {
+        self.host.replaces = Some(old.to_string());
+        self
+    }
+
+    /// A new machine: no `numary` installed yet.
+    fn fresh(mut self) -> Self {
+        self.facts.installed_version = None;
+        self.facts.ledgers.clear();
+        self
+    }
+
+    fn unreachable(mut self) -> Self {
+        self.facts = HostFacts {
+            unreachable: Some("connection timed out after 10s".to_string()),
+            ..HostFacts::default()
+        };
+        self
+    }
+
+    fn hot_journal(mut self, file: &str) -> Self {
+        self.facts.hot_journals.push(file.to_string());
+        self
+    }
+
+    fn inventory_ledgers(mut self, names: &[&str]) -> Self {
+        self.host.ledger.ledgers = Some(names.iter().map(|n| n.to_string()).collect());
+        self
+    }
+}
+
+fn opts(strategy: Strategy) -> PlanOptions {
+    PlanOptions {
+        strategy,
+        serial: None,
+        stop_running: false,
+        backup: true,
+        binary: BinarySource::File {
+            path: PathBuf::from("./numary-1.8.2"),
+            sha256: SHA.to_string(),
+        },
+    }
+}
+
+fn split(nodes: Vec<Node>) -> (Vec<ResolvedHost>, BTreeMap<String, HostFacts>) {
+    let mut hosts = Vec::new();
+    let mut facts = BTreeMap::new();
+    for n in nodes {
+        facts.insert(n.host.name.clone(), n.facts);
+        hosts.push(n.host);
+    }
+    (hosts, facts)
+}
+
+fn plan_with(nodes: Vec<Node>, target: &str, opts: &PlanOptions) -> Plan {
+    let (hosts, facts) = split(nodes);
+    build_plan(&hosts, &facts, &v(target), opts, &PolicyTable::builtin())
+}
+
+fn plan(nodes: Vec<Node>, target: &str, strategy: Strategy) -> Plan {
+    plan_with(nodes, target, &opts(strategy))
+}
+
+fn kinds(plan: &Plan) -> Vec<StepKind> {
+    plan.steps.iter().map(|s| s.kind).collect()
+}
+
+fn steps_of(plan: &Plan, kind: StepKind) -> Vec<&Step> {
+    plan.steps.iter().filter(|s| s.kind == kind).collect()
+}
+
+fn hosts_of(step: &Step) -> Vec<&str> {
+    step.hosts.iter().map(String::as_str).collect()
+}
+
+fn position(plan: &Plan, kind: StepKind) -> usize {
+    plan.steps
+        .iter()
+        .position(|s| s.kind == kind)
+        .unwrap_or_else(|| panic!("no {kind} step in {:?}", kinds(plan)))
+}
+
+fn blocker_kinds(plan: &Plan) -> Vec<BlockerKind> {
+    plan.blockers.iter().map(|b| b.kind).collect()
+}
+
+fn all_commands(plan: &Plan) -> Vec<&str> {
+    plan.steps
+        .iter()
+        .flat_map(|s| &s.commands)
+        .flat_map(|hc| &hc.commands)
+        .map(String::as_str)
+        .collect()
+}
+
+fn three(version: &str) -> Vec<Node> {
+    vec![
+        node("ledger-1", version),
+        node("ledger-2", version),
+        node("ledger-3", version),
+    ]
+}
+
+use StepKind::*;
+
+#[test]
+fn offline_three_nodes_follow_the_guides_multi_node_order() {
+    let p = plan(three("1.7.4"), "1.8.2", Strategy::Auto);
+    assert!(!p.is_blocked(), "{:?}", p.blockers);
+    assert_eq!(p.strategy, Strategy::Offline);
+    assert_eq!(p.mode, Mode::MultiNode);
+    assert_eq!(
+        kinds(&p),
+        [
+            Preflight,
+            Lock,
+            ConfirmStopped,
+            Backup,
+            Stage,
+            Migrate,
+            Switch,
+            StartService,
+            HealthGate,
+            StartService,
+            HealthGate,
+            Unlock
+        ]
+    );
+    let numbers: Vec<usize> = p.steps.iter().map(|s| s.number).collect();
+    assert_eq!(numbers, (1..=p.steps.len()).collect::<Vec<_>>());
+    assert_eq!(p.migrator.as_deref(), Some("ledger-1"));
+    assert_eq!(hosts_of(steps_of(&p, Backup)[0]), ["ledger-1"]);
+    assert_eq!(hosts_of(steps_of(&p, Migrate)[0]), ["ledger-1"]);
+    assert_eq!(
+        hosts_of(steps_of(&p, Switch)[0]),
+        ["ledger-1", "ledger-2", "ledger-3"]
+    );
+    // Offline default: the migrator alone, then everyone else at once.
+    assert_eq!(p.batches, [vec!["ledger-1"], vec!["ledger-2", "ledger-3"]]);
+    let starts = steps_of(&p, StartService);
+    assert_eq!(hosts_of(starts[0]), ["ledger-1"]);
+    assert_eq!(hosts_of(starts[1]), ["ledger-2", "ledger-3"]);
+    assert!(p.hosts.iter().all(|h| h.action == HostAction::Upgrade));
+    // No StopService without --stop: the nodes were stopped already.
+    assert!(steps_of(&p, StopService).is_empty());
+}
+
+#[test]
+fn migrate_runs_scan_list_and_upgrade_with_the_new_binary_and_the_service_env() {
+    let p = plan(three("1.7.4"), "1.8.2", Strategy::Offline);
+    let migrate = steps_of(&p, Migrate)[0];
+    assert_eq!(migrate.commands.len(), 1);
+    let cmds = &migrate.commands[0].commands;
+    let env = "set -a && . /etc/numary/env && set +a && /opt/numary/releases/1.8.2/numary";
+    assert_eq!(
+        cmds,
+        &[
+            format!("{env} storage list"),
+            format!("{env} storage scan"),
+            format!("{env} storage list"),
+            format!("{env} storage upgrade default"),
+            format!("{env} storage upgrade payments"),
+        ]
+    );
+    // The connection string (even redacted) never reaches a command line.
+    assert!(
+        all_commands(&p)
+            .iter()
+            .all(|c| !c.contains("postgresql://"))
+    );
+    let backup = steps_of(&p, Backup)[0];
+    let dump = &backup.commands[0].commands;
+    assert!(
+        dump.iter()
+            .any(|c| c.starts_with("set -a && . /etc/numary/env")
+                && c.contains(
+                    "pg_dump --format=custom --file='/var/backups/numary/{run_id}/postgres.dump'"
+                ))
+    );
+    assert!(dump.iter().any(|c| c.starts_with("pg_restore --list")));
+}
+
+#[test]
+fn inventory_ledgers_are_listed_as_checks_and_drive_the_upgrade_commands() {
+    let nodes = vec![
+        node("ledger-1", "1.7.4").inventory_ledgers(&["default", "orders"]),
+        node("ledger-2", "1.7.4").inventory_ledgers(&["default", "orders"]),
+    ];
+    let p = plan(nodes, "1.8.2", Strategy::Offline);
+    let migrate = steps_of(&p, Migrate)[0];
+    assert!(
+        migrate
+            .checks
+            .iter()
+            .any(|c| c.contains("must each be listed") && c.contains("`default`, `orders`")),
+        "{:?}",
+        migrate.checks
+    );
+    let cmds = &migrate.commands[0].commands;
+    assert!(
+        cmds.last()
+            .is_some_and(|c| c.ends_with("storage upgrade orders"))
+    );
+    assert!(!cmds.iter().any(|c| c.ends_with("storage upgrade payments")));
+}
+
+#[test]
+fn single_sqlite_node_runs_the_single_node_procedure() {
+    let p = plan(
+        vec![node("solo", "1.6.1").sqlite()],
+        "1.8.3",
+        Strategy::Auto,
+    );
+    assert!(!p.is_blocked(), "{:?}", p.blockers);
+    assert_eq!(p.mode, Mode::SingleNode);
+    assert_eq!(p.strategy, Strategy::Offline);
+    assert_eq!(
+        kinds(&p),
+        [
+            Preflight,
+            Lock,
+            ConfirmStopped,
+            Backup,
+            Stage,
+            Migrate,
+            Switch,
+            StartService,
+            HealthGate,
+            Unlock
+        ]
+    );
+    assert!(p.steps.iter().all(|s| hosts_of(s) == ["solo"]));
+    let backup = &steps_of(&p, Backup)[0].commands[0].commands;
+    assert!(backup.contains(
+        &"cp -p /var/lib/numary/data/numary_*.db '/var/backups/numary/{run_id}'/".to_string()
+    ));
+    assert_eq!(
+        backup
+            .iter()
+            .filter(|c| c.contains("sha256sum numary_*.db"))
+            .count(),
+        2,
+        "originals and copies are both hashed: {backup:?}"
+    );
+    let confirm = &steps_of(&p, ConfirmStopped)[0];
+    assert!(confirm.checks.iter().any(|c| c.contains("hot journal")));
+}
+
+#[test]
+fn auto_picks_zero_downtime_only_when_every_node_allows_it() {
+    // 1.5.0 → 1.7.2: row `1.7.x` from `1.4.x`, zero-downtime.
+    let all_modern = plan(three("1.5.0"), "1.7.2", Strategy::Auto);
+    assert_eq!(all_modern.strategy, Strategy::Rolling);
+    assert!(!all_modern.is_blocked(), "{:?}", all_modern.blockers);
+
+    // One node on 1.3.0: only row `1.7.x` from `1.x` (offline) applies to it.
+    let nodes = vec![
+        node("ledger-1", "1.5.0"),
+        node("ledger-2", "1.5.0"),
+        node("ledger-3", "1.3.0"),
+    ];
+    let mixed = plan(nodes, "1.7.2", Strategy::Auto);
+    assert_eq!(mixed.strategy, Strategy::Offline);
+    assert_eq!(mixed.strategy_requested, Strategy::Auto);
+    assert!(!mixed.is_blocked(), "{:?}", mixed.blockers);
+}
+
+#[test]
+fn auto_ignores_nodes_already_at_target_when_choosing() {
+    // ledger-3 at 1.9.0 would be offline-only if it were upgraded from an old version; at the
+    // target it does not count.
+    let nodes = vec![
+        node("ledger-1", "1.5.0"),
+        node("ledger-2", "1.5.0"),
+        node("ledger-3", "1.9.0"),
+    ];
+    let p = plan(nodes, "1.9.0", Strategy::Auto);
+    assert_eq!(p.strategy, Strategy::Rolling);
+    assert_eq!(p.touched_hosts(), ["ledger-1", "ledger-2"]);
+}
+
+#[test]
+fn rolling_migrates_postgres_once_before_any_node_restarts_then_goes_batch_by_batch() {
+    let p = plan(
+        vec![
+            node("ledger-1", "1.5.0").running(),
+            node("ledger-2", "1.5.0").running(),
+            node("ledger-3", "1.5.0").running(),
+        ],
+        "1.9.0",
+        Strategy::Auto,
+    );
+    assert_eq!(p.strategy, Strategy::Rolling);
+    assert!(
+        !p.is_blocked(),
+        "running nodes are fine when rolling: {:?}",
+        p.blockers
+    );
+    let batch = [StopService, Switch, StartService, HealthGate];
+    let mut expected = vec![Preflight, Lock, Backup, Stage, Migrate];
+    for _ in 0..3 {
+        expected.extend(batch);
+    }
+    expected.push(Unlock);
+    assert_eq!(kinds(&p), expected);
+    // Rolling default: one node at a time, the migrator first.
+    assert_eq!(
+        p.batches,
+        [vec!["ledger-1"], vec!["ledger-2"], vec!["ledger-3"]]
+    );
+    assert_eq!(hosts_of(steps_of(&p, Migrate)[0]), ["ledger-1"]);
+    assert!(position(&p, Migrate) < position(&p, StopService));
+    assert!(steps_of(&p, ConfirmStopped).is_empty());
+    let stops = steps_of(&p, StopService);
+    assert_eq!(
+        stops.iter().map(|s| s.batch).collect::<Vec<_>>(),
+        [Some(1), Some(2), Some(3)]
+    );
+}
+
+#[test]
+fn rolling_sqlite_backs_up_and_migrates_each_node_inside_its_batch() {
+    let nodes = vec![
+        node("ledger-1", "1.5.0").sqlite().running(),
+        node("ledger-2", "1.5.0").sqlite().running(),
+    ];
+    let p = plan(nodes, "1.9.0", Strategy::Rolling);
+    assert!(!p.is_blocked(), "{:?}", p.blockers);
+    let batch = [
+        StopService,
+        Backup,
+        Migrate,
+        Switch,
+        StartService,
+        HealthGate,
+    ];
+    let mut expected = vec![Preflight, Lock, Stage];
+    expected.extend(batch);
+    expected.extend(batch);
+    expected.push(Unlock);
+    assert_eq!(kinds(&p), expected);
+    let migrates = steps_of(&p, Migrate);
+    assert_eq!(hosts_of(migrates[0]), ["ledger-1"]);
+    assert_eq!(hosts_of(migrates[1]), ["ledger-2"]);
+}
+
+#[test]
+fn replace_brings_new_nodes_up_before_decommissioning_old_ones() {
+    let nodes = vec![
+        node("old-1", "1.5.0").running(),
+        node("old-2", "1.5.0").running(),
+        node("new-1", "1.5.0").fresh().replaces("old-1"),
+        node("new-2", "1.5.0").fresh().replaces("old-2"),
+    ];
+    let p = plan(nodes, "1.9.0", Strategy::Auto);
+    assert_eq!(p.strategy, Strategy::Replace);
+    assert!(!p.is_blocked(), "{:?}", p.blockers);
+    assert_eq!(
+        kinds(&p),
+        [
+            Preflight,
+            Lock,
+            Backup,
+            Stage,
+            Migrate,
+            Switch,
+            StartService,
+            HealthGate,
+            StartService,
+            HealthGate,
+            Decommission,
+            Unlock
+        ]
+    );
+    assert_eq!(p.migrator.as_deref(), Some("new-1"));
+    assert_eq!(hosts_of(steps_of(&p, Stage)[0]), ["new-1", "new-2"]);
+    assert_eq!(hosts_of(steps_of(&p, Decommission)[0]), ["old-1", "old-2"]);
+    let last_gate = p.steps.iter().rposition(|s| s.kind == HealthGate);
+    assert!(last_gate < Some(position(&p, Decommission)));
+    let action = |n: &str| p.host(n).map(|h| h.action);
+    assert_eq!(action("old-1"), Some(HostAction::Decommission));
+    assert_eq!(action("new-2"), Some(HostAction::Deploy));
+    // Old nodes keep serving until the end: nothing stops them before Decommission.
+    assert!(steps_of(&p, StopService).is_empty());
+}
+
+#[test]
+fn replace_is_refused_without_pairs_or_with_a_missing_old_node() {
+    let no_pairs = plan(three("1.5.0"), "1.9.0", Strategy::Replace);
+    assert!(blocker_kinds(&no_pairs).contains(&BlockerKind::NoReplacePairs));
+
+    let nodes = vec![
+        node("old-1", "1.5.0").running(),
+        node("new-1", "1.5.0").fresh().replaces("old-1"),
+        node("new-2", "1.5.0").fresh().replaces("old-9"),
+    ];
+    let missing = plan(nodes, "1.9.0", Strategy::Replace);
+    let b = missing
+        .blockers
+        .iter()
+        .find(|b| b.kind == BlockerKind::ReplacedHostMissing)
+        .expect("missing old node blocks");
+    assert_eq!(b.hosts, ["new-2"]);
+    assert!(b.reason.contains("`old-9`"), "{}", b.reason);
+}
+
+#[test]
+fn replace_on_sqlite_is_refused() {
+    let nodes = vec![
+        node("old-1", "1.5.0").sqlite().running(),
+        node("new-1", "1.5.0").sqlite().fresh().replaces("old-1"),
+    ];
+    let p = plan(nodes, "1.9.0", Strategy::Replace);
+    assert!(blocker_kinds(&p).contains(&BlockerKind::ReplaceNeedsPostgres));
+}
+
+#[test]
+fn mixed_versions_are_reported_with_each_version_and_its_hosts() {
+    let nodes = vec![
+        node("ledger-1", "1.7.4"),
+        node("ledger-2", "1.7.3"),
+        node("ledger-3", "1.7.4"),
+    ];
+    let p = plan(nodes, "1.8.2", Strategy::Auto);
+    assert!(
+        !p.is_blocked(),
+        "mixed versions alone do not block: {:?}",
+        p.blockers
+    );
+    let w = p
+        .warnings
+        .iter()
+        .find(|w| w.contains("mixed versions"))
+        .expect("a mixed-version warning");
+    assert!(w.contains("`1.7.3` on `ledger-2`"), "{w}");
+    assert!(w.contains("`1.7.4` on `ledger-1`, `ledger-3`"), "{w}");
+}
+
+#[test]
+fn mixed_versions_with_one_unsupported_path_block_that_node_only() {
+    let nodes = vec![node("ledger-1", "1.5.0"), node("ledger-2", "1.2.0")];
+    let p = plan(nodes, "1.9.0", Strategy::Auto);
+    let b = p
+        .blockers
+        .iter()
+        .find(|b| b.kind == BlockerKind::UnsupportedPath)
+        .expect("1.2.0 → 1.9.0 is unsupported");
+    assert_eq!(b.hosts, ["ledger-2"]);
+    assert!(
+        b.reason.contains("supported route: 1.2.0 →"),
+        "{}",
+        b.reason
+    );
+    let hint = b.hint.as_deref().unwrap_or_default();
+    assert!(hint.contains("one hop at a time"), "{hint}");
+    assert!(p.host("ledger-1").is_some_and(|h| h.blocked.is_empty()));
+    assert!(p.host("ledger-2").is_some_and(|h| !h.blocked.is_empty()));
+}
+
+#[test]
+fn nodes_already_at_target_are_not_touched() {
+    let nodes = vec![
+        node("ledger-1", "1.7.4"),
+        node("ledger-2", "1.8.2").running(),
+        node("ledger-3", "1.7.4"),
+    ];
+    let p = plan(nodes, "1.8.2", Strategy::Offline);
+    assert!(!p.is_blocked(), "{:?}", p.blockers);
+    assert!(
+        p.steps
+            .iter()
+            .all(|s| !s.hosts.iter().any(|h| h == "ledger-2"))
+    );
+    let h = p.host("ledger-2").expect("listed");
+    assert_eq!(h.action, HostAction::AlreadyAtTarget);
+    assert_eq!(h.batch, None);
+    assert_eq!(p.batches, [vec!["ledger-1"], vec!["ledger-3"]]);
+    // It keeps serving on the shared database while the others migrate: said out loud.
+    assert!(
+        p.warnings
+            .iter()
+            .any(|w| w.contains("`ledger-2` already runs `1.8.2`"))
+    );
+}
+
+#[test]
+fn all_nodes_at_target_means_nothing_to_do() {
+    let p = plan(three("1.8.2"), "1.8.2", Strategy::Auto);
+    assert!(p.nothing_to_do());
+    assert!(p.steps.is_empty());
+    assert!(p.batches.is_empty());
+    assert!(
+        p.hosts
+            .iter()
+            .all(|h| h.action == HostAction::AlreadyAtTarget)
+    );
+    assert!(render_text(&p).contains("nothing to do"));
+}
+
+#[test]
+fn forced_zero_downtime_the_table_forbids_is_refused_naming_the_row_and_hosts() {
+    let policy = PolicyTable::builtin();
+    let row = policy
+        .evaluate(&v("1.7.4"), &v("1.8.2"))
+        .row
+        .expect("a row decides 1.7.4 → 1.8.2");
+    assert!(!row.zero_downtime);
+    for strategy in [Strategy::Rolling, Strategy::Replace] {
+        let mut nodes = three("1.7.4");
+        if strategy == Strategy::Replace {
+            nodes.push(node("ledger-4", "1.8.2").fresh().replaces("ledger-3"));
+        }
+        let p = plan(nodes, "1.8.2", strategy);
+        assert_eq!(p.strategy, strategy, "a forced strategy is kept");
+        let b = p
+            .blockers
+            .iter()
+            .find(|b| b.kind == BlockerKind::StrategyNotAllowed)
+            .unwrap_or_else(|| panic!("{strategy} refused: {:?}", p.blockers));
+        assert!(
+            b.reason.contains(&format!("table row {}", row.index)),
+            "{}",
+            b.reason
+        );
+        assert!(b.reason.contains(&format!("`{strategy}`")), "{}", b.reason);
+        assert!(b.hosts.contains(&"ledger-1".to_string()));
+        assert!(b.hosts.contains(&"ledger-3".to_string()));
+    }
+}
+
+#[test]
+fn forced_offline_is_allowed_where_zero_downtime_would_be() {
+    let p = plan(three("1.5.0"), "1.9.0", Strategy::Offline);
+    assert_eq!(p.strategy, Strategy::Offline);
+    assert!(!p.is_blocked(), "{:?}", p.blockers);
+}
+
+#[test]
+fn an_unreachable_host_blocks_the_plan_but_the_steps_are_still_listed() {
+    let nodes = vec![
+        node("ledger-1", "1.7.4").unreachable(),
+        node("ledger-2", "1.7.4"),
+    ];
+    let p = plan(nodes, "1.8.2", Strategy::Auto);
+    assert!(p.is_blocked());
+    let b = &p.blockers[0];
+    assert_eq!(b.kind, BlockerKind::Unreachable);
+    assert_eq!(b.hosts, ["ledger-1"]);
+    assert!(b.reason.contains("connection timed out"), "{}", b.reason);
+    assert!(!p.steps.is_empty());
+    assert!(!p.nothing_to_do());
+    // The first reachable host migrates.
+    assert_eq!(p.migrator.as_deref(), Some("ledger-2"));
+}
+
+#[test]
+fn missing_facts_block_like_an_unreachable_host() {
+    let (hosts, mut facts) = split(three("1.7.4"));
+    facts.remove("ledger-2");
+    let p = build_plan(
+        &hosts,
+        &facts,
+        &v("1.8.2"),
+        &opts(Strategy::Auto),
+        &PolicyTable::builtin(),
+    );
+    assert_eq!(blocker_kinds(&p), [BlockerKind::NoFacts]);
+}
+
+#[test]
+fn a_running_node_blocks_offline_without_stop_and_is_stopped_first_with_it() {
+    let nodes = || {
+        vec![
+            node("ledger-1", "1.7.4"),
+            node("ledger-2", "1.7.4").running(),
+            node("ledger-3", "1.7.4"),
+        ]
+    };
+    let refused = plan(nodes(), "1.8.2", Strategy::Offline);
+    assert_eq!(blocker_kinds(&refused), [BlockerKind::Running]);
+    assert_eq!(refused.blockers[0].hosts, ["ledger-2"]);
+    assert!(
+        refused.blockers[0]
+            .hint
+            .as_deref()
+            .is_some_and(|h| h.contains("--stop"))
+    );
+    assert!(steps_of(&refused, StopService).is_empty());
+
+    let mut with_stop = opts(Strategy::Offline);
+    with_stop.stop_running = true;
+    let p = plan_with(nodes(), "1.8.2", &with_stop);
+    assert!(!p.is_blocked(), "{:?}", p.blockers);
+    let stop = steps_of(&p, StopService);
+    assert_eq!(stop.len(), 1);
+    assert_eq!(hosts_of(stop[0]), ["ledger-2"]);
+    assert!(position(&p, StopService) < position(&p, ConfirmStopped));
+    assert!(position(&p, ConfirmStopped) < position(&p, Backup));
+    assert_eq!(
+        stop[0].commands[0].commands[0],
+        "systemctl stop numary.service"
+    );
+}
+
+#[test]
+fn an_api_answering_while_the_service_manager_says_stopped_blocks_even_with_stop() {
+    let mut stray = node("ledger-1", "1.7.4");
+    stray.facts.api = Some(ApiInfo {
+        healthy: true,
+        version: Some(v("1.7.4")),
+    });
+    let mut with_stop = opts(Strategy::Offline);
+    with_stop.stop_running = true;
+    let p = plan_with(vec![stray, node("ledger-2", "1.7.4")], "1.8.2", &with_stop);
+    assert_eq!(
+        blocker_kinds(&p),
+        [BlockerKind::RunningOutsideServiceManager]
+    );
+}
+
+#[test]
+fn a_hot_sqlite_journal_blocks_with_a_recovery_hint() {
+    let nodes = vec![
+        node("solo", "1.6.1")
+            .sqlite()
+            .hot_journal("/var/lib/numary/data/numary_default.db-journal"),
+    ];
+    let p = plan(nodes, "1.8.3", Strategy::Auto);
+    assert_eq!(blocker_kinds(&p), [BlockerKind::HotJournal]);
+    let b = &p.blockers[0];
+    assert!(
+        b.reason.contains("numary_default.db-journal"),
+        "{}",
+        b.reason
+    );
+    assert!(
+        b.hint
+            .as_deref()
+            .is_some_and(|h| h.contains("stop it cleanly") && h.contains("never delete"))
+    );
+}
+
+#[test]
+fn unknown_version_and_downgrade_block() {
+    let nodes = vec![
+        node("ledger-1", "1.7.4").fresh(),
+        node("ledger-2", "1.9.0"),
+        node("ledger-3", "1.7.4"),
+    ];
+    let p = plan(nodes, "1.8.2", Strategy::Offline);
+    let find = |kind| {
+        p.blockers
+            .iter()
+            .find(|b| b.kind == kind)
+            .map(|b| b.hosts.clone())
+    };
+    assert_eq!(
+        find(BlockerKind::UnknownVersion),
+        Some(vec!["ledger-1".to_string()])
+    );
+    assert_eq!(
+        find(BlockerKind::Downgrade),
+        Some(vec!["ledger-2".to_string()])
+    );
+}
+
+#[test]
+fn mixed_storage_drivers_block() {
+    let nodes = vec![
+        node("ledger-1", "1.7.4"),
+        node("ledger-2", "1.7.4").sqlite(),
+    ];
+    let p = plan(nodes, "1.8.2", Strategy::Offline);
+    assert_eq!(blocker_kinds(&p), [BlockerKind::MixedStorage]);
+    assert_eq!(p.blockers[0].hosts, ["ledger-2", "ledger-1"]);
+}
+
+#[test]
+fn different_postgres_databases_block() {
+    let mut other = node("ledger-2", "1.7.4");
+    if let Some(s) = other.facts.storage.as_mut() {
+        s.postgres = Some("postgresql://ledger:***@db-2.internal:5432/ledger".to_string());
+    }
+    let p = plan(
+        vec![node("ledger-1", "1.7.4"), other],
+        "1.8.2",
+        Strategy::Offline,
+    );
+    assert_eq!(blocker_kinds(&p), [BlockerKind::MixedStorage]);
+    assert!(
+        p.blockers[0].reason.contains("db-2.internal"),
+        "{}",
+        p.blockers[0].reason
+    );
+}
+
+#[test]
+fn migrator_is_the_flagged_host_else_the_first_reachable_in_inventory_order() {
+    let flagged = plan(
+        vec![
+            node("ledger-1", "1.7.4"),
+            node("ledger-2", "1.7.4").migrator(),
+            node("ledger-3", "1.7.4"),
+        ],
+        "1.8.2",
+        Strategy::Offline,
+    );
+    assert_eq!(flagged.migrator.as_deref(), Some("ledger-2"));
+    assert_eq!(
+        flagged.batches,
+        [vec!["ledger-2"], vec!["ledger-1", "ledger-3"]]
+    );
+    assert!(flagged.host("ledger-2").is_some_and(|h| h.migrator));
+
+    let unflagged = plan(three("1.7.4"), "1.8.2", Strategy::Offline);
+    assert_eq!(unflagged.migrator.as_deref(), Some("ledger-1"));
+
+    // A flagged node that is already at the target does not start: the next candidate migrates.
+    let flagged_done = plan(
+        vec![
+            node("ledger-1", "1.8.2").migrator(),
+            node("ledger-2", "1.7.4"),
+        ],
+        "1.8.2",
+        Strategy::Offline,
+    );
+    assert_eq!(flagged_done.migrator.as_deref(), Some("ledger-2"));
+    assert!(
+        flagged_done
+            .warnings
+            .iter()
+            .any(|w| w.contains("`ledger-1` is marked `migrator = true`"))
+    );
+}
+
+#[test]
+fn serial_batches_follow_the_migrator_alone() {
+    let nodes: Vec<Node> = (1..=5)
+        .map(|i| {
+            let n = node(&format!("ledger-{i}"), "1.5.0");
+            if i == 3 { n.migrator() } else { n }
+        })
+        .collect();
+    let mut o = opts(Strategy::Offline);
+    o.serial = NonZeroUsize::new(2);
+    let p = plan_with(nodes, "1.9.0", &o);
+    assert_eq!(
+        p.batches,
+        [
+            vec!["ledger-3"],
+            vec!["ledger-1", "ledger-2"],
+            vec!["ledger-4", "ledger-5"]
+        ]
+    );
+    let starts: Vec<Vec<&str>> = steps_of(&p, StartService)
+        .into_iter()
+        .map(hosts_of)
+        .collect();
+    assert_eq!(starts, p.batches);
+    let gates: Vec<Option<usize>> = steps_of(&p, HealthGate).iter().map(|s| s.batch).collect();
+    assert_eq!(gates, [Some(1), Some(2), Some(3)]);
+    assert_eq!(p.host("ledger-5").and_then(|h| h.batch), Some(3));
+}
+
+#[test]
+fn no_backup_drops_the_backup_step_and_says_so() {
+    let mut o = opts(Strategy::Offline);
+    o.backup = false;
+    let p = plan_with(three("1.7.4"), "1.8.2", &o);
+    assert!(steps_of(&p, Backup).is_empty());
+    assert!(p.warnings.iter().any(|w| w.contains("--no-backup")));
+}
+
+#[test]
+fn staging_uses_the_release_dir_and_verifies_checksum_and_version() {
+    let mut n = node("ledger-1", "1.7.4");
+    n.facts.staged.push(v("1.8.2"));
+    let mut o = opts(Strategy::Offline);
+    o.binary = BinarySource::Url {
+        url: "https://example.invalid/numary_1.8.2".to_string(),
+        sha256: SHA.to_string(),
+    };
+    let p = plan_with(vec![n, node("ledger-2", "1.7.4")], "1.8.2", &o);
+    let stage = steps_of(&p, Stage)[0];
+    let part = "/opt/numary/releases/1.8.2/numary.fleetup-part";
+    let cmds = &stage.commands[0].commands;
+    assert!(cmds.contains(&format!(
+        "curl -fsSL --output {part} https://example.invalid/numary_1.8.2"
+    )));
+    assert!(cmds.contains(&format!("sha256sum {part}")));
+    assert!(cmds.contains(&format!("mv -f {part} /opt/numary/releases/1.8.2/numary")));
+    assert!(stage.checks.iter().any(|c| c.contains(SHA)));
+    assert!(
+        stage
+            .checks
+            .iter()
+            .any(|c| c.contains("already staged on `ledger-1`"))
+    );
+}
+
+#[test]
+fn switch_keeps_the_previous_release_and_swaps_atomically() {
+    let p = plan(three("1.7.4"), "1.8.2", Strategy::Offline);
+    let cmds = &steps_of(&p, Switch)[0].commands[0].commands;
+    assert_eq!(
+        cmds,
+        &[
+            "test -L /usr/local/bin/numary || { mkdir -p /opt/numary/releases/1.7.4 && cp -p /usr/local/bin/numary /opt/numary/releases/1.7.4/numary; }",
+            "readlink -f /usr/local/bin/numary",
+            "ln -sfn /opt/numary/releases/1.8.2/numary /usr/local/bin/numary.fleetup-new",
+            "mv -Tf /usr/local/bin/numary.fleetup-new /usr/local/bin/numary",
+        ]
+    );
+}
+
+#[test]
+fn digest_is_stable_across_map_order_and_changes_with_the_facts() {
+    let (hosts, facts) = split(three("1.7.4"));
+    let target = v("1.8.2");
+    let o = opts(Strategy::Auto);
+    let policy = PolicyTable::builtin();
+    let p = build_plan(&hosts, &facts, &target, &o, &policy);
+
+    let mut reversed = BTreeMap::new();
+    for (k, f) in facts.iter().rev() {
+        reversed.insert(k.clone(), f.clone());
+    }
+    let again = build_plan(&hosts, &reversed, &target, &o, &policy);
+    let id = plan_digest(&p, &facts);
+    assert_eq!(id, plan_digest(&again, &reversed));
+    assert_eq!(id.len(), 64);
+    assert!(id.bytes().all(|b| b.is_ascii_hexdigit()));
+
+    // A fact that does not change the plan still changes the id (the fleet is not as audited).
+    let mut changed = facts.clone();
+    if let Some(f) = changed.get_mut("ledger-3") {
+        f.ledgers.push("new-ledger".to_string());
+    }
+    assert_ne!(id, plan_digest(&p, &changed));
+    // And a different plan for the same facts too.
+    let offline = build_plan(&hosts, &facts, &target, &opts(Strategy::Offline), &policy);
+    assert_ne!(id, plan_digest(&offline, &facts));
+}
+
+#[test]
+fn text_rendering_lists_numbered_steps_hosts_blockers_and_hints() {
+    let nodes = vec![
+        node("ledger-1", "1.7.4"),
+        node("ledger-2", "1.7.4").running(),
+    ];
+    let p = plan(nodes, "1.8.2", Strategy::Auto);
+    let text = render_text(&p);
+    for step in &p.steps {
+        let line = format!("{:>2}. {}", step.number, step.kind);
+        assert!(text.contains(&line), "missing `{line}` in:\n{text}");
+    }
+    assert!(
+        text.contains(" 1. preflight on ledger-1, ledger-2"),
+        "{text}"
+    );
+    assert!(text.contains("why: "), "{text}");
+    assert!(text.contains("$ set -a && . /etc/numary/env"), "{text}");
+    assert!(text.contains("ledger-2  1.7.4 → 1.8.2"), "{text}");
+    assert!(text.contains("`ledger-2` is running"), "{text}");
+    assert!(text.contains("hint: stop it cleanly first"), "{text}");
+    assert!(text.contains("result: blocked by 1 finding(s)"), "{text}");
+}
+
+#[test]
+fn json_has_the_documented_field_names() {
+    let p = plan(three("1.7.4"), "1.8.2", Strategy::Auto);
+    let json = serde_json::to_value(&p).expect("plan serializes");
+    for key in [
+        "target",
+        "strategy_requested",
+        "strategy",
+        "mode",
+        "serial",
+        "stop_running",
+        "backup",
+        "binary",
+        "migrator",
+        "batches",
+        "steps",
+        "hosts",
+        "blockers",
+        "warnings",
+    ] {
+        assert!(json.get(key).is_some(), "missing `{key}`");
+    }
+    assert_eq!(json["strategy"], "offline");
+    assert_eq!(json["strategy_requested"], "auto");
+    assert_eq!(json["mode"], "multi_node");
+    assert_eq!(json["binary"]["kind"], "file");
+    assert_eq!(json["steps"][0]["kind"], "preflight");
+    assert_eq!(json["steps"][0]["number"], 1);
+    assert_eq!(json["steps"][5]["kind"], "migrate");
+    assert_eq!(json["steps"][5]["commands"][0]["host"], "ledger-1");
+    assert_eq!(json["hosts"][0]["action"], "upgrade");
+    assert_eq!(json["hosts"][0]["verdict"]["supported"], true);
+}
