@@ -201,29 +201,35 @@ fn three(version: &str) -> Vec<Node> {
 
 use StepKind::*;
 
+/// The guide's offline procedure up to the restarts.
+const OFFLINE_HEAD: [StepKind; 7] = [
+    Preflight,
+    Lock,
+    ConfirmStopped,
+    Backup,
+    Stage,
+    Migrate,
+    Switch,
+];
+
+/// `head`, then a start and a health gate per batch, then `tail`, then the unlock.
+fn starting_in_batches(head: &[StepKind], batches: usize, tail: &[StepKind]) -> Vec<StepKind> {
+    let mut kinds = head.to_vec();
+    for _ in 0..batches {
+        kinds.extend([StartService, HealthGate]);
+    }
+    kinds.extend(tail);
+    kinds.push(Unlock);
+    kinds
+}
+
 #[test]
 fn offline_three_nodes_follow_the_guides_multi_node_order() {
     let p = plan(three("1.7.4"), "1.8.2", Strategy::Auto);
     assert!(!p.is_blocked(), "{:?}", p.blockers);
     assert_eq!(p.strategy, Strategy::Offline);
     assert_eq!(p.mode, Mode::MultiNode);
-    assert_eq!(
-        kinds(&p),
-        [
-            Preflight,
-            Lock,
-            ConfirmStopped,
-            Backup,
-            Stage,
-            Migrate,
-            Switch,
-            StartService,
-            HealthGate,
-            StartService,
-            HealthGate,
-            Unlock
-        ]
-    );
+    assert_eq!(kinds(&p), starting_in_batches(&OFFLINE_HEAD, 2, &[]));
     let numbers: Vec<usize> = p.steps.iter().map(|s| s.number).collect();
     assert_eq!(numbers, (1..=p.steps.len()).collect::<Vec<_>>());
     assert_eq!(p.migrator.as_deref(), Some("ledger-1"));
@@ -312,21 +318,7 @@ fn single_sqlite_node_runs_the_single_node_procedure() {
     assert!(!p.is_blocked(), "{:?}", p.blockers);
     assert_eq!(p.mode, Mode::SingleNode);
     assert_eq!(p.strategy, Strategy::Offline);
-    assert_eq!(
-        kinds(&p),
-        [
-            Preflight,
-            Lock,
-            ConfirmStopped,
-            Backup,
-            Stage,
-            Migrate,
-            Switch,
-            StartService,
-            HealthGate,
-            Unlock
-        ]
-    );
+    assert_eq!(kinds(&p), starting_in_batches(&OFFLINE_HEAD, 1, &[]));
     assert!(p.steps.iter().all(|s| hosts_of(s) == ["solo"]));
     let backup = &steps_of(&p, Backup)[0].commands[0].commands;
     assert!(backup.contains(
@@ -453,23 +445,8 @@ fn replace_brings_new_nodes_up_before_decommissioning_old_ones() {
     let p = plan(nodes, "1.9.0", Strategy::Auto);
     assert_eq!(p.strategy, Strategy::Replace);
     assert!(!p.is_blocked(), "{:?}", p.blockers);
-    assert_eq!(
-        kinds(&p),
-        [
-            Preflight,
-            Lock,
-            Backup,
-            Stage,
-            Migrate,
-            Switch,
-            StartService,
-            HealthGate,
-            StartService,
-            HealthGate,
-            Decommission,
-            Unlock
-        ]
-    );
+    let head = [Preflight, Lock, Backup, Stage, Migrate, Switch];
+    assert_eq!(kinds(&p), starting_in_batches(&head, 2, &[Decommission]));
     assert_eq!(p.migrator.as_deref(), Some("new-1"));
     assert_eq!(hosts_of(steps_of(&p, Stage)[0]), ["new-1", "new-2"]);
     assert_eq!(hosts_of(steps_of(&p, Decommission)[0]), ["old-1", "old-2"]);
