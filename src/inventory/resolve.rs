@@ -126,18 +126,18 @@ impl SshLayer {
         }
     }
 
-    /// Settings from a stack that starts with [`SshLayer::builtin`]; `None` only for a missing
-    /// `known_hosts`.
-    fn finish(self, fallback: &LocalEnv) -> Option<SshSettings> {
+    /// Settings from a stack that starts with [`SshLayer::builtin`], which sets every key but
+    /// `known_hosts` when there is no home directory: `None` means that one is missing.
+    fn finish(self) -> Option<SshSettings> {
         Some(SshSettings {
-            user: self.user.unwrap_or_else(|| fallback.user.clone()),
-            port: self.port.unwrap_or(22),
-            identity_files: self.identity_files.unwrap_or_default(),
+            user: self.user?,
+            port: self.port?,
+            identity_files: self.identity_files?,
             known_hosts: self.known_hosts?,
-            connect_timeout: self.connect_timeout.unwrap_or(Duration::from_secs(10)),
-            command_timeout: self.command_timeout.unwrap_or(Duration::from_secs(30 * 60)),
-            jump_host: self.jump_host.and_then(JumpHost::into_option),
-            use_agent: self.use_agent.unwrap_or(true),
+            connect_timeout: self.connect_timeout?,
+            command_timeout: self.command_timeout?,
+            jump_host: self.jump_host?.into_option(),
+            use_agent: self.use_agent?,
         })
     }
 }
@@ -270,20 +270,25 @@ fn backticks(names: &[&str]) -> String {
         .join(", ")
 }
 
-/// Names with their lines: "`a` (line 3) and `b` (line 9)".
-fn named_lines(items: &[(&str, usize)]) -> String {
-    let parts: Vec<String> = items
+/// "`a` (line 3) and `b` (line 9) both" / "`a` (line 3), `b` (line 5) and `c` (line 9) all":
+/// the hosts involved in one cross-reference error, with the lines of their names.
+fn hosts_with_lines(pass: &Pass<'_>, hosts: &[&RawHost]) -> String {
+    let parts: Vec<String> = hosts
         .iter()
-        .map(|(n, l)| format!("`{n}` (line {l})"))
+        .map(|h| {
+            format!(
+                "`{}` (line {})",
+                h.name.get_ref(),
+                pass.line(&h.name.span())
+            )
+        })
         .collect();
-    match parts.split_last() {
+    let listed = match parts.split_last() {
         Some((last, rest)) if !rest.is_empty() => format!("{} and {last}", rest.join(", ")),
         _ => parts.join(""),
-    }
-}
-
-fn both_or_all(n: usize) -> &'static str {
-    if n == 2 { "both" } else { "all" }
+    };
+    let quantifier = if hosts.len() == 2 { "both" } else { "all" };
+    format!("{listed} {quantifier}")
 }
 
 /// One host's own layers, before groups and overrides are stacked under and over them.
@@ -342,7 +347,7 @@ pub fn resolve(
         }
         let ssh = top.over(host.ssh.over(ssh));
         let ledger = host.ledger.over(ledger);
-        let Some(ssh) = ssh.finish(local) else {
+        let Some(ssh) = ssh.finish() else {
             missing_known_hosts = true;
             continue;
         };
@@ -480,10 +485,6 @@ fn check_cross_references(raw: &RawInventory, pass: &mut Pass<'_>) {
 
     let migrators: Vec<&RawHost> = hosts.iter().copied().filter(|h| h.is_migrator()).collect();
     if let [_, second, ..] = migrators.as_slice() {
-        let listed: Vec<(&str, usize)> = migrators
-            .iter()
-            .map(|h| (h.name.get_ref().as_str(), pass.line(&h.name.span())))
-            .collect();
         let span = second
             .migrator
             .as_ref()
@@ -493,10 +494,9 @@ fn check_cross_references(raw: &RawInventory, pass: &mut Pass<'_>) {
             Diagnostic::at(
                 span,
                 format!(
-                    "{} migrators: hosts {} {} set `migrator = true`",
+                    "{} migrators: hosts {} set `migrator = true`",
                     migrators.len(),
-                    named_lines(&listed),
-                    both_or_all(listed.len())
+                    hosts_with_lines(pass, &migrators)
                 ),
             )
             .hint("keep `migrator = true` on one host: migrations run once, on that node"),
@@ -550,10 +550,6 @@ fn check_cross_references(raw: &RawInventory, pass: &mut Pass<'_>) {
     let mut contested: Vec<&Vec<&RawHost>> = replaced_by.values().filter(|v| v.len() > 1).collect();
     contested.sort_by_key(|v| v[1].name.span().start);
     for replacers in contested {
-        let listed: Vec<(&str, usize)> = replacers
-            .iter()
-            .map(|h| (h.name.get_ref().as_str(), pass.line(&h.name.span())))
-            .collect();
         let second = replacers[1];
         let target = second
             .replaces
@@ -569,9 +565,8 @@ fn check_cross_references(raw: &RawInventory, pass: &mut Pass<'_>) {
             Diagnostic::at(
                 span,
                 format!(
-                    "hosts {} {} replace `{target}`",
-                    named_lines(&listed),
-                    both_or_all(listed.len())
+                    "hosts {} replace `{target}`",
+                    hosts_with_lines(pass, replacers)
                 ),
             )
             .hint("each old host is replaced by exactly one new node"),
@@ -593,16 +588,7 @@ fn check_duplicate_endpoints(raw: &RawInventory, resolved: &[ResolvedHost], pass
             continue;
         };
         let first_raw = raw.hosts[first].get_ref();
-        let listed = [
-            (
-                resolved[first].name.as_str(),
-                pass.line(&first_raw.name.span()),
-            ),
-            (
-                host.name.as_str(),
-                pass.line(&raw_host.get_ref().name.span()),
-            ),
-        ];
+        let both = hosts_with_lines(pass, &[first_raw, raw_host.get_ref()]);
         let endpoint = raw_host
             .get_ref()
             .address
@@ -611,7 +597,7 @@ fn check_duplicate_endpoints(raw: &RawInventory, resolved: &[ResolvedHost], pass
         pass.diags.push(
             Diagnostic::at(
                 raw_host.get_ref().address.span(),
-                format!("hosts {} both point at `{endpoint}`", named_lines(&listed)),
+                format!("hosts {both} point at `{endpoint}`"),
             )
             .hint("one machine listed twice would be upgraded twice; fix the address or port, or remove one entry"),
         );
