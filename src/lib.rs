@@ -10,6 +10,7 @@ pub mod exit_code;
 pub mod facts;
 pub mod inventory;
 pub mod lab;
+pub mod node;
 pub mod numary;
 pub mod plan;
 pub mod policy;

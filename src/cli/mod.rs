@@ -5,9 +5,14 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use fleetup::exit_code;
 
+mod connect;
 mod errors;
+mod exec;
 mod inventory;
+mod lab;
 mod paths;
+mod status;
+mod table;
 
 /// Upgrade fleets of Formance Ledger v1 (`numary`) nodes over SSH, following the vendor's guide.
 #[derive(Debug, Parser)]
@@ -23,7 +28,12 @@ pub struct Cli {
 #[derive(Debug, Args, Clone)]
 pub struct Global {
     /// Inventory file (TOML). Default: `FLEETUP_INVENTORY`, else `./inventory.toml`.
-    #[arg(short = 'i', long = "inventory", global = true, env = "FLEETUP_INVENTORY")]
+    #[arg(
+        short = 'i',
+        long = "inventory",
+        global = true,
+        env = "FLEETUP_INVENTORY"
+    )]
     pub inventory: Option<PathBuf>,
     /// Select hosts: names, globs (`ledger-*`), groups (`@eu`), exclusions (`!ledger-3`);
     /// comma-separated or repeated.
@@ -32,7 +42,7 @@ pub struct Global {
     /// Output format of results on stdout.
     #[arg(long, global = true, value_enum, default_value_t = Format::Human)]
     pub format: Format,
-    /// Upgrade-path table replacing the built-in one (TOML, same shape as `fleetup paths --format toml`).
+    /// Upgrade-path table replacing the built-in one (TOML, same shape as `fleetup paths --toml` prints).
     #[arg(long = "paths", global = true, env = "FLEETUP_PATHS")]
     pub paths_file: Option<PathBuf>,
     /// More detail on stderr (repeat for more).
@@ -58,6 +68,13 @@ pub enum Command {
     /// Validate the inventory or list its resolved hosts.
     #[command(subcommand)]
     Inventory(inventory::InventoryCommand),
+    /// Facts about every selected host: reachable, installed version, service, API, storage.
+    Status(status::StatusArgs),
+    /// Run an ad-hoc command on the selected hosts (`fleetup exec -- uname -n`).
+    Exec(exec::ExecArgs),
+    /// A local practice fleet: real sshd servers and the ledger simulator (`lab up|status|down`).
+    #[command(subcommand)]
+    Lab(lab::LabCommand),
 }
 
 /// Parse the command line, run the command, render errors; returns the process exit code.
@@ -66,12 +83,19 @@ pub fn main() -> i32 {
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();
-            return if e.use_stderr() { exit_code::USAGE } else { exit_code::SUCCESS };
+            return if e.use_stderr() {
+                exit_code::USAGE
+            } else {
+                exit_code::SUCCESS
+            };
         }
     };
     let result = match &cli.command {
         Command::Paths(args) => paths::run(&cli.global, args),
         Command::Inventory(cmd) => inventory::run(&cli.global, cmd),
+        Command::Status(args) => status::run(&cli.global, args),
+        Command::Exec(args) => exec::run(&cli.global, args),
+        Command::Lab(cmd) => lab::run(&cli.global, cmd),
     };
     match result {
         Ok(code) => code,

@@ -5,6 +5,10 @@ use serde::Serialize;
 
 use crate::version::Version;
 
+mod gather;
+
+pub use gather::{gather, gather_all};
+
 /// What fleetup learned about one host.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Default)]
 pub struct HostFacts {
@@ -22,6 +26,10 @@ pub struct HostFacts {
     pub staged: Vec<Version>,
     /// SQLite hot journal files found in the storage dir (a sign of an unclean stop).
     pub hot_journals: Vec<String>,
+    /// Where `ledgers` came from: `api` (`/_info`), `sqlite-files`, or empty when unknown.
+    pub ledgers_source: String,
+    /// Things that could not be learned, one sentence each (the host was reachable).
+    pub problems: Vec<String>,
 }
 
 impl HostFacts {

@@ -1,0 +1,233 @@
+//! Gathering [`HostFacts`] over one connection per host: the probe script (home, environment
+//! file, staged releases), `numary version` with the service's environment, the service
+//! manager's status, `/_info` and `/_health` through the node, and the SQLite dir listing.
+//! Read-only: nothing here writes on a host (no `numary storage` command runs).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use crate::facts::{ApiInfo, HostFacts, ServiceState, StorageDriver, StorageFacts};
+use crate::inventory::ResolvedHost;
+use crate::node::{self, ServiceAction};
+use crate::numary::{self, StorageConfig};
+use crate::redact::redact_conn_strings;
+use crate::ssh::{ConnectError, ExecOptions, ExitStatus, Session, Transport};
+use crate::version::Version;
+
+/// How long one HTTP probe of the API may take.
+const HTTP_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a read-only fact command may take.
+const FACT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Split `host:port` (or `[v6]:port`) of the API address.
+pub fn split_api_address(api: &str) -> Option<(String, u16)> {
+    let (host, port) = api.rsplit_once(':')?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    Some((host.to_string(), port.parse().ok()?))
+}
+
+/// Everything fleetup can learn about one reachable host without changing it.
+pub async fn gather<T: Transport>(t: &T, host: &ResolvedHost) -> HostFacts {
+    let opts = ExecOptions {
+        timeout: Some(FACT_TIMEOUT),
+        ..Default::default()
+    };
+    let probe_cmd = node::probe(host);
+    let version_cmd = node::numary(host, &host.ledger.binary, &["version"]);
+    let status_cmd = node::service(host, ServiceAction::Status);
+    let (probe, version, status, api) = tokio::join!(
+        t.exec(&probe_cmd, &opts),
+        t.exec(&version_cmd, &opts),
+        t.exec(&status_cmd, &opts),
+        probe_api(t, host),
+    );
+    let mut facts = HostFacts::default();
+
+    match version {
+        Ok(out) if out.status.success() => match numary::parse_version(&out.stdout_lossy()) {
+            Ok(v) => facts.installed_version = Some(v),
+            Err(e) => facts.problems.push(e.to_string()),
+        },
+        Ok(out) => facts.problems.push(format!(
+            "`{} version` exited with {}: {}",
+            host.ledger.binary,
+            out.status,
+            tail(&redact_conn_strings(&out.stderr_lossy()))
+        )),
+        Err(e) => facts
+            .problems
+            .push(format!("`numary version` did not run: {e}")),
+    }
+
+    facts.service = match status {
+        Ok(out) => match out.status {
+            ExitStatus::Code(0) => ServiceState::Running,
+            ExitStatus::Code(_) => ServiceState::Stopped,
+            ExitStatus::Signal(_) => ServiceState::Unknown,
+        },
+        Err(e) => {
+            facts
+                .problems
+                .push(format!("service status did not run: {e}"));
+            ServiceState::Unknown
+        }
+    };
+
+    match api {
+        Ok((info, healthy)) => {
+            facts.api = Some(ApiInfo {
+                healthy,
+                version: Version::parse(&info.version).ok(),
+            });
+            facts.ledgers = info.ledgers;
+            facts.ledgers_source = "api".into();
+        }
+        Err(e) if facts.service == ServiceState::Running => facts
+            .problems
+            .push(format!("the service runs but its API does not answer: {e}")),
+        Err(_) => {}
+    }
+
+    let probe = match probe {
+        Ok(out) => node::parse_probe(&out.stdout_lossy()),
+        Err(e) => {
+            facts.problems.push(format!("probe did not run: {e}"));
+            return facts;
+        }
+    };
+    if let Some(err) = &probe.env_error {
+        facts.problems.push(err.clone());
+    }
+    facts.staged = probe
+        .releases
+        .iter()
+        .filter_map(|r| Version::parse(r).ok())
+        .collect();
+    let cfg = StorageConfig::from_env(&numary::parse_env_file(&probe.env_text), &probe.home);
+    match cfg.driver {
+        Ok(StorageDriver::Postgres) => {
+            facts.storage = Some(StorageFacts {
+                driver: StorageDriver::Postgres,
+                sqlite_dir: None,
+                postgres: Some(redact_conn_strings(&cfg.postgres_conn_string)),
+            });
+        }
+        Ok(StorageDriver::Sqlite) => {
+            facts.storage = Some(StorageFacts {
+                driver: StorageDriver::Sqlite,
+                sqlite_dir: Some(cfg.dir.clone()),
+                postgres: None,
+            });
+            match t.exec(&node::list_sqlite_dir(&cfg.dir), &opts).await {
+                Ok(out) if out.status.success() => {
+                    let (ledgers, journals) =
+                        node::parse_sqlite_listing(&out.stdout_lossy(), &cfg.sqlite_db_name);
+                    facts.hot_journals = journals;
+                    if facts.ledgers_source.is_empty() {
+                        facts.ledgers = ledgers;
+                        facts.ledgers_source = "sqlite-files".into();
+                    }
+                }
+                Ok(out) => facts.problems.push(format!(
+                    "cannot list the SQLite dir `{}`: {}",
+                    cfg.dir,
+                    tail(&out.stderr_lossy())
+                )),
+                Err(e) => facts
+                    .problems
+                    .push(format!("cannot list the SQLite dir: {e}")),
+            }
+        }
+        Err(other) => facts.problems.push(format!(
+            "the environment sets NUMARY_STORAGE_DRIVER=`{other}`, which numary does not know"
+        )),
+    }
+    facts
+}
+
+/// `/_info` and `/_health` as the node sees them.
+async fn probe_api<T: Transport>(
+    t: &T,
+    host: &ResolvedHost,
+) -> Result<(numary::ServerInfo, bool), String> {
+    let (addr, port) = split_api_address(&host.ledger.api)
+        .ok_or_else(|| format!("`{}` is not host:port", host.ledger.api))?;
+    let info = t
+        .http_get(&addr, port, "/_info", HTTP_TIMEOUT)
+        .await
+        .map_err(|e| e.to_string())?;
+    if info.status != 200 {
+        return Err(format!("`/_info` answered HTTP {}", info.status));
+    }
+    let parsed = numary::parse_info(&info.body).map_err(|e| e.to_string())?;
+    let healthy = matches!(
+        t.http_get(&addr, port, "/_health", HTTP_TIMEOUT).await,
+        Ok(r) if r.status == 200
+    );
+    Ok((parsed, healthy))
+}
+
+/// Facts for every host: gathered in parallel over the established sessions; hosts whose
+/// connection failed get `unreachable` with the reason.
+pub async fn gather_all(
+    hosts: &[ResolvedHost],
+    conns: &[(String, Result<Session, ConnectError>)],
+) -> BTreeMap<String, HostFacts> {
+    let mut set = tokio::task::JoinSet::new();
+    let mut facts = BTreeMap::new();
+    for (name, conn) in conns {
+        let Some(host) = hosts.iter().find(|h| &h.name == name) else {
+            continue;
+        };
+        match conn {
+            Ok(session) => {
+                let (session, host) = (session.clone(), host.clone());
+                set.spawn(async move {
+                    let f = gather(&session, &host).await;
+                    (host.name, f)
+                });
+            }
+            Err(e) => {
+                facts.insert(
+                    name.clone(),
+                    HostFacts {
+                        unreachable: Some(e.to_string()),
+                        ..Default::default()
+                    },
+                );
+            }
+        }
+    }
+    while let Some(joined) = set.join_next().await {
+        if let Ok((name, f)) = joined {
+            facts.insert(name, f);
+        }
+    }
+    facts
+}
+
+/// The last non-empty line of some output, for one-line problem reports.
+fn tail(text: &str) -> String {
+    text.lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("")
+        .trim()
+        .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn api_address_forms() {
+        assert_eq!(
+            split_api_address("127.0.0.1:3068"),
+            Some(("127.0.0.1".into(), 3068))
+        );
+        assert_eq!(split_api_address("[::1]:4000"), Some(("::1".into(), 4000)));
+        assert_eq!(split_api_address("localhost"), None);
+        assert_eq!(split_api_address("h:notaport"), None);
+    }
+}

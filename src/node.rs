@@ -1,0 +1,173 @@
+//! Commands fleetup runs on a ledger node, built in one place: `numary` with exactly the
+//! service's environment, the service manager (systemd or operator-given commands), and the
+//! read-only probes used for facts. Every interpolated value goes through [`crate::shell::quote`].
+
+use crate::inventory::{ResolvedHost, Service};
+use crate::shell::quote;
+
+/// `numary ARGS...` run with `binary` and the service's environment file sourced first, so the
+/// storage commands see exactly what the service sees (contract gotcha: a different `$HOME` or
+/// `NUMARY_STORAGE_DIR` silently points SQLite at an empty store).
+pub fn numary(host: &ResolvedHost, binary: &str, args: &[&str]) -> String {
+    let mut cmd = String::new();
+    if let Some(env) = &host.ledger.env_file {
+        cmd.push_str(&format!("set -a && . {} && set +a && ", quote(env)));
+    }
+    cmd.push_str("exec ");
+    cmd.push_str(&quote(binary));
+    for a in args {
+        cmd.push(' ');
+        cmd.push_str(&quote(a));
+    }
+    cmd
+}
+
+/// What a service-manager command means by its exit status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServiceAction {
+    Start,
+    Stop,
+    Status,
+}
+
+/// The shell command for a service action. For `Status`, exit 0 means running; systemd's
+/// `is-active` exits 3 when inactive; operator commands must exit non-zero when stopped.
+pub fn service(host: &ResolvedHost, action: ServiceAction) -> String {
+    match &host.ledger.service {
+        Service::Systemd { unit } => {
+            let verb = match action {
+                ServiceAction::Start => "start",
+                ServiceAction::Stop => "stop",
+                ServiceAction::Status => "is-active --quiet",
+            };
+            format!("systemctl {verb} {}", quote(unit))
+        }
+        Service::Command {
+            start,
+            stop,
+            status,
+        } => match action {
+            ServiceAction::Start => start.clone(),
+            ServiceAction::Stop => stop.clone(),
+            ServiceAction::Status => status.clone(),
+        },
+    }
+}
+
+/// Marker lines of the [`probe`] script's sections.
+pub const PROBE_HOME: &str = "==fleetup:home";
+pub const PROBE_ENV: &str = "==fleetup:env";
+pub const PROBE_RELEASES: &str = "==fleetup:releases";
+pub const PROBE_END: &str = "==fleetup:end";
+
+/// One read-only script for the facts that need no `numary`: the login `$HOME` (the default
+/// storage dir hangs off it), the environment file, the staged releases. Sections are introduced
+/// by marker lines; a missing file yields an empty section plus a `!` line with the reason.
+pub fn probe(host: &ResolvedHost) -> String {
+    let mut s = format!("printf '%s\\n' {PROBE_HOME} \"$HOME\"; ");
+    s.push_str(&format!("echo {PROBE_ENV}; "));
+    if let Some(env) = &host.ledger.env_file {
+        let e = quote(env);
+        s.push_str(&format!(
+            "if [ -r {e} ]; then cat -- {e}; echo; else echo \"! cannot read {e}\"; fi; "
+        ));
+    }
+    let r = quote(&host.ledger.releases_dir);
+    s.push_str(&format!(
+        "echo {PROBE_RELEASES}; if [ -d {r} ]; then for d in {r}/*/; do [ -d \"$d\" ] && basename \"$d\"; done; fi; echo {PROBE_END}"
+    ));
+    s
+}
+
+/// The sections of a [`probe`] output.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProbeOutput {
+    pub home: String,
+    /// The environment file's text (holds secrets: parse it, never print it).
+    pub env_text: String,
+    pub env_error: Option<String>,
+    pub releases: Vec<String>,
+}
+
+pub fn parse_probe(stdout: &str) -> ProbeOutput {
+    let mut out = ProbeOutput::default();
+    let mut section = "";
+    for line in stdout.lines() {
+        match line {
+            PROBE_HOME | PROBE_ENV | PROBE_RELEASES | PROBE_END => section = line,
+            _ => match section {
+                PROBE_HOME => out.home = line.to_string(),
+                PROBE_ENV => match line.strip_prefix("! ") {
+                    Some(err) => out.env_error = Some(err.to_string()),
+                    None => {
+                        out.env_text.push_str(line);
+                        out.env_text.push('\n');
+                    }
+                },
+                PROBE_RELEASES if !line.is_empty() => out.releases.push(line.to_string()),
+                _ => {}
+            },
+        }
+    }
+    out
+}
+
+/// Lists the SQLite storage dir: the `*.db` files and any hot journal (`*-journal`, `*-wal`).
+pub fn list_sqlite_dir(dir: &str) -> String {
+    let d = quote(dir);
+    format!(
+        "if [ -d {d} ]; then cd {d} && for f in *.db *-journal *-wal; do [ -e \"$f\" ] && printf '%s\\n' \"$f\"; done; fi; true"
+    )
+}
+
+/// SQLite file names split into ledger names (`<db_name>_<ledger>.db`, `_system` excluded) and
+/// hot journals.
+pub fn parse_sqlite_listing(stdout: &str, db_name: &str) -> (Vec<String>, Vec<String>) {
+    let mut ledgers = Vec::new();
+    let mut journals = Vec::new();
+    let prefix = format!("{db_name}_");
+    for name in stdout.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        if name.ends_with("-journal") || name.ends_with("-wal") {
+            journals.push(name.to_string());
+        } else if let Some(ledger) = name
+            .strip_suffix(".db")
+            .and_then(|n| n.strip_prefix(&prefix))
+            && ledger != "_system"
+        {
+            ledgers.push(ledger.to_string());
+        }
+    }
+    (ledgers, journals)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn probe_sections_parse() {
+        let out = format!(
+            "{PROBE_HOME}\n/home/ledger\n{PROBE_ENV}\nA=1\nB='x y'\n\n{PROBE_RELEASES}\n1.7.4\n1.8.2\n{PROBE_END}\n"
+        );
+        let p = parse_probe(&out);
+        assert_eq!(p.home, "/home/ledger");
+        assert_eq!(p.env_text, "A=1\nB='x y'\n\n");
+        assert_eq!(p.releases, vec!["1.7.4", "1.8.2"]);
+        assert_eq!(p.env_error, None);
+        let missing = parse_probe(&format!(
+            "{PROBE_HOME}\n/root\n{PROBE_ENV}\n! cannot read '/etc/x'\n{PROBE_RELEASES}\n{PROBE_END}\n"
+        ));
+        assert_eq!(missing.env_error.as_deref(), Some("cannot read '/etc/x'"));
+        assert!(missing.releases.is_empty());
+    }
+
+    #[test]
+    fn sqlite_listing_splits_ledgers_and_journals() {
+        let (ledgers, journals) = parse_sqlite_listing(
+            "numary__system.db\nnumary_default.db\nnumary_pay-ments.db\nother_x.db\nnumary_default.db-journal\n",
+            "numary",
+        );
+        assert_eq!(ledgers, vec!["default", "pay-ments"]);
+        assert_eq!(journals, vec!["numary_default.db-journal"]);
+    }
+}
