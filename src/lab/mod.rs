@@ -640,6 +640,56 @@ impl Lab {
             .collect()
     }
 
+    /// Arms the simulator's fault `name` (`migration-fails`, `never-healthy`, `slow-migration`,
+    /// see docs/simulator.md) on `nodes`, or on every node when `nodes` is empty.
+    pub fn set_fault(&self, name: &str, nodes: &[&str]) -> anyhow::Result<()> {
+        self.set_fault_with(name, nodes, &[])
+    }
+
+    /// [`Lab::set_fault`] with option lines the simulator reads from the marker: a number of
+    /// seconds (`slow-migration`), `hang` (`never-healthy`).
+    pub fn set_fault_with(
+        &self,
+        name: &str,
+        nodes: &[&str],
+        options: &[&str],
+    ) -> anyhow::Result<()> {
+        let path = self.fault_path(name)?;
+        for n in nodes {
+            if self.node(n).is_none() {
+                bail!("`{n}` is not a node of this lab");
+            }
+        }
+        std::fs::create_dir_all(self.sim_state_dir().join("faults"))?;
+        let mut text: String = nodes
+            .iter()
+            .chain(options)
+            .map(|l| format!("{l}\n"))
+            .collect();
+        if text.is_empty() {
+            text.push_str("# every node\n");
+        }
+        node::write_file(&path, &text, 0o644)
+    }
+
+    /// Disarms fault `name` (no error when it was not armed).
+    pub fn clear_fault(&self, name: &str) -> anyhow::Result<()> {
+        let path = self.fault_path(name)?;
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(anyhow::Error::new(e).context(format!("cannot remove `{}`", path.display())))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn fault_path(&self, name: &str) -> anyhow::Result<PathBuf> {
+        if name.is_empty() || !name.bytes().all(|b| b.is_ascii_lowercase() || b == b'-') {
+            bail!("`{name}` is not a fault name");
+        }
+        Ok(self.sim_state_dir().join("faults").join(name))
+    }
+
     /// SHA-256 over every file under every node's root (paths, modes, contents, links).
     pub fn tree_digest(&self) -> anyhow::Result<String> {
         digest::tree_digest(
