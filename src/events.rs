@@ -1,0 +1,162 @@
+//! The one event stream of a run. The runner emits [`Event`]s through an [`EventSink`]; the same
+//! stream feeds the human display (stderr), JSON Lines (stdout, `--format json`) and the run
+//! journal. Events are plain data: serializable, with secrets already redacted by the emitter.
+
+use std::sync::{Arc, Mutex};
+
+use serde::Serialize;
+
+/// How one step ended on one host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepStatus {
+    Ok,
+    Failed,
+    /// Not run: an earlier step failed, or there was nothing to do.
+    Skipped,
+}
+
+/// Something a step produced that the operator needs afterwards (backup files, releases).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Artefact {
+    /// `backup`, `previous-release`, `new-release`, `staged-binary`...
+    pub kind: String,
+    pub host: String,
+    /// Remote path.
+    pub path: String,
+    pub bytes: Option<u64>,
+    /// Hex SHA-256.
+    pub sha256: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    RunStarted {
+        run_id: String,
+        /// `upgrade` or `check`.
+        command: String,
+        target: String,
+        hosts: Vec<String>,
+    },
+    HostConnected {
+        host: String,
+    },
+    HostUnreachable {
+        host: String,
+        reason: String,
+    },
+    /// A check of the preflight (or of `check`) on one host, or fleet-wide when `host` is empty.
+    CheckResult {
+        host: String,
+        check: String,
+        ok: bool,
+        detail: String,
+        hint: Option<String>,
+    },
+    StepStarted {
+        step: usize,
+        kind: String,
+        host: String,
+        /// The remote command line, secrets redacted (`None` for the runner's own mechanisms).
+        command: Option<String>,
+    },
+    /// Progress of a long step (uploads): `done` of `total` units (bytes).
+    StepProgress {
+        step: usize,
+        host: String,
+        done: u64,
+        total: u64,
+    },
+    StepFinished {
+        step: usize,
+        kind: String,
+        host: String,
+        status: StepStatus,
+        exit_status: Option<String>,
+        duration_ms: u64,
+        /// Last lines of stderr, redacted.
+        stderr_tail: Option<String>,
+        /// One line for the operator (what was found, done or why it failed).
+        message: Option<String>,
+        artefacts: Vec<Artefact>,
+    },
+    RunFinished {
+        run_id: String,
+        /// `succeeded`, `failed`, `blocked`, `nothing-to-do`, `ready` (check).
+        outcome: String,
+        exit_code: i32,
+        duration_ms: u64,
+    },
+}
+
+/// Where events go. Implementations must be cheap: the runner calls this inline.
+pub trait EventSink: Send + Sync {
+    fn emit(&self, event: &Event);
+}
+
+/// Sends every event to each of several sinks, in order.
+#[derive(Clone, Default)]
+pub struct Fanout {
+    sinks: Vec<Arc<dyn EventSink>>,
+}
+
+impl Fanout {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn with(mut self, sink: Arc<dyn EventSink>) -> Self {
+        self.sinks.push(sink);
+        self
+    }
+}
+
+impl EventSink for Fanout {
+    fn emit(&self, event: &Event) {
+        for s in &self.sinks {
+            s.emit(event);
+        }
+    }
+}
+
+/// Keeps every event in memory (tests, summaries).
+#[derive(Default)]
+pub struct Recorder {
+    events: Mutex<Vec<Event>>,
+}
+
+impl Recorder {
+    pub fn events(&self) -> Vec<Event> {
+        self.events.lock().map(|e| e.clone()).unwrap_or_default()
+    }
+}
+
+impl EventSink for Recorder {
+    fn emit(&self, event: &Event) {
+        if let Ok(mut e) = self.events.lock() {
+            e.push(event.clone());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fanout_reaches_every_sink_and_serializes_tagged() {
+        let (a, b) = (Arc::new(Recorder::default()), Arc::new(Recorder::default()));
+        let fan = Fanout::new().with(a.clone()).with(b.clone());
+        let ev = Event::HostConnected {
+            host: "node-1".into(),
+        };
+        fan.emit(&ev);
+        assert_eq!(a.events(), vec![ev.clone()]);
+        assert_eq!(b.events(), vec![ev.clone()]);
+        assert_eq!(
+            serde_json::to_string(&ev).unwrap(),
+            r#"{"event":"host_connected","host":"node-1"}"#
+        );
+    }
+}
