@@ -12,8 +12,7 @@ pub fn render_text(plan: &Plan) -> String {
         super::Mode::MultiNode => "multi-node",
     };
     out.line(format!(
-        "plan: {} upgrade to {} ({mode}, strategy {}, requested {}), {touched} of {} hosts change",
-        plan.strategy,
+        "plan: upgrade to {}, strategy {} (requested {}), {mode}, {touched} of {} hosts change",
         plan.target,
         plan.strategy,
         plan.strategy_requested,
