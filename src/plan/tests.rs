@@ -930,6 +930,12 @@ fn text_rendering_lists_numbered_steps_hosts_blockers_and_hints() {
         assert!(text.contains(&line), "missing `{line}` in:\n{text}");
     }
     assert!(
+        text.starts_with(
+            "plan: upgrade to 1.8.2, strategy offline (requested auto), multi-node, 2 of 2 hosts change\n"
+        ),
+        "{text}"
+    );
+    assert!(
         text.contains(" 1. preflight on ledger-1, ledger-2"),
         "{text}"
     );
