@@ -980,3 +980,34 @@ fn json_has_the_documented_field_names() {
     assert_eq!(json["hosts"][0]["action"], "upgrade");
     assert_eq!(json["hosts"][0]["verdict"]["supported"], true);
 }
+
+#[test]
+fn a_journal_beside_a_running_sqlite_node_is_not_a_hot_journal() {
+    let nodes = vec![
+        node("ledger-1", "1.5.0")
+            .sqlite()
+            .running()
+            .hot_journal("numary_default.db-journal"),
+        node("ledger-2", "1.5.0").sqlite().running(),
+    ];
+    let p = plan(nodes, "1.9.0", Strategy::Rolling);
+    assert!(!p.is_blocked(), "{:?}", p.blockers);
+    let stop = steps_of(&p, StopService)[0];
+    assert!(stop.checks.iter().any(|c| c.contains("no hot journal")));
+}
+
+#[test]
+fn an_unknown_service_state_blocks_offline_unless_stop_is_given() {
+    let mut unsure = node("ledger-1", "1.7.4");
+    unsure.facts.service = ServiceState::Unknown;
+    let refused = plan(vec![unsure], "1.8.2", Strategy::Offline);
+    assert_eq!(blocker_kinds(&refused), [BlockerKind::ServiceStateUnknown]);
+
+    let mut unsure = node("ledger-1", "1.7.4");
+    unsure.facts.service = ServiceState::Unknown;
+    let mut with_stop = opts(Strategy::Offline);
+    with_stop.stop_running = true;
+    let p = plan_with(vec![unsure], "1.8.2", &with_stop);
+    assert!(!p.is_blocked(), "{:?}", p.blockers);
+    assert_eq!(hosts_of(steps_of(&p, StopService)[0]), ["ledger-1"]);
+}
