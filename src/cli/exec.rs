@@ -40,6 +40,19 @@ struct HostResult {
 }
 
 impl HostResult {
+    /// A host where the command could not run at all.
+    fn failed(host: String, error: String) -> Self {
+        HostResult {
+            host,
+            exit_code: None,
+            signal: None,
+            error: Some(error),
+            stdout: String::new(),
+            stderr: String::new(),
+            duration_ms: 0,
+        }
+    }
+
     fn ok(&self) -> bool {
         self.exit_code == Some(0)
     }
@@ -70,15 +83,7 @@ pub fn run(global: &Global, args: &ExecArgs) -> anyhow::Result<i32> {
                         (name, r)
                     });
                 }
-                Err(e) => results.push(HostResult {
-                    host: name,
-                    exit_code: None,
-                    signal: None,
-                    error: Some(e.to_string()),
-                    stdout: String::new(),
-                    stderr: String::new(),
-                    duration_ms: 0,
-                }),
+                Err(e) => results.push(HostResult::failed(name, e.to_string())),
             }
         }
         while let Some(joined) = set.join_next().await {
@@ -99,15 +104,7 @@ pub fn run(global: &Global, args: &ExecArgs) -> anyhow::Result<i32> {
                     stderr: out.stderr_lossy(),
                     duration_ms: out.duration.as_millis(),
                 },
-                Err(e) => HostResult {
-                    host,
-                    exit_code: None,
-                    signal: None,
-                    error: Some(e.to_string()),
-                    stdout: String::new(),
-                    stderr: String::new(),
-                    duration_ms: 0,
-                },
+                Err(e) => HostResult::failed(host, e.to_string()),
             });
         }
         results
