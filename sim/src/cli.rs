@@ -523,7 +523,7 @@ pub fn find(
     }
     let subcommands = children(version, &path);
     let runnable = subcommands.is_empty() && !path.is_empty();
-    let local = local_flags(&path);
+    let local = local_flags(version, &path);
     Ok((
         Command {
             path,
@@ -558,7 +558,7 @@ fn children(version: SimVersion, path: &[&str]) -> Vec<&'static str> {
     }
 }
 
-fn local_flags(path: &[&str]) -> Vec<Flag> {
+fn local_flags(version: SimVersion, path: &[&str]) -> Vec<Flag> {
     let flag = |name, kind, default: &str, usage: &str| Flag {
         name,
         kind,
@@ -567,12 +567,15 @@ fn local_flags(path: &[&str]) -> Vec<Flag> {
         deprecated: None,
     };
     match path {
-        ["storage", "init"] => vec![flag(
-            "name",
-            Kind::Value("string"),
-            "default",
-            "Ledger name",
-        )],
+        // Before the registry (≤1.3.1) `storage init` always initialised `default`.
+        ["storage", "init"] if version.has_system_store() => {
+            vec![flag(
+                "name",
+                Kind::Value("string"),
+                "default",
+                "Ledger name",
+            )]
+        }
         ["sim", "seed"] => vec![
             flag(
                 "ledger",

@@ -130,17 +130,25 @@ pub fn storage_scan(app: &App) -> Result<(), Failure> {
     }
     let mut driver = app.driver()?;
     app.check_servers(&driver, "scan", None);
-    let candidates: Vec<String> = if driver_name == "postgres" {
+    let entries: Vec<ScanEntry> = if driver_name == "postgres" {
         driver
             .discover_ledgers()
             .map_err(|e| Failure::Run(e.0))?
             .into_iter()
             .filter(|l| l != storage::SYSTEM)
+            .map(ScanEntry::Ledger)
             .collect()
     } else {
-        sqlite_scan_candidates(&app.config)?
+        sqlite_scan_entries(&app.config)?
     };
-    for ledger in candidates {
+    for entry in entries {
+        let ledger = match entry {
+            ScanEntry::Skip(line) => {
+                out(&line);
+                continue;
+            }
+            ScanEntry::Ledger(ledger) => ledger,
+        };
         out(&format!("Registering ledger '{ledger}'\r\n"));
         match driver.register(&ledger) {
             Ok(true) => out(&format!("Ledger '{ledger}' registered\r\n")),
@@ -151,8 +159,14 @@ pub fn storage_scan(app: &App) -> Result<(), Failure> {
     Ok(())
 }
 
-/// Walks `storage.dir` printing the `Skip file` lines; returns the ledgers to register.
-fn sqlite_scan_candidates(config: &Config) -> Result<Vec<String>, Failure> {
+/// One directory entry as `storage scan` sees it, in `os.ReadDir` (name) order.
+enum ScanEntry {
+    Skip(String),
+    Ledger(String),
+}
+
+/// Classifies the entries of `storage.dir` the way the SQLite branch of `storage scan` does.
+fn sqlite_scan_entries(config: &Config) -> Result<Vec<ScanEntry>, Failure> {
     let dir = config.storage_dir();
     let entries = std::fs::read_dir(&dir)
         .map_err(|e| Failure::Run(format!("open {}: {}", dir.display(), go_io_error(&e))))?;
@@ -162,25 +176,25 @@ fn sqlite_scan_candidates(config: &Config) -> Result<Vec<String>, Failure> {
         .collect();
     names.sort();
     let db_name = config.db_name();
-    let mut ledgers = Vec::new();
+    let mut entries = Vec::new();
     for name in names {
         let Some(stem) = name.strip_suffix(".db") else {
-            out(&format!("Skip file {name}\n"));
+            entries.push(ScanEntry::Skip(format!("Skip file {name}\n")));
             continue;
         };
         let Some((prefix, ledger)) = stem.split_once('_') else {
-            out(&format!("Skip file {stem}.db : Bad name\n"));
+            entries.push(ScanEntry::Skip(format!("Skip file {stem}.db : Bad name\n")));
             continue;
         };
         if prefix != db_name {
-            out(&format!("Skip file {stem}.db : DB name not mathing\n"));
-            continue;
-        }
-        if ledger != storage::SYSTEM {
-            ledgers.push(ledger.to_owned());
+            entries.push(ScanEntry::Skip(format!(
+                "Skip file {stem}.db : DB name not mathing\n"
+            )));
+        } else if ledger != storage::SYSTEM {
+            entries.push(ScanEntry::Ledger(ledger.to_owned()));
         }
     }
-    Ok(ledgers)
+    Ok(entries)
 }
 
 fn go_io_error(err: &std::io::Error) -> String {

@@ -314,14 +314,18 @@ impl Server {
             driver.list_ledgers()
         };
         match ledgers {
-            Ok(ledgers) => json_response(
-                200,
-                json!({"data": {
-                    "server": "numary-ledger",
-                    "version": self.app.version_text,
-                    "config": {"storage": {"driver": self.app.config.driver(), "ledgers": ledgers}},
-                }}),
-            ),
+            // Built by hand to keep Go's field order (server, version, config).
+            Ok(ledgers) => Response {
+                status: 200,
+                body: format!(
+                    "{{\"data\":{{\"server\":\"numary-ledger\",\"version\":{},\"config\":{{\"storage\":{{\"driver\":{},\"ledgers\":{}}}}}}}}}",
+                    Value::from(self.app.version_text.as_str()),
+                    Value::from(self.app.config.driver()),
+                    Value::from(ledgers),
+                ),
+                json: true,
+                headers: Vec::new(),
+            },
             Err(e) => error_response(500, "INTERNAL", &e.0),
         }
     }
