@@ -164,6 +164,16 @@ fn sqlite_lab_nodes_answer_over_ssh_serve_their_own_store_and_go_down_cleanly() 
     }
     assert!(lab.misuse_records().unwrap().is_empty());
 
+    // Servers look like the real binary in a process list.
+    for node in &lab.nodes {
+        let pid = node
+            .paths()
+            .recorded_pid()
+            .expect("a running server has a pid file");
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap();
+        assert_eq!(comm.trim(), "numary", "{}", node.name);
+    }
+
     let pids = lab_pids(&lab);
     assert_eq!(
         pids.len(),
@@ -375,4 +385,39 @@ fn up_refuses_a_postgres_lab_without_a_server_and_a_dir_that_holds_a_lab() {
     );
     // The refused second `up` did not disturb the first lab.
     assert!(lab.nodes[0].sshd_running());
+}
+
+/// The first answer of a node's API, once its server listens.
+fn first_answer(lab: &Lab, node: &str) -> (u16, String) {
+    let node = lab.node(node).expect("a lab node");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        match node.api_get("/_info") {
+            Ok(answer) => return answer,
+            Err(e) if std::time::Instant::now() > deadline => panic!("{}: {e:#}", node.name),
+            Err(_) => std::thread::sleep(std::time::Duration::from_millis(100)),
+        }
+    }
+}
+
+#[test]
+fn a_fault_armed_for_one_node_hits_only_that_node_until_cleared() {
+    let mut spec = spec(Driver::Sqlite, 2);
+    spec.start = false;
+    let lab = LabGuard::up(&spec).expect("lab up");
+    assert!(
+        lab.set_fault("never-healthy", &["node-9"]).is_err(),
+        "unknown node"
+    );
+    lab.set_fault("never-healthy", &["node-2"]).unwrap();
+    for node in &lab.nodes {
+        let (code, out) = node.paths().service("start").unwrap();
+        assert_eq!(code, 0, "{out}");
+    }
+    assert_eq!(first_answer(&lab, "node-1").0, 200);
+    let (code, body) = first_answer(&lab, "node-2");
+    assert_eq!(code, 500, "{body}");
+    lab.clear_fault("never-healthy").unwrap();
+    assert_eq!(first_answer(&lab, "node-2").0, 200);
+    lab.clear_fault("never-healthy").unwrap();
 }

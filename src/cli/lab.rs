@@ -156,7 +156,7 @@ fn lab_json(lab: &Lab) -> serde_json::Value {
 fn summary(lab: &Lab, dir_arg: &Path, stopped: bool) -> String {
     let storage = match &lab.postgres {
         Some(pg) => format!("postgres, shared database `{}`", pg.database),
-        None => "sqlite, one store per node".to_owned(),
+        None => "sqlite (one store per node)".to_owned(),
     };
     let mut out = format!(
         "lab up in {}: {} node(s), numary {}, {}, services {}\n",

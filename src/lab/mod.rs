@@ -31,6 +31,9 @@ pub use node::NodePaths;
 const STATE_FORMAT: u32 = 1;
 const STATE_FILE: &str = "lab.json";
 const SIM_NAME: &str = "numary-sim";
+/// The lab's copy of the simulator is named like the real binary, so its processes look like
+/// `numary` in a process list (`comm`, `pgrep -x numary`), as on a real node.
+const SIM_COPY_NAME: &str = "numary";
 /// How long `up` waits for a started server to answer `/_info`.
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -594,9 +597,9 @@ impl Lab {
         self.dir.join("client/known_hosts")
     }
 
-    /// The lab's own copy of the simulator.
+    /// The lab's own copy of the simulator (`DIR/bin/numary`).
     pub fn sim_path(&self) -> PathBuf {
-        self.dir.join("bin").join(SIM_NAME)
+        self.dir.join("bin").join(SIM_COPY_NAME)
     }
 
     /// `NUMARY_SIM_STATE_DIR`: the simulator's lab-wide bookkeeping (misuse log, faults).
@@ -640,7 +643,7 @@ impl Lab {
             .collect()
     }
 
-    /// Arms the simulator's fault `name` (`migration-fails`, `never-healthy`, `slow-migration`,
+    /// Arms the simulator's fault `name` (`fail-migration`, `never-healthy`, `slow-migration`,
     /// see docs/simulator.md) on `nodes`, or on every node when `nodes` is empty.
     pub fn set_fault(&self, name: &str, nodes: &[&str]) -> anyhow::Result<()> {
         self.set_fault_with(name, nodes, &[])
