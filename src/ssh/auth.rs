@@ -118,14 +118,14 @@ impl KeyCache {
     }
 }
 
-/// Authenticates `user` on a fresh handle: agent keys first, then each identity file not
+/// Authenticates `user` on a fresh handle: keys of the agent at `agent` first, then each identity file not
 /// already offered through the agent.
 pub(crate) async fn authenticate(
     handle: &mut Handle<Client>,
     host: &str,
     addr: &str,
     user: &str,
-    use_agent: bool,
+    agent: Option<&Path>,
     identity_files: &[PathBuf],
     keys: &KeyCache,
 ) -> Result<(), ConnectError> {
@@ -137,8 +137,9 @@ pub(crate) async fn authenticate(
         source,
     };
 
-    if use_agent && let Ok(sock) = std::env::var("SSH_AUTH_SOCK") {
-        match AgentClient::connect_uds(&sock).await {
+    if let Some(sock) = agent {
+        let sock = sock.display();
+        match AgentClient::connect_uds(sock.to_string()).await {
             Err(e) => tried.push(format!("agent `{sock}` (unavailable: {e})")),
             Ok(mut agent) => {
                 let ids = match agent.request_identities().await {

@@ -21,7 +21,7 @@ pub use auth::{KeyCache, PASSPHRASE_ENV, PassphrasePrompt};
 pub use error::{ConnectError, ExecError, HostKeyError, HttpError, UploadError};
 pub use http::HttpResponse;
 pub use session::{
-    ConnectOptions, ExecOptions, ExecOutput, ExitStatus, HostKeyPolicy, HostProgress,
+    ConnectOptions, ExecOptions, ExecOutput, ExitStatus, HostKeyPolicy, HostProgress, JumpPool,
     OutputCallback, OutputStream, Progress, Session, UploadReport, connect, connect_all,
     host_key_problems, upload_to_many,
 };

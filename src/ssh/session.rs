@@ -50,8 +50,15 @@ pub struct ConnectOptions {
     pub keepalive: Duration,
     /// The connection is dropped after this long without any answer (must exceed `keepalive`).
     pub inactivity_timeout: Duration,
-    jumps: Arc<tokio::sync::Mutex<HashMap<String, Arc<OnceCell<JumpResult>>>>>,
+    /// The agent to ask when a host has `use_agent`; `None`: `SSH_AUTH_SOCK`.
+    pub agent_socket: Option<PathBuf>,
+    /// Jump-host connections of the run, shared by the hosts behind each; leave it default.
+    pub jumps: JumpPool,
 }
+
+/// Connections to jump hosts, opened once per run and shared.
+#[derive(Clone, Default)]
+pub struct JumpPool(Arc<tokio::sync::Mutex<HashMap<String, Arc<OnceCell<JumpResult>>>>>);
 
 type JumpResult = Result<Session, (Option<HostKeyError>, String)>;
 
@@ -64,7 +71,8 @@ impl Default for ConnectOptions {
             max_sessions: 8,
             keepalive: Duration::from_secs(15),
             inactivity_timeout: Duration::from_secs(90),
-            jumps: Arc::default(),
+            agent_socket: None,
+            jumps: JumpPool::default(),
         }
     }
 }
@@ -363,6 +371,12 @@ async fn connect_target(
             .map_err(handshake_err)?
         }
     };
+    let agent = t.use_agent.then(|| {
+        opts.agent_socket
+            .clone()
+            .or_else(|| std::env::var_os("SSH_AUTH_SOCK").map(PathBuf::from))
+    });
+    let agent = agent.flatten();
     timeout_at(
         deadline,
         authenticate(
@@ -370,7 +384,7 @@ async fn connect_target(
             &t.name,
             &addr,
             &t.user,
-            t.use_agent,
+            agent.as_deref(),
             &t.identity_files,
             &opts.keys,
         ),
@@ -402,7 +416,7 @@ async fn jump_session(
             message: format!("`{spec}` is not a jump host (expected `[user@]host[:port]`)"),
         })?;
     let key = format!("{user}@{address}:{port}");
-    let cell = opts.jumps.lock().await.entry(key).or_default().clone();
+    let cell = opts.jumps.0.lock().await.entry(key).or_default().clone();
     let result = cell
         .get_or_init(|| async {
             let mut t = Target::of(host);
@@ -729,9 +743,7 @@ impl Session {
             })?;
         let started = Instant::now();
         let channel = self
-            .inner
-            .handle
-            .channel_open_session()
+            .open_session_channel()
             .await
             .map_err(|source| ExecError::Channel {
                 host: host(),
@@ -853,6 +865,23 @@ impl Session {
                     stdout,
                     stderr,
                 })
+            }
+        }
+    }
+
+    /// Opens a session channel, retrying briefly when the server is at `MaxSessions`: the
+    /// server frees a channel only once it has our close, which can trail our own bookkeeping.
+    async fn open_session_channel(&self) -> Result<russh::Channel<client::Msg>, russh::Error> {
+        let mut attempt = 0u32;
+        loop {
+            match self.inner.handle.channel_open_session().await {
+                Err(russh::Error::ChannelOpenFailure(russh::ChannelOpenFailure::ConnectFailed))
+                    if attempt < 20 =>
+                {
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(25 * u64::from(attempt))).await;
+                }
+                other => return other,
             }
         }
     }
