@@ -33,13 +33,16 @@ for ((i = 0; i < ${#args[@]}; i++)); do
   esac
 done
 
+has_dir=0
+for a in "${args[@]}"; do case $a in --dir | --dir=*) has_dir=1 ;; esac; done
+if [ "$has_dir" = 0 ]; then args+=(--dir "$dir"); fi
+
 log "cargo build --workspace"
 cargo build --quiet --workspace
 fleetup=target/debug/fleetup
 
 case $action in
-  down) exec "$fleetup" lab down --dir "$dir" "$@" ;;
-  status) exec "$fleetup" lab status --dir "$dir" "$@" ;;
+  down | status) exec "$fleetup" lab "$action" "${args[@]}" ;;
 esac
 
 if [ "$postgres" = 1 ] && [ "$pg_url_given" = 0 ] && [ -z "${FLEETUP_LAB_PG_URL:-}" ]; then
@@ -47,10 +50,6 @@ if [ "$postgres" = 1 ] && [ "$pg_url_given" = 0 ] && [ -z "${FLEETUP_LAB_PG_URL:
   eval "$(scripts/pg.sh start)"
   export FLEETUP_LAB_PG_URL=$FLEETUP_TEST_PG_URL
 fi
-
-has_dir=0
-for a in "${args[@]}"; do case $a in --dir | --dir=*) has_dir=1 ;; esac; done
-if [ "$has_dir" = 0 ]; then args+=(--dir "$dir"); fi
 
 "$fleetup" lab up "${args[@]}"
 
@@ -70,5 +69,5 @@ The lab runs in the background. Try:
   $fleetup -i $dir/inventory.toml exec -- uname -n
   $fleetup lab status --dir $dir
 Stop it with:
-  scripts/lab.sh down            (or: $fleetup lab down --dir $dir [--purge])
+  scripts/lab.sh down --dir $dir [--purge]
 EOF
