@@ -1,0 +1,78 @@
+//! Shared by the integration tests that run on the practice lab: the simulator binary, a fresh
+//! lab spec per test, the Postgres URL, and running the real `fleetup` binary.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use fleetup::lab::{Driver, LabSpec};
+use fleetup::version::Version;
+
+/// The simulator, built on demand so `cargo test -p fleetup` works without a workspace build.
+pub fn sim() -> PathBuf {
+    if let Some(p) = std::env::var_os("FLEETUP_SIM") {
+        return PathBuf::from(p);
+    }
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .args([
+            "build",
+            "--quiet",
+            "-p",
+            "numary-sim",
+            "--bin",
+            "numary-sim",
+        ])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .status()
+        .expect("run cargo build");
+    assert!(status.success(), "cannot build numary-sim");
+    fleetup::lab::find_sim(None).expect("numary-sim beside the test binary")
+}
+
+pub fn pg_url() -> String {
+    std::env::var("FLEETUP_TEST_PG_URL")
+        .expect("FLEETUP_TEST_PG_URL must name a Postgres server: eval \"$(scripts/pg.sh start)\"")
+}
+
+/// A lab spec in a fresh temp dir (the `LabGuard` removes it).
+pub fn spec(driver: Driver, nodes: usize, version: &str) -> LabSpec {
+    let dir = tempfile::Builder::new()
+        .prefix("fleetup-test-")
+        .tempdir()
+        .expect("temp dir")
+        .keep();
+    let mut spec = LabSpec::new(dir);
+    spec.nodes = nodes;
+    spec.driver = driver;
+    spec.version = Version::parse(version).expect("version");
+    spec.sim = Some(sim());
+    if driver == Driver::Postgres {
+        spec.pg_url = Some(pg_url());
+    }
+    spec
+}
+
+/// Run the real `fleetup` binary with `-i inventory` and these args, without any `FLEETUP_*`
+/// from the caller's environment.
+pub fn fleetup(inventory: &Path, args: &[&str]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_fleetup"));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("FLEETUP_") && k != "FLEETUP_TEST_PG_URL" {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.arg("-i")
+        .arg(inventory)
+        .args(args)
+        .env_remove("SSH_AUTH_SOCK");
+    cmd.output().expect("run fleetup")
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
