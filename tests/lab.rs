@@ -223,8 +223,21 @@ fn postgres_lab_shares_one_fresh_database_and_drops_it_on_down() {
         );
         assert_eq!(vars["NUMARY_SIM_NODE"], node.name);
     }
-    let out = psql(&url, "SELECT count(*) FROM \"default\".transactions");
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "7", "{out:?}");
+    let db = lab
+        .database()
+        .unwrap()
+        .expect("a Postgres lab has a database");
+    for ledger in ["default", "payments"] {
+        let count = db
+            .query(&format!("SELECT count(*) FROM \"{ledger}\".transactions"))
+            .unwrap();
+        assert_eq!(count, "7", "seeded once for the whole fleet: {ledger}");
+    }
+    // Reading the fleet's state changes neither the node roots nor the database.
+    let (files, data) = (lab.tree_digest().unwrap(), lab.database_digest().unwrap());
+    assert!(lab.status().iter().all(|s| s.service_running));
+    assert_eq!(lab.tree_digest().unwrap(), files);
+    assert_eq!(lab.database_digest().unwrap(), data);
 
     // The password stays out of every file but the 0600 state and env files.
     let password = "fleetup-Secr3t-pw";

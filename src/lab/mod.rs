@@ -168,6 +168,30 @@ impl LabNode {
         http_get(self.api_port, path, Duration::from_secs(3))
     }
 
+    /// Starts the node's service and waits until its API answers `/_info`.
+    pub fn start(&self) -> anyhow::Result<()> {
+        let (code, out) = self.paths().service("start")?;
+        if code != 0 {
+            bail!(
+                "the service of `{}` did not start (exit {code}): {out}",
+                self.name
+            );
+        }
+        wait_healthy(self)
+    }
+
+    /// Stops the node's service (the script waits for the server to exit).
+    pub fn stop(&self) -> anyhow::Result<()> {
+        let (code, out) = self.paths().service("stop")?;
+        if code != 0 {
+            bail!(
+                "the service of `{}` did not stop (exit {code}): {out}",
+                self.name
+            );
+        }
+        Ok(())
+    }
+
     /// The version of the release the node's binary points to.
     pub fn installed_version(&self) -> Option<String> {
         self.paths().installed_version()
@@ -436,7 +460,7 @@ impl Lab {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
-    /// Starts every node's service and waits until each API answers `/_info`.
+    /// Starts every node's service, then waits until each API answers `/_info`.
     pub fn start_services(&self) -> anyhow::Result<()> {
         for node in &self.nodes {
             let (code, out) = node.paths().service("start")?;
@@ -447,24 +471,26 @@ impl Lab {
                 );
             }
         }
-        for node in &self.nodes {
-            wait_healthy(node)?;
-        }
-        Ok(())
+        self.nodes.iter().try_for_each(wait_healthy)
     }
 
-    /// Stops every node's service (each waits for its server to exit).
+    /// Stops every node's service.
     pub fn stop_services(&self) -> anyhow::Result<()> {
-        for node in &self.nodes {
-            let (code, out) = node.paths().service("stop")?;
-            if code != 0 {
-                bail!(
-                    "the service of `{}` did not stop (exit {code}): {out}",
-                    node.name
-                );
-            }
-        }
-        Ok(())
+        self.nodes.iter().try_for_each(LabNode::stop)
+    }
+
+    /// The lab's Postgres database, to query or dump it (`None` for SQLite).
+    pub fn database(&self) -> anyhow::Result<Option<pg::PgUrl>> {
+        self.postgres
+            .as_ref()
+            .map(|p| pg::PgUrl::parse(&p.url()?))
+            .transpose()
+    }
+
+    /// SHA-256 of a dump of the lab's Postgres database (`None` for SQLite), for tests that
+    /// prove a command changed nothing.
+    pub fn database_digest(&self) -> anyhow::Result<Option<String>> {
+        self.database()?.map(|db| db.dump_digest()).transpose()
     }
 
     /// Reads `DIR/lab.json`.

@@ -110,25 +110,58 @@ impl PgUrl {
         env
     }
 
-    /// Runs one SQL statement with `psql` against this URL's database.
-    pub fn execute(&self, sql: &str) -> anyhow::Result<()> {
-        let psql = find_psql()?;
-        let out = Command::new(psql)
-            .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-c", sql])
+    /// Runs a Postgres client tool (`psql`, `pg_dump`, `pg_restore`) against this URL's
+    /// database and returns its stdout. Errors never show the password.
+    pub fn run(&self, tool: &str, args: &[&str]) -> anyhow::Result<Vec<u8>> {
+        let program = find_client(tool)?;
+        let out = Command::new(program)
+            .args(args)
             .env_remove("PGSERVICE")
             .envs(self.env())
             .stdin(Stdio::null())
             .output()
-            .context("cannot run `psql`")?;
+            .with_context(|| format!("cannot run `{tool}`"))?;
         if !out.status.success() {
             bail!(
-                "`psql` failed on `{}` ({}): {}",
+                "`{tool}` failed on `{}` ({}): {}",
                 self.redacted(),
                 out.status,
                 redact_conn_strings(String::from_utf8_lossy(&out.stderr).trim())
             );
         }
-        Ok(())
+        Ok(out.stdout)
+    }
+
+    /// Runs SQL with `psql`, stopping at the first error.
+    pub fn execute(&self, sql: &str) -> anyhow::Result<()> {
+        self.run("psql", &["-X", "-q", "-v", "ON_ERROR_STOP=1", "-c", sql])
+            .map(drop)
+    }
+
+    /// The rows of a query, one line per row, columns separated by `|`.
+    pub fn query(&self, sql: &str) -> anyhow::Result<String> {
+        let out = self.run("psql", &["-X", "-qAt", "-v", "ON_ERROR_STOP=1", "-c", sql])?;
+        Ok(String::from_utf8_lossy(&out).trim_end().to_owned())
+    }
+
+    /// SHA-256 of a plain `pg_dump` of the database (schema and data), so a test can prove a
+    /// command left it unchanged. Lines that differ between two dumps of the same data (the
+    /// random `\restrict` key of recent `pg_dump` versions) are left out.
+    pub fn dump_digest(&self) -> anyhow::Result<String> {
+        use sha2::{Digest, Sha256};
+        let dump = self.run(
+            "pg_dump",
+            &["--no-owner", "--no-privileges", "--format=plain"],
+        )?;
+        let mut h = Sha256::new();
+        for line in String::from_utf8_lossy(&dump).lines() {
+            if line.starts_with("\\restrict") || line.starts_with("\\unrestrict") {
+                continue;
+            }
+            h.update(line.as_bytes());
+            h.update(b"\n");
+        }
+        Ok(hex::encode(h.finalize()))
     }
 }
 
@@ -166,18 +199,20 @@ fn check_name(name: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn find_psql() -> anyhow::Result<std::path::PathBuf> {
+fn find_client(tool: &str) -> anyhow::Result<std::path::PathBuf> {
     let in_path = std::env::var_os("PATH")
         .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
         .unwrap_or_default();
     in_path
         .into_iter()
         .chain(["/usr/bin".into(), "/usr/local/bin".into()])
-        .map(|d| d.join("psql"))
+        .map(|d| d.join(tool))
         .find(|p| p.is_file())
         .ok_or_else(|| {
-            Failure::new(exit_code::FAILURE, "`psql` is not installed")
-                .hint("the Postgres lab needs it: `apt-get install postgresql-client`")
+            Failure::new(exit_code::FAILURE, format!("`{tool}` is not installed"))
+                .hint(
+                    "the Postgres lab needs the client tools: `apt-get install postgresql-client`",
+                )
                 .into()
         })
 }
@@ -269,6 +304,11 @@ mod tests {
         create_database(&server, &name).unwrap();
         let lab = PgUrl::parse(&server.with_database(&name)).unwrap();
         lab.execute("CREATE TABLE t (x int)").unwrap();
+        let empty = lab.dump_digest().unwrap();
+        assert_eq!(lab.dump_digest().unwrap(), empty, "a dump digest is stable");
+        lab.execute("INSERT INTO t VALUES (1), (2)").unwrap();
+        assert_eq!(lab.query("SELECT count(*), sum(x) FROM t").unwrap(), "2|3");
+        assert_ne!(lab.dump_digest().unwrap(), empty, "data counts");
         drop_database(&server, &name).unwrap();
         assert!(lab.execute("SELECT 1").is_err(), "the database is gone");
         drop_database(&server, &name).unwrap();
