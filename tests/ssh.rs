@@ -528,6 +528,75 @@ async fn a_silent_command_longer_than_keepalive_finishes() {
     assert!(out.duration >= Duration::from_secs(4));
 }
 
+/// Every process below `pid` (the server's per-connection processes below its listener).
+fn descendants(pid: u32) -> Vec<u32> {
+    let mut all = Vec::new();
+    let mut frontier = vec![pid];
+    while let Some(parent) = frontier.pop() {
+        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(child) = entry.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else {
+                continue;
+            };
+            let ppid = stat
+                .rsplit_once(')')
+                .and_then(|(_, r)| r.split_whitespace().nth(1)?.parse::<u32>().ok());
+            if ppid == Some(parent) {
+                all.push(child);
+                frontier.push(child);
+            }
+        }
+    }
+    all
+}
+
+fn signal_all(pids: &[u32], sig: libc::c_int) {
+    for &p in pids {
+        // SAFETY: kill(2) on processes of the sshd this test started.
+        unsafe {
+            libc::kill(p as libc::pid_t, sig);
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_connection_that_dies_mid_command_is_an_error_not_success() {
+    let (fx, server, kh) = one_server(&[]);
+    let o = ConnectOptions {
+        keepalive: Duration::from_millis(300),
+        inactivity_timeout: Duration::from_secs(1),
+        ..opts()
+    };
+    let s = connect(&host("n1", server.port(), Some(&fx.key), &kh), &o)
+        .await
+        .unwrap();
+    let running = tokio::spawn({
+        let s = s.clone();
+        async move {
+            s.exec("sleep 5; echo finished", &ExecOptions::default())
+                .await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Freeze the server side of the connection: no more answers, no exit status.
+    let frozen = descendants(server.sshd.pid);
+    assert!(!frozen.is_empty());
+    signal_all(&frozen, libc::SIGSTOP);
+    let started = Instant::now();
+    let result = running.await.unwrap();
+    signal_all(&frozen, libc::SIGCONT);
+    let err = result.unwrap_err();
+    assert!(matches!(err, ExecError::Lost { .. }), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(err.to_string().contains("without an exit status"), "{err}");
+}
+
 #[tokio::test]
 async fn command_timeout_fires_and_the_connection_stays_usable() {
     let (fx, server, kh) = one_server(&[]);
