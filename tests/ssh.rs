@@ -410,13 +410,19 @@ async fn encrypted_key_is_decrypted_once_and_a_wrong_passphrase_is_clear() {
     let hosts: Vec<_> = servers
         .iter()
         .enumerate()
-        .map(|(i, s)| host(&format!("n{i}"), s.port(), Some(&enc), &kh))
+        .map(|(i, s)| {
+            let mut h = host(&format!("n{i}"), s.port(), Some(&enc), &kh);
+            h.ssh.connect_timeout = Duration::from_secs(1);
+            h
+        })
         .collect();
 
+    // An operator slower to type than the connect timeout must not make hosts time out.
     let asked = Arc::new(AtomicUsize::new(0));
     let counter = asked.clone();
     let prompt: fleetup::ssh::PassphrasePrompt = Arc::new(move |_| {
         counter.fetch_add(1, Ordering::SeqCst);
+        std::thread::sleep(Duration::from_millis(1500));
         Some("correct horse".into())
     });
     let o = ConnectOptions {

@@ -5,12 +5,14 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use russh::client::Handle;
 use russh::keys::agent::AgentIdentity;
 use russh::keys::agent::client::AgentClient;
 use russh::keys::{PrivateKey, PrivateKeyWithHashAlg, PublicKey};
 use tokio::sync::{Mutex, OnceCell};
+use tokio::time::{Instant, timeout_at};
 
 use super::error::ConnectError;
 use super::known_hosts::{fingerprint, key_type};
@@ -60,6 +62,15 @@ impl KeyCache {
             prompt,
             ..Default::default()
         }
+    }
+
+    /// Loads (and decrypts, asking for passphrases) every existing key of `paths` now, so
+    /// prompts happen before connections start rather than in the middle of a run.
+    pub async fn preload(&self, paths: &[PathBuf]) -> Result<(), ConnectError> {
+        for p in paths {
+            self.get(p).await?;
+        }
+        Ok(())
     }
 
     /// The decrypted key, loading it on first use. `Ok(None)`: the file does not exist.
@@ -118,31 +129,62 @@ impl KeyCache {
     }
 }
 
-/// Authenticates `user` on a fresh handle: keys of the agent at `agent` first, then each identity file not
+/// Who to authenticate as, with what, and until when.
+pub(crate) struct AuthRequest<'a> {
+    pub host: &'a str,
+    pub addr: &'a str,
+    pub user: &'a str,
+    /// The agent socket, when the host uses the agent.
+    pub agent: Option<&'a Path>,
+    pub identity_files: &'a [PathBuf],
+    pub keys: &'a KeyCache,
+    /// End of the connect timeout. Time spent decrypting keys (a passphrase prompt above all)
+    /// does not count against it.
+    pub deadline: Instant,
+    pub connect_timeout: Duration,
+}
+
+impl AuthRequest<'_> {
+    fn timed_out(&self) -> ConnectError {
+        ConnectError::Timeout {
+            host: self.host.to_owned(),
+            addr: self.addr.to_owned(),
+            stage: "authentication",
+            after: self.connect_timeout,
+        }
+    }
+
+    fn handshake(&self, source: russh::Error) -> ConnectError {
+        ConnectError::Handshake {
+            host: self.host.to_owned(),
+            addr: self.addr.to_owned(),
+            source,
+        }
+    }
+}
+
+/// Authenticates on a fresh handle: keys of the agent first, then each identity file not
 /// already offered through the agent.
 pub(crate) async fn authenticate(
     handle: &mut Handle<Client>,
-    host: &str,
-    addr: &str,
-    user: &str,
-    agent: Option<&Path>,
-    identity_files: &[PathBuf],
-    keys: &KeyCache,
+    req: &AuthRequest<'_>,
 ) -> Result<(), ConnectError> {
     let mut tried: Vec<String> = Vec::new();
     let mut offered: Vec<PublicKey> = Vec::new();
-    let handshake = |source| ConnectError::Handshake {
-        host: host.to_owned(),
-        addr: addr.to_owned(),
-        source,
-    };
+    let mut deadline = req.deadline;
 
-    if let Some(sock) = agent {
-        let sock = sock.display();
-        match AgentClient::connect_uds(sock.to_string()).await {
+    if let Some(sock) = req.agent {
+        let sock = sock.display().to_string();
+        let agent = timeout_at(deadline, AgentClient::connect_uds(sock.clone()))
+            .await
+            .map_err(|_| req.timed_out())?;
+        match agent {
             Err(e) => tried.push(format!("agent `{sock}` (unavailable: {e})")),
             Ok(mut agent) => {
-                let ids = match agent.request_identities().await {
+                let ids = match timeout_at(deadline, agent.request_identities())
+                    .await
+                    .map_err(|_| req.timed_out())?
+                {
                     Ok(ids) => ids,
                     Err(e) => {
                         tried.push(format!("agent `{sock}` (cannot list keys: {e})"));
@@ -153,12 +195,17 @@ pub(crate) async fn authenticate(
                     let AgentIdentity::PublicKey { key, .. } = id else {
                         continue;
                     };
-                    let hash = rsa_hash(handle, &key).await.map_err(handshake)?;
+                    let hash = timeout_at(deadline, rsa_hash(handle, &key))
+                        .await
+                        .map_err(|_| req.timed_out())?
+                        .map_err(|e| req.handshake(e))?;
                     tried.push(format!("agent {} `{}`", key_type(&key), fingerprint(&key)));
                     offered.push(key.clone());
-                    match handle
-                        .authenticate_publickey_with(user, key, hash, &mut agent)
+                    let attempt =
+                        handle.authenticate_publickey_with(req.user, key, hash, &mut agent);
+                    match timeout_at(deadline, attempt)
                         .await
+                        .map_err(|_| req.timed_out())?
                     {
                         Ok(r) if r.success() => return Ok(()),
                         Ok(_) => {}
@@ -173,8 +220,11 @@ pub(crate) async fn authenticate(
         }
     }
 
-    for path in identity_files {
-        let Some(key) = keys.get(path).await? else {
+    for path in req.identity_files {
+        let loading = Instant::now();
+        let key = req.keys.get(path).await?;
+        deadline += loading.elapsed();
+        let Some(key) = key else {
             tried.push(format!("`{}` (missing)", path.display()));
             continue;
         };
@@ -182,18 +232,25 @@ pub(crate) async fn authenticate(
         if offered.iter().any(|k| k.key_data() == public.key_data()) {
             continue;
         }
-        let hash = rsa_hash(handle, public).await.map_err(handshake)?;
+        let hash = timeout_at(deadline, rsa_hash(handle, public))
+            .await
+            .map_err(|_| req.timed_out())?
+            .map_err(|e| req.handshake(e))?;
         tried.push(format!("`{}`", path.display()));
         let with_hash = PrivateKeyWithHashAlg::new(key.clone(), hash);
-        match handle.authenticate_publickey(user, with_hash).await {
+        let attempt = handle.authenticate_publickey(req.user, with_hash);
+        match timeout_at(deadline, attempt)
+            .await
+            .map_err(|_| req.timed_out())?
+        {
             Ok(r) if r.success() => return Ok(()),
             Ok(_) => {}
-            Err(e) => return Err(handshake(e)),
+            Err(e) => return Err(req.handshake(e)),
         }
     }
     Err(ConnectError::Auth {
-        host: host.to_owned(),
-        user: user.to_owned(),
+        host: req.host.to_owned(),
+        user: req.user.to_owned(),
         tried,
     })
 }

@@ -17,7 +17,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{OnceCell, Semaphore};
 use tokio::time::{Instant, timeout, timeout_at};
 
-use super::auth::{KeyCache, authenticate};
+use super::auth::{AuthRequest, KeyCache, authenticate};
 use super::error::{ConnectError, ExecError, HostKeyError, HttpError, UploadError};
 use super::http::{HttpResponse, parse_response, request};
 use super::known_hosts::{self, KnownHosts, Verdict, fingerprint, key_type};
@@ -377,20 +377,17 @@ async fn connect_target(
             .or_else(|| std::env::var_os("SSH_AUTH_SOCK").map(PathBuf::from))
     });
     let agent = agent.flatten();
-    timeout_at(
+    let request = AuthRequest {
+        host: &t.name,
+        addr: &addr,
+        user: &t.user,
+        agent: agent.as_deref(),
+        identity_files: &t.identity_files,
+        keys: &opts.keys,
         deadline,
-        authenticate(
-            &mut handle,
-            &t.name,
-            &addr,
-            &t.user,
-            agent.as_deref(),
-            &t.identity_files,
-            &opts.keys,
-        ),
-    )
-    .await
-    .map_err(|_| timed_out("authentication"))??;
+        connect_timeout: t.connect_timeout,
+    };
+    authenticate(&mut handle, &request).await?;
     Ok(Session {
         inner: Arc::new(Inner {
             name: t.name.clone(),
