@@ -9,8 +9,8 @@ use crate::version::SimVersion;
 pub struct Migration {
     pub number: u32,
     pub name: &'static str,
-    pub postgres: Option<&'static str>,
-    pub sqlite: Option<&'static str>,
+    pub postgres: Option<String>,
+    pub sqlite: Option<String>,
 }
 
 const PG_0: &str = r#"
@@ -84,20 +84,6 @@ ALTER TABLE transactions ADD COLUMN "pre_commit_volumes" varchar;
 ALTER TABLE transactions ADD COLUMN "post_commit_volumes" varchar;
 "#;
 
-/// 1.7.5-1.7.8 only; its number collides with 1.8.0's `11-remove-triggers`.
-const PG_11_OPTIMIZED_SEGMENTS: &str = r#"
-create table "VAR_LEDGER_NAME".postings (txid bigint, posting_index integer, source jsonb, destination jsonb);
-create index postings_src on "VAR_LEDGER_NAME".postings using GIN(source);
-create index postings_dest on "VAR_LEDGER_NAME".postings using GIN(destination);
-create index postings_txid on "VAR_LEDGER_NAME".postings (txid asc);
-insert into "VAR_LEDGER_NAME".postings(txid, posting_index, source, destination)
-select txs.id as txid, i - 1 as posting_index,
-    array_to_json(string_to_array(t.posting->>'source', ':'))::jsonb as source,
-    array_to_json(string_to_array(t.posting->>'destination', ':'))::jsonb as destination
-from "VAR_LEDGER_NAME".transactions txs
-join lateral jsonb_array_elements(txs.postings) with ordinality as t(posting, i) on true;
-"#;
-
 const PG_12: &str = r#"
 ALTER TABLE "VAR_LEDGER_NAME".volumes ALTER COLUMN "input" TYPE numeric, ALTER COLUMN "output" TYPE numeric;
 "#;
@@ -127,36 +113,36 @@ ALTER TABLE transactions ADD COLUMN sources text;
 ALTER TABLE transactions ADD COLUMN destinations text;
 "#;
 
-/// 1.8.1 creates the indexes without `IF NOT EXISTS` (fixed in 1.8.2, "Upgrade sql index #404").
-const PG_17_1_8_1: &str = r#"
-alter table "VAR_LEDGER_NAME".transactions drop column if exists sources;
+/// The `postings` table of the optimized-segments migrations, backfilled from
+/// `transactions.postings`. 1.7.5-1.7.8's #11 guards nothing; 1.8.1's #17 (which also drops
+/// 1.8.0's denormalized columns) guards only the table, so its indexes clash with #11's;
+/// 1.8.2 added `IF NOT EXISTS` to the indexes ("Upgrade sql index #404").
+fn optimized_segments(from_1_8: bool, guard_indexes: bool) -> String {
+    let table_guard = if from_1_8 { "if not exists " } else { "" };
+    let index_guard = if guard_indexes { "if not exists " } else { "" };
+    let mut sql = String::new();
+    if from_1_8 {
+        sql.push_str(
+            r#"alter table "VAR_LEDGER_NAME".transactions drop column if exists sources;
 alter table "VAR_LEDGER_NAME".transactions drop column if exists destinations;
-create table if not exists "VAR_LEDGER_NAME".postings (txid bigint, posting_index integer, source jsonb, destination jsonb);
-create index postings_src on "VAR_LEDGER_NAME".postings using GIN(source);
-create index postings_dest on "VAR_LEDGER_NAME".postings using GIN(destination);
-create index postings_txid on "VAR_LEDGER_NAME".postings (txid asc);
+"#,
+        );
+    }
+    sql.push_str(&format!(
+        r#"create table {table_guard}"VAR_LEDGER_NAME".postings (txid bigint, posting_index integer, source jsonb, destination jsonb);
+create index {index_guard}postings_src on "VAR_LEDGER_NAME".postings using GIN(source);
+create index {index_guard}postings_dest on "VAR_LEDGER_NAME".postings using GIN(destination);
+create index {index_guard}postings_txid on "VAR_LEDGER_NAME".postings (txid asc);
 insert into "VAR_LEDGER_NAME".postings(txid, posting_index, source, destination)
 select txs.id as txid, i - 1 as posting_index,
     array_to_json(string_to_array(t.posting->>'source', ':'))::jsonb as source,
     array_to_json(string_to_array(t.posting->>'destination', ':'))::jsonb as destination
 from "VAR_LEDGER_NAME".transactions txs
 join lateral jsonb_array_elements(txs.postings) with ordinality as t(posting, i) on true;
-"#;
-
-const PG_17_FIXED: &str = r#"
-alter table "VAR_LEDGER_NAME".transactions drop column if exists sources;
-alter table "VAR_LEDGER_NAME".transactions drop column if exists destinations;
-create table if not exists "VAR_LEDGER_NAME".postings (txid bigint, posting_index integer, source jsonb, destination jsonb);
-create index if not exists postings_src on "VAR_LEDGER_NAME".postings using GIN(source);
-create index if not exists postings_dest on "VAR_LEDGER_NAME".postings using GIN(destination);
-create index if not exists postings_txid on "VAR_LEDGER_NAME".postings (txid asc);
-insert into "VAR_LEDGER_NAME".postings(txid, posting_index, source, destination)
-select txs.id as txid, i - 1 as posting_index,
-    array_to_json(string_to_array(t.posting->>'source', ':'))::jsonb as source,
-    array_to_json(string_to_array(t.posting->>'destination', ':'))::jsonb as destination
-from "VAR_LEDGER_NAME".transactions txs
-join lateral jsonb_array_elements(txs.postings) with ordinality as t(posting, i) on true;
-"#;
+"#
+    ));
+    sql
+}
 
 const PG_18: &str = r#"
 alter table "VAR_LEDGER_NAME".accounts add column if not exists address_json jsonb;
@@ -178,17 +164,12 @@ const PG_21: &str = r#"
 create index if not exists log_date on "VAR_LEDGER_NAME".log("date");
 "#;
 
-const fn m(
-    number: u32,
-    name: &'static str,
-    postgres: Option<&'static str>,
-    sqlite: Option<&'static str>,
-) -> Migration {
+fn m(number: u32, name: &'static str, postgres: Option<&str>, sqlite: Option<&str>) -> Migration {
     Migration {
         number,
         name,
-        postgres,
-        sqlite,
+        postgres: postgres.map(str::to_owned),
+        sqlite: sqlite.map(str::to_owned),
     }
 }
 
@@ -225,7 +206,7 @@ pub fn for_version(version: SimVersion) -> Vec<Migration> {
     list.push(m(8, "add-columns-on-transactions", Some(PG_8), None));
     // SQLite's `2.sql` (1.6.0) is the sqlite half of the 1.7 `2-add-meta-compare` directory.
     if let Some(two) = list.iter_mut().find(|x| x.number == 2) {
-        two.sqlite = Some(SQLITE_2);
+        two.sqlite = Some(SQLITE_2.to_owned());
     }
     if minor < 7 {
         return list;
@@ -242,7 +223,7 @@ pub fn for_version(version: SimVersion) -> Vec<Migration> {
             list.push(m(
                 11,
                 "optimized-segments",
-                Some(PG_11_OPTIMIZED_SEGMENTS),
+                Some(&optimized_segments(false, false)),
                 None,
             ));
         }
@@ -257,12 +238,8 @@ pub fn for_version(version: SimVersion) -> Vec<Migration> {
     if minor == 8 && patch == 0 {
         return list;
     }
-    let seventeen = if minor == 8 && patch == 1 {
-        PG_17_1_8_1
-    } else {
-        PG_17_FIXED
-    };
-    list.push(m(17, "optimized-segments", Some(seventeen), None));
+    let seventeen = optimized_segments(true, !(minor == 8 && patch == 1));
+    list.push(m(17, "optimized-segments", Some(&seventeen), None));
     // 18-19 came with 1.9.4 and 1.10.1, 20 with 1.9.6 and 1.10.3 (1.10.0 ships 0-17 only).
     let (has_18, has_20) = match minor {
         9 => (patch >= 4, patch >= 6),

@@ -382,22 +382,10 @@ impl Server {
     /// Records "binary older than schema" once per distinct finding, on every request, since
     /// another node may migrate the ledger under a server that keeps running.
     fn check_schema_once(&self, driver: &mut Driver, ledger: &str, method: &str) {
-        let known: HashSet<String> = crate::migrations::for_version(self.app.version)
-            .iter()
-            .map(|m| m.number.to_string())
-            .collect();
-        let Ok(done) = driver.migrations_done(ledger) else {
-            return;
-        };
-        let mut unknown: Vec<String> = done
-            .into_iter()
-            .map(|(v, _)| v)
-            .filter(|v| !known.contains(v))
-            .collect();
+        let unknown = driver.unknown_migrations(ledger);
         if unknown.is_empty() {
             return;
         }
-        unknown.sort();
         let key = format!("{ledger}|{}", unknown.join(","));
         let first = self
             .reported
@@ -405,7 +393,8 @@ impl Server {
             .map(|mut set| set.insert(key))
             .unwrap_or(false);
         if first {
-            driver.check_schema(&self.app.state, ledger, &format!("server {method} request"));
+            let action = format!("server {method} request");
+            driver.record_schema_misuse(&self.app.state, ledger, &action, &unknown);
         }
     }
 }

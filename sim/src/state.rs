@@ -45,6 +45,18 @@ impl StateDir {
         dir
     }
 
+    /// Who this process is, in a form `holder_alive` can check later (pid + start time).
+    fn holder_record(&self, storage: &str) -> Value {
+        let pid = std::process::id();
+        json!({
+            "pid": pid,
+            "start_time": process_start_time(pid),
+            "node": self.node,
+            "version": self.version,
+            "storage": storage,
+        })
+    }
+
     pub fn record_misuse(&self, kind: &str, ledger: Option<&str>, storage: &str, detail: &str) {
         let _ = fs::create_dir_all(&self.root);
         let line = json!({
@@ -69,16 +81,11 @@ impl StateDir {
 
     /// Registers this process as a server on `storage`; returns the file to remove on exit.
     pub fn register_server(&self, storage: &str, bind: &str) -> PathBuf {
-        let pid = std::process::id();
-        let path = self.ensure("servers").join(format!("{pid}.json"));
-        let record = json!({
-            "pid": pid,
-            "start_time": process_start_time(pid),
-            "node": self.node,
-            "version": self.version,
-            "storage": storage,
-            "bind": bind,
-        });
+        let path = self
+            .ensure("servers")
+            .join(format!("{}.json", std::process::id()));
+        let mut record = self.holder_record(storage);
+        record["bind"] = Value::from(bind);
         let _ = fs::write(&path, record.to_string());
         path
     }
@@ -169,15 +176,8 @@ impl StateDir {
         ledger: &str,
     ) -> (Option<MigrationLock>, Option<Value>) {
         let path = self.lock_path(storage, ledger);
-        let pid = std::process::id();
-        let record = json!({
-            "pid": pid,
-            "start_time": process_start_time(pid),
-            "node": self.node,
-            "version": self.version,
-            "storage": storage,
-            "ledger": ledger,
-        });
+        let mut record = self.holder_record(storage);
+        record["ledger"] = Value::from(ledger);
         for _ in 0..3 {
             match OpenOptions::new().write(true).create_new(true).open(&path) {
                 Ok(mut file) => {

@@ -263,22 +263,30 @@ impl Driver {
         })
     }
 
-    /// Records misuse when `ledger` carries migrations this release does not ship.
-    pub fn check_schema(&mut self, state: &StateDir, ledger: &str, action: &str) -> Option<String> {
+    /// Versions recorded for `ledger` that this release does not ship, in numeric order.
+    pub fn unknown_migrations(&mut self, ledger: &str) -> Vec<String> {
         let known: Vec<String> = migrations::for_version(self.version)
             .iter()
             .map(|m| m.number.to_string())
             .collect();
-        let done = self.migrations_done(ledger).ok()?;
-        let mut unknown: Vec<String> = done
+        let mut unknown: Vec<String> = self
+            .migrations_done(ledger)
+            .unwrap_or_default()
             .into_iter()
             .map(|(v, _)| v)
             .filter(|v| !known.contains(v))
             .collect();
-        if unknown.is_empty() {
-            return None;
-        }
         unknown.sort_by_key(|v| v.parse::<u64>().unwrap_or(u64::MAX));
+        unknown
+    }
+
+    pub fn record_schema_misuse(
+        &self,
+        state: &StateDir,
+        ledger: &str,
+        action: &str,
+        unknown: &[String],
+    ) {
         let detail = format!(
             "{action}: ledger has migrations [{}] that {} does not ship",
             unknown.join(", "),
@@ -290,7 +298,14 @@ impl Driver {
             &self.identity,
             &detail,
         );
-        Some(detail)
+    }
+
+    /// Records misuse when `ledger` carries migrations this release does not ship.
+    pub fn check_schema(&mut self, state: &StateDir, ledger: &str, action: &str) {
+        let unknown = self.unknown_migrations(ledger);
+        if !unknown.is_empty() {
+            self.record_schema_misuse(state, ledger, action, &unknown);
+        }
     }
 
     /// `Store.Initialize`: runs every pending migration of `ledger` in one transaction.
@@ -466,8 +481,8 @@ impl Tables {
 
 fn render(migration: &Migration, engine: Engine, ledger: &str) -> String {
     let sql = match engine {
-        Engine::Postgres => migration.postgres,
-        Engine::Sqlite => migration.sqlite,
+        Engine::Postgres => migration.postgres.as_deref(),
+        Engine::Sqlite => migration.sqlite.as_deref(),
     };
     sql.unwrap_or_default()
         .replace("VAR_LEDGER_NAME", &ledger.replace('"', "\"\""))
