@@ -3,31 +3,41 @@
 //! and no database behind. The Postgres lab needs `FLEETUP_TEST_PG_URL` (scripts/pg.sh start).
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output};
 
-use fleetup::lab::{Driver, Lab, LabGuard, LabSpec, process};
+use fleetup::lab::{Driver, Lab, LabGuard, process};
 
-/// The simulator, built on demand so `cargo test -p fleetup` works without a workspace build.
-fn sim() -> PathBuf {
-    if let Some(p) = std::env::var_os("FLEETUP_SIM") {
-        return PathBuf::from(p);
+#[path = "common/lab_fixture.rs"]
+mod lab_fixture;
+
+use lab_fixture::{pg_url, sim};
+
+/// A lab spec at 1.8.2 in a fresh temp dir.
+fn spec(driver: Driver, nodes: usize) -> fleetup::lab::LabSpec {
+    lab_fixture::spec(driver, nodes, "1.8.2")
+}
+
+/// The `fleetup` binary with the simulator of this test run and no ssh-agent.
+fn fleetup(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_fleetup"))
+        .args(args)
+        .env("FLEETUP_SIM", sim())
+        .env_remove("SSH_AUTH_SOCK")
+        .output()
+        .expect("run fleetup")
+}
+
+/// Brings the lab in a dir down and deletes the dir, even when an assertion fails.
+struct DownOnDrop(PathBuf);
+
+impl Drop for DownOnDrop {
+    fn drop(&mut self) {
+        if let Ok(lab) = Lab::load(&self.0) {
+            let _ = lab.down();
+        }
+        let _ = std::fs::remove_dir_all(&self.0);
     }
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
-        .args([
-            "build",
-            "--quiet",
-            "-p",
-            "numary-sim",
-            "--bin",
-            "numary-sim",
-        ])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .status()
-        .expect("run cargo build");
-    assert!(status.success(), "cannot build numary-sim");
-    fleetup::lab::find_sim(None).expect("numary-sim beside the test binary")
 }
 
 /// A fresh dir per test (removed by the guard).
@@ -37,22 +47,6 @@ fn fresh_dir() -> PathBuf {
         .tempdir()
         .expect("temp dir")
         .keep()
-}
-
-fn spec(driver: Driver, nodes: usize) -> LabSpec {
-    let mut spec = LabSpec::new(fresh_dir());
-    spec.nodes = nodes;
-    spec.driver = driver;
-    spec.sim = Some(sim());
-    if driver == Driver::Postgres {
-        spec.pg_url = Some(pg_url());
-    }
-    spec
-}
-
-fn pg_url() -> String {
-    std::env::var("FLEETUP_TEST_PG_URL")
-        .expect("FLEETUP_TEST_PG_URL must name a Postgres server: eval \"$(scripts/pg.sh start)\"")
 }
 
 /// `ssh` with exactly the lab's key and known_hosts: no agent, no user config, strict keys.
@@ -285,25 +279,8 @@ fn postgres_lab_shares_one_fresh_database_and_drops_it_on_down() {
 #[test]
 fn cli_up_status_release_down() {
     let dir = fresh_dir();
-    let fleetup = |args: &[&str]| -> Output {
-        Command::new(env!("CARGO_BIN_EXE_fleetup"))
-            .args(args)
-            .env("FLEETUP_SIM", sim())
-            .output()
-            .expect("run fleetup")
-    };
     let d = dir.to_str().unwrap();
-    /// Brings the lab down even when an assertion fails.
-    struct Down<'a>(&'a Path);
-    impl Drop for Down<'_> {
-        fn drop(&mut self) {
-            if let Ok(lab) = Lab::load(self.0) {
-                let _ = lab.down();
-            }
-            let _ = std::fs::remove_dir_all(self.0);
-        }
-    }
-    let _down = Down(&dir);
+    let _down = DownOnDrop(dir.clone());
 
     let up = fleetup(&["lab", "up", "--nodes", "2", "--dir", d, "--stopped"]);
     let stdout = String::from_utf8_lossy(&up.stdout);
@@ -433,4 +410,81 @@ fn a_fault_armed_for_one_node_hits_only_that_node_until_cleared() {
     lab.clear_fault("never-healthy").unwrap();
     assert_eq!(first_answer(&lab, "node-2").0, 200);
     lab.clear_fault("never-healthy").unwrap();
+}
+
+/// Issue 3's "done when": `lab up --nodes 3 --version 1.8.2`, then `status` through the generated
+/// inventory shows three reachable nodes at 1.8.2 with their ledgers, `exec -- uname -n` runs on
+/// each, and `lab down` leaves no process behind.
+#[test]
+fn cli_three_node_lab_shows_in_status_runs_exec_and_goes_down() {
+    let dir = fresh_dir();
+    let d = dir.to_str().unwrap().to_owned();
+    // Brought down even if an assertion fails.
+    let _down = DownOnDrop(dir.clone());
+    let up = fleetup(&[
+        "lab",
+        "up",
+        "--nodes",
+        "3",
+        "--version",
+        "1.8.2",
+        "--dir",
+        &d,
+    ]);
+    assert!(
+        up.status.success(),
+        "{}",
+        String::from_utf8_lossy(&up.stderr)
+    );
+    let lab = Lab::load(&dir).unwrap();
+    let inventory = format!("{d}/inventory.toml");
+
+    let status = fleetup(&["-i", &inventory, "status", "--format", "json"]);
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    let hosts: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    let hosts = hosts.as_array().expect("a JSON array of hosts");
+    assert_eq!(hosts.len(), 3);
+    for (h, node) in hosts.iter().zip(&lab.nodes) {
+        assert_eq!(h["host"], node.name.as_str());
+        assert_eq!(h["reachable"], true, "{h}");
+        assert_eq!(h["installed_version"], "1.8.2", "{h}");
+        assert_eq!(h["api"]["version"], "1.8.2", "{h}");
+        assert_eq!(
+            h["ledgers"],
+            serde_json::json!(["default", "payments"]),
+            "{h}"
+        );
+    }
+
+    let exec = fleetup(&[
+        "-i", &inventory, "exec", "--format", "json", "--", "uname", "-n",
+    ]);
+    assert!(
+        exec.status.success(),
+        "{}",
+        String::from_utf8_lossy(&exec.stderr)
+    );
+    let results: serde_json::Value = serde_json::from_slice(&exec.stdout).unwrap();
+    let uname =
+        String::from_utf8(Command::new("uname").arg("-n").output().unwrap().stdout).unwrap();
+    for r in results.as_array().unwrap() {
+        assert_eq!(r["exit_code"], 0, "{r}");
+        assert_eq!(r["stdout"], uname.as_str(), "{r}");
+    }
+
+    let pids = lab_pids(&lab);
+    assert_eq!(pids.len(), 6, "{pids:?}");
+    let down = fleetup(&["lab", "down", "--dir", &d]);
+    assert!(
+        down.status.success(),
+        "{}",
+        String::from_utf8_lossy(&down.stderr)
+    );
+    for pid in pids {
+        assert!(!process::alive(pid), "pid {pid} survived lab down");
+    }
 }
