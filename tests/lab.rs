@@ -488,3 +488,41 @@ fn cli_three_node_lab_shows_in_status_runs_exec_and_goes_down() {
         assert!(!process::alive(pid), "pid {pid} survived lab down");
     }
 }
+
+#[test]
+fn up_refuses_a_dir_with_other_files_and_cleans_up_after_a_failed_start() {
+    let mut busy = spec(Driver::Sqlite, 1);
+    std::fs::write(busy.dir.join("inventory.toml"), "# the operator's own\n").unwrap();
+    let err = Lab::up(&busy).unwrap_err();
+    assert!(format!("{err:#}").contains("is not empty"), "{err:#}");
+    assert_eq!(
+        std::fs::read_to_string(busy.dir.join("inventory.toml")).unwrap(),
+        "# the operator's own\n",
+        "left untouched"
+    );
+    std::fs::remove_dir_all(&busy.dir).unwrap();
+
+    // A "simulator" that fails: sshd servers are already up when seeding fails.
+    busy = spec(Driver::Sqlite, 2);
+    let broken = busy.dir.with_extension("broken-sim");
+    std::fs::write(&broken, "#!/bin/sh\necho simulated breakage >&2\nexit 1\n").unwrap();
+    std::fs::set_permissions(&broken, std::fs::Permissions::from_mode(0o755)).unwrap();
+    busy.sim = Some(broken.clone());
+    let _down = DownOnDrop(busy.dir.clone());
+    let err = Lab::up(&busy).unwrap_err();
+    let text = format!("{err:#}");
+    assert!(
+        text.contains("did not come up") && text.contains("simulated breakage"),
+        "{text}"
+    );
+    let lab = Lab::load(&busy.dir).expect("the state of what was started is kept");
+    assert_eq!(lab.nodes.len(), 2, "both nodes had started");
+    for node in &lab.nodes {
+        assert!(
+            !process::alive(node.sshd_pid),
+            "sshd of {} left running",
+            node.name
+        );
+    }
+    std::fs::remove_file(broken).unwrap();
+}

@@ -286,6 +286,15 @@ impl Lab {
                     .into(),
             );
         }
+        // Never write into a dir that holds anything else: `inventory.toml` and `bin/` would
+        // overwrite an operator's files.
+        if std::fs::read_dir(&spec.dir).is_ok_and(|mut entries| entries.next().is_some()) {
+            return Err(
+                Failure::usage(format!("`{}` is not empty", spec.dir.display()))
+                    .hint("a lab needs a new or empty dir: choose another `--dir`")
+                    .into(),
+            );
+        }
         std::fs::create_dir_all(&spec.dir)
             .with_context(|| format!("cannot create `{}`", spec.dir.display()))?;
         let dir = std::fs::canonicalize(&spec.dir)
