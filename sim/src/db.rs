@@ -237,7 +237,12 @@ impl PgTarget {
 
     /// The storage identity used to tell whether two processes share a database.
     pub fn identity(&self) -> String {
-        format!("postgres://{}:{}/{}", self.host, self.port, self.database)
+        // `localhost` and `127.0.0.1` are the same server: compare addresses, not spellings.
+        let host = std::net::ToSocketAddrs::to_socket_addrs(&(self.host.as_str(), self.port))
+            .ok()
+            .and_then(|mut addrs| addrs.find(std::net::SocketAddr::is_ipv4))
+            .map_or_else(|| self.host.clone(), |addr| addr.ip().to_string());
+        format!("postgres://{host}:{}/{}", self.port, self.database)
     }
 }
 
@@ -297,6 +302,8 @@ mod tests {
     #[test]
     fn target_identity_ignores_credentials() {
         let t = PgTarget::parse("postgresql://u:pw@127.0.0.1:55432/ledgers").unwrap();
+        assert_eq!(t.identity(), "postgres://127.0.0.1:55432/ledgers");
+        let t = PgTarget::parse("postgresql://other@localhost:55432/ledgers").unwrap();
         assert_eq!(t.identity(), "postgres://127.0.0.1:55432/ledgers");
         assert_eq!(t.user, "u");
     }

@@ -30,7 +30,18 @@ fn err(text: &str) {
     let _ = stderr.write_all(text.as_bytes());
 }
 
+/// Shows up as `numary` to `pgrep -x numary` and `ps -o comm`, as the real binary would
+/// (`NUMARY_SIM_PROCESS_NAME` overrides; the command line still says `numary-sim`).
+fn set_process_name() {
+    let name = std::env::var("NUMARY_SIM_PROCESS_NAME").unwrap_or_else(|_| "numary".to_owned());
+    if let Ok(name) = std::ffi::CString::new(name) {
+        // SAFETY: PR_SET_NAME reads a NUL-terminated string (truncated to 15 bytes by the kernel).
+        unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr()) };
+    }
+}
+
 fn run() -> i32 {
+    set_process_name();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let version_text = match std::env::var("NUMARY_SIM_VERSION") {
         Ok(v) if !v.trim().is_empty() => v.trim().to_owned(),

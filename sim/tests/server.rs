@@ -211,3 +211,11 @@ fn postgres_server_reports_postgres_health_and_migrates_lazily() {
         "postgres"
     );
 }
+
+#[test]
+fn the_process_is_named_numary_for_pgrep() {
+    let node = Node::new();
+    let server = node.serve("1.8.2");
+    let comm = std::fs::read_to_string(format!("/proc/{}/comm", server.child.id())).unwrap();
+    assert_eq!(comm, "numary\n");
+}
