@@ -302,9 +302,9 @@ mod tests {
     #[test]
     fn target_identity_ignores_credentials() {
         let t = PgTarget::parse("postgresql://u:pw@127.0.0.1:55432/ledgers").unwrap();
+        assert_eq!(t.user, "u");
         assert_eq!(t.identity(), "postgres://127.0.0.1:55432/ledgers");
         let t = PgTarget::parse("postgresql://other@localhost:55432/ledgers").unwrap();
         assert_eq!(t.identity(), "postgres://127.0.0.1:55432/ledgers");
-        assert_eq!(t.user, "u");
     }
 }
