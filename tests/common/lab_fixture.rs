@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::sync::OnceLock;
 
 use fleetup::lab::{Driver, LabSpec};
 use fleetup::version::Version;
