@@ -50,7 +50,9 @@ fn install_signal_handlers() {
 
 pub fn start(app: App) -> Result<(), Failure> {
     let driver = app.driver()?;
-    let info = app.driver()?;
+    let info_backend =
+        storage::backend_from(&app.config, &app.config.driver()).map_err(|e| Failure::Run(e.0))?;
+    let info = Driver::connect(info_backend, app.version).map_err(|e| Failure::Run(e.0))?;
     let bind = app.config.bind_address();
     let addr = resolve(&bind)?;
     let listener = TcpListener::bind(addr)
@@ -331,14 +333,16 @@ impl Server {
     }
 
     fn health(&self) -> Response {
-        let result = storage::ping(&self.backend);
-        let (key, named) = match self.backend {
-            storage::Backend::Postgres { .. } => ("postgres", true),
-            storage::Backend::Sqlite { .. } => ("sqlite", self.app.version.sqlite_health_named()),
+        let key = match self.backend {
+            storage::Backend::Postgres { .. } => "postgres",
+            // Before 1.8 no SQLite check was registered: the map is empty and always 200.
+            storage::Backend::Sqlite { .. } if !self.app.version.sqlite_health_named() => {
+                return json_response(200, json!({}));
+            }
+            storage::Backend::Sqlite { .. } => "sqlite",
         };
-        match result {
-            Ok(()) if named => json_response(200, json!({ key: "OK" })),
-            Ok(()) => json_response(200, json!({})),
+        match storage::ping(&self.backend) {
+            Ok(()) => json_response(200, json!({ key: "OK" })),
             Err(e) => json_response(500, json!({ key: e.0 })),
         }
     }

@@ -75,6 +75,11 @@ impl Driver {
         if version.init_sleeps() {
             std::thread::sleep(Duration::from_secs(2));
         }
+        Self::connect(backend, version)
+    }
+
+    /// `initialize` without the pause: a second handle on storage that is already set up.
+    pub fn connect(backend: Backend, version: SimVersion) -> Result<Self, DbError> {
         let identity = identity_of(&backend);
         let system = match &backend {
             Backend::Postgres { target } => {

@@ -219,3 +219,17 @@ fn the_process_is_named_numary_for_pgrep() {
     let comm = std::fs::read_to_string(format!("/proc/{}/comm", server.child.id())).unwrap();
     assert_eq!(comm, "numary\n");
 }
+
+#[test]
+fn sqlite_health_checks_the_storage_dir_from_1_8_only() {
+    let node = Node::new();
+    let server = node.serve("1.8.2");
+    std::fs::remove_dir_all(node.data_dir()).unwrap();
+    let (status, body) = server.get("/_health");
+    assert_eq!(status, 500);
+    assert!(body.starts_with(r#"{"sqlite":"open "#), "{body}");
+    drop(server);
+    let server = node.serve("1.7.4");
+    std::fs::remove_dir_all(node.data_dir()).unwrap();
+    assert_eq!(server.get("/_health"), (200, "{}".to_owned()));
+}
