@@ -15,6 +15,7 @@ pub mod node;
 pub mod numary;
 pub mod plan;
 pub mod policy;
+pub mod preflight;
 pub mod redact;
 pub mod shell;
 pub mod ssh;

@@ -1,0 +1,367 @@
+//! The dry-run audit (`fleetup check`, `fleetup upgrade --dry-run`): the plan with each step
+//! marked per host (will do, already done, blocked and why), every preflight finding, the plan
+//! id and the outcome that decides the exit code. Rendered as text here; serialized as JSON.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use super::{Finding, Preflight, check};
+use crate::exit_code;
+use crate::facts::HostFacts;
+use crate::plan::{HostAction, Mode, Plan, Step, StepKind, plan_digest};
+
+/// What the audit concludes, most specific first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Outcome {
+    /// Nothing blocks: `fleetup upgrade` may run this plan.
+    Ready,
+    /// Every selected node already runs the target.
+    NothingToDo,
+    /// A blocker or a failed check.
+    Blocked,
+    /// Some host could not be reached.
+    Unreachable,
+    /// Another run holds the fleet lock.
+    LockHeld,
+}
+
+impl Outcome {
+    /// From the plan and the preflight: unreachable beats lock-held beats blocked.
+    pub fn of(plan: &Plan, preflight: &Preflight) -> Outcome {
+        if !preflight.unreachable_hosts().is_empty() {
+            Outcome::Unreachable
+        } else if preflight.lock_held() {
+            Outcome::LockHeld
+        } else if plan.is_blocked() || !preflight.passed() {
+            Outcome::Blocked
+        } else if plan.nothing_to_do() {
+            Outcome::NothingToDo
+        } else {
+            Outcome::Ready
+        }
+    }
+
+    pub fn exit_code(self) -> i32 {
+        match self {
+            Outcome::Ready => exit_code::SUCCESS,
+            Outcome::NothingToDo => exit_code::NOTHING_TO_DO,
+            Outcome::Blocked => exit_code::BLOCKED,
+            Outcome::Unreachable => exit_code::UNREACHABLE,
+            Outcome::LockHeld => exit_code::LOCK_HELD,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Ready => "ready",
+            Outcome::NothingToDo => "nothing-to-do",
+            Outcome::Blocked => "blocked",
+            Outcome::Unreachable => "unreachable",
+            Outcome::LockHeld => "lock-held",
+        }
+    }
+}
+
+/// What a step would do on one host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "mark", rename_all = "kebab-case")]
+pub enum Mark {
+    WillDo,
+    AlreadyDone { reason: String },
+    Blocked { reasons: Vec<String> },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HostMark {
+    pub host: String,
+    #[serde(flatten)]
+    pub mark: Mark,
+}
+
+/// A step of the plan with its mark on each of its hosts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MarkedStep {
+    pub number: usize,
+    pub kind: StepKind,
+    pub batch: Option<usize>,
+    pub action: String,
+    pub hosts: Vec<HostMark>,
+}
+
+/// The whole audit. Its JSON is `fleetup check --format json` (see `docs/check.md`).
+#[derive(Debug, Clone, Serialize)]
+pub struct Audit {
+    pub outcome: Outcome,
+    pub exit_code: i32,
+    /// [`plan_digest`] of the plan and the facts: `fleetup upgrade --plan ID` checks it.
+    pub plan_id: String,
+    pub plan: Plan,
+    pub findings: Vec<Finding>,
+    pub steps: Vec<MarkedStep>,
+    pub facts: BTreeMap<String, HostFacts>,
+}
+
+impl Audit {
+    pub fn new(plan: Plan, facts: BTreeMap<String, HostFacts>, preflight: Preflight) -> Audit {
+        let outcome = Outcome::of(&plan, &preflight);
+        let plan_id = plan_digest(&plan, &facts);
+        let steps = mark_steps(&plan, &facts, &preflight);
+        Audit {
+            outcome,
+            exit_code: outcome.exit_code(),
+            plan_id,
+            plan,
+            findings: preflight.findings,
+            steps,
+            facts,
+        }
+    }
+
+    /// The audit for people: plan header, marked steps, hosts, findings, warnings, plan id and
+    /// the result. Plain text, stable, no colours.
+    pub fn render_text(&self) -> String {
+        let mut out = String::new();
+        let plan = &self.plan;
+        let mode = match plan.mode {
+            Mode::SingleNode => "single-node",
+            Mode::MultiNode => "multi-node",
+        };
+        line(
+            &mut out,
+            format!(
+                "check: upgrade to {}, strategy {} (requested {}), {mode}, {} of {} hosts change",
+                plan.target,
+                plan.strategy,
+                plan.strategy_requested,
+                plan.touched_hosts().len(),
+                plan.hosts.len()
+            ),
+        );
+        if let Some(m) = &plan.migrator {
+            line(&mut out, format!("migrator: {m}"));
+        }
+        if !plan.batches.is_empty() {
+            let batches: Vec<String> = plan
+                .batches
+                .iter()
+                .map(|b| format!("[{}]", b.join(", ")))
+                .collect();
+            line(&mut out, format!("start order: {}", batches.join(" then ")));
+        }
+        if !self.steps.is_empty() {
+            out.push_str("\nsteps:\n");
+            for (marked, step) in self.steps.iter().zip(&plan.steps) {
+                render_step(&mut out, marked, step);
+            }
+        }
+        out.push_str("\nhosts:\n");
+        let width = plan.hosts.iter().map(|h| h.name.len()).max().unwrap_or(0);
+        for h in &plan.hosts {
+            let current = h
+                .current
+                .as_ref()
+                .map_or_else(|| "unknown".to_owned(), ToString::to_string);
+            let version = match h.action {
+                HostAction::AlreadyAtTarget | HostAction::Decommission => current,
+                HostAction::Upgrade | HostAction::Deploy => format!("{current} → {}", plan.target),
+            };
+            let mut notes = vec![match h.action {
+                HostAction::AlreadyAtTarget => "already done (runs the target)".to_owned(),
+                other => other.as_str().to_owned(),
+            }];
+            if h.migrator {
+                notes.push("migrator".to_owned());
+            }
+            if let Some(b) = h.batch {
+                notes.push(format!("batch {b}"));
+            }
+            if self
+                .findings
+                .iter()
+                .any(|f| !f.ok && f.host.as_deref() == Some(&h.name))
+            {
+                notes.push("BLOCKED".to_owned());
+            }
+            line(
+                &mut out,
+                format!("  {:<width$}  {version:<16}  {}", h.name, notes.join(", ")),
+            );
+        }
+        self.render_findings(&mut out);
+        if !plan.warnings.is_empty() {
+            out.push_str("\nwarnings:\n");
+            for w in &plan.warnings {
+                line(&mut out, format!("  - {w}"));
+            }
+        }
+        out.push('\n');
+        line(&mut out, format!("plan id: {}", self.plan_id));
+        let failed = self.findings.iter().filter(|f| !f.ok).count();
+        line(
+            &mut out,
+            match self.outcome {
+                Outcome::Ready => format!(
+                    "result: ready, {} steps; nothing was changed. Run it with `fleetup upgrade` and the same options plus `--plan {}`",
+                    plan.steps.len(),
+                    self.plan_id
+                ),
+                Outcome::NothingToDo => format!(
+                    "result: nothing to do, every selected node already runs {}",
+                    plan.target
+                ),
+                Outcome::Blocked => {
+                    format!("result: blocked by {failed} finding(s); nothing was changed")
+                }
+                Outcome::Unreachable => format!(
+                    "result: unreachable host(s) ({}); nothing was changed",
+                    self.findings
+                        .iter()
+                        .filter(|f| !f.ok && f.check == check::REACHABLE)
+                        .filter_map(|f| f.host.as_deref())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+                Outcome::LockHeld => {
+                    "result: another fleetup run holds the fleet lock; nothing was changed"
+                        .to_owned()
+                }
+            },
+        );
+        out
+    }
+
+    fn render_findings(&self, out: &mut String) {
+        let failed = self.findings.iter().filter(|f| !f.ok).count();
+        out.push_str(&format!(
+            "\nfindings ({} checked, {failed} failed):\n",
+            self.findings.len()
+        ));
+        let mut groups: Vec<(Option<&str>, Vec<&Finding>)> = Vec::new();
+        for f in &self.findings {
+            match groups.iter_mut().find(|(h, _)| *h == f.host.as_deref()) {
+                Some((_, list)) => list.push(f),
+                None => groups.push((f.host.as_deref(), vec![f])),
+            }
+        }
+        let width = self
+            .findings
+            .iter()
+            .map(|f| f.check.len())
+            .max()
+            .unwrap_or(0);
+        for (host, list) in groups {
+            line(out, format!("  {}:", host.unwrap_or("fleet")));
+            for f in list {
+                let status = if f.ok { "ok  " } else { "FAIL" };
+                line(
+                    out,
+                    format!("    {status}  {:<width$}  {}", f.check, f.detail),
+                );
+                if let Some(hint) = &f.hint {
+                    line(out, format!("          {:<width$}  hint: {hint}", ""));
+                }
+            }
+        }
+    }
+}
+
+fn line(out: &mut String, text: String) {
+    out.push_str(&text);
+    out.push('\n');
+}
+
+fn render_step(out: &mut String, marked: &MarkedStep, step: &Step) {
+    let batch = marked
+        .batch
+        .map_or_else(String::new, |b| format!(" (batch {b})"));
+    line(
+        out,
+        format!(
+            "  {:>2}. {}{batch}: {}",
+            marked.number, marked.kind, marked.action
+        ),
+    );
+    let width = marked.hosts.iter().map(|h| h.host.len()).max().unwrap_or(0);
+    for hm in &marked.hosts {
+        let text = match &hm.mark {
+            Mark::WillDo => "will do".to_owned(),
+            Mark::AlreadyDone { reason } => format!("already done: {reason}"),
+            Mark::Blocked { reasons } => format!("BLOCKED: {}", reasons.join("; ")),
+        };
+        line(out, format!("      {:<width$}  {text}", hm.host));
+    }
+    // Hosts with the same settings run the same lines: print them once.
+    let mut groups: Vec<(Vec<&str>, &[String])> = Vec::new();
+    for hc in &step.commands {
+        match groups
+            .iter_mut()
+            .find(|(_, c)| *c == hc.commands.as_slice())
+        {
+            Some((hosts, _)) => hosts.push(&hc.host),
+            None => groups.push((vec![&hc.host], &hc.commands)),
+        }
+    }
+    for (hosts, commands) in groups {
+        line(out, format!("      on {}:", hosts.join(", ")));
+        for c in commands {
+            line(out, format!("        $ {c}"));
+        }
+    }
+}
+
+/// Each step's mark per host: blocked by the host's own failed findings or by fleet-wide ones,
+/// already done when the release is staged there, else will do.
+fn mark_steps(
+    plan: &Plan,
+    facts: &BTreeMap<String, HostFacts>,
+    preflight: &Preflight,
+) -> Vec<MarkedStep> {
+    let fleet: Vec<String> = preflight
+        .failures()
+        .filter(|f| f.host.is_none())
+        .map(|f| f.detail.clone())
+        .collect();
+    plan.steps
+        .iter()
+        .map(|step| MarkedStep {
+            number: step.number,
+            kind: step.kind,
+            batch: step.batch,
+            action: step.action.clone(),
+            hosts: step
+                .hosts
+                .iter()
+                .map(|host| {
+                    let mut reasons = fleet.clone();
+                    reasons.extend(
+                        preflight
+                            .for_host(host)
+                            .filter(|f| !f.ok)
+                            .map(|f| f.detail.clone()),
+                    );
+                    let staged = facts
+                        .get(host)
+                        .is_some_and(|f| f.staged.contains(&plan.target));
+                    let mark = if !reasons.is_empty() {
+                        Mark::Blocked { reasons }
+                    } else if step.kind == StepKind::Stage && staged {
+                        Mark::AlreadyDone {
+                            reason: format!(
+                                "`{}` is already staged (verified again, not transferred)",
+                                plan.target
+                            ),
+                        }
+                    } else {
+                        Mark::WillDo
+                    };
+                    HostMark {
+                        host: host.clone(),
+                        mark,
+                    }
+                })
+                .collect(),
+        })
+        .collect()
+}

@@ -1,0 +1,441 @@
+//! The read-only preflight: every check a careful operator makes before an upgrade, on all
+//! selected hosts at once, reporting every finding (passes included) per host. `fleetup check`
+//! prints it with the plan; `fleetup upgrade` runs it first and stops on any failure.
+//! Nothing here writes on a host: no lock, no temp file, no `numary storage` command.
+
+mod audit;
+mod local;
+mod remote;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::Poll;
+
+use serde::Serialize;
+
+use crate::error::Failure;
+use crate::events::{Event, EventSink};
+use crate::exit_code;
+use crate::facts::{HostFacts, ServiceState, StorageDriver};
+use crate::inventory::ResolvedHost;
+use crate::plan::{BinarySource, BlockerKind, HostAction, Plan, StepKind};
+use crate::ssh::Transport;
+use crate::version::Version;
+
+pub use audit::{Audit, HostMark, Mark, MarkedStep, Outcome};
+pub use local::{LocalRun, local_binary_version, run_local_version};
+pub use remote::{LOCK_FILE_NAME, lock_path};
+
+/// Names of the checks, as they appear in findings, events and the journal.
+pub mod check {
+    pub const REACHABLE: &str = "reachable";
+    pub const SELECTION: &str = "selection";
+    pub const UPGRADE_PATH: &str = "upgrade-path";
+    pub const STRATEGY: &str = "strategy";
+    pub const BINARY_VERSION: &str = "binary-version";
+    pub const BINARY_SHA256: &str = "binary-sha256";
+    pub const DISK_SPACE: &str = "disk-space";
+    pub const PG_EXTENSIONS: &str = "pg-extensions";
+    pub const STOPPED: &str = "stopped";
+    pub const HOT_JOURNAL: &str = "hot-journal";
+    pub const API_PORT: &str = "api-port";
+    pub const STORAGE: &str = "storage";
+    pub const LEDGERS: &str = "ledgers";
+    pub const LOCK: &str = "lock";
+}
+
+/// What the preflight looks at. `facts` and `plan` come from [`crate::facts::gather_all`] and
+/// [`crate::plan::build_plan`] over the same `hosts`.
+pub struct PreflightInput<'a> {
+    pub hosts: &'a [ResolvedHost],
+    pub facts: &'a BTreeMap<String, HostFacts>,
+    pub plan: &'a Plan,
+    /// The plan's binary (`plan.binary`).
+    pub binary: &'a BinarySource,
+    /// The new binary's version when it runs on this machine ([`local_binary_version`]).
+    pub local_binary_version: Option<Version>,
+}
+
+/// One result of one check, on one host or fleet-wide.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Finding {
+    /// `None`: fleet-wide.
+    pub host: Option<String>,
+    /// One of [`check`]'s names.
+    pub check: &'static str,
+    pub ok: bool,
+    /// One line: what was found (for a pass too, so the audit says what was verified).
+    pub detail: String,
+    /// What to do about it.
+    pub hint: Option<String>,
+}
+
+impl Finding {
+    fn pass(host: Option<&str>, check: &'static str, detail: impl Into<String>) -> Self {
+        Finding {
+            host: host.map(str::to_owned),
+            check,
+            ok: true,
+            detail: detail.into(),
+            hint: None,
+        }
+    }
+
+    fn fail(
+        host: Option<&str>,
+        check: &'static str,
+        detail: impl Into<String>,
+        hint: Option<String>,
+    ) -> Self {
+        Finding {
+            host: host.map(str::to_owned),
+            check,
+            ok: false,
+            detail: detail.into(),
+            hint,
+        }
+    }
+}
+
+/// Every finding of one preflight, fleet-wide ones first, then per host in inventory order.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Preflight {
+    pub findings: Vec<Finding>,
+}
+
+impl Preflight {
+    /// No check failed: the upgrade may start.
+    pub fn passed(&self) -> bool {
+        self.findings.iter().all(|f| f.ok)
+    }
+
+    pub fn failures(&self) -> impl Iterator<Item = &Finding> {
+        self.findings.iter().filter(|f| !f.ok)
+    }
+
+    /// Hosts with a failed `reachable` finding.
+    pub fn unreachable_hosts(&self) -> Vec<&str> {
+        self.failures()
+            .filter(|f| f.check == check::REACHABLE)
+            .filter_map(|f| f.host.as_deref())
+            .collect()
+    }
+
+    /// A failed `lock` finding: another run holds the fleet lock somewhere.
+    pub fn lock_held(&self) -> bool {
+        self.failures().any(|f| f.check == check::LOCK)
+    }
+
+    /// The findings about `host` (fleet-wide ones excluded).
+    pub fn for_host<'a>(&'a self, host: &'a str) -> impl Iterator<Item = &'a Finding> {
+        self.findings
+            .iter()
+            .filter(move |f| f.host.as_deref() == Some(host))
+    }
+}
+
+/// `upgrade --plan ID`: the fleet must still be the one `check` audited.
+pub fn verify_plan_id(expected: &str, actual: &str) -> Result<(), Failure> {
+    if expected.trim().eq_ignore_ascii_case(actual) {
+        return Ok(());
+    }
+    Err(Failure::new(
+        exit_code::BLOCKED,
+        format!(
+            "the fleet changed since the audit: plan id `{}` was audited, the fleet now gives `{actual}`",
+            expected.trim()
+        ),
+    )
+    .hint("re-run `fleetup check` with the same options, review the new plan, then pass its plan id to `fleetup upgrade --plan`"))
+}
+
+/// Runs every check on every selected host, in parallel over the established `sessions` (hosts
+/// without a session are reported unreachable), emits one [`Event::CheckResult`] per finding
+/// and returns them all. Read-only on every host.
+pub async fn run<T: Transport>(
+    sessions: &BTreeMap<String, T>,
+    input: &PreflightInput<'_>,
+    sink: &dyn EventSink,
+) -> Preflight {
+    let mut fleet = fleet_findings(input);
+    let scope = Scope::of(input.plan);
+    let jobs: Vec<_> = input
+        .hosts
+        .iter()
+        .map(|h| host_findings(sessions.get(&h.name), h, input, &scope))
+        .collect();
+    let per_host = join_all(jobs).await;
+
+    let mut findings = Vec::new();
+    findings.append(&mut fleet.fleet);
+    for (host, mut found) in input.hosts.iter().zip(per_host) {
+        // Blockers naming the host come first: they are the plan's own verdicts.
+        let mut all: Vec<Finding> = fleet.by_host.remove(&host.name).unwrap_or_default();
+        all.append(&mut found);
+        findings.extend(drop_shadowed_passes(all));
+    }
+    for f in &findings {
+        sink.emit(&Event::CheckResult {
+            host: f.host.clone().unwrap_or_default(),
+            check: f.check.to_owned(),
+            ok: f.ok,
+            detail: f.detail.clone(),
+            hint: f.hint.clone(),
+        });
+    }
+    Preflight { findings }
+}
+
+/// A pass is dropped when the same host already failed the same check (a blocker said why).
+fn drop_shadowed_passes(findings: Vec<Finding>) -> Vec<Finding> {
+    let failed: Vec<&'static str> = findings.iter().filter(|f| !f.ok).map(|f| f.check).collect();
+    findings
+        .into_iter()
+        .filter(|f| !f.ok || !failed.contains(&f.check))
+        .collect()
+}
+
+/// Findings that need no host: the plan's blockers, the binary.
+struct FleetFindings {
+    fleet: Vec<Finding>,
+    by_host: BTreeMap<String, Vec<Finding>>,
+}
+
+fn blocker_check(kind: BlockerKind) -> &'static str {
+    match kind {
+        BlockerKind::NoHosts => check::SELECTION,
+        BlockerKind::NoFacts | BlockerKind::Unreachable => check::REACHABLE,
+        BlockerKind::UnknownVersion | BlockerKind::Downgrade | BlockerKind::UnsupportedPath => {
+            check::UPGRADE_PATH
+        }
+        BlockerKind::Running
+        | BlockerKind::ServiceStateUnknown
+        | BlockerKind::RunningOutsideServiceManager => check::STOPPED,
+        BlockerKind::HotJournal => check::HOT_JOURNAL,
+        BlockerKind::StorageUnknown | BlockerKind::MixedStorage => check::STORAGE,
+        BlockerKind::StrategyNotAllowed
+        | BlockerKind::NoReplacePairs
+        | BlockerKind::ReplacedHostMissing
+        | BlockerKind::ReplaceNeedsPostgres
+        | BlockerKind::NotPaired => check::STRATEGY,
+    }
+}
+
+fn fleet_findings(input: &PreflightInput) -> FleetFindings {
+    let mut out = FleetFindings {
+        fleet: Vec::new(),
+        by_host: BTreeMap::new(),
+    };
+    for b in &input.plan.blockers {
+        let check = blocker_check(b.kind);
+        if b.hosts.is_empty() {
+            out.fleet
+                .push(Finding::fail(None, check, b.reason.clone(), b.hint.clone()));
+        }
+        for h in &b.hosts {
+            out.by_host
+                .entry(h.clone())
+                .or_default()
+                .push(Finding::fail(
+                    Some(h),
+                    check,
+                    b.reason.clone(),
+                    b.hint.clone(),
+                ));
+        }
+    }
+    if !input.plan.touched_hosts().is_empty() {
+        out.fleet.extend(local::binary_findings(input));
+    }
+    out
+}
+
+/// Which hosts each kind of check applies to, from the plan's steps.
+#[derive(Debug, Default)]
+pub(crate) struct Scope {
+    /// Hosts the backup step runs on.
+    pub backup: Vec<String>,
+    /// Hosts the stage step runs on.
+    pub stage: Vec<String>,
+    /// Hosts that must be cleanly stopped before the migration (offline).
+    pub stopped: Vec<String>,
+    /// Hosts the plan changes.
+    pub touched: Vec<String>,
+    /// Where Postgres is queried (extensions, size, ledgers): the migrator.
+    pub migrator: Option<String>,
+}
+
+impl Scope {
+    fn of(plan: &Plan) -> Scope {
+        let hosts_of = |kind: StepKind| -> Vec<String> {
+            let mut hosts: Vec<String> = plan
+                .steps
+                .iter()
+                .filter(|s| s.kind == kind)
+                .flat_map(|s| s.hosts.iter().cloned())
+                .collect();
+            hosts.dedup();
+            hosts
+        };
+        Scope {
+            backup: hosts_of(StepKind::Backup),
+            stage: hosts_of(StepKind::Stage),
+            stopped: hosts_of(StepKind::ConfirmStopped),
+            touched: plan
+                .touched_hosts()
+                .into_iter()
+                .map(str::to_owned)
+                .collect(),
+            migrator: plan.migrator.clone(),
+        }
+    }
+
+    fn has(list: &[String], host: &str) -> bool {
+        list.iter().any(|h| h == host)
+    }
+}
+
+/// Everything checked on one host: reachability, then (when connected) the remote probes.
+async fn host_findings<T: Transport>(
+    session: Option<&T>,
+    host: &ResolvedHost,
+    input: &PreflightInput<'_>,
+    scope: &Scope,
+) -> Vec<Finding> {
+    let name = host.name.as_str();
+    let facts = input.facts.get(name);
+    let reachable = facts.is_some_and(HostFacts::reachable);
+    let mut out = Vec::new();
+    let Some(session) = session.filter(|_| reachable) else {
+        if reachable {
+            out.push(Finding::fail(
+                Some(name),
+                check::REACHABLE,
+                format!("no SSH session to `{name}`"),
+                Some(format!("check it with `fleetup status --limit {name}`")),
+            ));
+        }
+        // Unreachable hosts already carry the plan's `unreachable` blocker.
+        return out;
+    };
+    let facts = facts.cloned().unwrap_or_default();
+    out.push(Finding::pass(
+        Some(name),
+        check::REACHABLE,
+        "answers over SSH",
+    ));
+    out.extend(path_finding(name, input.plan));
+    out.extend(state_findings(name, &facts, input.plan, scope));
+    out.extend(remote::findings(session, host, &facts, input, scope).await);
+    out
+}
+
+/// The table's verdict for hosts it allows (refusals are blockers, reported already).
+fn path_finding(name: &str, plan: &Plan) -> Option<Finding> {
+    let hp = plan.host(name)?;
+    match (hp.action, &hp.current, &hp.verdict) {
+        (HostAction::AlreadyAtTarget, Some(c), _) => Some(Finding::pass(
+            Some(name),
+            check::UPGRADE_PATH,
+            format!("already runs `{c}`: nothing to do"),
+        )),
+        (HostAction::Deploy, c, _) => Some(Finding::pass(
+            Some(name),
+            check::UPGRADE_PATH,
+            format!(
+                "new node (runs {}): deployed on `{}`, its own version does not matter",
+                c.as_ref()
+                    .map_or_else(|| "an unknown version".to_owned(), |c| format!("`{c}`")),
+                plan.target
+            ),
+        )),
+        (_, Some(c), Some(v)) if v.supported => {
+            let row = v.row.as_ref().map_or_else(String::new, |r| {
+                format!(
+                    " (table row {}: `{}` from `{}`{})",
+                    r.index,
+                    r.target,
+                    r.min_current,
+                    if r.zero_downtime {
+                        ", zero-downtime"
+                    } else {
+                        ", offline only"
+                    }
+                )
+            });
+            Some(Finding::pass(
+                Some(name),
+                check::UPGRADE_PATH,
+                format!("`{c}` → `{}` is supported{row}", plan.target),
+            ))
+        }
+        _ => None,
+    }
+}
+
+/// Passes for what the facts already show; their failures are the plan's blockers.
+fn state_findings(name: &str, facts: &HostFacts, plan: &Plan, scope: &Scope) -> Vec<Finding> {
+    let mut out = Vec::new();
+    if Scope::has(&scope.stopped, name) {
+        let detail = match facts.service {
+            ServiceState::Stopped => "the service manager says stopped".to_owned(),
+            ServiceState::Running if plan.stop_running => {
+                "running: `--stop` stops it through the service manager first".to_owned()
+            }
+            ServiceState::Unknown if plan.stop_running => {
+                "service state unknown: `--stop` stops it through the service manager first"
+                    .to_owned()
+            }
+            // Without `--stop`, the plan blocks it.
+            _ => String::new(),
+        };
+        if !detail.is_empty() {
+            out.push(Finding::pass(Some(name), check::STOPPED, detail));
+        }
+        let sqlite = facts
+            .storage
+            .as_ref()
+            .is_some_and(|s| s.driver == StorageDriver::Sqlite);
+        if sqlite {
+            let detail = match (facts.hot_journals.is_empty(), facts.service) {
+                (true, _) => "no SQLite journal in the storage dir".to_owned(),
+                (false, ServiceState::Running) => format!(
+                    "journal files beside the running database ({}) are normal; checked again once it is stopped",
+                    facts.hot_journals.join(", ")
+                ),
+                // Beside a stopped database: the plan's `hot_journal` blocker.
+                (false, _) => String::new(),
+            };
+            if !detail.is_empty() {
+                out.push(Finding::pass(Some(name), check::HOT_JOURNAL, detail));
+            }
+        }
+    }
+    out
+}
+
+/// Awaits every future, concurrently on the current task (the futures borrow the sessions, so
+/// they cannot be spawned), and returns their outputs in order.
+async fn join_all<F: Future>(futures: Vec<F>) -> Vec<F::Output> {
+    let mut futures: Vec<Pin<Box<F>>> = futures.into_iter().map(Box::pin).collect();
+    let mut outputs: Vec<Option<F::Output>> = futures.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (future, output) in futures.iter_mut().zip(outputs.iter_mut()) {
+            if output.is_none() {
+                match future.as_mut().poll(cx) {
+                    Poll::Ready(v) => *output = Some(v),
+                    Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            Poll::Pending
+        } else {
+            Poll::Ready(())
+        }
+    })
+    .await;
+    outputs.into_iter().flatten().collect()
+}
