@@ -286,3 +286,42 @@ fn postgres_pg_trgm_is_required_from_1_8() {
         let _ = admin.batch_execute(&format!("DROP ROLE IF EXISTS {role}"));
     }
 }
+
+#[test]
+fn postgres_errors_name_the_target_but_never_the_password() {
+    let db = PgDb::new();
+    let (scheme, rest) = db.url.split_once("://").unwrap();
+    let (userinfo, host_part) = rest.split_once('@').unwrap();
+    let user = userinfo.split(':').next().unwrap();
+    let secret = "Wr0ng-S3cret-xyz";
+    let wrong = format!("{scheme}://{user}:{secret}@{host_part}");
+    let host = host_part.split(':').next().unwrap();
+    let refused = format!("{scheme}://{user}:{secret}@{host}:1/postgres");
+    let dial = format!("dial error (dial tcp {host}:1: connect: connection refused)");
+    for (url, expected) in [
+        (
+            &wrong,
+            "server error (FATAL: password authentication failed for user",
+        ),
+        (&refused, dial.as_str()),
+    ] {
+        let run = Node::new().run_env(
+            "1.8.2",
+            &["storage", "list"],
+            &[
+                ("NUMARY_STORAGE_DRIVER", "postgres"),
+                ("NUMARY_STORAGE_POSTGRES_CONN_STRING", url),
+            ],
+        );
+        assert_eq!(run.code, 1);
+        assert!(
+            run.stderr.starts_with(&format!(
+                "Error: failed to connect to `host={host} user={user} database="
+            )),
+            "{}",
+            run.stderr
+        );
+        assert!(run.stderr.contains(expected), "{}", run.stderr);
+        assert!(!run.stderr.contains(secret) && !run.stdout.contains(secret));
+    }
+}
