@@ -111,7 +111,9 @@ pub fn storage_upgrade(app: &App, name: &str) -> Result<(), Failure> {
     let mut driver = app.driver()?;
     app.check_servers(&driver, "upgrade", Some(name));
     driver.get_ledger_store(name).map_err(Failure::Run)?;
-    let migrated = driver.migrate(&app.state, name).map_err(Failure::Run)?;
+    let migrated = driver
+        .migrate(&app.state, name, "storage upgrade")
+        .map_err(Failure::Run)?;
     driver.check_schema(&app.state, name, "storage upgrade");
     if migrated {
         out(&format!("Storage '{name}' migrated\r\n"));
@@ -210,7 +212,9 @@ pub fn storage_init(app: &App, name: &str) -> Result<(), Failure> {
     app.check_servers(&driver, "init", Some(name));
     if !app.version.has_system_store() {
         // ≤1.3.1: no registry and no output; the store is simply initialised.
-        driver.migrate(&app.state, name).map_err(Failure::Run)?;
+        driver
+            .migrate(&app.state, name, "storage init")
+            .map_err(Failure::Run)?;
         return Ok(());
     }
     if name.is_empty() {
@@ -222,7 +226,9 @@ pub fn storage_init(app: &App, name: &str) -> Result<(), Failure> {
         out("Already initialized!\r\n");
         return Ok(());
     }
-    driver.migrate(&app.state, name).map_err(Failure::Run)?;
+    driver
+        .migrate(&app.state, name, "storage init")
+        .map_err(Failure::Run)?;
     driver.check_schema(&app.state, name, "storage init");
     out(" OK\r\n");
     Ok(())
@@ -247,7 +253,9 @@ pub fn sim_seed(app: &App, ledger: &str, count: &str) -> Result<(), Failure> {
     })?;
     let mut driver = app.driver()?;
     driver.get_ledger_store(ledger).map_err(Failure::Run)?;
-    driver.migrate(&app.state, ledger).map_err(Failure::Run)?;
+    driver
+        .migrate(&app.state, ledger, "sim seed")
+        .map_err(Failure::Run)?;
     driver.check_schema(&app.state, ledger, "sim seed");
     let (existing, _) = driver.stats(ledger).map_err(|e| Failure::Run(e.0))?;
     let txs: Vec<NewTransaction> = (0..count)

@@ -361,7 +361,7 @@ impl Server {
             if let Err(e) = driver.get_ledger_store(ledger) {
                 return error_response(500, "INTERNAL", &e);
             }
-            if let Err(e) = driver.migrate(state, ledger) {
+            if let Err(e) = driver.migrate(state, ledger, "server request") {
                 return error_response(500, "INTERNAL", &e);
             }
             if let Ok(mut set) = self.initialized.lock() {

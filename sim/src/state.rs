@@ -58,7 +58,6 @@ impl StateDir {
     }
 
     pub fn record_misuse(&self, kind: &str, ledger: Option<&str>, storage: &str, detail: &str) {
-        let _ = fs::create_dir_all(&self.root);
         let line = json!({
             "kind": kind,
             "node": self.node,
@@ -69,13 +68,40 @@ impl StateDir {
             "time": rfc3339(SystemTime::now()),
             "detail": detail,
         });
+        self.append("misuse.log", &line);
+    }
+
+    /// Appends to `migrations.log` one line per run of pending migrations, so tests can tell
+    /// which node migrated which ledger, how, and whether it committed.
+    pub fn record_migration(
+        &self,
+        ledger: &str,
+        storage: &str,
+        via: &str,
+        numbers: &[u32],
+        outcome: Result<(), &str>,
+    ) {
+        let mut line = self.holder_record(storage);
+        line["ledger"] = Value::from(ledger);
+        line["via"] = Value::from(via);
+        line["migrations"] = Value::from(numbers.to_vec());
+        line["time"] = Value::from(rfc3339(SystemTime::now()));
+        line["result"] = Value::from(match outcome {
+            Ok(()) => "committed".to_owned(),
+            Err(e) => format!("rolled back: {e}"),
+        });
+        self.append("migrations.log", &line);
+    }
+
+    fn append(&self, file: &str, line: &Value) {
+        let _ = fs::create_dir_all(&self.root);
         // One write of one line with O_APPEND keeps concurrent writers' lines whole.
-        if let Ok(mut file) = OpenOptions::new()
+        if let Ok(mut f) = OpenOptions::new()
             .create(true)
             .append(true)
-            .open(self.root.join("misuse.log"))
+            .open(self.root.join(file))
         {
-            let _ = file.write_all(format!("{line}\n").as_bytes());
+            let _ = f.write_all(format!("{line}\n").as_bytes());
         }
     }
 

@@ -315,7 +315,8 @@ impl Driver {
 
     /// `Store.Initialize`: runs every pending migration of `ledger` in one transaction.
     /// Returns whether any version row was added (`migrated` vs `left in place`).
-    pub fn migrate(&mut self, state: &StateDir, ledger: &str) -> Result<bool, String> {
+    /// `via` names the caller in the state dir's migration log (`storage upgrade`, ...).
+    pub fn migrate(&mut self, state: &StateDir, ledger: &str, via: &str) -> Result<bool, String> {
         let version = self.version;
         let catalogue = migrations::for_version(version);
         if !version.records_migrations() {
@@ -377,6 +378,9 @@ impl Driver {
                 }
             }
         });
+        let numbers: Vec<u32> = pending.iter().map(|m| m.number).collect();
+        let outcome = result.as_ref().map(|_| ()).map_err(|e| e.0.as_str());
+        state.record_migration(ledger, &self.identity, via, &numbers, outcome);
         result.map(|()| true).map_err(|e| e.to_string())
     }
 

@@ -29,6 +29,12 @@ fn fail_migration_exits_one_and_rolls_the_batch_back_on_sqlite() {
         range(0, 10),
         "nothing of 11-17 may remain"
     );
+    let last = node.migration_log().pop().unwrap();
+    assert_eq!(last["result"], "rolled back: database or disk is full");
+    assert_eq!(
+        last["migrations"],
+        serde_json::json!([11, 12, 13, 14, 15, 16, 17])
+    );
     std::fs::remove_file(node.state.join("faults/fail-migration")).unwrap();
     assert_eq!(
         node.run("1.8.2", &["storage", "upgrade", "main"]).body(),

@@ -32,6 +32,25 @@ fn a_proper_offline_upgrade_records_nothing() {
     assert_eq!(server.get("/main/stats").0, 200);
     drop(server);
     assert!(node.misuse().is_empty(), "{:?}", node.misuse());
+    // The migration log shows who migrated what: the seed's lazy creation, then the upgrade;
+    // the restarted server found nothing left to do.
+    let log = node.migration_log();
+    let summary: Vec<(String, String, usize)> = log
+        .iter()
+        .map(|l| {
+            let via = l["via"].as_str().unwrap_or_default().to_owned();
+            let version = l["version"].as_str().unwrap_or_default().to_owned();
+            (via, version, l["migrations"].as_array().map_or(0, Vec::len))
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        vec![
+            ("sim seed".to_owned(), "1.7.4".to_owned(), 11),
+            ("storage upgrade".to_owned(), "1.8.2".to_owned(), 7),
+        ]
+    );
+    assert!(log.iter().all(|l| l["result"] == "committed"));
 }
 
 #[test]

@@ -105,10 +105,18 @@ impl Node {
     }
 
     pub fn misuse(&self) -> Vec<serde_json::Value> {
-        std::fs::read_to_string(self.state.join("misuse.log"))
+        self.log("misuse.log")
+    }
+
+    pub fn migration_log(&self) -> Vec<serde_json::Value> {
+        self.log("migrations.log")
+    }
+
+    fn log(&self, file: &str) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(self.state.join(file))
             .unwrap_or_default()
             .lines()
-            .map(|l| serde_json::from_str(l).expect("misuse line is JSON"))
+            .map(|l| serde_json::from_str(l).expect("log line is JSON"))
             .collect()
     }
 
