@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use fleetup::exit_code;
 
+mod check;
 mod connect;
 mod errors;
 mod exec;
@@ -72,6 +73,8 @@ pub enum Command {
     Status(status::StatusArgs),
     /// Run an ad-hoc command on the selected hosts (`fleetup exec -- uname -n`).
     Exec(exec::ExecArgs),
+    /// Dry-run audit of an upgrade: every read-only check, the plan per host and step, a plan id.
+    Check(check::CheckArgs),
     /// A local practice fleet: real sshd servers and the ledger simulator (`lab up|status|down`).
     #[command(subcommand)]
     Lab(lab::LabCommand),
@@ -95,6 +98,7 @@ pub fn main() -> i32 {
         Command::Inventory(cmd) => inventory::run(&cli.global, cmd),
         Command::Status(args) => status::run(&cli.global, args),
         Command::Exec(args) => exec::run(&cli.global, args),
+        Command::Check(args) => check::run(&cli.global, args),
         Command::Lab(cmd) => lab::run(&cli.global, cmd),
     };
     match result {

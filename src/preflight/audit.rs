@@ -69,8 +69,14 @@ impl Outcome {
 #[serde(tag = "mark", rename_all = "kebab-case")]
 pub enum Mark {
     WillDo,
-    AlreadyDone { reason: String },
-    Blocked { reasons: Vec<String> },
+    AlreadyDone {
+        reason: String,
+    },
+    /// `checks`: the failed checks' names; `reasons`: their details.
+    Blocked {
+        checks: Vec<String>,
+        reasons: Vec<String>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -283,14 +289,22 @@ fn render_step(out: &mut String, marked: &MarkedStep, step: &Step) {
             marked.number, marked.kind, marked.action
         ),
     );
-    let width = marked.hosts.iter().map(|h| h.host.len()).max().unwrap_or(0);
+    // Hosts with the same mark share a line; the reasons of a block are the failed checks'
+    // names here, their details are under `findings`.
+    let mut marks: Vec<(String, Vec<&str>)> = Vec::new();
     for hm in &marked.hosts {
         let text = match &hm.mark {
             Mark::WillDo => "will do".to_owned(),
             Mark::AlreadyDone { reason } => format!("already done: {reason}"),
-            Mark::Blocked { reasons } => format!("BLOCKED: {}", reasons.join("; ")),
+            Mark::Blocked { checks, .. } => format!("BLOCKED ({})", checks.join(", ")),
         };
-        line(out, format!("      {:<width$}  {text}", hm.host));
+        match marks.iter_mut().find(|(t, _)| *t == text) {
+            Some((_, hosts)) => hosts.push(&hm.host),
+            None => marks.push((text, vec![&hm.host])),
+        }
+    }
+    for (text, hosts) in marks {
+        line(out, format!("      {}: {text}", hosts.join(", ")));
     }
     // Hosts with the same settings run the same lines: print them once.
     let mut groups: Vec<(Vec<&str>, &[String])> = Vec::new();
@@ -318,11 +332,7 @@ fn mark_steps(
     facts: &BTreeMap<String, HostFacts>,
     preflight: &Preflight,
 ) -> Vec<MarkedStep> {
-    let fleet: Vec<String> = preflight
-        .failures()
-        .filter(|f| f.host.is_none())
-        .map(|f| f.detail.clone())
-        .collect();
+    let fleet: Vec<&Finding> = preflight.failures().filter(|f| f.host.is_none()).collect();
     plan.steps
         .iter()
         .map(|step| MarkedStep {
@@ -334,18 +344,25 @@ fn mark_steps(
                 .hosts
                 .iter()
                 .map(|host| {
-                    let mut reasons = fleet.clone();
-                    reasons.extend(
-                        preflight
-                            .for_host(host)
-                            .filter(|f| !f.ok)
-                            .map(|f| f.detail.clone()),
-                    );
+                    let failed: Vec<&Finding> = fleet
+                        .iter()
+                        .copied()
+                        .chain(preflight.for_host(host).filter(|f| !f.ok))
+                        .collect();
                     let staged = facts
                         .get(host)
                         .is_some_and(|f| f.staged.contains(&plan.target));
-                    let mark = if !reasons.is_empty() {
-                        Mark::Blocked { reasons }
+                    let mark = if !failed.is_empty() {
+                        let mut checks: Vec<String> = Vec::new();
+                        for f in &failed {
+                            if !checks.iter().any(|c| c == f.check) {
+                                checks.push(f.check.to_owned());
+                            }
+                        }
+                        Mark::Blocked {
+                            checks,
+                            reasons: failed.iter().map(|f| f.detail.clone()).collect(),
+                        }
                     } else if step.kind == StepKind::Stage && staged {
                         Mark::AlreadyDone {
                             reason: format!(

@@ -42,6 +42,9 @@ pub fn local_binary_version(path: &Path) -> Option<Version> {
 /// the storage dir (every `numary` command creates its storage dir) and with no `NUMARY_*`
 /// variable of this process, so it touches nothing of the operator's.
 pub fn run_local_version(path: &Path) -> LocalRun {
+    // The command runs in a scratch dir: a relative path would no longer name the file.
+    let absolute = std::path::absolute(path);
+    let path = absolute.as_deref().unwrap_or(path);
     let executable =
         std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
     if !executable {
@@ -131,7 +134,7 @@ impl Drop for Scratch {
 }
 
 /// Hex SHA-256 of a local file.
-pub(super) fn file_sha256(path: &Path) -> std::io::Result<String> {
+pub fn file_sha256(path: &Path) -> std::io::Result<String> {
     let mut file = std::fs::File::open(path)?;
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 16];

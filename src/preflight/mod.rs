@@ -19,12 +19,13 @@ use crate::events::{Event, EventSink};
 use crate::exit_code;
 use crate::facts::{HostFacts, ServiceState, StorageDriver};
 use crate::inventory::ResolvedHost;
-use crate::plan::{BinarySource, BlockerKind, HostAction, Plan, StepKind};
-use crate::ssh::Transport;
+use crate::plan::{BinarySource, BlockerKind, HostAction, Plan, PlanOptions, StepKind, build_plan};
+use crate::policy::PolicyTable;
+use crate::ssh::{ConnectError, Session, Transport};
 use crate::version::Version;
 
 pub use audit::{Audit, HostMark, Mark, MarkedStep, Outcome};
-pub use local::{LocalRun, local_binary_version, run_local_version};
+pub use local::{LocalRun, file_sha256, local_binary_version, run_local_version};
 pub use remote::{LOCK_FILE_NAME, lock_path};
 
 /// Names of the checks, as they appear in findings, events and the journal.
@@ -150,6 +151,35 @@ pub fn verify_plan_id(expected: &str, actual: &str) -> Result<(), Failure> {
     .hint("re-run `fleetup check` with the same options, review the new plan, then pass its plan id to `fleetup upgrade --plan`"))
 }
 
+/// The whole dry run over established connections: facts, plan, preflight, audit. Hosts whose
+/// connection failed are reported unreachable. Read-only on every host.
+#[allow(clippy::too_many_arguments)]
+pub async fn audit_fleet(
+    hosts: &[ResolvedHost],
+    conns: &[(String, Result<Session, ConnectError>)],
+    target: &Version,
+    opts: &PlanOptions,
+    policy: &PolicyTable,
+    local_binary_version: Option<Version>,
+    sink: &dyn EventSink,
+) -> Audit {
+    let facts = crate::facts::gather_all(hosts, conns).await;
+    let plan = build_plan(hosts, &facts, target, opts, policy);
+    let sessions: BTreeMap<String, Session> = conns
+        .iter()
+        .filter_map(|(name, conn)| conn.as_ref().ok().map(|s| (name.clone(), s.clone())))
+        .collect();
+    let input = PreflightInput {
+        hosts,
+        facts: &facts,
+        plan: &plan,
+        binary: &plan.binary,
+        local_binary_version,
+    };
+    let preflight = run(&sessions, &input, sink).await;
+    Audit::new(plan, facts, preflight)
+}
+
 /// Runs every check on every selected host, in parallel over the established `sessions` (hosts
 /// without a session are reported unreachable), emits one [`Event::CheckResult`] per finding
 /// and returns them all. Read-only on every host.
@@ -173,7 +203,9 @@ pub async fn run<T: Transport>(
         // Blockers naming the host come first: they are the plan's own verdicts.
         let mut all: Vec<Finding> = fleet.by_host.remove(&host.name).unwrap_or_default();
         all.append(&mut found);
-        findings.extend(drop_shadowed_passes(all));
+        let mut all = drop_shadowed_passes(all);
+        all.sort_by_key(|f| check_rank(f.check));
+        findings.extend(all);
     }
     for f in &findings {
         sink.emit(&Event::CheckResult {
@@ -185,6 +217,27 @@ pub async fn run<T: Transport>(
         });
     }
     Preflight { findings }
+}
+
+/// The order findings are listed in, per host: from "can we talk to it" to "is it ours to take".
+fn check_rank(name: &str) -> usize {
+    const ORDER: [&str; 14] = [
+        check::SELECTION,
+        check::REACHABLE,
+        check::UPGRADE_PATH,
+        check::STRATEGY,
+        check::STORAGE,
+        check::BINARY_SHA256,
+        check::BINARY_VERSION,
+        check::STOPPED,
+        check::API_PORT,
+        check::HOT_JOURNAL,
+        check::LEDGERS,
+        check::PG_EXTENSIONS,
+        check::DISK_SPACE,
+        check::LOCK,
+    ];
+    ORDER.iter().position(|c| *c == name).unwrap_or(ORDER.len())
 }
 
 /// A pass is dropped when the same host already failed the same check (a blocker said why).

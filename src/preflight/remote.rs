@@ -771,7 +771,12 @@ fn ledgers_finding(
     scope: &Scope,
 ) -> Finding {
     let (reported, source): (Option<&[String]>, String) = if !facts.ledgers_source.is_empty() {
-        (Some(&facts.ledgers), facts.ledgers_source.clone())
+        let source = match facts.ledgers_source.as_str() {
+            "api" => "`/_info`".to_owned(),
+            "sqlite-files" => "the SQLite files".to_owned(),
+            other => format!("`{other}`"),
+        };
+        (Some(&facts.ledgers), source)
     } else if let Some(l) = pg.and_then(|p| p.ledgers.as_deref()) {
         (Some(l), "`_system.ledgers`".to_owned())
     } else {
