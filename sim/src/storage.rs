@@ -3,6 +3,8 @@
 //! (all pending migrations in one transaction), and the transaction writes and reads the API
 //! and `sim seed` share. Misuse checks and injected faults hook in here so every path sees them.
 
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
@@ -26,6 +28,9 @@ pub struct Driver {
     pub version: SimVersion,
     /// PostgreSQL: the one connection every store uses; SQLite: `numary__system.db`.
     system: Option<Conn>,
+    /// SQLite ledger files stay open once used, as `database/sql`'s idle pool keeps them:
+    /// `fuser`/`lsof` see a running server holding them.
+    ledgers: HashMap<String, Conn>,
     /// What two processes must share to touch the same ledgers.
     pub identity: String,
 }
@@ -102,6 +107,7 @@ impl Driver {
             backend,
             version,
             system,
+            ledgers: HashMap::new(),
             identity,
         };
         if version.has_system_store() {
@@ -207,9 +213,14 @@ impl Driver {
     ) -> Result<T, DbError> {
         match &self.backend {
             Backend::Sqlite { dir, db_name } => {
-                let path = dir.join(format!("{db_name}_{ledger}.db"));
-                let mut conn = Conn::open_sqlite(&path, self.version.sqlite_wal())?;
-                f(&mut conn, &Tables { schema: None })
+                let conn = match self.ledgers.entry(ledger.to_owned()) {
+                    Entry::Occupied(open) => open.into_mut(),
+                    Entry::Vacant(slot) => {
+                        let path = dir.join(format!("{db_name}_{ledger}.db"));
+                        slot.insert(Conn::open_sqlite(&path, self.version.sqlite_wal())?)
+                    }
+                };
+                f(conn, &Tables { schema: None })
             }
             Backend::Postgres { .. } => {
                 let tables = Tables {
@@ -227,6 +238,7 @@ impl Driver {
         }
         match &self.backend {
             Backend::Sqlite { dir, db_name } => {
+                self.ledgers.remove(ledger);
                 let path = dir.join(format!("{db_name}_{ledger}.db"));
                 std::fs::remove_file(&path).map_err(|e| DbError(e.to_string()))?;
             }

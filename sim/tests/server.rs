@@ -233,3 +233,19 @@ fn sqlite_health_checks_the_storage_dir_from_1_8_only() {
     std::fs::remove_dir_all(node.data_dir()).unwrap();
     assert_eq!(server.get("/_health"), (200, "{}".to_owned()));
 }
+
+#[test]
+fn a_running_server_keeps_its_sqlite_files_open() {
+    let node = Node::new();
+    let server = node.serve("1.8.2");
+    assert_eq!(server.get("/main/stats").0, 200);
+    let open: Vec<std::path::PathBuf> =
+        std::fs::read_dir(format!("/proc/{}/fd", server.child.id()))
+            .unwrap()
+            .flatten()
+            .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+            .collect();
+    let data = std::fs::canonicalize(node.data_dir()).unwrap();
+    assert!(open.contains(&data.join("numary_main.db")), "{open:?}");
+    assert!(open.contains(&data.join("numary__system.db")), "{open:?}");
+}
