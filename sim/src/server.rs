@@ -24,6 +24,7 @@ struct Server {
     backend: storage::Backend,
     /// Ledgers this process has migrated already (the resolver's once-per-process cache).
     initialized: Mutex<HashSet<String>>,
+    /// Schema findings already written to the misuse log (`ledger|versions`).
     reported: Mutex<HashSet<String>>,
 }
 
