@@ -88,6 +88,60 @@ pub enum Event {
         exit_code: i32,
         duration_ms: u64,
     },
+    /// The plan a run follows, once built, with its id (`fleetup check` prints the same steps).
+    PlanReady {
+        plan_id: String,
+        strategy: String,
+        mode: String,
+        migrator: Option<String>,
+        steps: Vec<PlannedStep>,
+        warnings: Vec<String>,
+    },
+    /// Something the operator should know that is not a step result (the difference `storage
+    /// scan` made, a lock shown before it is broken).
+    Notice {
+        host: String,
+        message: String,
+    },
+    /// `--break-lock` removed another run's lock on `host`; `holder` says whose it was.
+    LockBroken {
+        host: String,
+        holder: String,
+    },
+    /// After a failure, what was undone on `host` to leave it as it was (`action`), or why not.
+    Restored {
+        host: String,
+        action: String,
+        ok: bool,
+        detail: String,
+    },
+    /// The end of a run: each node's versions and state, and what the operator keeps (backups,
+    /// previous releases).
+    Summary {
+        hosts: Vec<HostSummary>,
+        artefacts: Vec<Artefact>,
+    },
+}
+
+/// One step of a plan, as [`Event::PlanReady`] lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PlannedStep {
+    pub step: usize,
+    /// `StepKind` in snake case, as in the plan's JSON (`stop_service`).
+    pub kind: String,
+    pub hosts: Vec<String>,
+}
+
+/// One node at the end of a run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HostSummary {
+    pub host: String,
+    /// Version before the run.
+    pub from: Option<String>,
+    /// Version the node's binary points to after the run.
+    pub to: Option<String>,
+    /// `running 1.8.2`, `stopped`, `unchanged`...
+    pub state: String,
 }
 
 /// Where events go. Implementations must be cheap: the runner calls this inline.

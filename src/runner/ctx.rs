@@ -1,0 +1,328 @@
+//! What every step of a run shares: the hosts, their sessions and facts, the plan, the options,
+//! the event sink and the record of what this run changed (for the clean-up after a failure).
+//! Also the two helpers every step uses: run one command on one host with its events, and do
+//! something on several hosts at once.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::events::{Artefact, Event, EventSink, StepStatus};
+use crate::exit_code;
+use crate::facts::HostFacts;
+use crate::inventory::ResolvedHost;
+use crate::plan::{Plan, Step, StepKind};
+use crate::redact::redact_conn_strings;
+use crate::ssh::{ExecOptions, ExecOutput, Transport};
+
+use super::RunConfig;
+
+/// Lines of stderr kept in events and the journal.
+const STDERR_TAIL_LINES: usize = 12;
+
+/// The snake-case name of a step kind, as in the plan's JSON and the journal.
+pub fn kind_name(kind: StepKind) -> String {
+    kind.as_str().replace('-', "_")
+}
+
+/// A step that failed on a host: what to tell the operator, and the exit code it maps to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StepError {
+    pub step: usize,
+    pub kind: StepKind,
+    pub host: String,
+    pub message: String,
+    /// The remote stderr (redacted), when a command failed.
+    pub stderr: Option<String>,
+    pub hints: Vec<String>,
+    /// [`exit_code::FAILURE`] for a failed command, [`exit_code::BLOCKED`] for a guard that
+    /// refused to go on (wrong storage environment, a ledger missing from `storage list`).
+    pub code: i32,
+}
+
+/// What this run changed so far, so a failure can undo what is safe to undo and report the rest.
+#[derive(Debug, Default, Clone)]
+pub struct Changes {
+    /// Hosts whose lock this run holds.
+    pub locked: Vec<String>,
+    /// Hosts this run stopped (`--stop`), in order.
+    pub stopped: Vec<String>,
+    /// `(host, backup dir)` of this run.
+    pub backups: Vec<(String, String)>,
+    /// `(host, release dir, created by this run)`.
+    pub staged: Vec<(String, String, bool)>,
+    /// A `storage upgrade` was issued: the storage may differ from the backup from now on.
+    pub storage_touched: bool,
+    /// `(host, previous target of the binary)`.
+    pub switched: Vec<(String, String)>,
+    /// Hosts started on the new binary.
+    pub started: Vec<String>,
+    /// Hosts whose health gate passed.
+    pub healthy: Vec<String>,
+    /// Every artefact, in the order produced.
+    pub artefacts: Vec<Artefact>,
+    /// `(host, ledger, outcome)` of each `storage upgrade`.
+    pub ledgers: Vec<(String, String, String)>,
+}
+
+/// Everything a step needs, shared by the tasks of a parallel step.
+pub struct Shared<T> {
+    pub plan: Plan,
+    pub hosts: BTreeMap<String, ResolvedHost>,
+    pub sessions: BTreeMap<String, T>,
+    pub facts: BTreeMap<String, HostFacts>,
+    pub cfg: RunConfig,
+    pub sink: Arc<dyn EventSink>,
+    pub changes: Mutex<Changes>,
+}
+
+impl<T: Transport> Shared<T> {
+    pub fn host(&self, name: &str) -> &ResolvedHost {
+        // Every name comes from the plan, which was built from these hosts.
+        &self.hosts[name]
+    }
+
+    pub fn session(&self, name: &str) -> &T {
+        &self.sessions[name]
+    }
+
+    pub fn facts(&self, name: &str) -> Option<&HostFacts> {
+        self.facts.get(name)
+    }
+
+    pub fn emit(&self, event: Event) {
+        self.sink.emit(&event);
+    }
+
+    pub fn change(&self, f: impl FnOnce(&mut Changes)) {
+        if let Ok(mut c) = self.changes.lock() {
+            f(&mut c);
+        }
+    }
+
+    pub fn changes(&self) -> Changes {
+        self.changes.lock().map(|c| c.clone()).unwrap_or_default()
+    }
+
+    /// Starts reporting `step` on `host`.
+    pub fn begin<'a>(&'a self, step: &'a Step, host: &'a str, command: Option<&str>) -> Op<'a, T> {
+        self.emit(Event::StepStarted {
+            step: step.number,
+            kind: kind_name(step.kind),
+            host: host.to_string(),
+            command: command.map(redact_conn_strings),
+        });
+        Op {
+            shared: self,
+            step,
+            host,
+            started: Instant::now(),
+        }
+    }
+
+    /// Runs `command` on `host` as (part of) `step`: `StepStarted`, the command, then
+    /// `StepFinished` with its exit status, duration and stderr tail. A non-zero exit is a
+    /// [`StepError`] carrying `what` and the stderr; `Ok` holds the output.
+    pub async fn run(
+        &self,
+        step: &Step,
+        host: &str,
+        command: &str,
+        what: &str,
+        timeout: Option<Duration>,
+    ) -> Result<ExecOutput, StepError> {
+        self.run_checked(step, host, command, what, timeout, |out| {
+            Ok(Checked::value(out.clone()))
+        })
+        .await
+    }
+
+    /// [`Shared::run`], with `check` judging a successful command's output before the step is
+    /// reported finished (so the `StepFinished` line carries the verdict and the artefacts).
+    pub async fn run_checked<R>(
+        &self,
+        step: &Step,
+        host: &str,
+        command: &str,
+        what: &str,
+        timeout: Option<Duration>,
+        check: impl FnOnce(&ExecOutput) -> Result<Checked<R>, StepError>,
+    ) -> Result<R, StepError> {
+        let op = self.begin(step, host, Some(command));
+        let opts = ExecOptions {
+            timeout,
+            ..Default::default()
+        };
+        match self.session(host).exec(command, &opts).await {
+            Ok(out) if out.status.success() => match check(&out) {
+                Ok(c) => {
+                    op.ok_with(&out, c.message, c.artefacts);
+                    Ok(c.value)
+                }
+                Err(mut e) => {
+                    e.stderr = e.stderr.or_else(|| tail(&out.stderr_lossy()));
+                    op.finish(
+                        StepStatus::Failed,
+                        Some(out.status.to_string()),
+                        e.stderr.clone(),
+                        Some(e.message.clone()),
+                        Vec::new(),
+                    );
+                    Err(e)
+                }
+            },
+            Ok(out) => {
+                let stderr = tail(&out.stderr_lossy());
+                let message = format!("{what}: exit {}", out.status);
+                op.finish(
+                    StepStatus::Failed,
+                    Some(out.status.to_string()),
+                    stderr.clone(),
+                    Some(message.clone()),
+                    Vec::new(),
+                );
+                Err(StepError {
+                    stderr,
+                    ..self.error(step, host, message)
+                })
+            }
+            Err(e) => {
+                let message = format!("{what}: {e}");
+                op.fail(&message);
+                Err(self.error(step, host, message))
+            }
+        }
+    }
+
+    pub fn error(&self, step: &Step, host: &str, message: impl Into<String>) -> StepError {
+        StepError {
+            step: step.number,
+            kind: step.kind,
+            host: host.to_string(),
+            message: redact_conn_strings(&message.into()),
+            stderr: None,
+            hints: Vec::new(),
+            code: exit_code::FAILURE,
+        }
+    }
+}
+
+/// What a check of a command's output found: the value for the caller, the one-line message and
+/// the artefacts of the `StepFinished` event.
+pub struct Checked<R> {
+    pub value: R,
+    pub message: Option<String>,
+    pub artefacts: Vec<Artefact>,
+}
+
+impl<R> Checked<R> {
+    pub fn value(value: R) -> Self {
+        Checked {
+            value,
+            message: None,
+            artefacts: Vec::new(),
+        }
+    }
+
+    pub fn with(value: R, message: String, artefacts: Vec<Artefact>) -> Self {
+        Checked {
+            value,
+            message: Some(message),
+            artefacts,
+        }
+    }
+}
+
+/// One step on one host, between its `StepStarted` and its `StepFinished`.
+pub struct Op<'a, T> {
+    shared: &'a Shared<T>,
+    step: &'a Step,
+    host: &'a str,
+    started: Instant,
+}
+
+impl<T: Transport> Op<'_, T> {
+    pub fn finish(
+        self,
+        status: StepStatus,
+        exit_status: Option<String>,
+        stderr_tail: Option<String>,
+        message: Option<String>,
+        artefacts: Vec<Artefact>,
+    ) {
+        self.shared.emit(Event::StepFinished {
+            step: self.step.number,
+            kind: kind_name(self.step.kind),
+            host: self.host.to_string(),
+            status,
+            exit_status,
+            duration_ms: u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            stderr_tail,
+            message: message.map(|m| redact_conn_strings(&m)),
+            artefacts,
+        });
+    }
+
+    pub fn ok(self, message: impl Into<String>, artefacts: Vec<Artefact>) {
+        self.finish(StepStatus::Ok, None, None, Some(message.into()), artefacts);
+    }
+
+    /// Ok, with the exit status and stderr tail of `out`.
+    pub fn ok_with(self, out: &ExecOutput, message: Option<String>, artefacts: Vec<Artefact>) {
+        self.finish(
+            StepStatus::Ok,
+            Some(out.status.to_string()),
+            tail(&out.stderr_lossy()),
+            message,
+            artefacts,
+        );
+    }
+
+    pub fn fail(self, message: &str) {
+        self.finish(
+            StepStatus::Failed,
+            None,
+            None,
+            Some(message.to_string()),
+            Vec::new(),
+        );
+    }
+}
+
+/// The last lines of `text`, redacted; `None` when blank.
+pub fn tail(text: &str) -> Option<String> {
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    if lines.is_empty() {
+        return None;
+    }
+    let start = lines.len().saturating_sub(STDERR_TAIL_LINES);
+    Some(redact_conn_strings(&lines[start..].join("\n")))
+}
+
+/// Runs `f` for each of `hosts` at once; results in the order of `hosts` (`None` for a task that
+/// panicked: a bug, which the caller reports as a failure of that host).
+pub async fn each_host<T, F, Fut, R>(
+    shared: &Arc<Shared<T>>,
+    hosts: &[String],
+    f: F,
+) -> Vec<Option<R>>
+where
+    T: Transport + 'static,
+    F: Fn(Arc<Shared<T>>, String) -> Fut,
+    Fut: Future<Output = R> + Send + 'static,
+    R: Send + 'static,
+{
+    let mut set = tokio::task::JoinSet::new();
+    for (i, h) in hosts.iter().enumerate() {
+        let fut = f(shared.clone(), h.clone());
+        set.spawn(async move { (i, fut.await) });
+    }
+    let mut out: Vec<Option<R>> = (0..hosts.len()).map(|_| None).collect();
+    while let Some(joined) = set.join_next().await {
+        if let Ok((i, r)) = joined {
+            out[i] = Some(r);
+        }
+    }
+    out
+}

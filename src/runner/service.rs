@@ -1,0 +1,478 @@
+//! Steps that drive the service: stop (in order, waited for), confirm cleanly stopped (service
+//! manager, API port, SQLite hot journals and open files), start, and the health gate that waits
+//! until `/_info` reports the target.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::events::Event;
+use crate::exit_code;
+use crate::facts::StorageDriver;
+use crate::inventory::ResolvedHost;
+use crate::node::{self, ServiceAction};
+use crate::numary;
+use crate::plan::Step;
+use crate::shell::quote;
+use crate::ssh::{ExecOptions, ExitStatus, Transport};
+use crate::version::Version;
+
+use super::ctx::{Shared, StepError, each_host, tail};
+
+/// How long one probe of the API may take.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// `host:port` of the API as the node sees it.
+pub fn api_endpoint(host: &ResolvedHost) -> Option<(String, u16)> {
+    let (h, p) = host.ledger.api.rsplit_once(':')?;
+    let h = h.trim_start_matches('[').trim_end_matches(']');
+    Some((h.to_string(), p.parse().ok()?))
+}
+
+/// What `/_info` says, as seen from the node: `Ok(version)` when it answers 200 with the v1
+/// shape, `Err(why not)` otherwise.
+pub async fn api_version<T: Transport>(t: &T, host: &ResolvedHost) -> Result<String, String> {
+    let (h, p) =
+        api_endpoint(host).ok_or_else(|| format!("`{}` is not host:port", host.ledger.api))?;
+    let resp = t
+        .http_get(&h, p, "/_info", PROBE_TIMEOUT)
+        .await
+        .map_err(|e| e.to_string())?;
+    if resp.status != 200 {
+        return Err(format!("`/_info` answered HTTP {}", resp.status));
+    }
+    numary::parse_info(&resp.body)
+        .map(|i| i.version)
+        .map_err(|e| e.to_string())
+}
+
+/// Whether anything answers on the API port (any HTTP answer counts).
+pub async fn api_answers<T: Transport>(t: &T, host: &ResolvedHost) -> Option<String> {
+    let (h, p) = api_endpoint(host)?;
+    match t.http_get(&h, p, "/_info", PROBE_TIMEOUT).await {
+        Ok(resp) => Some(format!("HTTP {}", resp.status)),
+        Err(_) => None,
+    }
+}
+
+async fn healthy<T: Transport>(t: &T, host: &ResolvedHost) -> bool {
+    let Some((h, p)) = api_endpoint(host) else {
+        return false;
+    };
+    matches!(t.http_get(&h, p, "/_health", PROBE_TIMEOUT).await, Ok(r) if r.status == 200)
+}
+
+/// `Some(true)` running, `Some(false)` stopped, `None` when the manager could not be asked.
+pub async fn service_running<T: Transport>(t: &T, host: &ResolvedHost) -> Option<bool> {
+    let opts = ExecOptions {
+        timeout: Some(Duration::from_secs(30)),
+        ..Default::default()
+    };
+    match t
+        .exec(&node::service(host, ServiceAction::Status), &opts)
+        .await
+    {
+        Ok(out) => match out.status {
+            ExitStatus::Code(0) => Some(true),
+            ExitStatus::Code(_) => Some(false),
+            ExitStatus::Signal(_) => None,
+        },
+        Err(_) => None,
+    }
+}
+
+/// `--stop`: each node in turn, through its service manager, waiting until it says stopped.
+pub async fn stop<T: Transport + 'static>(
+    sh: &Arc<Shared<T>>,
+    step: &Step,
+) -> Result<(), StepError> {
+    for name in &step.hosts {
+        let host = sh.host(name);
+        let cmd = node::service(host, ServiceAction::Stop);
+        let out = sh
+            .run(
+                step,
+                name,
+                &cmd,
+                "the service did not stop",
+                Some(sh.cfg.stop_timeout),
+            )
+            .await
+            .map_err(|mut e| {
+                e.hints
+                    .push("stop the node by hand, check it is stopped, then run again".into());
+                e
+            })?;
+        sh.change(|c| c.stopped.push(name.clone()));
+        let deadline = Instant::now() + sh.cfg.stop_timeout;
+        loop {
+            match service_running(sh.session(name), host).await {
+                Some(false) => break,
+                _ if Instant::now() >= deadline => {
+                    let mut e = sh.error(
+                        step,
+                        name,
+                        format!(
+                            "the service manager still does not say stopped {} after the stop command ({})",
+                            humantime::format_duration(sh.cfg.stop_timeout),
+                            tail(&out.stdout_lossy()).unwrap_or_default()
+                        ),
+                    );
+                    e.hints
+                        .push("raise `--stop-timeout` or stop the node by hand".into());
+                    return Err(e);
+                }
+                _ => tokio::time::sleep(sh.cfg.poll_interval).await,
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The shell lines that list hot SQLite journals and the pids holding files of the storage dir
+/// open, between marker lines, for [`parse_storage_use`].
+fn storage_use_command(dir: &str) -> String {
+    let d = quote(dir);
+    format!(
+        "echo ==journals; {list}; echo ==open; \
+         for f in /proc/[0-9]*/fd/*; do t=$(readlink \"$f\" 2>/dev/null) || continue; \
+         case \"$t\" in {d}/*) p=${{f#/proc/}}; echo \"${{p%%/*}}\";; esac; done 2>/dev/null | sort -u; true",
+        list = node::list_sqlite_dir(dir),
+    )
+}
+
+/// `(hot journals, pids with storage files open)` from [`storage_use_command`]'s output.
+fn parse_storage_use(stdout: &str) -> (Vec<String>, Vec<String>) {
+    let (mut journals, mut pids) = (Vec::new(), Vec::new());
+    let mut section = "";
+    for line in stdout.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        match line {
+            "==journals" | "==open" => section = line,
+            _ if section == "==journals"
+                && (line.ends_with("-journal") || line.ends_with("-wal")) =>
+            {
+                journals.push(line.to_string());
+            }
+            _ if section == "==open" => pids.push(line.to_string()),
+            _ => {}
+        }
+    }
+    (journals, pids)
+}
+
+/// Re-checked right before anything changes: the service manager says stopped, the API port is
+/// silent, and for SQLite no hot journal and no process with the storage files open.
+pub async fn confirm_stopped<T: Transport + 'static>(
+    sh: &Arc<Shared<T>>,
+    step: &Step,
+) -> Result<(), StepError> {
+    let results = each_host(sh, &step.hosts, |sh, name| {
+        let step = step.clone();
+        async move { confirm_one(&sh, &step, &name).await }
+    })
+    .await;
+    first_error(sh, step, results)
+}
+
+/// The first failure of a parallel step (all were reported as events already).
+pub fn first_error<T: Transport>(
+    sh: &Shared<T>,
+    step: &Step,
+    results: Vec<Option<Result<(), StepError>>>,
+) -> Result<(), StepError> {
+    for (name, r) in step.hosts.iter().zip(results) {
+        match r {
+            Some(Ok(())) => {}
+            Some(Err(e)) => return Err(e),
+            None => {
+                return Err(sh.error(
+                    step,
+                    name,
+                    "internal error: the task for this host panicked",
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn confirm_one<T: Transport>(
+    sh: &Shared<T>,
+    step: &Step,
+    name: &str,
+) -> Result<(), StepError> {
+    let host = sh.host(name);
+    let t = sh.session(name);
+    let status_cmd = node::service(host, ServiceAction::Status);
+    let op = sh.begin(step, name, Some(&status_cmd));
+    let blocked = |message: String, hint: &str| {
+        let mut e = sh.error(step, name, message);
+        e.code = exit_code::BLOCKED;
+        e.hints.push(hint.to_string());
+        e
+    };
+    match service_running(t, host).await {
+        Some(false) => {}
+        Some(true) => {
+            let e = blocked(
+                "the node is running (its service manager says so)".into(),
+                "stop it first, or pass `--stop` to let fleetup stop the nodes in order",
+            );
+            op.fail(&e.message);
+            return Err(e);
+        }
+        None => {
+            let e = blocked(
+                "the service manager gave no clear answer".into(),
+                "check the service's status command on the node",
+            );
+            op.fail(&e.message);
+            return Err(e);
+        }
+    }
+    if let Some(answer) = api_answers(t, host).await {
+        let e = blocked(
+            format!(
+                "the API at `{}` answers ({answer}) although the service manager says stopped: a `numary` runs outside it",
+                host.ledger.api
+            ),
+            "find and stop that process (fleetup stops nodes only through the service manager)",
+        );
+        op.fail(&e.message);
+        return Err(e);
+    }
+    let sqlite_dir = sh
+        .facts(name)
+        .and_then(|f| f.storage.as_ref())
+        .filter(|s| s.driver == StorageDriver::Sqlite)
+        .and_then(|s| s.sqlite_dir.clone());
+    let mut found = "stopped, API silent".to_string();
+    if let Some(dir) = sqlite_dir {
+        let opts = ExecOptions {
+            timeout: Some(Duration::from_secs(60)),
+            ..Default::default()
+        };
+        let out = match t.exec(&storage_use_command(&dir), &opts).await {
+            Ok(out) => out,
+            Err(e) => {
+                let e = sh.error(
+                    step,
+                    name,
+                    format!("cannot inspect the SQLite dir `{dir}`: {e}"),
+                );
+                op.fail(&e.message);
+                return Err(e);
+            }
+        };
+        let (journals, pids) = parse_storage_use(&out.stdout_lossy());
+        if !journals.is_empty() {
+            let e = blocked(
+                format!(
+                    "hot SQLite journal in `{dir}`: {} (the last stop was not clean)",
+                    journals
+                        .iter()
+                        .map(|j| format!("`{j}`"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+                "start the node once on its current binary and stop it cleanly (SQLite rolls the journal back on open), or restore the SQLite files from a backup; never delete the journal",
+            );
+            op.fail(&e.message);
+            return Err(e);
+        }
+        if !pids.is_empty() {
+            let e = blocked(
+                format!("process(es) {} have files of `{dir}` open", pids.join(", ")),
+                "stop whatever uses the ledger's files before upgrading",
+            );
+            op.fail(&e.message);
+            return Err(e);
+        }
+        found.push_str(", no hot journal, no open storage file");
+    }
+    op.ok(found, Vec::new());
+    Ok(())
+}
+
+/// Starts one batch, all its nodes at once.
+pub async fn start<T: Transport + 'static>(
+    sh: &Arc<Shared<T>>,
+    step: &Step,
+) -> Result<(), StepError> {
+    let results = each_host(sh, &step.hosts, |sh, name| {
+        let step = step.clone();
+        async move {
+            let cmd = node::service(sh.host(&name), ServiceAction::Start);
+            sh.change(|c| c.started.push(name.clone()));
+            sh.run(&step, &name, &cmd, "the service did not start", None)
+                .await
+                .map(drop)
+        }
+    })
+    .await;
+    first_error(sh, step, results)
+}
+
+/// Waits until each node of the batch serves the target (`/_info`) and `/_health` answers 200.
+pub async fn health_gate<T: Transport + 'static>(
+    sh: &Arc<Shared<T>>,
+    step: &Step,
+) -> Result<(), StepError> {
+    let results = each_host(sh, &step.hosts, |sh, name| {
+        let step = step.clone();
+        async move { gate_one(&sh, &step, &name).await }
+    })
+    .await;
+    first_error(sh, step, results)
+}
+
+async fn gate_one<T: Transport>(sh: &Shared<T>, step: &Step, name: &str) -> Result<(), StepError> {
+    let host = sh.host(name);
+    let t = sh.session(name);
+    let target = &sh.plan.target;
+    let op = sh.begin(step, name, None);
+    let deadline = Instant::now() + sh.cfg.health_timeout;
+    let mut last;
+    loop {
+        match api_version(t, host).await {
+            Ok(v) if Version::parse(&v).ok().as_ref() == Some(target) => {
+                if healthy(t, host).await {
+                    sh.change(|c| c.healthy.push(name.to_string()));
+                    op.ok(
+                        format!("`/_info` reports `{v}`, `/_health` answers"),
+                        Vec::new(),
+                    );
+                    return Ok(());
+                }
+                last = format!("`/_info` reports `{v}` but `/_health` does not answer 200");
+            }
+            Ok(v) => last = format!("`/_info` reports `{v}`, not `{target}`"),
+            Err(e) => last = format!("the API does not answer: {e}"),
+        }
+        if Instant::now() >= deadline {
+            let mut e = sh.error(
+                step,
+                name,
+                format!(
+                    "not healthy on `{target}` within {}: {last}",
+                    humantime::format_duration(sh.cfg.health_timeout)
+                ),
+            );
+            e.hints.push(
+                "read the service's log on the node; the nodes not started yet keep their old state (see the state report)".into(),
+            );
+            op.fail(&e.message);
+            return Err(e);
+        }
+        tokio::time::sleep(sh.cfg.poll_interval).await;
+    }
+}
+
+/// The live state of a node for the report after a failure: `service running|stopped`, the
+/// API's version or silence.
+pub async fn live_state<T: Transport>(t: &T, host: &ResolvedHost) -> String {
+    let service = match service_running(t, host).await {
+        Some(true) => "service running",
+        Some(false) => "service stopped",
+        None => "service state unknown",
+    };
+    match api_version(t, host).await {
+        Ok(v) => format!("{service}, API reports `{v}`"),
+        Err(_) => format!("{service}, API silent"),
+    }
+}
+
+/// Restarts a node this run stopped (after a failure that changed nothing else) and waits until
+/// its API answers again.
+pub async fn restart_old<T: Transport>(sh: &Shared<T>, name: &str) -> Result<String, String> {
+    let host = sh.host(name);
+    let t = sh.session(name);
+    let opts = ExecOptions::default();
+    let out = t
+        .exec(&node::service(host, ServiceAction::Start), &opts)
+        .await
+        .map_err(|e| e.to_string())?;
+    if !out.status.success() {
+        return Err(format!(
+            "the start command exited with {}: {}",
+            out.status,
+            tail(&out.stderr_lossy()).unwrap_or_default()
+        ));
+    }
+    let deadline = Instant::now() + sh.cfg.health_timeout;
+    loop {
+        match api_version(t, host).await {
+            Ok(v) => {
+                return Ok(format!(
+                    "restarted on its previous binary, `/_info` reports `{v}`"
+                ));
+            }
+            Err(e) if Instant::now() >= deadline => {
+                return Err(format!("restarted, but the API does not answer: {e}"));
+            }
+            Err(_) => tokio::time::sleep(sh.cfg.poll_interval).await,
+        }
+    }
+}
+
+/// Tells the operator something about a host.
+pub fn notice<T: Transport>(sh: &Shared<T>, host: &str, message: String) {
+    sh.emit(Event::Notice {
+        host: host.to_string(),
+        message,
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn storage_use_sections_split_journals_from_open_files() {
+        let out = "==journals\nnumary__system.db\nnumary_default.db\nnumary_default.db-journal\nnumary_x.db-wal\n==open\n4242\n77\n";
+        let (journals, pids) = parse_storage_use(out);
+        assert_eq!(
+            journals,
+            vec!["numary_default.db-journal", "numary_x.db-wal"]
+        );
+        assert_eq!(pids, vec!["4242", "77"]);
+        assert_eq!(parse_storage_use("==journals\n==open\n"), (vec![], vec![]));
+    }
+
+    #[test]
+    fn storage_use_script_finds_journals_and_open_files_for_real() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().join("da ta");
+        std::fs::create_dir(&d).unwrap();
+        std::fs::write(d.join("numary_a.db"), b"x").unwrap();
+        std::fs::write(d.join("numary_a.db-journal"), b"x").unwrap();
+        let mut holder = std::process::Command::new("sh")
+            .arg("-c")
+            .arg("exec 3<\"$1\"; sleep 30")
+            .arg("sh")
+            .arg(d.join("numary_a.db"))
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(storage_use_command(&d.to_string_lossy()))
+            .output()
+            .unwrap();
+        let _ = holder.kill();
+        let _ = holder.wait();
+        let (journals, pids) = parse_storage_use(&String::from_utf8_lossy(&out.stdout));
+        assert_eq!(journals, vec!["numary_a.db-journal"]);
+        assert!(pids.contains(&holder.id().to_string()), "{pids:?}");
+    }
+
+    #[test]
+    fn api_endpoint_forms() {
+        let mut h = crate::runner::tests::host("n");
+        h.ledger.api = "127.0.0.1:3068".into();
+        assert_eq!(api_endpoint(&h), Some(("127.0.0.1".into(), 3068)));
+        h.ledger.api = "[::1]:4000".into();
+        assert_eq!(api_endpoint(&h), Some(("::1".into(), 4000)));
+        h.ledger.api = "localhost".into();
+        assert_eq!(api_endpoint(&h), None);
+    }
+}

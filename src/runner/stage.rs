@@ -1,0 +1,200 @@
+//! The stage step: the new binary lands at `<releases_dir>/<V>/numary` on every node (uploaded
+//! from memory, read once, or downloaded by the node itself), its SHA-256 checked on the host,
+//! then `<staged> version`, run with the service's environment, must print the target. Nothing
+//! that runs has changed yet.
+
+use std::sync::Arc;
+
+use tokio::sync::Semaphore;
+
+use crate::events::{Artefact, Event};
+use crate::inventory::ResolvedHost;
+use crate::node;
+use crate::numary;
+use crate::plan::{BinarySource, Step};
+use crate::shell::quote;
+use crate::ssh::Transport;
+use crate::version::Version;
+
+use super::ctx::{Checked, Shared, StepError, each_host};
+use super::service::first_error;
+
+/// `<releases_dir>/<V>`.
+pub fn release_dir(host: &ResolvedHost, v: &Version) -> String {
+    format!("{}/{v}", host.ledger.releases_dir.trim_end_matches('/'))
+}
+
+/// `<releases_dir>/<V>/numary`.
+pub fn release_binary(host: &ResolvedHost, v: &Version) -> String {
+    format!("{}/numary", release_dir(host, v))
+}
+
+fn download_command(dir: &str, url: &str, sha256: &str) -> String {
+    format!(
+        "d={d}; p=\"$d/numary.fleetup-part\"; mkdir -p \"$d\" || exit 4; \
+         if command -v curl >/dev/null 2>&1; then curl -fsSL --retry 2 -o \"$p\" {u} || {{ rm -f \"$p\"; exit 8; }}; \
+         elif command -v wget >/dev/null 2>&1; then wget -q -O \"$p\" {u} || {{ rm -f \"$p\"; exit 8; }}; \
+         else echo 'neither curl nor wget is installed on the node' >&2; exit 7; fi; \
+         h=$(sha256sum < \"$p\") && h=${{h%% *}}; \
+         if [ \"$h\" != {s} ]; then rm -f \"$p\"; echo \"the download has sha256 $h, expected {s}\" >&2; exit 9; fi; \
+         chmod 0755 \"$p\" && mv -f \"$p\" \"$d/numary\"",
+        d = quote(dir),
+        u = quote(url),
+        s = quote(sha256),
+    )
+}
+
+pub async fn run<T: Transport + 'static>(
+    sh: &Arc<Shared<T>>,
+    step: &Step,
+) -> Result<(), StepError> {
+    let slots = Arc::new(Semaphore::new(sh.cfg.parallel_uploads.max(1)));
+    let results = each_host(sh, &step.hosts, |sh, name| {
+        let (step, slots) = (step.clone(), slots.clone());
+        async move {
+            let _slot = slots.acquire_owned().await;
+            one(&sh, &step, &name).await
+        }
+    })
+    .await;
+    first_error(sh, step, results)
+}
+
+async fn one<T: Transport>(sh: &Shared<T>, step: &Step, name: &str) -> Result<(), StepError> {
+    let host = sh.host(name);
+    let t = sh.session(name);
+    let target = &sh.plan.target;
+    let dir = release_dir(host, target);
+    let path = release_binary(host, target);
+    let existed = sh.facts(name).is_some_and(|f| f.staged.contains(target));
+    sh.change(|c| c.staged.push((name.to_string(), dir.clone(), !existed)));
+    let sha256 = sh.plan.binary.sha256().to_string();
+    match &sh.plan.binary {
+        BinarySource::File { path: local, .. } => {
+            let data = sh.cfg.binary.clone().unwrap_or_default();
+            sh.run(
+                step,
+                name,
+                &format!("mkdir -p {}", quote(&dir)),
+                "cannot create the release dir",
+                None,
+            )
+            .await?;
+            let op = sh.begin(
+                step,
+                name,
+                Some(&format!(
+                    "# upload `{}` to {}",
+                    local.display(),
+                    quote(&path)
+                )),
+            );
+            let sink = sh.sink.clone();
+            let (number, host_name) = (step.number, name.to_string());
+            let progress = move |done: u64, total: u64| {
+                sink.emit(&Event::StepProgress {
+                    step: number,
+                    host: host_name.clone(),
+                    done,
+                    total,
+                });
+            };
+            match t.upload(&data, &sha256, &path, 0o755, &progress).await {
+                Ok(report) => op.ok(
+                    format!("{} bytes, sha256 verified on the host", report.bytes),
+                    Vec::new(),
+                ),
+                Err(e) => {
+                    let message = format!("the upload failed: {e}");
+                    op.fail(&message);
+                    return Err(sh.error(step, name, message));
+                }
+            }
+        }
+        BinarySource::Url { url, .. } => {
+            sh.run(
+                step,
+                name,
+                &download_command(&dir, url, &sha256),
+                "the download failed",
+                None,
+            )
+            .await?;
+        }
+    }
+    // The staged binary must be the release it claims to be, run as the service would run it.
+    let cmd = node::numary(host, &path, &["version"]);
+    let what = format!("`{path} version` failed");
+    sh.run_checked(
+        step,
+        name,
+        &cmd,
+        &what,
+        None,
+        |out| match numary::parse_version(&out.stdout_lossy()) {
+            Ok(v) if &v == target => {
+                let artefact = Artefact {
+                    kind: "staged-binary".into(),
+                    host: name.to_string(),
+                    path: path.clone(),
+                    bytes: sh.cfg.binary.as_ref().map(|d| d.len() as u64),
+                    sha256: Some(sha256.clone()),
+                };
+                sh.change(|c| c.artefacts.push(artefact.clone()));
+                Ok(Checked::with(
+                    (),
+                    format!("prints version `{v}`"),
+                    vec![artefact],
+                ))
+            }
+            Ok(v) => {
+                let mut e = sh.error(
+                    step,
+                    name,
+                    format!("the staged binary prints version `{v}`, not `{target}`"),
+                );
+                e.hints
+                    .push("check that `--binary` / `--binary-url` is the release of `--to`".into());
+                Err(e)
+            }
+            Err(err) => Err(sh.error(step, name, format!("the staged binary: {err}"))),
+        },
+    )
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn download_script_checks_the_digest_before_putting_the_binary_in_place() {
+        let tmp = tempfile::tempdir().unwrap();
+        let src = tmp.path().join("numary");
+        std::fs::write(&src, b"#!/bin/sh\necho hi\n").unwrap();
+        let url = format!("file://{}", src.display());
+        let good = {
+            use sha2::{Digest, Sha256};
+            hex::encode(Sha256::digest(b"#!/bin/sh\necho hi\n"))
+        };
+        let dir = tmp.path().join("rel/1.8.2");
+        let run = |sha: &str| {
+            std::process::Command::new("sh")
+                .arg("-c")
+                .arg(download_command(&dir.to_string_lossy(), &url, sha))
+                .output()
+                .unwrap()
+        };
+        let bad = run(&"0".repeat(64));
+        assert_eq!(bad.status.code(), Some(9));
+        assert!(!dir.join("numary").exists());
+        assert!(!dir.join("numary.fleetup-part").exists());
+        let ok = run(&good);
+        assert!(
+            ok.status.success(),
+            "{}",
+            String::from_utf8_lossy(&ok.stderr)
+        );
+        assert!(dir.join("numary").is_file());
+    }
+}

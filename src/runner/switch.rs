@@ -1,0 +1,240 @@
+//! The switch step: each node's `ledger.binary` becomes a symlink to the new release, swapped
+//! atomically (`ln -sfn` to a temp link, then `mv -T` over the binary). The previous target is
+//! recorded for rollback; a binary that is a plain file is first kept as its version's release
+//! (`<releases_dir>/<old V>/numary`).
+
+use std::sync::Arc;
+
+use crate::events::Artefact;
+use crate::inventory::ResolvedHost;
+use crate::plan::Step;
+use crate::shell::quote;
+use crate::ssh::Transport;
+use crate::version::Version;
+
+use super::ctx::{Checked, Shared, StepError, each_host};
+use super::service::first_error;
+use super::stage::{release_binary, release_dir};
+
+/// The swap script. Prints `prev-link TARGET`, `prev-file KEPT_AT` or `prev-none`, then
+/// `now TARGET`.
+pub fn switch_command(host: &ResolvedHost, target: &Version, current: Option<&Version>) -> String {
+    let bin = &host.ledger.binary;
+    let keep = match current {
+        Some(v) => format!(
+            "o={o}; if [ -e \"$o/numary\" ]; then cmp -s \"$b\" \"$o/numary\" || {{ echo \"$b is a plain file that differs from $o/numary: not replacing it\" >&2; exit 4; }}; \
+             else mkdir -p \"$o\" && cp -p \"$b\" \"$o/numary.fleetup-part\" && mv -f \"$o/numary.fleetup-part\" \"$o/numary\" || exit 5; fi; \
+             echo \"prev-file $o/numary\"",
+            o = quote(&release_dir(host, v))
+        ),
+        None => "echo \"$b is a plain file of unknown version: not replacing it\" >&2; exit 4"
+            .to_string(),
+    };
+    format!(
+        "b={b}; n={n}; [ -x \"$n\" ] || {{ echo \"$n is not staged\" >&2; exit 3; }}; \
+         if [ -L \"$b\" ]; then echo \"prev-link $(readlink \"$b\")\"; \
+         elif [ -f \"$b\" ]; then {keep}; \
+         else echo prev-none; fi; \
+         ln -sfn \"$n\" \"$b.fleetup-new\" && mv -Tf \"$b.fleetup-new\" \"$b\" || {{ rm -f \"$b.fleetup-new\"; exit 6; }}; \
+         echo \"now $(readlink \"$b\")\"",
+        b = quote(bin),
+        n = quote(&release_binary(host, target)),
+    )
+}
+
+/// What the swap script reported.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Swapped {
+    /// The previous symlink target, or where the previous plain file was kept.
+    pub previous: Option<String>,
+    pub was_file: bool,
+    pub now: String,
+}
+
+pub fn parse_switch(stdout: &str) -> Result<Swapped, String> {
+    let mut previous = None;
+    let mut was_file = false;
+    let mut now = None;
+    for line in stdout.lines() {
+        if let Some(p) = line.strip_prefix("prev-link ") {
+            previous = Some(p.to_string());
+        } else if let Some(p) = line.strip_prefix("prev-file ") {
+            previous = Some(p.to_string());
+            was_file = true;
+        } else if let Some(p) = line.strip_prefix("now ") {
+            now = Some(p.to_string());
+        }
+    }
+    Ok(Swapped {
+        previous,
+        was_file,
+        now: now.ok_or("the swap did not report the new target")?,
+    })
+}
+
+pub async fn run<T: Transport + 'static>(
+    sh: &Arc<Shared<T>>,
+    step: &Step,
+) -> Result<(), StepError> {
+    let results = each_host(sh, &step.hosts, |sh, name| {
+        let step = step.clone();
+        async move { one(&sh, &step, &name).await }
+    })
+    .await;
+    first_error(sh, step, results)
+}
+
+async fn one<T: Transport>(sh: &Shared<T>, step: &Step, name: &str) -> Result<(), StepError> {
+    let host = sh.host(name);
+    let current = sh.facts(name).and_then(|f| f.installed_version.clone());
+    let cmd = switch_command(host, &sh.plan.target, current.as_ref());
+    let expected = release_binary(host, &sh.plan.target);
+    let swapped = sh
+        .run_checked(step, name, &cmd, "the binary switch failed", None, |out| {
+            let swapped = parse_switch(&out.stdout_lossy()).map_err(|e| sh.error(step, name, e))?;
+            if swapped.now != expected {
+                return Err(sh.error(
+                    step,
+                    name,
+                    format!(
+                        "`{}` points to `{}` after the switch, not `{expected}`",
+                        host.ledger.binary, swapped.now
+                    ),
+                ));
+            }
+            let artefacts = artefacts(sh, name, &swapped);
+            let message = format!(
+                "`{}` now points to `{}` (previously {})",
+                host.ledger.binary,
+                swapped.now,
+                swapped
+                    .previous
+                    .as_deref()
+                    .map(|p| format!("`{p}`"))
+                    .unwrap_or_else(|| "nothing".into()),
+            );
+            Ok(Checked::with(swapped, message, artefacts))
+        })
+        .await?;
+    let artefacts = artefacts(sh, name, &swapped);
+    sh.change(|c| {
+        c.switched.push((
+            name.to_string(),
+            swapped.previous.clone().unwrap_or_default(),
+        ));
+        c.artefacts.extend(artefacts);
+    });
+    Ok(())
+}
+
+fn artefacts<T: Transport>(sh: &Shared<T>, name: &str, swapped: &Swapped) -> Vec<Artefact> {
+    let mut out = vec![Artefact {
+        kind: "new-release".into(),
+        host: name.to_string(),
+        path: swapped.now.clone(),
+        bytes: None,
+        sha256: Some(sh.plan.binary.sha256().to_string()),
+    }];
+    if let Some(prev) = &swapped.previous {
+        out.push(Artefact {
+            kind: if swapped.was_file {
+                "previous-binary-kept".into()
+            } else {
+                "previous-release".into()
+            },
+            host: name.to_string(),
+            path: prev.clone(),
+            bytes: None,
+            sha256: None,
+        });
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sh(cmd: &str) -> (i32, String, String) {
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(cmd)
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    fn layout(tmp: &std::path::Path) -> ResolvedHost {
+        let mut h = crate::runner::tests::host("n");
+        h.ledger.binary = tmp.join("usr bin/numary").to_string_lossy().into_owned();
+        h.ledger.releases_dir = tmp.join("releases").to_string_lossy().into_owned();
+        std::fs::create_dir_all(tmp.join("usr bin")).unwrap();
+        let new = tmp.join("releases/1.8.2");
+        std::fs::create_dir_all(&new).unwrap();
+        std::fs::write(new.join("numary"), "#!/bin/sh\n").unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(new.join("numary"), std::fs::Permissions::from_mode(0o755))
+            .unwrap();
+        h
+    }
+
+    #[test]
+    fn a_symlink_is_swapped_and_its_previous_target_reported() {
+        let tmp = tempfile::tempdir().unwrap();
+        let h = layout(tmp.path());
+        let old = tmp.path().join("releases/1.7.4/numary");
+        std::fs::create_dir_all(old.parent().unwrap()).unwrap();
+        std::fs::write(&old, "old").unwrap();
+        std::os::unix::fs::symlink(&old, &h.ledger.binary).unwrap();
+        let v = |s: &str| Version::parse(s).unwrap();
+        let (code, out, err) = sh(&switch_command(&h, &v("1.8.2"), Some(&v("1.7.4"))));
+        assert_eq!(code, 0, "{err}");
+        let s = parse_switch(&out).unwrap();
+        assert_eq!(s.previous.as_deref(), Some(old.to_str().unwrap()));
+        assert!(!s.was_file);
+        assert_eq!(s.now, release_binary(&h, &v("1.8.2")));
+        assert_eq!(
+            std::fs::read_link(&h.ledger.binary)
+                .unwrap()
+                .to_string_lossy(),
+            s.now
+        );
+        assert!(!std::path::Path::new(&format!("{}.fleetup-new", h.ledger.binary)).exists());
+    }
+
+    #[test]
+    fn a_plain_file_is_kept_as_its_release_before_the_swap() {
+        let tmp = tempfile::tempdir().unwrap();
+        let h = layout(tmp.path());
+        std::fs::write(&h.ledger.binary, "old bytes").unwrap();
+        let v = |s: &str| Version::parse(s).unwrap();
+        let (code, out, err) = sh(&switch_command(&h, &v("1.8.2"), Some(&v("1.6.1"))));
+        assert_eq!(code, 0, "{err}");
+        let s = parse_switch(&out).unwrap();
+        assert!(s.was_file);
+        let kept = tmp.path().join("releases/1.6.1/numary");
+        assert_eq!(s.previous.as_deref(), Some(kept.to_str().unwrap()));
+        assert_eq!(std::fs::read_to_string(&kept).unwrap(), "old bytes");
+        assert!(
+            std::fs::symlink_metadata(&h.ledger.binary)
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
+
+        // A plain file that differs from an existing release of the same version is not clobbered.
+        let tmp2 = tempfile::tempdir().unwrap();
+        let h2 = layout(tmp2.path());
+        std::fs::write(&h2.ledger.binary, "mine").unwrap();
+        let other = tmp2.path().join("releases/1.6.1");
+        std::fs::create_dir_all(&other).unwrap();
+        std::fs::write(other.join("numary"), "theirs").unwrap();
+        let (code, _, err) = sh(&switch_command(&h2, &v("1.8.2"), Some(&v("1.6.1"))));
+        assert_eq!(code, 4, "{err}");
+        assert_eq!(std::fs::read_to_string(&h2.ledger.binary).unwrap(), "mine");
+    }
+}
