@@ -431,8 +431,8 @@ fn path_finding(name: &str, plan: &Plan) -> Option<Finding> {
 fn state_findings(name: &str, facts: &HostFacts, plan: &Plan, scope: &Scope) -> Vec<Finding> {
     let mut out = Vec::new();
     if Scope::has(&scope.stopped, name) {
+        // A stopped service gets its pass from the process scan, which says more.
         let detail = match facts.service {
-            ServiceState::Stopped => "the service manager says stopped".to_owned(),
             ServiceState::Running if plan.stop_running => {
                 "running: `--stop` stops it through the service manager first".to_owned()
             }

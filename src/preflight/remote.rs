@@ -114,7 +114,8 @@ fn script(w: &Want) -> String {
     s
 }
 
-/// `pid<TAB>why<TAB>cmdline` for each process that looks like `numary` and runs this node's
+/// `pid<TAB>why<TAB>cmdline` for each process that looks like `numary` (its name, at most 15
+/// characters in `comm`, is or contains `numary`, or is the binary's own name) and runs this node's
 /// binary, holds its SQLite files open, or has its storage in its environment. Compared with
 /// shell built-ins only, so no secret reaches a process's arguments.
 fn process_scan(w: &Want) -> String {
@@ -126,12 +127,14 @@ fn process_scan(w: &Want) -> String {
     let mut s = format!(
         "echo {SECTION}procs\n\
          pf_bin=$(readlink -f -- {bin} 2>/dev/null)\n\
+         pf_comm1=$(basename -- {bin} | cut -c1-15)\n\
+         pf_comm2=$(basename -- \"${{pf_bin:-{bin}}}\" | cut -c1-15)\n\
          for d in /proc/[0-9]*; do\n\
          \x20 pid=${{d#/proc/}}\n\
          \x20 [ \"$pid\" = \"$$\" ] && continue\n\
-         \x20 comm=$(cat \"$d/comm\" 2>/dev/null) || continue\n\
+         \x20 {{ read -r comm <\"$d/comm\"; }} 2>/dev/null || continue\n\
+         \x20 case \"$comm\" in *numary*|\"$pf_comm1\"|\"$pf_comm2\") ;; *) continue ;; esac\n\
          \x20 exe=$(readlink \"$d/exe\" 2>/dev/null)\n\
-         \x20 case \"$comm|$exe\" in *numary*) ;; *) continue ;; esac\n\
          \x20 cmd=$(tr '\\0' ' ' <\"$d/cmdline\" 2>/dev/null)\n\
          \x20 why=\n\
          \x20 case \"$exe\" in \"$pf_bin\"|{rel}*) why=binary ;; esac\n\
