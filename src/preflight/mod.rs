@@ -7,6 +7,9 @@ mod audit;
 mod local;
 mod remote;
 
+#[cfg(test)]
+mod tests;
+
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;

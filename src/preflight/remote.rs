@@ -36,7 +36,7 @@ pub fn lock_path(host: &ResolvedHost) -> String {
     )
 }
 
-const SECTION: &str = "==fleetup-preflight:";
+pub(super) const SECTION: &str = "==fleetup-preflight:";
 
 /// What the script should look at on one node.
 struct Want<'a> {
