@@ -9,26 +9,35 @@ use std::sync::OnceLock;
 use fleetup::lab::{Driver, LabSpec};
 use fleetup::version::Version;
 
-/// The simulator, built on demand so `cargo test -p fleetup` works without a workspace build.
+/// The simulator, built on demand (once per test binary, in the test's own profile) so
+/// `cargo test -p fleetup` works without a workspace build.
 pub fn sim() -> PathBuf {
-    if let Some(p) = std::env::var_os("FLEETUP_SIM") {
-        return PathBuf::from(p);
-    }
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
-        .args([
+    static SIM: OnceLock<PathBuf> = OnceLock::new();
+    SIM.get_or_init(|| {
+        if let Some(p) = std::env::var_os("FLEETUP_SIM") {
+            return PathBuf::from(p);
+        }
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.args([
             "build",
             "--quiet",
             "-p",
             "numary-sim",
             "--bin",
             "numary-sim",
-        ])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .status()
-        .expect("run cargo build");
-    assert!(status.success(), "cannot build numary-sim");
-    fleetup::lab::find_sim(None).expect("numary-sim beside the test binary")
+        ]);
+        if !cfg!(debug_assertions) {
+            cmd.arg("--release");
+        }
+        let status = cmd
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .expect("run cargo build");
+        assert!(status.success(), "cannot build numary-sim");
+        fleetup::lab::find_sim(None).expect("numary-sim beside the test binary")
+    })
+    .clone()
 }
 
 pub fn pg_url() -> String {
