@@ -7,13 +7,16 @@ use fleetup::exit_code;
 
 mod check;
 mod connect;
+mod display;
 mod errors;
 mod exec;
 mod inventory;
 mod lab;
 mod paths;
+mod runs;
 mod status;
 mod table;
+mod upgrade;
 
 /// Upgrade fleets of Formance Ledger v1 (`numary`) nodes over SSH, following the vendor's guide.
 #[derive(Debug, Parser)]
@@ -75,6 +78,12 @@ pub enum Command {
     Exec(exec::ExecArgs),
     /// Dry-run audit of an upgrade: every read-only check, the plan per host and step, a plan id.
     Check(check::CheckArgs),
+    /// Upgrade the selected nodes to `--to`: preflight, lock, stop, backup, stage, migrate once,
+    /// switch, start health-gated; journaled (`fleetup runs`).
+    Upgrade(Box<upgrade::UpgradeArgs>),
+    /// Recorded runs: `runs list`, `runs show RUN_ID`.
+    #[command(subcommand)]
+    Runs(runs::RunsCommand),
     /// A local practice fleet: real sshd servers and the ledger simulator (`lab up|status|down`).
     #[command(subcommand)]
     Lab(lab::LabCommand),
@@ -99,6 +108,8 @@ pub fn main() -> i32 {
         Command::Status(args) => status::run(&cli.global, args),
         Command::Exec(args) => exec::run(&cli.global, args),
         Command::Check(args) => check::run(&cli.global, args),
+        Command::Upgrade(args) => upgrade::run(&cli.global, args),
+        Command::Runs(cmd) => runs::run(&cli.global, cmd),
         Command::Lab(cmd) => lab::run(&cli.global, cmd),
     };
     match result {

@@ -201,7 +201,7 @@ async fn one<T: Transport>(sh: &Shared<T>, step: &Step, name: &str) -> Result<()
     let artefacts = match driver {
         Some(StorageDriver::Postgres) => {
             let cmd = postgres_command(host, &dir);
-            sh.run_checked(step, name, &cmd, "the Postgres backup failed", None, |out| {
+            sh.run_checked(step, name, &cmd, "the Postgres backup", None, |out| {
                 let dump = parse_postgres_backup(&out.stdout_lossy())
                     .map_err(|e| sh.error(step, name, format!("the Postgres backup: {e}")))?;
                 let lost = missing(&known, |l| dump.schemas.iter().any(|s| s == l));
@@ -235,7 +235,7 @@ async fn one<T: Transport>(sh: &Shared<T>, step: &Step, name: &str) -> Result<()
         }
         Some(StorageDriver::Sqlite) => {
             let cmd = sqlite_command(host, &dir);
-            sh.run_checked(step, name, &cmd, "the SQLite backup failed", None, |out| {
+            sh.run_checked(step, name, &cmd, "the SQLite backup", None, |out| {
                 let backup = parse_sqlite_backup(&out.stdout_lossy())
                     .map_err(|e| sh.error(step, name, format!("the SQLite backup: {e}")))?;
                 let lost = missing(&known, |l| {

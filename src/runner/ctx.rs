@@ -122,17 +122,17 @@ impl<T: Transport> Shared<T> {
     }
 
     /// Runs `command` on `host` as (part of) `step`: `StepStarted`, the command, then
-    /// `StepFinished` with its exit status, duration and stderr tail. A non-zero exit is a
-    /// [`StepError`] carrying `what` and the stderr; `Ok` holds the output.
+    /// `StepFinished` with its exit status, duration, stderr tail and `label` (what it does, one
+    /// line). A non-zero exit is a [`StepError`] with the stderr; `Ok` holds the output.
     pub async fn run(
         &self,
         step: &Step,
         host: &str,
         command: &str,
-        what: &str,
+        label: &str,
         timeout: Option<Duration>,
     ) -> Result<ExecOutput, StepError> {
-        self.run_checked(step, host, command, what, timeout, |out| {
+        self.run_checked(step, host, command, label, timeout, |out| {
             Ok(Checked::value(out.clone()))
         })
         .await
@@ -145,7 +145,7 @@ impl<T: Transport> Shared<T> {
         step: &Step,
         host: &str,
         command: &str,
-        what: &str,
+        label: &str,
         timeout: Option<Duration>,
         check: impl FnOnce(&ExecOutput) -> Result<Checked<R>, StepError>,
     ) -> Result<R, StepError> {
@@ -157,7 +157,8 @@ impl<T: Transport> Shared<T> {
         match self.session(host).exec(command, &opts).await {
             Ok(out) if out.status.success() => match check(&out) {
                 Ok(c) => {
-                    op.ok_with(&out, c.message, c.artefacts);
+                    let message = c.message.unwrap_or_else(|| label.to_string());
+                    op.ok_with(&out, Some(message), c.artefacts);
                     Ok(c.value)
                 }
                 Err(mut e) => {
@@ -174,7 +175,7 @@ impl<T: Transport> Shared<T> {
             },
             Ok(out) => {
                 let stderr = tail(&out.stderr_lossy());
-                let message = format!("{what}: exit {}", out.status);
+                let message = format!("{label} failed: exit {}", out.status);
                 op.finish(
                     StepStatus::Failed,
                     Some(out.status.to_string()),
@@ -188,7 +189,7 @@ impl<T: Transport> Shared<T> {
                 })
             }
             Err(e) => {
-                let message = format!("{what}: {e}");
+                let message = format!("{label} failed: {e}");
                 op.fail(&message);
                 Err(self.error(step, host, message))
             }

@@ -13,7 +13,7 @@ use crate::plan::{Step, StepKind};
 use crate::shell::validate_ledger_name;
 use crate::ssh::Transport;
 
-use super::ctx::{Shared, StepError};
+use super::ctx::{Checked, Shared, StepError, tail};
 use super::service::{self, notice};
 use super::stage::release_binary;
 
@@ -158,73 +158,60 @@ async fn one<T: Transport>(sh: &Shared<T>, step: &Step, name: &str) -> Result<()
     let host = sh.host(name);
     let binary = release_binary(host, &sh.plan.target);
     let numary = |args: &[&str]| node::numary(host, &binary, args);
-
-    let list = |out: &crate::ssh::ExecOutput| {
-        numary::parse_storage_list(&out.stdout_lossy())
-            .map_err(|e| sh.error(step, name, e.to_string()))
+    let list = |label: &'static str| {
+        let cmd = numary(&["storage", "list"]);
+        async move {
+            sh.run_checked(step, name, &cmd, label, None, |out| {
+                let listed = numary::parse_storage_list(&out.stdout_lossy())
+                    .map_err(|e| sh.error(step, name, e.to_string()))?;
+                let message = format!("{label}: {}", names(&listed));
+                Ok(Checked::with(listed, message, Vec::new()))
+            })
+            .await
+        }
     };
-    let before = sh
-        .run(
-            step,
-            name,
-            &numary(&["storage", "list"]),
-            "`storage list` failed",
-            None,
-        )
-        .await?;
-    let before = list(&before)?;
-    let scan = sh
-        .run(
-            step,
-            name,
-            &numary(&["storage", "scan"]),
-            "`storage scan` failed",
-            None,
-        )
-        .await?;
-    let report = numary::parse_storage_scan(&scan.stdout_lossy());
-    if !report.errors.is_empty() {
-        let mut e = sh.error(
-            step,
-            name,
-            format!(
-                "`storage scan` could not register: {}",
-                report
-                    .errors
-                    .iter()
-                    .map(|(l, why)| format!("`{l}` ({why})"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
+
+    let before = list("`storage list` before `scan`").await?;
+    let cmd = numary(&["storage", "scan"]);
+    sh.run_checked(step, name, &cmd, "`storage scan`", None, |out| {
+        let report = numary::parse_storage_scan(&out.stdout_lossy());
+        if !report.errors.is_empty() {
+            let mut e = sh.error(
+                step,
+                name,
+                format!(
+                    "`storage scan` could not register: {}",
+                    report
+                        .errors
+                        .iter()
+                        .map(|(l, why)| format!("`{l}` ({why})"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            );
+            e.stderr = tail(&out.stdout_lossy());
+            return Err(e);
+        }
+        let message = format!(
+            "`storage scan`: {} registered, {} already registered, {} file(s) skipped",
+            report.registered.len(),
+            report.already_registered.len(),
+            report.skipped.len()
         );
-        e.stderr = Some(crate::redact::redact_conn_strings(&scan.stdout_lossy()));
-        return Err(e);
-    }
-    let after = sh
-        .run(
-            step,
-            name,
-            &numary(&["storage", "list"]),
-            "`storage list` failed",
-            None,
-        )
-        .await?;
-    let after = list(&after)?;
+        Ok(Checked::with((), message, Vec::new()))
+    })
+    .await?;
+    let after = list("`storage list` after `scan`").await?;
     let new = added(&before, &after);
     notice(
         sh,
         name,
         if new.is_empty() {
-            format!(
-                "`storage scan` registered no new ledger; `storage list` prints {} ledger(s): {}",
-                after.len(),
-                after.join(", ")
-            )
+            "`storage scan` made no difference to `storage list`".to_string()
         } else {
             format!(
-                "`storage scan` registered {} ledger(s) `storage list` did not print before: {}",
-                new.len(),
-                new.join(", ")
+                "`storage scan` added to `storage list`: {} (review them: scan registers any schema or file that looks like a ledger)",
+                names(&new)
             )
         },
     );
@@ -232,54 +219,66 @@ async fn one<T: Transport>(sh: &Shared<T>, step: &Step, name: &str) -> Result<()
     let mut known: Vec<String> = sh.facts.values().flat_map(|f| f.ledgers.clone()).collect();
     known.sort();
     known.dedup();
-    if let Err(problem) = check_listed(&after, &known, host.ledger.ledgers.as_deref()) {
+    let refuse = |message: String, hint: Option<&str>| {
         let op = sh.begin(step, name, None);
-        let mut e = sh.error(step, name, problem.message());
+        let mut e = sh.error(step, name, message);
         e.code = exit_code::BLOCKED;
-        e.hints.push(problem.hint().to_string());
+        e.hints.extend(hint.map(str::to_string));
         op.fail(&e.message);
-        return Err(e);
+        e
+    };
+    if let Err(problem) = check_listed(&after, &known, host.ledger.ledgers.as_deref()) {
+        return Err(refuse(problem.message(), Some(problem.hint())));
     }
     for ledger in &after {
         if let Err(err) = validate_ledger_name(ledger) {
-            let op = sh.begin(step, name, None);
-            let mut e = sh.error(step, name, format!("`storage list` printed {err}"));
-            e.code = exit_code::BLOCKED;
-            op.fail(&e.message);
-            return Err(e);
+            return Err(refuse(format!("`storage list` printed {err}"), None));
         }
     }
     for ledger in &after {
         sh.change(|c| c.storage_touched = true);
-        let out = sh
-            .run(
+        let cmd = numary(&["storage", "upgrade", ledger]);
+        let label = format!("`storage upgrade {ledger}`");
+        let word = sh
+            .run_checked(
                 step,
                 name,
-                &numary(&["storage", "upgrade", ledger]),
-                &format!("`storage upgrade {ledger}` failed"),
+                &cmd,
+                &label,
                 None,
+                |out| match numary::parse_storage_upgrade(&out.stdout_lossy(), ledger) {
+                    Ok(outcome) => {
+                        let word = match outcome {
+                            UpgradeOutcome::Migrated => "migrated",
+                            UpgradeOutcome::LeftInPlace => "left in place",
+                        };
+                        Ok(Checked::with(word, format!("{label}: {word}"), Vec::new()))
+                    }
+                    Err(err) => {
+                        let mut e = sh.error(step, name, err.to_string());
+                        e.stderr = tail(&out.stdout_lossy());
+                        Err(e)
+                    }
+                },
             )
             .await?;
-        match numary::parse_storage_upgrade(&out.stdout_lossy(), ledger) {
-            Ok(outcome) => {
-                let word = match outcome {
-                    UpgradeOutcome::Migrated => "migrated",
-                    UpgradeOutcome::LeftInPlace => "left in place",
-                };
-                sh.change(|c| {
-                    c.ledgers
-                        .push((name.to_string(), ledger.clone(), word.to_string()))
-                });
-                notice(sh, name, format!("ledger `{ledger}`: {word}"));
-            }
-            Err(err) => {
-                let mut e = sh.error(step, name, err.to_string());
-                e.stderr = super::ctx::tail(&out.stdout_lossy());
-                return Err(e);
-            }
-        }
+        sh.change(|c| {
+            c.ledgers
+                .push((name.to_string(), ledger.clone(), word.to_string()))
+        });
     }
     Ok(())
+}
+
+fn names(l: &[String]) -> String {
+    if l.is_empty() {
+        "no ledger".to_string()
+    } else {
+        l.iter()
+            .map(|n| format!("`{n}`"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
 }
 
 #[cfg(test)]

@@ -93,7 +93,7 @@ pub async fn stop<T: Transport + 'static>(
                 step,
                 name,
                 &cmd,
-                "the service did not stop",
+                "stop the service",
                 Some(sh.cfg.stop_timeout),
             )
             .await
@@ -303,7 +303,7 @@ pub async fn start<T: Transport + 'static>(
         async move {
             let cmd = node::service(sh.host(&name), ServiceAction::Start);
             sh.change(|c| c.started.push(name.clone()));
-            sh.run(&step, &name, &cmd, "the service did not start", None)
+            sh.run(&step, &name, &cmd, "start the service", None)
                 .await
                 .map(drop)
         }

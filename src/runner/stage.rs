@@ -76,7 +76,7 @@ async fn one<T: Transport>(sh: &Shared<T>, step: &Step, name: &str) -> Result<()
                 step,
                 name,
                 &format!("mkdir -p {}", quote(&dir)),
-                "cannot create the release dir",
+                "create the release dir",
                 None,
             )
             .await?;
@@ -116,7 +116,7 @@ async fn one<T: Transport>(sh: &Shared<T>, step: &Step, name: &str) -> Result<()
                 step,
                 name,
                 &download_command(&dir, url, &sha256),
-                "the download failed",
+                "download the binary on the node",
                 None,
             )
             .await?;
@@ -124,7 +124,7 @@ async fn one<T: Transport>(sh: &Shared<T>, step: &Step, name: &str) -> Result<()
     }
     // The staged binary must be the release it claims to be, run as the service would run it.
     let cmd = node::numary(host, &path, &["version"]);
-    let what = format!("`{path} version` failed");
+    let what = format!("`{path} version`");
     sh.run_checked(
         step,
         name,

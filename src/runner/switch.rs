@@ -90,7 +90,7 @@ async fn one<T: Transport>(sh: &Shared<T>, step: &Step, name: &str) -> Result<()
     let cmd = switch_command(host, &sh.plan.target, current.as_ref());
     let expected = release_binary(host, &sh.plan.target);
     let swapped = sh
-        .run_checked(step, name, &cmd, "the binary switch failed", None, |out| {
+        .run_checked(step, name, &cmd, "the binary switch", None, |out| {
             let swapped = parse_switch(&out.stdout_lossy()).map_err(|e| sh.error(step, name, e))?;
             if swapped.now != expected {
                 return Err(sh.error(

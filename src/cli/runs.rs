@@ -1,0 +1,301 @@
+//! `fleetup runs list|show`: the run journals of the state dir, as a table or one run's steps,
+//! for people or as JSON.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Subcommand};
+use fleetup::journal::{self, JournalFile};
+use fleetup::{Failure, exit_code};
+use serde_json::{Value, json};
+
+use super::{Format, Global, inventory};
+
+#[derive(Debug, Subcommand)]
+pub enum RunsCommand {
+    /// Every recorded run: id, command, target, outcome, start time, duration.
+    List(RunsArgs),
+    /// One run's header and every step, from its journal.
+    Show {
+        /// The run id (`fleetup runs list` shows them).
+        run_id: String,
+        #[command(flatten)]
+        args: RunsArgs,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct RunsArgs {
+    /// Where run journals are. Default: `.fleetup/runs/` beside the inventory.
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+}
+
+fn state_dir(global: &Global, args: &RunsArgs) -> PathBuf {
+    args.state_dir
+        .clone()
+        .unwrap_or_else(|| journal::default_state_dir(&inventory::inventory_path(global)))
+}
+
+pub fn run(global: &Global, cmd: &RunsCommand) -> anyhow::Result<i32> {
+    match cmd {
+        RunsCommand::List(args) => {
+            let runs = journal::list_journals(&state_dir(global, args))?;
+            match global.format {
+                Format::Json => {
+                    let rows: Vec<Value> = runs.iter().map(summary_json).collect();
+                    println!("{}", serde_json::to_string_pretty(&rows)?);
+                }
+                Format::Human => print!("{}", render_list(&runs)),
+            }
+        }
+        RunsCommand::Show { run_id, args } => {
+            if !journal::valid_run_id(run_id) {
+                return Err(Failure::usage(format!("`{run_id}` is not a run id"))
+                    .hint("`fleetup runs list` shows the run ids")
+                    .into());
+            }
+            let dir = state_dir(global, args);
+            let path = journal::journal_path(&dir, run_id);
+            if !path.is_file() {
+                return Err(Failure::usage(format!(
+                    "no run `{run_id}` in `{}`",
+                    dir.display()
+                ))
+                .hint("`fleetup runs list` shows the runs; `--state-dir DIR` names another state dir")
+                .into());
+            }
+            let j = journal::read_journal(&path)?;
+            match global.format {
+                Format::Json => {
+                    let mut v = summary_json(&j);
+                    v["header"] = serde_json::to_value(&j.header)?;
+                    v["events"] = Value::Array(j.events.clone());
+                    println!("{}", serde_json::to_string_pretty(&v)?);
+                }
+                Format::Human => print!("{}", render_show(&j)),
+            }
+        }
+    }
+    Ok(exit_code::SUCCESS)
+}
+
+fn summary_json(j: &JournalFile) -> Value {
+    json!({
+        "run_id": j.header.run_id,
+        "command": j.header.command,
+        "target": j.header.target,
+        "outcome": j.outcome(),
+        "started_at": j.header.started_at,
+        "duration_ms": j.duration_ms(),
+        "user": j.header.user,
+        "local_host": j.header.local_host,
+        "path": j.path,
+    })
+}
+
+fn duration(ms: Option<u64>) -> String {
+    ms.map_or("-".into(), |ms| {
+        humantime::format_duration(Duration::from_secs(ms.div_ceil(1000))).to_string()
+    })
+}
+
+fn render_list(runs: &[JournalFile]) -> String {
+    if runs.is_empty() {
+        return "no run recorded\n".into();
+    }
+    let mut rows =
+        vec![["RUN", "COMMAND", "TARGET", "OUTCOME", "STARTED", "DURATION"].map(String::from)];
+    for j in runs {
+        rows.push([
+            j.header.run_id.clone(),
+            j.header.command.clone(),
+            j.header.target.clone(),
+            j.outcome(),
+            j.header.started_at.clone(),
+            duration(j.duration_ms()),
+        ]);
+    }
+    super::table::render(&rows)
+}
+
+fn render_show(j: &JournalFile) -> String {
+    let h = &j.header;
+    let mut out = format!(
+        "run {}: {} to {}, {}\nstarted {} by {}@{} (fleetup {}), took {}\ninventory {} (sha256 {})\n",
+        h.run_id,
+        h.command,
+        h.target,
+        j.outcome(),
+        h.started_at,
+        h.user,
+        h.local_host,
+        h.fleetup_version,
+        duration(j.duration_ms()),
+        h.inventory,
+        h.inventory_sha256,
+    );
+    if !h.options.is_empty() {
+        out.push_str(&format!("options: {}\n", h.options.join(" ")));
+    }
+    if h.no_backup {
+        out.push_str("no backup was taken (`--no-backup`)\n");
+    }
+    for e in &j.events {
+        let s = |k: &str| e[k].as_str().unwrap_or("");
+        match s("event") {
+            "plan_ready" => out.push_str(&format!(
+                "plan {}: {}, {} steps\n",
+                s("plan_id"),
+                s("strategy"),
+                e["steps"].as_array().map_or(0, Vec::len)
+            )),
+            "host_unreachable" => {
+                out.push_str(&format!("{}: unreachable: {}\n", s("host"), s("reason")))
+            }
+            "check_result" if e["ok"] == false => out.push_str(&format!(
+                "check FAILED {}: {}: {}\n",
+                if s("host").is_empty() {
+                    "fleet"
+                } else {
+                    s("host")
+                },
+                s("check"),
+                s("detail")
+            )),
+            "step_finished" => {
+                out.push_str(&format!(
+                    "[{}] {} {}: {} ({} ms){}\n",
+                    e["step"],
+                    s("kind"),
+                    s("host"),
+                    s("status"),
+                    e["duration_ms"],
+                    e["message"]
+                        .as_str()
+                        .map(|m| format!(": {m}"))
+                        .unwrap_or_default()
+                ));
+                if let Some(t) = e["stderr_tail"]
+                    .as_str()
+                    .filter(|_| s("status") == "failed")
+                {
+                    for l in t.lines() {
+                        out.push_str(&format!("    | {l}\n"));
+                    }
+                }
+                for a in e["artefacts"].as_array().into_iter().flatten() {
+                    out.push_str(&format!(
+                        "    {}: {}{}\n",
+                        a["kind"].as_str().unwrap_or(""),
+                        a["path"].as_str().unwrap_or(""),
+                        a["sha256"]
+                            .as_str()
+                            .map(|h| format!(" (sha256 {h})"))
+                            .unwrap_or_default()
+                    ));
+                }
+            }
+            "notice" => out.push_str(&format!("    {}: {}\n", s("host"), s("message"))),
+            "lock_broken" => out.push_str(&format!(
+                "{}: broke the lock held by {}\n",
+                s("host"),
+                s("holder")
+            )),
+            "restored" => out.push_str(&format!(
+                "{}: undo {}: {}{}\n",
+                s("host"),
+                s("action"),
+                if e["ok"] == true { "" } else { "FAILED: " },
+                s("detail")
+            )),
+            "summary" => {
+                for hs in e["hosts"].as_array().into_iter().flatten() {
+                    out.push_str(&format!(
+                        "{}: {} -> {}: {}\n",
+                        hs["host"].as_str().unwrap_or(""),
+                        hs["from"].as_str().unwrap_or("-"),
+                        hs["to"].as_str().unwrap_or("-"),
+                        hs["state"].as_str().unwrap_or("")
+                    ));
+                }
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fleetup::events::{Event, EventSink, StepStatus};
+    use fleetup::journal::{Header, Journal};
+
+    fn journal(dir: &std::path::Path, id: &str, finished: bool) -> PathBuf {
+        let j = Journal::create(
+            dir,
+            &Header {
+                format_version: journal::FORMAT_VERSION,
+                run_id: id.into(),
+                command: "upgrade".into(),
+                fleetup_version: "0.1.0".into(),
+                inventory: "inv.toml".into(),
+                inventory_sha256: "00".repeat(32),
+                target: "1.8.2".into(),
+                started_at: "2026-01-25T17:45:02Z".into(),
+                user: "ops".into(),
+                local_host: "laptop".into(),
+                no_backup: true,
+                options: vec!["--stop".into()],
+            },
+        )
+        .unwrap();
+        j.emit(&Event::StepFinished {
+            step: 5,
+            kind: "backup".into(),
+            host: "node-1".into(),
+            status: StepStatus::Failed,
+            exit_status: Some("8".into()),
+            duration_ms: 40,
+            stderr_tail: Some("pg_dump: error".into()),
+            message: Some("the Postgres backup failed: exit 8".into()),
+            artefacts: vec![],
+        });
+        if finished {
+            j.emit(&Event::RunFinished {
+                run_id: id.into(),
+                outcome: "failed".into(),
+                exit_code: 1,
+                duration_ms: 61_000,
+            });
+        }
+        j.path().to_path_buf()
+    }
+
+    #[test]
+    fn list_and_show_render_outcome_duration_steps_and_stderr() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = "20260125T174502Z-00000a";
+        journal(dir.path(), a, true);
+        journal(dir.path(), "20260125T184502Z-00000b", false);
+        let runs = journal::list_journals(dir.path()).unwrap();
+        let table = render_list(&runs);
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(lines.len(), 3, "{table}");
+        assert!(
+            lines[1].starts_with(a) && lines[1].contains("failed") && lines[1].ends_with("1m 1s"),
+            "{table}"
+        );
+        assert!(
+            lines[2].contains("interrupted") && lines[2].ends_with('-'),
+            "{table}"
+        );
+
+        let show = render_show(&runs[0]);
+        assert!(show.contains("options: --stop"), "{show}");
+        assert!(show.contains("no backup was taken"), "{show}");
+        assert!(show.contains("[5] backup node-1: failed (40 ms): the Postgres backup failed: exit 8\n    | pg_dump: error"), "{show}");
+        assert_eq!(summary_json(&runs[0])["outcome"], "failed");
+    }
+}
