@@ -7,6 +7,7 @@
 #[path = "common/lab_fixture.rs"]
 mod lab_fixture;
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -184,6 +185,30 @@ fn a_stopped_lab_is_ready_with_every_check_passed_and_the_json_contract() {
                 .unwrap()
                 .contains("prints version `1.8.2` here")
     }));
+
+    // The check is journaled beside the inventory: plan id, every finding, the outcome.
+    let runs = fleetup::journal::list_journals(&lab.dir.join(".fleetup/runs")).unwrap();
+    assert_eq!(runs.len(), 1, "one journal per check");
+    let j = &runs[0];
+    assert_eq!(j.header.command, "check");
+    assert_eq!(j.header.target, "1.8.2");
+    let mode = std::fs::metadata(&j.path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let plan_ready: Vec<&Value> = j
+        .events
+        .iter()
+        .filter(|e| e["event"] == "plan_ready")
+        .collect();
+    assert_eq!(plan_ready.len(), 1);
+    assert_eq!(plan_ready[0]["plan_id"], v["plan_id"]);
+    let results = j
+        .events
+        .iter()
+        .filter(|e| e["event"] == "check_result")
+        .count();
+    assert_eq!(results, findings(&v).len());
+    assert_eq!(j.outcome(), "ready");
+    assert_eq!(j.finished().unwrap()["exit_code"], 0);
 
     // The plan, each step marked per host, the facts.
     assert_eq!(v["plan"]["target"], "1.8.2");
@@ -461,6 +486,11 @@ fn postgres_check_queries_the_database_without_changing_it_or_showing_the_passwo
     for o in [&out, &human] {
         assert!(!stdout(o).contains(secret), "password in stdout");
         assert!(!stderr(o).contains(secret), "password in stderr");
+    }
+    for j in fleetup::journal::list_journals(&lab.dir.join(".fleetup/runs")).unwrap() {
+        let text = std::fs::read_to_string(&j.path).unwrap();
+        assert!(!text.contains(secret), "password in the journal");
+        assert!(text.contains("\"check\":\"pg-extensions\""), "{text}");
     }
     assert_eq!(lab.tree_digest().unwrap(), files, "check changed a node");
     assert_eq!(

@@ -4,15 +4,20 @@
 //! [`dry_run`] with the same options.
 
 use std::num::NonZeroUsize;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
 
+use anyhow::Context;
 use clap::{Args, ValueEnum};
-use fleetup::events::{EventSink, Fanout};
+use fleetup::events::{Event, EventSink, Fanout};
 use fleetup::inventory::{Inventory, ReleaseSource, ResolvedHost};
+use fleetup::journal::{self, Header, Journal};
 use fleetup::plan::{BinarySource, PlanOptions, Strategy};
 use fleetup::policy::PolicyTable;
 use fleetup::preflight::{self, Audit};
 use fleetup::{Failure, Version};
+use sha2::{Digest, Sha256};
 
 use super::connect::{self, ConnectFlags};
 use super::{Format, Global, inventory};
@@ -71,6 +76,9 @@ impl From<StrategyArg> for Strategy {
 pub struct CheckArgs {
     #[command(flatten)]
     pub plan: PlanArgs,
+    /// Where run journals go. Default: `.fleetup/runs/` beside the inventory.
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
     #[command(flatten)]
     pub connect: ConnectFlags,
 }
@@ -182,24 +190,140 @@ fn file_source(path: &std::path::Path, expected: Option<String>) -> anyhow::Resu
 }
 
 pub fn run(global: &Global, args: &CheckArgs) -> anyhow::Result<i32> {
-    dry_run(global, &args.plan, &args.connect)
+    dry_run_in(global, &args.plan, &args.connect, args.state_dir.as_deref())
 }
 
-/// The audit of `check` and `upgrade --dry-run`: prints it and returns the exit code.
+/// The audit of `check` and `upgrade --dry-run`: prints it, journals it in the default state
+/// dir and returns the exit code.
 pub fn dry_run(global: &Global, plan: &PlanArgs, connect: &ConnectFlags) -> anyhow::Result<i32> {
+    dry_run_in(global, plan, connect, None)
+}
+
+/// [`dry_run`] with the journal in `state_dir` (default: `.fleetup/runs/` beside the inventory).
+pub fn dry_run_in(
+    global: &Global,
+    plan: &PlanArgs,
+    connect: &ConnectFlags,
+    state_dir: Option<&Path>,
+) -> anyhow::Result<i32> {
     let inventory = inventory::load_inventory(global)?;
     let hosts: Vec<ResolvedHost> = inventory::select_hosts(global, &inventory)?
         .into_iter()
         .cloned()
         .collect();
     let inputs = plan.resolve(global, &inventory)?;
-    let sink = Fanout::new();
+    let now = SystemTime::now();
+    let run_id = journal::new_run_id(now);
+    // The audit does not depend on its journal: one that cannot be written is only a warning.
+    let journal = match open_journal(global, plan, state_dir, &inputs, &run_id, now) {
+        Ok(j) => Some(Arc::new(j)),
+        Err(e) => {
+            eprintln!("warning: no journal for this check: {e:#}");
+            None
+        }
+    };
+    let mut sink = Fanout::new();
+    if let Some(j) = &journal {
+        sink = sink.with(j.clone());
+    }
+    let started = Instant::now();
+    sink.emit(&Event::RunStarted {
+        run_id: run_id.clone(),
+        command: "check".into(),
+        target: inputs.target.to_string(),
+        hosts: hosts.iter().map(|h| h.name.clone()).collect(),
+    });
     let audit = audit(global, &hosts, &inputs, connect, &sink)?;
+    sink.emit(&Event::RunFinished {
+        run_id,
+        outcome: audit.outcome.as_str().into(),
+        exit_code: audit.exit_code,
+        duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+    });
     match global.format {
         Format::Json => println!("{}", serde_json::to_string_pretty(&audit)?),
         Format::Human => print!("{}", audit.render_text()),
     }
+    if let Some(j) = &journal {
+        if let Some(err) = j.error() {
+            eprintln!("warning: {err}");
+        }
+        if global.format == Format::Human && !global.quiet {
+            eprintln!("journal: {}", j.path().display());
+        }
+    }
     Ok(audit.exit_code)
+}
+
+fn open_journal(
+    global: &Global,
+    plan: &PlanArgs,
+    state_dir: Option<&Path>,
+    inputs: &PlanInputs,
+    run_id: &str,
+    now: SystemTime,
+) -> anyhow::Result<Journal> {
+    let inventory_path = inventory::inventory_path(global);
+    let bytes = std::fs::read(&inventory_path)
+        .with_context(|| format!("cannot read `{}`", inventory_path.display()))?;
+    let state_dir = state_dir.map_or_else(
+        || journal::default_state_dir(&inventory_path),
+        Path::to_path_buf,
+    );
+    let header = Header {
+        format_version: journal::FORMAT_VERSION,
+        run_id: run_id.to_owned(),
+        command: "check".into(),
+        fleetup_version: env!("CARGO_PKG_VERSION").into(),
+        inventory: inventory_path.display().to_string(),
+        inventory_sha256: hex::encode(Sha256::digest(&bytes)),
+        target: inputs.target.to_string(),
+        started_at: humantime::format_rfc3339_seconds(now).to_string(),
+        user: local_user(),
+        local_host: local_host(),
+        no_backup: plan.no_backup,
+        options: plan.recorded_options(),
+    };
+    Journal::create(&state_dir, &header)
+}
+
+impl PlanArgs {
+    /// The options that change the plan, as a journal header records them.
+    pub fn recorded_options(&self) -> Vec<String> {
+        let strategy: Strategy = self.strategy.into();
+        let mut o = vec![format!("--strategy {strategy}")];
+        if let Some(n) = self.serial {
+            o.push(format!("--serial {n}"));
+        }
+        if self.stop {
+            o.push("--stop".into());
+        }
+        if self.no_backup {
+            o.push("--no-backup".into());
+        }
+        o
+    }
+}
+
+/// The local login name, for journal headers and lock owners.
+pub fn local_user() -> String {
+    ["USER", "LOGNAME"]
+        .iter()
+        .find_map(|k| std::env::var(k).ok().filter(|v| !v.is_empty()))
+        // SAFETY: getuid has no preconditions and cannot fail.
+        .unwrap_or_else(|| format!("uid {}", unsafe { libc::getuid() }))
+}
+
+/// This machine's host name, for journal headers and lock owners.
+pub fn local_host() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for its length; gethostname NUL-terminates within it.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return "unknown".into();
+    }
+    let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
+    String::from_utf8_lossy(&buf[..end]).into_owned()
 }
 
 /// Connects to `hosts` and audits them; connection problems are printed on stderr (host-key

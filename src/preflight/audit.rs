@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use super::{Finding, Preflight, check};
+use crate::events::{Event, PlannedStep};
 use crate::exit_code;
 use crate::facts::HostFacts;
 use crate::plan::{HostAction, Mode, Plan, Step, StepKind, plan_digest};
@@ -270,6 +271,32 @@ impl Audit {
                 }
             }
         }
+    }
+}
+
+/// [`Event::PlanReady`] for `plan`: what a run's journal records of the plan it follows.
+pub fn plan_ready(plan: &Plan, plan_id: &str) -> Event {
+    // The plan's JSON names (`multi_node`, `stop_service`), so journals and `--format json` agree.
+    let name = |v: serde_json::Result<serde_json::Value>| {
+        v.ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default()
+    };
+    Event::PlanReady {
+        plan_id: plan_id.to_owned(),
+        strategy: plan.strategy.to_string(),
+        mode: name(serde_json::to_value(plan.mode)),
+        migrator: plan.migrator.clone(),
+        steps: plan
+            .steps
+            .iter()
+            .map(|s| PlannedStep {
+                step: s.number,
+                kind: name(serde_json::to_value(s.kind)),
+                hosts: s.hosts.clone(),
+            })
+            .collect(),
+        warnings: plan.warnings.clone(),
     }
 }
 

@@ -27,7 +27,7 @@ use crate::policy::PolicyTable;
 use crate::ssh::{ConnectError, Session, Transport};
 use crate::version::Version;
 
-pub use audit::{Audit, HostMark, Mark, MarkedStep, Outcome};
+pub use audit::{Audit, HostMark, Mark, MarkedStep, Outcome, plan_ready};
 pub use local::{LocalRun, file_sha256, local_binary_version, run_local_version};
 pub use remote::{LOCK_FILE_NAME, lock_path};
 
@@ -155,7 +155,8 @@ pub fn verify_plan_id(expected: &str, actual: &str) -> Result<(), Failure> {
 }
 
 /// The whole dry run over established connections: facts, plan, preflight, audit. Hosts whose
-/// connection failed are reported unreachable. Read-only on every host.
+/// connection failed are reported unreachable. Emits `host_connected`/`host_unreachable`,
+/// `plan_ready` and one `check_result` per finding. Read-only on every host.
 #[allow(clippy::too_many_arguments)]
 pub async fn audit_fleet(
     hosts: &[ResolvedHost],
@@ -166,8 +167,18 @@ pub async fn audit_fleet(
     local_binary_version: Option<Version>,
     sink: &dyn EventSink,
 ) -> Audit {
+    for (name, conn) in conns {
+        sink.emit(&match conn {
+            Ok(_) => Event::HostConnected { host: name.clone() },
+            Err(e) => Event::HostUnreachable {
+                host: name.clone(),
+                reason: e.to_string(),
+            },
+        });
+    }
     let facts = crate::facts::gather_all(hosts, conns).await;
     let plan = build_plan(hosts, &facts, target, opts, policy);
+    sink.emit(&plan_ready(&plan, &crate::plan::plan_digest(&plan, &facts)));
     let sessions: BTreeMap<String, Session> = conns
         .iter()
         .filter_map(|(name, conn)| conn.as_ref().ok().map(|s| (name.clone(), s.clone())))

@@ -82,11 +82,12 @@ fn script(w: &Want) -> String {
     if w.processes {
         s.push_str(&process_scan(w));
     }
+    // A lock is a dir holding `owner.json` (see `crate::lock`); anything else there counts too.
     let lock = quote(&lock_path(w.host));
     s.push_str(&format!(
         "echo {SECTION}lock\n\
-         if [ -d {lock} ]; then echo '(a directory)'; for f in {lock}/*; do [ -f \"$f\" ] && head -c {LOCK_BYTES} \"$f\"; done; echo; \
-         elif [ -e {lock} ]; then head -c {LOCK_BYTES} {lock}; echo; fi\n"
+         if [ -d {lock} ]; then echo held; head -c {LOCK_BYTES} {lock}/owner.json 2>/dev/null; echo; \
+         elif [ -e {lock} ]; then echo held; head -c {LOCK_BYTES} {lock}; echo; fi\n"
     ));
     if w.psql {
         let mut exts = vec!["'pgcrypto'"];
@@ -416,35 +417,15 @@ fn lock_finding(name: &str, host: &ResolvedHost, text: &str) -> Option<Finding> 
     Some(Finding::fail(
         Some(name),
         check::LOCK,
-        format!("a fleetup lock exists at `{path}`: {}", describe_lock(text)),
+        format!("`{path}` is held by {}", describe_lock(text)),
         Some("another `fleetup upgrade` runs, or one died holding it: wait for it to finish, or once sure it is gone, `fleetup upgrade --break-lock` (after showing the holder)".to_owned()),
     ))
 }
 
-/// The lock's holder in one line: the known fields of a JSON lock, else its first lines.
+/// The lock's holder in one line, as the runner describes it.
 fn describe_lock(text: &str) -> String {
-    let json = text
-        .lines()
-        .find(|l| l.trim_start().starts_with('{'))
-        .and_then(|l| serde_json::from_str::<serde_json::Value>(l).ok());
-    if let Some(serde_json::Value::Object(map)) = json {
-        let parts: Vec<String> = map
-            .iter()
-            .filter(|(_, v)| !v.is_object() && !v.is_array())
-            .map(|(k, v)| match v {
-                serde_json::Value::String(s) => format!("{k} `{s}`"),
-                other => format!("{k} `{other}`"),
-            })
-            .collect();
-        return redact_conn_strings(&parts.join(", "));
-    }
-    let lines: Vec<&str> = text
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .take(5)
-        .collect();
-    redact_conn_strings(&format!("held by {}", lines.join("; ")))
+    let owner = text.strip_prefix("held").unwrap_or(text);
+    redact_conn_strings(&crate::lock::parse_holder(owner).describe())
 }
 
 fn human(bytes: u64) -> String {
@@ -918,9 +899,23 @@ mod tests {
     }
 
     #[test]
-    fn lock_holder_from_json_or_text() {
-        let d = describe_lock("{\"run_id\":\"abc\",\"user\":\"ops\",\"pid\":42}");
-        assert!(d.contains("run_id `abc`") && d.contains("pid `42`"), "{d}");
-        assert_eq!(describe_lock("ops@laptop\n"), "held by ops@laptop");
+    fn lock_holder_as_the_runner_writes_it() {
+        let owner = crate::lock::LockOwner {
+            user: "ops".into(),
+            local_host: "laptop".into(),
+            run_id: "20260125T174502Z-3f9a0c".into(),
+            pid: 4242,
+            started_at: "2026-01-25T17:45:02Z".into(),
+            fleetup_version: "0.1.0".into(),
+            command: "upgrade".into(),
+        };
+        let json = serde_json::to_string(&owner).unwrap();
+        let d = describe_lock(&format!("held\n{json}\n"));
+        assert_eq!(d, owner.describe());
+        assert!(
+            d.contains("ops@laptop") && d.contains("20260125T174502Z-3f9a0c"),
+            "{d}"
+        );
+        assert!(describe_lock("held\n\n").contains("no owner file"));
     }
 }

@@ -351,8 +351,7 @@ fn each_problem_is_a_failed_finding_on_its_host() {
         ("c".to_owned(), sqlite_facts("1.7.4")),
         ("d".to_owned(), sqlite_facts("1.7.4")),
     ]);
-    let lock =
-        r#"{"user":"ops","local_host":"laptop","run_id":"20260125T174502Z-3f9a0c","pid":4242}"#;
+    let lock = "held\n{\"user\":\"ops\",\"local_host\":\"laptop\",\"run_id\":\"20260125T174502Z-3f9a0c\",\"pid\":4242,\"started_at\":\"2026-01-25T17:45:02Z\",\"fleetup_version\":\"0.1.0\",\"command\":\"upgrade\"}";
     let mut port = Fake::new("c", output(10_000_000, &[], "", "", ""));
     port.port_open = true;
     let nodes = fakes(vec![
@@ -381,7 +380,10 @@ fn each_problem_is_a_failed_finding_on_its_host() {
 
     let lock = find(p, "a", check::LOCK);
     assert!(
-        !lock[0].ok && lock[0].detail.contains("run_id `20260125T174502Z-3f9a0c`"),
+        !lock[0].ok
+            && lock[0]
+                .detail
+                .contains("ops@laptop, run `20260125T174502Z-3f9a0c`"),
         "{lock:?}"
     );
     let disk = find(p, "b", check::DISK_SPACE);
