@@ -275,9 +275,12 @@ async fn one<T: Transport>(sh: &Shared<T>, step: &Step, name: &str) -> Result<()
             })
             .await
             .map_err(|e| {
-                // No ledger file at all where the node is known to hold ledgers.
-                if e.stderr.as_deref().is_some_and(|s| s.contains(" file in ")) && !known.is_empty() {
-                    wrong_env(e)
+                // No ledger file at all while the fleet is known to hold ledgers.
+                let fleet_has_ledgers = sh.facts.values().any(|f| !f.ledgers.is_empty());
+                if e.stderr.as_deref().is_some_and(|s| s.contains(" file in ")) && fleet_has_ledgers {
+                    let mut e = wrong_env(e);
+                    e.message = format!("{}: no ledger file where the service's environment points, while the fleet has ledgers: wrong storage environment", e.message);
+                    e
                 } else {
                     e
                 }
