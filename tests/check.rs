@@ -28,6 +28,13 @@ fn json(out: &Output) -> Value {
     })
 }
 
+/// A lab whose services were never started: cleanly stopped.
+fn stopped_lab(nodes: usize, version: &str) -> LabGuard {
+    let mut s = spec(Driver::Sqlite, nodes, version);
+    s.start = false;
+    LabGuard::up(&s).expect("lab up")
+}
+
 /// A release "binary" of `version` in the lab dir (outside every node's root).
 fn release(lab: &Lab, version: &str) -> PathBuf {
     let path = lab.dir.join(format!("numary-{version}"));
@@ -145,9 +152,7 @@ fn check_on_a_running_then_stopped_lab_changes_nothing_and_its_plan_id_follows_t
 
 #[test]
 fn a_stopped_lab_is_ready_with_every_check_passed_and_the_json_contract() {
-    let mut s = spec(Driver::Sqlite, 3, "1.7.4");
-    s.start = false;
-    let lab = LabGuard::up(&s).expect("lab up");
+    let lab = stopped_lab(3, "1.7.4");
     let new = release(&lab, "1.8.2");
     let same = release(&lab, "1.7.4");
     let before = lab.tree_digest().unwrap();
@@ -262,9 +267,7 @@ fn a_stopped_lab_is_ready_with_every_check_passed_and_the_json_contract() {
 
 #[test]
 fn a_typo_in_the_inventory_ledgers_and_a_hot_journal_are_refused_with_their_findings() {
-    let mut s = spec(Driver::Sqlite, 2, "1.7.4");
-    s.start = false;
-    let lab = LabGuard::up(&s).expect("lab up");
+    let lab = stopped_lab(2, "1.7.4");
     let new = release(&lab, "1.8.2");
     let inventory = std::fs::read_to_string(lab.inventory_path()).unwrap();
     let typo = inventory.replace(
@@ -331,55 +334,45 @@ fn a_typo_in_the_inventory_ledgers_and_a_hot_journal_are_refused_with_their_find
     assert!(journal.exists(), "the hot journal is left alone");
 }
 
-#[test]
-fn an_unsupported_path_is_refused_with_its_hops() {
-    let mut s = spec(Driver::Sqlite, 1, "1.2.0");
-    s.start = false;
-    let lab = LabGuard::up(&s).expect("lab up");
-    let new = release(&lab, "1.9.0");
-    let out = check(&lab, "1.9.0", &new, &["--format", "json"]);
+/// A cleanly stopped one-node lab at `from`, checked for `to`: refused, nothing changed. Returns
+/// the lab, the release and the node's failed `upgrade-path` finding.
+fn refused_path(from: &str, to: &str) -> (LabGuard, PathBuf, Value) {
+    let lab = stopped_lab(1, from);
+    let new = release(&lab, to);
+    let before = lab.tree_digest().unwrap();
+    let out = check(&lab, to, &new, &["--format", "json"]);
     assert_eq!(code(&out), exit_code::BLOCKED, "{}", stdout(&out));
     let v = json(&out);
     let f = failed(&v, "node-1", "upgrade-path");
     assert_eq!(f.len(), 1, "{f:?}");
-    assert!(
-        f[0]["detail"]
-            .as_str()
-            .unwrap()
-            .contains("1.2.0 → 1.8.x → 1.9.0"),
-        "{f:?}"
-    );
-    assert!(f[0]["hint"].as_str().unwrap().contains("one hop at a time"));
+    let finding = f[0].clone();
+    assert_eq!(lab.tree_digest().unwrap(), before);
+    (lab, new, finding)
+}
+
+#[test]
+fn an_unsupported_path_is_refused_with_its_hops() {
+    let (lab, new, f) = refused_path("1.2.0", "1.9.0");
+    let detail = f["detail"].as_str().unwrap();
+    assert!(detail.contains("1.2.0 → 1.8.x → 1.9.0"), "{detail}");
+    assert!(f["hint"].as_str().unwrap().contains("one hop at a time"));
     let human = stdout(&check(&lab, "1.9.0", &new, &[]));
     assert!(human.contains("1.2.0 → 1.8.x → 1.9.0"), "{human}");
 }
 
 #[test]
 fn the_guides_refused_path_1_7_6_to_1_8_1_is_blocked() {
-    let mut s = spec(Driver::Sqlite, 1, "1.7.6");
-    s.start = false;
-    let lab = LabGuard::up(&s).expect("lab up");
-    let new = release(&lab, "1.8.1");
-    let before = lab.tree_digest().unwrap();
-    let out = check(&lab, "1.8.1", &new, &["--format", "json"]);
-    assert_eq!(code(&out), exit_code::BLOCKED, "{}", stdout(&out));
-    let v = json(&out);
-    let f = failed(&v, "node-1", "upgrade-path");
-    assert_eq!(f.len(), 1, "{f:?}");
+    let (_lab, _, f) = refused_path("1.7.6", "1.8.1");
+    let detail = f["detail"].as_str().unwrap();
     assert!(
-        f[0]["detail"]
-            .as_str()
-            .unwrap()
-            .contains("`1.7.6` → `1.8.1` is not supported")
+        detail.contains("`1.7.6` → `1.8.1` is not supported"),
+        "{detail}"
     );
-    assert_eq!(lab.tree_digest().unwrap(), before);
 }
 
 #[test]
 fn a_binary_of_another_version_or_checksum_is_refused() {
-    let mut s = spec(Driver::Sqlite, 1, "1.7.4");
-    s.start = false;
-    let lab = LabGuard::up(&s).expect("lab up");
+    let lab = stopped_lab(1, "1.7.4");
     let wrong = release(&lab, "1.8.1");
     let v = json(&check(&lab, "1.8.2", &wrong, &["--format", "json"]));
     assert_eq!(v["outcome"], "blocked");

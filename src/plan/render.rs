@@ -131,22 +131,29 @@ fn render_step(out: &mut Lines, step: &Step) {
     for check in &step.checks {
         out.line(format!("      check: {check}"));
     }
-    // Hosts with the same settings run the same lines: print them once.
-    let mut groups: Vec<(Vec<&str>, &[String])> = Vec::new();
-    for hc in &step.commands {
-        match groups
-            .iter_mut()
-            .find(|(_, c)| *c == hc.commands.as_slice())
-        {
-            Some((hosts, _)) => hosts.push(&hc.host),
-            None => groups.push((vec![&hc.host], &hc.commands)),
-        }
-    }
-    for (hosts, commands) in groups {
+    for (hosts, commands) in step.command_groups() {
         out.line(format!("      on {}:", hosts.join(", ")));
         for c in commands {
             out.line(format!("        $ {c}"));
         }
+    }
+}
+
+impl Step {
+    /// The step's command lines grouped by identical lines: hosts with the same settings run the
+    /// same lines, which a dry run prints once.
+    pub fn command_groups(&self) -> Vec<(Vec<&str>, &[String])> {
+        let mut groups: Vec<(Vec<&str>, &[String])> = Vec::new();
+        for hc in &self.commands {
+            match groups
+                .iter_mut()
+                .find(|(_, c)| *c == hc.commands.as_slice())
+            {
+                Some((hosts, _)) => hosts.push(&hc.host),
+                None => groups.push((vec![&hc.host], &hc.commands)),
+            }
+        }
+        groups
     }
 }
 

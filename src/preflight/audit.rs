@@ -333,18 +333,7 @@ fn render_step(out: &mut String, marked: &MarkedStep, step: &Step) {
     for (text, hosts) in marks {
         line(out, format!("      {}: {text}", hosts.join(", ")));
     }
-    // Hosts with the same settings run the same lines: print them once.
-    let mut groups: Vec<(Vec<&str>, &[String])> = Vec::new();
-    for hc in &step.commands {
-        match groups
-            .iter_mut()
-            .find(|(_, c)| *c == hc.commands.as_slice())
-        {
-            Some((hosts, _)) => hosts.push(&hc.host),
-            None => groups.push((vec![&hc.host], &hc.commands)),
-        }
-    }
-    for (hosts, commands) in groups {
+    for (hosts, commands) in step.command_groups() {
         line(out, format!("      on {}:", hosts.join(", ")));
         for c in commands {
             line(out, format!("        $ {c}"));
