@@ -492,3 +492,26 @@ fn postgres_check_queries_the_database_without_changing_it_or_showing_the_passwo
         "check changed the database"
     );
 }
+
+#[test]
+fn an_unreachable_host_is_reported_while_the_others_are_checked() {
+    let lab = stopped_lab(2, "1.7.4");
+    let new = release(&lab, "1.8.2");
+    let inventory = std::fs::read_to_string(lab.inventory_path()).unwrap();
+    let port = lab.node("node-2").unwrap().ssh_port;
+    let closed = fleetup::lab::sshd::free_port().unwrap();
+    let moved = inventory.replace(&format!("port = {port}\n"), &format!("port = {closed}\n"));
+    assert_ne!(moved, inventory);
+    std::fs::write(lab.inventory_path(), moved).unwrap();
+
+    let out = check(&lab, "1.8.2", &new, &["--format", "json"]);
+    assert_eq!(code(&out), exit_code::UNREACHABLE, "{}", stdout(&out));
+    let v = json(&out);
+    assert_eq!(v["outcome"], "unreachable");
+    assert_eq!(failed(&v, "node-2", "reachable").len(), 1, "{v}");
+    assert!(stderr(&out).contains("node-2"), "{}", stderr(&out));
+    // The reachable node is still checked in full.
+    for c in ["upgrade-path", "stopped", "ledgers", "disk-space", "lock"] {
+        assert!(passed(&v, "node-1", c), "node-1: no passing `{c}`");
+    }
+}
