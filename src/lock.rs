@@ -237,30 +237,11 @@ mod tests {
     use std::process::Command;
 
     use super::*;
-    use crate::inventory::{LedgerSettings, SshSettings};
 
     fn host(releases: &str) -> ResolvedHost {
-        ResolvedHost {
-            name: "node-1".into(),
-            address: "127.0.0.1".into(),
-            groups: vec![],
-            migrator: false,
-            replaces: None,
-            ssh: SshSettings {
-                user: "ops".into(),
-                port: 22,
-                identity_files: vec![],
-                known_hosts: "/kh".into(),
-                connect_timeout: Duration::from_secs(1),
-                command_timeout: Duration::from_secs(1),
-                jump_host: None,
-                use_agent: false,
-            },
-            ledger: LedgerSettings {
-                releases_dir: releases.into(),
-                ..LedgerSettings::default()
-            },
-        }
+        let mut h = crate::runner::tests::host("node-1");
+        h.ledger.releases_dir = releases.into();
+        h
     }
 
     fn owner(run_id: &str) -> LockOwner {

@@ -500,8 +500,9 @@ fn render_summary(plan: &Plan, report: &RunReport, run_id: &str) -> String {
             out.push_str(&format!("  {host}: `{ledger}` {outcome}\n"));
         }
     }
-    for (host, prev) in &report.changes.switched {
-        if !prev.is_empty() {
+    for h in &report.hosts {
+        let previous = report.changes.switched.iter().find(|(n, _)| *n == h.host);
+        if let Some((host, prev)) = previous.filter(|(_, p)| !p.is_empty()) {
             out.push_str(&format!("rollback target on {host}: {prev}\n"));
         }
     }

@@ -12,8 +12,7 @@ use crate::plan::Step;
 use crate::shell::quote;
 use crate::ssh::Transport;
 
-use super::ctx::{Checked, Shared, StepError, each_host};
-use super::service::first_error;
+use super::ctx::{Checked, Shared, StepError, per_host};
 
 /// The name of the Postgres dump inside the run's backup dir.
 pub const DUMP_FILE: &str = "postgres.dump";
@@ -172,12 +171,10 @@ pub async fn run<T: Transport + 'static>(
     sh: &Arc<Shared<T>>,
     step: &Step,
 ) -> Result<(), StepError> {
-    let results = each_host(sh, &step.hosts, |sh, name| {
-        let step = step.clone();
-        async move { one(&sh, &step, &name).await }
+    per_host(sh, step, |sh, step, name| async move {
+        one(&sh, &step, &name).await
     })
-    .await;
-    first_error(sh, step, results)
+    .await
 }
 
 async fn one<T: Transport>(sh: &Shared<T>, step: &Step, name: &str) -> Result<(), StepError> {

@@ -301,6 +301,31 @@ pub fn tail(text: &str) -> Option<String> {
     Some(redact_conn_strings(&lines[start..].join("\n")))
 }
 
+/// Runs `f` on each host of `step` at once; the first failure in host order (each was reported
+/// as an event already).
+pub async fn per_host<T, F, Fut>(sh: &Arc<Shared<T>>, step: &Step, f: F) -> Result<(), StepError>
+where
+    T: Transport + 'static,
+    F: Fn(Arc<Shared<T>>, Step, String) -> Fut,
+    Fut: Future<Output = Result<(), StepError>> + Send + 'static,
+{
+    let results = each_host(sh, &step.hosts, |sh, name| f(sh, step.clone(), name)).await;
+    for (name, r) in step.hosts.iter().zip(results) {
+        match r {
+            Some(Ok(())) => {}
+            Some(Err(e)) => return Err(e),
+            None => {
+                return Err(sh.error(
+                    step,
+                    name,
+                    "internal error: the task for this host panicked",
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Runs `f` for each of `hosts` at once; results in the order of `hosts` (`None` for a task that
 /// panicked: a bug, which the caller reports as a failure of that host).
 pub async fn each_host<T, F, Fut, R>(

@@ -16,7 +16,7 @@ use crate::shell::quote;
 use crate::ssh::{ExecOptions, ExitStatus, Transport};
 use crate::version::Version;
 
-use super::ctx::{Shared, StepError, each_host, tail};
+use super::ctx::{Shared, StepError, per_host, tail};
 
 /// How long one probe of the API may take.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
@@ -165,34 +165,10 @@ pub async fn confirm_stopped<T: Transport + 'static>(
     sh: &Arc<Shared<T>>,
     step: &Step,
 ) -> Result<(), StepError> {
-    let results = each_host(sh, &step.hosts, |sh, name| {
-        let step = step.clone();
-        async move { confirm_one(&sh, &step, &name).await }
+    per_host(sh, step, |sh, step, name| async move {
+        confirm_one(&sh, &step, &name).await
     })
-    .await;
-    first_error(sh, step, results)
-}
-
-/// The first failure of a parallel step (all were reported as events already).
-pub fn first_error<T: Transport>(
-    sh: &Shared<T>,
-    step: &Step,
-    results: Vec<Option<Result<(), StepError>>>,
-) -> Result<(), StepError> {
-    for (name, r) in step.hosts.iter().zip(results) {
-        match r {
-            Some(Ok(())) => {}
-            Some(Err(e)) => return Err(e),
-            None => {
-                return Err(sh.error(
-                    step,
-                    name,
-                    "internal error: the task for this host panicked",
-                ));
-            }
-        }
-    }
-    Ok(())
+    .await
 }
 
 async fn confirm_one<T: Transport>(
@@ -298,18 +274,14 @@ pub async fn start<T: Transport + 'static>(
     sh: &Arc<Shared<T>>,
     step: &Step,
 ) -> Result<(), StepError> {
-    let results = each_host(sh, &step.hosts, |sh, name| {
-        let step = step.clone();
-        async move {
-            let cmd = node::service(sh.host(&name), ServiceAction::Start);
-            sh.change(|c| c.started.push(name.clone()));
-            sh.run(&step, &name, &cmd, "start the service", None)
-                .await
-                .map(drop)
-        }
+    per_host(sh, step, |sh, step, name| async move {
+        let cmd = node::service(sh.host(&name), ServiceAction::Start);
+        sh.change(|c| c.started.push(name.clone()));
+        sh.run(&step, &name, &cmd, "start the service", None)
+            .await
+            .map(drop)
     })
-    .await;
-    first_error(sh, step, results)
+    .await
 }
 
 /// Waits until each node of the batch serves the target (`/_info`) and `/_health` answers 200.
@@ -317,12 +289,10 @@ pub async fn health_gate<T: Transport + 'static>(
     sh: &Arc<Shared<T>>,
     step: &Step,
 ) -> Result<(), StepError> {
-    let results = each_host(sh, &step.hosts, |sh, name| {
-        let step = step.clone();
-        async move { gate_one(&sh, &step, &name).await }
+    per_host(sh, step, |sh, step, name| async move {
+        gate_one(&sh, &step, &name).await
     })
-    .await;
-    first_error(sh, step, results)
+    .await
 }
 
 async fn gate_one<T: Transport>(sh: &Shared<T>, step: &Step, name: &str) -> Result<(), StepError> {

@@ -16,8 +16,7 @@ use crate::shell::quote;
 use crate::ssh::Transport;
 use crate::version::Version;
 
-use super::ctx::{Checked, Shared, StepError, each_host};
-use super::service::first_error;
+use super::ctx::{Checked, Shared, StepError, per_host};
 
 /// `<releases_dir>/<V>`.
 pub fn release_dir(host: &ResolvedHost, v: &Version) -> String {
@@ -49,15 +48,14 @@ pub async fn run<T: Transport + 'static>(
     step: &Step,
 ) -> Result<(), StepError> {
     let slots = Arc::new(Semaphore::new(sh.cfg.parallel_uploads.max(1)));
-    let results = each_host(sh, &step.hosts, |sh, name| {
-        let (step, slots) = (step.clone(), slots.clone());
+    per_host(sh, step, |sh, step, name| {
+        let slots = slots.clone();
         async move {
             let _slot = slots.acquire_owned().await;
             one(&sh, &step, &name).await
         }
     })
-    .await;
-    first_error(sh, step, results)
+    .await
 }
 
 async fn one<T: Transport>(sh: &Shared<T>, step: &Step, name: &str) -> Result<(), StepError> {

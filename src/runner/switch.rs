@@ -12,8 +12,7 @@ use crate::shell::quote;
 use crate::ssh::Transport;
 use crate::version::Version;
 
-use super::ctx::{Checked, Shared, StepError, each_host};
-use super::service::first_error;
+use super::ctx::{Checked, Shared, StepError, per_host};
 use super::stage::{release_binary, release_dir};
 
 /// The swap script. Prints `prev-link TARGET`, `prev-file KEPT_AT` or `prev-none`, then
@@ -76,12 +75,10 @@ pub async fn run<T: Transport + 'static>(
     sh: &Arc<Shared<T>>,
     step: &Step,
 ) -> Result<(), StepError> {
-    let results = each_host(sh, &step.hosts, |sh, name| {
-        let step = step.clone();
-        async move { one(&sh, &step, &name).await }
+    per_host(sh, step, |sh, step, name| async move {
+        one(&sh, &step, &name).await
     })
-    .await;
-    first_error(sh, step, results)
+    .await
 }
 
 async fn one<T: Transport>(sh: &Shared<T>, step: &Step, name: &str) -> Result<(), StepError> {
