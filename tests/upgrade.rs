@@ -421,7 +421,7 @@ fn assert_refused(
 }
 
 #[test]
-fn refusals_before_any_change_running_node_hot_journal_unsupported_paths_and_ledger_typo() {
+fn refusals_before_any_change_running_node_ledger_typo_hot_journal_and_rolling() {
     let lab = LabGuard::up(&spec(Driver::Sqlite, 1, "1.7.4")).expect("lab up");
     let new = release(&lab, "1.8.2");
     let before = lab.tree_digest().unwrap();
@@ -435,6 +435,19 @@ fn refusals_before_any_change_running_node_hot_journal_unsupported_paths_and_led
         &["is running", "--stop"],
         &before,
         "1.8.2",
+    );
+    assert!(lab.nodes[0].service_running(), "left running");
+
+    // A zero-downtime strategy is not carried out yet: refused, with the way out.
+    let patch = release(&lab, "1.7.6");
+    let out = upgrade(&lab, "1.7.6", &patch, &["--strategy", "rolling"]);
+    assert_refused(
+        &lab,
+        &out,
+        exit_code::BLOCKED,
+        &["`rolling`", "--strategy offline"],
+        &before,
+        "1.7.6",
     );
     assert!(lab.nodes[0].service_running(), "left running");
 
@@ -726,4 +739,49 @@ fn a_held_lock_refuses_a_second_run_and_break_lock_takes_a_stale_one() {
         && e["host"] == "node-1"
         && e["holder"].as_str().unwrap().contains("elsewhere")));
     assert!(j.header.options.iter().any(|o| o == "--break-lock"));
+}
+
+/// The second batch never becomes healthy: the run stops with a report of what runs where.
+#[test]
+fn a_node_that_never_becomes_healthy_stops_the_run_with_a_state_report() {
+    let mut s = spec(Driver::Sqlite, 2, "1.7.4");
+    s.start = false;
+    let lab = LabGuard::up(&s).expect("lab up");
+    let new = release(&lab, "1.8.2");
+    lab.set_fault("never-healthy", &["node-2"]).unwrap();
+
+    let out = upgrade(&lab, "1.8.2", &new, &["--health-timeout", "3s"]);
+    assert_eq!(code(&out), exit_code::FAILURE, "{}", both(&out));
+    assert!(
+        stderr(&out).contains("health_gate) failed on `node-2`"),
+        "{}",
+        both(&out)
+    );
+    assert!(
+        stderr(&out).contains("not healthy on `1.8.2` within 3s"),
+        "{}",
+        both(&out)
+    );
+    let report = stdout(&out);
+    let row = |host: &str| {
+        report
+            .lines()
+            .find(|l| l.starts_with(host))
+            .unwrap_or_else(|| panic!("no row for {host}:\n{report}"))
+            .to_string()
+    };
+    assert!(row("node-1").contains("API reports `1.8.2`"), "{report}");
+    assert!(
+        row("node-2").contains("binary switched to `1.8.2`"),
+        "{report}"
+    );
+    assert!(row("node-2").contains("API answers HTTP 500"), "{report}");
+    assert_eq!(api_version(&lab, "node-1").as_deref(), Some("1.8.2"));
+    let j = last_journal(&lab);
+    assert_eq!(j.outcome(), "failed");
+    // The locks are released even so.
+    for n in &lab.nodes {
+        assert!(!n.paths().releases_dir().join(".fleetup.lock").exists());
+    }
+    lab.clear_fault("never-healthy").unwrap();
 }

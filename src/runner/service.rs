@@ -316,7 +316,7 @@ async fn gate_one<T: Transport>(sh: &Shared<T>, step: &Step, name: &str) -> Resu
                 last = format!("`/_info` reports `{v}` but `/_health` does not answer 200");
             }
             Ok(v) => last = format!("`/_info` reports `{v}`, not `{target}`"),
-            Err(e) => last = format!("the API does not answer: {e}"),
+            Err(e) => last = format!("the API is not ready: {e}"),
         }
         if Instant::now() >= deadline {
             let mut e = sh.error(
@@ -347,7 +347,10 @@ pub async fn live_state<T: Transport>(t: &T, host: &ResolvedHost) -> String {
     };
     match api_version(t, host).await {
         Ok(v) => format!("{service}, API reports `{v}`"),
-        Err(_) => format!("{service}, API silent"),
+        Err(_) => match api_answers(t, host).await {
+            Some(answer) => format!("{service}, API answers {answer}"),
+            None => format!("{service}, API silent"),
+        },
     }
 }
 
