@@ -661,15 +661,14 @@ fn a_migration_failure_starts_nothing_and_shows_the_remote_error() {
     }
 }
 
-/// A second run while the first holds the lock fails fast naming the holder; a stale lock is
-/// broken only with `--break-lock`, after being shown, and the journal records it.
+/// A second run while the first holds the lock fails fast, naming the holder.
 #[test]
-fn a_held_lock_refuses_a_second_run_and_break_lock_takes_a_stale_one() {
+fn a_second_concurrent_run_finds_the_lock_held() {
     let mut s = spec(Driver::Sqlite, 2, "1.7.4");
     s.start = false;
     let lab = LabGuard::up(&s).expect("lab up");
     let new = release(&lab, "1.8.2");
-    lab.set_fault_with("slow-migration", &["node-1"], &["4"])
+    lab.set_fault_with("slow-migration", &["node-1"], &["2"])
         .unwrap();
 
     let inventory = lab.inventory_path();
@@ -709,16 +708,20 @@ fn a_held_lock_refuses_a_second_run_and_break_lock_takes_a_stale_one() {
         both(&second)
     );
     assert_eq!(runs[1].outcome(), "lock-held");
+}
 
-    // A crashed run's lock, from another machine: refused, then broken with `--break-lock`.
-    lab.clear_fault("slow-migration").unwrap();
+/// A crashed run's lock, from another machine: refused with its holder named, then broken with
+/// `--break-lock`, which the journal records.
+#[test]
+fn a_stale_lock_is_broken_only_with_break_lock() {
+    let mut s = spec(Driver::Sqlite, 2, "1.7.4");
+    s.start = false;
+    let lab = LabGuard::up(&s).expect("lab up");
     let stale = serde_json::json!({
         "user": "ops", "local_host": "elsewhere", "run_id": "20200101T000000Z-dead00",
         "pid": 1, "started_at": "2020-01-01T00:00:00Z", "fleetup_version": "0.0.1",
         "command": "upgrade"
     });
-    lab.nodes[0].stop().unwrap();
-    lab.nodes[1].stop().unwrap();
     let lock = lab.nodes[0].paths().releases_dir().join(".fleetup.lock");
     std::fs::create_dir(&lock).unwrap();
     std::fs::write(lock.join("owner.json"), stale.to_string()).unwrap();

@@ -131,12 +131,12 @@ pub async fn stop<T: Transport + 'static>(
 /// The shell lines that list hot SQLite journals and the pids holding files of the storage dir
 /// open, between marker lines, for [`parse_storage_use`].
 fn storage_use_command(dir: &str) -> String {
-    let d = quote(dir);
+    // One `find` over every process's fds (a `readlink` per fd would fork thousands of times).
     format!(
         "echo ==journals; {list}; echo ==open; \
-         for f in /proc/[0-9]*/fd/*; do t=$(readlink \"$f\" 2>/dev/null) || continue; \
-         case \"$t\" in {d}/*) p=${{f#/proc/}}; echo \"${{p%%/*}}\";; esac; done 2>/dev/null | sort -u; true",
+         find /proc/[0-9]*/fd -maxdepth 1 -lname {pattern} 2>/dev/null | cut -d/ -f3 | sort -u; true",
         list = node::list_sqlite_dir(dir),
+        pattern = quote(&format!("{}/*", dir.trim_end_matches('/'))),
     )
 }
 
