@@ -426,7 +426,14 @@ fn refusals_before_any_change_running_node_ledger_typo_hot_journal_and_rolling()
     let new = release(&lab, "1.8.2");
     let before = lab.tree_digest().unwrap();
 
-    // Still running, no `--stop`.
+    // `--dry-run` is the audit: ready with `--stop`, and nothing stopped or written on a node.
+    let out = upgrade(&lab, "1.8.2", &new, &["--stop", "--dry-run"]);
+    assert_eq!(code(&out), exit_code::SUCCESS, "{}", both(&out));
+    assert!(stdout(&out).contains("result: ready"), "{}", both(&out));
+    assert_eq!(lab.tree_digest().unwrap(), before);
+    assert!(lab.nodes[0].service_running());
+    assert_eq!(last_journal(&lab).header.command, "check");
+
     let out = upgrade(&lab, "1.8.2", &new, &[]);
     assert_refused(
         &lab,

@@ -20,7 +20,7 @@ use fleetup::ssh::Session;
 use fleetup::{Failure, exit_code};
 use sha2::{Digest, Sha256};
 
-use super::check::{PlanArgs, PlanInputs, StrategyArg};
+use super::check::{PlanArgs, PlanInputs, local_host, local_user};
 use super::connect::{self, ConnectFlags};
 use super::display::{Display, DisplayMode, JsonLines};
 use super::{Format, Global, inventory};
@@ -58,7 +58,10 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 
 pub fn run(global: &Global, args: &UpgradeArgs) -> anyhow::Result<i32> {
     if args.dry_run {
-        return super::check::dry_run(global, &args.plan, &args.connect);
+        return match args.state_dir.as_deref() {
+            None => super::check::dry_run(global, &args.plan, &args.connect),
+            dir => super::check::dry_run_in(global, &args.plan, &args.connect, dir),
+        };
     }
     let inventory = inventory::load_inventory(global)?;
     let hosts: Vec<ResolvedHost> = inventory::select_hosts(global, &inventory)?
@@ -156,29 +159,11 @@ pub fn run(global: &Global, args: &UpgradeArgs) -> anyhow::Result<i32> {
     result.map(|(_, code)| code)
 }
 
-/// The options recorded in the journal's header.
+/// The options recorded in the journal's header: the plan's, and those of the run itself.
 fn options(args: &UpgradeArgs) -> Vec<String> {
-    let p = &args.plan;
-    let mut o = vec![format!(
-        "--strategy {}",
-        match p.strategy {
-            StrategyArg::Auto => "auto",
-            StrategyArg::Offline => "offline",
-            StrategyArg::Rolling => "rolling",
-            StrategyArg::Replace => "replace",
-        }
-    )];
-    if let Some(n) = p.serial {
-        o.push(format!("--serial {n}"));
-    }
-    for (on, flag) in [
-        (p.stop, "--stop"),
-        (p.no_backup, "--no-backup"),
-        (args.break_lock, "--break-lock"),
-    ] {
-        if on {
-            o.push(flag.into());
-        }
+    let mut o = args.plan.recorded_options();
+    if args.break_lock {
+        o.push("--break-lock".into());
     }
     if let Some(id) = &args.plan_id {
         o.push(format!("--plan {id}"));
@@ -529,23 +514,4 @@ fn render_summary(plan: &Plan, report: &RunReport, run_id: &str) -> String {
         }
     }
     out
-}
-
-fn local_user() -> String {
-    ["USER", "LOGNAME"]
-        .iter()
-        .find_map(|k| std::env::var(k).ok().filter(|v| !v.is_empty()))
-        // SAFETY: getuid has no preconditions and cannot fail.
-        .unwrap_or_else(|| format!("uid {}", unsafe { libc::getuid() }))
-}
-
-fn local_host() -> String {
-    let mut buf = [0u8; 256];
-    // SAFETY: the buffer is valid for its length; gethostname NUL-terminates within it.
-    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
-    if rc != 0 {
-        return "unknown".into();
-    }
-    let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
-    String::from_utf8_lossy(&buf[..end]).into_owned()
 }
