@@ -795,3 +795,34 @@ fn a_node_that_never_becomes_healthy_stops_the_run_with_a_state_report() {
     }
     lab.clear_fault("never-healthy").unwrap();
 }
+
+/// One host does not answer: every unreachable host is reported, nothing runs anywhere.
+#[test]
+fn an_unreachable_host_stops_the_run_before_anything_changes() {
+    let mut s = spec(Driver::Sqlite, 2, "1.7.4");
+    s.start = false;
+    let lab = LabGuard::up(&s).expect("lab up");
+    let new = release(&lab, "1.8.2");
+    assert!(fleetup::lab::process::terminate(
+        lab.nodes[1].sshd_pid,
+        Duration::from_secs(5)
+    ));
+    let before = lab.tree_digest().unwrap();
+    let out = upgrade(&lab, "1.8.2", &new, &["--connect-timeout", "3s"]);
+    assert_refused(
+        &lab,
+        &out,
+        exit_code::UNREACHABLE,
+        &["node-2", "could not be reached", "nothing was changed"],
+        &before,
+        "1.8.2",
+    );
+    assert!(
+        !lab.nodes[0]
+            .paths()
+            .releases_dir()
+            .join(".fleetup.lock")
+            .exists(),
+        "no lock taken on the reachable node"
+    );
+}
