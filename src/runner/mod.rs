@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::events::{Artefact, Event, EventSink, HostSummary, StepStatus};
+use crate::events::{Event, EventSink, HostSummary};
 use crate::exit_code;
 use crate::facts::HostFacts;
 use crate::inventory::ResolvedHost;
@@ -398,37 +398,6 @@ async fn summarize<T: Transport>(sh: &Shared<T>, c: &Changes, failed: bool) -> V
         });
     }
     out
-}
-
-/// Marks every step the run did not reach as skipped, for displays that list the plan.
-pub fn skipped_steps(plan: &Plan, report: &RunReport) -> Vec<(usize, StepKind)> {
-    let ran: Vec<usize> = report.timings.iter().map(|(n, _, _)| *n).collect();
-    plan.steps
-        .iter()
-        .filter(|s| {
-            !ran.contains(&s.number) && !matches!(s.kind, StepKind::Preflight | StepKind::Unlock)
-        })
-        .map(|s| (s.number, s.kind))
-        .collect()
-}
-
-/// The artefacts of kind `backup`.
-pub fn backups(report: &RunReport) -> Vec<&Artefact> {
-    report
-        .changes
-        .artefacts
-        .iter()
-        .filter(|a| a.kind == "backup")
-        .collect()
-}
-
-/// Status of a step on a host in the events so far, for summaries.
-pub fn status_name(status: StepStatus) -> &'static str {
-    match status {
-        StepStatus::Ok => "ok",
-        StepStatus::Failed => "failed",
-        StepStatus::Skipped => "skipped",
-    }
 }
 
 #[cfg(test)]
