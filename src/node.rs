@@ -171,3 +171,153 @@ mod tests {
         assert_eq!(journals, vec!["numary_default.db-journal"]);
     }
 }
+
+/// A shell snippet that, once the service's env file is sourced, turns
+/// `NUMARY_STORAGE_POSTGRES_CONN_STRING` (URL or `key=value` form) into libpq's own variables
+/// (`PGHOST`, `PGPORT`, `PGUSER`, `PGPASSWORD`, `PGDATABASE`, `PGSSLMODE`...), so `pg_dump` and
+/// `psql` run with no connection argument: the password never appears on any command line, not
+/// even in the node's process list. awk reads the string from its environment, not its argv.
+pub fn pg_env_from_conn_string() -> String {
+    format!("eval \"$(awk {})\"", quote(PG_ENV_AWK))
+}
+
+/// Parses the conn string from `ENVIRON` and prints `export NAME='value'` lines.
+const PG_ENV_AWK: &str = r#"
+function hexval(c) { return index("0123456789abcdef", tolower(c)) - 1 }
+function unpct(s,   out, i, c) {
+  out = ""
+  for (i = 1; i <= length(s); i++) {
+    c = substr(s, i, 1)
+    if (c == "%" && i + 2 <= length(s)) { out = out sprintf("%c", hexval(substr(s, i + 1, 1)) * 16 + hexval(substr(s, i + 2, 1))); i += 2 }
+    else out = out c
+  }
+  return out
+}
+function emit(name, v) { gsub(/'/, "'\\''", v); printf "export %s='%s'\n", name, v }
+function param(k, v) {
+  if (k == "host" || k == "hostaddr") emit("PGHOST", v)
+  else if (k == "port") emit("PGPORT", v)
+  else if (k == "user") emit("PGUSER", v)
+  else if (k == "password") emit("PGPASSWORD", v)
+  else if (k == "dbname") emit("PGDATABASE", v)
+  else if (k == "sslmode") emit("PGSSLMODE", v)
+  else if (k == "sslrootcert") emit("PGSSLROOTCERT", v)
+  else if (k == "sslcert") emit("PGSSLCERT", v)
+  else if (k == "sslkey") emit("PGSSLKEY", v)
+  else if (k == "connect_timeout") emit("PGCONNECT_TIMEOUT", v)
+  else if (k == "application_name") emit("PGAPPNAME", v)
+  else if (k == "options") emit("PGOPTIONS", v)
+}
+BEGIN {
+  u = ENVIRON["NUMARY_STORAGE_POSTGRES_CONN_STRING"]
+  if (u == "") u = "postgresql://localhost/postgres"
+  if (u ~ /^postgres(ql)?:\/\//) {
+    sub(/^postgres(ql)?:\/\//, "", u)
+    q = ""; if (index(u, "?")) { q = substr(u, index(u, "?") + 1); u = substr(u, 1, index(u, "?") - 1) }
+    db = ""; if (index(u, "/")) { db = substr(u, index(u, "/") + 1); u = substr(u, 1, index(u, "/") - 1) }
+    if (index(u, "@")) {
+      n = split(u, parts, "@"); hp = parts[n]; auth = substr(u, 1, length(u) - length(hp) - 1)
+      if (index(auth, ":")) { param("user", unpct(substr(auth, 1, index(auth, ":") - 1))); param("password", unpct(substr(auth, index(auth, ":") + 1))) }
+      else if (auth != "") param("user", unpct(auth))
+    } else hp = u
+    if (hp ~ /^\[/) { h = substr(hp, 2, index(hp, "]") - 2); p = substr(hp, index(hp, "]") + 2) }
+    else if (index(hp, ":")) { h = substr(hp, 1, index(hp, ":") - 1); p = substr(hp, index(hp, ":") + 1) }
+    else { h = hp; p = "" }
+    if (h != "") param("host", unpct(h))
+    if (p != "") param("port", p)
+    if (db != "") param("dbname", unpct(db))
+    n = split(q, kvs, "&")
+    for (i = 1; i <= n; i++) if (index(kvs[i], "=")) param(substr(kvs[i], 1, index(kvs[i], "=") - 1), unpct(substr(kvs[i], index(kvs[i], "=") + 1)))
+  } else {
+    while (match(u, /[A-Za-z_]+[ \t]*=[ \t]*/)) {
+      k = substr(u, RSTART, RLENGTH); sub(/[ \t]*=[ \t]*$/, "", k); u = substr(u, RSTART + RLENGTH)
+      if (substr(u, 1, 1) == "'") {
+        v = ""; u = substr(u, 2)
+        while (length(u) > 0 && substr(u, 1, 1) != "'") {
+          if (substr(u, 1, 1) == "\\") { v = v substr(u, 2, 1); u = substr(u, 3) } else { v = v substr(u, 1, 1); u = substr(u, 2) }
+        }
+        u = substr(u, 2)
+      } else { match(u, /^[^ \t]*/); v = substr(u, 1, RLENGTH); u = substr(u, RLENGTH + 1) }
+      param(k, v)
+    }
+  }
+}
+"#;
+
+#[cfg(test)]
+mod pg_env_tests {
+    use super::*;
+
+    /// Runs the snippet in a real local `sh` with the conn string in the environment and
+    /// returns the libpq variables it exported.
+    fn exports(conn: &str) -> Vec<(String, String)> {
+        let script = format!(
+            "{} && env | grep '^PG' | LC_ALL=C sort",
+            pg_env_from_conn_string()
+        );
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(&script)
+            .env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .env("NUMARY_STORAGE_POSTGRES_CONN_STRING", conn)
+            .output()
+            .expect("sh");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn kv(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn url_form_with_encoded_password_port_and_params() {
+        assert_eq!(
+            exports(
+                "postgresql://led%40ger:p%40ss'w\"d$(x)@db.example:5433/ledger?sslmode=require&x=y"
+            ),
+            kv(&[
+                ("PGDATABASE", "ledger"),
+                ("PGHOST", "db.example"),
+                ("PGPASSWORD", "p@ss'w\"d$(x)"),
+                ("PGPORT", "5433"),
+                ("PGSSLMODE", "require"),
+                ("PGUSER", "led@ger"),
+            ])
+        );
+        assert_eq!(
+            exports("postgres://u@[::1]/db"),
+            kv(&[("PGDATABASE", "db"), ("PGHOST", "::1"), ("PGUSER", "u")])
+        );
+    }
+
+    #[test]
+    fn key_value_form_and_default() {
+        assert_eq!(
+            exports("host=10.0.0.5 port=5432 user=ledger password='se cr\\'et' dbname=numary"),
+            kv(&[
+                ("PGDATABASE", "numary"),
+                ("PGHOST", "10.0.0.5"),
+                ("PGPASSWORD", "se cr'et"),
+                ("PGPORT", "5432"),
+                ("PGUSER", "ledger"),
+            ])
+        );
+        assert_eq!(
+            exports(""),
+            kv(&[("PGDATABASE", "postgres"), ("PGHOST", "localhost")])
+        );
+    }
+}
