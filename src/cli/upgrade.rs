@@ -9,7 +9,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context;
 use clap::Args;
-use fleetup::events::{Event, EventSink, Fanout, PlannedStep, StepStatus};
+use fleetup::events::{Event, EventSink, Fanout, StepStatus};
 use fleetup::inventory::ResolvedHost;
 use fleetup::journal::{self, Header, Journal};
 use fleetup::lock::LockOwner;
@@ -239,25 +239,7 @@ impl Ctx<'_> {
             &inputs.policy,
         );
         let plan_id = plan_digest(&plan, &facts);
-        self.sink.emit(&Event::PlanReady {
-            plan_id: plan_id.clone(),
-            strategy: plan.strategy.to_string(),
-            mode: serde_json::to_value(plan.mode)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_owned))
-                .unwrap_or_default(),
-            migrator: plan.migrator.clone(),
-            steps: plan
-                .steps
-                .iter()
-                .map(|s| PlannedStep {
-                    step: s.number,
-                    kind: kind_name(s.kind),
-                    hosts: s.hosts.clone(),
-                })
-                .collect(),
-            warnings: plan.warnings.clone(),
-        });
+        self.sink.emit(&preflight::plan_ready(&plan, &plan_id));
         if let Some(expected) = &self.args.plan_id {
             preflight::verify_plan_id(expected, &plan_id)?;
         }
