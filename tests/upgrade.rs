@@ -826,3 +826,53 @@ fn an_unreachable_host_stops_the_run_before_anything_changes() {
         "no lock taken on the reachable node"
     );
 }
+
+/// `--binary-url`: each node downloads the release itself, checked against `--sha256`.
+#[test]
+fn a_binary_url_is_downloaded_by_the_node_and_checked() {
+    let mut s = spec(Driver::Sqlite, 1, "1.7.4");
+    s.start = false;
+    let lab = LabGuard::up(&s).expect("lab up");
+    let new = release(&lab, "1.8.2");
+    let url = format!("file://{}", new.display());
+    let sha = sha256_file(&new);
+
+    let before = lab.tree_digest().unwrap();
+    let wrong = "0".repeat(64);
+    let out = fleetup(
+        &lab.inventory_path(),
+        &[
+            "upgrade",
+            "--to",
+            "1.8.2",
+            "--binary-url",
+            &url,
+            "--sha256",
+            &wrong,
+        ],
+    );
+    assert_eq!(code(&out), exit_code::FAILURE, "{}", both(&out));
+    assert!(
+        stderr(&out).contains("the download has sha256"),
+        "{}",
+        both(&out)
+    );
+    assert_eq!(lab.tree_digest().unwrap(), before);
+    assert_untouched(&lab, "1.8.2");
+
+    let out = fleetup(
+        &lab.inventory_path(),
+        &[
+            "upgrade",
+            "--to",
+            "1.8.2",
+            "--binary-url",
+            &url,
+            "--sha256",
+            &sha,
+        ],
+    );
+    assert_eq!(code(&out), exit_code::SUCCESS, "{}", both(&out));
+    assert_eq!(lab.nodes[0].installed_version().as_deref(), Some("1.8.2"));
+    assert_eq!(api_version(&lab, "node-1").as_deref(), Some("1.8.2"));
+}
