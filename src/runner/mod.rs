@@ -154,6 +154,8 @@ pub async fn execute<T: Transport + Clone + 'static>(
     if error.is_some() {
         recover(&sh).await;
     }
+    // The state report is read while the locks still keep other runs away.
+    let hosts = summarize(&sh, &sh.changes(), error.is_some()).await;
     let unlock_errors = release_locks(&sh).await;
     let changes = sh.changes();
     let outcome = match &error {
@@ -162,7 +164,6 @@ pub async fn execute<T: Transport + Clone + 'static>(
         Some(e) if e.code == exit_code::BLOCKED => Outcome::Blocked,
         Some(_) => Outcome::Failed,
     };
-    let hosts = summarize(&sh, &changes, error.is_some()).await;
     sh.emit(Event::Summary {
         hosts: hosts.clone(),
         artefacts: changes.artefacts.clone(),
@@ -402,9 +403,21 @@ async fn summarize<T: Transport>(sh: &Shared<T>, c: &Changes, failed: bool) -> V
 
 #[cfg(test)]
 pub(crate) mod tests {
+    use std::collections::BTreeMap;
+    use std::sync::{Arc, Mutex};
     use std::time::Duration;
 
+    use super::*;
+    use crate::events::Recorder;
+    use crate::facts::{HostFacts, ServiceState, StorageDriver, StorageFacts};
     use crate::inventory::{LedgerSettings, ResolvedHost, SshSettings};
+    use crate::plan::{BinarySource, PlanOptions, Strategy, build_plan};
+    use crate::policy::PolicyTable;
+    use crate::ssh::{
+        ExecError, ExecOutput, ExitStatus, HttpError, HttpResponse, Progress, UploadError,
+        UploadReport,
+    };
+    use crate::version::Version;
 
     /// A host with the built-in ledger settings, for the script tests of the steps.
     pub fn host(name: &str) -> ResolvedHost {
@@ -426,5 +439,244 @@ pub(crate) mod tests {
             },
             ledger: LedgerSettings::default(),
         }
+    }
+
+    /// A node played by a script: answers each command by what it contains, logs every
+    /// command, and serves `/_info` on the target once a start command ran.
+    #[derive(Clone)]
+    struct Fake {
+        name: String,
+        listed: String,
+        log: Arc<Mutex<Vec<String>>>,
+        started: Arc<Mutex<bool>>,
+    }
+
+    impl Fake {
+        fn answer(&self, cmd: &str) -> (u32, String) {
+            let has = |s: &str| cmd.contains(s);
+            if has("storage list") {
+                (0, self.listed.clone())
+            } else if has("storage scan") {
+                (0, String::new())
+            } else if let Some(rest) = cmd.split("storage upgrade ").nth(1) {
+                (0, format!("Storage '{}' migrated\r\n", rest.trim()))
+            } else if has(" version") {
+                (0, "Version: 1.8.2 \n".into())
+            } else if has("==orig") {
+                (0, "==dir /data\n==name numary\n==orig\naa 1 numary_default.db\n==copy\naa 1 numary_default.db\n".into())
+            } else if has("prev-link") {
+                (0, "prev-link /opt/numary/releases/1.7.4/numary\nnow /opt/numary/releases/1.8.2/numary\n".into())
+            } else if has("is-active") {
+                (
+                    if *self.started.lock().unwrap() { 0 } else { 3 },
+                    String::new(),
+                )
+            } else if has("systemctl start") {
+                *self.started.lock().unwrap() = true;
+                (0, String::new())
+            } else if has("==journals") {
+                (0, "==journals\n==open\n".into())
+            } else {
+                (0, String::new())
+            }
+        }
+
+        fn commands(&self) -> Vec<String> {
+            self.log.lock().unwrap().clone()
+        }
+    }
+
+    impl Transport for Fake {
+        fn host(&self) -> &str {
+            &self.name
+        }
+
+        async fn exec(&self, command: &str, _: &ExecOptions) -> Result<ExecOutput, ExecError> {
+            self.log.lock().unwrap().push(command.to_string());
+            let (code, stdout) = self.answer(command);
+            Ok(ExecOutput {
+                stdout: stdout.into_bytes(),
+                stderr: Vec::new(),
+                status: ExitStatus::Code(code),
+                duration: Duration::ZERO,
+            })
+        }
+
+        async fn upload(
+            &self,
+            data: &[u8],
+            sha256: &str,
+            remote_path: &str,
+            _: u32,
+            _: Progress<'_>,
+        ) -> Result<UploadReport, UploadError> {
+            self.log
+                .lock()
+                .unwrap()
+                .push(format!("# upload {remote_path}"));
+            Ok(UploadReport {
+                bytes: data.len() as u64,
+                sha256: sha256.to_string(),
+            })
+        }
+
+        async fn http_get(
+            &self,
+            host: &str,
+            port: u16,
+            path: &str,
+            _: Duration,
+        ) -> Result<HttpResponse, HttpError> {
+            if !*self.started.lock().unwrap() {
+                return Err(HttpError::Connect {
+                    host: self.name.clone(),
+                    target: format!("{host}:{port}"),
+                    reason: "connection refused".into(),
+                });
+            }
+            let body = if path == "/_info" {
+                r#"{"data":{"version":"1.8.2"}}"#
+            } else {
+                "{}"
+            };
+            Ok(HttpResponse {
+                status: 200,
+                headers: vec![],
+                body: body.as_bytes().to_vec(),
+            })
+        }
+    }
+
+    /// A stopped single SQLite node at 1.7.4 going to 1.8.2; `listed` is what `storage list`
+    /// prints, `expected` the inventory's ledgers.
+    async fn run_single(listed: &str, expected: Option<&[&str]>) -> (RunReport, Fake) {
+        let mut h = host("node-1");
+        h.ledger.ledgers = expected.map(|e| e.iter().map(|s| s.to_string()).collect());
+        let facts = BTreeMap::from([(
+            "node-1".to_string(),
+            HostFacts {
+                installed_version: Some(Version::new(1, 7, 4)),
+                service: ServiceState::Stopped,
+                storage: Some(StorageFacts {
+                    driver: StorageDriver::Sqlite,
+                    sqlite_dir: Some("/data".into()),
+                    postgres: None,
+                }),
+                ledgers: vec!["default".into()],
+                ..HostFacts::default()
+            },
+        )]);
+        let opts = PlanOptions {
+            strategy: Strategy::Offline,
+            serial: None,
+            stop_running: false,
+            backup: true,
+            binary: BinarySource::File {
+                path: "numary".into(),
+                sha256: "ab".repeat(32),
+            },
+        };
+        let target = Version::new(1, 8, 2);
+        let hosts = vec![h];
+        let plan = build_plan(&hosts, &facts, &target, &opts, &PolicyTable::builtin());
+        assert!(!plan.is_blocked(), "{:?}", plan.blockers);
+        let fake = Fake {
+            name: "node-1".into(),
+            listed: listed.into(),
+            log: Arc::default(),
+            started: Arc::default(),
+        };
+        let cfg = RunConfig {
+            run_id: "20260125T174502Z-00ab12".into(),
+            owner: crate::lock::LockOwner {
+                user: "ops".into(),
+                local_host: "here".into(),
+                run_id: "20260125T174502Z-00ab12".into(),
+                pid: 1,
+                started_at: "2026-01-25T17:45:02Z".into(),
+                fleetup_version: "0".into(),
+                command: "upgrade".into(),
+            },
+            break_lock: false,
+            binary: Some(Arc::new(b"#!/bin/sh\n".to_vec())),
+            stop_timeout: Duration::from_secs(1),
+            health_timeout: Duration::from_secs(1),
+            poll_interval: Duration::from_millis(10),
+            parallel_uploads: 4,
+        };
+        let fleet = Fleet {
+            hosts,
+            sessions: BTreeMap::from([("node-1".to_string(), fake.clone())]),
+            facts,
+        };
+        let recorder = Arc::new(Recorder::default());
+        let report = execute(plan, fleet, cfg, recorder).await;
+        (report, fake)
+    }
+
+    fn upgrades(fake: &Fake) -> Vec<String> {
+        fake.commands()
+            .iter()
+            .filter_map(|c| c.split("storage upgrade ").nth(1).map(str::to_string))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn every_listed_ledger_is_migrated_then_the_node_switched_started_and_unlocked() {
+        let (report, fake) = run_single("Ledgers:\n- default\n- payments\n", None).await;
+        assert_eq!(report.outcome, Outcome::Succeeded, "{:?}", report.error);
+        assert_eq!(upgrades(&fake), ["default", "payments"]);
+        assert_eq!(report.changes.healthy, ["node-1"]);
+        let cmds = fake.commands();
+        assert!(
+            cmds.first().unwrap().contains(".fleetup.lock"),
+            "locked first"
+        );
+        assert!(cmds.last().unwrap().contains("grep -qF"), "unlocked last");
+        let pos = |s: &str| cmds.iter().position(|c| c.contains(s)).unwrap();
+        assert!(pos("==orig") < pos("# upload") && pos("# upload") < pos("storage upgrade"));
+        assert!(
+            pos("storage upgrade") < pos("prev-link") && pos("prev-link") < pos("systemctl start")
+        );
+    }
+
+    #[tokio::test]
+    async fn a_ledger_the_list_lacks_stops_before_any_storage_upgrade_and_undoes_the_rest() {
+        let (report, fake) = run_single(
+            "Ledgers:\n- default\n- payments\n",
+            Some(&["default", "paymnts"]),
+        )
+        .await;
+        assert_eq!(report.outcome, Outcome::Blocked);
+        let e = report.error.unwrap();
+        assert!(e.message.contains("`paymnts`"), "{}", e.message);
+        assert!(upgrades(&fake).is_empty(), "no `storage upgrade` at all");
+        let cmds = fake.commands();
+        assert!(
+            !cmds
+                .iter()
+                .any(|c| c.contains("prev-link") || c.contains("systemctl start"))
+        );
+        // The staged release and the backup of this run are removed, the lock released.
+        assert!(cmds.iter().any(|c| c.contains("rm -f \"$d/numary\"")));
+        assert!(
+            cmds.iter()
+                .any(|c| c.contains("rm -rf -- /var/backups/numary/20260125T174502Z-00ab12"))
+        );
+        assert!(cmds.last().unwrap().contains("grep -qF"));
+    }
+
+    #[tokio::test]
+    async fn no_ledger_found_while_the_fleet_has_ledgers_is_the_wrong_environment() {
+        let (report, fake) = run_single("No ledger found.\n", None).await;
+        assert_eq!(report.outcome, Outcome::Blocked);
+        assert!(
+            report
+                .error
+                .unwrap()
+                .message
+                .contains("wrong storage environment")
+        );
+        assert!(upgrades(&fake).is_empty());
     }
 }
