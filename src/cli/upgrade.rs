@@ -298,6 +298,19 @@ impl Ctx<'_> {
             }
             return Err(f.into());
         }
+        // The preflight reports every blocker as a finding; should one ever slip through, the
+        // plan still does not run.
+        if plan.is_blocked() {
+            let reasons: Vec<String> = plan.blockers.iter().map(|b| b.reason.clone()).collect();
+            return Err(Failure::new(
+                exit_code::BLOCKED,
+                format!(
+                    "the plan is blocked; nothing was changed: {}",
+                    reasons.join("; ")
+                ),
+            )
+            .into());
+        }
         if plan.strategy.is_zero_downtime() {
             return Err(Failure::new(
                 exit_code::BLOCKED,
