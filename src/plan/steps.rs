@@ -339,7 +339,7 @@ fn backup(l: &Layout, hosts: &[&View], batch: Option<usize>) -> Step {
                 c.push(with_env(
                     v,
                     format!(
-                        "pg_dump --format=custom --file={file}  # connects with NUMARY_STORAGE_POSTGRES_CONN_STRING, passed through the environment"
+                        "pg_dump --format=custom --file={file}  # connects through libpq variables taken from NUMARY_STORAGE_POSTGRES_CONN_STRING, never on a command line"
                     ),
                 ));
                 c.push(format!("pg_restore --list {file} >/dev/null"));

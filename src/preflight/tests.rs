@@ -286,7 +286,15 @@ fn the_scripts_write_nothing_and_never_spell_out_the_connection_string() {
     run_on(&hosts, facts, &nodes, "1.8.2", false);
     let all: Vec<String> = nodes.values().flat_map(Fake::commands).collect();
     assert_eq!(all.len(), 2);
-    assert!(all[0].contains("psql \"$NUMARY_STORAGE_POSTGRES_CONN_STRING\""));
+    // psql connects through libpq's variables: no connection argument on its command line.
+    assert!(all[0].contains(&crate::node::pg_env_from_conn_string()));
+    assert!(all[0].contains("exec psql -X"));
+    assert!(!all[0].contains("psql \"$NUMARY_STORAGE_POSTGRES_CONN_STRING\""));
+    // The libpq snippet only exports variables (tested in `node`); scan the rest.
+    let all: Vec<String> = all
+        .iter()
+        .map(|c| c.replace(&crate::node::pg_env_from_conn_string(), ""))
+        .collect();
     for c in &all {
         for word in [
             "mkdir",

@@ -50,11 +50,12 @@ fn postgres_command(host: &ResolvedHost, dir: &str) -> String {
     format!(
         "{env}command -v pg_dump >/dev/null 2>&1 && command -v pg_restore >/dev/null 2>&1 || {{ echo 'pg_dump and pg_restore must be installed on the node (postgresql-client)' >&2; exit 7; }}; \
          f={f}; umask 077; mkdir -p {d} || exit 4; \
-         pg_dump --format=custom --file=\"$f\" --dbname=\"${{NUMARY_STORAGE_POSTGRES_CONN_STRING:-postgresql://localhost/postgres}}\" || exit 8; \
+         ( {pgenv} && exec pg_dump --format=custom --file=\"$f\" ) || exit 8; \
          pg_restore --list \"$f\" > \"$f.list\" || exit 9; \
          awk '$4 == \"SCHEMA\" {{ print \"==schema \" $6 }}' \"$f.list\"; rm -f \"$f.list\"; \
          h=$(sha256sum < \"$f\") && s=$(wc -c < \"$f\") && printf '==dump %s %s\\n' \"${{h%% *}}\" \"$((s))\"",
         env = env_prefix(host),
+        pgenv = crate::node::pg_env_from_conn_string(),
         f = quote(&file),
         d = quote(dir),
     )
