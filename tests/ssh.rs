@@ -629,6 +629,40 @@ async fn command_timeout_fires_and_the_connection_stays_usable() {
 }
 
 #[tokio::test]
+async fn a_timed_out_command_is_ended_on_the_host_too() {
+    // The fixture logs in as the test's user; as root, OpenSSH refuses our TERM request, so only
+    // the host-side deadline can end the command.
+    let (fx, server, kh) = one_server(&[]);
+    let mut h = host("n1", server.port(), Some(&fx.key), &kh);
+    h.ssh.command_timeout = Duration::from_secs(1);
+    let s = connect(&h, &opts()).await.unwrap();
+    let pidfile = fx.path("sleeper.pid");
+    let cmd = format!("sh -c 'echo $$ > {}; exec sleep 60'", pidfile.display());
+    let err = s.exec(&cmd, &run_opts()).await.unwrap_err();
+    assert!(matches!(err, ExecError::Timeout { .. }), "{err}");
+    let pid: u32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let alive = |pid: u32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|st| {
+            st.rsplit(')')
+                .next()
+                .is_some_and(|rest| !rest.trim_start().starts_with('Z'))
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while alive(pid) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        !alive(pid),
+        "the command (pid {pid}) still runs on the host after its deadline"
+    );
+}
+
+#[tokio::test]
 async fn upload_is_atomic_and_verified_on_the_host() {
     let fx = Fixture::new();
     let a = fx.server("a", &[], &[]);

@@ -710,6 +710,7 @@ impl Session {
     pub async fn exec(&self, command: &str, opts: &ExecOptions) -> Result<ExecOutput, ExecError> {
         let command = with_env(&self.inner.name, command, &opts.env)?;
         let timeout = opts.timeout.unwrap_or(self.inner.command_timeout);
+        let command = with_remote_deadline(&command, timeout);
         let no_progress = |_: u64, _: u64| {};
         let stdin: Option<(&[u8], Progress<'_>)> = opts
             .stdin
@@ -1135,6 +1136,22 @@ pub async fn upload_to_many(
 }
 
 /// `export K='v'; command`, after checking each name is a plain shell variable name.
+/// Extra time the host gives a command past our own deadline before ending it itself.
+const REMOTE_DEADLINE_GRACE: Duration = Duration::from_secs(3);
+
+/// Wraps `command` so the host ends it (TERM, then KILL 5 s later) shortly after our own
+/// deadline. Our signal request is not enough: OpenSSH refuses signals for root sessions
+/// ("session signalling requires privilege separation"), and a timed-out migration must not
+/// go on running once fleetup has reported it failed. The login shell still runs the command
+/// (`$SHELL -c`); hosts without `timeout` (coreutils, busybox) run it unwrapped.
+fn with_remote_deadline(command: &str, limit: Duration) -> String {
+    let secs = (limit + REMOTE_DEADLINE_GRACE).as_secs();
+    let q = quote(command);
+    format!(
+        "if command -v timeout >/dev/null 2>&1; then exec timeout -k 5 {secs} \"${{SHELL:-/bin/sh}}\" -c {q}; else exec \"${{SHELL:-/bin/sh}}\" -c {q}; fi"
+    )
+}
+
 fn with_env(host: &str, command: &str, env: &[(String, String)]) -> Result<String, ExecError> {
     if env.is_empty() {
         return Ok(command.to_owned());
