@@ -32,7 +32,9 @@ pub fn default_state_dir(inventory: &Path) -> PathBuf {
 /// A new run id: the UTC start time to the second, then 6 random hex digits, so ids sort by
 /// start time and two runs started in the same second still differ (`20260125T174502Z-3f9a0c`).
 pub fn new_run_id(now: SystemTime) -> String {
-    let stamp: String = humantime::format_rfc3339_seconds(now)
+    // Milliseconds: two runs in the same second (a check, then the upgrade) must still sort in
+    // the order they started.
+    let stamp: String = humantime::format_rfc3339_millis(now)
         .to_string()
         .chars()
         .filter(|c| !matches!(c, '-' | ':'))
@@ -45,15 +47,20 @@ pub fn valid_run_id(id: &str) -> bool {
     let Some((stamp, suffix)) = id.split_once('-') else {
         return false;
     };
-    stamp.len() == 16
-        && stamp.as_bytes()[8] == b'T'
-        && stamp.ends_with('Z')
-        && stamp
+    // `YYYYMMDDTHHMMSS.mmmZ`; the 16-character form without milliseconds is still read.
+    let digits_at = |skip: &[usize]| {
+        stamp
             .bytes()
             .enumerate()
-            .all(|(i, b)| matches!(i, 8 | 15) || b.is_ascii_digit())
-        && suffix.len() == 6
-        && suffix.bytes().all(|b| b.is_ascii_hexdigit())
+            .all(|(i, b)| skip.contains(&i) || b.is_ascii_digit())
+    };
+    let b = stamp.as_bytes();
+    let stamp_ok = match stamp.len() {
+        20 => b[8] == b'T' && b[15] == b'.' && b[19] == b'Z' && digits_at(&[8, 15, 19]),
+        16 => b[8] == b'T' && b[15] == b'Z' && digits_at(&[8, 15]),
+        _ => false,
+    };
+    stamp_ok && suffix.len() == 6 && suffix.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 /// The first line of a journal.
@@ -301,10 +308,12 @@ mod tests {
     #[test]
     fn run_ids_sort_by_time_and_validate() {
         let a = new_run_id(UNIX_EPOCH + Duration::from_secs(1_769_363_102));
-        let b = new_run_id(UNIX_EPOCH + Duration::from_secs(1_769_363_103));
-        assert!(a.starts_with("20260125T174502Z-"), "{a}");
-        assert!(a < b);
-        assert!(valid_run_id(&a) && valid_run_id(&b));
+        let b = new_run_id(UNIX_EPOCH + Duration::from_millis(1_769_363_102_001));
+        let c = new_run_id(UNIX_EPOCH + Duration::from_secs(1_769_363_103));
+        assert!(a.starts_with("20260125T174502.000Z-"), "{a}");
+        assert!(a < b && b < c, "{a} {b} {c}");
+        assert!(valid_run_id(&a) && valid_run_id(&b) && valid_run_id(&c));
+        assert!(valid_run_id("20260125T174502Z-00ab12"), "the older form");
         for bad in [
             "",
             "../etc/passwd",
@@ -312,6 +321,8 @@ mod tests {
             "20260125T174502Z-xyz123",
             "2026012xT174502Z-abcdef",
             "20260125T174502Z-abcdef/..",
+            "20260125T174502.12Z-abcdef",
+            "20260125T174502x123Z-abcdef",
         ] {
             assert!(!valid_run_id(bad), "{bad}");
         }
