@@ -46,6 +46,11 @@ pub fn parse_version(stdout: &str) -> Result<Version, UnexpectedOutput> {
     })
 }
 
+/// A logrus text-format line (`time="..." level=info msg="..."`), which 1.9+ prints on stdout.
+fn is_log_line(line: &str) -> bool {
+    line.starts_with("time=\"") || line.starts_with("level=")
+}
+
 /// `numary storage list`: the registered ledgers, or an error when the output is neither
 /// `No ledger found.` nor a `Ledgers:` block (for instance help text printed after a typo).
 pub fn parse_storage_list(stdout: &str) -> Result<Vec<String>, UnexpectedOutput> {
@@ -62,7 +67,14 @@ pub fn parse_storage_list(stdout: &str) -> Result<Vec<String>, UnexpectedOutput>
         } else if in_block {
             match line.strip_prefix("- ") {
                 Some(name) => ledgers.push(name.to_string()),
-                None => in_block = false,
+                // 1.9+ logs to stdout (logrus text format), possibly between ledger lines.
+                None if is_log_line(line) || line.is_empty() => {}
+                None => {
+                    return Err(unexpected(
+                        "storage list",
+                        format!("`{line}` inside the `Ledgers:` list"),
+                    ));
+                }
             }
         }
     }
@@ -276,6 +288,14 @@ mod tests {
         );
         let out = format!("{NOISE}time=\"x\" level=info msg=\"y\"\nLedgers:\n- default\n- foo\n");
         assert_eq!(parse_storage_list(&out).unwrap(), vec!["default", "foo"]);
+        // A log line between ledger lines does not end the list.
+        let out = "Ledgers:\n- default\ntime=\"2024\" level=info msg=\"telemetry\"\n- payments\n";
+        assert_eq!(
+            parse_storage_list(out).unwrap(),
+            vec!["default", "payments"]
+        );
+        // Anything else inside the list is not understood: refuse rather than drop ledgers.
+        assert!(parse_storage_list("Ledgers:\n- default\nsomething odd\n- payments\n").is_err());
         // Help text (a typo'd subcommand exits 0) is not a listing.
         assert!(parse_storage_list("Usage:\n  numary storage [command]\n").is_err());
     }
