@@ -70,7 +70,9 @@ fn url_password_span(text: &str, from: usize) -> Option<(usize, usize)> {
         let auth_start = search + rel + 3;
         let rest = &text[auth_start..];
         let auth_len = rest
-            .find(|c: char| c.is_whitespace() || matches!(c, '?' | '#' | '"' | '\'' | '<' | '>'))
+            // Not at quotes: a password may hold `'` or `"` (Go's URL parser accepts them), and
+            // the password runs to the LAST `@` of the authority anyway.
+            .find(|c: char| c.is_whitespace() || matches!(c, '/' | '?' | '#' | '<' | '>'))
             .unwrap_or(rest.len());
         let authority = &rest[..auth_len];
         if let Some(at) = authority.rfind('@')
@@ -189,6 +191,18 @@ mod tests {
             (
                 "conn=postgresql://u:pw@h/db other",
                 "conn=postgresql://u:***@h/db other",
+            ),
+            (
+                "postgresql://ledger:it's-s3cret@db/ledger",
+                "postgresql://ledger:***@db/ledger",
+            ),
+            (
+                r#"postgresql://u:a"b'c@h:5432"#,
+                "postgresql://u:***@h:5432",
+            ),
+            (
+                "url='postgresql://u:pw@h' next",
+                "url='postgresql://u:***@h' next",
             ),
             ("postgresql://u@h/db", "postgresql://u@h/db"),
             ("postgresql://h:5432/db", "postgresql://h:5432/db"),
