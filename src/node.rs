@@ -2,6 +2,7 @@
 //! service's environment, the service manager (systemd or operator-given commands), and the
 //! read-only probes used for facts. Every interpolated value goes through [`crate::shell::quote`].
 
+use crate::facts::ServiceState;
 use crate::inventory::{ResolvedHost, Service};
 use crate::shell::quote;
 
@@ -54,24 +55,96 @@ pub fn service(host: &ResolvedHost, action: ServiceAction) -> String {
     }
 }
 
+/// The command that asks the service manager for the service's state; read its result with
+/// [`parse_service_state`]. For systemd, `is-active` is not enough: it exits 3 for
+/// `activating (auto-restart)` (a crash-looping unit that systemd will start again) and for a
+/// unit that does not exist, both of which would pass for "stopped".
+pub fn service_state(host: &ResolvedHost) -> String {
+    match &host.ledger.service {
+        Service::Systemd { unit } => format!(
+            "systemctl show --property=LoadState,ActiveState --value -- {}",
+            quote(unit)
+        ),
+        Service::Command { status, .. } => status.clone(),
+    }
+}
+
+/// What the service manager said, with the reason when it is not a clear running/stopped.
+pub fn parse_service_state(
+    host: &ResolvedHost,
+    exit_code: Option<u32>,
+    stdout: &str,
+) -> (ServiceState, Option<String>) {
+    match &host.ledger.service {
+        Service::Systemd { unit } => {
+            let mut lines = stdout.lines().map(str::trim);
+            let (load, active) = (lines.next().unwrap_or(""), lines.next().unwrap_or(""));
+            if exit_code != Some(0) || load != "loaded" {
+                return (
+                    ServiceState::Unknown,
+                    Some(format!(
+                        "systemd unit `{unit}` is not loaded (LoadState `{load}`): check the inventory's `service.unit`"
+                    )),
+                );
+            }
+            match active {
+                "inactive" | "failed" => (ServiceState::Stopped, None),
+                "active" | "reloading" => (ServiceState::Running, None),
+                // activating (possibly auto-restart), deactivating: it may run any moment.
+                other => (
+                    ServiceState::Running,
+                    Some(format!("systemd unit `{unit}` is `{other}`, not settled")),
+                ),
+            }
+        }
+        Service::Command { status, .. } => match exit_code {
+            Some(0) => (ServiceState::Running, None),
+            // The shell could not run the status command at all: that says nothing.
+            Some(c @ (126 | 127)) => (
+                ServiceState::Unknown,
+                Some(format!(
+                    "the status command `{status}` could not run (exit {c}): check the inventory's `service.status`"
+                )),
+            ),
+            Some(_) => (ServiceState::Stopped, None),
+            None => (
+                ServiceState::Unknown,
+                Some(format!(
+                    "the status command `{status}` was killed by a signal"
+                )),
+            ),
+        },
+    }
+}
+
 /// Marker lines of the [`probe`] script's sections.
-pub const PROBE_HOME: &str = "==fleetup:home";
 pub const PROBE_ENV: &str = "==fleetup:env";
 pub const PROBE_RELEASES: &str = "==fleetup:releases";
 pub const PROBE_END: &str = "==fleetup:end";
 
-/// One read-only script for the facts that need no `numary`: the login `$HOME` (the default
-/// storage dir hangs off it), the environment file, the staged releases. Sections are introduced
-/// by marker lines; a missing file yields an empty section plus a `!` line with the reason.
+/// One read-only script for the facts that need no `numary`: the storage settings as the
+/// service sees them (its env file sourced by the shell, exactly as the storage commands do, so
+/// quotes, comments and `$VAR` mean the same), and the staged releases. The Postgres connection
+/// is reported as `user@host:port/db` from libpq's variables: the password never leaves the
+/// node. Sections are introduced by marker lines; `! reason` lines report what failed.
 pub fn probe(host: &ResolvedHost) -> String {
-    let mut s = format!("printf '%s\\n' {PROBE_HOME} \"$HOME\"; ");
-    s.push_str(&format!("echo {PROBE_ENV}; "));
+    let mut s = format!("echo {PROBE_ENV}; ( ");
     if let Some(env) = &host.ledger.env_file {
         let e = quote(env);
         s.push_str(&format!(
-            "if [ -r {e} ]; then cat -- {e}; echo; else echo \"! cannot read {e}\"; fi; "
+            "if [ ! -r {e} ]; then echo \"! cannot read {e}\"; exit 0; fi; \
+             set -a; . {e} || {{ echo \"! cannot source {e}\"; exit 0; }}; set +a; "
         ));
     }
+    s.push_str(&format!(
+        "printf 'driver=%s\\n' \"${{NUMARY_STORAGE_DRIVER:-sqlite}}\"; \
+         printf 'dir=%s\\n' \"${{NUMARY_STORAGE_DIR:-$HOME/.numary/data}}\"; \
+         printf 'db_name=%s\\n' \"${{NUMARY_STORAGE_SQLITE_DB_NAME:-numary}}\"; \
+         printf 'bind=%s\\n' \"${{NUMARY_SERVER_HTTP_BIND_ADDRESS:-localhost:3068}}\"; \
+         if [ \"${{NUMARY_STORAGE_DRIVER:-}}\" = postgres ]; then {pg} && \
+         printf 'postgres=%s@%s:%s/%s\\n' \"${{PGUSER:-}}\" \"${{PGHOST:-localhost}}\" \"${{PGPORT:-5432}}\" \"${{PGDATABASE:-}}\"; fi ); ",
+        pg = pg_env_from_conn_string(),
+    ));
     let r = quote(&host.ledger.releases_dir);
     s.push_str(&format!(
         "echo {PROBE_RELEASES}; if [ -d {r} ]; then for d in {r}/*/; do [ -d \"$d\" ] && basename \"$d\"; done; fi; echo {PROBE_END}"
@@ -82,9 +155,16 @@ pub fn probe(host: &ResolvedHost) -> String {
 /// The sections of a [`probe`] output.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ProbeOutput {
-    pub home: String,
-    /// The environment file's text (holds secrets: parse it, never print it).
-    pub env_text: String,
+    /// `NUMARY_STORAGE_DRIVER` (default `sqlite`).
+    pub driver: String,
+    /// `NUMARY_STORAGE_DIR` (default `$HOME/.numary/data`).
+    pub dir: String,
+    /// `NUMARY_STORAGE_SQLITE_DB_NAME` (default `numary`).
+    pub db_name: String,
+    /// `NUMARY_SERVER_HTTP_BIND_ADDRESS` (default `localhost:3068`).
+    pub bind: String,
+    /// Postgres only: `user@host:port/db`, never the password.
+    pub postgres: Option<String>,
     pub env_error: Option<String>,
     pub releases: Vec<String>,
 }
@@ -94,16 +174,23 @@ pub fn parse_probe(stdout: &str) -> ProbeOutput {
     let mut section = "";
     for line in stdout.lines() {
         match line {
-            PROBE_HOME | PROBE_ENV | PROBE_RELEASES | PROBE_END => section = line,
+            PROBE_ENV | PROBE_RELEASES | PROBE_END => section = line,
             _ => match section {
-                PROBE_HOME => out.home = line.to_string(),
-                PROBE_ENV => match line.strip_prefix("! ") {
-                    Some(err) => out.env_error = Some(err.to_string()),
-                    None => {
-                        out.env_text.push_str(line);
-                        out.env_text.push('\n');
+                PROBE_ENV => {
+                    if let Some(err) = line.strip_prefix("! ") {
+                        out.env_error = Some(err.to_string());
+                    } else if let Some((k, v)) = line.split_once('=') {
+                        let v = v.to_string();
+                        match k {
+                            "driver" => out.driver = v,
+                            "dir" => out.dir = v,
+                            "db_name" => out.db_name = v,
+                            "bind" => out.bind = v,
+                            "postgres" => out.postgres = Some(v),
+                            _ => {}
+                        }
                     }
-                },
+                }
                 PROBE_RELEASES if !line.is_empty() => out.releases.push(line.to_string()),
                 _ => {}
             },
@@ -144,21 +231,137 @@ pub fn parse_sqlite_listing(stdout: &str, db_name: &str) -> (Vec<String>, Vec<St
 mod tests {
     use super::*;
 
+    /// Runs the probe in a real local `sh` against an env file and returns what it reports.
+    fn host_with(env_file: Option<String>) -> ResolvedHost {
+        ResolvedHost {
+            name: "n".into(),
+            address: "127.0.0.1".into(),
+            groups: vec![],
+            migrator: false,
+            replaces: None,
+            ssh: crate::inventory::SshSettings {
+                user: "u".into(),
+                port: 22,
+                identity_files: vec![],
+                known_hosts: "/dev/null".into(),
+                connect_timeout: std::time::Duration::from_secs(1),
+                command_timeout: std::time::Duration::from_secs(1),
+                jump_host: None,
+                use_agent: false,
+            },
+            ledger: crate::inventory::LedgerSettings {
+                env_file,
+                ..Default::default()
+            },
+        }
+    }
+
+    /// `Some(None)`: the inventory names an env file that does not exist.
+    fn probe_locally(env_text: Option<Option<&str>>) -> ProbeOutput {
+        let dir = tempfile::tempdir().unwrap();
+        let mut host = host_with(None);
+        let releases = dir.path().join("releases dir");
+        std::fs::create_dir_all(releases.join("1.7.4")).unwrap();
+        std::fs::create_dir_all(releases.join("1.8.2")).unwrap();
+        host.ledger.releases_dir = releases.display().to_string();
+        host.ledger.env_file = env_text.map(|t| {
+            let p = dir.path().join("env");
+            if let Some(t) = t {
+                std::fs::write(&p, t).unwrap();
+            }
+            p.display().to_string()
+        });
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(probe(&host))
+            .env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .env("HOME", "/home/ledger")
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        parse_probe(&String::from_utf8_lossy(&out.stdout))
+    }
+
     #[test]
-    fn probe_sections_parse() {
-        let out = format!(
-            "{PROBE_HOME}\n/home/ledger\n{PROBE_ENV}\nA=1\nB='x y'\n\n{PROBE_RELEASES}\n1.7.4\n1.8.2\n{PROBE_END}\n"
-        );
-        let p = parse_probe(&out);
-        assert_eq!(p.home, "/home/ledger");
-        assert_eq!(p.env_text, "A=1\nB='x y'\n\n");
-        assert_eq!(p.releases, vec!["1.7.4", "1.8.2"]);
+    fn probe_reads_the_env_file_as_the_shell_does() {
+        let p = probe_locally(Some(Some(
+            "NUMARY_STORAGE_DIR=\"/srv/ledger\" # data\nexport NUMARY_STORAGE_SQLITE_DB_NAME=led\nNUMARY_SERVER_HTTP_BIND_ADDRESS=127.0.0.1:4000\n",
+        )));
+        assert_eq!(p.driver, "sqlite");
+        assert_eq!(p.dir, "/srv/ledger");
+        assert_eq!(p.db_name, "led");
+        assert_eq!(p.bind, "127.0.0.1:4000");
+        assert_eq!(p.postgres, None);
         assert_eq!(p.env_error, None);
-        let missing = parse_probe(&format!(
-            "{PROBE_HOME}\n/root\n{PROBE_ENV}\n! cannot read '/etc/x'\n{PROBE_RELEASES}\n{PROBE_END}\n"
-        ));
-        assert_eq!(missing.env_error.as_deref(), Some("cannot read '/etc/x'"));
-        assert!(missing.releases.is_empty());
+        assert_eq!(p.releases, vec!["1.7.4", "1.8.2"]);
+
+        let p = probe_locally(Some(Some("NUMARY_STORAGE_DIR=$HOME/x\n")));
+        assert_eq!(p.dir, "/home/ledger/x");
+        let p = probe_locally(None);
+        assert_eq!(p.dir, "/home/ledger/.numary/data");
+        assert_eq!(p.bind, "localhost:3068");
+    }
+
+    #[test]
+    fn probe_reports_postgres_without_the_password() {
+        let secret = "it's-S3cret";
+        let env = format!(
+            "NUMARY_STORAGE_DRIVER=postgres\nNUMARY_STORAGE_POSTGRES_CONN_STRING=\"postgresql://ledger:{secret}@db.internal:5433/numary\"\n"
+        );
+        let p = probe_locally(Some(Some(&env)));
+        assert_eq!(p.driver, "postgres");
+        assert_eq!(
+            p.postgres.as_deref(),
+            Some("ledger@db.internal:5433/numary")
+        );
+        assert!(!format!("{p:?}").contains(secret));
+    }
+
+    #[test]
+    fn probe_reports_an_unreadable_env_file() {
+        let p = probe_locally(Some(None));
+        assert!(
+            p.env_error
+                .as_deref()
+                .is_some_and(|e| e.starts_with("cannot read")),
+            "{p:?}"
+        );
+        assert_eq!(
+            p.releases,
+            vec!["1.7.4", "1.8.2"],
+            "the other sections still report"
+        );
+    }
+
+    #[test]
+    fn service_state_reads_systemd_properties_and_command_exits() {
+        let mut host = host_with(None);
+        host.ledger.service = Service::Systemd {
+            unit: "numary.service".into(),
+        };
+        assert!(service_state(&host).contains("--value -- numary.service"));
+        let st = |code, out: &str| parse_service_state(&host, code, out).0;
+        assert_eq!(st(Some(0), "loaded\ninactive\n"), ServiceState::Stopped);
+        assert_eq!(st(Some(0), "loaded\nfailed\n"), ServiceState::Stopped);
+        assert_eq!(st(Some(0), "loaded\nactive\n"), ServiceState::Running);
+        // Crash-looping: systemd will start it again, so it is not stopped.
+        assert_eq!(st(Some(0), "loaded\nactivating\n"), ServiceState::Running);
+        // A misspelt unit is not a stopped service.
+        assert_eq!(st(Some(0), "not-found\ninactive\n"), ServiceState::Unknown);
+        assert_eq!(st(Some(1), ""), ServiceState::Unknown);
+
+        host.ledger.service = Service::Command {
+            start: "s".into(),
+            stop: "t".into(),
+            status: "/opt/x status".into(),
+        };
+        let st = |code| parse_service_state(&host, code, "").0;
+        assert_eq!(st(Some(0)), ServiceState::Running);
+        assert_eq!(st(Some(3)), ServiceState::Stopped);
+        assert_eq!(st(Some(127)), ServiceState::Unknown);
+        assert_eq!(st(Some(126)), ServiceState::Unknown);
+        assert_eq!(st(None), ServiceState::Unknown);
     }
 
     #[test]

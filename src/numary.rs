@@ -7,7 +7,6 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::facts::StorageDriver;
 use crate::version::Version;
 
 /// Output of a `numary` command that does not look like what the contract says it prints.
@@ -189,8 +188,9 @@ pub fn parse_info(body: &[u8]) -> Result<ServerInfo, UnexpectedOutput> {
     })
 }
 
-/// Parse an environment file as systemd's `EnvironmentFile=` and POSIX shells read the simple
-/// cases: `KEY=value`, `export KEY=value`, single or double quotes, `#` comments, blank lines.
+/// Parse an environment file locally, for the simple cases systemd's `EnvironmentFile=` and
+/// POSIX shells agree on (the lab's own files). Facts about a node never rely on this: the node's
+/// shell sources its env file itself ([`crate::node::probe`]). Understood: `KEY=value`, `export KEY=value`, single or double quotes, `#` comments, blank lines.
 /// Returns the variables in file order (later assignments win).
 pub fn parse_env_file(text: &str) -> BTreeMap<String, String> {
     let mut vars = BTreeMap::new();
@@ -222,40 +222,6 @@ pub fn parse_env_file(text: &str) -> BTreeMap<String, String> {
         vars.insert(key.to_string(), value);
     }
     vars
-}
-
-/// The storage a `numary` process with this environment uses (contract §2.1 defaults).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StorageConfig {
-    pub driver: Result<StorageDriver, String>,
-    /// `NUMARY_STORAGE_DIR`, defaulting to `$HOME/.numary/data`.
-    pub dir: String,
-    pub sqlite_db_name: String,
-    /// `NUMARY_STORAGE_POSTGRES_CONN_STRING` (contains the password: never print it as is).
-    pub postgres_conn_string: String,
-    pub http_bind_address: String,
-}
-
-impl StorageConfig {
-    /// `home` is the service user's `$HOME` on the node.
-    pub fn from_env(vars: &BTreeMap<String, String>, home: &str) -> Self {
-        let get = |k: &str| vars.get(k).filter(|v| !v.is_empty()).cloned();
-        let driver = match get("NUMARY_STORAGE_DRIVER").as_deref() {
-            None | Some("sqlite") => Ok(StorageDriver::Sqlite),
-            Some("postgres") => Ok(StorageDriver::Postgres),
-            Some(other) => Err(other.to_string()),
-        };
-        StorageConfig {
-            driver,
-            dir: get("NUMARY_STORAGE_DIR")
-                .unwrap_or_else(|| format!("{}/.numary/data", home.trim_end_matches('/'))),
-            sqlite_db_name: get("NUMARY_STORAGE_SQLITE_DB_NAME").unwrap_or_else(|| "numary".into()),
-            postgres_conn_string: get("NUMARY_STORAGE_POSTGRES_CONN_STRING")
-                .unwrap_or_else(|| "postgresql://localhost/postgres".into()),
-            http_bind_address: get("NUMARY_SERVER_HTTP_BIND_ADDRESS")
-                .unwrap_or_else(|| "localhost:3068".into()),
-        }
-    }
 }
 
 #[cfg(test)]
@@ -338,22 +304,15 @@ mod tests {
     }
 
     #[test]
-    fn env_file_forms_and_storage_defaults() {
+    fn env_file_forms() {
         let text = "# comment\nexport NUMARY_STORAGE_DRIVER=postgres\nNUMARY_STORAGE_POSTGRES_CONN_STRING=\"postgresql://u:p@h/db\"\n\nNUMARY_SERVER_HTTP_BIND_ADDRESS='127.0.0.1:4000'\nbad line\n";
         let vars = parse_env_file(text);
-        let cfg = StorageConfig::from_env(&vars, "/home/ledger/");
-        assert_eq!(cfg.driver, Ok(StorageDriver::Postgres));
-        assert_eq!(cfg.postgres_conn_string, "postgresql://u:p@h/db");
-        assert_eq!(cfg.http_bind_address, "127.0.0.1:4000");
-        assert_eq!(cfg.dir, "/home/ledger/.numary/data");
-        let empty = StorageConfig::from_env(&BTreeMap::new(), "/root");
-        assert_eq!(empty.driver, Ok(StorageDriver::Sqlite));
-        assert_eq!(empty.sqlite_db_name, "numary");
-        assert_eq!(empty.http_bind_address, "localhost:3068");
-        let odd = parse_env_file("NUMARY_STORAGE_DRIVER=mysql\n");
+        assert_eq!(vars["NUMARY_STORAGE_DRIVER"], "postgres");
         assert_eq!(
-            StorageConfig::from_env(&odd, "/").driver,
-            Err("mysql".to_string())
+            vars["NUMARY_STORAGE_POSTGRES_CONN_STRING"],
+            "postgresql://u:p@h/db"
         );
+        assert_eq!(vars["NUMARY_SERVER_HTTP_BIND_ADDRESS"], "127.0.0.1:4000");
+        assert_eq!(vars.len(), 3);
     }
 }

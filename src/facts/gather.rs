@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use crate::facts::{ApiInfo, HostFacts, ServiceState, StorageDriver, StorageFacts};
 use crate::inventory::ResolvedHost;
-use crate::node::{self, ServiceAction};
-use crate::numary::{self, StorageConfig};
+use crate::node;
+use crate::numary;
 use crate::redact::redact_conn_strings;
 use crate::ssh::{ConnectError, ExecOptions, ExitStatus, Session, Transport};
 use crate::version::Version;
@@ -34,7 +34,7 @@ pub async fn gather<T: Transport>(t: &T, host: &ResolvedHost) -> HostFacts {
     };
     let probe_cmd = node::probe(host);
     let version_cmd = node::numary(host, &host.ledger.binary, &["version"]);
-    let status_cmd = node::service(host, ServiceAction::Status);
+    let status_cmd = node::service_state(host);
     let (probe, version, status, api) = tokio::join!(
         t.exec(&probe_cmd, &opts),
         t.exec(&version_cmd, &opts),
@@ -60,11 +60,15 @@ pub async fn gather<T: Transport>(t: &T, host: &ResolvedHost) -> HostFacts {
     }
 
     facts.service = match status {
-        Ok(out) => match out.status {
-            ExitStatus::Code(0) => ServiceState::Running,
-            ExitStatus::Code(_) => ServiceState::Stopped,
-            ExitStatus::Signal(_) => ServiceState::Unknown,
-        },
+        Ok(out) => {
+            let code = match out.status {
+                ExitStatus::Code(c) => Some(c),
+                ExitStatus::Signal(_) => None,
+            };
+            let (state, problem) = node::parse_service_state(host, code, &out.stdout_lossy());
+            facts.problems.extend(problem);
+            state
+        }
         Err(e) => {
             facts
                 .problems
@@ -103,25 +107,25 @@ pub async fn gather<T: Transport>(t: &T, host: &ResolvedHost) -> HostFacts {
         .iter()
         .filter_map(|r| Version::parse(r).ok())
         .collect();
-    let cfg = StorageConfig::from_env(&numary::parse_env_file(&probe.env_text), &probe.home);
-    match cfg.driver {
-        Ok(StorageDriver::Postgres) => {
+    match probe.driver.as_str() {
+        "postgres" => {
             facts.storage = Some(StorageFacts {
                 driver: StorageDriver::Postgres,
                 sqlite_dir: None,
-                postgres: Some(redact_conn_strings(&cfg.postgres_conn_string)),
+                // Built on the node from libpq's variables: `user@host:port/db`, no password.
+                postgres: probe.postgres.as_ref().map(|p| format!("postgresql://{p}")),
             });
         }
-        Ok(StorageDriver::Sqlite) => {
+        "sqlite" => {
             facts.storage = Some(StorageFacts {
                 driver: StorageDriver::Sqlite,
-                sqlite_dir: Some(cfg.dir.clone()),
+                sqlite_dir: Some(probe.dir.clone()),
                 postgres: None,
             });
-            match t.exec(&node::list_sqlite_dir(&cfg.dir), &opts).await {
+            match t.exec(&node::list_sqlite_dir(&probe.dir), &opts).await {
                 Ok(out) if out.status.success() => {
                     let (ledgers, journals) =
-                        node::parse_sqlite_listing(&out.stdout_lossy(), &cfg.sqlite_db_name);
+                        node::parse_sqlite_listing(&out.stdout_lossy(), &probe.db_name);
                     facts.hot_journals = journals;
                     if facts.ledgers_source.is_empty() {
                         facts.ledgers = ledgers;
@@ -130,7 +134,7 @@ pub async fn gather<T: Transport>(t: &T, host: &ResolvedHost) -> HostFacts {
                 }
                 Ok(out) => facts.problems.push(format!(
                     "cannot list the SQLite dir `{}`: {}",
-                    cfg.dir,
+                    probe.dir,
                     tail(&out.stderr_lossy())
                 )),
                 Err(e) => facts
@@ -138,7 +142,9 @@ pub async fn gather<T: Transport>(t: &T, host: &ResolvedHost) -> HostFacts {
                     .push(format!("cannot list the SQLite dir: {e}")),
             }
         }
-        Err(other) => facts.problems.push(format!(
+        // The env file could not be read: nothing is known of the storage.
+        "" => {}
+        other => facts.problems.push(format!(
             "the environment sets NUMARY_STORAGE_DRIVER=`{other}`, which numary does not know"
         )),
     }
