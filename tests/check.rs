@@ -515,3 +515,62 @@ fn an_unreachable_host_is_reported_while_the_others_are_checked() {
         assert!(passed(&v, "node-1", c), "node-1: no passing `{c}`");
     }
 }
+
+/// Rewrites the sshd config of `node` so it refuses forwarding channels, and makes it re-read it.
+fn refuse_port_forwarding(lab: &Lab, node: &str) {
+    let node = lab.node(node).unwrap();
+    let config = node.sshd_dir.join("sshd_config");
+    let log = node.sshd_dir.join("sshd.log");
+    let text = std::fs::read_to_string(&config).unwrap();
+    let refused = text.replace("AllowTcpForwarding yes", "AllowTcpForwarding no");
+    assert_ne!(refused, text, "the lab's sshd allows forwarding explicitly");
+    std::fs::write(&config, refused).unwrap();
+    let listening = || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .matches("Server listening on")
+            .count()
+    };
+    let before = listening();
+    assert!(before > 0, "sshd logs where it listens");
+    // SIGHUP: sshd re-executes itself and reads its config again, keeping its pid.
+    let hup = Command::new("kill")
+        .args(["-HUP", &node.sshd_pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while listening() <= before {
+        assert!(std::time::Instant::now() < deadline, "sshd did not restart");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn an_api_port_behind_an_sshd_that_refuses_forwarding_blocks_instead_of_passing_as_silent() {
+    let lab = stopped_lab(2, "1.7.4");
+    let new = release(&lab, "1.8.2");
+    refuse_port_forwarding(&lab, "node-2");
+
+    let out = check(&lab, "1.8.2", &new, &["--format", "json"]);
+    assert_eq!(code(&out), exit_code::BLOCKED, "{}", stdout(&out));
+    let v = json(&out);
+    let f = failed(&v, "node-2", "api-port");
+    assert_eq!(f.len(), 1, "{v}");
+    let detail = f[0]["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("cannot check the API port of `node-2`: sshd refuses port forwarding")
+            && detail.contains("administratively prohibited"),
+        "{detail}"
+    );
+    assert!(
+        f[0]["hint"]
+            .as_str()
+            .unwrap()
+            .contains("AllowTcpForwarding local"),
+        "{f:?}"
+    );
+    // The other node's sshd forwards: its silent port still passes.
+    assert!(passed(&v, "node-1", "api-port"), "{v}");
+    assert_no_trace(&lab);
+}

@@ -331,8 +331,10 @@ pub(super) async fn findings<T: Transport>(
     };
     let command = script(&want);
     let (ran, port) = tokio::join!(t.exec(&command, &opts), async {
-        if must_stop && facts.service == ServiceState::Stopped && facts.api.is_none() {
-            Some(probe_port(t, host).await)
+        // A running node that answered the facts' probe proved the channel works; one that did
+        // not is probed too, as the runner's re-check after `--stop` needs the channel.
+        if must_stop && facts.api.is_none() {
+            probe_port(t, host, facts.service == ServiceState::Stopped).await
         } else {
             None
         }
@@ -632,7 +634,10 @@ fn process_finding(
     }
 }
 
-async fn probe_port<T: Transport>(t: &T, host: &ResolvedHost) -> Finding {
+/// The API port of a node to stop. `stopped`: the service manager says so, and anything that
+/// answers is a blocker; otherwise (it runs, `--stop` stops it) only a port that cannot be
+/// probed is reported, as the runner's re-check after the stop could not probe it either.
+async fn probe_port<T: Transport>(t: &T, host: &ResolvedHost, stopped: bool) -> Option<Finding> {
     let name = host.name.as_str();
     let api = &host.ledger.api;
     // `host:port` or `[v6]:port`, as the facts' API probe reads it.
@@ -641,38 +646,48 @@ async fn probe_port<T: Transport>(t: &T, host: &ResolvedHost) -> Finding {
         Some((h.to_owned(), p.parse::<u16>().ok()?))
     });
     let Some((addr, port)) = parsed else {
-        return Finding::fail(
+        return Some(Finding::fail(
             Some(name),
             check::API_PORT,
             format!("`ledger.api` (`{api}`) is not host:port"),
             None,
-        );
+        ));
+    };
+    let listens = || {
+        Some(format!(
+            "find what listens there (`ss -ltnp | grep :{port}`) and stop it"
+        ))
     };
     match t.http_get(&addr, port, "/_info", PORT_TIMEOUT).await {
-        Err(HttpError::Connect { .. }) => Finding::pass(
+        Err(e @ HttpError::Refused { .. }) => Some(Finding::fail(
+            Some(name),
+            check::API_PORT,
+            format!(
+                "cannot check the API port of `{name}`: sshd refuses port forwarding, so whether something holds `{api}` is unknown ({e})"
+            ),
+            Some(HttpError::FORWARDING_HINT.to_owned()),
+        )),
+        _ if !stopped => None,
+        Err(HttpError::Connect { .. }) => Some(Finding::pass(
             Some(name),
             check::API_PORT,
             format!("nothing answers on `{api}`"),
-        ),
-        Ok(r) => Finding::fail(
+        )),
+        Ok(r) => Some(Finding::fail(
             Some(name),
             check::API_PORT,
             format!(
                 "something answers HTTP {} on `{api}` although the service is stopped: the new server could not bind it",
                 r.status
             ),
-            Some(format!(
-                "find what listens there (`ss -ltnp | grep :{port}`) and stop it"
-            )),
-        ),
-        Err(e) => Finding::fail(
+            listens(),
+        )),
+        Err(e) => Some(Finding::fail(
             Some(name),
             check::API_PORT,
             format!("something holds `{api}` although the service is stopped: {e}"),
-            Some(format!(
-                "find what listens there (`ss -ltnp | grep :{port}`) and stop it"
-            )),
-        ),
+            listens(),
+        )),
     }
 }
 

@@ -25,6 +25,8 @@ struct Fake {
     stdout: String,
     /// Something answers on the API port.
     port_open: bool,
+    /// The node's sshd refuses forwarding channels (`AllowTcpForwarding no`).
+    no_forwarding: bool,
     commands: Mutex<Vec<String>>,
 }
 
@@ -34,6 +36,7 @@ impl Fake {
             name: name.to_owned(),
             stdout,
             port_open: false,
+            no_forwarding: false,
             commands: Mutex::new(Vec::new()),
         }
     }
@@ -85,7 +88,13 @@ impl Transport for Fake {
         _path: &str,
         _timeout: Duration,
     ) -> Result<HttpResponse, HttpError> {
-        if self.port_open {
+        if self.no_forwarding {
+            Err(HttpError::Refused {
+                host: self.name.clone(),
+                target: format!("{host}:{port}"),
+                reason: "administratively prohibited".to_owned(),
+            })
+        } else if self.port_open {
             Ok(HttpResponse {
                 status: 404,
                 headers: Vec::new(),
@@ -538,4 +547,47 @@ fn plan_ids_must_match() {
     assert!(err.message.contains("`abc123`") && err.message.contains("`def456`"));
     assert!(err.message.contains("the fleet changed since the audit"));
     assert!(err.hints[0].contains("re-run `fleetup check`"));
+}
+
+#[test]
+fn an_api_port_behind_a_refused_forwarding_channel_is_not_taken_for_silent() {
+    let hosts = inventory("", &["a"]);
+    let verdict = |service: ServiceState, stop: bool, no_forwarding: bool| {
+        let mut f = sqlite_facts("1.7.4");
+        f.service = service;
+        let facts = BTreeMap::from([("a".to_owned(), f)]);
+        let mut node = Fake::new("a", output(10_000_000, &[], "", "", ""));
+        node.no_forwarding = no_forwarding;
+        node.port_open = service == ServiceState::Running;
+        let r = run_on(&hosts, facts, &fakes(vec![node]), "1.8.2", stop);
+        find(&r.preflight, "a", check::API_PORT)
+            .into_iter()
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    let silent = verdict(ServiceState::Stopped, false, false);
+    assert!(silent.len() == 1 && silent[0].ok, "{silent:?}");
+    for (service, stop) in [
+        (ServiceState::Stopped, false),
+        (ServiceState::Running, true),
+    ] {
+        let refused = verdict(service, stop, true);
+        assert_eq!(refused.len(), 1, "{service:?}: {refused:?}");
+        assert!(!refused[0].ok, "{refused:?}");
+        assert!(
+            refused[0]
+                .detail
+                .contains("cannot check the API port of `a`: sshd refuses port forwarding"),
+            "{refused:?}"
+        );
+        assert!(
+            refused[0]
+                .hint
+                .as_deref()
+                .is_some_and(|h| h.contains("AllowTcpForwarding local")),
+            "{refused:?}"
+        );
+    }
+    // A running node whose port answers is `--stop`'s business: no finding about its port.
+    assert_eq!(verdict(ServiceState::Running, true, false), Vec::new());
 }

@@ -13,7 +13,7 @@ use crate::node::{self, ServiceAction};
 use crate::numary;
 use crate::plan::Step;
 use crate::shell::quote;
-use crate::ssh::{ExecOptions, ExitStatus, Transport};
+use crate::ssh::{ExecOptions, ExitStatus, HttpError, Transport};
 use crate::version::Version;
 
 use super::ctx::{Shared, StepError, per_host, tail};
@@ -45,12 +45,36 @@ pub async fn api_version<T: Transport>(t: &T, host: &ResolvedHost) -> Result<Str
         .map_err(|e| e.to_string())
 }
 
-/// Whether anything answers on the API port (any HTTP answer counts).
-pub async fn api_answers<T: Transport>(t: &T, host: &ResolvedHost) -> Option<String> {
-    let (h, p) = api_endpoint(host)?;
+/// What a probe of the API port found, as seen from the node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApiProbe {
+    /// The node's sshd could not connect: nothing listens there.
+    Silent,
+    /// Something answered (any HTTP answer, or a broken one).
+    Answers(String),
+    /// The port could not be probed (sshd refuses port forwarding, ...): nothing is known.
+    Unknown(String),
+}
+
+pub async fn probe_api<T: Transport>(t: &T, host: &ResolvedHost) -> ApiProbe {
+    let Some((h, p)) = api_endpoint(host) else {
+        return ApiProbe::Unknown(format!("`{}` is not host:port", host.ledger.api));
+    };
     match t.http_get(&h, p, "/_info", PROBE_TIMEOUT).await {
-        Ok(resp) => Some(format!("HTTP {}", resp.status)),
-        Err(_) => None,
+        Ok(resp) => ApiProbe::Answers(format!("HTTP {}", resp.status)),
+        Err(HttpError::Connect { .. }) => ApiProbe::Silent,
+        Err(e @ HttpError::Refused { .. }) => ApiProbe::Unknown(e.to_string()),
+        // A timeout or a garbled answer: something holds the port.
+        Err(e) => ApiProbe::Answers(e.to_string()),
+    }
+}
+
+/// Whether anything answers on the API port, or it cannot be told (`None`: nothing answers).
+pub async fn api_answers<T: Transport>(t: &T, host: &ResolvedHost) -> Option<String> {
+    match probe_api(t, host).await {
+        ApiProbe::Silent => None,
+        ApiProbe::Answers(a) => Some(a),
+        ApiProbe::Unknown(why) => Some(format!("cannot be probed: {why}")),
     }
 }
 
@@ -205,16 +229,30 @@ async fn confirm_one<T: Transport>(
             return Err(e);
         }
     }
-    if let Some(answer) = api_answers(t, host).await {
-        let e = blocked(
-            format!(
-                "the API at `{}` answers ({answer}) although the service manager says stopped: a `numary` runs outside it",
-                host.ledger.api
-            ),
-            "find and stop that process (fleetup stops nodes only through the service manager)",
-        );
-        op.fail(&e.message);
-        return Err(e);
+    match probe_api(t, host).await {
+        ApiProbe::Silent => {}
+        ApiProbe::Answers(answer) => {
+            let e = blocked(
+                format!(
+                    "the API at `{}` answers ({answer}) although the service manager says stopped: a `numary` runs outside it",
+                    host.ledger.api
+                ),
+                "find and stop that process (fleetup stops nodes only through the service manager)",
+            );
+            op.fail(&e.message);
+            return Err(e);
+        }
+        ApiProbe::Unknown(why) => {
+            let e = blocked(
+                format!(
+                    "cannot tell whether the API at `{}` is silent: {why}",
+                    host.ledger.api
+                ),
+                HttpError::FORWARDING_HINT,
+            );
+            op.fail(&e.message);
+            return Err(e);
+        }
     }
     let sqlite_dir = sh
         .facts(name)
@@ -347,9 +385,10 @@ pub async fn live_state<T: Transport>(t: &T, host: &ResolvedHost) -> String {
     };
     match api_version(t, host).await {
         Ok(v) => format!("{service}, API reports `{v}`"),
-        Err(_) => match api_answers(t, host).await {
-            Some(answer) => format!("{service}, API answers {answer}"),
-            None => format!("{service}, API silent"),
+        Err(_) => match probe_api(t, host).await {
+            ApiProbe::Answers(answer) => format!("{service}, API answers {answer}"),
+            ApiProbe::Unknown(why) => format!("{service}, API not probed ({why})"),
+            ApiProbe::Silent => format!("{service}, API silent"),
         },
     }
 }
@@ -436,6 +475,72 @@ mod tests {
         let (journals, pids) = parse_storage_use(&String::from_utf8_lossy(&out.stdout));
         assert_eq!(journals, vec!["numary_a.db-journal"]);
         assert!(pids.contains(&holder.id().to_string()), "{pids:?}");
+    }
+
+    /// A node whose `/_info` fails with the given error.
+    struct Probe(fn(String) -> HttpError);
+
+    impl Transport for Probe {
+        fn host(&self) -> &str {
+            "n"
+        }
+
+        async fn exec(
+            &self,
+            command: &str,
+            _: &ExecOptions,
+        ) -> Result<crate::ssh::ExecOutput, crate::ssh::ExecError> {
+            panic!("no command expected: {command}")
+        }
+
+        async fn upload(
+            &self,
+            _: &[u8],
+            _: &str,
+            remote_path: &str,
+            _: u32,
+            _: crate::ssh::Progress<'_>,
+        ) -> Result<crate::ssh::UploadReport, crate::ssh::UploadError> {
+            panic!("no upload expected: {remote_path}")
+        }
+
+        async fn http_get(
+            &self,
+            host: &str,
+            port: u16,
+            _: &str,
+            _: Duration,
+        ) -> Result<crate::ssh::HttpResponse, HttpError> {
+            Err((self.0)(format!("{host}:{port}")))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_refused_forwarding_channel_is_no_silent_port() {
+        let h = crate::runner::tests::host("n");
+        let closed = Probe(|target| HttpError::Connect {
+            host: "n".into(),
+            target,
+            reason: "connection refused".into(),
+        });
+        assert_eq!(probe_api(&closed, &h).await, ApiProbe::Silent);
+        assert_eq!(api_answers(&closed, &h).await, None);
+        let refused = Probe(|target| HttpError::Refused {
+            host: "n".into(),
+            target,
+            reason: "administratively prohibited".into(),
+        });
+        let probe = probe_api(&refused, &h).await;
+        assert!(
+            matches!(&probe, ApiProbe::Unknown(why) if why.contains("refuses the forwarding channel")),
+            "{probe:?}"
+        );
+        // The migration's re-check reads `api_answers`: unknown must not pass as silent.
+        assert!(
+            api_answers(&refused, &h)
+                .await
+                .is_some_and(|a| a.contains("cannot be probed")),
+        );
     }
 
     #[test]

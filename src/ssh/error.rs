@@ -261,8 +261,19 @@ pub enum UploadError {
 /// An HTTP request through the node failed.
 #[derive(Debug, thiserror::Error)]
 pub enum HttpError {
+    /// The node's sshd tried and could not connect: nothing listens there.
     #[error("host `{host}`: cannot reach `{target}` from the node: {reason}")]
     Connect {
+        host: String,
+        target: String,
+        reason: String,
+    },
+    /// The node's sshd would not even try (`AllowTcpForwarding no`, `PermitOpen`, ...): nothing
+    /// is known about the port, which must not be read as "nothing listens".
+    #[error(
+        "host `{host}`: cannot probe `{target}` from the node: its sshd refuses the forwarding channel ({reason})"
+    )]
+    Refused {
         host: String,
         target: String,
         reason: String,
@@ -279,4 +290,67 @@ pub enum HttpError {
         target: String,
         reason: String,
     },
+}
+
+impl HttpError {
+    /// What to do about [`HttpError::Refused`] when probing the API port.
+    pub const FORWARDING_HINT: &'static str = "allow local port forwarding for fleetup's SSH user on the node (`AllowTcpForwarding local` in its sshd_config, or in a `Match User` block), then run again: fleetup checks through it that nothing answers on the API port";
+
+    /// Why a direct-tcpip channel to `target` did not open: only sshd's own "connect failed"
+    /// says the port is closed; any other refusal, or a lost connection, says nothing about it.
+    pub fn channel_open(host: String, target: String, error: &russh::Error) -> HttpError {
+        use russh::ChannelOpenFailure as F;
+        match error {
+            russh::Error::ChannelOpenFailure(F::ConnectFailed) => HttpError::Connect {
+                host,
+                target,
+                reason: "connection refused".into(),
+            },
+            russh::Error::ChannelOpenFailure(F::AdministrativelyProhibited) => HttpError::Refused {
+                host,
+                target,
+                reason: "administratively prohibited: port forwarding is not allowed".into(),
+            },
+            other => HttpError::Refused {
+                host,
+                target,
+                reason: other.to_string(),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_failed_connect_means_the_port_is_closed() {
+        use russh::ChannelOpenFailure as F;
+        let map =
+            |e: russh::Error| HttpError::channel_open("n".into(), "127.0.0.1:3068".into(), &e);
+        let closed = map(russh::Error::ChannelOpenFailure(F::ConnectFailed));
+        assert!(matches!(closed, HttpError::Connect { .. }), "{closed}");
+        let prohibited = map(russh::Error::ChannelOpenFailure(
+            F::AdministrativelyProhibited,
+        ));
+        assert!(
+            matches!(prohibited, HttpError::Refused { .. }),
+            "{prohibited}"
+        );
+        assert!(
+            prohibited
+                .to_string()
+                .contains("port forwarding is not allowed"),
+            "{prohibited}"
+        );
+        for e in [
+            russh::Error::ChannelOpenFailure(F::ResourceShortage),
+            russh::Error::ChannelOpenFailure(F::UnknownChannelType),
+            russh::Error::Disconnect,
+        ] {
+            let mapped = map(e);
+            assert!(matches!(mapped, HttpError::Refused { .. }), "{mapped}");
+        }
+    }
 }

@@ -1013,11 +1013,7 @@ impl Session {
         )
         .await
         .map_err(|_| timed_out())?
-        .map_err(|e| HttpError::Connect {
-            host: node(),
-            target: target.clone(),
-            reason: e.to_string(),
-        })?;
+        .map_err(|e| HttpError::channel_open(node(), target.clone(), &e))?;
         let (mut rx, tx) = channel.split();
         let exchange = async {
             tx.data_bytes(request(host, port, path).into_bytes())
