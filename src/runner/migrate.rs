@@ -1,8 +1,9 @@
-//! The migrate step, with the new binary and exactly the service's environment: `storage list`,
-//! `storage scan`, `storage list` (the difference shown), then `storage upgrade NAME` for each
-//! listed ledger, each result line checked. Guards: only names `storage list` printed are passed
-//! (the real binary creates a ledger on a typo), the inventory's ledgers must all be listed, and
-//! an empty list while the fleet has ledgers means the wrong storage environment.
+//! The migrate step, with the new binary and exactly the service's environment: on every host
+//! first `storage list`, `storage scan`, `storage list` (the difference shown) and the guards,
+//! and only then `storage upgrade NAME` for each listed ledger, each result line checked. Guards:
+//! only names `storage list` printed are passed (the real binary creates a ledger on a typo), the
+//! inventory's ledgers must all be listed, and an empty list while the fleet has ledgers means
+//! the wrong storage environment.
 
 use std::sync::Arc;
 
@@ -112,10 +113,16 @@ pub async fn run<T: Transport + 'static>(
     step: &Step,
 ) -> Result<(), StepError> {
     recheck_stopped(sh, step).await?;
+    // Every host's lists and guards before the first `storage upgrade` anywhere: a refusal on the
+    // second SQLite node must not come after the first one migrated (nothing would be unchanged).
+    let mut ledgers = Vec::new();
+    for name in &step.hosts {
+        ledgers.push(survey(sh, step, name).await?);
+    }
     // One host after the other: on SQLite each node migrates its own files, and a failure must
     // stop the run before the next node is touched.
-    for name in &step.hosts {
-        one(sh, step, name).await?;
+    for (name, ledgers) in step.hosts.iter().zip(ledgers) {
+        migrate(sh, step, name, &ledgers).await?;
     }
     Ok(())
 }
@@ -154,7 +161,12 @@ async fn recheck_stopped<T: Transport>(sh: &Shared<T>, step: &Step) -> Result<()
     Ok(())
 }
 
-async fn one<T: Transport>(sh: &Shared<T>, step: &Step, name: &str) -> Result<(), StepError> {
+/// `storage list`, `scan`, `list` on `name` and the guards: the ledgers to migrate there.
+async fn survey<T: Transport>(
+    sh: &Shared<T>,
+    step: &Step,
+    name: &str,
+) -> Result<Vec<String>, StepError> {
     let host = sh.host(name);
     let binary = release_binary(host, &sh.plan.target);
     let numary = |args: &[&str]| node::numary(host, &binary, args);
@@ -235,9 +247,21 @@ async fn one<T: Transport>(sh: &Shared<T>, step: &Step, name: &str) -> Result<()
             return Err(refuse(format!("`storage list` printed {err}"), None));
         }
     }
-    for ledger in &after {
+    Ok(after)
+}
+
+/// `storage upgrade NAME` on `name` for each of `ledgers`, each result line checked.
+async fn migrate<T: Transport>(
+    sh: &Shared<T>,
+    step: &Step,
+    name: &str,
+    ledgers: &[String],
+) -> Result<(), StepError> {
+    let host = sh.host(name);
+    let binary = release_binary(host, &sh.plan.target);
+    for ledger in ledgers {
         sh.change(|c| c.storage_touched = true);
-        let cmd = numary(&["storage", "upgrade", ledger]);
+        let cmd = node::numary(host, &binary, &["storage", "upgrade", ledger]);
         let label = format!("`storage upgrade {ledger}`");
         let word = sh
             .run_checked(

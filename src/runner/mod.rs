@@ -154,16 +154,11 @@ pub async fn execute<T: Transport + Clone + 'static>(
     if error.is_some() {
         recover(&sh).await;
     }
+    let outcome = settle(&mut error, sh.changes().storage_touched);
     // The state report is read while the locks still keep other runs away.
     let hosts = summarize(&sh, &sh.changes(), error.is_some()).await;
     let unlock_errors = release_locks(&sh).await;
     let changes = sh.changes();
-    let outcome = match &error {
-        None => Outcome::Succeeded,
-        Some(e) if e.code == exit_code::LOCK_HELD => Outcome::LockHeld,
-        Some(e) if e.code == exit_code::BLOCKED => Outcome::Blocked,
-        Some(_) => Outcome::Failed,
-    };
     sh.emit(Event::Summary {
         hosts: hosts.clone(),
         artefacts: changes.artefacts.clone(),
@@ -175,6 +170,26 @@ pub async fn execute<T: Transport + Clone + 'static>(
         changes,
         timings,
         unlock_errors,
+    }
+}
+
+/// The outcome of a run that stopped on `error`. Blocked promises that nothing changed: once a
+/// `storage upgrade` ran that no longer holds, so a guard's refusal after it (which the migrate
+/// step's order should make impossible) is a failure, with the state report to read.
+fn settle(error: &mut Option<StepError>, storage_touched: bool) -> Outcome {
+    match error {
+        None => Outcome::Succeeded,
+        Some(e) if e.code == exit_code::LOCK_HELD => Outcome::LockHeld,
+        Some(e) if e.code == exit_code::BLOCKED && !storage_touched => Outcome::Blocked,
+        Some(e) => {
+            if e.code == exit_code::BLOCKED {
+                e.code = exit_code::FAILURE;
+                e.hints.push(
+                    "a `storage upgrade` already ran, so the storage may differ from the backup: the backup is kept and no node was started; see each node's state in the summary".into(),
+                );
+            }
+            Outcome::Failed
+        }
     }
 }
 
@@ -441,48 +456,85 @@ pub(crate) mod tests {
         }
     }
 
-    /// A node played by a script: answers each command by what it contains, logs every
-    /// command, and serves `/_info` on the target once a start command ran.
+    /// A node played by a script: answers each command it was scripted for by what the command
+    /// contains, fails loudly on any other, logs every command, and serves `/_info` on the
+    /// target while started.
     #[derive(Clone)]
     struct Fake {
         name: String,
-        listed: String,
+        /// What `storage list` prints before `storage scan` ran, and after.
+        listed: (String, String),
+        /// A command containing this fails (exit 1, stderr `boom`).
+        fail: Option<&'static str>,
+        /// The ledgers whose SQLite files the backup copies.
+        files: Vec<String>,
+        scanned: Arc<Mutex<bool>>,
         log: Arc<Mutex<Vec<String>>>,
+        /// Commands it was not scripted for (each answered with exit 127).
+        unexpected: Arc<Mutex<Vec<String>>>,
         started: Arc<Mutex<bool>>,
     }
 
     impl Fake {
-        fn answer(&self, cmd: &str) -> (u32, String) {
+        fn answer(&self, cmd: &str) -> (u32, String, String) {
             let has = |s: &str| cmd.contains(s);
+            let ok = |out: &str| (0, out.to_string(), String::new());
+            if self.fail.is_some_and(has) {
+                return (1, String::new(), format!("boom: `{cmd}`\n"));
+            }
             if has("storage list") {
-                (0, self.listed.clone())
+                let scanned = *self.scanned.lock().unwrap();
+                ok(if scanned {
+                    &self.listed.1
+                } else {
+                    &self.listed.0
+                })
             } else if has("storage scan") {
-                (0, String::new())
+                *self.scanned.lock().unwrap() = true;
+                ok("")
             } else if let Some(rest) = cmd.split("storage upgrade ").nth(1) {
-                (0, format!("Storage '{}' migrated\r\n", rest.trim()))
-            } else if has(" version") {
-                (0, "Version: 1.8.2 \n".into())
-            } else if has("==orig") {
-                (0, "==dir /data\n==name numary\n==orig\naa 1 numary_default.db\n==copy\naa 1 numary_default.db\n".into())
+                ok(&format!("Storage '{}' migrated\r\n", rest.trim()))
+            } else if cmd.ends_with(" version") {
+                ok("Version: 1.8.2 \n")
+            } else if has("echo ==orig") {
+                let sums: String = self
+                    .files
+                    .iter()
+                    .map(|l| format!("aa 1 numary_{l}.db\n"))
+                    .collect();
+                ok(&format!(
+                    "==dir /data\n==name numary\n==orig\n{sums}==copy\n{sums}"
+                ))
             } else if has("prev-link") {
-                (0, "prev-link /opt/numary/releases/1.7.4/numary\nnow /opt/numary/releases/1.8.2/numary\n".into())
-            } else if has("is-active") {
-                (
-                    if *self.started.lock().unwrap() { 0 } else { 3 },
-                    String::new(),
+                ok(
+                    "prev-link /opt/numary/releases/1.7.4/numary\nnow /opt/numary/releases/1.8.2/numary\n",
                 )
-            } else if has("systemctl start") {
-                *self.started.lock().unwrap() = true;
-                (0, String::new())
-            } else if has("==journals") {
-                (0, "==journals\n==open\n".into())
+            } else if has("systemctl is-active") {
+                let code = if *self.started.lock().unwrap() { 0 } else { 3 };
+                (code, String::new(), String::new())
+            } else if has("systemctl start") || has("systemctl stop") {
+                *self.started.lock().unwrap() = has("systemctl start");
+                ok("")
+            } else if has("echo ==journals") {
+                ok("==journals\n==open\n")
+            } else if (has(".fleetup.lock") && (has("mkdir \"$d\"") || has("grep -qF")))
+                || has("mkdir -p /opt/numary/releases/")
+                || has("rm -f \"$d/numary\"")
+                || has("rm -rf -- /var/backups/numary/")
+            {
+                ok("")
             } else {
-                (0, String::new())
+                self.unexpected.lock().unwrap().push(cmd.to_string());
+                (127, String::new(), format!("unexpected command: {cmd}\n"))
             }
         }
 
         fn commands(&self) -> Vec<String> {
             self.log.lock().unwrap().clone()
+        }
+
+        fn ran(&self, part: &str) -> bool {
+            self.commands().iter().any(|c| c.contains(part))
         }
     }
 
@@ -493,10 +545,10 @@ pub(crate) mod tests {
 
         async fn exec(&self, command: &str, _: &ExecOptions) -> Result<ExecOutput, ExecError> {
             self.log.lock().unwrap().push(command.to_string());
-            let (code, stdout) = self.answer(command);
+            let (code, stdout, stderr) = self.answer(command);
             Ok(ExecOutput {
                 stdout: stdout.into_bytes(),
-                stderr: Vec::new(),
+                stderr: stderr.into_bytes(),
                 status: ExitStatus::Code(code),
                 duration: Duration::ZERO,
             })
@@ -547,29 +599,76 @@ pub(crate) mod tests {
         }
     }
 
-    /// A stopped single SQLite node at 1.7.4 going to 1.8.2; `listed` is what `storage list`
-    /// prints, `expected` the inventory's ledgers.
-    async fn run_single(listed: &str, expected: Option<&[&str]>) -> (RunReport, Fake) {
-        let mut h = host("node-1");
-        h.ledger.ledgers = expected.map(|e| e.iter().map(|s| s.to_string()).collect());
-        let facts = BTreeMap::from([(
-            "node-1".to_string(),
-            HostFacts {
-                installed_version: Some(Version::new(1, 7, 4)),
-                service: ServiceState::Stopped,
-                storage: Some(StorageFacts {
-                    driver: StorageDriver::Sqlite,
-                    sqlite_dir: Some("/data".into()),
-                    postgres: None,
-                }),
-                ledgers: vec!["default".into()],
-                ..HostFacts::default()
-            },
-        )]);
+    /// One SQLite node at 1.7.4 of a scripted fleet going to 1.8.2.
+    struct Node {
+        name: &'static str,
+        /// `storage list` before `scan`, and after it.
+        listed: (&'static str, &'static str),
+        /// The ledgers its facts report.
+        known: &'static [&'static str],
+        /// The inventory's `ledgers`.
+        expected: Option<&'static [&'static str]>,
+        fail: Option<&'static str>,
+        /// Running at the start (the run stops it: `--stop`).
+        running: bool,
+    }
+
+    const LISTED: &str = "Ledgers:\n- default\n";
+
+    fn node(name: &'static str) -> Node {
+        Node {
+            name,
+            listed: (LISTED, LISTED),
+            known: &["default"],
+            expected: None,
+            fail: None,
+            running: false,
+        }
+    }
+
+    async fn run_fleet(nodes: Vec<Node>) -> (RunReport, Vec<Fake>) {
+        let mut hosts = Vec::new();
+        let mut facts = BTreeMap::new();
+        let mut fakes = Vec::new();
+        for n in &nodes {
+            let mut h = host(n.name);
+            h.ledger.ledgers = n
+                .expected
+                .map(|e| e.iter().map(|s| s.to_string()).collect());
+            hosts.push(h);
+            facts.insert(
+                n.name.to_string(),
+                HostFacts {
+                    installed_version: Some(Version::new(1, 7, 4)),
+                    service: if n.running {
+                        ServiceState::Running
+                    } else {
+                        ServiceState::Stopped
+                    },
+                    storage: Some(StorageFacts {
+                        driver: StorageDriver::Sqlite,
+                        sqlite_dir: Some("/data".into()),
+                        postgres: None,
+                    }),
+                    ledgers: n.known.iter().map(|s| s.to_string()).collect(),
+                    ..HostFacts::default()
+                },
+            );
+            fakes.push(Fake {
+                name: n.name.into(),
+                listed: (n.listed.0.into(), n.listed.1.into()),
+                fail: n.fail,
+                files: n.known.iter().map(|s| s.to_string()).collect(),
+                scanned: Arc::default(),
+                log: Arc::default(),
+                unexpected: Arc::default(),
+                started: Arc::new(Mutex::new(n.running)),
+            });
+        }
         let opts = PlanOptions {
             strategy: Strategy::Offline,
             serial: None,
-            stop_running: false,
+            stop_running: nodes.iter().any(|n| n.running),
             backup: true,
             binary: BinarySource::File {
                 path: "numary".into(),
@@ -577,15 +676,8 @@ pub(crate) mod tests {
             },
         };
         let target = Version::new(1, 8, 2);
-        let hosts = vec![h];
         let plan = build_plan(&hosts, &facts, &target, &opts, &PolicyTable::builtin());
         assert!(!plan.is_blocked(), "{:?}", plan.blockers);
-        let fake = Fake {
-            name: "node-1".into(),
-            listed: listed.into(),
-            log: Arc::default(),
-            started: Arc::default(),
-        };
         let cfg = RunConfig {
             run_id: "20260125T174502Z-00ab12".into(),
             owner: crate::lock::LockOwner {
@@ -606,12 +698,27 @@ pub(crate) mod tests {
         };
         let fleet = Fleet {
             hosts,
-            sessions: BTreeMap::from([("node-1".to_string(), fake.clone())]),
+            sessions: fakes.iter().map(|f| (f.name.clone(), f.clone())).collect(),
             facts,
         };
         let recorder = Arc::new(Recorder::default());
         let report = execute(plan, fleet, cfg, recorder).await;
-        (report, fake)
+        (report, fakes)
+    }
+
+    /// A stopped single SQLite node; `listed` is what `storage list` prints (before and after
+    /// `scan`), `expected` the inventory's ledgers.
+    async fn run_single(
+        listed: &'static str,
+        expected: Option<&'static [&'static str]>,
+    ) -> (RunReport, Fake) {
+        let (report, mut fakes) = run_fleet(vec![Node {
+            listed: (listed, listed),
+            expected,
+            ..node("node-1")
+        }])
+        .await;
+        (report, fakes.remove(0))
     }
 
     fn upgrades(fake: &Fake) -> Vec<String> {
@@ -678,5 +785,169 @@ pub(crate) mod tests {
                 .contains("wrong storage environment")
         );
         assert!(upgrades(&fake).is_empty());
+    }
+
+    /// Every command the run sent was one the script knows: a test of a failure path must not
+    /// pass because a recovery command was silently answered.
+    fn assert_scripted(fakes: &[Fake]) {
+        for f in fakes {
+            let unexpected = f.unexpected.lock().unwrap().clone();
+            assert!(unexpected.is_empty(), "{}: {unexpected:?}", f.name);
+        }
+    }
+
+    #[tokio::test]
+    async fn the_fake_refuses_a_command_it_was_not_scripted_for() {
+        let f = Fake {
+            name: "node-1".into(),
+            listed: (LISTED.into(), LISTED.into()),
+            fail: None,
+            files: vec![],
+            scanned: Arc::default(),
+            log: Arc::default(),
+            unexpected: Arc::default(),
+            started: Arc::default(),
+        };
+        let out = f
+            .exec("rm -rf /opt/numary", &ExecOptions::default())
+            .await
+            .unwrap();
+        assert!(!out.status.success());
+        assert!(out.stderr_lossy().contains("unexpected command"));
+        assert!(!f.unexpected.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_refusal_on_a_later_node_comes_before_any_storage_upgrade_anywhere() {
+        // node-2's environment points at an empty store; node-1 is fine and listed first.
+        let (report, fakes) = run_fleet(vec![
+            node("node-1"),
+            Node {
+                listed: ("No ledger found.\n", "No ledger found.\n"),
+                ..node("node-2")
+            },
+        ])
+        .await;
+        assert_eq!(report.outcome, Outcome::Blocked, "{:?}", report.error);
+        let e = report.error.unwrap();
+        assert_eq!(e.kind, StepKind::Migrate);
+        assert_eq!((e.host.as_str(), e.code), ("node-2", exit_code::BLOCKED));
+        assert!(
+            e.message.contains("wrong storage environment"),
+            "{}",
+            e.message
+        );
+        assert!(!report.changes.storage_touched);
+        for f in &fakes {
+            assert!(upgrades(f).is_empty(), "{} ran `storage upgrade`", f.name);
+            assert!(!f.ran("prev-link") && !f.ran("systemctl start"));
+            // Its backup is dropped (the storage is as it holds it) and its lock released.
+            assert!(f.ran("rm -rf -- /var/backups/numary/"), "{}", f.name);
+            assert!(f.commands().last().unwrap().contains("grep -qF"));
+        }
+        assert_scripted(&fakes);
+    }
+
+    #[test]
+    fn a_guard_stopping_the_run_after_a_storage_upgrade_is_a_failure() {
+        let blocked = || {
+            Some(StepError {
+                step: 7,
+                kind: StepKind::Migrate,
+                host: "node-2".into(),
+                message: "refused".into(),
+                stderr: None,
+                hints: vec![],
+                code: exit_code::BLOCKED,
+            })
+        };
+        let mut error = blocked();
+        assert_eq!(settle(&mut error, false), Outcome::Blocked);
+        assert_eq!(error.unwrap().code, exit_code::BLOCKED);
+        let mut error = blocked();
+        assert_eq!(settle(&mut error, true), Outcome::Failed);
+        let e = error.unwrap();
+        assert_eq!(e.code, exit_code::FAILURE);
+        assert!(
+            e.hints.iter().any(|h| h.contains("backup is kept")),
+            "{:?}",
+            e.hints
+        );
+        assert_eq!(settle(&mut None, true), Outcome::Succeeded);
+    }
+
+    #[tokio::test]
+    async fn a_failed_storage_upgrade_starts_no_node_keeps_the_backup_and_unlocks() {
+        // Both nodes run and are stopped by the run; node-1 migrates, node-2's upgrade fails.
+        let (report, fakes) = run_fleet(vec![
+            Node {
+                running: true,
+                ..node("node-1")
+            },
+            Node {
+                running: true,
+                fail: Some("storage upgrade"),
+                ..node("node-2")
+            },
+        ])
+        .await;
+        assert_eq!(report.outcome, Outcome::Failed, "{:?}", report.error);
+        let e = report.error.unwrap();
+        assert_eq!(e.host, "node-2");
+        assert!(
+            e.message.contains("`storage upgrade default` failed"),
+            "{}",
+            e.message
+        );
+        assert!(e.stderr.unwrap().contains("boom"));
+        assert_eq!(upgrades(&fakes[0]), ["default"]);
+        for f in &fakes {
+            assert!(f.ran("systemctl stop"), "{} was stopped", f.name);
+            // Neither the new binary (never switched) nor the old one (the storage may be
+            // migrated) is started.
+            assert!(!f.ran("systemctl start"), "{} was started", f.name);
+            assert!(!f.ran("prev-link"), "{} was switched", f.name);
+            assert!(!*f.started.lock().unwrap());
+            assert!(
+                !f.ran("rm -rf -- /var/backups/numary/"),
+                "{}: backup kept",
+                f.name
+            );
+            assert!(
+                f.ran("rm -f \"$d/numary\""),
+                "{}: staged release removed",
+                f.name
+            );
+            assert!(
+                f.commands().last().unwrap().contains("grep -qF"),
+                "{} unlocked",
+                f.name
+            );
+        }
+        assert!(report.unlock_errors.is_empty());
+        assert_scripted(&fakes);
+    }
+
+    #[tokio::test]
+    async fn a_failed_switch_after_the_migration_starts_no_old_binary() {
+        let (report, fakes) = run_fleet(vec![Node {
+            running: true,
+            fail: Some("prev-link"),
+            ..node("node-1")
+        }])
+        .await;
+        assert_eq!(report.outcome, Outcome::Failed, "{:?}", report.error);
+        assert_eq!(report.error.unwrap().kind, StepKind::Switch);
+        let f = &fakes[0];
+        assert_eq!(upgrades(f), ["default"]);
+        assert!(f.ran("systemctl stop"));
+        assert!(!f.ran("systemctl start"), "started after a migration");
+        assert!(!*f.started.lock().unwrap());
+        assert!(!f.ran("rm -rf -- /var/backups/numary/"), "backup kept");
+        assert!(
+            f.commands().last().unwrap().contains("grep -qF"),
+            "unlocked"
+        );
+        assert_scripted(&fakes);
     }
 }
