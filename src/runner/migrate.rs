@@ -1,13 +1,13 @@
 //! The migrate step, with the new binary and exactly the service's environment: on every host
 //! first `storage list`, `storage scan`, `storage list` (the difference shown) and the guards,
 //! and only then `storage upgrade NAME` for each listed ledger, each result line checked. Guards:
-//! only names `storage list` printed are passed (the real binary creates a ledger on a typo), the
-//! inventory's ledgers must all be listed, and an empty list while the fleet has ledgers means
-//! the wrong storage environment.
+//! only names `storage list` printed are passed (the real binary creates a ledger on a typo),
+//! every ledger the fleet is known to hold must be listed.
 
 use std::sync::Arc;
 
 use crate::exit_code;
+use crate::facts::StorageDriver;
 use crate::node;
 use crate::numary::{self, UpgradeOutcome};
 use crate::plan::{Step, StepKind};
@@ -21,8 +21,12 @@ use super::stage::release_binary;
 /// Why the ledgers `storage list` printed must not be migrated.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ListProblem {
-    /// `No ledger found.` while the fleet is known to hold these ledgers.
-    WrongEnvironment { known: Vec<String> },
+    /// Ledgers the fleet is known to hold (the nodes' facts, or the inventory when nothing is
+    /// listed) that `storage list` does not print: the commands see another storage.
+    WrongEnvironment {
+        missing: Vec<String>,
+        listed: Vec<String>,
+    },
     /// Ledgers the inventory names that `storage list` did not print.
     Missing {
         missing: Vec<String>,
@@ -32,69 +36,77 @@ pub enum ListProblem {
 
 impl ListProblem {
     pub fn message(&self) -> String {
-        let names = |l: &[String]| {
-            l.iter()
-                .map(|n| format!("`{n}`"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
         match self {
-            ListProblem::WrongEnvironment { known } => format!(
+            ListProblem::WrongEnvironment { missing, listed } if listed.is_empty() => format!(
                 "`storage list` prints `No ledger found.` while the fleet has ledgers ({}): wrong storage environment",
-                names(known)
+                names(missing)
+            ),
+            ListProblem::WrongEnvironment { missing, listed } => format!(
+                "`storage list` does not print {}, which the fleet is known to hold (it prints {}): wrong storage environment",
+                names(missing),
+                names(listed)
             ),
             ListProblem::Missing { missing, listed } => format!(
                 "the inventory names ledger(s) {} that `storage list` does not print (it prints {})",
                 names(missing),
-                if listed.is_empty() {
-                    "none".to_string()
-                } else {
-                    names(listed)
-                }
+                names(listed)
             ),
         }
     }
 
-    pub fn hint(&self) -> &'static str {
+    /// What to do about it; `env_file` is the environment file the storage commands read.
+    pub fn hint(&self, env_file: Option<&str>) -> String {
         match self {
-            ListProblem::WrongEnvironment { .. } => {
-                "the storage commands run with the service's environment file (`ledger.env_file`): make it name the storage the service uses (NUMARY_STORAGE_DRIVER, NUMARY_STORAGE_DIR, the connection string)"
-            }
+            ListProblem::WrongEnvironment { .. } => match env_file {
+                Some(env) => format!(
+                    "the storage commands ran with the service's environment file `{env}` (`ledger.env_file`): make it name the storage the service uses (NUMARY_STORAGE_DRIVER, NUMARY_STORAGE_DIR, the connection string)"
+                ),
+                None => "the storage commands ran with no environment file (`ledger.env_file` is not set): set it to the file the service reads, so they see the storage the service uses".to_string(),
+            },
             ListProblem::Missing { .. } => {
-                "fix the ledger names in the inventory (`ledgers = [...]`); fleetup never passes a name `storage list` did not print, as `storage upgrade` would create it"
+                "fix the ledger names in the inventory (`ledgers = [...]`); fleetup never passes a name `storage list` did not print, as `storage upgrade` would create it".to_string()
             }
         }
     }
 }
 
-/// Checks what `storage list` printed (after `scan`) against what the fleet is known to hold
-/// (`known`: ledgers any node reported) and what the inventory names (`expected`).
+/// Checks what `storage list` printed after `scan` (`after`; `before` it) against what the fleet
+/// is known to hold (`known`: the ledgers the nodes reported) and what the inventory names
+/// (`expected`).
 pub fn check_listed(
-    listed: &[String],
+    _before: &[String],
+    after: &[String],
     known: &[String],
     expected: Option<&[String]>,
 ) -> Result<(), ListProblem> {
-    if listed.is_empty() {
-        let mut all: Vec<String> = known.to_vec();
-        all.extend(expected.unwrap_or_default().iter().cloned());
-        all.sort();
-        all.dedup();
-        if !all.is_empty() {
-            return Err(ListProblem::WrongEnvironment { known: all });
-        }
+    let expected = expected.unwrap_or_default();
+    let mut missing: Vec<String> = known
+        .iter()
+        .filter(|k| !after.contains(k))
+        .cloned()
+        .collect();
+    if after.is_empty() {
+        // Nothing listed at all: the inventory's names point at another storage as well.
+        missing.extend(expected.iter().cloned());
     }
-    if let Some(expected) = expected {
-        let missing: Vec<String> = expected
-            .iter()
-            .filter(|e| !listed.contains(e))
-            .cloned()
-            .collect();
-        if !missing.is_empty() {
-            return Err(ListProblem::Missing {
-                missing,
-                listed: listed.to_vec(),
-            });
-        }
+    missing.sort();
+    missing.dedup();
+    if !missing.is_empty() {
+        return Err(ListProblem::WrongEnvironment {
+            missing,
+            listed: after.to_vec(),
+        });
+    }
+    let missing: Vec<String> = expected
+        .iter()
+        .filter(|e| !after.contains(e))
+        .cloned()
+        .collect();
+    if !missing.is_empty() {
+        return Err(ListProblem::Missing {
+            missing,
+            listed: after.to_vec(),
+        });
     }
     Ok(())
 }
@@ -228,9 +240,7 @@ async fn survey<T: Transport>(
         },
     );
 
-    let mut known: Vec<String> = sh.facts.values().flat_map(|f| f.ledgers.clone()).collect();
-    known.sort();
-    known.dedup();
+    let known = known_ledgers(sh, name);
     let refuse = |message: String, hint: Option<&str>| {
         let op = sh.begin(step, name, None);
         let mut e = sh.error(step, name, message);
@@ -239,8 +249,9 @@ async fn survey<T: Transport>(
         op.fail(&e.message);
         e
     };
-    if let Err(problem) = check_listed(&after, &known, host.ledger.ledgers.as_deref()) {
-        return Err(refuse(problem.message(), Some(problem.hint())));
+    if let Err(problem) = check_listed(&before, &after, &known, host.ledger.ledgers.as_deref()) {
+        let hint = problem.hint(host.ledger.env_file.as_deref());
+        return Err(refuse(problem.message(), Some(&hint)));
     }
     for ledger in &after {
         if let Err(err) = validate_ledger_name(ledger) {
@@ -294,6 +305,28 @@ async fn migrate<T: Transport>(
     Ok(())
 }
 
+/// The ledgers `name`'s storage is known to hold: its own (a SQLite node holds its own files),
+/// or what every node sharing the Postgres database reported.
+fn known_ledgers<T: Transport>(sh: &Shared<T>, name: &str) -> Vec<String> {
+    let sqlite = |f: &crate::facts::HostFacts| {
+        f.storage
+            .as_ref()
+            .is_some_and(|s| s.driver == StorageDriver::Sqlite)
+    };
+    let mut known: Vec<String> = match sh.facts(name) {
+        Some(own) if sqlite(own) => own.ledgers.clone(),
+        _ => sh
+            .facts
+            .values()
+            .filter(|f| !sqlite(f))
+            .flat_map(|f| f.ledgers.clone())
+            .collect(),
+    };
+    known.sort();
+    known.dedup();
+    known
+}
+
 fn names(l: &[String]) -> String {
     if l.is_empty() {
         "no ledger".to_string()
@@ -315,28 +348,58 @@ mod tests {
 
     #[test]
     fn empty_list_with_known_ledgers_is_the_wrong_environment() {
-        let p = check_listed(&[], &s(&["default"]), None).unwrap_err();
+        let p = check_listed(&[], &[], &s(&["default"]), None).unwrap_err();
         assert_eq!(
             p,
             ListProblem::WrongEnvironment {
-                known: s(&["default"])
+                missing: s(&["default"]),
+                listed: vec![]
             }
         );
         assert!(p.message().contains("No ledger found."), "{}", p.message());
+        assert!(
+            p.hint(Some("/etc/numary.env"))
+                .contains("`/etc/numary.env`")
+        );
+        assert!(p.hint(None).contains("`ledger.env_file` is not set"));
         // The inventory's names count as known ledgers too.
         assert!(matches!(
-            check_listed(&[], &[], Some(&s(&["payments"]))),
+            check_listed(&[], &[], &[], Some(&s(&["payments"]))),
             Err(ListProblem::WrongEnvironment { .. })
         ));
         // A fleet with no ledger at all has nothing to migrate: not an error.
-        assert_eq!(check_listed(&[], &[], None), Ok(()));
+        assert_eq!(check_listed(&[], &[], &[], None), Ok(()));
+    }
+
+    #[test]
+    fn a_known_ledger_missing_from_a_non_empty_list_is_the_wrong_environment() {
+        // Another storage that happens to hold a `default` too.
+        let listed = s(&["default"]);
+        let p = check_listed(&listed, &listed, &s(&["default", "payments"]), None).unwrap_err();
+        assert_eq!(
+            p,
+            ListProblem::WrongEnvironment {
+                missing: s(&["payments"]),
+                listed: listed.clone()
+            }
+        );
+        let m = p.message();
+        assert!(
+            m.contains("`payments`") && m.contains("wrong storage environment"),
+            "{m}"
+        );
+        assert!(!m.contains("No ledger found."), "{m}");
     }
 
     #[test]
     fn every_inventory_ledger_must_be_listed() {
         let listed = s(&["default", "payments"]);
-        assert_eq!(check_listed(&listed, &[], Some(&s(&["payments"]))), Ok(()));
-        let p = check_listed(&listed, &[], Some(&s(&["default", "paymnets"]))).unwrap_err();
+        assert_eq!(
+            check_listed(&listed, &listed, &[], Some(&s(&["payments"]))),
+            Ok(())
+        );
+        let p =
+            check_listed(&listed, &listed, &[], Some(&s(&["default", "paymnets"]))).unwrap_err();
         assert_eq!(
             p,
             ListProblem::Missing {
@@ -346,7 +409,10 @@ mod tests {
         );
         assert!(p.message().contains("`paymnets`"), "{}", p.message());
         // Ledgers listed but not in the inventory are migrated, not refused.
-        assert_eq!(check_listed(&listed, &s(&["default"]), None), Ok(()));
+        assert_eq!(
+            check_listed(&listed, &listed, &s(&["default"]), None),
+            Ok(())
+        );
     }
 
     #[test]

@@ -877,6 +877,26 @@ pub(crate) mod tests {
     }
 
     #[tokio::test]
+    async fn a_known_ledger_missing_from_the_list_is_the_wrong_environment() {
+        // Another store that holds a `default` too, while the node's files hold `payments` as well.
+        let (report, fakes) = run_fleet(vec![Node {
+            known: &["default", "payments"],
+            ..node("node-1")
+        }])
+        .await;
+        assert_eq!(report.outcome, Outcome::Blocked, "{:?}", report.error);
+        let e = report.error.unwrap();
+        assert_eq!(e.kind, StepKind::Migrate, "{}", e.message);
+        assert!(
+            e.message.contains("`payments`") && e.message.contains("wrong storage environment"),
+            "{}",
+            e.message
+        );
+        assert!(upgrades(&fakes[0]).is_empty());
+        assert_scripted(&fakes);
+    }
+
+    #[tokio::test]
     async fn a_failed_storage_upgrade_starts_no_node_keeps_the_backup_and_unlocks() {
         // Both nodes run and are stopped by the run; node-1 migrates, node-2's upgrade fails.
         let (report, fakes) = run_fleet(vec![
