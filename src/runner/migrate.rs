@@ -2,7 +2,7 @@
 //! first `storage list`, `storage scan`, `storage list` (the difference shown) and the guards,
 //! and only then `storage upgrade NAME` for each listed ledger, each result line checked. Guards:
 //! only names `storage list` printed are passed (the real binary creates a ledger on a typo),
-//! every ledger the fleet is known to hold must be listed.
+//! every ledger the fleet is known to hold must be listed, and `scan` may add only known ones.
 
 use std::sync::Arc;
 
@@ -32,6 +32,9 @@ pub enum ListProblem {
         missing: Vec<String>,
         listed: Vec<String>,
     },
+    /// Ledgers `storage scan` registered that neither the facts nor the inventory know of: on
+    /// Postgres scan registers any schema with a `transactions` table.
+    ScanAdded { added: Vec<String> },
 }
 
 impl ListProblem {
@@ -51,6 +54,10 @@ impl ListProblem {
                 names(missing),
                 names(listed)
             ),
+            ListProblem::ScanAdded { added } => format!(
+                "`storage scan` registered {}, which neither the nodes nor the inventory know of: refusing to migrate them",
+                names(added)
+            ),
         }
     }
 
@@ -66,6 +73,9 @@ impl ListProblem {
             ListProblem::Missing { .. } => {
                 "fix the ledger names in the inventory (`ledgers = [...]`); fleetup never passes a name `storage list` did not print, as `storage upgrade` would create it".to_string()
             }
+            ListProblem::ScanAdded { .. } => {
+                "review them: `storage scan` registers any Postgres schema with a `transactions` table (any `<db_name>_*.db` file on SQLite); if they are real ledgers from before numary 1.4, name them in the inventory's `ledgers = [...]` and run again. fleetup cannot safely undo the registration, but it changed no ledger's schema".to_string()
+            }
         }
     }
 }
@@ -74,7 +84,7 @@ impl ListProblem {
 /// is known to hold (`known`: the ledgers the nodes reported) and what the inventory names
 /// (`expected`).
 pub fn check_listed(
-    _before: &[String],
+    before: &[String],
     after: &[String],
     known: &[String],
     expected: Option<&[String]>,
@@ -107,6 +117,13 @@ pub fn check_listed(
             missing,
             listed: after.to_vec(),
         });
+    }
+    let unknown: Vec<String> = added(before, after)
+        .into_iter()
+        .filter(|l| !known.contains(l) && !expected.contains(l))
+        .collect();
+    if !unknown.is_empty() {
+        return Err(ListProblem::ScanAdded { added: unknown });
     }
     Ok(())
 }
@@ -234,7 +251,7 @@ async fn survey<T: Transport>(
             "`storage scan` made no difference to `storage list`".to_string()
         } else {
             format!(
-                "`storage scan` added to `storage list`: {} (review them: scan registers any schema or file that looks like a ledger)",
+                "`storage scan` added to `storage list`: {} (each must be a ledger the nodes or the inventory know of)",
                 names(&new)
             )
         },
@@ -411,6 +428,31 @@ mod tests {
         // Ledgers listed but not in the inventory are migrated, not refused.
         assert_eq!(
             check_listed(&listed, &listed, &s(&["default"]), None),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn a_ledger_scan_registers_must_be_known() {
+        let before = s(&["default"]);
+        let after = s(&["default", "billing"]);
+        let p = check_listed(&before, &after, &s(&["default"]), None).unwrap_err();
+        assert_eq!(
+            p,
+            ListProblem::ScanAdded {
+                added: s(&["billing"])
+            }
+        );
+        assert!(p.message().contains("`billing`"), "{}", p.message());
+        assert!(p.hint(None).contains("`ledgers = [...]`"));
+        // Named in the inventory, or reported by the nodes (a fleet from before 1.4, whose
+        // ledgers scan registers for the first time): accepted.
+        assert_eq!(
+            check_listed(&before, &after, &s(&["default"]), Some(&s(&["billing"]))),
+            Ok(())
+        );
+        assert_eq!(
+            check_listed(&[], &after, &s(&["billing", "default"]), None),
             Ok(())
         );
     }

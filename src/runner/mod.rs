@@ -897,6 +897,32 @@ pub(crate) mod tests {
     }
 
     #[tokio::test]
+    async fn a_ledger_scan_adds_that_nobody_knows_is_refused_unless_the_inventory_names_it() {
+        let scanned = "Ledgers:\n- default\n- accounting\n";
+        let (report, fakes) = run_fleet(vec![Node {
+            listed: (LISTED, scanned),
+            ..node("node-1")
+        }])
+        .await;
+        assert_eq!(report.outcome, Outcome::Blocked, "{:?}", report.error);
+        let e = report.error.unwrap();
+        assert_eq!(e.kind, StepKind::Migrate);
+        assert!(e.message.contains("`accounting`"), "{}", e.message);
+        assert!(e.hints.iter().any(|h| h.contains("`ledgers = [...]`")));
+        assert!(upgrades(&fakes[0]).is_empty());
+        assert_scripted(&fakes);
+
+        let (report, fakes) = run_fleet(vec![Node {
+            listed: (LISTED, scanned),
+            expected: Some(&["default", "accounting"]),
+            ..node("node-1")
+        }])
+        .await;
+        assert_eq!(report.outcome, Outcome::Succeeded, "{:?}", report.error);
+        assert_eq!(upgrades(&fakes[0]), ["default", "accounting"]);
+    }
+
+    #[tokio::test]
     async fn a_failed_storage_upgrade_starts_no_node_keeps_the_backup_and_unlocks() {
         // Both nodes run and are stopped by the run; node-1 migrates, node-2's upgrade fails.
         let (report, fakes) = run_fleet(vec![
