@@ -80,13 +80,14 @@ impl ListProblem {
     }
 }
 
-/// Checks what `storage list` printed after `scan` (`after`; `before` it) against what the fleet
-/// is known to hold (`known`: the ledgers the nodes reported) and what the inventory names
-/// (`expected`).
+/// Checks what `storage list` printed after `scan` (`after`; `before` it) against what this
+/// node's storage is known to hold (`known`: what the nodes sharing it reported), what the whole
+/// fleet reported (`fleet`) and what the inventory names (`expected`).
 pub fn check_listed(
     before: &[String],
     after: &[String],
     known: &[String],
+    fleet: &[String],
     expected: Option<&[String]>,
 ) -> Result<(), ListProblem> {
     let expected = expected.unwrap_or_default();
@@ -96,8 +97,10 @@ pub fn check_listed(
         .cloned()
         .collect();
     if after.is_empty() {
-        // Nothing listed at all: the inventory's names point at another storage as well.
-        missing.extend(expected.iter().cloned());
+        // Nothing listed at all while the fleet has ledgers: a SQLite node's own facts read the
+        // same wrong environment file, so the other nodes' ledgers and the inventory's names
+        // count here too.
+        missing.extend(fleet.iter().chain(expected).cloned());
     }
     missing.sort();
     missing.dedup();
@@ -258,6 +261,9 @@ async fn survey<T: Transport>(
     );
 
     let known = known_ledgers(sh, name);
+    let mut fleet: Vec<String> = sh.facts.values().flat_map(|f| f.ledgers.clone()).collect();
+    fleet.sort();
+    fleet.dedup();
     let refuse = |message: String, hint: Option<&str>| {
         let op = sh.begin(step, name, None);
         let mut e = sh.error(step, name, message);
@@ -266,7 +272,13 @@ async fn survey<T: Transport>(
         op.fail(&e.message);
         e
     };
-    if let Err(problem) = check_listed(&before, &after, &known, host.ledger.ledgers.as_deref()) {
+    if let Err(problem) = check_listed(
+        &before,
+        &after,
+        &known,
+        &fleet,
+        host.ledger.ledgers.as_deref(),
+    ) {
         let hint = problem.hint(host.ledger.env_file.as_deref());
         return Err(refuse(problem.message(), Some(&hint)));
     }
@@ -365,7 +377,7 @@ mod tests {
 
     #[test]
     fn empty_list_with_known_ledgers_is_the_wrong_environment() {
-        let p = check_listed(&[], &[], &s(&["default"]), None).unwrap_err();
+        let p = check_listed(&[], &[], &s(&["default"]), &[], None).unwrap_err();
         assert_eq!(
             p,
             ListProblem::WrongEnvironment {
@@ -379,20 +391,25 @@ mod tests {
                 .contains("`/etc/numary.env`")
         );
         assert!(p.hint(None).contains("`ledger.env_file` is not set"));
-        // The inventory's names count as known ledgers too.
+        // Another node's ledgers, or the inventory's names, count when nothing is listed.
         assert!(matches!(
-            check_listed(&[], &[], &[], Some(&s(&["payments"]))),
+            check_listed(&[], &[], &[], &s(&["default"]), None),
+            Err(ListProblem::WrongEnvironment { .. })
+        ));
+        assert!(matches!(
+            check_listed(&[], &[], &[], &[], Some(&s(&["payments"]))),
             Err(ListProblem::WrongEnvironment { .. })
         ));
         // A fleet with no ledger at all has nothing to migrate: not an error.
-        assert_eq!(check_listed(&[], &[], &[], None), Ok(()));
+        assert_eq!(check_listed(&[], &[], &[], &[], None), Ok(()));
     }
 
     #[test]
     fn a_known_ledger_missing_from_a_non_empty_list_is_the_wrong_environment() {
         // Another storage that happens to hold a `default` too.
         let listed = s(&["default"]);
-        let p = check_listed(&listed, &listed, &s(&["default", "payments"]), None).unwrap_err();
+        let p =
+            check_listed(&listed, &listed, &s(&["default", "payments"]), &[], None).unwrap_err();
         assert_eq!(
             p,
             ListProblem::WrongEnvironment {
@@ -406,17 +423,28 @@ mod tests {
             "{m}"
         );
         assert!(!m.contains("No ledger found."), "{m}");
+        // Another SQLite node holding other ledgers is no reason to refuse this one.
+        assert_eq!(
+            check_listed(&listed, &listed, &listed, &s(&["default", "orders"]), None),
+            Ok(())
+        );
     }
 
     #[test]
     fn every_inventory_ledger_must_be_listed() {
         let listed = s(&["default", "payments"]);
         assert_eq!(
-            check_listed(&listed, &listed, &[], Some(&s(&["payments"]))),
+            check_listed(&listed, &listed, &[], &[], Some(&s(&["payments"]))),
             Ok(())
         );
-        let p =
-            check_listed(&listed, &listed, &[], Some(&s(&["default", "paymnets"]))).unwrap_err();
+        let p = check_listed(
+            &listed,
+            &listed,
+            &[],
+            &[],
+            Some(&s(&["default", "paymnets"])),
+        )
+        .unwrap_err();
         assert_eq!(
             p,
             ListProblem::Missing {
@@ -427,7 +455,7 @@ mod tests {
         assert!(p.message().contains("`paymnets`"), "{}", p.message());
         // Ledgers listed but not in the inventory are migrated, not refused.
         assert_eq!(
-            check_listed(&listed, &listed, &s(&["default"]), None),
+            check_listed(&listed, &listed, &s(&["default"]), &[], None),
             Ok(())
         );
     }
@@ -436,7 +464,7 @@ mod tests {
     fn a_ledger_scan_registers_must_be_known() {
         let before = s(&["default"]);
         let after = s(&["default", "billing"]);
-        let p = check_listed(&before, &after, &s(&["default"]), None).unwrap_err();
+        let p = check_listed(&before, &after, &s(&["default"]), &[], None).unwrap_err();
         assert_eq!(
             p,
             ListProblem::ScanAdded {
@@ -448,11 +476,17 @@ mod tests {
         // Named in the inventory, or reported by the nodes (a fleet from before 1.4, whose
         // ledgers scan registers for the first time): accepted.
         assert_eq!(
-            check_listed(&before, &after, &s(&["default"]), Some(&s(&["billing"]))),
+            check_listed(
+                &before,
+                &after,
+                &s(&["default"]),
+                &[],
+                Some(&s(&["billing"]))
+            ),
             Ok(())
         );
         assert_eq!(
-            check_listed(&[], &after, &s(&["billing", "default"]), None),
+            check_listed(&[], &after, &s(&["billing", "default"]), &[], None),
             Ok(())
         );
     }
