@@ -579,6 +579,44 @@ fn a_wrong_storage_environment_is_refused_before_any_migration() {
         &before,
         "1.8.2",
     );
+
+    // node-1 is fine, node-2 (migrated after it) points elsewhere: every node's guards run
+    // before the first `storage upgrade`, so node-1 is not migrated either.
+    std::fs::write(
+        &env,
+        text.replace(old.to_str().unwrap(), data.to_str().unwrap()),
+    )
+    .unwrap();
+    let empty = lab.dir.join("elsewhere-for-node-2");
+    std::fs::create_dir(&empty).unwrap();
+    let env2 = lab.nodes[1].paths().env_file();
+    let text2 = std::fs::read_to_string(&env2).unwrap();
+    let data2 = lab.nodes[1].paths().data_dir();
+    std::fs::write(
+        &env2,
+        text2.replace(data2.to_str().unwrap(), empty.to_str().unwrap()),
+    )
+    .unwrap();
+    let before = lab.tree_digest().unwrap();
+    let out = upgrade(&lab, "1.8.2", &new, &["--no-backup"]);
+    assert_refused(
+        &lab,
+        &out,
+        exit_code::BLOCKED,
+        &["node-2", "wrong storage environment"],
+        &before,
+        "1.8.2",
+    );
+    assert!(
+        !last_journal(&lab)
+            .events
+            .iter()
+            .any(|e| e["event"] == "step_started"
+                && e["command"]
+                    .as_str()
+                    .is_some_and(|c| c.contains("storage upgrade"))),
+        "no `storage upgrade` ran on any node"
+    );
 }
 
 /// A backup that cannot be written stops the run before any change, and the node this run
@@ -654,6 +692,8 @@ fn a_migration_failure_starts_nothing_and_shows_the_remote_error() {
             .iter()
             .any(|e| e["event"] == "step_started" && e["kind"] == "start_service")
     );
+    // The failed migration was the only migration, run while no node served the storage.
+    assert_eq!(lab.misuse_records().unwrap(), Vec::<Value>::new());
     // Only the kept backup differs.
     let kept = lab.nodes[0].paths().backup_dir().join(&j.header.run_id);
     assert!(kept.join("postgres.dump").is_file(), "the backup is kept");
