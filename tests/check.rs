@@ -574,3 +574,56 @@ fn an_api_port_behind_an_sshd_that_refuses_forwarding_blocks_instead_of_passing_
     assert!(passed(&v, "node-1", "api-port"), "{v}");
     assert_no_trace(&lab);
 }
+
+#[test]
+fn postgres_sessions_of_nodes_outside_limit_block_while_the_whole_fleet_with_stop_passes() {
+    let lab = LabGuard::up(&spec(Driver::Postgres, 3, "1.7.4")).expect("lab up");
+    let new = release(&lab, "1.8.2");
+
+    // Every node selected and running: `--stop` stops them all, their sessions are this run's.
+    let out = check(&lab, "1.8.2", &new, &["--stop", "--format", "json"]);
+    assert_eq!(code(&out), exit_code::SUCCESS, "{}", stdout(&out));
+    let v = json(&out);
+    let all: Vec<&Value> = findings(&v)
+        .iter()
+        .filter(|f| f["host"] == "node-1" && f["check"] == "db-sessions")
+        .collect();
+    assert_eq!(all.len(), 1, "{v}");
+    assert_eq!(all[0]["ok"], true, "{all:?}");
+    assert!(
+        all[0]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("all held by nodes `--stop` stops first"),
+        "{all:?}"
+    );
+
+    // Only node-1: node-2 and node-3 keep running on the database the migration rewrites.
+    let out = check(
+        &lab,
+        "1.8.2",
+        &new,
+        &["--limit", "node-1", "--stop", "--format", "json"],
+    );
+    assert_eq!(code(&out), exit_code::BLOCKED, "{}", stdout(&out));
+    let v = json(&out);
+    let f = failed(&v, "node-1", "db-sessions");
+    assert_eq!(f.len(), 1, "{v}");
+    let detail = f[0]["detail"].as_str().unwrap();
+    // The simulator holds two sessions per running server.
+    assert!(
+        detail.starts_with("4 other sessions on the database (`127.0.0.1 "),
+        "{detail}"
+    );
+    assert!(
+        f[0]["hint"]
+            .as_str()
+            .unwrap()
+            .contains("including hosts outside `--limit`"),
+        "{f:?}"
+    );
+    for node in &lab.nodes {
+        assert!(node.service_running(), "check stopped `{}`", node.name);
+    }
+    assert_eq!(lab.misuse_records().unwrap(), Vec::<Value>::new());
+}

@@ -6,6 +6,7 @@
 mod audit;
 mod local;
 mod remote;
+pub(crate) mod sessions;
 
 #[cfg(test)]
 mod tests;
@@ -47,6 +48,7 @@ pub mod check {
     pub const STORAGE: &str = "storage";
     pub const LEDGERS: &str = "ledgers";
     pub const LOCK: &str = "lock";
+    pub const DB_SESSIONS: &str = "db-sessions";
 }
 
 /// What the preflight looks at. `facts` and `plan` come from [`crate::facts::gather_all`] and
@@ -210,13 +212,26 @@ pub async fn run<T: Transport>(
         .map(|h| host_findings(sessions.get(&h.name), h, input, &scope))
         .collect();
     let per_host = join_all(jobs).await;
+    let seen: BTreeMap<&str, &remote::Seen> = input
+        .hosts
+        .iter()
+        .zip(&per_host)
+        .map(|(h, (_, seen))| (h.name.as_str(), seen))
+        .collect();
+    let db_sessions = sessions::finding(input, &scope, &seen);
 
     let mut findings = Vec::new();
     findings.append(&mut fleet.fleet);
-    for (host, mut found) in input.hosts.iter().zip(per_host) {
+    for (host, (mut found, _)) in input.hosts.iter().zip(per_host) {
         // Blockers naming the host come first: they are the plan's own verdicts.
         let mut all: Vec<Finding> = fleet.by_host.remove(&host.name).unwrap_or_default();
         all.append(&mut found);
+        all.extend(
+            db_sessions
+                .iter()
+                .filter(|f| f.host.as_deref() == Some(host.name.as_str()))
+                .cloned(),
+        );
         let mut all = drop_shadowed_passes(all);
         all.sort_by_key(|f| check_rank(f.check));
         findings.extend(all);
@@ -235,7 +250,7 @@ pub async fn run<T: Transport>(
 
 /// The order findings are listed in, per host: from "can we talk to it" to "is it ours to take".
 fn check_rank(name: &str) -> usize {
-    const ORDER: [&str; 14] = [
+    const ORDER: [&str; 15] = [
         check::SELECTION,
         check::REACHABLE,
         check::UPGRADE_PATH,
@@ -248,6 +263,7 @@ fn check_rank(name: &str) -> usize {
         check::HOT_JOURNAL,
         check::LEDGERS,
         check::PG_EXTENSIONS,
+        check::DB_SESSIONS,
         check::DISK_SPACE,
         check::LOCK,
     ];
@@ -369,6 +385,18 @@ async fn host_findings<T: Transport>(
     host: &ResolvedHost,
     input: &PreflightInput<'_>,
     scope: &Scope,
+) -> (Vec<Finding>, remote::Seen) {
+    let mut seen = remote::Seen::default();
+    let found = host_probes(session, host, input, scope, &mut seen).await;
+    (found, seen)
+}
+
+async fn host_probes<T: Transport>(
+    session: Option<&T>,
+    host: &ResolvedHost,
+    input: &PreflightInput<'_>,
+    scope: &Scope,
+    seen: &mut remote::Seen,
 ) -> Vec<Finding> {
     let name = host.name.as_str();
     let facts = input.facts.get(name);
@@ -394,7 +422,7 @@ async fn host_findings<T: Transport>(
     ));
     out.extend(path_finding(name, input.plan));
     out.extend(state_findings(name, &facts, input.plan, scope));
-    out.extend(remote::findings(session, host, &facts, input, scope).await);
+    out.extend(remote::findings(session, host, &facts, input, scope, seen).await);
     out
 }
 

@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use super::sessions::DbSession;
 use super::{Finding, PreflightInput, Scope, check};
 use crate::facts::{HostFacts, ServiceState, StorageDriver};
 use crate::inventory::ResolvedHost;
@@ -101,6 +102,8 @@ fn script(w: &Want) -> String {
                 exts.join(",")
             ),
             "select 'size', pg_database_size(current_database())".to_owned(),
+            super::sessions::count_query(),
+            super::sessions::query(),
             // Last: the registry is missing before 1.?, and an error here must not hide the rest.
             "select 'ledger', ledger from \"_system\".ledgers order by 1, 2".to_owned(),
         ];
@@ -128,6 +131,7 @@ fn process_scan(w: &Want) -> String {
     ));
     let mut s = format!(
         "echo {SECTION}procs\n\
+         pf_pids=\n\
          pf_bin=$(readlink -f -- {bin} 2>/dev/null)\n\
          pf_comm1=$(basename -- {bin} | cut -c1-15)\n\
          pf_comm2=$(basename -- \"${{pf_bin:-{bin}}}\" | cut -c1-15)\n\
@@ -156,8 +160,21 @@ fn process_scan(w: &Want) -> String {
         );
     }
     s.push_str(
-        "\x20 [ -n \"$why\" ] && printf '%s\\t%s\\t%s\\n' \"$pid\" \"$why\" \"$cmd\"\ndone\n",
+        "\x20 [ -n \"$why\" ] && { printf '%s\\t%s\\t%s\\n' \"$pid\" \"$why\" \"$cmd\"; pf_pids=\"$pf_pids $pid:$why\"; }\ndone\n",
     );
+    if w.postgres {
+        // `pid<TAB>why<TAB>local address<TAB>state` of each TCP socket of those processes
+        // (`/proc/net/tcp`, hex): which of them is the node's own server, and the sessions it
+        // holds, which `--stop` ends (see `sessions`).
+        s.push_str(&format!(
+            "echo {SECTION}ports\n\
+             for pw in $pf_pids; do\n\
+             \x20 pid=${{pw%%:*}}; why=${{pw#*:}}\n\
+             \x20 i=\" $(ls -l /proc/$pid/fd 2>/dev/null | sed -n 's/.*socket:\\[\\([0-9]*\\)\\].*/\\1/p' | tr '\\n' ' ')\"\n\
+             \x20 cat /proc/$pid/net/tcp* 2>/dev/null | awk -v i=\"$i\" -v p=\"$pid\" -v w=\"$why\" 'index(i, \" \" $10 \" \") {{ print p \"\\t\" w \"\\t\" $2 \"\\t\" $4 }}'\n\
+             done\n"
+        ));
+    }
     s
 }
 
@@ -172,6 +189,8 @@ struct Output {
     procs: Vec<(String, String, String)>,
     lock: String,
     psql: Vec<String>,
+    /// The TCP sockets of the processes in `procs` (Postgres nodes).
+    sockets: Vec<super::sessions::Socket>,
     complete: bool,
 }
 
@@ -186,6 +205,7 @@ fn parse(stdout: &str) -> Output {
                 "procs" => "procs",
                 "lock" => "lock",
                 "psql" => "psql",
+                "ports" => "ports",
                 "end" => {
                     out.complete = true;
                     ""
@@ -220,6 +240,7 @@ fn parse(stdout: &str) -> Output {
                 out.lock.push('\n');
             }
             "psql" if !line.trim().is_empty() => out.psql.push(line.to_owned()),
+            "ports" => out.sockets.extend(super::sessions::parse_socket(line)),
             _ => {}
         }
     }
@@ -259,6 +280,8 @@ struct PgReport {
     extensions: Vec<(String, bool, bool, bool)>,
     size: Option<u64>,
     ledgers: Option<Vec<String>>,
+    /// The other sessions on the database, when the count query answered.
+    sessions: Option<Vec<DbSession>>,
     /// Lines that are no row: errors.
     errors: Vec<String>,
 }
@@ -266,7 +289,13 @@ struct PgReport {
 fn parse_psql(lines: &[String]) -> PgReport {
     let mut r = PgReport::default();
     let t = |s: &str| s == "t";
+    let mut sessions = Vec::new();
+    let mut counted = false;
     for line in lines {
+        if let Some(session) = super::sessions::parse_line(line) {
+            sessions.push(session);
+            continue;
+        }
         let f: Vec<&str> = line.split('|').collect();
         match f.as_slice() {
             ["psql: not found"] => r.missing_psql = true,
@@ -279,6 +308,7 @@ fn parse_psql(lines: &[String]) -> PgReport {
                     .push(((*name).to_owned(), t(installed), t(available), t(trusted)))
             }
             ["size", n] => r.size = n.parse().ok(),
+            ["sessions", n] => counted = n.parse::<u64>().is_ok(),
             ["ledger", name] => r
                 .ledgers
                 .get_or_insert_with(Vec::new)
@@ -286,6 +316,7 @@ fn parse_psql(lines: &[String]) -> PgReport {
             _ => r.errors.push(redact_conn_strings(line.trim())),
         }
     }
+    r.sessions = counted.then_some(sessions);
     // A database that answered but has no registry yet lists no ledger: an empty list, as
     // opposed to an unknown one (psql missing or the connection refused).
     if r.ledgers.is_none()
@@ -297,6 +328,15 @@ fn parse_psql(lines: &[String]) -> PgReport {
     r
 }
 
+/// What one node's script saw that findings about other nodes need.
+#[derive(Debug, Default)]
+pub(super) struct Seen {
+    /// Local TCP ports of the `numary` processes found on the node (Postgres nodes to stop).
+    pub ports: Vec<u16>,
+    /// On the Postgres migrator: the other sessions on the database, or why they are unknown.
+    pub sessions: Option<Result<Vec<DbSession>, String>>,
+}
+
 /// Every remote finding of one reachable node.
 pub(super) async fn findings<T: Transport>(
     t: &T,
@@ -304,6 +344,7 @@ pub(super) async fn findings<T: Transport>(
     facts: &HostFacts,
     input: &PreflightInput<'_>,
     scope: &Scope,
+    seen: &mut Seen,
 ) -> Vec<Finding> {
     let name = host.name.as_str();
     let storage = facts.storage.as_ref();
@@ -368,6 +409,18 @@ pub(super) async fn findings<T: Transport>(
         ));
     }
     let pg = want.psql.then(|| parse_psql(&output.psql));
+    seen.ports = super::sessions::server_ports(&output.sockets, &host.ledger.api);
+    seen.sessions = pg.as_ref().and_then(|p| match (&p.sessions, p.superuser) {
+        (Some(found), _) => Some(Ok(found.clone())),
+        _ if p.missing_psql => Some(Err(format!("`psql` is not installed on `{name}`"))),
+        // Not connected: the `pg-extensions` finding says why.
+        (None, None) => None,
+        (None, Some(_)) => {
+            Some(Err(p.errors.first().cloned().unwrap_or_else(|| {
+                "`pg_stat_activity` gave no answer".to_owned()
+            })))
+        }
+    });
 
     out.extend(lock_finding(name, host, &output.lock));
     if want.disk {

@@ -591,3 +591,86 @@ fn an_api_port_behind_a_refused_forwarding_channel_is_not_taken_for_silent() {
     // A running node whose port answers is `--stop`'s business: no finding about its port.
     assert_eq!(verdict(ServiceState::Running, true, false), Vec::new());
 }
+
+#[test]
+fn other_sessions_on_the_postgres_database_block_unless_they_are_nodes_stop_stops() {
+    let facts = |names: &[&str], service: ServiceState| -> BTreeMap<String, HostFacts> {
+        names
+            .iter()
+            .map(|n| {
+                let mut f = postgres_facts("1.7.4");
+                f.service = service;
+                ((*n).to_owned(), f)
+            })
+            .collect()
+    };
+    let psql = "role|t|t\next|pgcrypto|t|t|t\next|pg_trgm|t|t|t\nsize|10\nsessions|2\nsession|34564|127.0.0.1 ledger numary\nsession|40000|10.0.0.9 ledger numary|x\nledger|default\n";
+    // `a` holds the session from port 34564 (0x8704), `b` the one from 40000 (0x9C40).
+    let node = |name: &str, port: &str, psql: &str| {
+        let procs = format!(
+            "10\tbinary\t/usr/local/bin/numary server start\n{SECTION}ports\n10\tbinary\t0100007F:{port}\t01\n"
+        );
+        Fake::new(name, output(10_000_000, &[], &procs, "", psql))
+    };
+    let verdict = |names: &[&str], service: ServiceState, stop: bool, psql: &str| {
+        let hosts = inventory("", names);
+        let mut list = vec![node("a", "8704", psql)];
+        if names.contains(&"b") {
+            list.push(node("b", "9C40", psql));
+        }
+        let r = run_on(&hosts, facts(names, service), &fakes(list), "1.8.2", stop);
+        let found: Vec<Finding> = find(&r.preflight, "a", check::DB_SESSIONS)
+            .into_iter()
+            .cloned()
+            .collect();
+        assert!(find(&r.preflight, "b", check::DB_SESSIONS).is_empty());
+        assert_eq!(found.len(), 1, "{:#?}", r.preflight.findings);
+        found[0].clone()
+    };
+
+    // Every session belongs to a selected node `--stop` stops: passes, re-counted later.
+    let all = verdict(&["a", "b"], ServiceState::Running, true, psql);
+    assert!(all.ok, "{all:?}");
+    assert!(
+        all.detail.contains("counted again before the migration"),
+        "{all:?}"
+    );
+
+    // `b` left out by `--limit`: its session is someone else's.
+    let limited = verdict(&["a"], ServiceState::Running, true, psql);
+    assert!(!limited.ok, "{limited:?}");
+    assert!(
+        limited
+            .detail
+            .starts_with("1 other session on the database (`10.0.0.9 ledger numary|x`)"),
+        "{limited:?}"
+    );
+    assert!(
+        limited
+            .hint
+            .unwrap()
+            .contains("including hosts outside `--limit`")
+    );
+
+    // A fleet said to be stopped whose database still has clients.
+    let stopped = verdict(&["a", "b"], ServiceState::Stopped, false, psql);
+    assert!(
+        !stopped.ok && stopped.detail.starts_with("2 other sessions"),
+        "{stopped:?}"
+    );
+
+    let idle = "role|t|t\next|pgcrypto|t|t|t\next|pg_trgm|t|t|t\nsize|10\nsessions|0\n";
+    let free = verdict(&["a", "b"], ServiceState::Stopped, false, idle);
+    assert!(
+        free.ok && free.detail == "no other session on the database",
+        "{free:?}"
+    );
+
+    // The count query failed (an old server without `backend_type`): unknown is no pass.
+    let broken = "role|t|t\next|pgcrypto|t|t|t\next|pg_trgm|t|t|t\nsize|10\nERROR:  column \"backend_type\" does not exist\n";
+    let unknown = verdict(&["a", "b"], ServiceState::Stopped, false, broken);
+    assert!(
+        !unknown.ok && unknown.detail.contains("backend_type"),
+        "{unknown:?}"
+    );
+}

@@ -12,6 +12,7 @@ use crate::inventory::ResolvedHost;
 use crate::node::{self, ServiceAction};
 use crate::numary;
 use crate::plan::Step;
+use crate::preflight::sessions;
 use crate::shell::quote;
 use crate::ssh::{ExecOptions, ExitStatus, HttpError, Transport};
 use crate::version::Version;
@@ -192,7 +193,75 @@ pub async fn confirm_stopped<T: Transport + 'static>(
     per_host(sh, step, |sh, step, name| async move {
         confirm_one(&sh, &step, &name).await
     })
-    .await
+    .await?;
+    confirm_database_free(sh, step).await
+}
+
+/// How long sessions of the nodes just stopped may take to leave `pg_stat_activity`.
+const SESSIONS_SETTLE: Duration = Duration::from_secs(10);
+
+/// Postgres: with every node of the run stopped, nothing else may hold a session on the shared
+/// database (a node outside `--limit` or the inventory would run on a schema being rewritten).
+/// Counted on the migrator; a refusal comes before any backup or change, so the runner's
+/// recovery starts again what `--stop` stopped.
+async fn confirm_database_free<T: Transport>(sh: &Shared<T>, step: &Step) -> Result<(), StepError> {
+    let Some(name) = sh.plan.migrator.as_deref() else {
+        return Ok(());
+    };
+    let postgres = sh
+        .facts(name)
+        .and_then(|f| f.storage.as_ref())
+        .is_some_and(|s| s.driver == StorageDriver::Postgres);
+    if !postgres || !sh.sessions.contains_key(name) {
+        return Ok(());
+    }
+    let host = sh.host(name);
+    let t = sh.session(name);
+    let cmd = sessions::command(host);
+    let op = sh.begin(step, name, Some(&cmd));
+    let opts = ExecOptions {
+        timeout: Some(Duration::from_secs(30)),
+        ..Default::default()
+    };
+    let deadline = Instant::now() + SESSIONS_SETTLE;
+    loop {
+        let counted = match t.exec(&cmd, &opts).await {
+            Ok(out) if out.status.success() => sessions::parse_output(&out.stdout_lossy()),
+            Ok(out) => Err(format!(
+                "`psql` exited with {}: {}",
+                out.status,
+                crate::redact::redact_conn_strings(&tail(&out.stderr_lossy()).unwrap_or_default())
+            )),
+            Err(e) => Err(e.to_string()),
+        };
+        let (message, hint) = match counted {
+            Ok(found) if found.is_empty() => {
+                op.ok("no other session on the database", Vec::new());
+                return Ok(());
+            }
+            // The backends of the nodes just stopped may not have left yet.
+            Ok(_) if Instant::now() < deadline => {
+                tokio::time::sleep(sh.cfg.poll_interval).await;
+                continue;
+            }
+            Ok(found) => (
+                format!(
+                    "{} with every node of this run stopped: refusing to migrate",
+                    sessions::describe(&found.iter().collect::<Vec<_>>())
+                ),
+                sessions::HINT,
+            ),
+            Err(why) => (
+                format!("cannot count the other sessions on the database: {why}"),
+                "install the PostgreSQL client (`psql`) on the migrator and check its role may read `pg_stat_activity`, then run again",
+            ),
+        };
+        let mut e = sh.error(step, name, message);
+        e.code = exit_code::BLOCKED;
+        e.hints.push(hint.to_string());
+        op.fail(&e.message);
+        return Err(e);
+    }
 }
 
 async fn confirm_one<T: Transport>(
