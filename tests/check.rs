@@ -627,3 +627,34 @@ fn postgres_sessions_of_nodes_outside_limit_block_while_the_whole_fleet_with_sto
     }
     assert_eq!(lab.misuse_records().unwrap(), Vec::<Value>::new());
 }
+
+#[test]
+fn a_plain_file_binary_the_switch_would_refuse_is_blocked_before_anything_changes() {
+    let lab = stopped_lab(1, "1.7.4");
+    let new = release(&lab, "1.8.2");
+    let node = &lab.nodes[0];
+    let binary = node.paths().binary();
+    let kept = node.paths().releases_dir().join("1.7.4/numary");
+    // A plain file that still runs 1.7.4 but differs from the kept release: `switch` refuses to
+    // put it over `<releases>/1.7.4/numary` (exit 4), after the migration if nobody looked first.
+    let mut text = std::fs::read_to_string(&kept).unwrap();
+    text.push_str("# patched by hand\n");
+    std::fs::remove_file(&binary).unwrap();
+    std::fs::write(&binary, text).unwrap();
+    std::fs::set_permissions(&binary, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let before = lab.tree_digest().unwrap();
+
+    let out = check(&lab, "1.8.2", &new, &["--format", "json"]);
+    assert_eq!(code(&out), exit_code::BLOCKED, "{}", stdout(&out));
+    let v = json(&out);
+    let f = failed(&v, "node-1", "binary-switch");
+    assert_eq!(f.len(), 1, "{v}");
+    assert!(
+        f[0]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("is a plain file that differs from"),
+        "{f:?}"
+    );
+    assert_eq!(lab.tree_digest().unwrap(), before, "check changed a node");
+}

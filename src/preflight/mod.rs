@@ -49,6 +49,7 @@ pub mod check {
     pub const LEDGERS: &str = "ledgers";
     pub const LOCK: &str = "lock";
     pub const DB_SESSIONS: &str = "db-sessions";
+    pub const SWITCH: &str = "binary-switch";
 }
 
 /// What the preflight looks at. `facts` and `plan` come from [`crate::facts::gather_all`] and
@@ -250,7 +251,7 @@ pub async fn run<T: Transport>(
 
 /// The order findings are listed in, per host: from "can we talk to it" to "is it ours to take".
 fn check_rank(name: &str) -> usize {
-    const ORDER: [&str; 15] = [
+    const ORDER: [&str; 16] = [
         check::SELECTION,
         check::REACHABLE,
         check::UPGRADE_PATH,
@@ -265,6 +266,7 @@ fn check_rank(name: &str) -> usize {
         check::PG_EXTENSIONS,
         check::DB_SESSIONS,
         check::DISK_SPACE,
+        check::SWITCH,
         check::LOCK,
     ];
     ORDER.iter().position(|c| *c == name).unwrap_or(ORDER.len())
@@ -343,6 +345,8 @@ pub(crate) struct Scope {
     pub stage: Vec<String>,
     /// Hosts that must be cleanly stopped before the migration (offline).
     pub stopped: Vec<String>,
+    /// Hosts whose binary the switch step points at the new release.
+    pub switch: Vec<String>,
     /// Hosts the plan changes.
     pub touched: Vec<String>,
     /// Where Postgres is queried (extensions, size, ledgers): the migrator.
@@ -365,6 +369,7 @@ impl Scope {
             backup: hosts_of(StepKind::Backup),
             stage: hosts_of(StepKind::Stage),
             stopped: hosts_of(StepKind::ConfirmStopped),
+            switch: hosts_of(StepKind::Switch),
             touched: plan
                 .touched_hosts()
                 .into_iter()

@@ -50,6 +50,8 @@ struct Want<'a> {
     processes: bool,
     sqlite_dir: Option<&'a str>,
     postgres: bool,
+    /// The switch's preconditions: `(binary's current version, if known)`.
+    switch: Option<Option<&'a Version>>,
     /// Query Postgres (extensions, size, ledgers).
     psql: bool,
     pg_trgm: bool,
@@ -90,6 +92,9 @@ fn script(w: &Want) -> String {
          if [ -d {lock} ]; then echo held; head -c {LOCK_BYTES} {lock}/owner.json 2>/dev/null; echo; \
          elif [ -e {lock} ]; then echo held; head -c {LOCK_BYTES} {lock}; echo; fi\n"
     ));
+    if let Some(current) = w.switch {
+        s.push_str(&switch_probe(w.host, current));
+    }
     if w.psql {
         let mut exts = vec!["'pgcrypto'"];
         if w.pg_trgm {
@@ -117,6 +122,108 @@ fn script(w: &Want) -> String {
     }
     s.push_str(&format!("echo {SECTION}end\n"));
     s
+}
+
+/// What the switch step needs, read only: `dir ok|ro` (the binary's dir takes the temp link
+/// of the swap), `kind link|file|other|none`, for a plain file `kept same|differs|creatable|
+/// blocked` (it is kept as `<releases>/<old V>/numary`, never over a different file), and
+/// `releases ok|blocked`. `-w` is the kernel's answer for this user (always yes for root).
+fn switch_probe(host: &ResolvedHost, current: Option<&Version>) -> String {
+    let releases = host.ledger.releases_dir.trim_end_matches('/');
+    let kept = current.map_or_else(String::new, |v| format!("{releases}/{v}"));
+    format!(
+        "echo {SECTION}switch\n\
+         pf_up() {{ p=$1; while [ ! -e \"$p\" ]; do p=$(dirname -- \"$p\"); done; echo \"$p\"; }}\n\
+         b={b}; o={o}; d=$(dirname -- \"$b\")\n\
+         if [ -d \"$d\" ] && [ -w \"$d\" ]; then echo dir ok; else echo dir ro; fi\n\
+         if [ -L \"$b\" ]; then echo kind link\n\
+         elif [ -f \"$b\" ]; then echo kind file\n\
+         \x20 if [ -z \"$o\" ]; then echo kept unknown\n\
+         \x20 elif [ -e \"$o/numary\" ]; then if cmp -s \"$b\" \"$o/numary\"; then echo kept same; else echo kept differs; fi\n\
+         \x20 else p=$(pf_up \"$o\"); if [ -d \"$p\" ] && [ -w \"$p\" ]; then echo kept creatable; else echo \"kept blocked $p\"; fi; fi\n\
+         elif [ -e \"$b\" ]; then echo kind other; else echo kind none; fi\n\
+         p=$(pf_up {r}); if [ -d \"$p\" ] && [ -w \"$p\" ]; then echo releases ok; else echo \"releases blocked $p\"; fi\n",
+        b = quote(&host.ledger.binary),
+        o = quote(&kept),
+        r = quote(releases),
+    )
+}
+
+/// The `binary-switch` finding from [`switch_probe`]'s lines.
+fn switch_finding(
+    name: &str,
+    host: &ResolvedHost,
+    current: Option<&Version>,
+    lines: &[String],
+) -> Finding {
+    let bin = &host.ledger.binary;
+    let dir = std::path::Path::new(bin)
+        .parent()
+        .map_or_else(|| ".".to_owned(), |p| p.display().to_string());
+    let releases = host.ledger.releases_dir.trim_end_matches('/');
+    let kept = current.map_or_else(String::new, |v| format!("{releases}/{v}/numary"));
+    let has = |l: &str| lines.iter().any(|x| x == l);
+    let after = |prefix: &str| {
+        lines
+            .iter()
+            .find_map(|x| x.strip_prefix(prefix).map(str::to_owned))
+    };
+    let mut bad = Vec::new();
+    if lines.is_empty() {
+        bad.push("the switch's preconditions could not be read".to_owned());
+    }
+    if has("dir ro") {
+        bad.push(format!(
+            "`{dir}` is not writable: the swap creates `{bin}.fleetup-new` there"
+        ));
+    }
+    if has("kind other") {
+        bad.push(format!("`{bin}` is neither a symlink nor a plain file"));
+    }
+    if has("kept unknown") {
+        bad.push(format!(
+            "`{bin}` is a plain file of unknown version: it cannot be kept as its release"
+        ));
+    }
+    if has("kept differs") {
+        bad.push(format!(
+            "`{bin}` is a plain file that differs from `{kept}`: the switch keeps the old binary there and never over a different file"
+        ));
+    }
+    if let Some(p) = after("kept blocked ") {
+        bad.push(format!(
+            "`{kept}` cannot be created to keep the old binary (`{p}` is not a writable dir)"
+        ));
+    }
+    if let Some(p) = after("releases blocked ") {
+        bad.push(format!(
+            "`{releases}` is not writable or creatable (`{p}` is not a writable dir)"
+        ));
+    }
+    if bad.is_empty() {
+        let kind = if has("kind file") {
+            format!("a plain file, kept as `{kept}` first")
+        } else if has("kind link") {
+            "a symlink".to_owned()
+        } else {
+            "absent".to_owned()
+        };
+        return Finding::pass(
+            Some(name),
+            check::SWITCH,
+            format!(
+                "`{bin}` is {kind}; `{dir}` and `{releases}` are writable: the swap can be made"
+            ),
+        );
+    }
+    Finding::fail(
+        Some(name),
+        check::SWITCH,
+        bad.join("; "),
+        Some(format!(
+            "make `{dir}` and `{releases}` writable for fleetup's SSH user; a plain-file binary must equal `{kept}` (or make `{bin}` a symlink to its release by hand)"
+        )),
+    )
 }
 
 /// `pid<TAB>why<TAB>cmdline` for each process that looks like `numary` (its name, at most 15
@@ -189,6 +296,7 @@ struct Output {
     procs: Vec<(String, String, String)>,
     lock: String,
     psql: Vec<String>,
+    switch: Vec<String>,
     /// The TCP sockets of the processes in `procs` (Postgres nodes).
     sockets: Vec<super::sessions::Socket>,
     complete: bool,
@@ -206,6 +314,7 @@ fn parse(stdout: &str) -> Output {
                 "lock" => "lock",
                 "psql" => "psql",
                 "ports" => "ports",
+                "switch" => "switch",
                 "end" => {
                     out.complete = true;
                     ""
@@ -240,6 +349,7 @@ fn parse(stdout: &str) -> Output {
                 out.lock.push('\n');
             }
             "psql" if !line.trim().is_empty() => out.psql.push(line.to_owned()),
+            "switch" if !line.trim().is_empty() => out.switch.push(line.trim().to_owned()),
             "ports" => out.sockets.extend(super::sessions::parse_socket(line)),
             _ => {}
         }
@@ -363,6 +473,7 @@ pub(super) async fn findings<T: Transport>(
         processes: must_stop,
         sqlite_dir: sqlite_dir.filter(|_| driver == Some(StorageDriver::Sqlite)),
         postgres,
+        switch: Scope::has(&scope.switch, name).then_some(facts.installed_version.as_ref()),
         psql: postgres && is_migrator && touched,
         pg_trgm: input.plan.target >= Version::new(1, 8, 0),
     };
@@ -448,6 +559,9 @@ pub(super) async fn findings<T: Transport>(
     }
     if let Some(pg) = &pg {
         out.push(extensions_finding(name, pg, want.pg_trgm));
+    }
+    if let Some(current) = want.switch {
+        out.push(switch_finding(name, host, current, &output.switch));
     }
     if touched
         && input
@@ -965,6 +1079,66 @@ mod tests {
         assert!(!pg.errors[0].contains("hunter2"), "{:?}", pg.errors);
         let none = parse_psql(&["psql: not found".to_owned()]);
         assert!(none.missing_psql);
+    }
+
+    /// Runs [`switch_probe`] here on a real layout and returns its finding.
+    fn switch_on(h: &ResolvedHost, current: Option<&Version>) -> Finding {
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(switch_probe(h, current))
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        let lines: Vec<String> = text.lines().skip(1).map(|l| l.trim().to_owned()).collect();
+        switch_finding("n", h, current, &lines)
+    }
+
+    #[test]
+    fn switch_preconditions_are_read_before_anything_changes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut h = crate::runner::tests::host("n");
+        h.ledger.binary = tmp.path().join("bin/numary").display().to_string();
+        h.ledger.releases_dir = tmp.path().join("releases").display().to_string();
+        std::fs::create_dir_all(tmp.path().join("bin")).unwrap();
+        let old = tmp.path().join("releases/1.7.4");
+        std::fs::create_dir_all(&old).unwrap();
+        std::fs::write(old.join("numary"), "release 1.7.4").unwrap();
+        let v174 = Version::new(1, 7, 4);
+
+        std::os::unix::fs::symlink(old.join("numary"), &h.ledger.binary).unwrap();
+        let link = switch_on(&h, Some(&v174));
+        assert!(link.ok && link.detail.contains("a symlink"), "{link:?}");
+
+        // A plain file equal to its release, or with no release kept yet: the switch keeps it.
+        std::fs::remove_file(&h.ledger.binary).unwrap();
+        std::fs::write(&h.ledger.binary, "release 1.7.4").unwrap();
+        assert!(switch_on(&h, Some(&v174)).ok);
+        let v161 = Version::new(1, 6, 1);
+        let creatable = switch_on(&h, Some(&v161));
+        assert!(creatable.ok, "{creatable:?}");
+
+        // A different plain file: switch.rs would refuse (exit 4) after the migration.
+        std::fs::write(&h.ledger.binary, "patched by hand").unwrap();
+        let differs = switch_on(&h, Some(&v174));
+        assert!(!differs.ok, "{differs:?}");
+        assert!(differs.detail.contains("differs from"), "{differs:?}");
+        let unknown = switch_on(&h, None);
+        assert!(
+            !unknown.ok && unknown.detail.contains("unknown version"),
+            "{unknown:?}"
+        );
+
+        // Nothing was written by the probe.
+        assert!(!tmp.path().join("releases/1.6.1").exists());
+        assert_eq!(
+            std::fs::read_to_string(&h.ledger.binary).unwrap(),
+            "patched by hand"
+        );
+        assert!(
+            switch_finding("n", &h, None, &[])
+                .detail
+                .contains("could not be read")
+        );
     }
 
     #[test]

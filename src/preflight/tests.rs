@@ -120,7 +120,7 @@ fn output(avail_kb: u64, sqlite: &[(u64, &str)], procs: &str, lock: &str, psql: 
         s.push_str(&format!("{n}\t{f}\n"));
     }
     s.push_str(&format!(
-        "{SECTION}procs\n{procs}{SECTION}lock\n{lock}\n{SECTION}psql\n{psql}{SECTION}end\n"
+        "{SECTION}procs\n{procs}{SECTION}lock\n{lock}\n{SECTION}psql\n{psql}{SECTION}switch\ndir ok\nkind link\nreleases ok\n{SECTION}end\n"
     ));
     s
 }
