@@ -204,7 +204,7 @@ const SESSIONS_SETTLE: Duration = Duration::from_secs(10);
 /// database (a node outside `--limit` or the inventory would run on a schema being rewritten).
 /// Counted on the migrator; a refusal comes before any backup or change, so the runner's
 /// recovery starts again what `--stop` stopped.
-async fn confirm_database_free<T: Transport>(sh: &Shared<T>, step: &Step) -> Result<(), StepError> {
+pub async fn confirm_database_free<T: Transport>(sh: &Shared<T>, step: &Step) -> Result<(), StepError> {
     let Some(name) = sh.plan.migrator.as_deref() else {
         return Ok(());
     };
