@@ -509,9 +509,12 @@ pub(crate) mod tests {
                 ok(
                     "prev-link /opt/numary/releases/1.7.4/numary\nnow /opt/numary/releases/1.8.2/numary\n",
                 )
-            } else if has("systemctl is-active") {
-                let code = if *self.started.lock().unwrap() { 0 } else { 3 };
-                (code, String::new(), String::new())
+            } else if has("systemctl show --property=LoadState,ActiveState") {
+                ok(if *self.started.lock().unwrap() {
+                    "loaded\nactive\n"
+                } else {
+                    "loaded\ninactive\n"
+                })
             } else if has("systemctl start") || has("systemctl stop") {
                 *self.started.lock().unwrap() = has("systemctl start");
                 ok("")

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use crate::events::Event;
 use crate::exit_code;
+use crate::facts::ServiceState;
 use crate::facts::StorageDriver;
 use crate::inventory::ResolvedHost;
 use crate::node::{self, ServiceAction};
@@ -86,22 +87,24 @@ async fn healthy<T: Transport>(t: &T, host: &ResolvedHost) -> bool {
     matches!(t.http_get(&h, p, "/_health", PROBE_TIMEOUT).await, Ok(r) if r.status == 200)
 }
 
-/// `Some(true)` running, `Some(false)` stopped, `None` when the manager could not be asked.
+/// `Some(true)` running, `Some(false)` stopped, `None` when the manager could not be asked or
+/// gave no clear answer (a unit that is not loaded, a status command that cannot run): the same
+/// reading as the facts ([`node::parse_service_state`]), so a crash-looping systemd unit counts
+/// as running and a misspelt one as unknown, never as stopped.
 pub async fn service_running<T: Transport>(t: &T, host: &ResolvedHost) -> Option<bool> {
     let opts = ExecOptions {
         timeout: Some(Duration::from_secs(30)),
         ..Default::default()
     };
-    match t
-        .exec(&node::service(host, ServiceAction::Status), &opts)
-        .await
-    {
-        Ok(out) => match out.status {
-            ExitStatus::Code(0) => Some(true),
-            ExitStatus::Code(_) => Some(false),
-            ExitStatus::Signal(_) => None,
-        },
-        Err(_) => None,
+    let out = t.exec(&node::service_state(host), &opts).await.ok()?;
+    let code = match out.status {
+        ExitStatus::Code(c) => Some(c),
+        ExitStatus::Signal(_) => None,
+    };
+    match node::parse_service_state(host, code, &out.stdout_lossy()).0 {
+        ServiceState::Running => Some(true),
+        ServiceState::Stopped => Some(false),
+        ServiceState::Unknown => None,
     }
 }
 
@@ -204,7 +207,10 @@ const SESSIONS_SETTLE: Duration = Duration::from_secs(10);
 /// database (a node outside `--limit` or the inventory would run on a schema being rewritten).
 /// Counted on the migrator; a refusal comes before any backup or change, so the runner's
 /// recovery starts again what `--stop` stopped.
-pub async fn confirm_database_free<T: Transport>(sh: &Shared<T>, step: &Step) -> Result<(), StepError> {
+pub async fn confirm_database_free<T: Transport>(
+    sh: &Shared<T>,
+    step: &Step,
+) -> Result<(), StepError> {
     let Some(name) = sh.plan.migrator.as_deref() else {
         return Ok(());
     };
@@ -271,7 +277,7 @@ async fn confirm_one<T: Transport>(
 ) -> Result<(), StepError> {
     let host = sh.host(name);
     let t = sh.session(name);
-    let status_cmd = node::service(host, ServiceAction::Status);
+    let status_cmd = node::service_state(host);
     let op = sh.begin(step, name, Some(&status_cmd));
     let blocked = |message: String, hint: &str| {
         let mut e = sh.error(step, name, message);
