@@ -13,20 +13,9 @@ use std::process::{Command, Output};
 
 use fleetup::exit_code;
 use fleetup::lab::{Driver, Lab, LabGuard};
-use fleetup::version::Version;
-use lab_fixture::{fleetup, pg_url, spec, stderr, stdout};
+use lab_fixture::{code, fleetup, json, pg_url, release, spec, stderr, stdout};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-
-fn json(out: &Output) -> Value {
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "stdout is not JSON ({e}):\n{}\nstderr:\n{}",
-            stdout(out),
-            stderr(out)
-        )
-    })
-}
 
 /// A lab whose services were never started: cleanly stopped.
 fn stopped_lab(nodes: usize, version: &str) -> LabGuard {
@@ -35,22 +24,10 @@ fn stopped_lab(nodes: usize, version: &str) -> LabGuard {
     LabGuard::up(&s).expect("lab up")
 }
 
-/// A release "binary" of `version` in the lab dir (outside every node's root).
-fn release(lab: &Lab, version: &str) -> PathBuf {
-    let path = lab.dir.join(format!("numary-{version}"));
-    lab.write_release(&Version::parse(version).unwrap(), &path)
-        .expect("write release");
-    path
-}
-
 fn check(lab: &Lab, to: &str, binary: &Path, extra: &[&str]) -> Output {
     let mut args = vec!["check", "--to", to, "--binary", binary.to_str().unwrap()];
     args.extend_from_slice(extra);
     fleetup(&lab.inventory_path(), &args)
-}
-
-fn code(out: &Output) -> i32 {
-    out.status.code().unwrap_or(-1)
 }
 
 fn findings(v: &Value) -> &Vec<Value> {

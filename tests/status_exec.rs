@@ -10,13 +10,8 @@ use std::time::{Duration, Instant};
 
 use fleetup::exit_code;
 use fleetup::lab::{Driver, LabGuard};
-use lab_fixture::{fleetup, spec, stderr, stdout};
+use lab_fixture::{fleetup, json, spec, stderr, stdout};
 use serde_json::Value;
-
-fn json(out: &std::process::Output) -> Value {
-    serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {}", stdout(out)))
-}
 
 #[test]
 fn status_of_a_three_node_sqlite_lab_shows_every_fact() {

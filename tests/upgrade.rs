@@ -17,26 +17,14 @@ use fleetup::journal::{self, JournalFile};
 use fleetup::lab::pg::{self, PgUrl};
 use fleetup::lab::{Driver, Lab, LabGuard};
 use fleetup::version::Version;
-use lab_fixture::{fleetup, pg_url, spec, stderr, stdout};
+use lab_fixture::{code, fleetup, pg_url, release, spec, stderr, stdout};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-
-/// A release "binary" of `version` in the lab dir (outside every node's root).
-fn release(lab: &Lab, version: &str) -> PathBuf {
-    let path = lab.dir.join(format!("numary-{version}"));
-    lab.write_release(&Version::parse(version).unwrap(), &path)
-        .expect("write release");
-    path
-}
 
 fn upgrade(lab: &Lab, to: &str, binary: &Path, extra: &[&str]) -> Output {
     let mut args = vec!["upgrade", "--to", to, "--binary", binary.to_str().unwrap()];
     args.extend_from_slice(extra);
     fleetup(&lab.inventory_path(), &args)
-}
-
-fn code(out: &Output) -> i32 {
-    out.status.code().unwrap_or(-1)
 }
 
 fn both(out: &Output) -> String {

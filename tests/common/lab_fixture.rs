@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
-use fleetup::lab::{Driver, LabSpec};
+use fleetup::lab::{Driver, Lab, LabSpec};
 use fleetup::version::Version;
 
 /// The simulator, built on demand (once per test binary, in the test's own profile) so
@@ -85,4 +85,28 @@ pub fn stdout(o: &Output) -> String {
 
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// A release "binary" of `version` in the lab dir (outside every node's root).
+pub fn release(lab: &Lab, version: &str) -> PathBuf {
+    let path = lab.dir.join(format!("numary-{version}"));
+    lab.write_release(&Version::parse(version).unwrap(), &path)
+        .expect("write release");
+    path
+}
+
+/// The exit code (-1 when killed by a signal).
+pub fn code(out: &Output) -> i32 {
+    out.status.code().unwrap_or(-1)
+}
+
+/// stdout as JSON, or a panic that shows both streams.
+pub fn json(out: &Output) -> serde_json::Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "stdout is not JSON ({e}):\n{}\nstderr:\n{}",
+            stdout(out),
+            stderr(out)
+        )
+    })
 }
