@@ -23,7 +23,7 @@ use crate::version::Version;
 
 pub use build::build_plan;
 pub use digest::plan_digest;
-pub use render::render_text;
+pub use render::{header_lines, render_text};
 
 /// Token in commands that the runner replaces with the run id (backups go to a fresh directory
 /// per run, so a second run never overwrites the backup of the first).

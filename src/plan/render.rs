@@ -3,23 +3,23 @@
 
 use super::{HostAction, Plan, Step};
 
-/// Render `plan` for a human. Stable, plain text (no colours, no terminal width).
-pub fn render_text(plan: &Plan) -> String {
-    let mut out = Lines::default();
-    let touched = plan.touched_hosts().len();
+/// The first lines of the plan's text (`{label}: upgrade to ...`, the migrator, the start
+/// order), shared by the plan and the `check` audit.
+pub fn header_lines(plan: &Plan, label: &str) -> Vec<String> {
     let mode = match plan.mode {
         super::Mode::SingleNode => "single-node",
         super::Mode::MultiNode => "multi-node",
     };
-    out.line(format!(
-        "plan: upgrade to {}, strategy {} (requested {}), {mode}, {touched} of {} hosts change",
+    let mut lines = vec![format!(
+        "{label}: upgrade to {}, strategy {} (requested {}), {mode}, {} of {} hosts change",
         plan.target,
         plan.strategy,
         plan.strategy_requested,
+        plan.touched_hosts().len(),
         plan.hosts.len()
-    ));
+    )];
     if let Some(m) = &plan.migrator {
-        out.line(format!("migrator: {m}"));
+        lines.push(format!("migrator: {m}"));
     }
     if !plan.batches.is_empty() {
         let batches: Vec<String> = plan
@@ -27,7 +27,16 @@ pub fn render_text(plan: &Plan) -> String {
             .iter()
             .map(|b| format!("[{}]", b.join(", ")))
             .collect();
-        out.line(format!("start order: {}", batches.join(" then ")));
+        lines.push(format!("start order: {}", batches.join(" then ")));
+    }
+    lines
+}
+
+/// Render `plan` for a human. Stable, plain text (no colours, no terminal width).
+pub fn render_text(plan: &Plan) -> String {
+    let mut out = Lines::default();
+    for l in header_lines(plan, "plan") {
+        out.line(l);
     }
 
     if !plan.steps.is_empty() {

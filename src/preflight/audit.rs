@@ -10,7 +10,7 @@ use super::{Finding, Preflight, check};
 use crate::events::{Event, PlannedStep};
 use crate::exit_code;
 use crate::facts::HostFacts;
-use crate::plan::{HostAction, Mode, Plan, Step, StepKind, plan_digest};
+use crate::plan::{HostAction, Plan, Step, StepKind, header_lines, plan_digest};
 
 /// What the audit concludes, most specific first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -131,31 +131,8 @@ impl Audit {
     pub fn render_text(&self) -> String {
         let mut out = String::new();
         let plan = &self.plan;
-        let mode = match plan.mode {
-            Mode::SingleNode => "single-node",
-            Mode::MultiNode => "multi-node",
-        };
-        line(
-            &mut out,
-            format!(
-                "check: upgrade to {}, strategy {} (requested {}), {mode}, {} of {} hosts change",
-                plan.target,
-                plan.strategy,
-                plan.strategy_requested,
-                plan.touched_hosts().len(),
-                plan.hosts.len()
-            ),
-        );
-        if let Some(m) = &plan.migrator {
-            line(&mut out, format!("migrator: {m}"));
-        }
-        if !plan.batches.is_empty() {
-            let batches: Vec<String> = plan
-                .batches
-                .iter()
-                .map(|b| format!("[{}]", b.join(", ")))
-                .collect();
-            line(&mut out, format!("start order: {}", batches.join(" then ")));
+        for l in header_lines(plan, "check") {
+            line(&mut out, l);
         }
         if !self.steps.is_empty() {
             out.push_str("\nsteps:\n");
