@@ -20,6 +20,7 @@ pub mod policy;
 pub mod preflight;
 pub mod redact;
 pub mod runner;
+pub mod schema;
 pub mod shell;
 pub mod ssh;
 pub mod version;

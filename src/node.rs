@@ -120,6 +120,7 @@ pub fn parse_service_state(
 /// Marker lines of the [`probe`] script's sections.
 pub const PROBE_ENV: &str = "==fleetup:env";
 pub const PROBE_RELEASES: &str = "==fleetup:releases";
+pub const PROBE_BINARY: &str = "==fleetup:binary";
 pub const PROBE_END: &str = "==fleetup:end";
 
 /// One read-only script for the facts that need no `numary`: the storage settings as the
@@ -147,7 +148,9 @@ pub fn probe(host: &ResolvedHost) -> String {
     ));
     let r = quote(&host.ledger.releases_dir);
     s.push_str(&format!(
-        "echo {PROBE_RELEASES}; if [ -d {r} ]; then for d in {r}/*/; do [ -d \"$d\" ] && basename \"$d\"; done; fi; echo {PROBE_END}"
+        "echo {PROBE_RELEASES}; if [ -d {r} ]; then for d in {r}/*/; do [ -d \"$d\" ] && basename \"$d\"; done; fi; \
+         echo {PROBE_BINARY}; readlink -f {b} 2>/dev/null; echo {PROBE_END}",
+        b = quote(&host.ledger.binary),
     ));
     s
 }
@@ -167,6 +170,8 @@ pub struct ProbeOutput {
     pub postgres: Option<String>,
     pub env_error: Option<String>,
     pub releases: Vec<String>,
+    /// Where the binary resolves to (`readlink -f`): the release it runs.
+    pub binary_target: Option<String>,
 }
 
 pub fn parse_probe(stdout: &str) -> ProbeOutput {
@@ -174,7 +179,7 @@ pub fn parse_probe(stdout: &str) -> ProbeOutput {
     let mut section = "";
     for line in stdout.lines() {
         match line {
-            PROBE_ENV | PROBE_RELEASES | PROBE_END => section = line,
+            PROBE_ENV | PROBE_RELEASES | PROBE_BINARY | PROBE_END => section = line,
             _ => match section {
                 PROBE_ENV => {
                     if let Some(err) = line.strip_prefix("! ") {
@@ -192,6 +197,7 @@ pub fn parse_probe(stdout: &str) -> ProbeOutput {
                     }
                 }
                 PROBE_RELEASES if !line.is_empty() => out.releases.push(line.to_string()),
+                PROBE_BINARY if !line.is_empty() => out.binary_target = Some(line.to_string()),
                 _ => {}
             },
         }

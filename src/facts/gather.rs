@@ -107,8 +107,22 @@ pub async fn gather<T: Transport>(t: &T, host: &ResolvedHost) -> HostFacts {
         .iter()
         .filter_map(|r| Version::parse(r).ok())
         .collect();
+    facts.binary_target = probe.binary_target.clone();
+    let schema_of = |driver| {
+        let cmd = crate::schema::state_command(host, driver);
+        let opts = opts.clone();
+        async move {
+            match t.exec(&cmd, &opts).await {
+                Ok(out) if out.status.success() => {
+                    Some(crate::schema::parse_state(&out.stdout_lossy()))
+                }
+                _ => None,
+            }
+        }
+    };
     match probe.driver.as_str() {
         "postgres" => {
+            facts.schema = schema_of(StorageDriver::Postgres).await;
             facts.storage = Some(StorageFacts {
                 driver: StorageDriver::Postgres,
                 sqlite_dir: None,
@@ -122,7 +136,11 @@ pub async fn gather<T: Transport>(t: &T, host: &ResolvedHost) -> HostFacts {
                 sqlite_dir: Some(probe.dir.clone()),
                 postgres: None,
             });
-            match t.exec(&node::list_sqlite_dir(&probe.dir), &opts).await {
+            let list_cmd = node::list_sqlite_dir(&probe.dir);
+            let (listing, schema) =
+                tokio::join!(t.exec(&list_cmd, &opts), schema_of(StorageDriver::Sqlite));
+            facts.schema = schema;
+            match listing {
                 Ok(out) if out.status.success() => {
                     let (ledgers, journals) =
                         node::parse_sqlite_listing(&out.stdout_lossy(), &probe.db_name);

@@ -24,6 +24,12 @@ pub struct HostFacts {
     pub ledgers: Vec<String>,
     /// Releases already staged under the releases dir (versions).
     pub staged: Vec<Version>,
+    /// Where the binary resolves to (`readlink -f`), e.g. `<releases_dir>/1.8.2/numary` once
+    /// switched.
+    pub binary_target: Option<String>,
+    /// The storage's ledgers and the migration rows each holds, read-only (`None` when it could
+    /// not be read: no `sqlite3`/`psql` on the node, no registry yet, ...).
+    pub schema: Option<crate::schema::SchemaState>,
     /// SQLite hot journal files found in the storage dir (a sign of an unclean stop).
     pub hot_journals: Vec<String>,
     /// Where `ledgers` came from: `api` (`/_info`), `sqlite-files`, or empty when unknown.
@@ -35,6 +41,17 @@ pub struct HostFacts {
 impl HostFacts {
     pub fn reachable(&self) -> bool {
         self.unreachable.is_none()
+    }
+
+    /// The node serves `target`: its service runs, `/_info` reports `target` and `/_health`
+    /// answers. The goal of an upgrade, whatever the binary's symlink says.
+    pub fn serves(&self, target: &Version) -> bool {
+        self.reachable()
+            && self.service == ServiceState::Running
+            && self
+                .api
+                .as_ref()
+                .is_some_and(|a| a.healthy && a.version.as_ref() == Some(target))
     }
 }
 

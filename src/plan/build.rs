@@ -55,10 +55,6 @@ impl<'a> View<'a> {
         self.reachable_facts().is_some()
     }
 
-    fn at_target(&self, target: &Version) -> bool {
-        self.current.as_ref() == Some(target)
-    }
-
     pub fn driver(&self) -> Option<StorageDriver> {
         self.reachable_facts()
             .and_then(|f| f.storage.as_ref())
@@ -71,11 +67,6 @@ impl<'a> View<'a> {
             .and_then(|s| s.sqlite_dir.as_deref())
     }
 
-    fn service(&self) -> ServiceState {
-        self.reachable_facts()
-            .map_or(ServiceState::Unknown, |f| f.service)
-    }
-
     /// Ledgers known now: the inventory's list, else what the node reported.
     pub fn known_ledgers(&self) -> Vec<String> {
         match &self.host.ledger.ledgers {
@@ -85,6 +76,33 @@ impl<'a> View<'a> {
                 .map(|f| f.ledgers.clone())
                 .unwrap_or_default(),
         }
+    }
+
+    /// The binary already resolves to the target's release (an earlier run switched it).
+    pub fn switched(&self, target: &Version) -> bool {
+        let release = super::commands::release_binary(self.host, target);
+        self.reachable_facts()
+            .and_then(|f| f.binary_target.as_deref())
+            .is_some_and(|t| t == release)
+    }
+
+    /// This node's storage already holds every migration of the target (read-only probe of the
+    /// `migrations` tables): backing it up or migrating it again would repeat a done step.
+    pub fn storage_migrated(&self, target: &Version) -> bool {
+        let Some(f) = self.reachable_facts() else {
+            return false;
+        };
+        match (&f.schema, f.storage.as_ref()) {
+            (Some(state), Some(storage)) => matches!(
+                crate::schema::migrated(state, target, storage.driver),
+                crate::schema::Migrated::Done { .. }
+            ),
+            _ => false,
+        }
+    }
+
+    pub fn serves(&self, target: &Version) -> bool {
+        self.reachable_facts().is_some_and(|f| f.serves(target))
     }
 
     pub fn staged(&self, target: &Version) -> bool {
@@ -280,15 +298,17 @@ fn assign_actions(views: &mut [View], strategy: Strategy, target: &Version) {
     };
     for v in views.iter_mut() {
         v.action = if strategy == Strategy::Replace && v.host.replaces.is_some() {
-            // A new node already on the target and serving has been deployed before.
-            if v.at_target(target) && v.service() == ServiceState::Running {
+            // A new node already serving the target has been deployed before.
+            if v.serves(target) {
                 HostAction::AlreadyAtTarget
             } else {
                 HostAction::Deploy
             }
         } else if replaced.contains(v.name()) {
             HostAction::Decommission
-        } else if v.at_target(target) {
+        } else if v.serves(target) {
+            // The goal: the node serves the target. A binary that points at the target is not
+            // enough (a run may have crashed between the switch and the start).
             HostAction::AlreadyAtTarget
         } else {
             HostAction::Upgrade

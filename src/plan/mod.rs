@@ -5,6 +5,7 @@
 //! Field names and choices are documented in `docs/plan.md`.
 
 mod build;
+pub mod commands;
 mod digest;
 mod render;
 mod steps;

@@ -3,10 +3,11 @@
 //! never appear: storage commands source the service's environment file.
 
 use super::build::View;
-use super::{BinarySource, HostCommands, PlanOptions, RUN_ID_TOKEN, Step, StepKind, Strategy};
+use super::{
+    BinarySource, HostCommands, PlanOptions, RUN_ID_TOKEN, Step, StepKind, Strategy, commands,
+};
 use crate::facts::StorageDriver;
-use crate::inventory::Service;
-use crate::shell::quote;
+use crate::node::{self, ServiceAction};
 use crate::version::Version;
 
 /// Everything the builder decided, for laying out the steps.
@@ -55,14 +56,31 @@ fn offline(l: &Layout, steps: &mut Vec<Step>) {
             "`--stop`: the guide requires every instance cleanly shut down before migrating; numary has no lock, a running node would migrate ledgers lazily, concurrently with `storage upgrade`",
         ));
     }
-    steps.push(confirm_stopped(l, &l.starters));
-    let migrating = migrating_hosts(l, &l.starters);
-    if l.opts.backup {
+    // What an earlier run already did is not done again: a storage holding every migration of
+    // the target is neither backed up nor migrated, a binary already switched is not restaged.
+    let migrating: Vec<&View> = migrating_hosts(l, &l.starters)
+        .into_iter()
+        .filter(|v| !v.storage_migrated(l.target))
+        .collect();
+    let unswitched: Vec<&View> = l
+        .starters
+        .iter()
+        .copied()
+        .filter(|v| !v.switched(l.target))
+        .collect();
+    steps.push(confirm_stopped(l, &l.starters, !migrating.is_empty()));
+    if l.opts.backup && !migrating.is_empty() {
         steps.push(backup(l, &migrating, None));
     }
-    steps.push(stage(l, &l.starters));
-    steps.push(migrate(l, &migrating, None));
-    steps.push(switch(l, &l.starters, None));
+    if !unswitched.is_empty() {
+        steps.push(stage(l, &unswitched));
+    }
+    if !migrating.is_empty() {
+        steps.push(migrate(l, &migrating, None));
+    }
+    if !unswitched.is_empty() {
+        steps.push(switch(l, &unswitched, None));
+    }
     start_batches(l, steps);
 }
 
@@ -247,14 +265,14 @@ fn stop(l: &Layout, hosts: &[&View], batch: Option<usize>, why: &str) -> Step {
         checks,
         |v| {
             vec![
-                service_command(v, ServiceVerb::Stop),
-                service_command(v, ServiceVerb::Status),
+                node::service(v.host, ServiceAction::Stop),
+                node::service_state(v.host),
             ]
         },
     )
 }
 
-fn confirm_stopped(_l: &Layout, hosts: &[&View]) -> Step {
+fn confirm_stopped(l: &Layout, hosts: &[&View], migrates: bool) -> Step {
     let mut checks = vec![
         "the service manager says stopped".to_string(),
         "no `numary` process runs".to_string(),
@@ -275,15 +293,17 @@ fn confirm_stopped(_l: &Layout, hosts: &[&View]) -> Step {
         checks,
         |v| {
             let mut c = vec![
-                service_command(v, ServiceVerb::Status),
-                "pgrep -x numary".to_string(),
-                format!("curl -fsS --max-time 2 {}", quote(&api_url(v, "/_info"))),
+                node::service_state(v.host),
+                commands::http_probe(v.host, "/_info"),
             ];
             if let Some(dir) = v.sqlite_dir() {
-                c.push(format!(
-                    "find {} -maxdepth 1 \\( -name '*.db-journal' -o -name '*-wal' \\)",
-                    quote(dir)
-                ));
+                c.push(commands::storage_use_command(dir));
+            }
+            if v.driver() == Some(StorageDriver::Postgres)
+                && l.migrator.is_some_and(|m| m.name() == v.name())
+                && migrates
+            {
+                c.push(crate::preflight::db_sessions_command(v.host));
             }
             c
         },
@@ -318,54 +338,24 @@ fn backup(l: &Layout, hosts: &[&View], batch: Option<usize>) -> Step {
         )
     };
     step(StepKind::Backup, hosts, batch, action, why, checks, |v| {
-        let dir = format!(
-            "{}/{RUN_ID_TOKEN}",
-            v.host.ledger.backup_dir.trim_end_matches('/')
-        );
-        let mut c = vec![format!("mkdir -p -m 0700 {}", quote(&dir))];
+        let dir = commands::backup_dir(v.host, RUN_ID_TOKEN);
         match (sqlite, v.sqlite_dir()) {
-            (true, Some(data)) => {
-                c.push(format!(
-                    "cp -p {}/numary_*.db {}/",
-                    quote(data),
-                    quote(&dir)
-                ));
-                c.push(format!("cd {} && sha256sum numary_*.db", quote(data)));
-                c.push(format!("cd {} && sha256sum numary_*.db", quote(&dir)));
-            }
-            (true, None) => c.push("# SQLite storage dir unknown".to_string()),
-            (false, _) => {
-                let file = quote(&format!("{dir}/postgres.dump"));
-                c.push(with_env(
-                    v,
-                    format!(
-                        "pg_dump --format=custom --file={file}  # connects through libpq variables taken from NUMARY_STORAGE_POSTGRES_CONN_STRING, never on a command line"
-                    ),
-                ));
-                c.push(format!("pg_restore --list {file} >/dev/null"));
-                c.push(format!("sha256sum {file}"));
-            }
+            (true, _) => vec![commands::backup_sqlite(v.host, &dir)],
+            (false, _) => vec![commands::backup_postgres(v.host, &dir)],
         }
-        c
     })
 }
 
 fn stage(l: &Layout, hosts: &[&View]) -> Step {
-    let (action, source) = match &l.opts.binary {
-        BinarySource::File { path, .. } => (
-            format!(
-                "upload `{}` to `<releases dir>/{}/numary` on each node and verify it",
-                path.display(),
-                l.target
-            ),
-            None,
+    let action = match &l.opts.binary {
+        BinarySource::File { path, .. } => format!(
+            "upload `{}` to `<releases dir>/{}/numary` on each node and verify it",
+            path.display(),
+            l.target
         ),
-        BinarySource::Url { url, .. } => (
-            format!(
-                "download `{url}` to `<releases dir>/{}/numary` on each node and verify it",
-                l.target
-            ),
-            Some(url.as_str()),
+        BinarySource::Url { url, .. } => format!(
+            "download `{url}` to `<releases dir>/{}/numary` on each node and verify it",
+            l.target
         ),
     };
     let mut checks = vec![
@@ -391,20 +381,20 @@ fn stage(l: &Layout, hosts: &[&View]) -> Step {
         "the guide: download the target version; it is staged beside the running one, so nothing that runs changes yet",
         checks,
         |v| {
-            let dir = release_dir(v, l.target);
-            let part = quote(&format!("{dir}/numary.fleetup-part"));
-            let fetch = match source {
-                Some(url) => format!("curl -fsSL --output {part} {}", quote(url)),
-                None => format!("# upload the binary to {part}"),
+            let dir = commands::release_dir(v.host, l.target);
+            let bin = commands::release_binary(v.host, l.target);
+            let fetch = match &l.opts.binary {
+                BinarySource::Url { url, sha256 } => {
+                    vec![commands::download_command(&dir, url, sha256)]
+                }
+                BinarySource::File { path, .. } => vec![
+                    commands::mkdir(&dir),
+                    commands::upload_line(&path.display().to_string(), &bin),
+                ],
             };
-            vec![
-                format!("mkdir -p {}", quote(&dir)),
-                fetch,
-                format!("sha256sum {part}"),
-                format!("chmod 0755 {part}"),
-                with_env(v, format!("{part} version")),
-                format!("mv -f {part} {}", quote(&release_bin(v, l.target))),
-            ]
+            let mut c = fetch;
+            c.push(node::numary(v.host, &bin, &["version"]));
+            c
         },
     )
 }
@@ -448,10 +438,12 @@ fn migrate(l: &Layout, hosts: &[&View], batch: Option<usize>) -> Step {
         }
     }
     step(StepKind::Migrate, hosts, batch, action, why, checks, |v| {
+        let bin = commands::release_binary(v.host, l.target);
+        let numary = |args: &[&str]| node::numary(v.host, &bin, args);
         let mut c = vec![
-            numary(v, l.target, "storage list"),
-            numary(v, l.target, "storage scan"),
-            numary(v, l.target, "storage list"),
+            numary(&["storage", "list"]),
+            numary(&["storage", "scan"]),
+            numary(&["storage", "list"]),
         ];
         let known = v.known_ledgers();
         if known.is_empty() {
@@ -460,11 +452,7 @@ fn migrate(l: &Layout, hosts: &[&View], batch: Option<usize>) -> Step {
             );
         }
         for name in known {
-            c.push(numary(
-                v,
-                l.target,
-                &format!("storage upgrade {}", quote(&name)),
-            ));
+            c.push(numary(&["storage", "upgrade", &name]));
         }
         c
     })
@@ -481,24 +469,7 @@ fn switch(l: &Layout, hosts: &[&View], batch: Option<usize>) -> Step {
         ),
         "the guide: restart the nodes with the upgraded binary; renaming a symlink is atomic and reversible",
         vec!["the previous target of the binary is recorded for rollback (a plain file is first kept as its version's release)".to_string()],
-        |v| {
-            let bin = &v.host.ledger.binary;
-            let next = quote(&format!("{bin}.fleetup-new"));
-            let mut c = Vec::new();
-            if let Some(current) = &v.current {
-                let old = format!("{}/{current}", v.host.ledger.releases_dir.trim_end_matches('/'));
-                c.push(format!(
-                    "test -L {b} || {{ mkdir -p {o} && cp -p {b} {ob}; }}",
-                    b = quote(bin),
-                    o = quote(&old),
-                    ob = quote(&format!("{old}/numary"))
-                ));
-            }
-            c.push(format!("readlink -f {}", quote(bin)));
-            c.push(format!("ln -sfn {} {next}", quote(&release_bin(v, l.target))));
-            c.push(format!("mv -Tf {next} {}", quote(bin)));
-            c
-        },
+        |v| vec![commands::switch_command(v.host, l.target, v.current.as_ref())],
     )
 }
 
@@ -532,7 +503,7 @@ fn start(l: &Layout, hosts: &[&View], index: usize) -> Step {
         action,
         why,
         vec!["the service manager accepts the start".to_string()],
-        |v| vec![service_command(v, ServiceVerb::Start)],
+        |v| vec![node::service(v.host, ServiceAction::Start)],
     )
 }
 
@@ -553,8 +524,8 @@ fn gate(l: &Layout, hosts: &[&View], batch: Option<usize>) -> Step {
         ],
         |v| {
             vec![
-                format!("curl -fsS {}", quote(&api_url(v, "/_info"))),
-                format!("curl -fsS {}", quote(&api_url(v, "/_health"))),
+                commands::http_probe(v.host, "/_info"),
+                commands::http_probe(v.host, "/_health"),
             ]
         },
     )
@@ -576,8 +547,8 @@ fn decommission(l: &Layout) -> Step {
         ],
         |v| {
             vec![
-                service_command(v, ServiceVerb::Stop),
-                service_command(v, ServiceVerb::Status),
+                node::service(v.host, ServiceAction::Stop),
+                node::service_state(v.host),
             ]
         },
     )
@@ -594,54 +565,4 @@ fn unlock(l: &Layout) -> Step {
         Vec::new(),
         |_| Vec::new(),
     )
-}
-
-#[derive(Clone, Copy)]
-enum ServiceVerb {
-    Start,
-    Stop,
-    Status,
-}
-
-fn service_command(v: &View, verb: ServiceVerb) -> String {
-    match (&v.host.ledger.service, verb) {
-        (Service::Systemd { unit }, ServiceVerb::Start) => {
-            format!("systemctl start {}", quote(unit))
-        }
-        (Service::Systemd { unit }, ServiceVerb::Stop) => format!("systemctl stop {}", quote(unit)),
-        (Service::Systemd { unit }, ServiceVerb::Status) => {
-            format!("systemctl is-active {}", quote(unit))
-        }
-        (Service::Command { start, .. }, ServiceVerb::Start) => start.clone(),
-        (Service::Command { stop, .. }, ServiceVerb::Stop) => stop.clone(),
-        (Service::Command { status, .. }, ServiceVerb::Status) => status.clone(),
-    }
-}
-
-fn release_dir(v: &View, target: &Version) -> String {
-    format!(
-        "{}/{target}",
-        v.host.ledger.releases_dir.trim_end_matches('/')
-    )
-}
-
-fn release_bin(v: &View, target: &Version) -> String {
-    format!("{}/numary", release_dir(v, target))
-}
-
-/// Runs `command` with exactly the variables the service reads, so storage commands see the
-/// service's storage (a different `NUMARY_STORAGE_DIR` or `$HOME` silently means another store).
-fn with_env(v: &View, command: String) -> String {
-    match &v.host.ledger.env_file {
-        Some(file) => format!("set -a && . {} && set +a && {command}", quote(file)),
-        None => command,
-    }
-}
-
-fn numary(v: &View, target: &Version, args: &str) -> String {
-    with_env(v, format!("{} {args}", quote(&release_bin(v, target))))
-}
-
-fn api_url(v: &View, path: &str) -> String {
-    format!("http://{}{path}", v.host.ledger.api)
 }

@@ -255,7 +255,7 @@ fn migrate_runs_scan_list_and_upgrade_with_the_new_binary_and_the_service_env() 
     let migrate = steps_of(&p, Migrate)[0];
     assert_eq!(migrate.commands.len(), 1);
     let cmds = &migrate.commands[0].commands;
-    let env = "set -a && . /etc/numary/env && set +a && /opt/numary/releases/1.8.2/numary";
+    let env = "set -a && . /etc/numary/env && set +a && exec /opt/numary/releases/1.8.2/numary";
     assert_eq!(
         cmds,
         &[
@@ -270,18 +270,19 @@ fn migrate_runs_scan_list_and_upgrade_with_the_new_binary_and_the_service_env() 
     assert!(
         all_commands(&p)
             .iter()
-            .all(|c| !c.contains("postgresql://"))
+            .all(|c| !c.contains("db.internal") && !c.contains("ledger:"))
     );
     let backup = steps_of(&p, Backup)[0];
     let dump = &backup.commands[0].commands;
+    assert_eq!(dump.len(), 1, "{dump:?}");
     assert!(
-        dump.iter()
-            .any(|c| c.starts_with("set -a && . /etc/numary/env")
-                && c.contains(
-                    "pg_dump --format=custom --file='/var/backups/numary/{run_id}/postgres.dump'"
-                ))
+        dump[0].starts_with("set -a && . /etc/numary/env"),
+        "{}",
+        dump[0]
     );
-    assert!(dump.iter().any(|c| c.starts_with("pg_restore --list")));
+    assert!(dump[0].contains("f='/var/backups/numary/{run_id}/postgres.dump'"));
+    assert!(dump[0].contains("exec pg_dump --format=custom --file=\"$f\""));
+    assert!(dump[0].contains("pg_restore --list \"$f\""));
 }
 
 #[test]
@@ -321,15 +322,11 @@ fn single_sqlite_node_runs_the_single_node_procedure() {
     assert_eq!(kinds(&p), starting_in_batches(&OFFLINE_HEAD, 1, &[]));
     assert!(p.steps.iter().all(|s| hosts_of(s) == ["solo"]));
     let backup = &steps_of(&p, Backup)[0].commands[0].commands;
-    assert!(backup.contains(
-        &"cp -p /var/lib/numary/data/numary_*.db '/var/backups/numary/{run_id}'/".to_string()
-    ));
-    assert_eq!(
-        backup
-            .iter()
-            .filter(|c| c.contains("sha256sum numary_*.db"))
-            .count(),
-        2,
+    assert_eq!(backup.len(), 1, "{backup:?}");
+    assert!(backup[0].contains("dst='/var/backups/numary/{run_id}'"));
+    assert!(backup[0].contains("cp -p -- \"$@\" \"$dst\"/"));
+    assert!(
+        backup[0].contains("echo ==orig; sums") && backup[0].contains("echo ==copy; sums"),
         "originals and copies are both hashed: {backup:?}"
     );
     let confirm = &steps_of(&p, ConfirmStopped)[0];
@@ -362,7 +359,7 @@ fn auto_ignores_nodes_already_at_target_when_choosing() {
     let nodes = vec![
         node("ledger-1", "1.5.0"),
         node("ledger-2", "1.5.0"),
-        node("ledger-3", "1.9.0"),
+        node("ledger-3", "1.9.0").running(),
     ];
     let p = plan(nodes, "1.9.0", Strategy::Auto);
     assert_eq!(p.strategy, Strategy::Rolling);
@@ -560,7 +557,8 @@ fn nodes_already_at_target_are_not_touched() {
 
 #[test]
 fn all_nodes_at_target_means_nothing_to_do() {
-    let p = plan(three("1.8.2"), "1.8.2", Strategy::Auto);
+    let serving: Vec<Node> = three("1.8.2").into_iter().map(Node::running).collect();
+    let p = plan(serving, "1.8.2", Strategy::Auto);
     assert!(p.nothing_to_do());
     assert!(p.steps.is_empty());
     assert!(p.batches.is_empty());
@@ -793,7 +791,7 @@ fn migrator_is_the_flagged_host_else_the_first_reachable_in_inventory_order() {
     // A flagged node that is already at the target does not start: the next candidate migrates.
     let flagged_done = plan(
         vec![
-            node("ledger-1", "1.8.2").migrator(),
+            node("ledger-1", "1.8.2").migrator().running(),
             node("ledger-2", "1.7.4"),
         ],
         "1.8.2",
@@ -857,13 +855,20 @@ fn staging_uses_the_release_dir_and_verifies_checksum_and_version() {
     };
     let p = plan_with(vec![n, node("ledger-2", "1.7.4")], "1.8.2", &o);
     let stage = steps_of(&p, Stage)[0];
-    let part = "/opt/numary/releases/1.8.2/numary.fleetup-part";
     let cmds = &stage.commands[0].commands;
-    assert!(cmds.contains(&format!(
-        "curl -fsSL --output {part} https://example.invalid/numary_1.8.2"
-    )));
-    assert!(cmds.contains(&format!("sha256sum {part}")));
-    assert!(cmds.contains(&format!("mv -f {part} /opt/numary/releases/1.8.2/numary")));
+    assert_eq!(
+        cmds[0],
+        commands::download_command(
+            "/opt/numary/releases/1.8.2",
+            "https://example.invalid/numary_1.8.2",
+            SHA
+        )
+    );
+    assert!(
+        cmds[0].contains("curl -fsSL --retry 2 -o \"$p\" https://example.invalid/numary_1.8.2")
+    );
+    assert!(cmds[0].contains("if [ \"$h\" != 4f2b"), "{}", cmds[0]);
+    assert!(cmds[1].ends_with("exec /opt/numary/releases/1.8.2/numary version"));
     assert!(stage.checks.iter().any(|c| c.contains(SHA)));
     assert!(
         stage
@@ -877,14 +882,18 @@ fn staging_uses_the_release_dir_and_verifies_checksum_and_version() {
 fn switch_keeps_the_previous_release_and_swaps_atomically() {
     let p = plan(three("1.7.4"), "1.8.2", Strategy::Offline);
     let cmds = &steps_of(&p, Switch)[0].commands[0].commands;
+    // Exactly the script the runner runs: the previous target kept, an atomic swap.
     assert_eq!(
         cmds,
-        &[
-            "test -L /usr/local/bin/numary || { mkdir -p /opt/numary/releases/1.7.4 && cp -p /usr/local/bin/numary /opt/numary/releases/1.7.4/numary; }",
-            "readlink -f /usr/local/bin/numary",
-            "ln -sfn /opt/numary/releases/1.8.2/numary /usr/local/bin/numary.fleetup-new",
-            "mv -Tf /usr/local/bin/numary.fleetup-new /usr/local/bin/numary",
-        ]
+        &[commands::switch_command(
+            &three("1.7.4")[0].host,
+            &v("1.8.2"),
+            Some(&v("1.7.4"))
+        )]
+    );
+    assert!(cmds[0].contains("o=/opt/numary/releases/1.7.4"));
+    assert!(
+        cmds[0].contains("ln -sfn \"$n\" \"$b.fleetup-new\" && mv -Tf \"$b.fleetup-new\" \"$b\"")
     );
 }
 
@@ -1010,4 +1019,68 @@ fn an_unknown_service_state_blocks_offline_unless_stop_is_given() {
     let p = plan_with(vec![unsure], "1.8.2", &with_stop);
     assert!(!p.is_blocked(), "{:?}", p.blockers);
     assert_eq!(hosts_of(steps_of(&p, StopService)[0]), ["ledger-1"]);
+}
+
+/// A node an earlier run switched to `target` (its binary resolves to the release) whose storage
+/// holds every migration of `target`, stopped.
+fn switched_and_migrated(name: &str, target: &str) -> Node {
+    let mut n = node(name, target);
+    n.facts.binary_target = Some(format!("/opt/numary/releases/{target}/numary"));
+    let last = crate::schema::last_migration(&v(target), StorageDriver::Postgres).unwrap();
+    n.facts.schema = Some(
+        ["default", "payments"]
+            .iter()
+            .map(|l| (l.to_string(), (0..=last).collect()))
+            .collect(),
+    );
+    n
+}
+
+#[test]
+fn a_fleet_switched_and_migrated_but_stopped_is_started_not_upgraded_again() {
+    let nodes = vec![
+        switched_and_migrated("ledger-1", "1.8.2"),
+        switched_and_migrated("ledger-2", "1.8.2"),
+    ];
+    let p = plan(nodes, "1.8.2", Strategy::Offline);
+    assert!(!p.is_blocked(), "{:?}", p.blockers);
+    assert!(!p.nothing_to_do(), "a stopped fleet is not done");
+    assert_eq!(
+        kinds(&p),
+        [
+            Preflight,
+            Lock,
+            ConfirmStopped,
+            StartService,
+            HealthGate,
+            StartService,
+            HealthGate,
+            Unlock
+        ]
+    );
+    assert!(p.hosts.iter().all(|h| h.action == HostAction::Upgrade));
+    // Serving the target is the goal: once they serve, nothing is left.
+    let serving: Vec<Node> = vec![
+        switched_and_migrated("ledger-1", "1.8.2").running(),
+        switched_and_migrated("ledger-2", "1.8.2").running(),
+    ];
+    assert!(plan(serving, "1.8.2", Strategy::Offline).nothing_to_do());
+}
+
+#[test]
+fn a_switched_node_on_an_unmigrated_storage_is_migrated_but_not_restaged() {
+    let mut n1 = switched_and_migrated("ledger-1", "1.8.2");
+    n1.facts.schema = Some(
+        [("default".to_string(), (0..=10).collect::<Vec<u32>>())]
+            .into_iter()
+            .collect(),
+    );
+    let n2 = node("ledger-2", "1.7.4");
+    let mut n2 = n2;
+    n2.facts.schema = n1.facts.schema.clone();
+    let p = plan(vec![n1, n2], "1.8.2", Strategy::Offline);
+    assert_eq!(hosts_of(steps_of(&p, Stage)[0]), ["ledger-2"]);
+    assert_eq!(hosts_of(steps_of(&p, Switch)[0]), ["ledger-2"]);
+    assert_eq!(hosts_of(steps_of(&p, Migrate)[0]), ["ledger-1"]);
+    assert_eq!(steps_of(&p, Backup).len(), 1);
 }

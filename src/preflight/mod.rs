@@ -8,6 +8,11 @@ mod local;
 mod remote;
 pub(crate) mod sessions;
 
+/// The command counting the other sessions on the database (the runner's re-check).
+pub fn db_sessions_command(host: &crate::inventory::ResolvedHost) -> String {
+    sessions::command(host)
+}
+
 #[cfg(test)]
 mod tests;
 

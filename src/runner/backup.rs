@@ -7,59 +7,11 @@ use std::sync::Arc;
 
 use crate::events::Artefact;
 use crate::facts::StorageDriver;
-use crate::inventory::ResolvedHost;
 use crate::plan::Step;
-use crate::shell::quote;
+use crate::plan::commands::{DUMP_FILE, backup_dir, backup_postgres, backup_sqlite};
 use crate::ssh::Transport;
 
 use super::ctx::{Checked, Shared, StepError, per_host};
-
-/// The name of the Postgres dump inside the run's backup dir.
-pub const DUMP_FILE: &str = "postgres.dump";
-
-/// `set -a && . ENV && set +a || exit 6; ` (or nothing without an env file): the variables the
-/// service reads, exported for what follows, so secrets stay in the remote shell.
-pub fn env_prefix(host: &ResolvedHost) -> String {
-    match &host.ledger.env_file {
-        Some(f) => format!("set -a && . {} && set +a || exit 6; ", quote(f)),
-        None => String::new(),
-    }
-}
-
-/// `<backup_dir>/<run_id>`.
-pub fn backup_dir(host: &ResolvedHost, run_id: &str) -> String {
-    format!("{}/{run_id}", host.ledger.backup_dir.trim_end_matches('/'))
-}
-
-const SUMS: &str = "sums() { for f; do h=$(sha256sum < \"$f\") || return 1; s=$(wc -c < \"$f\") || return 1; printf '%s %s %s\\n' \"${h%% *}\" \"$((s))\" \"$f\"; done; }; ";
-
-fn sqlite_command(host: &ResolvedHost, dst: &str) -> String {
-    format!(
-        "{env}{SUMS}src=\"${{NUMARY_STORAGE_DIR:-$HOME/.numary/data}}\"; n=\"${{NUMARY_STORAGE_SQLITE_DB_NAME:-numary}}\"; dst={dst}; \
-         echo \"==dir $src\"; echo \"==name $n\"; cd \"$src\" || exit 3; set -- \"$n\"_*.db; \
-         [ -e \"$1\" ] || {{ echo \"no ${{n}}_*.db file in $src\" >&2; exit 3; }}; \
-         umask 077; mkdir -p \"$dst\" || exit 4; cp -p -- \"$@\" \"$dst\"/ || exit 4; sync; \
-         echo ==orig; sums \"$@\" || exit 5; cd \"$dst\" || exit 5; echo ==copy; sums \"$@\" || exit 5",
-        env = env_prefix(host),
-        dst = quote(dst),
-    )
-}
-
-fn postgres_command(host: &ResolvedHost, dir: &str) -> String {
-    let file = format!("{dir}/{DUMP_FILE}");
-    format!(
-        "{env}command -v pg_dump >/dev/null 2>&1 && command -v pg_restore >/dev/null 2>&1 || {{ echo 'pg_dump and pg_restore must be installed on the node (postgresql-client)' >&2; exit 7; }}; \
-         f={f}; umask 077; mkdir -p {d} || exit 4; \
-         ( {pgenv} && exec pg_dump --format=custom --file=\"$f\" ) || exit 8; \
-         pg_restore --list \"$f\" > \"$f.list\" || exit 9; \
-         awk '$4 == \"SCHEMA\" {{ print \"==schema \" $6 }}' \"$f.list\"; rm -f \"$f.list\"; \
-         h=$(sha256sum < \"$f\") && s=$(wc -c < \"$f\") && printf '==dump %s %s\\n' \"${{h%% *}}\" \"$((s))\"",
-        env = env_prefix(host),
-        pgenv = crate::node::pg_env_from_conn_string(),
-        f = quote(&file),
-        d = quote(dir),
-    )
-}
 
 /// One file of a SQLite backup: name, size, SHA-256.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -198,7 +150,7 @@ async fn one<T: Transport>(sh: &Shared<T>, step: &Step, name: &str) -> Result<()
     };
     let artefacts = match driver {
         Some(StorageDriver::Postgres) => {
-            let cmd = postgres_command(host, &dir);
+            let cmd = backup_postgres(host, &dir);
             sh.run_checked(step, name, &cmd, "the Postgres backup", None, |out| {
                 let dump = parse_postgres_backup(&out.stdout_lossy())
                     .map_err(|e| sh.error(step, name, format!("the Postgres backup: {e}")))?;
@@ -232,7 +184,7 @@ async fn one<T: Transport>(sh: &Shared<T>, step: &Step, name: &str) -> Result<()
             .await?
         }
         Some(StorageDriver::Sqlite) => {
-            let cmd = sqlite_command(host, &dir);
+            let cmd = backup_sqlite(host, &dir);
             sh.run_checked(step, name, &cmd, "the SQLite backup", None, |out| {
                 let backup = parse_sqlite_backup(&out.stdout_lossy())
                     .map_err(|e| sh.error(step, name, format!("the SQLite backup: {e}")))?;
@@ -299,6 +251,7 @@ async fn one<T: Transport>(sh: &Shared<T>, step: &Step, name: &str) -> Result<()
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::shell::quote;
 
     #[test]
     fn sqlite_backup_output_checks_every_copy() {
@@ -353,7 +306,7 @@ mod tests {
         let dst = tmp.path().join("backups/run 1");
         let out = std::process::Command::new("sh")
             .arg("-c")
-            .arg(sqlite_command(&host, &dst.to_string_lossy()))
+            .arg(backup_sqlite(&host, &dst.to_string_lossy()))
             .output()
             .unwrap();
         assert!(
@@ -378,7 +331,7 @@ mod tests {
         .unwrap();
         let out = std::process::Command::new("sh")
             .arg("-c")
-            .arg(sqlite_command(
+            .arg(backup_sqlite(
                 &host,
                 &tmp.path().join("b2").to_string_lossy(),
             ))

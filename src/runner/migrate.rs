@@ -16,7 +16,7 @@ use crate::ssh::Transport;
 
 use super::ctx::{Checked, Shared, StepError, tail};
 use super::service::{self, notice};
-use super::stage::release_binary;
+use crate::plan::commands::release_binary;
 
 /// Why the ledgers `storage list` printed must not be migrated.
 #[derive(Debug, Clone, PartialEq, Eq)]

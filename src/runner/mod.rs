@@ -25,10 +25,10 @@ use crate::plan::{HostAction, Plan, Step, StepKind};
 use crate::shell::quote;
 use crate::ssh::{ExecOptions, Transport};
 
-pub use backup::{DUMP_FILE, backup_dir, parse_postgres_backup, parse_sqlite_backup};
+pub use crate::plan::commands::{DUMP_FILE, backup_dir, release_binary, release_dir};
+pub use backup::{parse_postgres_backup, parse_sqlite_backup};
 pub use ctx::{Changes, StepError, kind_name};
 pub use migrate::{ListProblem, check_listed};
-pub use stage::{release_binary, release_dir};
 
 use ctx::Shared;
 

@@ -13,8 +13,8 @@ use crate::inventory::ResolvedHost;
 use crate::node::{self, ServiceAction};
 use crate::numary;
 use crate::plan::Step;
+use crate::plan::commands::storage_use_command;
 use crate::preflight::sessions;
-use crate::shell::quote;
 use crate::ssh::{ExecOptions, ExitStatus, HttpError, Transport};
 use crate::version::Version;
 
@@ -154,18 +154,6 @@ pub async fn stop<T: Transport + 'static>(
         }
     }
     Ok(())
-}
-
-/// The shell lines that list hot SQLite journals and the pids holding files of the storage dir
-/// open, between marker lines, for [`parse_storage_use`].
-fn storage_use_command(dir: &str) -> String {
-    // One `find` over every process's fds (a `readlink` per fd would fork thousands of times).
-    format!(
-        "echo ==journals; {list}; echo ==open; \
-         find /proc/[0-9]*/fd -maxdepth 1 -lname {pattern} 2>/dev/null | cut -d/ -f3 | sort -u; true",
-        list = node::list_sqlite_dir(dir),
-        pattern = quote(&format!("{}/*", dir.trim_end_matches('/'))),
-    )
 }
 
 /// `(hot journals, pids with storage files open)` from [`storage_use_command`]'s output.

@@ -8,40 +8,13 @@ use std::sync::Arc;
 use tokio::sync::Semaphore;
 
 use crate::events::{Artefact, Event};
-use crate::inventory::ResolvedHost;
 use crate::node;
 use crate::numary;
+use crate::plan::commands::{download_command, mkdir, release_binary, release_dir, upload_line};
 use crate::plan::{BinarySource, Step};
-use crate::shell::quote;
 use crate::ssh::Transport;
-use crate::version::Version;
 
 use super::ctx::{Checked, Shared, StepError, per_host};
-
-/// `<releases_dir>/<V>`.
-pub fn release_dir(host: &ResolvedHost, v: &Version) -> String {
-    format!("{}/{v}", host.ledger.releases_dir.trim_end_matches('/'))
-}
-
-/// `<releases_dir>/<V>/numary`.
-pub fn release_binary(host: &ResolvedHost, v: &Version) -> String {
-    format!("{}/numary", release_dir(host, v))
-}
-
-fn download_command(dir: &str, url: &str, sha256: &str) -> String {
-    format!(
-        "d={d}; p=\"$d/numary.fleetup-part\"; mkdir -p \"$d\" || exit 4; \
-         if command -v curl >/dev/null 2>&1; then curl -fsSL --retry 2 -o \"$p\" {u} || {{ rm -f \"$p\"; exit 8; }}; \
-         elif command -v wget >/dev/null 2>&1; then wget -q -O \"$p\" {u} || {{ rm -f \"$p\"; exit 8; }}; \
-         else echo 'neither curl nor wget is installed on the node' >&2; exit 7; fi; \
-         h=$(sha256sum < \"$p\") && h=${{h%% *}}; \
-         if [ \"$h\" != {s} ]; then rm -f \"$p\"; echo \"the download has sha256 $h, expected {s}\" >&2; exit 9; fi; \
-         chmod 0755 \"$p\" && mv -f \"$p\" \"$d/numary\"",
-        d = quote(dir),
-        u = quote(url),
-        s = quote(sha256),
-    )
-}
 
 pub async fn run<T: Transport + 'static>(
     sh: &Arc<Shared<T>>,
@@ -70,22 +43,12 @@ async fn one<T: Transport>(sh: &Shared<T>, step: &Step, name: &str) -> Result<()
     match &sh.plan.binary {
         BinarySource::File { path: local, .. } => {
             let data = sh.cfg.binary.clone().unwrap_or_default();
-            sh.run(
-                step,
-                name,
-                &format!("mkdir -p {}", quote(&dir)),
-                "create the release dir",
-                None,
-            )
-            .await?;
+            sh.run(step, name, &mkdir(&dir), "create the release dir", None)
+                .await?;
             let op = sh.begin(
                 step,
                 name,
-                Some(&format!(
-                    "# upload `{}` to {}",
-                    local.display(),
-                    quote(&path)
-                )),
+                Some(&upload_line(&local.display().to_string(), &path)),
             );
             let sink = sh.sink.clone();
             let (number, host_name) = (step.number, name.to_string());

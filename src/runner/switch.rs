@@ -6,40 +6,11 @@
 use std::sync::Arc;
 
 use crate::events::Artefact;
-use crate::inventory::ResolvedHost;
 use crate::plan::Step;
-use crate::shell::quote;
+use crate::plan::commands::{release_binary, switch_command};
 use crate::ssh::Transport;
-use crate::version::Version;
 
 use super::ctx::{Checked, Shared, StepError, per_host};
-use super::stage::{release_binary, release_dir};
-
-/// The swap script. Prints `prev-link TARGET`, `prev-file KEPT_AT` or `prev-none`, then
-/// `now TARGET`.
-pub fn switch_command(host: &ResolvedHost, target: &Version, current: Option<&Version>) -> String {
-    let bin = &host.ledger.binary;
-    let keep = match current {
-        Some(v) => format!(
-            "o={o}; if [ -e \"$o/numary\" ]; then cmp -s \"$b\" \"$o/numary\" || {{ echo \"$b is a plain file that differs from $o/numary: not replacing it\" >&2; exit 4; }}; \
-             else mkdir -p \"$o\" && cp -p \"$b\" \"$o/numary.fleetup-part\" && mv -f \"$o/numary.fleetup-part\" \"$o/numary\" || exit 5; fi; \
-             echo \"prev-file $o/numary\"",
-            o = quote(&release_dir(host, v))
-        ),
-        None => "echo \"$b is a plain file of unknown version: not replacing it\" >&2; exit 4"
-            .to_string(),
-    };
-    format!(
-        "b={b}; n={n}; [ -x \"$n\" ] || {{ echo \"$n is not staged\" >&2; exit 3; }}; \
-         if [ -L \"$b\" ]; then echo \"prev-link $(readlink \"$b\")\"; \
-         elif [ -f \"$b\" ]; then {keep}; \
-         else echo prev-none; fi; \
-         ln -sfn \"$n\" \"$b.fleetup-new\" && mv -Tf \"$b.fleetup-new\" \"$b\" || {{ rm -f \"$b.fleetup-new\"; exit 6; }}; \
-         echo \"now $(readlink \"$b\")\"",
-        b = quote(bin),
-        n = quote(&release_binary(host, target)),
-    )
-}
 
 /// What the swap script reported.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -151,6 +122,8 @@ fn artefacts<T: Transport>(sh: &Shared<T>, name: &str, swapped: &Swapped) -> Vec
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::inventory::ResolvedHost;
+    use crate::version::Version;
 
     fn sh(cmd: &str) -> (i32, String, String) {
         let out = std::process::Command::new("sh")
