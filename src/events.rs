@@ -16,6 +16,39 @@ pub enum StepStatus {
     Skipped,
 }
 
+/// The state of one step on one host, as the engine moves it: what the journal records so
+/// `runs show` and `--resume` know what may have changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepState {
+    /// Applying began: from now on the host may have changed.
+    Started,
+    Done,
+    /// The probe found it done by an earlier run: not applied again.
+    AlreadyDone,
+    Failed,
+    /// Undone after a failure (a staged release removed, a stopped node restarted).
+    Undone,
+    /// Not applied: another host of the step failed, or the run stopped first.
+    Skipped,
+    /// Stopped by Ctrl-C / SIGTERM before it finished.
+    Cancelled,
+}
+
+impl StepState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StepState::Started => "started",
+            StepState::Done => "done",
+            StepState::AlreadyDone => "already_done",
+            StepState::Failed => "failed",
+            StepState::Undone => "undone",
+            StepState::Skipped => "skipped",
+            StepState::Cancelled => "cancelled",
+        }
+    }
+}
+
 /// Something a step produced that the operator needs afterwards (backup files, releases).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Artefact {
@@ -80,6 +113,16 @@ pub enum Event {
         /// One line for the operator (what was found, done or why it failed).
         message: Option<String>,
         artefacts: Vec<Artefact>,
+    },
+    /// A step changed state on a host (see [`StepState`]).
+    StepState {
+        /// The step's stable id in the plan (`backup`, `start-service-2`).
+        id: String,
+        step: usize,
+        kind: String,
+        host: String,
+        state: StepState,
+        message: Option<String>,
     },
     RunFinished {
         run_id: String,

@@ -19,6 +19,9 @@ pub const BLOCKED: i32 = 5;
 pub const LOCK_HELD: i32 = 6;
 /// `check`: every selected node already runs the target; there is nothing to do.
 pub const NOTHING_TO_DO: i32 = 7;
+/// The run was cancelled (Ctrl-C or SIGTERM) before it finished; `fleetup upgrade --resume`
+/// continues it. 128 + SIGINT, as shells report an interrupted command.
+pub const CANCELLED: i32 = 130;
 /// Internal error (a bug in fleetup): please report it.
 pub const INTERNAL: i32 = 70;
 
@@ -33,6 +36,7 @@ pub fn name(code: i32) -> &'static str {
         BLOCKED => "blocked",
         LOCK_HELD => "lock-held",
         NOTHING_TO_DO => "nothing-to-do",
+        CANCELLED => "cancelled",
         INTERNAL => "internal",
         _ => "unknown",
     }

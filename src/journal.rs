@@ -1,7 +1,9 @@
 //! The run journal: one append-only JSON Lines file per run, `<state dir>/<run id>.jsonl`, mode
-//! 0600. A versioned header line, then every event of the run with a timestamp. Written as the
-//! events happen (a crash leaves a readable journal); read back by `fleetup runs list|show`.
-//! Every line is redacted again before it is written: a journal never holds a secret.
+//! 0600. A versioned header line (holding the whole plan and its id), then every event of the
+//! run with a timestamp, and a typed [`StepRecord`] line (`"record": "step"`) each time a step
+//! changes state on a host. Written as the events happen (a crash leaves a readable journal);
+//! read back by `fleetup runs list|show` and by `fleetup upgrade --resume`, which appends to the
+//! same file. Every line is redacted again before it is written: a journal never holds a secret.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
@@ -14,11 +16,13 @@ use anyhow::Context;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::events::{Event, EventSink};
+use crate::events::{Event, EventSink, StepState};
 use crate::redact::redact_conn_strings;
 
 /// Bumped when a line changes meaning; readers refuse what they do not know.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
+/// Older versions this fleetup still reads (version 1 has no plan and no step records).
+const READS: &[u32] = &[1, 2];
 
 /// The state dir when none is given: `.fleetup/runs/` beside the inventory file.
 pub fn default_state_dir(inventory: &Path) -> PathBuf {
@@ -85,6 +89,28 @@ pub struct Header {
     pub no_backup: bool,
     /// The command line's options that change what runs (`--stop`, `--serial 2`, ...).
     pub options: Vec<String>,
+    /// The plan the run follows, as `fleetup check --format json` prints it (absent when the
+    /// run stopped before a plan was built, and in version 1 journals).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan_id: Option<String>,
+}
+
+/// One step's state on one host, as the journal records it (a line with `"record": "step"`).
+/// Its own type, not the runtime event: its fields are the journal's format.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepRecord {
+    /// RFC 3339 with milliseconds, UTC.
+    pub ts: String,
+    /// The step's stable id in the plan (`migrate`, `start-service-2`).
+    pub id: String,
+    pub step: usize,
+    pub kind: String,
+    pub host: String,
+    pub state: StepState,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }
 
 /// The path of run `run_id`'s journal in `state_dir`.
@@ -126,6 +152,20 @@ impl Journal {
         })
     }
 
+    /// Opens the existing journal of `run_id` to append to it (`--resume`).
+    pub fn open_append(state_dir: &Path, run_id: &str) -> anyhow::Result<Journal> {
+        let path = journal_path(state_dir, run_id);
+        let file = OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .with_context(|| format!("cannot open the journal `{}`", path.display()))?;
+        Ok(Journal {
+            path,
+            file: Mutex::new(file),
+            error: Mutex::new(None),
+        })
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -136,13 +176,38 @@ impl Journal {
     }
 
     fn append(&self, event: &Event) -> Result<(), String> {
-        let mut value = serde_json::to_value(event).map_err(|e| e.to_string())?;
-        if let Value::Object(map) = &mut value {
-            map.insert(
-                "ts".into(),
-                Value::String(humantime::format_rfc3339_millis(SystemTime::now()).to_string()),
-            );
-        }
+        let ts = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
+        let value = match event {
+            Event::StepState {
+                id,
+                step,
+                kind,
+                host,
+                state,
+                message,
+            } => {
+                let record = StepRecord {
+                    ts,
+                    id: id.clone(),
+                    step: *step,
+                    kind: kind.clone(),
+                    host: host.clone(),
+                    state: *state,
+                    message: message.clone(),
+                };
+                let mut v = serde_json::to_value(record).map_err(|e| e.to_string())?;
+                v["record"] = Value::String("step".into());
+                v
+            }
+            _ => {
+                let mut v = serde_json::to_value(event).map_err(|e| e.to_string())?;
+                if let Value::Object(map) = &mut v {
+                    map.insert("ts".into(), Value::String(ts));
+                }
+                v
+            }
+        };
+
         let line = redact_conn_strings(&value.to_string());
         let mut file = self.file.lock().map_err(|_| "journal lock poisoned")?;
         // One write per line, flushed at once: a crash leaves whole lines only.
@@ -165,6 +230,40 @@ impl EventSink for Journal {
     }
 }
 
+/// The journal of a run whose header needs the plan: events before the plan is built are kept
+/// in memory, then written once [`DeferredJournal::attach`] opened the file.
+#[derive(Default)]
+pub struct DeferredJournal {
+    inner: Mutex<(Option<std::sync::Arc<Journal>>, Vec<Event>)>,
+}
+
+impl DeferredJournal {
+    /// Starts writing to `journal`, the events so far first.
+    pub fn attach(&self, journal: std::sync::Arc<Journal>) {
+        if let Ok(mut g) = self.inner.lock() {
+            for e in g.1.drain(..) {
+                journal.emit(&e);
+            }
+            g.0 = Some(journal);
+        }
+    }
+
+    pub fn journal(&self) -> Option<std::sync::Arc<Journal>> {
+        self.inner.lock().ok().and_then(|g| g.0.clone())
+    }
+}
+
+impl EventSink for DeferredJournal {
+    fn emit(&self, event: &Event) {
+        if let Ok(mut g) = self.inner.lock() {
+            match &g.0 {
+                Some(j) => j.emit(event),
+                None => g.1.push(event.clone()),
+            }
+        }
+    }
+}
+
 /// A journal read back: its header and every event line as JSON (old journals may hold event
 /// kinds this version does not know; they are kept as they are).
 #[derive(Debug, Clone)]
@@ -172,6 +271,8 @@ pub struct JournalFile {
     pub path: PathBuf,
     pub header: Header,
     pub events: Vec<Value>,
+    /// Every step record, in the order written.
+    pub steps: Vec<StepRecord>,
 }
 
 impl JournalFile {
@@ -181,6 +282,29 @@ impl JournalFile {
             .iter()
             .rev()
             .find(|e| e["event"] == "run_finished")
+    }
+
+    /// Each `(step id, host)` whose last record is `started`: the run stopped (killed) while the
+    /// step was applied there, so it may have changed the host. In the order they started.
+    pub fn in_progress(&self) -> Vec<&StepRecord> {
+        let mut last: Vec<&StepRecord> = Vec::new();
+        for r in &self.steps {
+            match last.iter().position(|l| l.id == r.id && l.host == r.host) {
+                Some(i) => last[i] = r,
+                None => last.push(r),
+            }
+        }
+        last.retain(|r| r.state == StepState::Started);
+        last
+    }
+
+    /// The last state of step `kind` (snake case) on `host`, if recorded.
+    pub fn last_state(&self, kind: &str, host: &str) -> Option<StepState> {
+        self.steps
+            .iter()
+            .rev()
+            .find(|r| r.kind == kind && r.host == host)
+            .map(|r| r.state)
     }
 
     /// `succeeded`, `failed`, `blocked`, ... or `interrupted` when the run never finished.
@@ -224,14 +348,15 @@ pub fn read_journal(path: &Path) -> anyhow::Result<JournalFile> {
         .ok_or_else(|| anyhow::anyhow!("the journal `{}` is empty", path.display()))?;
     let header: Header = serde_json::from_str(&first)
         .with_context(|| format!("`{}` does not start with a journal header", path.display()))?;
-    if header.format_version != FORMAT_VERSION {
+    if !READS.contains(&header.format_version) {
         anyhow::bail!(
-            "the journal `{}` has format version {}; this fleetup reads version {FORMAT_VERSION}",
+            "the journal `{}` has format version {}; this fleetup reads versions 1 to {FORMAT_VERSION}",
             path.display(),
             header.format_version
         );
     }
     let mut events = Vec::new();
+    let mut steps = Vec::new();
     for (n, line) in lines.enumerate() {
         let line = line.with_context(|| format!("cannot read `{}`", path.display()))?;
         if line.trim().is_empty() {
@@ -239,6 +364,13 @@ pub fn read_journal(path: &Path) -> anyhow::Result<JournalFile> {
         }
         // A run killed mid-write leaves at most a partial last line: skip it, keep the rest.
         match serde_json::from_str::<Value>(&line) {
+            Ok(v) if v["record"] == "step" => match serde_json::from_value::<StepRecord>(v) {
+                Ok(r) => steps.push(r),
+                Err(_) => events.push(serde_json::json!({
+                    "event": "unreadable_line",
+                    "line": n + 2,
+                })),
+            },
             Ok(v) => events.push(v),
             Err(_) => events.push(serde_json::json!({
                 "event": "unreadable_line",
@@ -250,6 +382,7 @@ pub fn read_journal(path: &Path) -> anyhow::Result<JournalFile> {
         path: path.to_path_buf(),
         header,
         events,
+        steps,
     })
 }
 
@@ -302,6 +435,8 @@ mod tests {
             local_host: "laptop".into(),
             no_backup: false,
             options: vec!["--stop".into()],
+            plan: None,
+            plan_id: None,
         }
     }
 

@@ -231,15 +231,36 @@ fn a_stopped_lab_is_ready_with_every_check_passed_and_the_json_contract() {
     assert!(text.contains("node-1, node-2, node-3: will do"), "{text}");
     assert!(text.contains("result: ready"), "{text}");
 
-    // The target already runs everywhere: nothing to do.
+    // The target's binary everywhere but every node stopped: the goal (serving) is not reached;
+    // the storage already holds every migration of 1.7.4, so there is no backup and no
+    // migration to plan, only the starts.
+    let out = check(&lab, "1.7.4", &same, &["--format", "json"]);
+    assert_eq!(code(&out), exit_code::SUCCESS, "{}", stdout(&out));
+    let v = json(&out);
+    let kinds: Vec<&str> = v["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["kind"].as_str().unwrap())
+        .collect();
+    assert!(
+        !kinds.contains(&"backup") && !kinds.contains(&"migrate"),
+        "{kinds:?}"
+    );
+    assert!(kinds.contains(&"start_service"), "{kinds:?}");
+    assert_eq!(lab.tree_digest().unwrap(), before, "check changed a node");
+
+    assert_eq!(lab.tree_digest().unwrap(), before, "check changed a node");
+    assert_no_trace(&lab);
+
+    // Serving the target everywhere: nothing to do.
+    lab.start_services().unwrap();
     let out = check(&lab, "1.7.4", &same, &["--format", "json"]);
     assert_eq!(code(&out), exit_code::NOTHING_TO_DO, "{}", stdout(&out));
     let v = json(&out);
     assert_eq!(v["outcome"], "nothing-to-do");
     assert_eq!(v["steps"], Value::Array(Vec::new()));
-
-    assert_eq!(lab.tree_digest().unwrap(), before, "check changed a node");
-    assert_no_trace(&lab);
+    lab.stop_services().unwrap();
 }
 
 #[test]

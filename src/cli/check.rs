@@ -26,9 +26,10 @@ use super::{Format, Global, inventory};
 #[derive(Debug, Args, Clone)]
 #[command(next_help_heading = "Plan")]
 pub struct PlanArgs {
-    /// Target version (`1.8.2` or `v1.8.2`).
+    /// Target version (`1.8.2` or `v1.8.2`); required unless `upgrade --resume` takes it from
+    /// the journal.
     #[arg(long, value_name = "VERSION")]
-    pub to: String,
+    pub to: Option<String>,
     /// The new `numary` binary, on this machine (uploaded to each node). Default: the
     /// inventory's `[releases."VERSION"]`.
     #[arg(long, value_name = "FILE", conflicts_with = "binary_url")]
@@ -96,7 +97,11 @@ impl PlanArgs {
     /// The target, options, upgrade-path table and local binary version. Errors are usage
     /// errors: nothing has been contacted yet.
     pub fn resolve(&self, global: &Global, inventory: &Inventory) -> anyhow::Result<PlanInputs> {
-        let target = Version::parse(&self.to).map_err(|e| {
+        let to = self.to.as_deref().ok_or_else(|| {
+            Failure::usage("`--to VERSION` is required")
+                .hint("name the target version, e.g. `--to 1.8.2` (`fleetup paths` lists the supported ones)")
+        })?;
+        let target = Version::parse(to).map_err(|e| {
             Failure::usage(format!("invalid `--to`: {e}")).hint(
                 "versions are MAJOR.MINOR.PATCH as `numary version` prints them, e.g. `1.8.2`",
             )
@@ -283,11 +288,40 @@ fn open_journal(
         local_host: local_host(),
         no_backup: plan.no_backup,
         options: plan.recorded_options(),
+        plan: None,
+        plan_id: None,
     };
     Journal::create(&state_dir, &header)
 }
 
 impl PlanArgs {
+    /// The plan options a journal's plan (its header) was built with: what `--resume` runs again.
+    pub fn from_journal_plan(plan: &serde_json::Value) -> Option<PlanArgs> {
+        let binary = &plan["binary"];
+        let strategy = match plan["strategy_requested"].as_str()? {
+            "offline" => StrategyArg::Offline,
+            "rolling" => StrategyArg::Rolling,
+            "replace" => StrategyArg::Replace,
+            _ => StrategyArg::Auto,
+        };
+        Some(PlanArgs {
+            to: Some(plan["target"].as_str()?.to_string()),
+            binary: (binary["kind"] == "file")
+                .then(|| binary["path"].as_str().map(PathBuf::from))
+                .flatten(),
+            binary_url: (binary["kind"] == "url")
+                .then(|| binary["url"].as_str().map(str::to_string))
+                .flatten(),
+            sha256: binary["sha256"].as_str().map(str::to_string),
+            strategy,
+            serial: plan["serial"]
+                .as_u64()
+                .and_then(|n| NonZeroUsize::new(usize::try_from(n).ok()?)),
+            stop: plan["stop_running"].as_bool().unwrap_or(false),
+            no_backup: !plan["backup"].as_bool().unwrap_or(true),
+        })
+    }
+
     /// The options that change the plan, as a journal header records them.
     pub fn recorded_options(&self) -> Vec<String> {
         let strategy: Strategy = self.strategy.into();

@@ -14,6 +14,7 @@ mod inventory;
 mod lab;
 mod paths;
 mod runs;
+mod signals;
 mod status;
 mod table;
 mod upgrade;

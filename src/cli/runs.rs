@@ -91,7 +91,46 @@ fn summary_json(j: &JournalFile) -> Value {
         "user": j.header.user,
         "local_host": j.header.local_host,
         "path": j.path,
+        "in_progress": in_progress(j)
+            .iter()
+            .map(|(id, host, command)| json!({"id": id, "host": host, "command": command}))
+            .collect::<Vec<_>>(),
     })
+}
+
+/// `(step id, host, last command)` of each step that started and never finished: the run
+/// stopped there (killed), so the host may have changed. Empty for a run that finished.
+fn in_progress(j: &JournalFile) -> Vec<(String, String, Option<String>)> {
+    if j.finished().is_some() {
+        return Vec::new();
+    }
+    j.in_progress()
+        .into_iter()
+        .map(|r| {
+            let command = j
+                .events
+                .iter()
+                .rev()
+                .filter(|e| e["event"] == "step_started" && e["host"] == r.host.as_str())
+                .find(|e| e["kind"] == r.kind.as_str())
+                .and_then(|e| e["command"].as_str())
+                .map(str::to_string);
+            (r.id.clone(), r.host.clone(), command)
+        })
+        .collect()
+}
+
+/// The outcome column: `interrupted` says where.
+fn outcome_text(j: &JournalFile) -> String {
+    let open = in_progress(j);
+    if open.is_empty() {
+        return j.outcome();
+    }
+    let at: Vec<String> = open
+        .iter()
+        .map(|(id, host, _)| format!("{id} on {host}"))
+        .collect();
+    format!("{} (in progress: {})", j.outcome(), at.join(", "))
 }
 
 fn duration(ms: Option<u64>) -> String {
@@ -111,7 +150,7 @@ fn render_list(runs: &[JournalFile]) -> String {
             j.header.run_id.clone(),
             j.header.command.clone(),
             j.header.target.clone(),
-            j.outcome(),
+            outcome_text(j),
             j.header.started_at.clone(),
             duration(j.duration_ms()),
         ]);
@@ -223,6 +262,30 @@ fn render_show(j: &JournalFile) -> String {
             _ => {}
         }
     }
+    if !j.steps.is_empty() {
+        out.push_str("step states:\n");
+        for r in &j.steps {
+            out.push_str(&format!(
+                "  {} {} {}: {}{}\n",
+                r.ts,
+                r.id,
+                r.host,
+                r.state.as_str(),
+                r.message
+                    .as_deref()
+                    .map(|m| format!(": {m}"))
+                    .unwrap_or_default()
+            ));
+        }
+    }
+    for (id, host, command) in in_progress(j) {
+        out.push_str(&format!(
+            "IN PROGRESS when the run stopped: `{id}` on {host}: may have changed the host{}\n",
+            command
+                .map(|c| format!("; last command: {c}"))
+                .unwrap_or_default()
+        ));
+    }
     out
 }
 
@@ -248,6 +311,8 @@ mod tests {
                 local_host: "laptop".into(),
                 no_backup: true,
                 options: vec!["--stop".into()],
+                plan: None,
+                plan_id: None,
             },
         )
         .unwrap();

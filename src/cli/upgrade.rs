@@ -9,13 +9,13 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context;
 use clap::Args;
-use fleetup::events::{Event, EventSink, Fanout, StepStatus};
+use fleetup::events::{Event, EventSink, Fanout, StepState, StepStatus};
 use fleetup::inventory::ResolvedHost;
-use fleetup::journal::{self, Header, Journal};
+use fleetup::journal::{self, DeferredJournal, Header, Journal};
 use fleetup::lock::LockOwner;
 use fleetup::plan::{BinarySource, Plan, StepKind, build_plan, plan_digest};
 use fleetup::preflight::{self, PreflightInput, check};
-use fleetup::runner::{self, Fleet, Outcome, RunConfig, RunReport, kind_name};
+use fleetup::runner::{self, Cancel, Fleet, Outcome, PriorRun, RunConfig, RunReport, kind_name};
 use fleetup::ssh::Session;
 use fleetup::{Failure, exit_code};
 use sha2::{Digest, Sha256};
@@ -23,6 +23,7 @@ use sha2::{Digest, Sha256};
 use super::check::{PlanArgs, PlanInputs, local_host, local_user};
 use super::connect::{self, ConnectFlags};
 use super::display::{Display, DisplayMode, JsonLines};
+use super::signals;
 use super::{Format, Global, inventory};
 
 #[derive(Debug, Args)]
@@ -42,6 +43,11 @@ pub struct UpgradeArgs {
     /// Audit only, change nothing: the same as `fleetup check`.
     #[arg(long)]
     pub dry_run: bool,
+    /// Continue a failed, cancelled or killed run (default: the latest unfinished upgrade of
+    /// this inventory): same run id and journal, its locks taken over, every step probed again.
+    /// The target, binary and plan options come from its journal.
+    #[arg(long, value_name = "RUN_ID", num_args = 0..=1, default_missing_value = "latest", conflicts_with = "dry_run")]
+    pub resume: Option<String>,
     /// How long a node may take to stop (`--stop`).
     #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
     pub stop_timeout: Duration,
@@ -68,7 +74,6 @@ pub fn run(global: &Global, args: &UpgradeArgs) -> anyhow::Result<i32> {
         .into_iter()
         .cloned()
         .collect();
-    let inputs = args.plan.resolve(global, &inventory)?;
     let inventory_path = inventory::inventory_path(global);
     let inventory_bytes = std::fs::read(&inventory_path)
         .with_context(|| format!("cannot read `{}`", inventory_path.display()))?;
@@ -76,8 +81,31 @@ pub fn run(global: &Global, args: &UpgradeArgs) -> anyhow::Result<i32> {
         .state_dir
         .clone()
         .unwrap_or_else(|| journal::default_state_dir(&inventory_path));
+    let resumed = match &args.resume {
+        Some(which) => Some(find_resumable(&state_dir, &inventory_path, which)?),
+        None => None,
+    };
+    let plan_args = match &resumed {
+        Some(j) => j
+            .header
+            .plan
+            .as_ref()
+            .and_then(PlanArgs::from_journal_plan)
+            .ok_or_else(|| {
+                Failure::usage(format!(
+                    "the journal of run `{}` holds no plan to resume",
+                    j.header.run_id
+                ))
+                .hint("it stopped before its plan was built: run `fleetup upgrade` again")
+            })?,
+        None => args.plan.clone(),
+    };
+    let inputs = plan_args.resolve(global, &inventory)?;
     let now = SystemTime::now();
-    let run_id = journal::new_run_id(now);
+    let run_id = match &resumed {
+        Some(j) => j.header.run_id.clone(),
+        None => journal::new_run_id(now),
+    };
     let (user, local_host) = (local_user(), local_host());
     let header = Header {
         format_version: journal::FORMAT_VERSION,
@@ -90,10 +118,13 @@ pub fn run(global: &Global, args: &UpgradeArgs) -> anyhow::Result<i32> {
         started_at: humantime::format_rfc3339_seconds(now).to_string(),
         user: user.clone(),
         local_host: local_host.clone(),
-        no_backup: args.plan.no_backup,
-        options: options(args),
+        no_backup: plan_args.no_backup,
+        options: options(args, &plan_args),
+        plan: None,
+        plan_id: None,
     };
-    let journal = Arc::new(Journal::create(&state_dir, &header)?);
+    // The header holds the plan: the file is written once the plan is built.
+    let journal = Arc::new(DeferredJournal::default());
     let mode = DisplayMode::resolve(
         std::io::IsTerminal::is_terminal(&std::io::stderr()),
         super::display::is_ci(),
@@ -103,7 +134,7 @@ pub fn run(global: &Global, args: &UpgradeArgs) -> anyhow::Result<i32> {
     );
     let mut fan = Fanout::new()
         .with(Arc::new(Display::new(mode, global.verbose)))
-        .with(journal.clone());
+        .with(journal.clone() as Arc<dyn EventSink>);
     if global.format == Format::Json {
         fan = fan.with(Arc::new(JsonLines));
     }
@@ -124,6 +155,10 @@ pub fn run(global: &Global, args: &UpgradeArgs) -> anyhow::Result<i32> {
         fleetup_version: header.fleetup_version.clone(),
         command: "upgrade".into(),
     };
+    let prior = resumed
+        .as_ref()
+        .map(|j| prior_run(j, &hosts))
+        .unwrap_or_default();
     let ctx = Ctx {
         global,
         args,
@@ -131,8 +166,29 @@ pub fn run(global: &Global, args: &UpgradeArgs) -> anyhow::Result<i32> {
         inputs: &inputs,
         sink: sink.clone(),
         owner,
+        journal: journal.clone(),
+        header,
+        state_dir,
+        resumed: resumed.is_some(),
+        prior,
+        cancel: Cancel::default(),
     };
+    if let Some(j) = &resumed {
+        sink.emit(&Event::Notice {
+            host: String::new(),
+            message: format!(
+                "resuming run `{run_id}` (started {} by {}@{}): every step is probed again",
+                j.header.started_at, j.header.user, j.header.local_host
+            ),
+        });
+    }
     let result = ctx.upgrade();
+    // A run that stopped before its plan was built still leaves its journal.
+    if journal.journal().is_none()
+        && let Err(e) = ctx.attach_journal(None, None)
+    {
+        eprintln!("warning: {e:#}");
+    }
     let (outcome, code) = match &result {
         Ok((outcome, code)) => (outcome.clone(), *code),
         Err(e) => {
@@ -150,18 +206,94 @@ pub fn run(global: &Global, args: &UpgradeArgs) -> anyhow::Result<i32> {
         exit_code: code,
         duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
     });
-    if let Some(err) = journal.error() {
-        eprintln!("warning: {err}");
-    }
-    if global.format == Format::Human && !global.quiet {
-        eprintln!("journal: {}", journal.path().display());
+    if let Some(j) = journal.journal() {
+        if let Some(err) = j.error() {
+            eprintln!("warning: {err}");
+        }
+        if global.format == Format::Human && !global.quiet {
+            eprintln!("journal: {}", j.path().display());
+        }
     }
     result.map(|(_, code)| code)
 }
 
+/// The run `--resume` continues: `which` is a run id, or `latest` for the newest upgrade of this
+/// inventory that did not finish (failed, cancelled, killed).
+fn find_resumable(
+    state_dir: &std::path::Path,
+    inventory_path: &std::path::Path,
+    which: &str,
+) -> anyhow::Result<journal::JournalFile> {
+    let finished =
+        |j: &journal::JournalFile| matches!(j.outcome().as_str(), "succeeded" | "nothing-to-do");
+    let found = if which == "latest" {
+        let inventory = inventory_path.display().to_string();
+        journal::list_journals(state_dir)?
+            .into_iter()
+            .rev()
+            .find(|j| j.header.command == "upgrade" && j.header.inventory == inventory)
+            .filter(|j| !finished(j))
+            .ok_or_else(|| {
+                Failure::usage(format!(
+                    "no unfinished upgrade of `{inventory}` to resume in `{}`",
+                    state_dir.display()
+                ))
+                .hint("`fleetup runs list` shows the runs; name one with `--resume RUN_ID`")
+            })?
+    } else {
+        if !journal::valid_run_id(which) {
+            return Err(Failure::usage(format!("`{which}` is not a run id"))
+                .hint("`fleetup runs list` shows the run ids")
+                .into());
+        }
+        let path = journal::journal_path(state_dir, which);
+        if !path.is_file() {
+            return Err(
+                Failure::usage(format!("no run `{which}` in `{}`", state_dir.display()))
+                    .hint("`fleetup runs list` shows the runs")
+                    .into(),
+            );
+        }
+        let j = journal::read_journal(&path)?;
+        if j.header.command != "upgrade" {
+            return Err(Failure::usage(format!(
+                "run `{which}` is a `{}`, not an upgrade",
+                j.header.command
+            ))
+            .into());
+        }
+        if finished(&j) {
+            return Err(Failure::usage(format!(
+                "run `{which}` finished ({}): there is nothing to resume",
+                j.outcome()
+            ))
+            .hint("run `fleetup upgrade` to converge the fleet again")
+            .into());
+        }
+        j
+    };
+    Ok(found)
+}
+
+/// What the interrupted run finished that the hosts cannot tell by themselves: its backups.
+fn prior_run(j: &journal::JournalFile, hosts: &[ResolvedHost]) -> PriorRun {
+    let mut prior = PriorRun::default();
+    for h in hosts {
+        if matches!(j.last_state("backup", &h.name), Some(StepState::Done)) {
+            prior
+                .backups
+                .insert(h.name.clone(), runner::backup_dir(h, &j.header.run_id));
+        }
+    }
+    prior
+}
+
 /// The options recorded in the journal's header: the plan's, and those of the run itself.
-fn options(args: &UpgradeArgs) -> Vec<String> {
-    let mut o = args.plan.recorded_options();
+fn options(args: &UpgradeArgs, plan: &PlanArgs) -> Vec<String> {
+    let mut o = plan.recorded_options();
+    if args.resume.is_some() {
+        o.push("--resume".into());
+    }
     if args.break_lock {
         o.push("--break-lock".into());
     }
@@ -178,13 +310,39 @@ struct Ctx<'a> {
     inputs: &'a PlanInputs,
     sink: Arc<dyn EventSink>,
     owner: LockOwner,
+    journal: Arc<DeferredJournal>,
+    header: Header,
+    state_dir: PathBuf,
+    resumed: bool,
+    prior: PriorRun,
+    cancel: Cancel,
 }
 
 impl Ctx<'_> {
+    /// Opens the journal (a new file with the plan in its header, or the resumed run's file)
+    /// and writes the events so far.
+    fn attach_journal(&self, plan: Option<&Plan>, plan_id: Option<&str>) -> anyhow::Result<()> {
+        let j = if self.resumed {
+            Journal::open_append(&self.state_dir, &self.owner.run_id)?
+        } else {
+            let mut header = self.header.clone();
+            header.plan = plan.map(serde_json::to_value).transpose()?;
+            header.plan_id = plan_id.map(str::to_string);
+            Journal::create(&self.state_dir, &header)?
+        };
+        self.journal.attach(Arc::new(j));
+        Ok(())
+    }
+
     /// `(outcome, exit code)` of a run that got to an end, or the error to render.
     fn upgrade(&self) -> anyhow::Result<(String, i32)> {
         let runtime = tokio::runtime::Runtime::new()?;
         runtime.block_on(async {
+            let _signals = tokio::spawn(signals::watch(
+                self.cancel.clone(),
+                self.sink.clone(),
+                self.owner.run_id.clone(),
+            ));
             let conns = connect::connect(self.hosts, &self.args.connect).await;
             let result = self.connected(&conns).await;
             for (_, conn) in &conns {
@@ -239,16 +397,33 @@ impl Ctx<'_> {
             &inputs.policy,
         );
         let plan_id = plan_digest(&plan, &facts);
+        self.attach_journal(Some(&plan), Some(&plan_id))?;
         self.sink.emit(&preflight::plan_ready(&plan, &plan_id));
         if let Some(expected) = &self.args.plan_id {
             preflight::verify_plan_id(expected, &plan_id)?;
         }
         if plan.nothing_to_do() {
+            let left = self.leftover_locks(&sessions).await;
             if self.global.format == Format::Human {
                 println!(
-                    "every selected node already runs `{}`: nothing to do",
+                    "every selected node already serves `{}`: nothing to do",
                     plan.target
                 );
+            }
+            if !left.is_empty() {
+                let mut f = Failure::new(
+                    exit_code::LOCK_HELD,
+                    format!(
+                        "nothing to do, but {} node(s) still hold another run's lock: {}",
+                        left.len(),
+                        left.join("; ")
+                    ),
+                );
+                f.hints.push(
+                    "if that run is dead, `--break-lock` removes them (or `--resume` for its own run)"
+                        .into(),
+                );
+                return Err(f.into());
             }
             return Ok(("nothing-to-do".into(), exit_code::SUCCESS));
         }
@@ -263,7 +438,7 @@ impl Ctx<'_> {
         // With `--break-lock` the runner shows and breaks a held lock itself.
         let failures: Vec<&preflight::Finding> = preflight
             .failures()
-            .filter(|f| !(self.args.break_lock && f.check == check::LOCK))
+            .filter(|f| !((self.args.break_lock || self.resumed) && f.check == check::LOCK))
             .collect();
         self.preflight_steps(&plan, &failures);
         if !failures.is_empty() {
@@ -350,6 +525,8 @@ impl Ctx<'_> {
             health_timeout: self.args.health_timeout,
             poll_interval: Duration::from_millis(300),
             parallel_uploads: usize::from(self.args.connect.forks),
+            prior: self.prior.clone(),
+            cancel: self.cancel.clone(),
         };
         let fleet = Fleet {
             hosts: self.hosts.to_vec(),
@@ -373,6 +550,18 @@ impl Ctx<'_> {
             )
             .hint(report.unlock_errors.join("; "))
             .into()),
+            Some(_) if report.outcome == Outcome::Cancelled => {
+                let mut f = Failure::new(
+                    exit_code::CANCELLED,
+                    "the run was cancelled: nothing new was started after the signal; each node's state is in the summary",
+                )
+                .hint(format!(
+                    "continue it with `fleetup upgrade --resume {}`",
+                    self.owner.run_id
+                ));
+                f.hints.extend(report.unlock_errors.iter().cloned());
+                Err(f.into())
+            }
             Some(e) => {
                 let mut f = Failure::new(
                     report.outcome.exit_code(),
@@ -391,10 +580,61 @@ impl Ctx<'_> {
                         self.owner.run_id
                     ));
                 }
+                if report.outcome == Outcome::Failed {
+                    f.hints.push(format!(
+                        "once the cause is fixed, `fleetup upgrade --resume {}` continues this run (every step is probed again, nothing done is repeated)",
+                        self.owner.run_id
+                    ));
+                }
                 f.hints.extend(report.unlock_errors.iter().cloned());
                 Err(f.into())
             }
         }
+    }
+
+    /// Locks left on the selected nodes by another run (a dead one, typically): reported, and
+    /// removed with `--break-lock` (a live fleetup here keeps its lock) or `--resume` (its own
+    /// run's). Returns those that stay.
+    async fn leftover_locks(&self, sessions: &BTreeMap<String, Session>) -> Vec<String> {
+        let mut left = Vec::new();
+        for h in self.hosts {
+            let Some(t) = sessions.get(&h.name) else {
+                continue;
+            };
+            let path = fleetup::lock::lock_path(h);
+            let cmd = format!(
+                "d={}; [ -d \"$d\" ] || exit 3; cat \"$d/owner.json\" 2>/dev/null; true",
+                fleetup::shell::quote(&path)
+            );
+            let Ok(out) = t.exec(&cmd, &fleetup::ssh::ExecOptions::default()).await else {
+                continue;
+            };
+            if !out.status.success() {
+                continue;
+            }
+            let holder = fleetup::lock::parse_holder(&out.stdout_lossy());
+            let shown = holder.describe();
+            self.sink.emit(&Event::Notice {
+                host: h.name.clone(),
+                message: format!("the lock `{path}` is held by {shown}"),
+            });
+            let ours = holder
+                .owner()
+                .is_some_and(|o| o.run_id == self.owner.run_id);
+            let alive = holder
+                .owner()
+                .is_some_and(|o| fleetup::lock::holder_alive_here(o, &self.owner.local_host));
+            let breakable = (self.args.break_lock && !alive) || (self.resumed && ours);
+            if breakable && fleetup::lock::break_lock(t, h).await.is_ok() {
+                self.sink.emit(&Event::LockBroken {
+                    host: h.name.clone(),
+                    holder: shown,
+                });
+            } else {
+                left.push(format!("`{}` by {shown}", h.name));
+            }
+        }
+        left
     }
 
     /// The plan's `preflight` step, per host, as started and finished events.

@@ -168,6 +168,9 @@ impl Plan {
 /// (concurrently unless the runner says otherwise); `commands` holds each host's command lines.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Step {
+    /// Stable id: the kind, and the batch for per-batch steps (`migrate`, `start-service-2`).
+    /// The journal records step states under it.
+    pub id: String,
     /// 1-based position in the plan.
     pub number: usize,
     pub kind: StepKind,

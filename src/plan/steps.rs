@@ -42,6 +42,10 @@ pub(super) fn lay_out(l: &Layout) -> Vec<Step> {
     steps.push(unlock(l));
     for (i, step) in steps.iter_mut().enumerate() {
         step.number = i + 1;
+        step.id = match step.batch {
+            Some(b) => format!("{}-{b}", step.kind),
+            None => step.kind.to_string(),
+        };
     }
     steps
 }
@@ -175,6 +179,7 @@ fn step(
         .filter(|c| !c.commands.is_empty())
         .collect();
     Step {
+        id: String::new(),
         number: 0,
         kind,
         hosts: hosts.iter().map(|v| v.name().to_string()).collect(),

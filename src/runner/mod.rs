@@ -1,29 +1,34 @@
-//! The runner: carries out a [`Plan`] on connected hosts, step by step, emitting an event for
-//! every start and finish. It takes the fleet lock first and releases it last, also on failure;
-//! after a failure it undoes what is safe to undo (staged releases, an unneeded backup, nodes it
-//! stopped while the storage is still untouched) and reports each node's state.
+//! The runner: one engine that carries out a [`Plan`] on connected hosts. For each step it
+//! probes every host first ([`probe`]: already done by an earlier run?), applies the step on the
+//! hosts where it is not, and records each host's step state (`started`, `done`,
+//! `already_done`, `failed`, `undone`, `skipped`, `cancelled`) as an event the journal keeps.
+//! The failure policy is to stop the run: what is safe to undo is then undone in reverse order
+//! ([`undo`]). A cancellation (Ctrl-C) starts nothing new and undoes nothing: the run is left to
+//! `--resume`. The fleet lock is taken first and released last, also on failure.
 //!
 //! Preflight is the caller's: the runner starts at the `lock` step of a plan that passed it.
 
 mod backup;
 mod ctx;
 mod migrate;
+pub mod probe;
 mod service;
 mod stage;
 mod switch;
+mod undo;
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::events::{Event, EventSink, HostSummary};
+use crate::events::{Event, EventSink, HostSummary, StepState};
 use crate::exit_code;
 use crate::facts::HostFacts;
 use crate::inventory::ResolvedHost;
 use crate::lock::{self, LockError, LockOwner};
 use crate::plan::{HostAction, Plan, Step, StepKind};
-use crate::shell::quote;
-use crate::ssh::{ExecOptions, Transport};
+use crate::ssh::Transport;
 
 pub use crate::plan::commands::{DUMP_FILE, backup_dir, release_binary, release_dir};
 pub use backup::{parse_postgres_backup, parse_sqlite_backup};
@@ -31,6 +36,7 @@ pub use ctx::{Changes, StepError, kind_name};
 pub use migrate::{ListProblem, check_listed};
 
 use ctx::Shared;
+use probe::Probe;
 
 /// How the run behaves, beyond what the plan says.
 #[derive(Debug, Clone)]
@@ -50,6 +56,38 @@ pub struct RunConfig {
     pub poll_interval: Duration,
     /// Uploads at once.
     pub parallel_uploads: usize,
+    /// What the run being resumed (`--resume`) recorded as done.
+    pub prior: PriorRun,
+    /// Set on Ctrl-C / SIGTERM: start nothing new.
+    pub cancel: Cancel,
+}
+
+/// What an interrupted run recorded in its journal, for `--resume`: the probes trust it where
+/// the hosts cannot tell (a backup taken by this run id).
+#[derive(Debug, Clone, Default)]
+pub struct PriorRun {
+    /// `host → backup dir` of each backup the run finished.
+    pub backups: BTreeMap<String, String>,
+}
+
+impl PriorRun {
+    pub fn backup_done(&self, host: &str) -> Option<&str> {
+        self.backups.get(host).map(String::as_str)
+    }
+}
+
+/// A cancellation request shared by the signal handler and the engine.
+#[derive(Debug, Clone, Default)]
+pub struct Cancel(Arc<AtomicBool>);
+
+impl Cancel {
+    pub fn request(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+
+    pub fn requested(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
 }
 
 /// The connected fleet: every selected host, its session and its facts.
@@ -67,6 +105,8 @@ pub enum Outcome {
     /// Another run holds the lock of some node.
     LockHeld,
     Failed,
+    /// Ctrl-C / SIGTERM: stopped between steps, resumable.
+    Cancelled,
 }
 
 impl Outcome {
@@ -76,6 +116,7 @@ impl Outcome {
             Outcome::Blocked => "blocked",
             Outcome::LockHeld => "lock-held",
             Outcome::Failed => "failed",
+            Outcome::Cancelled => "cancelled",
         }
     }
 
@@ -85,6 +126,7 @@ impl Outcome {
             Outcome::Blocked => exit_code::BLOCKED,
             Outcome::LockHeld => exit_code::LOCK_HELD,
             Outcome::Failed => exit_code::FAILURE,
+            Outcome::Cancelled => exit_code::CANCELLED,
         }
     }
 }
@@ -125,25 +167,21 @@ pub async fn execute<T: Transport + Clone + 'static>(
     });
     let mut timings = Vec::new();
     let mut error = None;
+    let mut applied: Vec<(StepKind, String)> = Vec::new();
     for step in sh.plan.steps.clone() {
-        let started = Instant::now();
-        let result = match step.kind {
+        if matches!(step.kind, StepKind::Preflight | StepKind::Unlock) {
             // The caller ran the preflight; the unlock step runs below, whatever happened.
-            StepKind::Preflight | StepKind::Unlock => continue,
-            StepKind::Lock => take_locks(&sh, &step).await,
-            StepKind::StopService => service::stop(&sh, &step).await,
-            StepKind::ConfirmStopped => service::confirm_stopped(&sh, &step).await,
-            StepKind::Backup => backup::run(&sh, &step).await,
-            StepKind::Stage => stage::run(&sh, &step).await,
-            StepKind::Migrate => migrate::run(&sh, &step).await,
-            StepKind::Switch => switch::run(&sh, &step).await,
-            StepKind::StartService => service::start(&sh, &step).await,
-            StepKind::HealthGate => service::health_gate(&sh, &step).await,
-            StepKind::Decommission => Err(sh.error(
-                &step,
-                step.hosts.first().map_or("", String::as_str),
-                "the replace strategy is not supported by this fleetup yet",
-            )),
+            continue;
+        }
+        if sh.cfg.cancel.requested() {
+            error = Some(cancelled(&sh, &step));
+            break;
+        }
+        let started = Instant::now();
+        let result = if step.kind == StepKind::Lock {
+            take_locks(&sh, &step).await
+        } else {
+            run_step(&sh, &step, &mut applied).await
         };
         timings.push((step.number, step.kind, started.elapsed()));
         if let Err(e) = result {
@@ -151,8 +189,11 @@ pub async fn execute<T: Transport + Clone + 'static>(
             break;
         }
     }
-    if error.is_some() {
-        recover(&sh).await;
+    let was_cancelled = error
+        .as_ref()
+        .is_some_and(|e| e.code == exit_code::CANCELLED);
+    if error.is_some() && !was_cancelled {
+        undo::undo(&sh, &applied).await;
     }
     let outcome = settle(&mut error, sh.changes().storage_touched);
     // The state report is read while the locks still keep other runs away.
@@ -173,6 +214,123 @@ pub async fn execute<T: Transport + Clone + 'static>(
     }
 }
 
+/// The error that stops the run at `step` after a cancellation.
+fn cancelled<T: Transport>(sh: &Shared<T>, step: &Step) -> StepError {
+    let mut e = sh.error(
+        step,
+        step.hosts.first().map_or("", String::as_str),
+        "cancelled (Ctrl-C or SIGTERM) before this step: nothing new was started",
+    );
+    e.code = exit_code::CANCELLED;
+    e
+}
+
+fn step_state<T: Transport>(
+    sh: &Shared<T>,
+    step: &Step,
+    host: &str,
+    state: StepState,
+    message: Option<String>,
+) {
+    sh.emit(Event::StepState {
+        id: step.id.clone(),
+        step: step.number,
+        kind: kind_name(step.kind),
+        host: host.to_string(),
+        state,
+        message: message.map(|m| crate::redact::redact_conn_strings(&m)),
+    });
+}
+
+/// One step: probe each host, apply on those where it is not done, record each host's state.
+async fn run_step<T: Transport + Clone + 'static>(
+    sh: &Arc<Shared<T>>,
+    step: &Step,
+    applied: &mut Vec<(StepKind, String)>,
+) -> Result<(), StepError> {
+    let probes = ctx::each_host(sh, &step.hosts, |sh, name| {
+        let step = step.clone();
+        async move { probe::probe(&sh, &step, &name).await }
+    })
+    .await;
+    let mut todo = Vec::new();
+    for (host, p) in step.hosts.iter().zip(probes) {
+        match p {
+            Some(Probe::Done(why)) => step_state(sh, step, host, StepState::AlreadyDone, Some(why)),
+            _ => todo.push(host.clone()),
+        }
+    }
+    if todo.is_empty() {
+        return Ok(());
+    }
+    if sh.cfg.cancel.requested() {
+        return Err(cancelled(sh, step));
+    }
+    let mut sub = step.clone();
+    sub.hosts = todo.clone();
+    sub.commands.retain(|c| todo.contains(&c.host));
+    for host in &todo {
+        step_state(sh, step, host, StepState::Started, None);
+    }
+    let result = dispatch(sh, &sub).await;
+    match &result {
+        Ok(()) => {
+            for host in todo {
+                step_state(sh, step, &host, StepState::Done, None);
+                applied.push((step.kind, host));
+            }
+        }
+        Err(e) => {
+            let state = if e.code == exit_code::CANCELLED {
+                StepState::Cancelled
+            } else {
+                StepState::Failed
+            };
+            for host in todo {
+                if host == e.host {
+                    step_state(sh, step, &host, state, Some(e.message.clone()));
+                } else if probe::probe(sh, step, &host).await != Probe::ToDo {
+                    // The other hosts of a failed step: done where the probe says so.
+                    step_state(sh, step, &host, StepState::Done, None);
+                } else {
+                    step_state(
+                        sh,
+                        step,
+                        &host,
+                        StepState::Skipped,
+                        Some(format!("not finished: the step failed on `{}`", e.host)),
+                    );
+                }
+                applied.push((step.kind, host));
+            }
+        }
+    }
+    result
+}
+
+/// Applies `step` on its hosts: the kind's own implementation.
+async fn dispatch<T: Transport + Clone + 'static>(
+    sh: &Arc<Shared<T>>,
+    step: &Step,
+) -> Result<(), StepError> {
+    match step.kind {
+        StepKind::StopService => service::stop(sh, step).await,
+        StepKind::ConfirmStopped => service::confirm_stopped(sh, step).await,
+        StepKind::Backup => backup::run(sh, step).await,
+        StepKind::Stage => stage::run(sh, step).await,
+        StepKind::Migrate => migrate::run(sh, step).await,
+        StepKind::Switch => switch::run(sh, step).await,
+        StepKind::StartService => service::start(sh, step).await,
+        StepKind::HealthGate => service::health_gate(sh, step).await,
+        StepKind::Decommission => Err(sh.error(
+            step,
+            step.hosts.first().map_or("", String::as_str),
+            "the replace strategy is not supported by this fleetup yet",
+        )),
+        StepKind::Preflight | StepKind::Lock | StepKind::Unlock => Ok(()),
+    }
+}
+
 /// The outcome of a run that stopped on `error`. Blocked promises that nothing changed: once a
 /// `storage upgrade` ran that no longer holds, so a guard's refusal after it (which the migrate
 /// step's order should make impossible) is a failure, with the state report to read.
@@ -180,6 +338,7 @@ fn settle(error: &mut Option<StepError>, storage_touched: bool) -> Outcome {
     match error {
         None => Outcome::Succeeded,
         Some(e) if e.code == exit_code::LOCK_HELD => Outcome::LockHeld,
+        Some(e) if e.code == exit_code::CANCELLED => Outcome::Cancelled,
         Some(e) if e.code == exit_code::BLOCKED && !storage_touched => Outcome::Blocked,
         Some(e) => {
             if e.code == exit_code::BLOCKED {
@@ -202,6 +361,22 @@ async fn take_locks<T: Transport>(sh: &Shared<T>, step: &Step) -> Result<(), Ste
         let t = sh.session(name);
         let op = sh.begin(step, name, None);
         let mut result = lock::acquire(t, host, &sh.cfg.owner).await;
+        // `--resume`: the lock of the run being resumed is this run's own; take it over.
+        if let Err(LockError::Held { holder, .. }) = &result
+            && holder.owner().is_some_and(|o| o.run_id == sh.cfg.run_id)
+        {
+            sh.emit(Event::Notice {
+                host: name.clone(),
+                message: format!(
+                    "taking over the lock `{}` of the run being resumed",
+                    lock::lock_path(host)
+                ),
+            });
+            result = match lock::release(t, host, &sh.cfg.run_id).await {
+                Ok(()) => lock::acquire(t, host, &sh.cfg.owner).await,
+                Err(e) => Err(e),
+            };
+        }
         if let Err(LockError::Held { holder, .. }) = &result
             && sh.cfg.break_lock
         {
@@ -283,95 +458,6 @@ async fn release_locks<T: Transport>(sh: &Shared<T>) -> Vec<String> {
     errors
 }
 
-/// After a failure: what is safe to undo. Before any binary was switched, staged releases this
-/// run created are removed; while no `storage upgrade` ran, the storage is as the backup holds
-/// it, so the backup is dropped and the nodes this run stopped are started again on their old
-/// binary. Once a ledger may have been migrated the backup is the way back: it is kept, and no
-/// node is started (an old binary must not serve a migrated schema).
-async fn recover<T: Transport>(sh: &Shared<T>) {
-    let c = sh.changes();
-    if !c.switched.is_empty() {
-        return;
-    }
-    let opts = ExecOptions {
-        timeout: Some(Duration::from_secs(60)),
-        ..Default::default()
-    };
-    let restored = |host: &str, action: &str, ok: bool, detail: String| {
-        sh.emit(Event::Restored {
-            host: host.to_string(),
-            action: action.to_string(),
-            ok,
-            detail,
-        });
-    };
-    for (host, dir, created) in &c.staged {
-        if !created {
-            continue;
-        }
-        let cmd = format!(
-            "d={}; rm -f \"$d/numary\" \"$d/numary.fleetup-part\" && rmdir \"$d\" 2>/dev/null; [ ! -e \"$d/numary\" ]",
-            quote(dir)
-        );
-        let r = sh.session(host).exec(&cmd, &opts).await;
-        let ok = matches!(&r, Ok(o) if o.status.success());
-        restored(
-            host,
-            "remove-staged-release",
-            ok,
-            if ok {
-                format!("removed `{dir}`")
-            } else {
-                format!("could not remove `{dir}`")
-            },
-        );
-    }
-    if c.storage_touched {
-        for (host, dir) in &c.backups {
-            restored(
-                host,
-                "keep-backup",
-                true,
-                format!(
-                    "kept `{dir}`: a ledger may already be migrated, restore from it to go back"
-                ),
-            );
-        }
-        for host in &c.stopped {
-            restored(
-                host,
-                "leave-stopped",
-                true,
-                "left stopped: its old binary must not serve a storage that may be migrated".into(),
-            );
-        }
-        return;
-    }
-    for (host, dir) in &c.backups {
-        let r = sh
-            .session(host)
-            .exec(&format!("rm -rf -- {}", quote(dir)), &opts)
-            .await;
-        let ok = matches!(&r, Ok(o) if o.status.success());
-        restored(
-            host,
-            "remove-backup",
-            ok,
-            if ok {
-                format!("removed `{dir}`: the storage was not touched")
-            } else {
-                format!("could not remove `{dir}`")
-            },
-        );
-    }
-    for host in &c.stopped {
-        match service::restart_old(sh, host).await {
-            Ok(detail) => restored(host, "restart", true, detail),
-            Err(detail) => restored(host, "restart", false, detail),
-        }
-    }
-}
-
 /// Each node the plan touches: versions before and after, and its state. After a failure the
 /// state is read live from the node, so the report says what really runs where.
 async fn summarize<T: Transport>(sh: &Shared<T>, c: &Changes, failed: bool) -> Vec<HostSummary> {
@@ -428,6 +514,7 @@ pub(crate) mod tests {
     use crate::inventory::{LedgerSettings, ResolvedHost, SshSettings};
     use crate::plan::{BinarySource, PlanOptions, Strategy, build_plan};
     use crate::policy::PolicyTable;
+    use crate::ssh::ExecOptions;
     use crate::ssh::{
         ExecError, ExecOutput, ExitStatus, HttpError, HttpResponse, Progress, UploadError,
         UploadReport,
@@ -481,6 +568,19 @@ pub(crate) mod tests {
             let ok = |out: &str| (0, out.to_string(), String::new());
             if self.fail.is_some_and(has) {
                 return (1, String::new(), format!("boom: `{cmd}`\n"));
+            }
+            // The engine's probes: nothing is done yet on these nodes.
+            if has("pgrep -x numary") {
+                return ok("");
+            }
+            if has("sqlite3 -readonly") {
+                return (7, String::new(), "sqlite3 is not installed".into());
+            }
+            if cmd.starts_with("f=") && has("[ -x \"$f\" ] && sha256sum") {
+                return (1, String::new(), String::new());
+            }
+            if cmd.starts_with("readlink -f ") {
+                return ok("/opt/numary/releases/1.7.4/numary\n");
             }
             if has("storage list") {
                 let scanned = *self.scanned.lock().unwrap();
@@ -698,6 +798,8 @@ pub(crate) mod tests {
             health_timeout: Duration::from_secs(1),
             poll_interval: Duration::from_millis(10),
             parallel_uploads: 4,
+            prior: PriorRun::default(),
+            cancel: Cancel::default(),
         };
         let fleet = Fleet {
             hosts,

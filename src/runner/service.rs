@@ -419,6 +419,16 @@ async fn gate_one<T: Transport>(sh: &Shared<T>, step: &Step, name: &str) -> Resu
             Ok(v) => last = format!("`/_info` reports `{v}`, not `{target}`"),
             Err(e) => last = format!("the API is not ready: {e}"),
         }
+        if sh.cfg.cancel.requested() {
+            let mut e = sh.error(
+                step,
+                name,
+                format!("cancelled while waiting for the health gate: {last}"),
+            );
+            e.code = exit_code::CANCELLED;
+            op.fail(&e.message);
+            return Err(e);
+        }
         if Instant::now() >= deadline {
             let mut e = sh.error(
                 step,

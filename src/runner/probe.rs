@@ -1,0 +1,171 @@
+//! Probes: before a step runs on a host, the engine asks the host whether that step is already
+//! done (an earlier run, or the run being resumed, did it). A probe only reads. A step that is
+//! done is recorded `already_done` and not applied again, so a re-run from any state converges
+//! and repeats nothing: no second upload, switch, start, backup or migration.
+
+use std::time::{Duration, Instant};
+
+use crate::facts::StorageDriver;
+use crate::plan::commands::release_binary;
+use crate::plan::{Step, StepKind};
+use crate::schema::{self, Migrated};
+use crate::shell::quote;
+use crate::ssh::{ExecOptions, Transport};
+
+use super::ctx::Shared;
+use super::service;
+
+/// What a probe found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Probe {
+    /// Nothing to do on this host: why, one line.
+    Done(String),
+    /// The step must run.
+    ToDo,
+}
+
+const PROBE_TIMEOUT: Duration = Duration::from_secs(60);
+
+fn opts() -> ExecOptions {
+    ExecOptions {
+        timeout: Some(PROBE_TIMEOUT),
+        ..Default::default()
+    }
+}
+
+/// Whether `step` is already done on `host`. Steps without a probe (the checks: confirm
+/// stopped, the health gate) always run.
+pub async fn probe<T: Transport>(sh: &Shared<T>, step: &Step, host: &str) -> Probe {
+    let h = sh.host(host);
+    let t = sh.session(host);
+    let target = &sh.plan.target;
+    match step.kind {
+        StepKind::StopService => match service::service_running(t, h).await {
+            Some(false) => Probe::Done("already stopped".into()),
+            _ => Probe::ToDo,
+        },
+        StepKind::StartService => match service::service_running(t, h).await {
+            Some(true) => Probe::Done("already running".into()),
+            _ => Probe::ToDo,
+        },
+        StepKind::Switch => {
+            let release = release_binary(h, target);
+            let cmd = format!("readlink -f {}", quote(&h.ledger.binary));
+            match t.exec(&cmd, &opts()).await {
+                Ok(out) if out.status.success() && out.stdout_lossy().trim() == release => {
+                    Probe::Done(format!(
+                        "`{}` already points to `{release}`",
+                        h.ledger.binary
+                    ))
+                }
+                _ => Probe::ToDo,
+            }
+        }
+        StepKind::Stage => {
+            let release = release_binary(h, target);
+            let cmd = format!("f={}; [ -x \"$f\" ] && sha256sum < \"$f\"", quote(&release));
+            match t.exec(&cmd, &opts()).await {
+                Ok(out)
+                    if out.status.success()
+                        && out.stdout_lossy().split_whitespace().next()
+                            == Some(sh.plan.binary.sha256()) =>
+                {
+                    Probe::Done(format!(
+                        "`{release}` is already staged with sha256 `{}`",
+                        sh.plan.binary.sha256()
+                    ))
+                }
+                _ => Probe::ToDo,
+            }
+        }
+        StepKind::Backup => {
+            if let Some(dir) = sh.cfg.prior.backup_done(host) {
+                let cmd = format!("test -d {}", quote(dir));
+                if matches!(t.exec(&cmd, &opts()).await, Ok(o) if o.status.success()) {
+                    return Probe::Done(format!(
+                        "this run's backup `{dir}` was taken and verified before it was interrupted"
+                    ));
+                }
+            }
+            match schema_state(sh, host).await {
+                Some(Migrated::Done { .. }) => Probe::Done(format!(
+                    "the storage already holds every migration of `{target}`: there is nothing left to back up before migrating"
+                )),
+                _ => Probe::ToDo,
+            }
+        }
+        StepKind::Migrate => {
+            // A storage command left running by an interrupted run (the remote process outlives
+            // the SSH connection) must end before anything else touches the storage.
+            wait_storage_commands(sh, host).await;
+            match schema_state(sh, host).await {
+                Some(Migrated::Done { ledgers }) => Probe::Done(format!(
+                    "every ledger ({}) already holds every migration of `{target}`",
+                    ledgers
+                        .iter()
+                        .map(|l| format!("`{l}`"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )),
+                _ => Probe::ToDo,
+            }
+        }
+        _ => Probe::ToDo,
+    }
+}
+
+/// The migration state of `host`'s storage, read-only; `None` when it cannot be read.
+pub async fn schema_state<T: Transport>(sh: &Shared<T>, host: &str) -> Option<Migrated> {
+    let driver = sh.facts(host)?.storage.as_ref()?.driver;
+    let cmd = schema::state_command(sh.host(host), driver);
+    let out = sh.session(host).exec(&cmd, &opts()).await.ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    let state = schema::parse_state(&out.stdout_lossy());
+    Some(schema::migrated(&state, &sh.plan.target, driver))
+}
+
+/// Lists the pids of `numary` processes running a storage command on the node.
+pub fn storage_commands_command() -> String {
+    "for p in $(pgrep -x numary 2>/dev/null); do tr '\\0' ' ' < /proc/$p/cmdline 2>/dev/null | grep -q ' storage ' && echo $p; done; true".to_string()
+}
+
+/// Waits (up to the health timeout) until no `numary storage ...` process runs on `host`.
+pub async fn wait_storage_commands<T: Transport>(sh: &Shared<T>, host: &str) {
+    let deadline = Instant::now() + sh.cfg.health_timeout.max(Duration::from_secs(60));
+    let t = sh.session(host);
+    let mut told = false;
+    loop {
+        let busy = match t.exec(&storage_commands_command(), &opts()).await {
+            Ok(out) => out
+                .stdout_lossy()
+                .split_whitespace()
+                .map(str::to_string)
+                .collect::<Vec<_>>(),
+            Err(_) => Vec::new(),
+        };
+        if busy.is_empty() || Instant::now() >= deadline {
+            return;
+        }
+        if !told {
+            told = true;
+            service::notice(
+                sh,
+                host,
+                format!(
+                    "a `numary storage` command (pid {}) still runs, left by an interrupted run: waiting for it to end before probing the storage",
+                    busy.join(", ")
+                ),
+            );
+        }
+        tokio::time::sleep(sh.cfg.poll_interval).await;
+    }
+}
+
+/// Whether the driver of `host`'s storage is Postgres.
+pub fn is_postgres<T: Transport>(sh: &Shared<T>, host: &str) -> bool {
+    sh.facts(host)
+        .and_then(|f| f.storage.as_ref())
+        .is_some_and(|s| s.driver == StorageDriver::Postgres)
+}

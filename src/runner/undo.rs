@@ -1,0 +1,126 @@
+//! Undo after a failure, step by step in reverse order of what was applied, each only where it
+//! is safe. Before any binary was switched, staged releases this run created are removed; while
+//! no `storage upgrade` ran, the storage is as the backup holds it, so the backup is dropped and
+//! the nodes this run stopped are started again on their old binary. Once a ledger may have been
+//! migrated the backup is the way back: it is kept, and no node is started (an old binary must
+//! not serve a migrated schema).
+
+use std::time::Duration;
+
+use crate::events::{Event, StepState};
+use crate::plan::StepKind;
+use crate::shell::quote;
+use crate::ssh::{ExecOptions, Transport};
+
+use super::ctx::{Shared, kind_name};
+use super::service;
+
+/// Undoes `applied` (`(kind, host)` in the order they were applied) in reverse, where safe.
+pub async fn undo<T: Transport>(sh: &Shared<T>, applied: &[(StepKind, String)]) {
+    let c = sh.changes();
+    let opts = ExecOptions {
+        timeout: Some(Duration::from_secs(60)),
+        ..Default::default()
+    };
+    let restored = |host: &str, action: &str, ok: bool, detail: String| {
+        sh.emit(Event::Restored {
+            host: host.to_string(),
+            action: action.to_string(),
+            ok,
+            detail,
+        });
+    };
+    let undone = |kind: StepKind, host: &str, detail: &str| {
+        let step = sh.plan.steps.iter().find(|s| s.kind == kind);
+        sh.emit(Event::StepState {
+            id: step.map_or_else(|| kind.to_string(), |s| s.id.clone()),
+            step: step.map_or(0, |s| s.number),
+            kind: kind_name(kind),
+            host: host.to_string(),
+            state: StepState::Undone,
+            message: Some(detail.to_string()),
+        });
+    };
+    // Once a binary was switched, the storage was migrated before it: nothing is undone.
+    let switched = !c.switched.is_empty();
+    let mut seen: Vec<(StepKind, &str)> = Vec::new();
+    for (kind, host) in applied.iter().rev() {
+        if seen.contains(&(*kind, host.as_str())) {
+            continue;
+        }
+        seen.push((*kind, host.as_str()));
+        match kind {
+            StepKind::Stage if !switched => {
+                for (h, dir, created) in c.staged.iter().filter(|(h, _, _)| h == host) {
+                    if !created {
+                        continue;
+                    }
+                    let cmd = format!(
+                        "d={}; rm -f \"$d/numary\" \"$d/numary.fleetup-part\" && rmdir \"$d\" 2>/dev/null; [ ! -e \"$d/numary\" ]",
+                        quote(dir)
+                    );
+                    let r = sh.session(h).exec(&cmd, &opts).await;
+                    let ok = matches!(&r, Ok(o) if o.status.success());
+                    let detail = if ok {
+                        format!("removed `{dir}`")
+                    } else {
+                        format!("could not remove `{dir}`")
+                    };
+                    if ok {
+                        undone(*kind, h, &detail);
+                    }
+                    restored(h, "remove-staged-release", ok, detail);
+                }
+            }
+            StepKind::Backup => {
+                for (h, dir) in c.backups.iter().filter(|(h, _)| h == host) {
+                    if c.storage_touched || switched {
+                        restored(
+                            h,
+                            "keep-backup",
+                            true,
+                            format!(
+                                "kept `{dir}`: a ledger may already be migrated, restore from it to go back"
+                            ),
+                        );
+                        continue;
+                    }
+                    let r = sh
+                        .session(h)
+                        .exec(&format!("rm -rf -- {}", quote(dir)), &opts)
+                        .await;
+                    let ok = matches!(&r, Ok(o) if o.status.success());
+                    let detail = if ok {
+                        format!("removed `{dir}`: the storage was not touched")
+                    } else {
+                        format!("could not remove `{dir}`")
+                    };
+                    if ok {
+                        undone(*kind, h, &detail);
+                    }
+                    restored(h, "remove-backup", ok, detail);
+                }
+            }
+            StepKind::StopService if c.stopped.contains(host) => {
+                if c.storage_touched || switched {
+                    restored(
+                        host,
+                        "leave-stopped",
+                        true,
+                        "left stopped: its old binary must not serve a storage that may be migrated"
+                            .into(),
+                    );
+                    continue;
+                }
+                match service::restart_old(sh, host).await {
+                    Ok(detail) => {
+                        undone(*kind, host, &detail);
+                        restored(host, "restart", true, detail);
+                    }
+                    Err(detail) => restored(host, "restart", false, detail),
+                }
+            }
+            _ => {}
+        }
+    }
+}
