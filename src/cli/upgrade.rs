@@ -402,8 +402,18 @@ impl Ctx<'_> {
         if let Some(expected) = &self.args.plan_id {
             preflight::verify_plan_id(expected, &plan_id)?;
         }
+        // Nodes the plan leaves alone (they serve the target) may still hold the lock of a run
+        // that died: reported, removed with `--break-lock` or `--resume`.
+        let untouched: Vec<&ResolvedHost> = self
+            .hosts
+            .iter()
+            .filter(|h| {
+                plan.host(&h.name)
+                    .is_some_and(|p| p.action == fleetup::plan::HostAction::AlreadyAtTarget)
+            })
+            .collect();
+        let left = self.leftover_locks(&sessions, &untouched).await;
         if plan.nothing_to_do() {
-            let left = self.leftover_locks(&sessions).await;
             if self.global.format == Format::Human {
                 println!(
                     "every selected node already serves `{}`: nothing to do",
@@ -595,9 +605,13 @@ impl Ctx<'_> {
     /// Locks left on the selected nodes by another run (a dead one, typically): reported, and
     /// removed with `--break-lock` (a live fleetup here keeps its lock) or `--resume` (its own
     /// run's). Returns those that stay.
-    async fn leftover_locks(&self, sessions: &BTreeMap<String, Session>) -> Vec<String> {
+    async fn leftover_locks(
+        &self,
+        sessions: &BTreeMap<String, Session>,
+        hosts: &[&ResolvedHost],
+    ) -> Vec<String> {
         let mut left = Vec::new();
-        for h in self.hosts {
+        for h in hosts.iter().copied() {
             let Some(t) = sessions.get(&h.name) else {
                 continue;
             };

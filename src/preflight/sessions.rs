@@ -110,6 +110,16 @@ pub(super) fn finding(
     scope: &Scope,
     seen: &BTreeMap<&str, &Seen>,
 ) -> Option<Finding> {
+    // Only a migration needs the database to itself: a plan whose storage is already migrated
+    // (a re-run after a crash) starts nodes next to others that serve.
+    if !input
+        .plan
+        .steps
+        .iter()
+        .any(|s| s.kind == crate::plan::StepKind::Migrate)
+    {
+        return None;
+    }
     let migrator = scope.migrator.as_deref()?;
     let found = seen.get(migrator)?.sessions.as_ref()?;
     let sessions = match found {

@@ -12,8 +12,8 @@ use crate::facts::StorageDriver;
 use crate::inventory::ResolvedHost;
 use crate::node::{self, ServiceAction};
 use crate::numary;
-use crate::plan::Step;
 use crate::plan::commands::storage_use_command;
+use crate::plan::{Step, StepKind};
 use crate::preflight::sessions;
 use crate::ssh::{ExecOptions, ExitStatus, HttpError, Transport};
 use crate::version::Version;
@@ -185,7 +185,11 @@ pub async fn confirm_stopped<T: Transport + 'static>(
         confirm_one(&sh, &step, &name).await
     })
     .await?;
-    confirm_database_free(sh, step).await
+    // Only a migration needs the database to itself.
+    if sh.plan.steps.iter().any(|s| s.kind == StepKind::Migrate) {
+        confirm_database_free(sh, step).await?;
+    }
+    Ok(())
 }
 
 /// How long sessions of the nodes just stopped may take to leave `pg_stat_activity`.

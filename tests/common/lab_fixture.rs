@@ -66,6 +66,11 @@ pub fn spec(driver: Driver, nodes: usize, version: &str) -> LabSpec {
 /// Run the real `fleetup` binary with `-i inventory` and these args, without any `FLEETUP_*`
 /// from the caller's environment.
 pub fn fleetup(inventory: &Path, args: &[&str]) -> Output {
+    fleetup_cmd(inventory, args).output().expect("run fleetup")
+}
+
+/// The [`fleetup`] command, to spawn (and kill) it.
+pub fn fleetup_cmd(inventory: &Path, args: &[&str]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_fleetup"));
     for (k, _) in std::env::vars() {
         if k.starts_with("FLEETUP_") && k != "FLEETUP_TEST_PG_URL" {
@@ -76,7 +81,7 @@ pub fn fleetup(inventory: &Path, args: &[&str]) -> Output {
         .arg(inventory)
         .args(args)
         .env_remove("SSH_AUTH_SOCK");
-    cmd.output().expect("run fleetup")
+    cmd
 }
 
 pub fn stdout(o: &Output) -> String {
