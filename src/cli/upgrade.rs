@@ -123,6 +123,7 @@ pub fn run(global: &Global, args: &UpgradeArgs) -> anyhow::Result<i32> {
         started_at: header.started_at.clone(),
         fleetup_version: header.fleetup_version.clone(),
         command: "upgrade".into(),
+        process: fleetup::lock::ProcessIdentity::current(),
     };
     let ctx = Ctx {
         global,

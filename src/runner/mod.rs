@@ -20,7 +20,7 @@ use crate::events::{Event, EventSink, HostSummary};
 use crate::exit_code;
 use crate::facts::HostFacts;
 use crate::inventory::ResolvedHost;
-use crate::lock::{self, LockError, LockOwner};
+use crate::lock::{self, LeaseConfig, Liveness, LockError, LockOwner, Refusal};
 use crate::plan::{HostAction, Plan, Step, StepKind};
 use crate::shell::quote;
 use crate::ssh::{ExecOptions, Transport};
@@ -194,37 +194,47 @@ fn settle(error: &mut Option<StepError>, storage_touched: bool) -> Outcome {
 }
 
 /// Takes the lock on each node in plan order (so two runs contend on the same first node). A
-/// held lock: shown, then broken with `--break-lock` unless its holder is a live fleetup here;
-/// otherwise the locks taken so far are released and the run stops.
+/// held lock: shown, then with `--break-lock` broken when [`lock::break_decision`] allows it (an
+/// expired lease, or a holder of this machine that is provably gone); otherwise the locks taken
+/// so far are released and the run stops.
 async fn take_locks<T: Transport>(sh: &Shared<T>, step: &Step) -> Result<(), StepError> {
+    // The engine's own config will carry it (a CLI flag); the refresher is the engine's too.
+    let lease = LeaseConfig::default();
+    let here = &sh.cfg.owner.local_host;
     for name in &step.hosts {
         let host = sh.host(name);
         let t = sh.session(name);
         let op = sh.begin(step, name, None);
-        let mut result = lock::acquire(t, host, &sh.cfg.owner).await;
-        if let Err(LockError::Held { holder, .. }) = &result
+        let mut result = lock::acquire(t, host, &sh.cfg.owner, &lease).await;
+        if let Err(LockError::Held { held, .. }) = &result
             && sh.cfg.break_lock
         {
-            let shown = holder.describe();
+            let shown = held.describe(lease.ttl);
             sh.emit(Event::Notice {
                 host: name.clone(),
                 message: format!("the lock `{}` is held by {shown}", lock::lock_path(host)),
             });
-            let alive = holder
+            let liveness = held
+                .holder
                 .owner()
-                .is_some_and(|o| lock::holder_alive_here(o, &sh.cfg.owner.local_host));
-            if !alive {
-                result = match lock::break_lock(t, host).await {
+                .map_or(Liveness::Unknown, |o| lock::liveness_here(o, here));
+            result = match lock::break_decision(held, here, liveness, lease.ttl) {
+                Ok(_) => match lock::break_lock(t, host, held).await {
                     Ok(()) => {
                         sh.emit(Event::LockBroken {
                             host: name.clone(),
                             holder: shown,
                         });
-                        lock::acquire(t, host, &sh.cfg.owner).await
+                        lock::acquire(t, host, &sh.cfg.owner, &lease).await
                     }
                     Err(e) => Err(e),
-                };
-            }
+                },
+                Err(refusal) => Err(LockError::Refused {
+                    host: name.clone(),
+                    holder: Box::new(held.holder.clone()),
+                    refusal,
+                }),
+            };
         }
         match result {
             Ok(()) => {
@@ -233,21 +243,36 @@ async fn take_locks<T: Transport>(sh: &Shared<T>, step: &Step) -> Result<(), Ste
             }
             Err(err) => {
                 let mut e = sh.error(step, name, err.to_string());
-                if let LockError::Held { holder, .. } = &err {
-                    e.code = exit_code::LOCK_HELD;
-                    let alive_here = holder
-                        .owner()
-                        .is_some_and(|o| lock::holder_alive_here(o, &sh.cfg.owner.local_host));
-                    e.hints.push(if alive_here {
-                        "that run is still going on this machine: wait for it to finish".into()
-                    } else if sh.cfg.break_lock {
-                        "the lock could not be broken".into()
-                    } else {
-                        format!(
-                            "if no fleetup run is going on (the holder crashed), run again with `--break-lock`; or remove `{}` on `{name}` by hand",
-                            lock::lock_path(host)
-                        )
-                    });
+                let by_hand = format!("remove `{}` on `{name}` by hand", lock::lock_path(host));
+                match &err {
+                    LockError::Held { held, .. } => {
+                        e.code = exit_code::LOCK_HELD;
+                        let alive_here = held
+                            .holder
+                            .owner()
+                            .is_some_and(|o| lock::holder_alive_here(o, here));
+                        e.hints.push(if alive_here {
+                            "that run is still going on this machine: wait for it to finish".into()
+                        } else {
+                            format!(
+                                "if no fleetup run is going on (the holder crashed), run again with `--break-lock`: it breaks a lock whose lease expired or whose holder died on this machine; or {by_hand}"
+                            )
+                        });
+                    }
+                    LockError::Refused { refusal, .. } => {
+                        e.code = exit_code::LOCK_HELD;
+                        e.hints.push(match refusal {
+                            Refusal::AliveHere { .. } => {
+                                "that run is still going on this machine: wait for it to finish".into()
+                            }
+                            Refusal::FreshLease { .. } => format!(
+                                "its holder keeps the lease fresh, so it probably still runs on its machine: wait for it to finish; if that machine is gone, run again once the lease expired, or {by_hand}"
+                            ),
+                            Refusal::Unjudged => format!("check the node, then {by_hand}"),
+                        });
+                    }
+                    _ if sh.cfg.break_lock => e.hints.push("the lock could not be broken".into()),
+                    _ => {}
                 }
                 op.fail(&e.message);
                 return Err(e);
@@ -691,6 +716,7 @@ pub(crate) mod tests {
                 started_at: "2026-01-25T17:45:02Z".into(),
                 fleetup_version: "0".into(),
                 command: "upgrade".into(),
+                process: None,
             },
             break_lock: false,
             binary: Some(Arc::new(b"#!/bin/sh\n".to_vec())),

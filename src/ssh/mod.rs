@@ -58,6 +58,43 @@ pub trait Transport: Send + Sync {
     ) -> impl Future<Output = Result<HttpResponse, HttpError>> + Send;
 }
 
+/// A shared transport is a transport (the lease refresher and a held database lock keep their
+/// own handle on the host).
+impl<T: Transport + ?Sized> Transport for std::sync::Arc<T> {
+    fn host(&self) -> &str {
+        T::host(self)
+    }
+
+    fn exec(
+        &self,
+        command: &str,
+        opts: &ExecOptions,
+    ) -> impl Future<Output = Result<ExecOutput, ExecError>> + Send {
+        T::exec(self, command, opts)
+    }
+
+    fn upload(
+        &self,
+        data: &[u8],
+        sha256: &str,
+        remote_path: &str,
+        mode: u32,
+        progress: Progress<'_>,
+    ) -> impl Future<Output = Result<UploadReport, UploadError>> + Send {
+        T::upload(self, data, sha256, remote_path, mode, progress)
+    }
+
+    fn http_get(
+        &self,
+        host: &str,
+        port: u16,
+        path: &str,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<HttpResponse, HttpError>> + Send {
+        T::http_get(self, host, port, path, timeout)
+    }
+}
+
 impl Transport for Session {
     fn host(&self) -> &str {
         Session::host(self)
