@@ -8,11 +8,15 @@ mod lab_fixture;
 
 use std::path::PathBuf;
 use std::process::Output;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use fleetup::dblock::{self, DbLockError};
 use fleetup::exit_code;
+use fleetup::inventory::{Inventory, Overrides, ResolvedHost};
+use fleetup::lab::pg::PgUrl;
 use fleetup::lab::{Driver, Lab, LabGuard};
-use lab_fixture::{code, fleetup, release, spec, stderr, stdout};
+use fleetup::ssh::{ConnectOptions, Session, connect};
+use lab_fixture::{code, fleetup, pg_url, release, spec, stderr, stdout};
 
 fn both(out: &Output) -> String {
     format!("stdout:\n{}\nstderr:\n{}", stdout(out), stderr(out))
@@ -110,4 +114,186 @@ fn break_lock_breaks_an_expired_lease_and_the_upgrade_proceeds() {
     );
     assert_eq!(lab.nodes[0].installed_version().as_deref(), Some("1.8.2"));
     assert!(!lock.exists(), "this run's own lock is released at the end");
+}
+
+// ---- the migration's lock on a shared Postgres database ----
+
+/// Set in the helper process that holds the migration lock until it is killed.
+const HOLDER_INVENTORY: &str = "FLEETUP_TEST_DBLOCK_HOLDER_INVENTORY";
+
+fn postgres_lab() -> LabGuard {
+    let mut s = spec(Driver::Postgres, 1, "1.7.4");
+    s.start = false;
+    LabGuard::up(&s).expect("lab up")
+}
+
+fn node(inventory: &std::path::Path) -> ResolvedHost {
+    Inventory::load(inventory, &Overrides::default())
+        .expect("the lab's inventory loads")
+        .host("node-1")
+        .expect("node-1")
+        .clone()
+}
+
+async fn session(host: &ResolvedHost) -> Session {
+    connect(host, &ConnectOptions::default())
+        .await
+        .expect("connect to the lab node")
+}
+
+/// The advisory locks on the lab's database, and its sessions named `app`, counted with `psql`
+/// against the test server directly.
+fn advisory_locks(lab: &Lab) -> usize {
+    let db = &lab.postgres.as_ref().expect("a Postgres lab").database;
+    let server = PgUrl::parse(&pg_url()).unwrap();
+    server
+        .query(&format!(
+            "select count(*) from pg_locks l join pg_database d on d.oid = l.database where l.locktype = 'advisory' and d.datname = '{db}'"
+        ))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// How long until `advisory_locks` is `n` (panics after `limit`).
+fn wait_for_locks(lab: &Lab, n: usize, limit: Duration) -> Duration {
+    let started = Instant::now();
+    while advisory_locks(lab) != n {
+        assert!(
+            started.elapsed() < limit,
+            "still {} advisory lock(s) after {limit:?}, want {n}",
+            advisory_locks(lab)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    started.elapsed()
+}
+
+/// The password of the test server, which must appear in no process's arguments.
+fn password() -> String {
+    let url = pg_url();
+    let creds = url.split("://").nth(1).unwrap().split('@').next().unwrap();
+    creds.split_once(':').unwrap().1.to_owned()
+}
+
+/// Every process's command line that holds `secret`.
+fn command_lines_with(secret: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        if let Ok(c) = std::fs::read(entry.path().join("cmdline")) {
+            let c = String::from_utf8_lossy(&c).replace('\0', " ");
+            if c.contains(secret) {
+                found.push(c);
+            }
+        }
+    }
+    found
+}
+
+/// One session holds the migration lock; a second (another SSH connection, as another run's) is
+/// refused and told the first's name and address; once released, the second gets it; dropping a
+/// holder frees it too. The password is on no command line meanwhile.
+#[test]
+fn the_migration_lock_is_held_by_one_session_and_names_its_holder() {
+    let lab = postgres_lab();
+    let host = node(&lab.inventory_path());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let (a, b) = (session(&host).await, session(&host).await);
+        let mut first = dblock::hold(&a, &host, "fleetup run-a ops@machine-a")
+            .await
+            .expect("the first run takes the lock");
+        assert_eq!(advisory_locks(&lab), 1);
+        assert_eq!(command_lines_with(&password()), Vec::<String>::new());
+
+        let refused = dblock::hold(&b, &host, "fleetup run-b ops@machine-b")
+            .await
+            .expect_err("a second run is refused");
+        let DbLockError::Held {
+            holder: Some(holder),
+            ..
+        } = &refused
+        else {
+            panic!("not a named holder: {refused:?}");
+        };
+        assert_eq!(holder.application_name, "fleetup run-a ops@machine-a");
+        assert_eq!(holder.client, "127.0.0.1");
+        let text = refused.to_string();
+        assert!(
+            text.contains("`node-1` is held by `fleetup run-a ops@machine-a`"),
+            "{text}"
+        );
+        assert!(!text.contains(&password()));
+        assert_eq!(advisory_locks(&lab), 1, "the refused session left");
+        first.confirm().await.expect("still held");
+
+        first.release().await.expect("released");
+        assert_eq!(advisory_locks(&lab), 0);
+        let second = dblock::hold(&b, &host, "fleetup run-b ops@machine-b")
+            .await
+            .expect("free again once released");
+        assert_eq!(advisory_locks(&lab), 1);
+        // Dropped without a release (a run that failed): the session ends, the lock with it.
+        drop(second);
+        let freed = wait_for_locks(&lab, 0, Duration::from_secs(10));
+        eprintln!("dropped holder: lock free after {freed:?}");
+    });
+}
+
+/// A holder killed outright (SIGKILL, as an operator's `kill -9` or an OOM kill): its SSH
+/// connection closes, `psql` on the node ends, and the lock is free within seconds.
+#[test]
+fn a_killed_holder_frees_the_migration_lock_within_seconds() {
+    let lab = postgres_lab();
+    let inventory = lab.inventory_path();
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "helper_process_holding_the_migration_lock",
+            "--nocapture",
+        ])
+        .env(HOLDER_INVENTORY, &inventory)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for_locks(&lab, 1, Duration::from_secs(60));
+    let host = node(&inventory);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let refused = rt.block_on(async {
+        dblock::hold(&session(&host).await, &host, "fleetup run-b ops@machine-b").await
+    });
+    let label = format!("fleetup child-{} ops@test", child.id());
+    assert!(
+        matches!(&refused, Err(DbLockError::Held { holder: Some(h), .. }) if h.application_name == label),
+        "{refused:?}"
+    );
+
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let freed = wait_for_locks(&lab, 0, Duration::from_secs(10));
+    eprintln!("killed holder: lock free after {freed:?}");
+    rt.block_on(async {
+        let lock = dblock::hold(&session(&host).await, &host, "fleetup run-b ops@machine-b")
+            .await
+            .expect("free once its holder died");
+        lock.release().await.unwrap();
+    });
+}
+
+/// Not a test: the process the test above kills. Without its variable it does nothing.
+#[test]
+fn helper_process_holding_the_migration_lock() {
+    let Some(inventory) = std::env::var_os(HOLDER_INVENTORY) else {
+        return;
+    };
+    let host = node(std::path::Path::new(&inventory));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let s = session(&host).await;
+        let label = format!("fleetup child-{} ops@test", std::process::id());
+        let _lock = dblock::hold(&s, &host, &label).await.expect("hold");
+        tokio::time::sleep(Duration::from_secs(120)).await;
+    });
 }

@@ -12,6 +12,7 @@ mod auth;
 mod error;
 pub mod http;
 pub mod known_hosts;
+mod process;
 mod session;
 
 use std::future::Future;
@@ -20,6 +21,7 @@ use std::time::Duration;
 pub use auth::{KeyCache, PASSPHRASE_ENV, PassphrasePrompt};
 pub use error::{ConnectError, ExecError, HostKeyError, HttpError, UploadError};
 pub use http::HttpResponse;
+pub use process::RemoteProcess;
 pub use session::{
     ConnectOptions, ExecOptions, ExecOutput, ExitStatus, HostKeyPolicy, HostProgress, JumpPool,
     OutputCallback, OutputStream, Progress, Session, UploadReport, connect, connect_all,
@@ -56,6 +58,25 @@ pub trait Transport: Send + Sync {
         path: &str,
         timeout: Duration,
     ) -> impl Future<Output = Result<HttpResponse, HttpError>> + Send;
+
+    /// Starts `command` (with `env` exported) and keeps it running while the returned handle
+    /// lives: fleetup writes its stdin, reads its output as it comes and decides when it ends;
+    /// once the handle is dropped or fleetup dies, the command sees EOF on its stdin. By default
+    /// a transport cannot: [`ExecError::Unsupported`].
+    fn spawn(
+        &self,
+        command: &str,
+        env: &[(String, String)],
+    ) -> impl Future<Output = Result<RemoteProcess, ExecError>> + Send {
+        let _ = (command, env);
+        let host = self.host().to_owned();
+        async move {
+            Err(ExecError::Unsupported {
+                host,
+                what: "long-running commands",
+            })
+        }
+    }
 }
 
 /// A shared transport is a transport (the lease refresher and a held database lock keep their
@@ -93,6 +114,14 @@ impl<T: Transport + ?Sized> Transport for std::sync::Arc<T> {
     ) -> impl Future<Output = Result<HttpResponse, HttpError>> + Send {
         T::http_get(self, host, port, path, timeout)
     }
+
+    fn spawn(
+        &self,
+        command: &str,
+        env: &[(String, String)],
+    ) -> impl Future<Output = Result<RemoteProcess, ExecError>> + Send {
+        T::spawn(self, command, env)
+    }
 }
 
 impl Transport for Session {
@@ -127,5 +156,13 @@ impl Transport for Session {
         timeout: Duration,
     ) -> impl Future<Output = Result<HttpResponse, HttpError>> + Send {
         Session::http_get(self, host, port, path, timeout)
+    }
+
+    fn spawn(
+        &self,
+        command: &str,
+        env: &[(String, String)],
+    ) -> impl Future<Output = Result<RemoteProcess, ExecError>> + Send {
+        Session::spawn(self, command, env)
     }
 }
