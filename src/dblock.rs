@@ -356,7 +356,11 @@ mod tests {
             "{cmd}"
         );
         assert!(!cmd.contains("psql \"$NUMARY_STORAGE_POSTGRES_CONN_STRING\""));
-        assert!(!cmd.contains("postgres://") && !cmd.contains("postgresql://"));
+        // psql gets no connection argument: libpq's variables carry it.
+        assert!(
+            cmd.contains("psql -X -q -At -F '|' -v ON_ERROR_STOP=1 <\"$t/in\" &"),
+            "{cmd}"
+        );
         let (hi, lo) = key_parts();
         assert!(holder_sql().contains(&format!("l.classid = {hi}::oid and l.objid = {lo}::oid")));
     }

@@ -8,6 +8,7 @@ mod lab_fixture;
 
 use std::path::PathBuf;
 use std::process::Output;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use fleetup::dblock::{self, DbLockError};
@@ -15,6 +16,7 @@ use fleetup::exit_code;
 use fleetup::inventory::{Inventory, Overrides, ResolvedHost};
 use fleetup::lab::pg::PgUrl;
 use fleetup::lab::{Driver, Lab, LabGuard};
+use fleetup::lock::{self, LeaseConfig, LockError, LockOwner};
 use fleetup::ssh::{ConnectOptions, Session, connect};
 use lab_fixture::{code, fleetup, pg_url, release, spec, stderr, stdout};
 
@@ -114,6 +116,79 @@ fn break_lock_breaks_an_expired_lease_and_the_upgrade_proceeds() {
     );
     assert_eq!(lab.nodes[0].installed_version().as_deref(), Some("1.8.2"));
     assert!(!lock.exists(), "this run's own lock is released at the end");
+}
+
+/// Over a real SSH connection: the refresher moves the lease's refresh time on the node while it
+/// runs and stops when told; `--resume`'s take-over rewrites the owner of the same run only.
+#[test]
+fn the_refresher_keeps_a_lease_fresh_and_a_resumed_run_takes_its_lock_over() {
+    let lab = sqlite_lab();
+    let host = node(&lab.inventory_path());
+    let owner_file = lab.nodes[0]
+        .paths()
+        .releases_dir()
+        .join(".fleetup.lock/owner.json");
+    let read = || {
+        let v: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&owner_file).unwrap()).unwrap();
+        (
+            v["pid"].as_u64().unwrap(),
+            v["lease"]["refreshed_at"].as_u64().unwrap(),
+        )
+    };
+    let me = LockOwner {
+        user: "ops".into(),
+        local_host: "here".into(),
+        run_id: "20260125T174502Z-r3fr35".into(),
+        pid: 4242,
+        started_at: "2026-01-25T17:45:02Z".into(),
+        fleetup_version: "0.1.0".into(),
+        command: "upgrade".into(),
+        process: None,
+    };
+    let cfg = LeaseConfig::new(Duration::from_secs(1), Duration::from_secs(5)).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let s = session(&host).await;
+        lock::acquire(&s, &host, &me, &cfg).await.unwrap();
+        let (_, first) = read();
+        let failures = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+        let seen = failures.clone();
+        let refresher = lock::spawn_refresher(
+            vec![(host.clone(), s.clone())],
+            &me.run_id,
+            cfg,
+            Arc::new(move |h: &str, e: &LockError| seen.lock().unwrap().push(format!("{h}: {e}"))),
+        );
+        tokio::time::sleep(Duration::from_millis(3500)).await;
+        // Stopped first: a refresh under way ends before `stop` returns.
+        refresher.stop().await;
+        let (_, refreshed) = read();
+        assert!(refreshed >= first + 2, "refreshed at {refreshed}, taken at {first}");
+        assert_eq!(*failures.lock().unwrap(), Vec::<String>::new());
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        assert_eq!(read().1, refreshed, "no refresh once stopped");
+
+        let mut other = me.clone();
+        other.run_id = "20260125T174503Z-0th3r0".into();
+        let refused = lock::take_over(&s, &host, &other, &cfg).await;
+        assert!(
+            matches!(&refused, Err(LockError::NotOurs { holder, .. }) if holder.owner() == Some(&me)),
+            "{refused:?}"
+        );
+        let mut resumed = me.clone();
+        resumed.pid = 777;
+        lock::take_over(&s, &host, &resumed, &cfg).await.unwrap();
+        let (pid, at) = read();
+        assert_eq!(pid, 777);
+        assert!(at >= refreshed);
+        lock::release(&s, &host, &me.run_id).await.unwrap();
+        assert!(!owner_file.exists());
+        assert!(matches!(
+            lock::refresh(&s, &host, &me.run_id).await,
+            Err(LockError::Gone { .. })
+        ));
+    });
 }
 
 // ---- the migration's lock on a shared Postgres database ----
