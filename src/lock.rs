@@ -517,6 +517,9 @@ fn ours_check(host: &ResolvedHost, run_id: &str) -> String {
 }
 
 /// Sets the lease's refresh time to the node's clock, atomically, if the lock names `run_id`.
+/// The check and the rename are two steps: a lock broken and taken again by another run in
+/// between would be overwritten. That window is a few milliseconds of shell, and it only opens
+/// once this run's lease has already expired (a break needs that, or this run dead).
 pub fn refresh_command(host: &ResolvedHost, run_id: &str) -> String {
     format!(
         "{check}; \

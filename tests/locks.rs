@@ -78,6 +78,19 @@ fn break_lock_refuses_a_fresh_lease_from_another_machine() {
     let owner_before = std::fs::read(lock.join("owner.json")).unwrap();
     let before = lab.tree_digest().unwrap();
 
+    // `check` shows the lease with the holder.
+    let checked = fleetup(
+        &lab.inventory_path(),
+        &["check", "--to", "1.8.2", "--binary", new.to_str().unwrap()],
+    );
+    assert_eq!(code(&checked), exit_code::LOCK_HELD, "{}", both(&checked));
+    assert!(
+        both(&checked).contains("20260125T174502Z-f4e5h0")
+            && both(&checked).contains("; lease fresh (expires in 59m"),
+        "{}",
+        both(&checked)
+    );
+
     let out = upgrade(&lab, &new);
     assert_eq!(code(&out), exit_code::LOCK_HELD, "{}", both(&out));
     let err = stderr(&out);

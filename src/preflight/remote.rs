@@ -588,7 +588,7 @@ fn lock_finding(name: &str, host: &ResolvedHost, text: &str) -> Option<Finding> 
         Some(name),
         check::LOCK,
         format!("`{path}` is held by {}", describe_lock(text)),
-        Some("another `fleetup upgrade` runs, or one died holding it: wait for it to finish, or once sure it is gone, `fleetup upgrade --break-lock` (after showing the holder)".to_owned()),
+        Some("another `fleetup upgrade` runs, or one died holding it: wait for it to finish; `fleetup upgrade --break-lock` breaks it once its lease expired, or at once when its holder died on this machine".to_owned()),
     ))
 }
 
