@@ -5,6 +5,7 @@
 //! maps outcomes to the exit codes of [`exit_code`].
 #![deny(clippy::print_stdout, clippy::print_stderr, clippy::exit)]
 
+pub mod dblock;
 pub mod error;
 pub mod events;
 pub mod exit_code;

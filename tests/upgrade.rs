@@ -745,8 +745,9 @@ fn a_second_concurrent_run_finds_the_lock_held() {
     assert_eq!(runs[1].outcome(), "lock-held");
 }
 
-/// A crashed run's lock, from another machine: refused with its holder named, then broken with
-/// `--break-lock`, which the journal records.
+/// A crashed run's lock (an older fleetup's, without a lease, untouched since 2020), from another
+/// machine: refused with its holder named, then broken with `--break-lock`, which the journal
+/// records.
 #[test]
 fn a_stale_lock_is_broken_only_with_break_lock() {
     let mut s = spec(Driver::Sqlite, 2, "1.7.4");
@@ -760,6 +761,11 @@ fn a_stale_lock_is_broken_only_with_break_lock() {
     let lock = lab.nodes[0].paths().releases_dir().join(".fleetup.lock");
     std::fs::create_dir(&lock).unwrap();
     std::fs::write(lock.join("owner.json"), stale.to_string()).unwrap();
+    // An older fleetup's lock has no lease: its age is its dir's last change.
+    let crashed = std::time::UNIX_EPOCH + Duration::from_secs(1_577_836_800);
+    std::fs::File::open(&lock)
+        .and_then(|d| d.set_modified(crashed))
+        .unwrap();
     let newer = release(&lab, "1.8.3");
     let out = upgrade(&lab, "1.8.3", &newer, &[]);
     assert_eq!(code(&out), exit_code::LOCK_HELD, "{}", both(&out));

@@ -154,6 +154,7 @@ pub fn run(global: &Global, args: &UpgradeArgs) -> anyhow::Result<i32> {
         started_at: header.started_at.clone(),
         fleetup_version: header.fleetup_version.clone(),
         command: "upgrade".into(),
+        process: fleetup::lock::ProcessIdentity::current(),
     };
     let prior = resumed
         .as_ref()
@@ -537,6 +538,7 @@ impl Ctx<'_> {
             parallel_uploads: usize::from(self.args.connect.forks),
             prior: self.prior.clone(),
             cancel: self.cancel.clone(),
+            lease: fleetup::lock::LeaseConfig::default(),
         };
         let fleet = Fleet {
             hosts: self.hosts.to_vec(),
@@ -616,30 +618,35 @@ impl Ctx<'_> {
                 continue;
             };
             let path = fleetup::lock::lock_path(h);
-            let cmd = format!(
-                "d={}; [ -d \"$d\" ] || exit 3; cat \"$d/owner.json\" 2>/dev/null; true",
-                fleetup::shell::quote(&path)
-            );
+            let cmd = fleetup::lock::read_command(h);
             let Ok(out) = t.exec(&cmd, &fleetup::ssh::ExecOptions::default()).await else {
                 continue;
             };
             if !out.status.success() {
                 continue;
             }
-            let holder = fleetup::lock::parse_holder(&out.stdout_lossy());
-            let shown = holder.describe();
+            let held = fleetup::lock::parse_held(&out.stdout_lossy());
+            let ttl = fleetup::lock::LeaseConfig::default().ttl;
+            let shown = held.describe(ttl);
             self.sink.emit(&Event::Notice {
                 host: h.name.clone(),
                 message: format!("the lock `{path}` is held by {shown}"),
             });
-            let ours = holder
+            let here = &self.owner.local_host;
+            let ours = held
+                .holder
                 .owner()
                 .is_some_and(|o| o.run_id == self.owner.run_id);
-            let alive = holder
+            let liveness = held
+                .holder
                 .owner()
-                .is_some_and(|o| fleetup::lock::holder_alive_here(o, &self.owner.local_host));
-            let breakable = (self.args.break_lock && !alive) || (self.resumed && ours);
-            if breakable && fleetup::lock::break_lock(t, h).await.is_ok() {
+                .map_or(fleetup::lock::Liveness::Unknown, |o| {
+                    fleetup::lock::liveness_here(o, here)
+                });
+            let breakable = (self.args.break_lock
+                && fleetup::lock::break_decision(&held, here, liveness, ttl).is_ok())
+                || (self.resumed && ours);
+            if breakable && fleetup::lock::break_lock(t, h, &held).await.is_ok() {
                 self.sink.emit(&Event::LockBroken {
                     host: h.name.clone(),
                     holder: shown,

@@ -89,8 +89,8 @@ fn script(w: &Want) -> String {
     let lock = quote(&lock_path(w.host));
     s.push_str(&format!(
         "echo {SECTION}lock\n\
-         if [ -d {lock} ]; then echo held; head -c {LOCK_BYTES} {lock}/owner.json 2>/dev/null; echo; \
-         elif [ -e {lock} ]; then echo held; head -c {LOCK_BYTES} {lock}; echo; fi\n"
+         if [ -e {lock} ]; then echo held; printf 'fleetup-lock %s %s\\n' \"$(date +%s)\" \"$(stat -c %Y {lock} 2>/dev/null || stat -f %m {lock} 2>/dev/null || echo -)\"; \
+         if [ -d {lock} ]; then head -c {LOCK_BYTES} {lock}/owner.json 2>/dev/null; else head -c {LOCK_BYTES} {lock}; fi; echo; fi\n"
     ));
     if let Some(current) = w.switch {
         s.push_str(&switch_probe(w.host, current));
@@ -588,14 +588,14 @@ fn lock_finding(name: &str, host: &ResolvedHost, text: &str) -> Option<Finding> 
         Some(name),
         check::LOCK,
         format!("`{path}` is held by {}", describe_lock(text)),
-        Some("another `fleetup upgrade` runs, or one died holding it: wait for it to finish, or once sure it is gone, `fleetup upgrade --break-lock` (after showing the holder)".to_owned()),
+        Some("another `fleetup upgrade` runs, or one died holding it: wait for it to finish; `fleetup upgrade --break-lock` breaks it once its lease expired, or at once when its holder died on this machine".to_owned()),
     ))
 }
 
-/// The lock's holder in one line, as the runner describes it.
+/// The lock's holder and whether its lease is fresh, in one line, as the runner describes it.
 fn describe_lock(text: &str) -> String {
-    let owner = text.strip_prefix("held").unwrap_or(text);
-    redact_conn_strings(&crate::lock::parse_holder(owner).describe())
+    let held = crate::lock::parse_held(&format!("{}\n", text.trim()));
+    redact_conn_strings(&held.describe(crate::lock::LeaseConfig::default().ttl))
 }
 
 fn human(bytes: u64) -> String {
@@ -1151,14 +1151,31 @@ mod tests {
             started_at: "2026-01-25T17:45:02Z".into(),
             fleetup_version: "0.1.0".into(),
             command: "upgrade".into(),
+            process: None,
         };
         let json = serde_json::to_string(&owner).unwrap();
         let d = describe_lock(&format!("held\n{json}\n"));
-        assert_eq!(d, owner.describe());
+        assert!(d.starts_with(&owner.describe()), "{d}");
         assert!(
             d.contains("ops@laptop") && d.contains("20260125T174502Z-3f9a0c"),
             "{d}"
         );
         assert!(describe_lock("held\n\n").contains("no owner file"));
+        // The lease, judged on the node's clock the script printed.
+        let leased = format!(
+            "{},\"lease\":{{\"ttl_secs\":60,\"refresh_secs\":10,\"refreshed_at\":1700000000}}}}",
+            json.strip_suffix('}').unwrap()
+        );
+        let fresh = describe_lock(&format!("held\nfleetup-lock 1700000020 1\n{leased}\n"));
+        assert!(fresh.ends_with("; lease fresh (expires in 40s)"), "{fresh}");
+        let expired = describe_lock(&format!("held\nfleetup-lock 1700000300 1\n{leased}\n"));
+        assert!(expired.ends_with("; lease expired (4m ago)"), "{expired}");
+        let orphan = describe_lock("held\nfleetup-lock 1700000300 1700000000\n\n");
+        assert!(
+            orphan.contains("no owner file")
+                && orphan
+                    .ends_with("no lease, counted from the lock's last change: expired (4m ago)"),
+            "{orphan}"
+        );
     }
 }

@@ -26,7 +26,7 @@ use crate::events::{Event, EventSink, HostSummary, StepState};
 use crate::exit_code;
 use crate::facts::HostFacts;
 use crate::inventory::ResolvedHost;
-use crate::lock::{self, LockError, LockOwner};
+use crate::lock::{self, LeaseConfig, Liveness, LockError, LockOwner, Refusal};
 use crate::plan::{HostAction, Plan, Step, StepKind};
 use crate::ssh::Transport;
 
@@ -60,6 +60,8 @@ pub struct RunConfig {
     pub prior: PriorRun,
     /// Set on Ctrl-C / SIGTERM: start nothing new.
     pub cancel: Cancel,
+    /// The node locks' lease: refreshed every `refresh` while the run holds them.
+    pub lease: LeaseConfig,
 }
 
 /// What an interrupted run recorded in its journal, for `--resume`: the probes trust it where
@@ -168,6 +170,7 @@ pub async fn execute<T: Transport + Clone + 'static>(
     let mut timings = Vec::new();
     let mut error = None;
     let mut applied: Vec<(StepKind, String)> = Vec::new();
+    let mut refresher: Option<lock::Refresher> = None;
     for step in sh.plan.steps.clone() {
         if matches!(step.kind, StepKind::Preflight | StepKind::Unlock) {
             // The caller ran the preflight; the unlock step runs below, whatever happened.
@@ -179,7 +182,9 @@ pub async fn execute<T: Transport + Clone + 'static>(
         }
         let started = Instant::now();
         let result = if step.kind == StepKind::Lock {
-            take_locks(&sh, &step).await
+            let r = take_locks(&sh, &step).await;
+            refresher = Some(keep_leases(&sh));
+            r
         } else {
             run_step(&sh, &step, &mut applied).await
         };
@@ -198,6 +203,9 @@ pub async fn execute<T: Transport + Clone + 'static>(
     let outcome = settle(&mut error, sh.changes().storage_touched);
     // The state report is read while the locks still keep other runs away.
     let hosts = summarize(&sh, &sh.changes(), error.is_some()).await;
+    if let Some(r) = refresher {
+        r.stop().await;
+    }
     let unlock_errors = release_locks(&sh).await;
     let changes = sh.changes();
     sh.emit(Event::Summary {
@@ -212,6 +220,25 @@ pub async fn execute<T: Transport + Clone + 'static>(
         timings,
         unlock_errors,
     }
+}
+
+/// Keeps the leases of the locks this run took fresh while it runs; a lease that cannot be
+/// refreshed is told (another run may break it once it expired).
+fn keep_leases<T: Transport + Clone + 'static>(sh: &Arc<Shared<T>>) -> lock::Refresher {
+    let locks: Vec<(ResolvedHost, T)> = sh
+        .changes()
+        .locked
+        .iter()
+        .map(|n| (sh.host(n).clone(), sh.session(n).clone()))
+        .collect();
+    let sink = sh.sink.clone();
+    let on_failure: lock::RefreshFailed = Arc::new(move |host: &str, e: &LockError| {
+        sink.emit(&Event::Notice {
+            host: host.to_string(),
+            message: format!("the lock's lease could not be refreshed: {e}"),
+        });
+    });
+    lock::spawn_refresher(locks, &sh.cfg.run_id, sh.cfg.lease, on_failure)
 }
 
 /// The error that stops the run at `step` after a cancellation.
@@ -353,17 +380,23 @@ fn settle(error: &mut Option<StepError>, storage_touched: bool) -> Outcome {
 }
 
 /// Takes the lock on each node in plan order (so two runs contend on the same first node). A
-/// held lock: shown, then broken with `--break-lock` unless its holder is a live fleetup here;
-/// otherwise the locks taken so far are released and the run stops.
+/// held lock: shown, then with `--break-lock` broken when [`lock::break_decision`] allows it (an
+/// expired lease, or a holder of this machine that is provably gone); otherwise the locks taken
+/// so far are released and the run stops.
 async fn take_locks<T: Transport>(sh: &Shared<T>, step: &Step) -> Result<(), StepError> {
+    let lease = sh.cfg.lease;
+    let here = &sh.cfg.owner.local_host;
     for name in &step.hosts {
         let host = sh.host(name);
         let t = sh.session(name);
         let op = sh.begin(step, name, None);
-        let mut result = lock::acquire(t, host, &sh.cfg.owner).await;
+        let mut result = lock::acquire(t, host, &sh.cfg.owner, &lease).await;
         // `--resume`: the lock of the run being resumed is this run's own; take it over.
-        if let Err(LockError::Held { holder, .. }) = &result
-            && holder.owner().is_some_and(|o| o.run_id == sh.cfg.run_id)
+        if let Err(LockError::Held { held, .. }) = &result
+            && held
+                .holder
+                .owner()
+                .is_some_and(|o| o.run_id == sh.cfg.run_id)
         {
             sh.emit(Event::Notice {
                 host: name.clone(),
@@ -372,34 +405,37 @@ async fn take_locks<T: Transport>(sh: &Shared<T>, step: &Step) -> Result<(), Ste
                     lock::lock_path(host)
                 ),
             });
-            result = match lock::release(t, host, &sh.cfg.run_id).await {
-                Ok(()) => lock::acquire(t, host, &sh.cfg.owner).await,
-                Err(e) => Err(e),
-            };
+            result = lock::take_over(t, host, &sh.cfg.owner, &lease).await;
         }
-        if let Err(LockError::Held { holder, .. }) = &result
+        if let Err(LockError::Held { held, .. }) = &result
             && sh.cfg.break_lock
         {
-            let shown = holder.describe();
+            let shown = held.describe(lease.ttl);
             sh.emit(Event::Notice {
                 host: name.clone(),
                 message: format!("the lock `{}` is held by {shown}", lock::lock_path(host)),
             });
-            let alive = holder
+            let liveness = held
+                .holder
                 .owner()
-                .is_some_and(|o| lock::holder_alive_here(o, &sh.cfg.owner.local_host));
-            if !alive {
-                result = match lock::break_lock(t, host).await {
+                .map_or(Liveness::Unknown, |o| lock::liveness_here(o, here));
+            result = match lock::break_decision(held, here, liveness, lease.ttl) {
+                Ok(_) => match lock::break_lock(t, host, held).await {
                     Ok(()) => {
                         sh.emit(Event::LockBroken {
                             host: name.clone(),
                             holder: shown,
                         });
-                        lock::acquire(t, host, &sh.cfg.owner).await
+                        lock::acquire(t, host, &sh.cfg.owner, &lease).await
                     }
                     Err(e) => Err(e),
-                };
-            }
+                },
+                Err(refusal) => Err(LockError::Refused {
+                    host: name.clone(),
+                    holder: Box::new(held.holder.clone()),
+                    refusal,
+                }),
+            };
         }
         match result {
             Ok(()) => {
@@ -408,21 +444,36 @@ async fn take_locks<T: Transport>(sh: &Shared<T>, step: &Step) -> Result<(), Ste
             }
             Err(err) => {
                 let mut e = sh.error(step, name, err.to_string());
-                if let LockError::Held { holder, .. } = &err {
-                    e.code = exit_code::LOCK_HELD;
-                    let alive_here = holder
-                        .owner()
-                        .is_some_and(|o| lock::holder_alive_here(o, &sh.cfg.owner.local_host));
-                    e.hints.push(if alive_here {
-                        "that run is still going on this machine: wait for it to finish".into()
-                    } else if sh.cfg.break_lock {
-                        "the lock could not be broken".into()
-                    } else {
-                        format!(
-                            "if no fleetup run is going on (the holder crashed), run again with `--break-lock`; or remove `{}` on `{name}` by hand",
-                            lock::lock_path(host)
-                        )
-                    });
+                let by_hand = format!("remove `{}` on `{name}` by hand", lock::lock_path(host));
+                match &err {
+                    LockError::Held { held, .. } => {
+                        e.code = exit_code::LOCK_HELD;
+                        let alive_here = held
+                            .holder
+                            .owner()
+                            .is_some_and(|o| lock::holder_alive_here(o, here));
+                        e.hints.push(if alive_here {
+                            "that run is still going on this machine: wait for it to finish".into()
+                        } else {
+                            format!(
+                                "if no fleetup run is going on (the holder crashed), run again with `--break-lock`: it breaks a lock whose lease expired or whose holder died on this machine; or {by_hand}"
+                            )
+                        });
+                    }
+                    LockError::Refused { refusal, .. } => {
+                        e.code = exit_code::LOCK_HELD;
+                        e.hints.push(match refusal {
+                            Refusal::AliveHere { .. } => {
+                                "that run is still going on this machine: wait for it to finish".into()
+                            }
+                            Refusal::FreshLease { .. } => format!(
+                                "its holder keeps the lease fresh, so it probably still runs on its machine: wait for it to finish; if that machine is gone, run again once the lease expired, or {by_hand}"
+                            ),
+                            Refusal::Unjudged => format!("check the node, then {by_hand}"),
+                        });
+                    }
+                    _ if sh.cfg.break_lock => e.hints.push("the lock could not be broken".into()),
+                    _ => {}
                 }
                 op.fail(&e.message);
                 return Err(e);
@@ -791,6 +842,7 @@ pub(crate) mod tests {
                 started_at: "2026-01-25T17:45:02Z".into(),
                 fleetup_version: "0".into(),
                 command: "upgrade".into(),
+                process: None,
             },
             break_lock: false,
             binary: Some(Arc::new(b"#!/bin/sh\n".to_vec())),
@@ -800,6 +852,7 @@ pub(crate) mod tests {
             parallel_uploads: 4,
             prior: PriorRun::default(),
             cancel: Cancel::default(),
+            lease: LeaseConfig::default(),
         };
         let fleet = Fleet {
             hosts,

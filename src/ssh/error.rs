@@ -229,6 +229,9 @@ pub enum ExecError {
         #[source]
         source: russh::Error,
     },
+    /// The transport cannot do this (a fake one in tests, say).
+    #[error("host `{host}`: the transport cannot run {what}")]
+    Unsupported { host: String, what: &'static str },
 }
 
 /// Uploading a file failed; the remote temp file has been removed (best effort).

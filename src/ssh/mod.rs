@@ -12,6 +12,7 @@ mod auth;
 mod error;
 pub mod http;
 pub mod known_hosts;
+mod process;
 mod session;
 
 use std::future::Future;
@@ -20,6 +21,7 @@ use std::time::Duration;
 pub use auth::{KeyCache, PASSPHRASE_ENV, PassphrasePrompt};
 pub use error::{ConnectError, ExecError, HostKeyError, HttpError, UploadError};
 pub use http::HttpResponse;
+pub use process::RemoteProcess;
 pub use session::{
     ConnectOptions, ExecOptions, ExecOutput, ExitStatus, HostKeyPolicy, HostProgress, JumpPool,
     OutputCallback, OutputStream, Progress, Session, UploadReport, connect, connect_all,
@@ -56,6 +58,70 @@ pub trait Transport: Send + Sync {
         path: &str,
         timeout: Duration,
     ) -> impl Future<Output = Result<HttpResponse, HttpError>> + Send;
+
+    /// Starts `command` (with `env` exported) and keeps it running while the returned handle
+    /// lives: fleetup writes its stdin, reads its output as it comes and decides when it ends;
+    /// once the handle is dropped or fleetup dies, the command sees EOF on its stdin. By default
+    /// a transport cannot: [`ExecError::Unsupported`].
+    fn spawn(
+        &self,
+        command: &str,
+        env: &[(String, String)],
+    ) -> impl Future<Output = Result<RemoteProcess, ExecError>> + Send {
+        let _ = (command, env);
+        let host = self.host().to_owned();
+        async move {
+            Err(ExecError::Unsupported {
+                host,
+                what: "long-running commands",
+            })
+        }
+    }
+}
+
+/// A shared transport is a transport (the lease refresher and a held database lock keep their
+/// own handle on the host).
+impl<T: Transport + ?Sized> Transport for std::sync::Arc<T> {
+    fn host(&self) -> &str {
+        T::host(self)
+    }
+
+    fn exec(
+        &self,
+        command: &str,
+        opts: &ExecOptions,
+    ) -> impl Future<Output = Result<ExecOutput, ExecError>> + Send {
+        T::exec(self, command, opts)
+    }
+
+    fn upload(
+        &self,
+        data: &[u8],
+        sha256: &str,
+        remote_path: &str,
+        mode: u32,
+        progress: Progress<'_>,
+    ) -> impl Future<Output = Result<UploadReport, UploadError>> + Send {
+        T::upload(self, data, sha256, remote_path, mode, progress)
+    }
+
+    fn http_get(
+        &self,
+        host: &str,
+        port: u16,
+        path: &str,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<HttpResponse, HttpError>> + Send {
+        T::http_get(self, host, port, path, timeout)
+    }
+
+    fn spawn(
+        &self,
+        command: &str,
+        env: &[(String, String)],
+    ) -> impl Future<Output = Result<RemoteProcess, ExecError>> + Send {
+        T::spawn(self, command, env)
+    }
 }
 
 impl Transport for Session {
@@ -90,5 +156,13 @@ impl Transport for Session {
         timeout: Duration,
     ) -> impl Future<Output = Result<HttpResponse, HttpError>> + Send {
         Session::http_get(self, host, port, path, timeout)
+    }
+
+    fn spawn(
+        &self,
+        command: &str,
+        env: &[(String, String)],
+    ) -> impl Future<Output = Result<RemoteProcess, ExecError>> + Send {
+        Session::spawn(self, command, env)
     }
 }

@@ -170,7 +170,7 @@ pub struct Session {
 struct Inner {
     name: String,
     handle: Handle<Client>,
-    channels: Semaphore,
+    channels: Arc<Semaphore>,
     command_timeout: Duration,
     disconnect_reason: Arc<StdMutex<Option<String>>>,
     /// Keeps the jump host's connection open as long as this one lives.
@@ -392,7 +392,7 @@ async fn connect_target(
         inner: Arc::new(Inner {
             name: t.name.clone(),
             handle,
-            channels: Semaphore::new(opts.max_sessions.max(1)),
+            channels: Arc::new(Semaphore::new(opts.max_sessions.max(1))),
             command_timeout: t.command_timeout,
             disconnect_reason,
             _jump: jump,
@@ -718,6 +718,38 @@ impl Session {
             .map(|data| (data, &no_progress as &(dyn Fn(u64, u64) + Sync)));
         self.run(&command, stdin, timeout, opts.on_output.as_ref())
             .await
+    }
+
+    /// Starts `command` through the remote user's shell and keeps it running, on a channel of
+    /// its own, until the handle is dropped or waited for; no command timeout applies. The
+    /// channel counts towards `max_sessions` while it lives.
+    pub async fn spawn(
+        &self,
+        command: &str,
+        env: &[(String, String)],
+    ) -> Result<super::RemoteProcess, ExecError> {
+        let command = with_env(&self.inner.name, command, env)?;
+        let host = || self.inner.name.clone();
+        let permit = self
+            .inner
+            .channels
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| ExecError::Lost {
+                host: host(),
+                reason: "the session is closed".into(),
+                stdout: Vec::new(),
+                stderr: Vec::new(),
+            })?;
+        let channel = self
+            .open_session_channel()
+            .await
+            .map_err(|source| ExecError::Channel {
+                host: host(),
+                source,
+            })?;
+        super::process::spawn(self.clone(), permit, channel, &command).await
     }
 
     async fn run(
@@ -1170,7 +1202,7 @@ fn with_env(host: &str, command: &str, env: &[(String, String)]) -> Result<Strin
     Ok(format!("{prefix}; {command}"))
 }
 
-fn signal_name_text(sig: &Sig) -> String {
+pub(super) fn signal_name_text(sig: &Sig) -> String {
     match sig {
         Sig::Custom(s) => s.clone(),
         other => format!("{other:?}"),
