@@ -52,6 +52,7 @@ fn node(name: &str, version: &str) -> Node {
                 api: "127.0.0.1:3068".to_string(),
                 ledgers: None,
                 backup_dir: "/var/backups/numary".to_string(),
+                storage: None,
             },
         },
         facts: HostFacts {
