@@ -50,6 +50,8 @@ pub mod check {
     pub const LOCK: &str = "lock";
     pub const DB_SESSIONS: &str = "db-sessions";
     pub const SWITCH: &str = "binary-switch";
+    /// Inventory nodes outside the selection on a storage the plan migrates.
+    pub const LEFT_OUT: &str = "left-out";
 }
 
 /// What the preflight looks at. `facts` and `plan` come from [`crate::facts::gather_all`] and
@@ -251,8 +253,9 @@ pub async fn run<T: Transport>(
 
 /// The order findings are listed in, per host: from "can we talk to it" to "is it ours to take".
 fn check_rank(name: &str) -> usize {
-    const ORDER: [&str; 16] = [
+    const ORDER: [&str; 17] = [
         check::SELECTION,
+        check::LEFT_OUT,
         check::REACHABLE,
         check::UPGRADE_PATH,
         check::STRATEGY,
@@ -298,8 +301,12 @@ fn blocker_check(kind: BlockerKind) -> &'static str {
         | BlockerKind::ServiceStateUnknown
         | BlockerKind::RunningOutsideServiceManager => check::STOPPED,
         BlockerKind::HotJournal => check::HOT_JOURNAL,
-        BlockerKind::StorageUnknown | BlockerKind::MixedStorage => check::STORAGE,
-        BlockerKind::StrategyNotAllowed
+        BlockerKind::StorageUnknown | BlockerKind::MixedStorage | BlockerKind::StorageConflict => {
+            check::STORAGE
+        }
+        BlockerKind::LeftOut => check::LEFT_OUT,
+        BlockerKind::StrategyNotSupported
+        | BlockerKind::StrategyNotAllowed
         | BlockerKind::NoReplacePairs
         | BlockerKind::ReplacedHostMissing
         | BlockerKind::ReplaceNeedsPostgres
@@ -314,11 +321,16 @@ fn fleet_findings(input: &PreflightInput) -> FleetFindings {
     };
     for b in &input.plan.blockers {
         let check = blocker_check(b.kind);
-        if b.hosts.is_empty() {
+        // Hosts outside the selection (left out of it) have no findings of their own.
+        let outside = b
+            .hosts
+            .iter()
+            .any(|h| !input.hosts.iter().any(|s| &s.name == h));
+        if b.hosts.is_empty() || outside {
             out.fleet
                 .push(Finding::fail(None, check, b.reason.clone(), b.hint.clone()));
         }
-        for h in &b.hosts {
+        for h in b.hosts.iter().filter(|_| !outside) {
             out.by_host
                 .entry(h.clone())
                 .or_default()
