@@ -122,7 +122,7 @@ impl PgEndpoint {
             .or_else(|| conn.strip_prefix("postgres://"))
             .unwrap_or(conn);
         let bytes = rest.as_bytes();
-        let (colon, slash) = (0..bytes.len()).find_map(|i| {
+        let port_at = (0..bytes.len()).find_map(|i| {
             if bytes[i] != b':' {
                 return None;
             }
@@ -132,13 +132,22 @@ impl PgEndpoint {
                 .count();
             let end = i + 1 + digits;
             (digits > 0 && bytes.get(end) == Some(&b'/')).then_some((i, end))
-        })?;
-        let authority = &rest[..colon];
+        });
+        let (authority, port, database) = match port_at {
+            Some((colon, slash)) => (&rest[..colon], &rest[colon + 1..slash], &rest[slash + 1..]),
+            // No port (written by hand): libpq's default, the host ends at the first `/`
+            // after the user.
+            None => {
+                let at = rest.rfind('@').map_or(0, |i| i + 1);
+                let slash = at + rest[at..].find('/')?;
+                (&rest[..slash], "5432", &rest[slash + 1..])
+            }
+        };
         let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
         Some(PgEndpoint {
             host: canonical_hosts(host),
-            port: rest[colon + 1..slash].to_string(),
-            database: rest[slash + 1..].to_string(),
+            port: port.to_string(),
+            database: database.to_string(),
         })
     }
 
@@ -330,5 +339,10 @@ mod tests {
             None
         );
         assert_eq!(id("a", "not a connection"), None);
+        // Without a port: libpq's default.
+        assert_eq!(
+            id("a", "postgresql://u:***@db/l"),
+            id("b", "postgresql://u@db:5432/l")
+        );
     }
 }

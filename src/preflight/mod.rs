@@ -221,7 +221,7 @@ pub async fn run<T: Transport>(
         .zip(&per_host)
         .map(|(h, (_, seen))| (h.name.as_str(), seen))
         .collect();
-    let db_sessions = sessions::finding(input, &scope, &seen);
+    let db_sessions = sessions::findings(input, &scope, &seen);
 
     let mut findings = Vec::new();
     findings.append(&mut fleet.fleet);
@@ -361,8 +361,11 @@ pub(crate) struct Scope {
     pub switch: Vec<String>,
     /// Hosts the plan changes.
     pub touched: Vec<String>,
-    /// Where Postgres is queried (extensions, size, ledgers): the migrator.
-    pub migrator: Option<String>,
+    /// Where Postgres is queried (extensions, size, ledgers, sessions): each storage's
+    /// migrator.
+    pub migrators: Vec<String>,
+    /// Each touched host's storage migrator.
+    pub migrator_of: BTreeMap<String, String>,
 }
 
 impl Scope {
@@ -387,7 +390,13 @@ impl Scope {
                 .into_iter()
                 .map(str::to_owned)
                 .collect(),
-            migrator: plan.migrator.clone(),
+            migrators: plan.migrators().into_iter().map(str::to_owned).collect(),
+            migrator_of: plan
+                .storages
+                .iter()
+                .filter_map(|s| s.migrator.as_ref().map(|m| (s, m)))
+                .flat_map(|(s, m)| s.hosts.iter().map(move |h| (h.clone(), m.clone())))
+                .collect(),
         }
     }
 
