@@ -10,10 +10,10 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::Context;
 use clap::Args;
 use fleetup::events::{Event, EventSink, Fanout, StepStatus};
-use fleetup::inventory::ResolvedHost;
+use fleetup::inventory::{Inventory, ResolvedHost};
 use fleetup::journal::{self, Header, Journal};
 use fleetup::lock::LockOwner;
-use fleetup::plan::{BinarySource, Plan, StepKind, build_plan, plan_digest};
+use fleetup::plan::{BinarySource, Plan, StepKind, build_plan_with, plan_digest};
 use fleetup::preflight::{self, PreflightInput, check};
 use fleetup::runner::{self, Fleet, Outcome, RunConfig, RunReport, kind_name};
 use fleetup::ssh::Session;
@@ -127,6 +127,7 @@ pub fn run(global: &Global, args: &UpgradeArgs) -> anyhow::Result<i32> {
     let ctx = Ctx {
         global,
         args,
+        inventory: &inventory,
         hosts: &hosts,
         inputs: &inputs,
         sink: sink.clone(),
@@ -174,6 +175,7 @@ fn options(args: &UpgradeArgs) -> Vec<String> {
 struct Ctx<'a> {
     global: &'a Global,
     args: &'a UpgradeArgs,
+    inventory: &'a Inventory,
     hosts: &'a [ResolvedHost],
     inputs: &'a PlanInputs,
     sink: Arc<dyn EventSink>,
@@ -230,10 +232,12 @@ impl Ctx<'_> {
             .filter_map(|(n, c)| c.as_ref().ok().map(|s| (n.clone(), s.clone())))
             .collect();
         let facts = fleetup::facts::gather_all(self.hosts, conns).await;
+        let left_out = connect::left_out(self.inventory, self.hosts, &self.args.connect).await;
         let inputs = self.inputs;
-        let plan = build_plan(
+        let plan = build_plan_with(
             self.hosts,
             &facts,
+            &left_out,
             &inputs.target,
             &inputs.options,
             &inputs.policy,

@@ -23,7 +23,9 @@ use crate::events::{Event, EventSink};
 use crate::exit_code;
 use crate::facts::{HostFacts, ServiceState, StorageDriver};
 use crate::inventory::ResolvedHost;
-use crate::plan::{BinarySource, BlockerKind, HostAction, Plan, PlanOptions, StepKind, build_plan};
+use crate::plan::{
+    BinarySource, BlockerKind, HostAction, LeftOut, Plan, PlanOptions, StepKind, build_plan_with,
+};
 use crate::policy::PolicyTable;
 use crate::ssh::{ConnectError, Session, Transport};
 use crate::version::Version;
@@ -160,12 +162,14 @@ pub fn verify_plan_id(expected: &str, actual: &str) -> Result<(), Failure> {
 }
 
 /// The whole dry run over established connections: facts, plan, preflight, audit. Hosts whose
-/// connection failed are reported unreachable. Emits `host_connected`/`host_unreachable`,
+/// connection failed are reported unreachable; `left_out` are the inventory's other hosts (see
+/// [`crate::plan::build_plan_with`]). Emits `host_connected`/`host_unreachable`,
 /// `plan_ready` and one `check_result` per finding. Read-only on every host.
 #[allow(clippy::too_many_arguments)]
 pub async fn audit_fleet(
     hosts: &[ResolvedHost],
     conns: &[(String, Result<Session, ConnectError>)],
+    left_out: &LeftOut,
     target: &Version,
     opts: &PlanOptions,
     policy: &PolicyTable,
@@ -182,7 +186,7 @@ pub async fn audit_fleet(
         });
     }
     let facts = crate::facts::gather_all(hosts, conns).await;
-    let plan = build_plan(hosts, &facts, target, opts, policy);
+    let plan = build_plan_with(hosts, &facts, left_out, target, opts, policy);
     sink.emit(&plan_ready(&plan, &crate::plan::plan_digest(&plan, &facts)));
     let sessions: BTreeMap<String, Session> = conns
         .iter()
