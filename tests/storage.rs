@@ -140,7 +140,7 @@ fn two_nodes_each_on_their_own_local_postgres_are_each_backed_up_and_migrated() 
     for n in &lab.nodes {
         let env = std::fs::read_to_string(n.paths().env_file()).unwrap();
         assert!(
-            env.contains(&format!("@127.0.0.1:")) && env.contains(&pg.node_database(&n.name)),
+            env.contains("@127.0.0.1:") && env.contains(&pg.node_database(&n.name)),
             "{}",
             n.name
         );
