@@ -882,6 +882,11 @@ fn different_postgres_databases_are_each_backed_up_and_migrated_once() {
         p.storage_of("ledger-4").and_then(|s| s.migrator.as_deref()),
         Some("ledger-3")
     );
+    let text = render_text(&p);
+    assert!(
+        text.contains("storage: postgres `db-2.internal:5432/ledger`, migrated by ledger-3 (nodes: ledger-3, ledger-4)"),
+        "{text}"
+    );
 }
 
 #[test]
