@@ -347,7 +347,7 @@ mod tests {
         );
         assert_eq!(us2.ssh.command_timeout, Duration::from_secs(30 * 60));
         assert_eq!(eu1.ledger.storage.as_deref(), Some("main-db"));
-        assert_eq!(us2.ledger.storage.as_deref(), Some("us-db"));
+        assert_eq!(us2.ledger.storage.as_deref(), Some("main-db"));
 
         let v196 = &inv.releases()[&Version::new(1, 9, 6)];
         assert_eq!(
