@@ -127,6 +127,51 @@ fn a_limit_leaving_out_a_node_on_the_shared_database_is_refused_before_any_chang
     // Selecting every node of the storage is what it takes.
     let all = run(&lab, "check", &new, &["--limit", "node-1,node-2,node-3"]);
     assert_eq!(code(&all), exit_code::SUCCESS, "{}", both(&all));
+    assert!(
+        stdout(&all).contains("strategy offline (requested auto)"),
+        "{}",
+        both(&all)
+    );
+
+    // `check` never promises what `upgrade` refuses: a forced zero-downtime strategy is
+    // blocked in both, with the same exit code, and nothing changes.
+    for strategy in ["rolling", "replace"] {
+        let check = run(
+            &lab,
+            "check",
+            &new,
+            &["--strategy", strategy, "--format", "json"],
+        );
+        assert_eq!(code(&check), exit_code::BLOCKED, "{}", both(&check));
+        let audit = json(&check);
+        assert!(
+            audit["findings"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|f| f["check"] == "strategy"
+                    && f["ok"] == false
+                    && f["detail"]
+                        .as_str()
+                        .unwrap()
+                        .contains(&format!("`{strategy}`"))),
+            "{:#?}",
+            audit["findings"]
+        );
+        let out = run(&lab, "upgrade", &new, &["--strategy", strategy]);
+        assert_eq!(code(&out), exit_code::BLOCKED, "{}", both(&out));
+        assert!(
+            stderr(&out).contains("--strategy offline"),
+            "{}",
+            both(&out)
+        );
+    }
+    assert_eq!(
+        lab.tree_digest().unwrap(),
+        tree,
+        "no file changed on any node"
+    );
+    assert_eq!(migration_lines(&lab), migrations, "no migration ran");
 }
 
 #[test]
