@@ -128,15 +128,29 @@ fn eu_offline_uses_the_flagged_migrator_and_the_inventory_ledgers() {
 }
 
 #[test]
-fn us_replace_deploys_the_new_node_then_stops_the_old_one_with_its_own_commands() {
+fn us_replace_forced_deploys_the_new_node_then_stops_the_old_one_with_its_own_commands() {
     let inv = example();
     let hosts = selected(&inv, &["@us"]);
     let facts = BTreeMap::from([
         ("ledger-us-1".to_string(), facts(Some("1.5.0"), true)),
         ("ledger-us-2".to_string(), facts(None, false)),
     ]);
-    let p = plan(&hosts, &facts, "1.9.0", Strategy::Auto);
-    assert!(!p.is_blocked(), "{:?}", p.blockers);
+    // `auto` runs offline: this fleetup carries out no zero-downtime strategy yet.
+    let auto = plan(&hosts, &facts, "1.9.0", Strategy::Auto);
+    assert_eq!(auto.strategy, Strategy::Offline);
+    assert!(
+        auto.warnings.iter().any(|w| w.contains("(`replace`)")),
+        "{:?}",
+        auto.warnings
+    );
+    // Forced, its layout is shown and blocked only as not carried out yet.
+    let p = plan(&hosts, &facts, "1.9.0", Strategy::Replace);
+    assert_eq!(
+        p.blockers.iter().map(|b| b.kind).collect::<Vec<_>>(),
+        [BlockerKind::StrategyNotSupported],
+        "{:?}",
+        p.blockers
+    );
     assert_eq!(p.strategy, Strategy::Replace);
     assert_eq!(p.migrator.as_deref(), Some("ledger-us-2"));
     assert_eq!(

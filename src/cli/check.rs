@@ -238,7 +238,7 @@ pub fn dry_run_in(
         target: inputs.target.to_string(),
         hosts: hosts.iter().map(|h| h.name.clone()).collect(),
     });
-    let audit = audit(global, &hosts, &inputs, connect, &sink)?;
+    let audit = audit(global, &inventory, &hosts, &inputs, connect, &sink)?;
     sink.emit(&Event::RunFinished {
         run_id,
         outcome: audit.outcome.as_str().into(),
@@ -364,6 +364,7 @@ pub fn local_host() -> String {
 /// problems first, each with its hints) unless `--quiet`.
 pub fn audit(
     global: &Global,
+    inventory: &Inventory,
     hosts: &[ResolvedHost],
     inputs: &PlanInputs,
     connect: &ConnectFlags,
@@ -371,13 +372,17 @@ pub fn audit(
 ) -> anyhow::Result<Audit> {
     let runtime = tokio::runtime::Runtime::new()?;
     Ok(runtime.block_on(async {
-        let conns = connect::connect(hosts, connect).await;
+        let (conns, left_out) = tokio::join!(
+            connect::connect(hosts, connect),
+            connect::left_out(inventory, hosts, connect)
+        );
         if !global.quiet {
             connect::report_failures(&conns);
         }
         let audit = preflight::audit_fleet(
             hosts,
             &conns,
+            &left_out,
             &inputs.target,
             &inputs.options,
             &inputs.policy,

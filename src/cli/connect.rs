@@ -5,7 +5,8 @@ use std::io::IsTerminal;
 use std::sync::Arc;
 
 use clap::Args;
-use fleetup::inventory::ResolvedHost;
+use fleetup::inventory::{Inventory, ResolvedHost};
+use fleetup::plan::LeftOut;
 use fleetup::ssh::{self, ConnectError, ConnectOptions, HostKeyPolicy, KeyCache, Session};
 
 /// Connection flags of the commands that talk to hosts.
@@ -46,6 +47,34 @@ impl ConnectFlags {
 /// Connect to every host (in parallel, bounded by `--forks`).
 pub async fn connect(hosts: &[ResolvedHost], flags: &ConnectFlags) -> Connections {
     ssh::connect_all(hosts, &flags.options()).await
+}
+
+/// The inventory's hosts outside `selected`, each connected and asked for its facts, read-only:
+/// the plan refuses to leave one behind on a storage it migrates. A host that cannot be reached
+/// gets `unreachable` facts and nothing is printed: the plan's `left-out` finding says it when
+/// it matters.
+pub async fn left_out(
+    inventory: &Inventory,
+    selected: &[ResolvedHost],
+    flags: &ConnectFlags,
+) -> LeftOut {
+    let hosts: Vec<ResolvedHost> = inventory
+        .hosts()
+        .iter()
+        .filter(|h| !selected.iter().any(|s| s.name == h.name))
+        .cloned()
+        .collect();
+    if hosts.is_empty() {
+        return LeftOut::default();
+    }
+    let conns = connect(&hosts, flags).await;
+    let facts = fleetup::facts::gather_all(&hosts, &conns).await;
+    for (_, conn) in &conns {
+        if let Ok(session) = conn {
+            session.close().await;
+        }
+    }
+    LeftOut { hosts, facts }
 }
 
 /// Print every connection failure at once on stderr, host-key problems first (each with its

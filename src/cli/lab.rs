@@ -124,6 +124,7 @@ fn up(global: &Global, args: &UpArgs) -> anyhow::Result<i32> {
         transactions: args.transactions,
         start: !args.stopped,
         sim: args.sim.clone(),
+        pg_per_node: false,
     };
     if !global.quiet {
         eprintln!(

@@ -10,10 +10,10 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::Context;
 use clap::Args;
 use fleetup::events::{Event, EventSink, Fanout, StepState, StepStatus};
-use fleetup::inventory::ResolvedHost;
+use fleetup::inventory::{Inventory, ResolvedHost};
 use fleetup::journal::{self, DeferredJournal, Header, Journal};
 use fleetup::lock::LockOwner;
-use fleetup::plan::{BinarySource, Plan, StepKind, build_plan, plan_digest};
+use fleetup::plan::{BinarySource, Plan, StepKind, build_plan_with, plan_digest};
 use fleetup::preflight::{self, PreflightInput, check};
 use fleetup::runner::{self, Cancel, Fleet, Outcome, PriorRun, RunConfig, RunReport, kind_name};
 use fleetup::ssh::Session;
@@ -163,6 +163,7 @@ pub fn run(global: &Global, args: &UpgradeArgs) -> anyhow::Result<i32> {
     let ctx = Ctx {
         global,
         args,
+        inventory: &inventory,
         hosts: &hosts,
         inputs: &inputs,
         sink: sink.clone(),
@@ -307,6 +308,7 @@ fn options(args: &UpgradeArgs, plan: &PlanArgs) -> Vec<String> {
 struct Ctx<'a> {
     global: &'a Global,
     args: &'a UpgradeArgs,
+    inventory: &'a Inventory,
     hosts: &'a [ResolvedHost],
     inputs: &'a PlanInputs,
     sink: Arc<dyn EventSink>,
@@ -388,11 +390,18 @@ impl Ctx<'_> {
             .iter()
             .filter_map(|(n, c)| c.as_ref().ok().map(|s| (n.clone(), s.clone())))
             .collect();
-        let facts = fleetup::facts::gather_all(self.hosts, conns).await;
+        let mut facts = fleetup::facts::gather_all(self.hosts, conns).await;
+        // A `numary storage` command an interrupted run left running (the remote process
+        // outlives the SSH connection) holds the storage: wait for it, then look again.
+        if self.wait_storage_commands(&sessions).await {
+            facts = fleetup::facts::gather_all(self.hosts, conns).await;
+        }
+        let left_out = connect::left_out(self.inventory, self.hosts, &self.args.connect).await;
         let inputs = self.inputs;
-        let plan = build_plan(
+        let plan = build_plan_with(
             self.hosts,
             &facts,
+            &left_out,
             &inputs.target,
             &inputs.options,
             &inputs.policy,
@@ -601,6 +610,41 @@ impl Ctx<'_> {
                 f.hints.extend(report.unlock_errors.iter().cloned());
                 Err(f.into())
             }
+        }
+    }
+
+    /// Waits (up to two minutes) while a `numary storage` command runs on a selected node;
+    /// true when there was one.
+    async fn wait_storage_commands(&self, sessions: &BTreeMap<String, Session>) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let mut waited = false;
+        loop {
+            let mut set = tokio::task::JoinSet::new();
+            for (name, t) in sessions {
+                let (name, t) = (name.clone(), t.clone());
+                set.spawn(async move { (name, runner::probe::storage_commands(&t).await) });
+            }
+            let mut busy = Vec::new();
+            while let Some(Ok((name, pids))) = set.join_next().await {
+                if !pids.is_empty() {
+                    busy.push(format!("`{name}` (pid {})", pids.join(", ")));
+                }
+            }
+            busy.sort();
+            if busy.is_empty() || Instant::now() >= deadline {
+                return waited;
+            }
+            if !waited {
+                self.sink.emit(&Event::Notice {
+                    host: String::new(),
+                    message: format!(
+                        "a `numary storage` command still runs on {}, left by an interrupted run: waiting for it to end",
+                        busy.join(", ")
+                    ),
+                });
+            }
+            waited = true;
+            tokio::time::sleep(Duration::from_millis(500)).await;
         }
     }
 

@@ -6,8 +6,10 @@ use serde::Serialize;
 use crate::version::Version;
 
 mod gather;
+mod storage;
 
 pub use gather::{gather, gather_all};
+pub use storage::{StorageId, is_node_relative_host};
 
 /// What fleetup learned about one host.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Default)]

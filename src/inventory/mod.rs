@@ -77,6 +77,10 @@ pub struct LedgerSettings {
     pub ledgers: Option<Vec<String>>,
     /// Absolute remote dir for backups.
     pub backup_dir: String,
+    /// The storage this node shares with the other nodes naming it (`storage = "NAME"`):
+    /// one database, backed up and migrated once, whatever the connection strings say.
+    /// `None`: told by the node's storage settings (see [`crate::facts::StorageId`]).
+    pub storage: Option<String>,
 }
 
 /// How the ledger service is started, stopped and queried on a node.
@@ -117,6 +121,7 @@ impl Default for LedgerSettings {
             api: "127.0.0.1:3068".into(),
             ledgers: None,
             backup_dir: "/var/backups/numary".into(),
+            storage: None,
         }
     }
 }
@@ -341,6 +346,8 @@ mod tests {
             }
         );
         assert_eq!(us2.ssh.command_timeout, Duration::from_secs(30 * 60));
+        assert_eq!(eu1.ledger.storage.as_deref(), Some("main-db"));
+        assert_eq!(us2.ledger.storage.as_deref(), Some("main-db"));
 
         let v196 = &inv.releases()[&Version::new(1, 9, 6)];
         assert_eq!(
@@ -635,6 +642,49 @@ mod tests {
             "{}",
             f.message
         );
+    }
+
+    #[test]
+    fn storage_is_layered_like_the_other_ledger_keys() {
+        let src = "[ledger]\nstorage = \"main\"\n\
+                   [groups.eu.ledger]\nstorage = \"eu-db\"\n[groups.none]\n\
+                   [[host]]\nname = \"a\"\naddress = \"h1\"\n\
+                   [[host]]\nname = \"b\"\naddress = \"h2\"\ngroups = [\"eu\"]\n\
+                   [[host]]\nname = \"c\"\naddress = \"h3\"\ngroups = [\"eu\", \"none\"]\n[host.ledger]\nstorage = \"own-c\"\n";
+        let inv = parse(src).unwrap();
+        let storage = |n: &str| inv.host(n).unwrap().ledger.storage.clone();
+        assert_eq!(storage("a").as_deref(), Some("main"));
+        assert_eq!(storage("b").as_deref(), Some("eu-db"));
+        assert_eq!(storage("c").as_deref(), Some("own-c"));
+        assert_eq!(parse(ONE).unwrap().hosts()[0].ledger.storage, None);
+        assert_refused(
+            "[ledger]\nstorage = \"db.internal\"\n",
+            "2:11",
+            "`db.internal` is not a valid storage name: `.` is not allowed",
+        );
+    }
+
+    #[test]
+    fn one_migrator_per_storage() {
+        let host = |n: &str, storage: &str| {
+            format!(
+                "[[host]]\nname = \"{n}\"\naddress = \"{n}.internal\"\nmigrator = true\n[host.ledger]\nstorage = \"{storage}\"\n"
+            )
+        };
+        // Two storages, one migrator each.
+        assert!(parse(&format!("{}{}", host("a", "one"), host("b", "two"))).is_ok());
+        assert_refused(
+            &format!("{}{}", host("a", "one"), host("b", "one")),
+            "10:12",
+            "2 migrators on storage `one`: hosts `a` (line 2) and `b` (line 8) both set `migrator = true`",
+        );
+        // Hosts naming no storage may share one: at most one migrator among them.
+        let f = err(&format!(
+            "{ONE}migrator = true\n[[host]]\nname = \"b\"\naddress = \"h2\"\nmigrator = true\n"
+        ));
+        assert!(f.message.contains("2 migrators: hosts"), "{}", f.message);
+        let all = format!("{}\n{}", f.message, f.hints.join("\n"));
+        assert!(all.contains("`storage = \"NAME\"`"), "{all}");
     }
 
     #[test]

@@ -10,7 +10,7 @@ use crate::version::Version;
 
 use super::values::{
     Address, ApiAddr, GroupName, HostName, HttpUrl, HumanDuration, JumpHost, LedgerList, LocalPath,
-    Port, RemotePath, Sha256Hex, ShellCommand, UnitName, UserName,
+    Port, RemotePath, Sha256Hex, ShellCommand, StorageName, UnitName, UserName,
 };
 
 #[derive(Debug, Deserialize)]
@@ -53,6 +53,7 @@ pub struct RawLedger {
     pub api: Option<ApiAddr>,
     pub ledgers: Option<LedgerList>,
     pub backup_dir: Option<RemotePath>,
+    pub storage: Option<StorageName>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

@@ -152,6 +152,7 @@ struct LedgerLayer {
     api: Option<String>,
     ledgers: Option<Vec<String>>,
     backup_dir: Option<String>,
+    storage: Option<String>,
 }
 
 impl LedgerLayer {
@@ -173,6 +174,7 @@ impl LedgerLayer {
                 .as_ref()
                 .map(|l| l.0.iter().map(|n| n.to_string()).collect()),
             backup_dir: raw.backup_dir.as_ref().map(|p| p.to_string()),
+            storage: raw.storage.as_ref().map(|n| n.to_string()),
         }
     }
 
@@ -185,6 +187,7 @@ impl LedgerLayer {
             api: self.api.clone().or(lower.api),
             ledgers: self.ledgers.clone().or(lower.ledgers),
             backup_dir: self.backup_dir.clone().or(lower.backup_dir),
+            storage: self.storage.clone().or(lower.storage),
         }
     }
 
@@ -198,6 +201,7 @@ impl LedgerLayer {
             api: self.api.unwrap_or(builtin.api),
             ledgers: self.ledgers.or(builtin.ledgers),
             backup_dir: self.backup_dir.unwrap_or(builtin.backup_dir),
+            storage: self.storage.or(builtin.storage),
         }
     }
 }
@@ -483,23 +487,45 @@ fn check_cross_references(raw: &RawInventory, pass: &mut Pass<'_>) {
         }
     }
 
-    let migrators: Vec<&RawHost> = hosts.iter().copied().filter(|h| h.is_migrator()).collect();
-    if let [_, second, ..] = migrators.as_slice() {
+    // One migrator per storage: hosts naming no storage count as one, as their storages are
+    // only known once the nodes are asked.
+    let mut migrators: BTreeMap<Option<String>, Vec<&RawHost>> = BTreeMap::new();
+    for host in hosts.iter().copied().filter(|h| h.is_migrator()) {
+        migrators
+            .entry(storage_of(raw, host))
+            .or_default()
+            .push(host);
+    }
+    let mut contested: Vec<(&Option<String>, &Vec<&RawHost>)> =
+        migrators.iter().filter(|(_, m)| m.len() > 1).collect();
+    contested.sort_by_key(|(_, m)| m[1].name.span().start);
+    for (storage, migrators) in contested {
+        let second = migrators[1];
         let span = second
             .migrator
             .as_ref()
             .map(|m| m.span())
             .unwrap_or_else(|| second.name.span());
+        let (on, hint) = match storage {
+            Some(name) => (
+                format!(" on storage `{name}`"),
+                format!("keep `migrator = true` on one host of storage `{name}`: each storage is migrated once, on that node"),
+            ),
+            None => (
+                String::new(),
+                "keep `migrator = true` on one host: migrations run once, on that node; hosts on different storages each may have one once they name their storage (`storage = \"NAME\"`)".to_string(),
+            ),
+        };
         pass.diags.push(
             Diagnostic::at(
                 span,
                 format!(
-                    "{} migrators: hosts {} set `migrator = true`",
+                    "{} migrators{on}: hosts {} set `migrator = true`",
                     migrators.len(),
-                    hosts_with_lines(pass, &migrators)
+                    hosts_with_lines(pass, migrators)
                 ),
             )
-            .hint("keep `migrator = true` on one host: migrations run once, on that node"),
+            .hint(hint),
         );
     }
 
@@ -572,6 +598,25 @@ fn check_cross_references(raw: &RawInventory, pass: &mut Pass<'_>) {
             .hint("each old host is replaced by exactly one new node"),
         );
     }
+}
+
+/// The `storage` a host names, through its layers: the host's own, else its last group's that
+/// sets one, else `[ledger]`'s.
+fn storage_of(raw: &RawInventory, host: &RawHost) -> Option<String> {
+    let from_groups = || {
+        host.groups.iter().rev().find_map(|g| {
+            raw.groups
+                .iter()
+                .find(|(name, _)| name.get_ref() == g.get_ref())
+                .and_then(|(_, group)| group.ledger.storage.as_ref())
+        })
+    };
+    host.ledger
+        .storage
+        .as_ref()
+        .or_else(from_groups)
+        .or(raw.ledger.storage.as_ref())
+        .map(|s| s.to_string())
 }
 
 /// Two entries for one machine (same address, port and jump host) would upgrade it twice.

@@ -277,6 +277,25 @@ impl GroupName {
     }
 }
 
+/// The name of a storage several nodes share (`storage = "main-db"`): nodes naming the same
+/// storage are one database, whatever their connection strings say. Letters, digits, `_`, `-`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct StorageName(String);
+string_newtype!(
+    StorageName,
+    "a storage name such as \"main-db\"",
+    StorageName::parse
+);
+
+impl StorageName {
+    pub fn parse(s: &str) -> Result<Self, Invalid> {
+        check_word(s, "storage name").map_err(|e| {
+            e.hint("storage names use letters, digits, `_` and `-`, 1 to 63 characters")
+        })?;
+        Ok(StorageName(s.to_string()))
+    }
+}
+
 /// Letters, digits, `_`, `-`; 1 to 63 characters.
 fn check_word(s: &str, what: &str) -> Result<(), Invalid> {
     if s.is_empty() {
@@ -999,5 +1018,9 @@ mod tests {
         assert!(HttpUrl::parse("ftp://example.com/x").is_err());
         assert!(GroupName::parse("eu_west-1").is_ok());
         assert!(GroupName::parse("eu west").is_err());
+        assert!(StorageName::parse("main-db_2").is_ok());
+        let err = StorageName::parse("db.internal").unwrap_err();
+        assert!(err.message.contains("`.` is not allowed"), "{err}");
+        assert!(StorageName::parse("").is_err());
     }
 }

@@ -37,6 +37,14 @@ pub fn render(lab: &Lab) -> String {
     );
     let ledgers: Vec<String> = lab.ledgers.iter().map(|l| s(l)).collect();
     let _ = writeln!(out, "\n[ledger]\nledgers = [{}]", ledgers.join(", "));
+    if lab.postgres.as_ref().is_some_and(|p| p.per_node.is_empty()) {
+        // Every node reaches the database at 127.0.0.1, as if each had its own local Postgres:
+        // the inventory says they share one.
+        let _ = writeln!(
+            out,
+            "# The nodes share one database, each reaching it at 127.0.0.1.\nstorage = \"lab-postgres\""
+        );
+    }
     for node in &lab.nodes {
         let paths = node.paths();
         let _ = writeln!(

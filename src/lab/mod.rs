@@ -71,6 +71,9 @@ pub struct LabSpec {
     pub transactions: u32,
     /// Start every node's service (else the fleet is left cleanly stopped).
     pub start: bool,
+    /// Postgres: each node its own database on the server (N single-node deployments, each
+    /// reaching "its local Postgres" at 127.0.0.1), instead of one database shared by all.
+    pub pg_per_node: bool,
     /// The simulator to install; default: see [`find_sim`].
     pub sim: Option<PathBuf>,
 }
@@ -88,6 +91,7 @@ impl LabSpec {
             ledgers: vec!["default".into(), "payments".into()],
             transactions: 20,
             start: true,
+            pg_per_node: false,
             sim: None,
         }
     }
@@ -130,14 +134,44 @@ pub struct LabNode {
 pub struct LabPostgres {
     /// The server URL given to `up` (password included).
     pub server_url: String,
-    /// The lab's own database in that server, shared by every node.
+    /// The lab's own database in that server, shared by every node (or, with `per_node`, the
+    /// prefix of each node's own database).
     pub database: String,
+    /// Each node has its own database, [`LabPostgres::node_database`].
+    #[serde(default)]
+    pub per_node: Vec<String>,
 }
 
 impl LabPostgres {
     /// Connection string of the lab's database (password included: never print it).
     pub fn url(&self) -> anyhow::Result<String> {
         Ok(pg::PgUrl::parse(&self.server_url)?.with_database(&self.database))
+    }
+
+    /// The database `node` uses: its own with `per_node`, else the shared one.
+    pub fn node_database(&self, node: &str) -> String {
+        if self.per_node.iter().any(|n| n == node) {
+            format!("{}_{}", self.database, node.replace('-', "_"))
+        } else {
+            self.database.clone()
+        }
+    }
+
+    /// Connection string of `node`'s database (password included: never print it).
+    pub fn node_url(&self, node: &str) -> anyhow::Result<String> {
+        Ok(pg::PgUrl::parse(&self.server_url)?.with_database(&self.node_database(node)))
+    }
+
+    /// Every database the lab created.
+    pub fn databases(&self) -> Vec<String> {
+        if self.per_node.is_empty() {
+            vec![self.database.clone()]
+        } else {
+            self.per_node
+                .iter()
+                .map(|n| self.node_database(n))
+                .collect()
+        }
     }
 }
 
@@ -351,12 +385,22 @@ impl Lab {
         if let Some(server) = server {
             let database = pg::unique_database_name();
             // Recorded before it exists, so `down` drops it even if creating it half-failed.
-            self.postgres = Some(LabPostgres {
+            let per_node = if spec.pg_per_node {
+                (1..=spec.nodes).map(|i| format!("node-{i}")).collect()
+            } else {
+                Vec::new()
+            };
+            let pg = LabPostgres {
                 server_url: spec.pg_url.clone().unwrap_or_default(),
                 database: database.clone(),
-            });
+                per_node,
+            };
+            // Recorded before they exist, so `down` drops them even if creating half-failed.
+            self.postgres = Some(pg.clone());
             self.save()?;
-            pg::create_database(server, &database)?;
+            for db in pg.databases() {
+                pg::create_database(server, &db)?;
+            }
         }
 
         let wrapper = self.release_wrapper(&self.version);
@@ -418,7 +462,10 @@ impl Lab {
             paths.data_dir().to_string_lossy().into_owned(),
         ));
         if let Some(pg) = &self.postgres {
-            env.push(("NUMARY_STORAGE_POSTGRES_CONN_STRING".to_owned(), pg.url()?));
+            env.push((
+                "NUMARY_STORAGE_POSTGRES_CONN_STRING".to_owned(),
+                pg.node_url(name)?,
+            ));
         }
         env.push((
             "NUMARY_SERVER_HTTP_BIND_ADDRESS".to_owned(),
@@ -431,8 +478,13 @@ impl Lab {
     /// Seeds the ledgers with the node's own binary and environment: every node's SQLite
     /// store, or the shared Postgres database once.
     fn seed(&self) -> anyhow::Result<()> {
+        let own_database = self
+            .postgres
+            .as_ref()
+            .is_some_and(|p| !p.per_node.is_empty());
         let seeders = match self.driver {
             Driver::Sqlite => &self.nodes[..],
+            Driver::Postgres if own_database => &self.nodes[..],
             Driver::Postgres => &self.nodes[..self.nodes.len().min(1)],
         };
         for node in seeders {
@@ -486,6 +538,14 @@ impl Lab {
     /// Stops every node's service.
     pub fn stop_services(&self) -> anyhow::Result<()> {
         self.nodes.iter().try_for_each(LabNode::stop)
+    }
+
+    /// `node`'s Postgres database (its own with per-node databases), to query or dump it.
+    pub fn node_database(&self, node: &str) -> anyhow::Result<Option<pg::PgUrl>> {
+        self.postgres
+            .as_ref()
+            .map(|p| pg::PgUrl::parse(&p.node_url(node)?))
+            .transpose()
     }
 
     /// The lab's Postgres database, to query or dump it (`None` for SQLite).
@@ -578,8 +638,10 @@ impl Lab {
         }
         if let Some(pg) = &self.postgres {
             let server = pg::PgUrl::parse(&pg.server_url)?;
-            pg::drop_database(&server, &pg.database)?;
-            report.database_dropped = Some(pg.database.clone());
+            for db in pg.databases() {
+                pg::drop_database(&server, &db)?;
+            }
+            report.database_dropped = Some(pg.databases().join(", "));
         }
         Ok(report)
     }
@@ -600,7 +662,7 @@ impl Lab {
                     .and_then(|(_, body)| crate::numary::parse_info(body.as_bytes()).ok())
                     .map(|info| info.version.to_string());
                 let storage = match &self.postgres {
-                    Some(pg) => format!("postgres {}", pg.database),
+                    Some(pg) => format!("postgres {}", pg.node_database(&node.name)),
                     None => format!("sqlite {}", node.paths().data_dir().display()),
                 };
                 let service_running = node.service_running();

@@ -4,11 +4,13 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::steps::{self, Layout};
-use super::{Blocker, BlockerKind, HostAction, HostPlan, Mode, Plan, PlanOptions, Strategy};
-use crate::facts::{HostFacts, ServiceState, StorageDriver};
+use super::storage;
+use super::{
+    Blocker, BlockerKind, HostAction, HostPlan, LeftOut, Mode, Plan, PlanOptions, Strategy,
+};
+use crate::facts::{HostFacts, ServiceState, StorageDriver, StorageId};
 use crate::inventory::ResolvedHost;
 use crate::policy::{PathRow, PolicyTable, Verdict, VerdictKind};
-use crate::redact::redact_conn_strings;
 use crate::version::Version;
 
 /// One selected host as the builder sees it.
@@ -47,11 +49,11 @@ impl<'a> View<'a> {
         &self.host.name
     }
 
-    fn reachable_facts(&self) -> Option<&'a HostFacts> {
+    pub(super) fn reachable_facts(&self) -> Option<&'a HostFacts> {
         self.facts.filter(|f| f.reachable())
     }
 
-    fn reachable(&self) -> bool {
+    pub(super) fn reachable(&self) -> bool {
         self.reachable_facts().is_some()
     }
 
@@ -111,24 +113,30 @@ impl<'a> View<'a> {
     }
 
     /// The node the plan starts on the target (as opposed to decommissions).
-    fn starts(&self) -> bool {
+    pub(super) fn starts(&self) -> bool {
         matches!(self.action, HostAction::Upgrade | HostAction::Deploy)
     }
 
-    fn touched(&self) -> bool {
+    pub(super) fn touched(&self) -> bool {
         self.action != HostAction::AlreadyAtTarget
     }
 }
 
 /// Blockers and warnings as they are found.
 #[derive(Default)]
-struct Findings {
+pub(super) struct Findings {
     blockers: Vec<Blocker>,
     warnings: Vec<String>,
 }
 
 impl Findings {
-    fn block(&mut self, kind: BlockerKind, hosts: &[&str], reason: String, hint: Option<String>) {
+    pub(super) fn block(
+        &mut self,
+        kind: BlockerKind,
+        hosts: &[&str],
+        reason: String,
+        hint: Option<String>,
+    ) {
         self.blockers.push(Blocker {
             kind,
             hosts: hosts.iter().map(|h| (*h).to_string()).collect(),
@@ -144,11 +152,26 @@ impl Findings {
     }
 }
 
-/// Build the plan for moving the selected `hosts` (inventory order) to `target`. Pure: no I/O.
-/// The plan is always complete; whatever must not run is listed in [`Plan::blockers`].
+/// Build the plan for moving the selected `hosts` (inventory order) to `target`, as if the
+/// inventory held nothing else. Pure: no I/O. See [`build_plan_with`].
 pub fn build_plan(
     hosts: &[ResolvedHost],
     facts: &BTreeMap<String, HostFacts>,
+    target: &Version,
+    opts: &PlanOptions,
+    policy: &PolicyTable,
+) -> Plan {
+    build_plan_with(hosts, facts, &LeftOut::default(), target, opts, policy)
+}
+
+/// Build the plan for moving the selected `hosts` (inventory order) to `target`; `left_out` are
+/// the inventory's other hosts, which the plan must not leave behind on a storage it migrates.
+/// Pure: no I/O. The plan is always complete; whatever must not run is listed in
+/// [`Plan::blockers`].
+pub fn build_plan_with(
+    hosts: &[ResolvedHost],
+    facts: &BTreeMap<String, HostFacts>,
+    left_out: &LeftOut,
     target: &Version,
     opts: &PlanOptions,
     policy: &PolicyTable,
@@ -162,7 +185,7 @@ pub fn build_plan(
         .iter()
         .map(|h| View::new(h, facts.get(&h.name), target, policy))
         .collect();
-    let strategy = choose_strategy(&views, opts.strategy, mode);
+    let strategy = choose_strategy(opts.strategy);
     assign_actions(&mut views, strategy, target);
 
     let mut found = Findings::default();
@@ -180,11 +203,28 @@ pub fn build_plan(
         replace_blockers(&views, &mut found);
     }
     let to_stop = stop_state(&views, strategy, opts.stop_running, &mut found);
-    let driver = storage_checks(&views, strategy, opts.backup, &mut found);
+    let groups = storage::group(&views);
+    let driver = storage::checks(
+        &views,
+        &groups,
+        strategy == Strategy::Replace,
+        opts.backup,
+        &mut found,
+    );
+    storage::name_conflicts(&views, left_out, &mut found);
+    storage::left_out_blockers(&views, &groups, left_out, &mut found);
     warnings(&views, strategy, mode, target, opts, driver, &mut found);
+    if opts.strategy == Strategy::Auto
+        && let Some(zero) = zero_downtime_choice(&views, mode)
+    {
+        found.warn(format!(
+            "the upgrade-path table allows zero-downtime (`{zero}`) for every node, but this fleetup carries out the offline procedure only: every node to upgrade is stopped while its storage migrates"
+        ));
+    }
 
     let starters: Vec<&View> = views.iter().filter(|v| v.starts()).collect();
-    let migrator = choose_migrator(&views, &starters, &mut found);
+    let migrating: Vec<&View> = groups.iter().filter_map(|g| g.migrator).collect();
+    let migrator = choose_migrator(&views, &migrating, &starters, &mut found);
     let batches = start_batches(&starters, migrator, strategy, opts);
 
     let layout = Layout {
@@ -198,7 +238,7 @@ pub fn build_plan(
             .filter(|v| v.action == HostAction::Decommission)
             .collect(),
         to_stop,
-        migrator,
+        migrating: migrating.clone(),
         batches: batches.clone(),
         shared_storage: driver != Some(StorageDriver::Sqlite),
     };
@@ -208,13 +248,21 @@ pub fn build_plan(
         .iter()
         .map(|b| b.iter().map(|v| v.name().to_string()).collect())
         .collect();
+    // The migrator of a storage shared with other selected nodes is worth a mark.
+    let shared_migrators: Vec<&str> = groups
+        .iter()
+        .filter(|g| g.views.len() > 1)
+        .filter_map(|g| g.migrator.map(|m| m.name()))
+        .collect();
     let host_plans = views
         .iter()
         .map(|v| HostPlan {
             name: v.name().to_string(),
             current: v.current.clone(),
             action: v.action,
-            migrator: migrator.is_some_and(|m| m.name() == v.name()),
+            migrator: migrator.is_some_and(|m| m.name() == v.name())
+                || shared_migrators.contains(&v.name()),
+            storage: StorageId::of(v.host, v.facts),
             replaces: v.host.replaces.clone(),
             batch: batch_names
                 .iter()
@@ -244,6 +292,7 @@ pub fn build_plan(
         backup: opts.backup,
         binary: opts.binary.clone(),
         migrator: migrator.map(|m| m.name().to_string()),
+        storages: groups.iter().map(storage::Group::to_plan).collect(),
         batches: batch_names,
         steps,
         hosts: host_plans,
@@ -252,15 +301,22 @@ pub fn build_plan(
     }
 }
 
-/// `auto` goes zero-downtime only when the table allows it for every node still to upgrade (new
-/// nodes of a replacement excluded: their own binary does not matter, the storage's does), and
-/// never for a single node (the guide's single-node procedure is offline).
-fn choose_strategy(views: &[View], requested: Strategy, mode: Mode) -> Strategy {
-    if requested != Strategy::Auto {
-        return requested;
+/// `auto` is the offline procedure (the guide's multi-node one, or its single-node one): this
+/// fleetup carries out no zero-downtime strategy yet. A forced one is kept, and blocked.
+fn choose_strategy(requested: Strategy) -> Strategy {
+    match requested {
+        Strategy::Auto => Strategy::Offline,
+        forced => forced,
     }
+}
+
+/// The zero-downtime strategy the table would allow: only when it allows it for every node
+/// still to upgrade (new nodes of a replacement excluded: their own binary does not matter, the
+/// storage's does), and never for a single node (the guide's single-node procedure is offline).
+/// Kept for when zero-downtime is carried out; today it only feeds a warning.
+fn zero_downtime_choice(views: &[View], mode: Mode) -> Option<Strategy> {
     if mode == Mode::SingleNode {
-        return Strategy::Offline;
+        return None;
     }
     let has_pairs = views.iter().any(|v| v.host.replaces.is_some());
     let pending: Vec<&View> = views
@@ -273,7 +329,7 @@ fn choose_strategy(views: &[View], requested: Strategy, mode: Mode) -> Strategy 
         })
         .collect();
     if pending.is_empty() && !has_pairs {
-        return Strategy::Offline;
+        return None;
     }
     let zero_downtime = pending.iter().all(|v| {
         v.verdict
@@ -281,9 +337,9 @@ fn choose_strategy(views: &[View], requested: Strategy, mode: Mode) -> Strategy 
             .is_some_and(|x| x.supported && x.zero_downtime)
     });
     match (zero_downtime, has_pairs) {
-        (true, true) => Strategy::Replace,
-        (true, false) => Strategy::Rolling,
-        (false, _) => Strategy::Offline,
+        (true, true) => Some(Strategy::Replace),
+        (true, false) => Some(Strategy::Rolling),
+        (false, _) => None,
     }
 }
 
@@ -395,6 +451,12 @@ fn strategy_blockers(views: &[View], strategy: Strategy, found: &mut Findings) {
     if !strategy.is_zero_downtime() {
         return;
     }
+    found.block(
+        BlockerKind::StrategyNotSupported,
+        &[],
+        format!("strategy `{strategy}` is not carried out by this fleetup yet: it runs the offline procedure only"),
+        Some("use `--strategy offline` or `--strategy auto` (the guide's procedure: stop, back up, migrate once per storage, restart)".to_string()),
+    );
     let mut by_row: BTreeMap<Option<usize>, (Option<PathRow>, Vec<&View>)> = BTreeMap::new();
     for v in views {
         if !matches!(v.action, HostAction::Upgrade | HostAction::Decommission) {
@@ -557,110 +619,6 @@ fn stop_state<'v, 'a>(
     to_stop
 }
 
-/// Storage must be known and one: all SQLite (each node its own files) or one Postgres database.
-/// Returns the fleet's driver when every known driver agrees.
-fn storage_checks(
-    views: &[View],
-    strategy: Strategy,
-    backup: bool,
-    found: &mut Findings,
-) -> Option<StorageDriver> {
-    let mut sqlite: Vec<&str> = Vec::new();
-    let mut postgres: BTreeMap<String, Vec<&str>> = BTreeMap::new();
-    for v in views.iter().filter(|v| v.touched() && v.reachable()) {
-        let name = v.name();
-        let storage = v.reachable_facts().and_then(|f| f.storage.as_ref());
-        match storage {
-            None if v.starts() => found.block(
-                BlockerKind::StorageUnknown,
-                &[name],
-                format!("the storage driver of `{name}` is unknown"),
-                Some("set `ledger.env_file` to the environment file the service reads (`NUMARY_STORAGE_DRIVER`, `NUMARY_STORAGE_DIR`, ...)".to_string()),
-            ),
-            None => {}
-            Some(s) => match s.driver {
-                StorageDriver::Sqlite => {
-                    sqlite.push(name);
-                    if s.sqlite_dir.is_none() && backup && v.starts() {
-                        found.block(
-                            BlockerKind::StorageUnknown,
-                            &[name],
-                            format!("the SQLite storage dir of `{name}` is unknown: it cannot be backed up"),
-                            Some("set `NUMARY_STORAGE_DIR` in the service's environment file (`ledger.env_file`)".to_string()),
-                        );
-                    }
-                }
-                StorageDriver::Postgres => postgres
-                    .entry(s.postgres.clone().unwrap_or_default())
-                    .or_default()
-                    .push(name),
-            },
-        }
-    }
-    let quoted = |names: &[&str]| {
-        names
-            .iter()
-            .map(|n| format!("`{n}`"))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    let separate_hint =
-        Some("upgrade each storage separately, selecting its nodes with `--limit`".to_string());
-    if !sqlite.is_empty() && !postgres.is_empty() {
-        let pg_hosts: Vec<&str> = postgres.values().flatten().copied().collect();
-        let mut all = sqlite.clone();
-        all.extend(&pg_hosts);
-        found.block(
-            BlockerKind::MixedStorage,
-            &all,
-            format!(
-                "the selection mixes storage drivers: sqlite on {}; postgres on {}",
-                quoted(&sqlite),
-                quoted(&pg_hosts)
-            ),
-            separate_hint.clone(),
-        );
-    } else if postgres.len() > 1 {
-        let all: Vec<&str> = postgres.values().flatten().copied().collect();
-        let parts: Vec<String> = postgres
-            .iter()
-            .map(|(db, names)| {
-                let db = if db.is_empty() {
-                    "an unknown database".to_string()
-                } else {
-                    format!("`{}`", redact_conn_strings(db))
-                };
-                format!("{db} on {}", quoted(names))
-            })
-            .collect();
-        found.block(
-            BlockerKind::MixedStorage,
-            &all,
-            format!(
-                "the nodes use different Postgres databases ({}): one migration would leave the others unmigrated",
-                parts.join("; ")
-            ),
-            separate_hint,
-        );
-    }
-    if strategy == Strategy::Replace && !sqlite.is_empty() {
-        found.block(
-            BlockerKind::ReplaceNeedsPostgres,
-            &sqlite,
-            format!(
-                "strategy `replace` needs shared Postgres storage, but {} use SQLite (a new node cannot take over an old node's files)",
-                quoted(&sqlite)
-            ),
-            Some("use `--strategy rolling` or `offline`".to_string()),
-        );
-    }
-    match (sqlite.is_empty(), postgres.is_empty()) {
-        (false, true) => Some(StorageDriver::Sqlite),
-        (true, false) => Some(StorageDriver::Postgres),
-        _ => None,
-    }
-}
-
 fn warnings(
     views: &[View],
     strategy: Strategy,
@@ -752,22 +710,28 @@ fn warnings(
     }
 }
 
-/// Inventory `migrator = true` among the nodes the plan starts, else the first reachable one in
-/// inventory order (else the first, so that a blocked plan still shows its steps).
+/// The node that starts first: among the storages' migrators (`migrating`), the one marked
+/// `migrator = true`, else the first (inventory order); without any, the first starter (so
+/// that a blocked plan still shows its steps). A node marked `migrator = true` that migrates
+/// nothing gets a warning.
 fn choose_migrator<'v, 'a>(
     views: &'v [View<'a>],
+    migrating: &[&'v View<'a>],
     starters: &[&'v View<'a>],
     found: &mut Findings,
 ) -> Option<&'v View<'a>> {
-    let chosen = starters
+    let chosen = migrating
         .iter()
         .find(|v| v.host.migrator && v.reachable())
-        .or_else(|| starters.iter().find(|v| v.reachable()))
+        .or_else(|| migrating.iter().find(|v| v.reachable()))
+        .or_else(|| migrating.first())
         .or_else(|| starters.first())
         .copied();
-    if let (Some(flagged), Some(chosen)) = (views.iter().find(|v| v.host.migrator), chosen)
-        && flagged.name() != chosen.name()
-    {
+    for flagged in views.iter().filter(|v| v.host.migrator) {
+        if migrating.iter().any(|m| m.name() == flagged.name()) {
+            continue;
+        }
+        let Some(instead) = chosen else { continue };
         let why = if flagged.reachable() {
             "the plan does not start it"
         } else {
@@ -776,7 +740,7 @@ fn choose_migrator<'v, 'a>(
         found.warn(format!(
             "`{}` is marked `migrator = true` but {why}: migrating on `{}` instead",
             flagged.name(),
-            chosen.name()
+            instead.name()
         ));
     }
     chosen

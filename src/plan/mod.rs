@@ -9,20 +9,24 @@ pub mod commands;
 mod digest;
 mod render;
 mod steps;
+mod storage;
 
 #[cfg(test)]
 mod tests;
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 
 use serde::{Serialize, Serializer};
 
+use crate::facts::{HostFacts, StorageDriver, StorageId};
+use crate::inventory::ResolvedHost;
 use crate::policy::Verdict;
 use crate::version::Version;
 
-pub use build::build_plan;
+pub use build::{build_plan, build_plan_with};
 pub use digest::plan_digest;
 pub use render::{header_lines, render_text};
 
@@ -116,6 +120,29 @@ pub struct PlanOptions {
     pub binary: BinarySource,
 }
 
+/// The inventory's hosts outside the selection, with the facts gathered of them (read-only;
+/// `facts` lacks a host no session reached). The plan never touches them, but refuses to leave
+/// one behind on a storage it migrates.
+#[derive(Debug, Clone, Default)]
+pub struct LeftOut {
+    pub hosts: Vec<ResolvedHost>,
+    pub facts: BTreeMap<String, HostFacts>,
+}
+
+/// One storage the plan touches and the selected nodes on it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PlanStorage {
+    /// `None`: the storage of `hosts` (one node) could not be told; the plan is blocked.
+    pub id: Option<StorageId>,
+    /// `None` when unknown or when its nodes disagree (the plan is blocked).
+    pub driver: Option<StorageDriver>,
+    /// The touched nodes on it, inventory order.
+    pub hosts: Vec<String>,
+    /// The node that backs it up and migrates it, once; `None` when the plan starts none of
+    /// its nodes.
+    pub migrator: Option<String>,
+}
+
 /// The whole plan. Serialized as the dry run's JSON (field names are stable, see `docs/plan.md`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Plan {
@@ -128,8 +155,11 @@ pub struct Plan {
     pub stop_running: bool,
     pub backup: bool,
     pub binary: BinarySource,
-    /// The node that runs `storage scan/list/upgrade` and starts first.
+    /// The node that starts first: a migrator (the first one, or the one marked
+    /// `migrator = true`). With several storages, each has its own ([`Plan::storages`]).
     pub migrator: Option<String>,
+    /// Every storage the plan touches, each backed up and migrated once by its migrator.
+    pub storages: Vec<PlanStorage>,
     /// Start order: the migrator alone, then the others in batches of `serial`.
     pub batches: Vec<Vec<String>>,
     pub steps: Vec<Step>,
@@ -152,6 +182,21 @@ impl Plan {
 
     pub fn host(&self, name: &str) -> Option<&HostPlan> {
         self.hosts.iter().find(|h| h.name == name)
+    }
+
+    /// The storage `host` is on.
+    pub fn storage_of(&self, host: &str) -> Option<&PlanStorage> {
+        self.storages
+            .iter()
+            .find(|s| s.hosts.iter().any(|h| h == host))
+    }
+
+    /// The migrators of every storage, in start order of their storages (inventory order).
+    pub fn migrators(&self) -> Vec<&str> {
+        self.storages
+            .iter()
+            .filter_map(|s| s.migrator.as_deref())
+            .collect()
     }
 
     /// Hosts the plan changes (upgrades, deploys or decommissions), in inventory order.
@@ -244,7 +289,11 @@ pub struct HostPlan {
     /// Installed version, when the host was reachable and it could be read.
     pub current: Option<Version>,
     pub action: HostAction,
+    /// The plan's migrator, or the node that migrates a storage it shares with other selected
+    /// nodes.
     pub migrator: bool,
+    /// The storage it is on, when known (see [`Plan::storages`]).
+    pub storage: Option<StorageId>,
     /// For a new node of the replace strategy: the old node it replaces.
     pub replaces: Option<String>,
     /// 1-based start batch, for hosts the plan starts.
@@ -318,8 +367,15 @@ pub enum BlockerKind {
     HotJournal,
     /// The storage driver (or the SQLite dir needed for the backup) is unknown.
     StorageUnknown,
-    /// The selection mixes SQLite and Postgres, or several Postgres databases.
+    /// The selection mixes SQLite and Postgres, or the nodes naming one `storage` do.
     MixedStorage,
+    /// Nodes reaching one database name different storages in the inventory.
+    StorageConflict,
+    /// An inventory node outside the selection is (or may be) on a storage the plan migrates.
+    LeftOut,
+    /// A zero-downtime strategy (`rolling`, `replace`) was forced: this fleetup carries out
+    /// the offline procedure only.
+    StrategyNotSupported,
     /// Replace strategy without any `replaces` pair in the selection.
     NoReplacePairs,
     /// A host named by `replaces` is not in the selection.

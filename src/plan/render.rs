@@ -21,6 +21,24 @@ pub fn header_lines(plan: &Plan, label: &str) -> Vec<String> {
     if let Some(m) = &plan.migrator {
         lines.push(format!("migrator: {m}"));
     }
+    // Several Postgres storages: which node migrates which (SQLite nodes each migrate their own).
+    let postgres: Vec<&super::PlanStorage> = plan
+        .storages
+        .iter()
+        .filter(|s| s.driver == Some(crate::facts::StorageDriver::Postgres))
+        .collect();
+    if postgres.len() > 1 {
+        for s in postgres {
+            let id =
+                s.id.as_ref()
+                    .map_or_else(|| "an unknown storage".to_string(), |id| id.to_string());
+            lines.push(format!(
+                "storage: {id}, migrated by {} (nodes: {})",
+                s.migrator.as_deref().unwrap_or("none"),
+                s.hosts.join(", ")
+            ));
+        }
+    }
     if !plan.batches.is_empty() {
         let batches: Vec<String> = plan
             .batches

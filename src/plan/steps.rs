@@ -23,9 +23,11 @@ pub(super) struct Layout<'v, 'a> {
     pub retiring: Vec<&'v View<'a>>,
     /// Nodes to stop first (`--stop`).
     pub to_stop: Vec<&'v View<'a>>,
-    pub migrator: Option<&'v View<'a>>,
+    /// One node per storage that backs it up and migrates it (SQLite: every node, each its
+    /// own files), inventory order.
+    pub migrating: Vec<&'v View<'a>>,
     pub batches: Vec<Vec<&'v View<'a>>>,
-    /// One Postgres database shared by the fleet (as opposed to SQLite files per node).
+    /// Postgres databases, each shared by its nodes (as opposed to SQLite files per node).
     pub shared_storage: bool,
 }
 
@@ -62,8 +64,10 @@ fn offline(l: &Layout, steps: &mut Vec<Step>) {
     }
     // What an earlier run already did is not done again: a storage holding every migration of
     // the target is neither backed up nor migrated, a binary already switched is not restaged.
-    let migrating: Vec<&View> = migrating_hosts(l, &l.starters)
-        .into_iter()
+    let migrating: Vec<&View> = l
+        .migrating
+        .iter()
+        .copied()
         .filter(|v| !v.storage_migrated(l.target))
         .collect();
     let unswitched: Vec<&View> = l
@@ -72,7 +76,7 @@ fn offline(l: &Layout, steps: &mut Vec<Step>) {
         .copied()
         .filter(|v| !v.switched(l.target))
         .collect();
-    steps.push(confirm_stopped(l, &l.starters, !migrating.is_empty()));
+    steps.push(confirm_stopped(&l.starters, &migrating));
     if l.opts.backup && !migrating.is_empty() {
         steps.push(backup(l, &migrating, None));
     }
@@ -92,13 +96,13 @@ fn offline(l: &Layout, steps: &mut Vec<Step>) {
 /// batch by batch stop, switch, start, gate. SQLite: each node's own files are backed up and
 /// migrated inside its batch, while it is stopped.
 fn rolling(l: &Layout, steps: &mut Vec<Step>) {
-    let migrator: Vec<&View> = l.migrator.into_iter().collect();
+    let migrator = &l.migrating;
     if l.shared_storage && l.opts.backup {
-        steps.push(backup(l, &migrator, None));
+        steps.push(backup(l, migrator, None));
     }
     steps.push(stage(l, &l.starters));
     if l.shared_storage {
-        steps.push(migrate(l, &migrator, None));
+        steps.push(migrate(l, migrator, None));
     }
     for (i, batch) in l.batches.iter().enumerate() {
         let n = Some(i + 1);
@@ -122,9 +126,9 @@ fn rolling(l: &Layout, steps: &mut Vec<Step>) {
 
 /// Zero-downtime by replacement: new nodes migrated, started and healthy, then old ones stopped.
 fn replace(l: &Layout, steps: &mut Vec<Step>) {
-    let migrator: Vec<&View> = l.migrator.into_iter().collect();
+    let migrator = &l.migrating;
     if l.opts.backup && !migrator.is_empty() {
-        steps.push(backup(l, &migrator, None));
+        steps.push(backup(l, migrator, None));
     }
     if !l.to_stop.is_empty() {
         steps.push(stop(
@@ -136,7 +140,7 @@ fn replace(l: &Layout, steps: &mut Vec<Step>) {
     }
     if !l.starters.is_empty() {
         steps.push(stage(l, &l.starters));
-        steps.push(migrate(l, &migrator, None));
+        steps.push(migrate(l, migrator, None));
         steps.push(switch(l, &l.starters, None));
         start_batches(l, steps);
     }
@@ -149,15 +153,6 @@ fn start_batches(l: &Layout, steps: &mut Vec<Step>) {
     for (i, batch) in l.batches.iter().enumerate() {
         steps.push(start(l, batch, i));
         steps.push(gate(l, batch, Some(i + 1)));
-    }
-}
-
-/// Postgres: the migrator alone (one shared database); SQLite: every node (its own files).
-fn migrating_hosts<'v, 'a>(l: &Layout<'v, 'a>, hosts: &[&'v View<'a>]) -> Vec<&'v View<'a>> {
-    if l.shared_storage {
-        l.migrator.into_iter().collect()
-    } else {
-        hosts.to_vec()
     }
 }
 
@@ -277,7 +272,7 @@ fn stop(l: &Layout, hosts: &[&View], batch: Option<usize>, why: &str) -> Step {
     )
 }
 
-fn confirm_stopped(l: &Layout, hosts: &[&View], migrates: bool) -> Step {
+fn confirm_stopped(hosts: &[&View], migrating: &[&View]) -> Step {
     let mut checks = vec![
         "the service manager says stopped".to_string(),
         "no `numary` process runs".to_string(),
@@ -305,8 +300,7 @@ fn confirm_stopped(l: &Layout, hosts: &[&View], migrates: bool) -> Step {
                 c.push(commands::storage_use_command(dir));
             }
             if v.driver() == Some(StorageDriver::Postgres)
-                && l.migrator.is_some_and(|m| m.name() == v.name())
-                && migrates
+                && migrating.iter().any(|m| m.name() == v.name())
             {
                 c.push(crate::preflight::db_sessions_command(v.host));
             }
@@ -331,10 +325,17 @@ fn backup(l: &Layout, hosts: &[&View], batch: Option<usize>) -> Step {
         )
     } else {
         (
-            format!(
-                "dump the Postgres database from {} with `pg_dump --format=custom` into `<backup dir>/{RUN_ID_TOKEN}/` and verify it",
-                names(hosts)
-            ),
+            if hosts.len() > 1 {
+                format!(
+                    "dump each Postgres database once, from its migrator ({}), with `pg_dump --format=custom` into `<backup dir>/{RUN_ID_TOKEN}/` and verify it",
+                    names(hosts)
+                )
+            } else {
+                format!(
+                    "dump the Postgres database from {} with `pg_dump --format=custom` into `<backup dir>/{RUN_ID_TOKEN}/` and verify it",
+                    names(hosts)
+                )
+            },
             "the guide: create a backup of your database (pg_dump for Postgres); migrations have no down path, a restore is the only way back",
             vec![
                 "the connection string comes from the service's environment file, never a command line".to_string(),
@@ -407,10 +408,17 @@ fn stage(l: &Layout, hosts: &[&View]) -> Step {
 fn migrate(l: &Layout, hosts: &[&View], batch: Option<usize>) -> Step {
     let (action, why) = if l.shared_storage {
         (
-            format!(
-                "with the new binary and the service's environment, on {} only: `storage scan`, `storage list`, then `storage upgrade NAME` for each ledger listed",
-                names(hosts)
-            ),
+            if hosts.len() > 1 {
+                format!(
+                    "with the new binary and the service's environment, one node per database, on {} only, one after the other: `storage scan`, `storage list`, then `storage upgrade NAME` for each ledger listed",
+                    names(hosts)
+                )
+            } else {
+                format!(
+                    "with the new binary and the service's environment, on {} only: `storage scan`, `storage list`, then `storage upgrade NAME` for each ledger listed",
+                    names(hosts)
+                )
+            },
             if l.strategy == Strategy::Offline {
                 "the guide: choose one node and, using the new binary, run `storage scan`, `storage list`, `storage upgrade {LEDGER_NAME}`; the shared database is migrated once, while no node runs"
             } else {

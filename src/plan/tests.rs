@@ -52,6 +52,7 @@ fn node(name: &str, version: &str) -> Node {
                 api: "127.0.0.1:3068".to_string(),
                 ledgers: None,
                 backup_dir: "/var/backups/numary".to_string(),
+                storage: None,
             },
         },
         facts: HostFacts {
@@ -189,6 +190,17 @@ fn all_commands(plan: &Plan) -> Vec<&str> {
         .flat_map(|hc| &hc.commands)
         .map(String::as_str)
         .collect()
+}
+
+/// Blocked only because this fleetup does not carry out zero-downtime yet: the layout is still
+/// the one the strategy will follow.
+fn assert_only_not_supported(p: &Plan) {
+    assert_eq!(
+        blocker_kinds(p),
+        [BlockerKind::StrategyNotSupported],
+        "{:?}",
+        p.blockers
+    );
 }
 
 fn three(version: &str) -> Vec<Node> {
@@ -334,11 +346,19 @@ fn single_sqlite_node_runs_the_single_node_procedure() {
 }
 
 #[test]
-fn auto_picks_zero_downtime_only_when_every_node_allows_it() {
-    // 1.5.0 → 1.7.2: row `1.7.x` from `1.4.x`, zero-downtime.
+fn auto_is_offline_and_says_when_the_table_would_allow_zero_downtime() {
+    // 1.5.0 → 1.7.2: row `1.7.x` from `1.4.x`, zero-downtime; this fleetup runs offline.
     let all_modern = plan(three("1.5.0"), "1.7.2", Strategy::Auto);
-    assert_eq!(all_modern.strategy, Strategy::Rolling);
+    assert_eq!(all_modern.strategy, Strategy::Offline);
     assert!(!all_modern.is_blocked(), "{:?}", all_modern.blockers);
+    assert!(
+        all_modern
+            .warnings
+            .iter()
+            .any(|w| w.contains("allows zero-downtime (`rolling`)") && w.contains("offline")),
+        "{:?}",
+        all_modern.warnings
+    );
 
     // One node on 1.3.0: only row `1.7.x` from `1.x` (offline) applies to it.
     let nodes = vec![
@@ -350,6 +370,42 @@ fn auto_picks_zero_downtime_only_when_every_node_allows_it() {
     assert_eq!(mixed.strategy, Strategy::Offline);
     assert_eq!(mixed.strategy_requested, Strategy::Auto);
     assert!(!mixed.is_blocked(), "{:?}", mixed.blockers);
+    assert!(
+        !mixed.warnings.iter().any(|w| w.contains("zero-downtime")),
+        "{:?}",
+        mixed.warnings
+    );
+
+    // What `check` once promised for SQLite fleets of 2 and 50 nodes: offline, not rolling.
+    for n in [2, 50] {
+        let nodes = (1..=n)
+            .map(|i| node(&format!("ledger-{i}"), "1.5.0").sqlite())
+            .collect();
+        let p = plan(nodes, "1.9.0", Strategy::Auto);
+        assert_eq!(p.strategy, Strategy::Offline, "{n} nodes");
+        assert!(!p.is_blocked(), "{n} nodes: {:?}", p.blockers);
+    }
+}
+
+#[test]
+fn a_forced_zero_downtime_strategy_is_blocked_as_not_carried_out() {
+    for strategy in [Strategy::Rolling, Strategy::Replace] {
+        let p = plan(three("1.5.0"), "1.9.0", strategy);
+        assert_eq!(p.strategy, strategy);
+        let b = p
+            .blockers
+            .iter()
+            .find(|b| b.kind == BlockerKind::StrategyNotSupported)
+            .unwrap_or_else(|| panic!("{strategy}: {:?}", p.blockers));
+        assert!(b.reason.contains(&format!("`{strategy}`")), "{}", b.reason);
+        assert!(
+            b.hint
+                .as_deref()
+                .is_some_and(|h| h.contains("--strategy offline")),
+            "{:?}",
+            b.hint
+        );
+    }
 }
 
 #[test]
@@ -362,7 +418,12 @@ fn auto_ignores_nodes_already_at_target_when_choosing() {
         node("ledger-3", "1.9.0").running(),
     ];
     let p = plan(nodes, "1.9.0", Strategy::Auto);
-    assert_eq!(p.strategy, Strategy::Rolling);
+    assert_eq!(p.strategy, Strategy::Offline);
+    assert!(
+        p.warnings.iter().any(|w| w.contains("(`rolling`)")),
+        "{:?}",
+        p.warnings
+    );
     assert_eq!(p.touched_hosts(), ["ledger-1", "ledger-2"]);
 }
 
@@ -375,14 +436,11 @@ fn rolling_migrates_postgres_once_before_any_node_restarts_then_goes_batch_by_ba
             node("ledger-3", "1.5.0").running(),
         ],
         "1.9.0",
-        Strategy::Auto,
+        Strategy::Rolling,
     );
     assert_eq!(p.strategy, Strategy::Rolling);
-    assert!(
-        !p.is_blocked(),
-        "running nodes are fine when rolling: {:?}",
-        p.blockers
-    );
+    // Running nodes are fine when rolling.
+    assert_only_not_supported(&p);
     let batch = [StopService, Switch, StartService, HealthGate];
     let mut expected = vec![Preflight, Lock, Backup, Stage, Migrate];
     for _ in 0..3 {
@@ -412,7 +470,7 @@ fn rolling_sqlite_backs_up_and_migrates_each_node_inside_its_batch() {
         node("ledger-2", "1.5.0").sqlite().running(),
     ];
     let p = plan(nodes, "1.9.0", Strategy::Rolling);
-    assert!(!p.is_blocked(), "{:?}", p.blockers);
+    assert_only_not_supported(&p);
     let batch = [
         StopService,
         Backup,
@@ -439,9 +497,9 @@ fn replace_brings_new_nodes_up_before_decommissioning_old_ones() {
         node("new-1", "1.5.0").fresh().replaces("old-1"),
         node("new-2", "1.5.0").fresh().replaces("old-2"),
     ];
-    let p = plan(nodes, "1.9.0", Strategy::Auto);
+    let p = plan(nodes, "1.9.0", Strategy::Replace);
     assert_eq!(p.strategy, Strategy::Replace);
-    assert!(!p.is_blocked(), "{:?}", p.blockers);
+    assert_only_not_supported(&p);
     let head = [Preflight, Lock, Backup, Stage, Migrate, Switch];
     assert_eq!(kinds(&p), starting_in_batches(&head, 2, &[Decommission]));
     assert_eq!(p.migrator.as_deref(), Some("new-1"));
@@ -748,23 +806,249 @@ fn mixed_storage_drivers_block() {
     assert_eq!(p.blockers[0].hosts, ["ledger-2", "ledger-1"]);
 }
 
-#[test]
-fn different_postgres_databases_block() {
-    let mut other = node("ledger-2", "1.7.4");
-    if let Some(s) = other.facts.storage.as_mut() {
-        s.postgres = Some("postgresql://ledger:***@db-2.internal:5432/ledger".to_string());
+impl Node {
+    fn conn(mut self, conn: &str) -> Self {
+        if let Some(s) = self.facts.storage.as_mut() {
+            s.postgres = Some(conn.to_string());
+        }
+        self
     }
+
+    fn storage(mut self, name: &str) -> Self {
+        self.host.ledger.storage = Some(name.to_string());
+        self
+    }
+}
+
+const LOCAL_PG: &str = "postgresql://ledger@localhost:5432/ledger";
+
+fn plan_left_out(nodes: Vec<Node>, left: Vec<Node>, target: &str) -> Plan {
+    let (hosts, facts) = split(nodes);
+    let (left_hosts, left_facts) = split(left);
+    let left_out = LeftOut {
+        hosts: left_hosts,
+        facts: left_facts,
+    };
+    build_plan_with(
+        &hosts,
+        &facts,
+        &left_out,
+        &v(target),
+        &opts(Strategy::Offline),
+        &PolicyTable::builtin(),
+    )
+}
+
+fn storage_hosts(p: &Plan) -> Vec<Vec<&str>> {
+    p.storages
+        .iter()
+        .map(|s| s.hosts.iter().map(String::as_str).collect())
+        .collect()
+}
+
+#[test]
+fn different_postgres_databases_are_each_backed_up_and_migrated_once() {
     let p = plan(
-        vec![node("ledger-1", "1.7.4"), other],
+        vec![
+            node("ledger-1", "1.7.4"),
+            node("ledger-2", "1.7.4").migrator(),
+            node("ledger-3", "1.7.4").conn("postgresql://ledger@db-2.internal:5432/ledger"),
+            node("ledger-4", "1.7.4").conn("postgresql://ledger@db-2.internal:5432/ledger"),
+        ],
         "1.8.2",
         Strategy::Offline,
     );
-    assert_eq!(blocker_kinds(&p), [BlockerKind::MixedStorage]);
-    assert!(
-        p.blockers[0].reason.contains("db-2.internal"),
-        "{}",
-        p.blockers[0].reason
+    assert!(!p.is_blocked(), "{:?}", p.blockers);
+    assert_eq!(
+        storage_hosts(&p),
+        [vec!["ledger-1", "ledger-2"], vec!["ledger-3", "ledger-4"]]
     );
+    assert_eq!(p.migrators(), ["ledger-2", "ledger-3"]);
+    assert_eq!(hosts_of(steps_of(&p, Backup)[0]), ["ledger-2", "ledger-3"]);
+    assert_eq!(hosts_of(steps_of(&p, Migrate)[0]), ["ledger-2", "ledger-3"]);
+    // Every node stopped before either migrates; the flagged migrator starts first, alone.
+    assert!(position(&p, ConfirmStopped) < position(&p, Migrate));
+    assert_eq!(hosts_of(steps_of(&p, ConfirmStopped)[0]).len(), 4);
+    assert_eq!(p.migrator.as_deref(), Some("ledger-2"));
+    assert_eq!(
+        p.batches,
+        [vec!["ledger-2"], vec!["ledger-1", "ledger-3", "ledger-4"]]
+    );
+    assert!(p.host("ledger-3").is_some_and(|h| h.migrator));
+    assert!(p.host("ledger-4").is_some_and(|h| !h.migrator));
+    assert_eq!(
+        p.storage_of("ledger-4").and_then(|s| s.migrator.as_deref()),
+        Some("ledger-3")
+    );
+    let text = render_text(&p);
+    assert!(
+        text.contains("storage: postgres `db-2.internal:5432/ledger`, migrated by ledger-3 (nodes: ledger-3, ledger-4)"),
+        "{text}"
+    );
+}
+
+#[test]
+fn nodes_each_on_their_own_localhost_postgres_are_two_storages() {
+    let p = plan(
+        vec![
+            node("ledger-1", "1.7.4").conn(LOCAL_PG),
+            node("ledger-2", "1.7.4").conn(LOCAL_PG),
+        ],
+        "1.8.2",
+        Strategy::Offline,
+    );
+    assert!(!p.is_blocked(), "{:?}", p.blockers);
+    assert_eq!(storage_hosts(&p), [vec!["ledger-1"], vec!["ledger-2"]]);
+    assert_eq!(hosts_of(steps_of(&p, Backup)[0]), ["ledger-1", "ledger-2"]);
+    assert_eq!(hosts_of(steps_of(&p, Migrate)[0]), ["ledger-1", "ledger-2"]);
+    assert_eq!(p.batches, [vec!["ledger-1"], vec!["ledger-2"]]);
+
+    // The same nodes naming one storage (one machine's Postgres, say): migrated once.
+    let named = plan(
+        vec![
+            node("ledger-1", "1.7.4").conn(LOCAL_PG).storage("box"),
+            node("ledger-2", "1.7.4").conn(LOCAL_PG).storage("box"),
+        ],
+        "1.8.2",
+        Strategy::Offline,
+    );
+    assert!(!named.is_blocked(), "{:?}", named.blockers);
+    assert_eq!(storage_hosts(&named), [vec!["ledger-1", "ledger-2"]]);
+    assert_eq!(hosts_of(steps_of(&named, Migrate)[0]), ["ledger-1"]);
+    assert_eq!(hosts_of(steps_of(&named, Backup)[0]), ["ledger-1"]);
+}
+
+#[test]
+fn one_database_under_two_storage_names_is_refused() {
+    let p = plan(
+        vec![
+            node("ledger-1", "1.7.4").storage("main"),
+            node("ledger-2", "1.7.4"),
+        ],
+        "1.8.2",
+        Strategy::Offline,
+    );
+    assert_eq!(blocker_kinds(&p), [BlockerKind::StorageConflict]);
+    let b = &p.blockers[0];
+    assert_eq!(b.hosts, ["ledger-1", "ledger-2"]);
+    assert!(
+        b.reason.contains("`ledger-1` names storage `main`")
+            && b.reason.contains("`ledger-2` names none")
+            && b.reason.contains("db.internal:5432/ledger"),
+        "{}",
+        b.reason
+    );
+}
+
+#[test]
+fn a_storage_name_over_both_drivers_is_refused() {
+    let p = plan(
+        vec![
+            node("ledger-1", "1.7.4").sqlite().storage("x"),
+            node("ledger-2", "1.7.4").sqlite().storage("x"),
+        ],
+        "1.8.2",
+        Strategy::Offline,
+    );
+    // All SQLite naming one storage (a shared file system): one storage, migrated once.
+    assert!(!p.is_blocked(), "{:?}", p.blockers);
+    assert_eq!(hosts_of(steps_of(&p, Migrate)[0]), ["ledger-1"]);
+    let mixed = plan(
+        vec![
+            node("ledger-1", "1.7.4").conn(LOCAL_PG).storage("x"),
+            node("ledger-2", "1.7.4").sqlite().storage("x"),
+        ],
+        "1.8.2",
+        Strategy::Offline,
+    );
+    assert!(blocker_kinds(&mixed).contains(&BlockerKind::MixedStorage));
+}
+
+#[test]
+fn a_node_left_out_on_a_migrated_storage_blocks_and_is_named() {
+    let selected = || vec![node("ledger-1", "1.7.4"), node("ledger-2", "1.7.4")];
+    let p = plan_left_out(selected(), vec![node("ledger-3", "1.7.4")], "1.8.2");
+    assert_eq!(blocker_kinds(&p), [BlockerKind::LeftOut]);
+    let b = &p.blockers[0];
+    assert_eq!(b.hosts, ["ledger-3"]);
+    assert!(
+        b.reason
+            .contains("`ledger-3` (runs `1.7.4`) is on postgres `db.internal:5432/ledger`"),
+        "{}",
+        b.reason
+    );
+    assert!(
+        b.hint
+            .as_deref()
+            .is_some_and(|h| h.contains("`--limit ledger-1,ledger-2,ledger-3`")
+                && h.contains("remove retired nodes")),
+        "{:?}",
+        b.hint
+    );
+    // Only the selected hosts' plans: the left-out node is no host of the plan.
+    assert!(p.host("ledger-3").is_none());
+
+    // On another database, or on its own: nothing to say.
+    let other = node("ledger-3", "1.7.4").conn("postgresql://ledger@db-2.internal:5432/ledger");
+    assert!(!plan_left_out(selected(), vec![other], "1.8.2").is_blocked());
+    let own = node("ledger-3", "1.7.4").conn(LOCAL_PG);
+    assert!(!plan_left_out(selected(), vec![own], "1.8.2").is_blocked());
+    // Named in the inventory: it tells even when the node cannot be reached.
+    let named = |n: &str| node("ledger-3", "1.7.4").unreachable().storage(n);
+    let sel_named = || {
+        vec![
+            node("ledger-1", "1.7.4").storage("main"),
+            node("ledger-2", "1.7.4").storage("main"),
+        ]
+    };
+    let p = plan_left_out(sel_named(), vec![named("main")], "1.8.2");
+    assert_eq!(blocker_kinds(&p), [BlockerKind::LeftOut]);
+    assert!(!plan_left_out(sel_named(), vec![named("other")], "1.8.2").is_blocked());
+}
+
+#[test]
+fn a_left_out_node_whose_storage_cannot_be_told_blocks_a_shared_migration() {
+    let unreachable = || node("ledger-3", "1.7.4").unreachable();
+    let p = plan_left_out(
+        vec![node("ledger-1", "1.7.4"), node("ledger-2", "1.7.4")],
+        vec![unreachable()],
+        "1.8.2",
+    );
+    assert_eq!(blocker_kinds(&p), [BlockerKind::LeftOut]);
+    let b = &p.blockers[0];
+    assert!(
+        b.reason.contains("cannot tell the storage of `ledger-3`")
+            && b.reason.contains("connection timed out"),
+        "{}",
+        b.reason
+    );
+    assert!(
+        b.hint
+            .as_deref()
+            .is_some_and(|h| h.contains("`storage = \"NAME\"`")),
+        "{:?}",
+        b.hint
+    );
+    // Nodes on their own storages (SQLite, a local Postgres) cannot share it with anyone.
+    let sqlite = plan_left_out(
+        vec![node("ledger-1", "1.7.4").sqlite()],
+        vec![unreachable()],
+        "1.8.2",
+    );
+    assert!(!sqlite.is_blocked(), "{:?}", sqlite.blockers);
+    let local = plan_left_out(
+        vec![node("ledger-1", "1.7.4").conn(LOCAL_PG)],
+        vec![unreachable()],
+        "1.8.2",
+    );
+    assert!(!local.is_blocked(), "{:?}", local.blockers);
+    // Nothing migrated (every selected node already at the target): nothing left behind.
+    let done = plan_left_out(
+        vec![node("ledger-1", "1.8.2").running()],
+        vec![node("ledger-3", "1.7.4")],
+        "1.8.2",
+    );
+    assert!(!done.is_blocked(), "{:?}", done.blockers);
 }
 
 #[test]
@@ -1000,7 +1284,7 @@ fn a_journal_beside_a_running_sqlite_node_is_not_a_hot_journal() {
         node("ledger-2", "1.5.0").sqlite().running(),
     ];
     let p = plan(nodes, "1.9.0", Strategy::Rolling);
-    assert!(!p.is_blocked(), "{:?}", p.blockers);
+    assert_only_not_supported(&p);
     let stop = steps_of(&p, StopService)[0];
     assert!(stop.checks.iter().any(|c| c.contains("no hot journal")));
 }

@@ -28,7 +28,9 @@ use crate::events::{Event, EventSink};
 use crate::exit_code;
 use crate::facts::{HostFacts, ServiceState, StorageDriver};
 use crate::inventory::ResolvedHost;
-use crate::plan::{BinarySource, BlockerKind, HostAction, Plan, PlanOptions, StepKind, build_plan};
+use crate::plan::{
+    BinarySource, BlockerKind, HostAction, LeftOut, Plan, PlanOptions, StepKind, build_plan_with,
+};
 use crate::policy::PolicyTable;
 use crate::ssh::{ConnectError, Session, Transport};
 use crate::version::Version;
@@ -55,6 +57,8 @@ pub mod check {
     pub const LOCK: &str = "lock";
     pub const DB_SESSIONS: &str = "db-sessions";
     pub const SWITCH: &str = "binary-switch";
+    /// Inventory nodes outside the selection on a storage the plan migrates.
+    pub const LEFT_OUT: &str = "left-out";
 }
 
 /// What the preflight looks at. `facts` and `plan` come from [`crate::facts::gather_all`] and
@@ -163,12 +167,14 @@ pub fn verify_plan_id(expected: &str, actual: &str) -> Result<(), Failure> {
 }
 
 /// The whole dry run over established connections: facts, plan, preflight, audit. Hosts whose
-/// connection failed are reported unreachable. Emits `host_connected`/`host_unreachable`,
+/// connection failed are reported unreachable; `left_out` are the inventory's other hosts (see
+/// [`crate::plan::build_plan_with`]). Emits `host_connected`/`host_unreachable`,
 /// `plan_ready` and one `check_result` per finding. Read-only on every host.
 #[allow(clippy::too_many_arguments)]
 pub async fn audit_fleet(
     hosts: &[ResolvedHost],
     conns: &[(String, Result<Session, ConnectError>)],
+    left_out: &LeftOut,
     target: &Version,
     opts: &PlanOptions,
     policy: &PolicyTable,
@@ -185,7 +191,7 @@ pub async fn audit_fleet(
         });
     }
     let facts = crate::facts::gather_all(hosts, conns).await;
-    let plan = build_plan(hosts, &facts, target, opts, policy);
+    let plan = build_plan_with(hosts, &facts, left_out, target, opts, policy);
     sink.emit(&plan_ready(&plan, &crate::plan::plan_digest(&plan, &facts)));
     let sessions: BTreeMap<String, Session> = conns
         .iter()
@@ -224,7 +230,7 @@ pub async fn run<T: Transport>(
         .zip(&per_host)
         .map(|(h, (_, seen))| (h.name.as_str(), seen))
         .collect();
-    let db_sessions = sessions::finding(input, &scope, &seen);
+    let db_sessions = sessions::findings(input, &scope, &seen);
 
     let mut findings = Vec::new();
     findings.append(&mut fleet.fleet);
@@ -256,8 +262,9 @@ pub async fn run<T: Transport>(
 
 /// The order findings are listed in, per host: from "can we talk to it" to "is it ours to take".
 fn check_rank(name: &str) -> usize {
-    const ORDER: [&str; 16] = [
+    const ORDER: [&str; 17] = [
         check::SELECTION,
+        check::LEFT_OUT,
         check::REACHABLE,
         check::UPGRADE_PATH,
         check::STRATEGY,
@@ -303,8 +310,12 @@ fn blocker_check(kind: BlockerKind) -> &'static str {
         | BlockerKind::ServiceStateUnknown
         | BlockerKind::RunningOutsideServiceManager => check::STOPPED,
         BlockerKind::HotJournal => check::HOT_JOURNAL,
-        BlockerKind::StorageUnknown | BlockerKind::MixedStorage => check::STORAGE,
-        BlockerKind::StrategyNotAllowed
+        BlockerKind::StorageUnknown | BlockerKind::MixedStorage | BlockerKind::StorageConflict => {
+            check::STORAGE
+        }
+        BlockerKind::LeftOut => check::LEFT_OUT,
+        BlockerKind::StrategyNotSupported
+        | BlockerKind::StrategyNotAllowed
         | BlockerKind::NoReplacePairs
         | BlockerKind::ReplacedHostMissing
         | BlockerKind::ReplaceNeedsPostgres
@@ -319,11 +330,16 @@ fn fleet_findings(input: &PreflightInput) -> FleetFindings {
     };
     for b in &input.plan.blockers {
         let check = blocker_check(b.kind);
-        if b.hosts.is_empty() {
+        // Hosts outside the selection (left out of it) have no findings of their own.
+        let outside = b
+            .hosts
+            .iter()
+            .any(|h| !input.hosts.iter().any(|s| &s.name == h));
+        if b.hosts.is_empty() || outside {
             out.fleet
                 .push(Finding::fail(None, check, b.reason.clone(), b.hint.clone()));
         }
-        for h in &b.hosts {
+        for h in b.hosts.iter().filter(|_| !outside) {
             out.by_host
                 .entry(h.clone())
                 .or_default()
@@ -354,8 +370,11 @@ pub(crate) struct Scope {
     pub switch: Vec<String>,
     /// Hosts the plan changes.
     pub touched: Vec<String>,
-    /// Where Postgres is queried (extensions, size, ledgers): the migrator.
-    pub migrator: Option<String>,
+    /// Where Postgres is queried (extensions, size, ledgers, sessions): each storage's
+    /// migrator.
+    pub migrators: Vec<String>,
+    /// Each touched host's storage migrator.
+    pub migrator_of: BTreeMap<String, String>,
 }
 
 impl Scope {
@@ -380,7 +399,13 @@ impl Scope {
                 .into_iter()
                 .map(str::to_owned)
                 .collect(),
-            migrator: plan.migrator.clone(),
+            migrators: plan.migrators().into_iter().map(str::to_owned).collect(),
+            migrator_of: plan
+                .storages
+                .iter()
+                .filter_map(|s| s.migrator.as_ref().map(|m| (s, m)))
+                .flat_map(|(s, m)| s.hosts.iter().map(move |h| (h.clone(), m.clone())))
+                .collect(),
         }
     }
 

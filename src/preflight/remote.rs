@@ -464,7 +464,7 @@ pub(super) async fn findings<T: Transport>(
     let in_stage = Scope::has(&scope.stage, name);
     let must_stop = Scope::has(&scope.stopped, name);
     let touched = Scope::has(&scope.touched, name);
-    let is_migrator = scope.migrator.as_deref() == Some(name);
+    let is_migrator = Scope::has(&scope.migrators, name);
     let postgres = driver == Some(StorageDriver::Postgres);
     let want = Want {
         host,
@@ -974,7 +974,8 @@ fn ledgers_finding(
         }
     };
     let Some(reported) = reported else {
-        let elsewhere = match (&scope.migrator, facts.storage.as_ref().map(|s| s.driver)) {
+        let migrator = scope.migrator_of.get(name).map(String::as_str);
+        let elsewhere = match (migrator, facts.storage.as_ref().map(|s| s.driver)) {
             (Some(m), Some(StorageDriver::Postgres)) if m != name => {
                 format!(" (the shared database is checked on `{m}`)")
             }

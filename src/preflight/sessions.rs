@@ -101,26 +101,39 @@ pub(crate) fn parse_output(stdout: &str) -> Result<Vec<DbSession>, String> {
     }
 }
 
-/// The `db-sessions` finding of the Postgres migrator. Sessions whose client port is a socket of
-/// a `numary` that `--stop` stops first (a running selected node) are this run's own and pass:
-/// the runner counts again once the nodes are stopped. Any other session (a node outside
-/// `--limit`, outside the inventory, an operator's client) fails.
-pub(super) fn finding(
+/// The `db-sessions` finding of each Postgres migrator (one per database the plan migrates).
+pub(super) fn findings(
     input: &PreflightInput,
     scope: &Scope,
     seen: &BTreeMap<&str, &Seen>,
+) -> Vec<Finding> {
+    scope
+        .migrators
+        .iter()
+        .filter_map(|m| finding(input, scope, seen, m))
+        .collect()
+}
+
+/// The `db-sessions` finding of the Postgres migrator `migrator`. Sessions whose client port is
+/// a socket of a `numary` that `--stop` stops first (a running selected node) are this run's own
+/// and pass: the runner counts again once the nodes are stopped. Any other session (a node
+/// outside `--limit`, outside the inventory, an operator's client) fails.
+fn finding(
+    input: &PreflightInput,
+    scope: &Scope,
+    seen: &BTreeMap<&str, &Seen>,
+    migrator: &str,
 ) -> Option<Finding> {
-    // Only a migration needs the database to itself: a plan whose storage is already migrated
-    // (a re-run after a crash) starts nodes next to others that serve.
+    // Only a migration needs the database to itself: a storage already migrated (a re-run
+    // after a crash) gets no migrate step, and its nodes start next to others that serve.
     if !input
         .plan
         .steps
         .iter()
-        .any(|s| s.kind == crate::plan::StepKind::Migrate)
+        .any(|s| s.kind == crate::plan::StepKind::Migrate && s.hosts.iter().any(|h| h == migrator))
     {
         return None;
     }
-    let migrator = scope.migrator.as_deref()?;
     let found = seen.get(migrator)?.sessions.as_ref()?;
     let sessions = match found {
         Ok(s) => s,

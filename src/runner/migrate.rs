@@ -7,7 +7,6 @@
 use std::sync::Arc;
 
 use crate::exit_code;
-use crate::facts::StorageDriver;
 use crate::node;
 use crate::numary::{self, UpgradeOutcome};
 use crate::plan::{Step, StepKind};
@@ -145,6 +144,9 @@ pub async fn run<T: Transport + 'static>(
     step: &Step,
 ) -> Result<(), StepError> {
     recheck_stopped(sh, step).await?;
+    // Right before the first `storage upgrade`: a node outside the run may have connected
+    // since the stops.
+    service::confirm_database_free(sh, step).await?;
     // Every host's lists and guards before the first `storage upgrade` anywhere: a refusal on the
     // second SQLite node must not come after the first one migrated (nothing would be unchanged).
     let mut ledgers = Vec::new();
@@ -334,23 +336,18 @@ async fn migrate<T: Transport>(
     Ok(())
 }
 
-/// The ledgers `name`'s storage is known to hold: its own (a SQLite node holds its own files),
-/// or what every node sharing the Postgres database reported.
+/// The ledgers `name`'s storage is known to hold: what every node on it reported (a SQLite node
+/// holds its own files; nodes sharing a Postgres database report the same ledgers).
 fn known_ledgers<T: Transport>(sh: &Shared<T>, name: &str) -> Vec<String> {
-    let sqlite = |f: &crate::facts::HostFacts| {
-        f.storage
-            .as_ref()
-            .is_some_and(|s| s.driver == StorageDriver::Sqlite)
+    let on_storage: Vec<&str> = match sh.plan.storage_of(name) {
+        Some(s) => s.hosts.iter().map(String::as_str).collect(),
+        None => vec![name],
     };
-    let mut known: Vec<String> = match sh.facts(name) {
-        Some(own) if sqlite(own) => own.ledgers.clone(),
-        _ => sh
-            .facts
-            .values()
-            .filter(|f| !sqlite(f))
-            .flat_map(|f| f.ledgers.clone())
-            .collect(),
-    };
+    let mut known: Vec<String> = on_storage
+        .iter()
+        .filter_map(|h| sh.facts(h))
+        .flat_map(|f| f.ledgers.clone())
+        .collect();
     known.sort();
     known.dedup();
     known

@@ -5,7 +5,6 @@
 
 use std::time::{Duration, Instant};
 
-use crate::facts::StorageDriver;
 use crate::plan::commands::release_binary;
 use crate::plan::{Step, StepKind};
 use crate::schema::{self, Migrated};
@@ -137,14 +136,7 @@ pub async fn wait_storage_commands<T: Transport>(sh: &Shared<T>, host: &str) {
     let t = sh.session(host);
     let mut told = false;
     loop {
-        let busy = match t.exec(&storage_commands_command(), &opts()).await {
-            Ok(out) => out
-                .stdout_lossy()
-                .split_whitespace()
-                .map(str::to_string)
-                .collect::<Vec<_>>(),
-            Err(_) => Vec::new(),
-        };
+        let busy = storage_commands(t).await;
         if busy.is_empty() || Instant::now() >= deadline {
             return;
         }
@@ -163,9 +155,14 @@ pub async fn wait_storage_commands<T: Transport>(sh: &Shared<T>, host: &str) {
     }
 }
 
-/// Whether the driver of `host`'s storage is Postgres.
-pub fn is_postgres<T: Transport>(sh: &Shared<T>, host: &str) -> bool {
-    sh.facts(host)
-        .and_then(|f| f.storage.as_ref())
-        .is_some_and(|s| s.driver == StorageDriver::Postgres)
+/// The pids of `numary storage ...` commands running on the node behind `t`.
+pub async fn storage_commands<T: Transport>(t: &T) -> Vec<String> {
+    match t.exec(&storage_commands_command(), &opts()).await {
+        Ok(out) => out
+            .stdout_lossy()
+            .split_whitespace()
+            .map(str::to_string)
+            .collect(),
+        Err(_) => Vec::new(),
+    }
 }

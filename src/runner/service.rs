@@ -195,24 +195,39 @@ pub async fn confirm_stopped<T: Transport + 'static>(
 /// How long sessions of the nodes just stopped may take to leave `pg_stat_activity`.
 const SESSIONS_SETTLE: Duration = Duration::from_secs(10);
 
-/// Postgres: with every node of the run stopped, nothing else may hold a session on the shared
-/// database (a node outside `--limit` or the inventory would run on a schema being rewritten).
-/// Counted on the migrator; a refusal comes before any backup or change, so the runner's
-/// recovery starts again what `--stop` stopped.
+/// Postgres: with every node of the run stopped, nothing else may hold a session on a database
+/// the run migrates (a node outside `--limit` or the inventory would run on a schema being
+/// rewritten). Counted on each storage's migrator; a refusal comes before any backup or change,
+/// so the runner's recovery starts again what `--stop` stopped.
 pub async fn confirm_database_free<T: Transport>(
     sh: &Shared<T>,
     step: &Step,
 ) -> Result<(), StepError> {
-    let Some(name) = sh.plan.migrator.as_deref() else {
-        return Ok(());
-    };
-    let postgres = sh
-        .facts(name)
-        .and_then(|f| f.storage.as_ref())
-        .is_some_and(|s| s.driver == StorageDriver::Postgres);
-    if !postgres || !sh.sessions.contains_key(name) {
-        return Ok(());
+    // The migrators of the storages this plan migrates (a storage already migrated has none).
+    let migrating: Vec<&str> = sh
+        .plan
+        .steps
+        .iter()
+        .filter(|s| s.kind == StepKind::Migrate)
+        .flat_map(|s| s.hosts.iter().map(String::as_str))
+        .collect();
+    for name in migrating {
+        let postgres = sh
+            .facts(name)
+            .and_then(|f| f.storage.as_ref())
+            .is_some_and(|s| s.driver == StorageDriver::Postgres);
+        if postgres && sh.sessions.contains_key(name) {
+            database_free_on(sh, step, name).await?;
+        }
     }
+    Ok(())
+}
+
+async fn database_free_on<T: Transport>(
+    sh: &Shared<T>,
+    step: &Step,
+    name: &str,
+) -> Result<(), StepError> {
     let host = sh.host(name);
     let t = sh.session(name);
     let cmd = sessions::command(host);
