@@ -105,6 +105,11 @@ mod tests {
         let mut child = std::process::Command::new(&exe).arg("30").spawn().unwrap();
         let pid = child.id();
         assert!(alive(pid));
+        // Right after fork the child may not have exec'd yet: /proc still shows the parent.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !cmdline(pid).ends_with("my-sleep 30") && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
         assert!(cmdline(pid).ends_with("my-sleep 30"), "{}", cmdline(pid));
         // Only processes of that very file, not every `sleep`.
         assert_eq!(running_exe(&exe), vec![pid]);
