@@ -1,5 +1,5 @@
 //! The remote command lines of every step, built in one place: the plan prints them (`fleetup
-//! check`, with `{run_id}` for the run id) and the runner runs exactly these. Every interpolated
+//! check`, with `@RUN_ID@` for the run id) and the runner runs exactly these. Every interpolated
 //! value goes through [`crate::shell::quote`]; connection strings never appear: commands source
 //! the service's environment file and hand libpq its own variables.
 
@@ -135,5 +135,14 @@ pub fn http_probe(host: &ResolvedHost, path: &str) -> String {
     format!(
         "# GET http://{}{path} (through the SSH connection)",
         host.ledger.api
+    )
+}
+
+/// How holding the database's migration lock shows among the commands (a `psql` session kept
+/// open on a channel of its own, see [`crate::dblock`]).
+pub fn db_lock_line() -> String {
+    format!(
+        "# hold pg_try_advisory_lock({}) in a psql session of its own, named after the run",
+        crate::dblock::MIGRATE_LOCK_KEY
     )
 }

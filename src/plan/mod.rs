@@ -32,7 +32,9 @@ pub use render::{header_lines, render_text};
 
 /// Token in commands that the runner replaces with the run id (backups go to a fresh directory
 /// per run, so a second run never overwrites the backup of the first).
-pub const RUN_ID_TOKEN: &str = "{run_id}";
+/// Made of characters the shell quoting leaves bare, so a command with the run id put in is
+/// byte for byte the command the runner runs.
+pub const RUN_ID_TOKEN: &str = "@RUN_ID@";
 
 /// How the fleet is moved to the target.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
@@ -230,7 +232,7 @@ pub struct Step {
     pub checks: Vec<String>,
     /// The remote command lines per host, for the dry run; secrets never appear (connection
     /// strings stay in the service's environment file). Empty for steps whose mechanism is the
-    /// runner's own (preflight probes, locks). `{run_id}` stands for the run id.
+    /// runner's own (preflight probes, locks). `@RUN_ID@` stands for the run id.
     pub commands: Vec<HostCommands>,
 }
 

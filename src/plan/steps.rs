@@ -453,11 +453,17 @@ fn migrate(l: &Layout, hosts: &[&View], batch: Option<usize>) -> Step {
     step(StepKind::Migrate, hosts, batch, action, why, checks, |v| {
         let bin = commands::release_binary(v.host, l.target);
         let numary = |args: &[&str]| node::numary(v.host, &bin, args);
-        let mut c = vec![
+        let mut c = Vec::new();
+        if v.driver() == Some(StorageDriver::Postgres) {
+            // Right before the first `storage upgrade`: the database to itself, under its lock.
+            c.push(crate::preflight::db_sessions_command(v.host));
+            c.push(commands::db_lock_line());
+        }
+        c.extend([
             numary(&["storage", "list"]),
             numary(&["storage", "scan"]),
             numary(&["storage", "list"]),
-        ];
+        ]);
         let known = v.known_ledgers();
         if known.is_empty() {
             c.push(

@@ -268,8 +268,11 @@ fn migrate_runs_scan_list_and_upgrade_with_the_new_binary_and_the_service_env() 
     assert_eq!(migrate.commands.len(), 1);
     let cmds = &migrate.commands[0].commands;
     let env = "set -a && . /etc/numary/env && set +a && exec /opt/numary/releases/1.8.2/numary";
+    // Postgres: the other sessions counted again and the migration lock held first.
+    assert!(cmds[0].contains("pg_stat_activity"), "{}", cmds[0]);
+    assert!(cmds[1].contains("pg_try_advisory_lock"), "{}", cmds[1]);
     assert_eq!(
-        cmds,
+        &cmds[2..],
         &[
             format!("{env} storage list"),
             format!("{env} storage scan"),
@@ -292,7 +295,7 @@ fn migrate_runs_scan_list_and_upgrade_with_the_new_binary_and_the_service_env() 
         "{}",
         dump[0]
     );
-    assert!(dump[0].contains("f='/var/backups/numary/{run_id}/postgres.dump'"));
+    assert!(dump[0].contains("f=/var/backups/numary/@RUN_ID@/postgres.dump"));
     assert!(dump[0].contains("exec pg_dump --format=custom --file=\"$f\""));
     assert!(dump[0].contains("pg_restore --list \"$f\""));
 }
@@ -335,7 +338,7 @@ fn single_sqlite_node_runs_the_single_node_procedure() {
     assert!(p.steps.iter().all(|s| hosts_of(s) == ["solo"]));
     let backup = &steps_of(&p, Backup)[0].commands[0].commands;
     assert_eq!(backup.len(), 1, "{backup:?}");
-    assert!(backup[0].contains("dst='/var/backups/numary/{run_id}'"));
+    assert!(backup[0].contains("dst=/var/backups/numary/@RUN_ID@"));
     assert!(backup[0].contains("cp -p -- \"$@\" \"$dst\"/"));
     assert!(
         backup[0].contains("echo ==orig; sums") && backup[0].contains("echo ==copy; sums"),

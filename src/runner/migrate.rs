@@ -7,6 +7,7 @@
 use std::sync::Arc;
 
 use crate::exit_code;
+use crate::facts::StorageDriver;
 use crate::node;
 use crate::numary::{self, UpgradeOutcome};
 use crate::plan::{Step, StepKind};
@@ -147,6 +148,31 @@ pub async fn run<T: Transport + 'static>(
     // Right before the first `storage upgrade`: a node outside the run may have connected
     // since the stops.
     service::confirm_database_free(sh, step).await?;
+    // Each Postgres database is migrated under its advisory lock, held for the whole step in a
+    // session of its own: another inventory, or a disjoint `--limit`, on the same database is
+    // refused with this run named, and never migrates at the same time.
+    let mut db_locks = Vec::new();
+    for name in &step.hosts {
+        if !is_postgres(sh, name) {
+            continue;
+        }
+        match hold_db_lock(sh, step, name).await {
+            Ok(l) => db_locks.push(l),
+            Err(e) => {
+                release_db_locks(db_locks).await;
+                return Err(e);
+            }
+        }
+    }
+    let result = survey_and_migrate(sh, step).await;
+    release_db_locks(db_locks).await;
+    result
+}
+
+async fn survey_and_migrate<T: Transport + 'static>(
+    sh: &Arc<Shared<T>>,
+    step: &Step,
+) -> Result<(), StepError> {
     // Every host's lists and guards before the first `storage upgrade` anywhere: a refusal on the
     // second SQLite node must not come after the first one migrated (nothing would be unchanged).
     let mut ledgers = Vec::new();
@@ -159,6 +185,48 @@ pub async fn run<T: Transport + 'static>(
         migrate(sh, step, name, &ledgers).await?;
     }
     Ok(())
+}
+
+fn is_postgres<T: Transport>(sh: &Shared<T>, name: &str) -> bool {
+    sh.facts(name)
+        .and_then(|f| f.storage.as_ref())
+        .is_some_and(|s| s.driver == StorageDriver::Postgres)
+}
+
+/// Takes the migration lock of `name`'s database; a lock held elsewhere stops the run with
+/// its holder named (exit [`exit_code::LOCK_HELD`]).
+async fn hold_db_lock<T: Transport + 'static>(
+    sh: &Arc<Shared<T>>,
+    step: &Step,
+    name: &str,
+) -> Result<crate::dblock::DbLock, StepError> {
+    let label =
+        crate::dblock::holder_label(&sh.cfg.run_id, &sh.cfg.owner.user, &sh.cfg.owner.local_host);
+    let op = sh.begin(step, name, Some(&crate::plan::commands::db_lock_line()));
+    match crate::dblock::hold(sh.session(name), sh.host(name), &label).await {
+        Ok(l) => {
+            op.ok("the database's migration lock is held", Vec::new());
+            Ok(l)
+        }
+        Err(err) => {
+            let mut e = sh.error(step, name, err.to_string());
+            if matches!(err, crate::dblock::DbLockError::Held { .. }) {
+                e.code = exit_code::LOCK_HELD;
+                e.hints.push("another fleetup run (another inventory, or another `--limit`) is migrating this database: let it finish, then run again; nothing was migrated here".into());
+            } else {
+                e.code = exit_code::BLOCKED;
+                e.hints.push("fleetup holds a Postgres advisory lock while it migrates: check that `psql` runs on the migrator and may connect".into());
+            }
+            op.fail(&e.message);
+            Err(e)
+        }
+    }
+}
+
+async fn release_db_locks(locks: Vec<crate::dblock::DbLock>) {
+    for l in locks {
+        let _ = l.release().await;
+    }
 }
 
 /// Right before the storage changes: every node of the run still stopped, API silent (a node

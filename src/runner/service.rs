@@ -132,9 +132,13 @@ pub async fn stop<T: Transport + 'static>(
             })?;
         sh.change(|c| c.stopped.push(name.clone()));
         let deadline = Instant::now() + sh.cfg.stop_timeout;
+        let waiting = sh.begin(step, name, Some(&node::service_state(host)));
         loop {
             match service_running(sh.session(name), host).await {
-                Some(false) => break,
+                Some(false) => {
+                    waiting.ok("the service manager says stopped", Vec::new());
+                    break;
+                }
                 _ if Instant::now() >= deadline => {
                     let mut e = sh.error(
                         step,
@@ -147,6 +151,7 @@ pub async fn stop<T: Transport + 'static>(
                     );
                     e.hints
                         .push("raise `--stop-timeout` or stop the node by hand".into());
+                    waiting.fail(&e.message);
                     return Err(e);
                 }
                 _ => tokio::time::sleep(sh.cfg.poll_interval).await,
@@ -347,14 +352,20 @@ async fn confirm_one<T: Transport>(
             timeout: Some(Duration::from_secs(60)),
             ..Default::default()
         };
-        let out = match t.exec(&storage_use_command(&dir), &opts).await {
-            Ok(out) => out,
+        let cmd = storage_use_command(&dir);
+        let listing = sh.begin(step, name, Some(&cmd));
+        let out = match t.exec(&cmd, &opts).await {
+            Ok(out) => {
+                listing.ok_with(&out, Some("the storage dir listed".into()), Vec::new());
+                out
+            }
             Err(e) => {
                 let e = sh.error(
                     step,
                     name,
                     format!("cannot inspect the SQLite dir `{dir}`: {e}"),
                 );
+                listing.fail(&e.message);
                 op.fail(&e.message);
                 return Err(e);
             }
