@@ -122,10 +122,7 @@ fn unlock_sql() -> String {
 /// and quits (and is killed if it has not within 5 s); when `psql` ends first, the next write kills `cat`. The FIFO is removed as soon as
 /// both ends are open, and carries only SQL.
 pub fn command(host: &ResolvedHost, holder_label: &str) -> String {
-    let env = match &host.ledger.env_file {
-        Some(f) => format!("set -a && . {} && set +a || exit 6; ", quote(f)),
-        None => String::new(),
-    };
+    let env = crate::node::env_prefix(host);
     format!(
         "{env}[ \"${{NUMARY_STORAGE_DRIVER:-}}\" = postgres ] && [ -n \"${{NUMARY_STORAGE_POSTGRES_CONN_STRING:-}}\" ] \
            || {{ echo 'the node does not use Postgres storage (NUMARY_STORAGE_DRIVER)' >&2; exit 8; }}; \

@@ -4,10 +4,10 @@
 
 use std::sync::{Arc, Mutex};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// How one step ended on one host.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum StepStatus {
     Ok,
@@ -18,7 +18,7 @@ pub enum StepStatus {
 
 /// The state of one step on one host, as the engine moves it: what the journal records so
 /// `runs show` and `--resume` know what may have changed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum StepState {
     /// Applying began: from now on the host may have changed.
@@ -50,7 +50,7 @@ impl StepState {
 }
 
 /// Something a step produced that the operator needs afterwards (backup files, releases).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Artefact {
     /// `backup`, `previous-release`, `new-release`, `staged-binary`...
     pub kind: String,
@@ -62,7 +62,7 @@ pub struct Artefact {
     pub sha256: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum Event {
     RunStarted {
@@ -167,7 +167,7 @@ pub enum Event {
 }
 
 /// One step of a plan, as [`Event::PlanReady`] lists it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PlannedStep {
     pub step: usize,
     /// `StepKind` in snake case, as in the plan's JSON (`stop_service`).
@@ -176,7 +176,7 @@ pub struct PlannedStep {
 }
 
 /// One node at the end of a run.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HostSummary {
     pub host: String,
     /// Version before the run.

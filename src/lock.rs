@@ -25,7 +25,7 @@ use crate::shell::quote;
 use crate::ssh::{ExecOptions, ExitStatus, Transport};
 
 /// Name of the lock dir inside the releases dir (the preflight reads it there too).
-pub const LOCK_DIR: &str = crate::preflight::LOCK_FILE_NAME;
+pub const LOCK_DIR: &str = ".fleetup.lock";
 const OWNER_FILE: &str = "owner.json";
 /// First line the scripts print before a held lock's owner file: `fleetup-lock NOW MTIME`.
 const HEADER: &str = "fleetup-lock";
@@ -470,7 +470,10 @@ pub enum LockError {
 
 /// The lock dir of `host`: `<releases_dir>/.fleetup.lock`.
 pub fn lock_path(host: &ResolvedHost) -> String {
-    crate::preflight::lock_path(host)
+    format!(
+        "{}/{LOCK_DIR}",
+        host.ledger.releases_dir.trim_end_matches('/')
+    )
 }
 
 /// The shell's `printf` format and argument writing `owner` and a lease refreshed now (node

@@ -23,6 +23,17 @@ pub fn numary(host: &ResolvedHost, binary: &str, args: &[&str]) -> String {
     cmd
 }
 
+/// `set -a && . ENV && set +a || exit 6; ` (or nothing without an env file): the variables the
+/// service reads, exported for the commands that follow, so the storage they see is the
+/// service's and secrets stay in the remote shell. Every script that needs the service's
+/// environment starts with it ([`numary`] chains it with `&&` into one command).
+pub fn env_prefix(host: &ResolvedHost) -> String {
+    match &host.ledger.env_file {
+        Some(f) => format!("set -a && . {} && set +a || exit 6; ", quote(f)),
+        None => String::new(),
+    }
+}
+
 /// What a service-manager command means by its exit status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ServiceAction {

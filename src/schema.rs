@@ -47,10 +47,7 @@ pub fn last_migration(v: &Version, driver: StorageDriver) -> Option<u32> {
 /// The shell command printing `ledger|NAME` for each registered ledger and `mig|NAME|N` for each
 /// migration row it holds, read-only, with the service's environment.
 pub fn state_command(host: &ResolvedHost, driver: StorageDriver) -> String {
-    let env = match &host.ledger.env_file {
-        Some(f) => format!("set -a && . {} && set +a || exit 6; ", quote(f)),
-        None => String::new(),
-    };
+    let env = crate::node::env_prefix(host);
     match driver {
         StorageDriver::Sqlite => format!(
             "{env}command -v sqlite3 >/dev/null 2>&1 || {{ echo 'sqlite3 is not installed on the node' >&2; exit 7; }}; \

@@ -385,3 +385,88 @@ fn helper_process_holding_the_migration_lock() {
         tokio::time::sleep(Duration::from_secs(120)).await;
     });
 }
+
+/// The lab's inventory split in two: the hosts named in `keep` only.
+fn inventory_of(lab: &Lab, keep: &[&str], file: &str) -> PathBuf {
+    let text = std::fs::read_to_string(lab.inventory_path()).unwrap();
+    let mut blocks = text.split("\n[[host]]\n");
+    let mut out = blocks.next().unwrap().to_string();
+    for b in blocks {
+        let name = b
+            .lines()
+            .find_map(|l| l.strip_prefix("name = "))
+            .unwrap()
+            .trim_matches('"');
+        if keep.contains(&name) {
+            out.push_str("\n[[host]]\n");
+            out.push_str(b);
+        }
+    }
+    let path = lab.dir.join(file);
+    std::fs::write(&path, out).unwrap();
+    path
+}
+
+#[test]
+fn two_inventories_on_one_database_started_together_migrate_it_once() {
+    let mut s = spec(Driver::Postgres, 4, "1.7.4");
+    s.start = false;
+    let lab = LabGuard::up(&s).expect("lab up");
+    let new = release(&lab, "1.8.2");
+    // Each migration takes long enough for the two runs to meet at the database.
+    lab.set_fault_with("slow-migration", &[], &["12"]).unwrap();
+    let a = inventory_of(&lab, &["node-1", "node-2"], "a.toml");
+    let b = inventory_of(&lab, &["node-3", "node-4"], "b.toml");
+    let run = |inv: PathBuf, new: PathBuf| {
+        std::thread::spawn(move || {
+            fleetup(
+                &inv,
+                &["upgrade", "--to", "1.8.2", "--binary", new.to_str().unwrap()],
+            )
+        })
+    };
+    let (ra, rb) = (run(a, new.clone()), run(b, new));
+    let (oa, ob) = (ra.join().unwrap(), rb.join().unwrap());
+    lab.clear_fault("slow-migration").unwrap();
+    let ok: Vec<&Output> = [&oa, &ob]
+        .into_iter()
+        .filter(|o| code(o) == exit_code::SUCCESS)
+        .collect();
+    let refused: Vec<&Output> = [&oa, &ob]
+        .into_iter()
+        .filter(|o| code(o) != exit_code::SUCCESS)
+        .collect();
+    assert_eq!(
+        (ok.len(), refused.len()),
+        (1, 1),
+        "a:\n{}\nb:\n{}",
+        both(&oa),
+        both(&ob)
+    );
+    let refusal = stderr(refused[0]);
+    assert!(
+        [exit_code::LOCK_HELD, exit_code::BLOCKED].contains(&code(refused[0])),
+        "{refusal}"
+    );
+    // The holder is named: the migrating run's session carries its run id.
+    assert!(refusal.contains("fleetup 20"), "{refusal}");
+    // The database was migrated once: each ledger by one run.
+    let log = std::fs::read_to_string(lab.sim_state_dir().join("migrations.log")).unwrap();
+    let mut committed: Vec<String> = log
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["version"] == "1.8.2" && v["result"] == "committed")
+        .map(|v| v["ledger"].as_str().unwrap().to_string())
+        .collect();
+    committed.sort();
+    assert_eq!(committed, ["default", "payments"]);
+    assert_eq!(lab.misuse_records().unwrap(), Vec::<serde_json::Value>::new());
+    // The refused run changed nothing on its nodes: still 1.7.4, no lock left.
+    for n in &lab.nodes {
+        assert!(
+            !n.paths().releases_dir().join(".fleetup.lock").exists(),
+            "{}: lock left",
+            n.name
+        );
+    }
+}

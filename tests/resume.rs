@@ -55,9 +55,10 @@ fn recorded(lab: &Lab, id: &str, state: &str) -> bool {
         .any(|r| r.id == id && r.state.as_str() == state)
 }
 
-/// Polls until `ready` holds (or panics after a minute), then sends `signal` to `child`.
+/// Polls until `ready` holds (or panics after three minutes: a loaded CI machine is slow), then
+/// sends `signal` to `child`.
 fn signal_when(lab: &Lab, child: &mut Child, signal: i32, ready: impl Fn() -> bool, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + Duration::from_secs(180);
     while !ready() {
         if let Ok(Some(status)) = child.try_wait() {
             let log = std::fs::read_to_string(lab.dir.join("spawned.log")).unwrap_or_default();

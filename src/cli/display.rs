@@ -7,7 +7,7 @@ use std::io::Write;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use fleetup::events::{Event, EventSink, StepStatus};
+use fleetup::events::{StepState, Event, EventSink, StepStatus};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use super::Format;
@@ -153,6 +153,31 @@ pub fn line(event: &Event, total: usize, verbose: u8) -> Option<String> {
                 }
             }
             Some(s)
+        }
+        Event::StepState {
+            step,
+            kind,
+            host,
+            state,
+            message,
+            ..
+        } if matches!(
+            state,
+            StepState::AlreadyDone | StepState::Cancelled | StepState::Undone | StepState::Skipped
+        ) || verbose > 1 =>
+        {
+            let word = match state {
+                StepState::AlreadyDone => "already done".to_string(),
+                other => other.as_str().replace('_', " "),
+            };
+            Some(format!(
+                "{} {kind} {host}: {word}{}",
+                pos(step),
+                message
+                    .as_deref()
+                    .map(|m| format!(": {m}"))
+                    .unwrap_or_default()
+            ))
         }
         Event::Notice { host, message } => Some(format!("{host}: {message}")),
         Event::LockBroken { host, holder } => {

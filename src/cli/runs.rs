@@ -9,7 +9,9 @@ use fleetup::journal::{self, JournalFile};
 use fleetup::{Failure, exit_code};
 use serde_json::{Value, json};
 
-use super::{Format, Global, inventory};
+use fleetup::events::Event;
+
+use super::{Format, Global, display, inventory};
 
 #[derive(Debug, Subcommand)]
 pub enum RunsCommand {
@@ -180,86 +182,51 @@ fn render_show(j: &JournalFile) -> String {
     if h.no_backup {
         out.push_str("no backup was taken (`--no-backup`)\n");
     }
+    // The events render through the live display's own lines (`cli::display::line`); the
+    // summary and artefacts, which a live run prints in its report, are added here.
+    let total = h
+        .plan
+        .as_ref()
+        .and_then(|p| p["steps"].as_array().map(Vec::len))
+        .unwrap_or(0);
     for e in &j.events {
         let s = |k: &str| e[k].as_str().unwrap_or("");
-        match s("event") {
-            "plan_ready" => out.push_str(&format!(
-                "plan {}: {}, {} steps\n",
-                s("plan_id"),
-                s("strategy"),
-                e["steps"].as_array().map_or(0, Vec::len)
-            )),
-            "host_unreachable" => {
-                out.push_str(&format!("{}: unreachable: {}\n", s("host"), s("reason")))
-            }
-            "check_result" if e["ok"] == false => out.push_str(&format!(
-                "check FAILED {}: {}: {}\n",
-                if s("host").is_empty() {
-                    "fleet"
-                } else {
-                    s("host")
-                },
-                s("check"),
-                s("detail")
-            )),
-            "step_finished" => {
-                out.push_str(&format!(
-                    "[{}] {} {}: {} ({} ms){}\n",
-                    e["step"],
-                    s("kind"),
-                    s("host"),
-                    s("status"),
-                    e["duration_ms"],
-                    e["message"]
-                        .as_str()
-                        .map(|m| format!(": {m}"))
-                        .unwrap_or_default()
-                ));
-                if let Some(t) = e["stderr_tail"]
-                    .as_str()
-                    .filter(|_| s("status") == "failed")
-                {
-                    for l in t.lines() {
-                        out.push_str(&format!("    | {l}\n"));
-                    }
-                }
-                for a in e["artefacts"].as_array().into_iter().flatten() {
-                    out.push_str(&format!(
-                        "    {}: {}{}\n",
-                        a["kind"].as_str().unwrap_or(""),
-                        a["path"].as_str().unwrap_or(""),
-                        a["sha256"]
-                            .as_str()
-                            .map(|h| format!(" (sha256 {h})"))
-                            .unwrap_or_default()
-                    ));
-                }
-            }
-            "notice" => out.push_str(&format!("    {}: {}\n", s("host"), s("message"))),
-            "lock_broken" => out.push_str(&format!(
-                "{}: broke the lock held by {}\n",
-                s("host"),
-                s("holder")
-            )),
-            "restored" => out.push_str(&format!(
-                "{}: undo {}: {}{}\n",
-                s("host"),
-                s("action"),
-                if e["ok"] == true { "" } else { "FAILED: " },
-                s("detail")
-            )),
-            "summary" => {
-                for hs in e["hosts"].as_array().into_iter().flatten() {
+        match serde_json::from_value::<Event>(e.clone()) {
+            Ok(Event::Summary { hosts, .. }) => {
+                for hs in hosts {
                     out.push_str(&format!(
                         "{}: {} -> {}: {}\n",
-                        hs["host"].as_str().unwrap_or(""),
-                        hs["from"].as_str().unwrap_or("-"),
-                        hs["to"].as_str().unwrap_or("-"),
-                        hs["state"].as_str().unwrap_or("")
+                        hs.host,
+                        hs.from.as_deref().unwrap_or("-"),
+                        hs.to.as_deref().unwrap_or("-"),
+                        hs.state
                     ));
                 }
             }
-            _ => {}
+            Ok(ev) => {
+                if let Some(l) = display::line(&ev, total, 1) {
+                    out.push_str(&l);
+                    out.push('\n');
+                }
+                if let Event::StepFinished { artefacts, .. } = &ev {
+                    for a in artefacts {
+                        out.push_str(&format!(
+                            "    {}: {}{}\n",
+                            a.kind,
+                            a.path,
+                            a.sha256
+                                .as_deref()
+                                .map(|h| format!(" (sha256 {h})"))
+                                .unwrap_or_default()
+                        ));
+                    }
+                }
+            }
+            // A line this fleetup does not know (an older journal's, or an unreadable one).
+            Err(_) if s("event") == "unreadable_line" => {
+                out.push_str(&format!("(line {} could not be read)\n", e["line"]));
+            }
+            Err(_) => {}
         }
     }
     if !j.steps.is_empty() {
@@ -360,7 +327,50 @@ mod tests {
         let show = render_show(&runs[0]);
         assert!(show.contains("options: --stop"), "{show}");
         assert!(show.contains("no backup was taken"), "{show}");
-        assert!(show.contains("[5] backup node-1: failed (40 ms): the Postgres backup failed: exit 8\n    | pg_dump: error"), "{show}");
+        // The same line the live display printed.
+        assert!(
+            show.contains("[5] backup node-1: FAILED (0s): the Postgres backup failed: exit 8 [exit 8]\n    | pg_dump: error"),
+            "{show}"
+        );
         assert_eq!(summary_json(&runs[0])["outcome"], "failed");
+    }
+
+    #[test]
+    fn a_step_started_and_never_finished_is_marked_in_progress_with_its_command() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = "20260125T174502Z-00000c";
+        let path = journal(dir.path(), id, false);
+        let j = Journal::open_append(dir.path(), id).unwrap();
+        let state = |state| Event::StepState {
+            id: "migrate".into(),
+            step: 7,
+            kind: "migrate".into(),
+            host: "node-1".into(),
+            state,
+            message: None,
+        };
+        j.emit(&state(fleetup::events::StepState::Started));
+        j.emit(&Event::StepStarted {
+            step: 7,
+            kind: "migrate".into(),
+            host: "node-1".into(),
+            command: Some("exec numary storage upgrade default".into()),
+        });
+        let run = journal::read_journal(&path).unwrap();
+        let list = render_list(std::slice::from_ref(&run));
+        assert!(
+            list.contains("interrupted (in progress: migrate on node-1)"),
+            "{list}"
+        );
+        let show = render_show(&run);
+        assert!(
+            show.contains("IN PROGRESS when the run stopped: `migrate` on node-1: may have changed the host; last command: exec numary storage upgrade default"),
+            "{show}"
+        );
+        assert_eq!(summary_json(&run)["in_progress"][0]["host"], "node-1");
+        // Once done, it is no longer in progress.
+        j.emit(&state(fleetup::events::StepState::Done));
+        let run = journal::read_journal(&path).unwrap();
+        assert!(!render_show(&run).contains("IN PROGRESS"));
     }
 }

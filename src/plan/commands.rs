@@ -11,14 +11,6 @@ use crate::version::Version;
 /// The name of the Postgres dump inside the run's backup dir.
 pub const DUMP_FILE: &str = "postgres.dump";
 
-/// `set -a && . ENV && set +a || exit 6; ` (or nothing without an env file): the variables the
-/// service reads, exported for what follows, so secrets stay in the remote shell.
-pub fn env_prefix(host: &ResolvedHost) -> String {
-    match &host.ledger.env_file {
-        Some(f) => format!("set -a && . {} && set +a || exit 6; ", quote(f)),
-        None => String::new(),
-    }
-}
 
 /// `<backup_dir>/<run_id>`.
 pub fn backup_dir(host: &ResolvedHost, run_id: &str) -> String {
@@ -34,7 +26,7 @@ pub fn backup_sqlite(host: &ResolvedHost, dst: &str) -> String {
          [ -e \"$1\" ] || {{ echo \"no ${{n}}_*.db file in $src\" >&2; exit 3; }}; \
          umask 077; mkdir -p \"$dst\" || exit 4; cp -p -- \"$@\" \"$dst\"/ || exit 4; sync; \
          echo ==orig; sums \"$@\" || exit 5; cd \"$dst\" || exit 5; echo ==copy; sums \"$@\" || exit 5",
-        env = env_prefix(host),
+        env = node::env_prefix(host),
         dst = quote(dst),
     )
 }
@@ -48,7 +40,7 @@ pub fn backup_postgres(host: &ResolvedHost, dir: &str) -> String {
          pg_restore --list \"$f\" > \"$f.list\" || exit 9; \
          awk '$4 == \"SCHEMA\" {{ print \"==schema \" $6 }}' \"$f.list\"; rm -f \"$f.list\"; \
          h=$(sha256sum < \"$f\") && s=$(wc -c < \"$f\") && printf '==dump %s %s\\n' \"${{h%% *}}\" \"$((s))\"",
-        env = env_prefix(host),
+        env = node::env_prefix(host),
         pgenv = crate::node::pg_env_from_conn_string(),
         f = quote(&file),
         d = quote(dir),

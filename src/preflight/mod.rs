@@ -37,7 +37,7 @@ use crate::version::Version;
 
 pub use audit::{Audit, HostMark, Mark, MarkedStep, Outcome, plan_ready};
 pub use local::{LocalRun, file_sha256, local_binary_version, run_local_version};
-pub use remote::{LOCK_FILE_NAME, lock_path};
+pub use crate::lock::{LOCK_DIR as LOCK_FILE_NAME, lock_path};
 
 /// Names of the checks, as they appear in findings, events and the journal.
 pub mod check {

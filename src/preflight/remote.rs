@@ -17,8 +17,6 @@ use crate::shell::{quote, validate_ledger_name};
 use crate::ssh::{ExecOptions, HttpError, Transport};
 use crate::version::Version;
 
-/// The fleet lock's file name, in each node's releases dir.
-pub const LOCK_FILE_NAME: &str = ".fleetup.lock";
 /// How long the preflight script may take on one node.
 const SCRIPT_TIMEOUT: Duration = Duration::from_secs(60);
 const PORT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -28,14 +26,6 @@ const BACKUP_MARGIN: f64 = 1.2;
 const URL_BINARY_ASSUMED: u64 = 256 << 20;
 /// Output of a lock file shown at most.
 const LOCK_BYTES: usize = 4096;
-
-/// The fleet lock of `host`: `<releases_dir>/.fleetup.lock`.
-pub fn lock_path(host: &ResolvedHost) -> String {
-    format!(
-        "{}/{LOCK_FILE_NAME}",
-        host.ledger.releases_dir.trim_end_matches('/')
-    )
-}
 
 pub(super) const SECTION: &str = "==fleetup-preflight:";
 
@@ -86,7 +76,7 @@ fn script(w: &Want) -> String {
         s.push_str(&process_scan(w));
     }
     // A lock is a dir holding `owner.json` (see `crate::lock`); anything else there counts too.
-    let lock = quote(&lock_path(w.host));
+    let lock = quote(&crate::lock::lock_path(w.host));
     s.push_str(&format!(
         "echo {SECTION}lock\n\
          if [ -e {lock} ]; then echo held; printf 'fleetup-lock %s %s\\n' \"$(date +%s)\" \"$(stat -c %Y {lock} 2>/dev/null || stat -f %m {lock} 2>/dev/null || echo -)\"; \
@@ -576,7 +566,7 @@ pub(super) async fn findings<T: Transport>(
 
 fn lock_finding(name: &str, host: &ResolvedHost, text: &str) -> Option<Finding> {
     let text = text.trim();
-    let path = lock_path(host);
+    let path = crate::lock::lock_path(host);
     if text.is_empty() {
         return Some(Finding::pass(
             Some(name),

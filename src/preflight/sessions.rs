@@ -71,10 +71,7 @@ pub(crate) fn describe(sessions: &[&DbSession]) -> String {
 /// The runner's command: [`count_query`] and [`query`] with the service's environment, through
 /// libpq's variables (the connection string is on no command line).
 pub(crate) fn command(host: &ResolvedHost) -> String {
-    let env = match &host.ledger.env_file {
-        Some(f) => format!("set -a && . {} && set +a || exit 6; ", quote(f)),
-        None => String::new(),
-    };
+    let env = crate::node::env_prefix(host);
     format!(
         "{env}command -v psql >/dev/null 2>&1 || {{ echo 'psql is not installed on the node (postgresql-client)' >&2; exit 7; }}; \
          {} && PGCONNECT_TIMEOUT=10 exec psql -X -q -At -F '|' -v ON_ERROR_STOP=1 -c {} -c {}",
