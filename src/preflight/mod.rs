@@ -320,6 +320,8 @@ fn blocker_check(kind: BlockerKind) -> &'static str {
         | BlockerKind::ReplacedHostMissing
         | BlockerKind::ReplaceNeedsPostgres
         | BlockerKind::NotPaired => check::STRATEGY,
+        BlockerKind::Migrated | BlockerKind::NoBackup => check::STORAGE,
+        BlockerKind::NoRelease => check::UPGRADE_PATH,
     }
 }
 
