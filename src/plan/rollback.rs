@@ -73,9 +73,7 @@ impl RunRecord {
             .plan
             .as_ref()
             .ok_or_else(|| format!("the journal of run `{}` holds no plan", j.header.run_id))?;
-        let target = plan["target"]
-            .as_str()
-            .and_then(|t| Version::parse(t).ok());
+        let target = plan["target"].as_str().and_then(|t| Version::parse(t).ok());
         let mut hosts = Vec::new();
         for h in plan["hosts"].as_array().into_iter().flatten() {
             let Some(name) = h["name"].as_str() else {
@@ -281,7 +279,10 @@ pub fn build_rollback(req: &RollbackRequest) -> Plan {
                     "`{}` of run `{}` is not in the inventory (or not selected)",
                     rh.name, rec.run_id
                 ),
-                Some("select every node of the run: drop `--limit`, or put it back in the inventory".into()),
+                Some(
+                    "select every node of the run: drop `--limit`, or put it back in the inventory"
+                        .into(),
+                ),
             );
             continue;
         };
@@ -431,9 +432,10 @@ pub fn build_rollback(req: &RollbackRequest) -> Plan {
             }
         }
         storages.push(PlanStorage {
-            id: g.hosts.first().and_then(|h| {
-                StorageId::of(resolved(h)?, req.facts.get(h))
-            }),
+            id: g
+                .hosts
+                .first()
+                .and_then(|h| StorageId::of(resolved(h)?, req.facts.get(h))),
             driver,
             hosts: g.hosts.clone(),
             migrator: restorer,
@@ -539,12 +541,7 @@ fn lay_out(
     if touched.is_empty() {
         return Vec::new();
     }
-    let names = list(
-        &touched
-            .iter()
-            .map(|h| h.name.clone())
-            .collect::<Vec<_>>(),
-    );
+    let names = list(&touched.iter().map(|h| h.name.clone()).collect::<Vec<_>>());
     let mut steps = vec![
         step(
             StepKind::Lock,
@@ -620,7 +617,9 @@ fn lay_out(
         touched,
         format!("switch `ledger.binary` back to the `{target}` release on {names}"),
         "the release the rolled-back run recorded before its switch",
-        vec![format!("the binary resolves to the `{target}` release afterwards")],
+        vec![format!(
+            "the binary resolves to the `{target}` release afterwards"
+        )],
         |h| match spec.releases.get(&h.name) {
             Some(r) => vec![commands::switch_to_command(h, r, Some(&spec.from))],
             None => Vec::new(),

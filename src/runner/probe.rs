@@ -61,12 +61,7 @@ pub async fn probe<T: Transport>(sh: &Shared<T>, step: &Step, host: &str) -> Pro
             }
         }
         StepKind::SwitchBack => {
-            let Some(release) = sh
-                .plan
-                .rollback
-                .as_ref()
-                .and_then(|r| r.releases.get(host))
-            else {
+            let Some(release) = sh.plan.rollback.as_ref().and_then(|r| r.releases.get(host)) else {
                 return Probe::ToDo;
             };
             match t.exec(&resolves_to_command(h, release), &opts()).await {
@@ -162,14 +157,22 @@ pub async fn schema_state<T: Transport>(sh: &Shared<T>, host: &str) -> Option<Mi
 }
 
 /// Whether `host`'s storage holds a migration newer than `v`'s last one (`None`: unreadable).
-pub async fn schema_beyond<T: Transport>(sh: &Shared<T>, host: &str, v: &crate::version::Version) -> Option<bool> {
+pub async fn schema_beyond<T: Transport>(
+    sh: &Shared<T>,
+    host: &str,
+    v: &crate::version::Version,
+) -> Option<bool> {
     let driver = sh.facts(host)?.storage.as_ref()?.driver;
     let cmd = schema::state_command(sh.host(host), driver);
     let out = sh.session(host).exec(&cmd, &opts()).await.ok()?;
     if !out.status.success() {
         return None;
     }
-    Some(schema::holds_beyond(&schema::parse_state(&out.stdout_lossy()), v, driver))
+    Some(schema::holds_beyond(
+        &schema::parse_state(&out.stdout_lossy()),
+        v,
+        driver,
+    ))
 }
 
 /// Lists the pids of `numary` processes running a storage command on the node.
