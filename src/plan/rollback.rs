@@ -692,3 +692,217 @@ pub fn restore_command(host: &ResolvedHost, r: &RestoreSource) -> String {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::facts::{ServiceState, StorageFacts};
+
+    fn v(s: &str) -> Version {
+        Version::parse(s).unwrap()
+    }
+
+    /// A run of `from` → `to` on Postgres nodes sharing one database, node-1 the migrator with
+    /// the backup; `migrate` the journal's last state of the migrate step there.
+    fn record(from: &str, to: &str, names: &[&str], migrate: Option<StepState>) -> RunRecord {
+        RunRecord {
+            run_id: "20260125T174502.000Z-00ab12".into(),
+            target: Some(v(to)),
+            hosts: names
+                .iter()
+                .enumerate()
+                .map(|(i, n)| RecordedHost {
+                    name: n.to_string(),
+                    from: Some(v(from)),
+                    previous_release: Some(format!("/opt/numary/releases/{from}/numary")),
+                    migrate: (i == 0).then_some(migrate).flatten(),
+                    backups: if i == 0 {
+                        vec![BackupFile {
+                            path: "/var/backups/numary/R/postgres.dump".into(),
+                            sha256: "ab".repeat(32),
+                            bytes: Some(10),
+                        }]
+                    } else {
+                        Vec::new()
+                    },
+                })
+                .collect(),
+            storages: vec![RecordedStorage {
+                hosts: names.iter().map(|n| n.to_string()).collect(),
+                migrator: names.first().map(|n| n.to_string()),
+            }],
+        }
+    }
+
+    fn facts(names: &[&str], version: &str) -> BTreeMap<String, HostFacts> {
+        names
+            .iter()
+            .map(|n| {
+                (
+                    n.to_string(),
+                    HostFacts {
+                        installed_version: Some(v(version)),
+                        service: ServiceState::Running,
+                        storage: Some(StorageFacts {
+                            driver: StorageDriver::Postgres,
+                            sqlite_dir: None,
+                            postgres: Some("postgres://db.internal:5432/ledger".into()),
+                        }),
+                        ..HostFacts::default()
+                    },
+                )
+            })
+            .collect()
+    }
+
+    fn build(
+        rec: &RunRecord,
+        facts: &BTreeMap<String, HostFacts>,
+        beyond: bool,
+        restore: bool,
+    ) -> Plan {
+        let hosts: Vec<ResolvedHost> = rec
+            .hosts
+            .iter()
+            .map(|h| crate::runner::tests::host(&h.name))
+            .collect();
+        let schema_beyond = hosts.iter().map(|h| (h.name.clone(), beyond)).collect();
+        build_rollback(&RollbackRequest {
+            record: rec,
+            hosts: &hosts,
+            facts,
+            schema_beyond: &schema_beyond,
+            restore_backup: restore,
+            policy: &PolicyTable::builtin(),
+        })
+    }
+
+    fn kinds(p: &Plan) -> Vec<&'static str> {
+        p.steps.iter().map(|s| s.kind.as_str()).collect()
+    }
+
+    const NODES: &[&str] = &["node-1", "node-2", "node-3"];
+
+    #[test]
+    fn a_migrated_storage_refuses_a_plain_rollback_with_a_restore_hint() {
+        let rec = record("1.7.4", "1.8.2", NODES, Some(StepState::Done));
+        let p = build(&rec, &facts(NODES, "1.8.2"), true, false);
+        assert!(p.is_blocked());
+        let b = &p.blockers[0];
+        assert_eq!(b.kind, BlockerKind::Migrated);
+        assert_eq!(b.hosts, NODES);
+        assert!(b.reason.contains("`1.7.4` must not serve"), "{}", b.reason);
+        assert!(b.hint.as_deref().unwrap().contains("--restore-backup"));
+        assert!(p.rollback.as_ref().unwrap().migrated);
+    }
+
+    #[test]
+    fn the_journal_alone_or_the_schema_alone_tells_a_storage_migrated() {
+        for state in [StepState::Failed, StepState::Started] {
+            let rec = record("1.7.4", "1.8.2", NODES, Some(state));
+            let p = build(&rec, &facts(NODES, "1.8.2"), false, false);
+            assert_eq!(p.blockers[0].kind, BlockerKind::Migrated, "{state:?}");
+        }
+        let rec = record("1.7.4", "1.8.2", NODES, None);
+        let p = build(&rec, &facts(NODES, "1.8.2"), true, false);
+        assert_eq!(p.blockers[0].kind, BlockerKind::Migrated);
+        // Neither: the old release may serve the storage again.
+        let p = build(&rec, &facts(NODES, "1.8.2"), false, false);
+        assert!(!p.is_blocked(), "{:?}", p.blockers);
+        assert!(!kinds(&p).contains(&"restore"));
+    }
+
+    #[test]
+    fn a_zero_downtime_row_between_the_versions_allows_a_plain_rollback() {
+        let rec = record("1.8.2", "1.9.6", NODES, Some(StepState::Done));
+        let p = build(&rec, &facts(NODES, "1.9.6"), true, false);
+        assert!(!p.is_blocked(), "{:?}", p.blockers);
+        let spec = p.rollback.as_ref().unwrap();
+        assert!(spec.migrated && spec.zero_downtime);
+        assert_eq!(p.target, v("1.8.2"));
+        assert_eq!(
+            kinds(&p),
+            [
+                "lock",
+                "stop-service",
+                "confirm-stopped",
+                "switch-back",
+                "start-service",
+                "health-gate",
+                "unlock"
+            ]
+        );
+    }
+
+    #[test]
+    fn restore_backup_restores_once_per_storage_then_switches_every_node_back() {
+        let rec = record("1.7.4", "1.8.2", NODES, Some(StepState::Done));
+        let p = build(&rec, &facts(NODES, "1.8.2"), true, true);
+        assert!(!p.is_blocked(), "{:?}", p.blockers);
+        assert_eq!(
+            kinds(&p),
+            [
+                "lock",
+                "stop-service",
+                "confirm-stopped",
+                "restore",
+                "switch-back",
+                "start-service",
+                "health-gate",
+                "unlock"
+            ]
+        );
+        let restore = p
+            .steps
+            .iter()
+            .find(|s| s.kind == StepKind::Restore)
+            .unwrap();
+        assert_eq!(restore.hosts, ["node-1"]);
+        let cmd = &restore.commands[0].commands[0];
+        assert!(cmd.contains("pg_restore --clean --if-exists"), "{cmd}");
+        assert!(cmd.contains(&"ab".repeat(32)), "checks the recorded sha256");
+        assert!(!cmd.contains("postgres://"), "no connection string: {cmd}");
+        for s in &p.steps {
+            if s.kind != StepKind::Restore {
+                assert_eq!(s.hosts, NODES, "{}", s.kind);
+            }
+        }
+        let back = p
+            .steps
+            .iter()
+            .find(|s| s.kind == StepKind::SwitchBack)
+            .unwrap();
+        assert!(back.commands[1].commands[0].contains("/opt/numary/releases/1.7.4/numary"));
+        assert_eq!(p.storages[0].migrator.as_deref(), Some("node-1"));
+        assert_eq!(p.hosts[0].action, HostAction::RollBack);
+    }
+
+    #[test]
+    fn restore_backup_without_a_recorded_backup_is_refused() {
+        let mut rec = record("1.7.4", "1.8.2", NODES, Some(StepState::Done));
+        rec.hosts[0].backups.clear();
+        let p = build(&rec, &facts(NODES, "1.8.2"), true, true);
+        assert_eq!(p.blockers[0].kind, BlockerKind::NoBackup);
+    }
+
+    #[test]
+    fn nodes_already_back_and_running_have_nothing_left_to_do() {
+        let rec = record("1.7.4", "1.8.2", NODES, Some(StepState::Done));
+        let p = build(&rec, &facts(NODES, "1.7.4"), false, true);
+        assert!(!p.is_blocked(), "{:?}", p.blockers);
+        assert!(p.steps.is_empty());
+        assert!(
+            p.hosts
+                .iter()
+                .all(|h| h.action == HostAction::AlreadyAtTarget)
+        );
+    }
+
+    #[test]
+    fn different_versions_before_the_run_are_refused() {
+        let mut rec = record("1.7.4", "1.8.2", NODES, None);
+        rec.hosts[1].from = Some(v("1.7.3"));
+        let p = build(&rec, &facts(NODES, "1.8.2"), false, false);
+        assert_eq!(p.blockers[0].kind, BlockerKind::NoRelease);
+    }
+}
