@@ -133,6 +133,15 @@ pub fn migrated(state: &SchemaState, target: &Version, driver: StorageDriver) ->
     }
 }
 
+/// Whether a ledger in `state` holds a migration `v` does not ship (a newer release migrated
+/// it): `v` must then not serve it. False when `v` keeps no migration record.
+pub fn holds_beyond(state: &SchemaState, v: &Version, driver: StorageDriver) -> bool {
+    let Some(last) = last_migration(v, driver) else {
+        return false;
+    };
+    state.values().any(|m| m.iter().any(|n| *n > last))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -421,7 +421,13 @@ fn two_inventories_on_one_database_started_together_migrate_it_once() {
         std::thread::spawn(move || {
             fleetup(
                 &inv,
-                &["upgrade", "--to", "1.8.2", "--binary", new.to_str().unwrap()],
+                &[
+                    "upgrade",
+                    "--to",
+                    "1.8.2",
+                    "--binary",
+                    new.to_str().unwrap(),
+                ],
             )
         })
     };
@@ -460,7 +466,10 @@ fn two_inventories_on_one_database_started_together_migrate_it_once() {
         .collect();
     committed.sort();
     assert_eq!(committed, ["default", "payments"]);
-    assert_eq!(lab.misuse_records().unwrap(), Vec::<serde_json::Value>::new());
+    assert_eq!(
+        lab.misuse_records().unwrap(),
+        Vec::<serde_json::Value>::new()
+    );
     // The refused run changed nothing on its nodes: still 1.7.4, no lock left.
     for n in &lab.nodes {
         assert!(

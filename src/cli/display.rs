@@ -7,7 +7,7 @@ use std::io::Write;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use fleetup::events::{StepState, Event, EventSink, StepStatus};
+use fleetup::events::{Event, EventSink, StepState, StepStatus};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use super::Format;

@@ -13,6 +13,7 @@ mod exec;
 mod inventory;
 mod lab;
 mod paths;
+mod rollback;
 mod runs;
 mod signals;
 mod status;
@@ -82,6 +83,9 @@ pub enum Command {
     /// Upgrade the selected nodes to `--to`: preflight, lock, stop, backup, stage, migrate once,
     /// switch, start health-gated; journaled (`fleetup runs`).
     Upgrade(Box<upgrade::UpgradeArgs>),
+    /// Roll an upgrade run back: switch its nodes back to the release it recorded, start them
+    /// health-gated; `--restore-backup` restores its backup first (needed once it migrated).
+    Rollback(Box<rollback::RollbackArgs>),
     /// Recorded runs: `runs list`, `runs show RUN_ID`.
     #[command(subcommand)]
     Runs(runs::RunsCommand),
@@ -110,6 +114,7 @@ pub fn main() -> i32 {
         Command::Exec(args) => exec::run(&cli.global, args),
         Command::Check(args) => check::run(&cli.global, args),
         Command::Upgrade(args) => upgrade::run(&cli.global, args),
+        Command::Rollback(args) => rollback::run(&cli.global, args),
         Command::Runs(cmd) => runs::run(&cli.global, cmd),
         Command::Lab(cmd) => lab::run(&cli.global, cmd),
     };

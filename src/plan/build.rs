@@ -298,6 +298,7 @@ pub fn build_plan_with(
         hosts: host_plans,
         blockers: found.blockers,
         warnings: found.warnings,
+        rollback: None,
     }
 }
 

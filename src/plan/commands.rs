@@ -11,7 +11,6 @@ use crate::version::Version;
 /// The name of the Postgres dump inside the run's backup dir.
 pub const DUMP_FILE: &str = "postgres.dump";
 
-
 /// `<backup_dir>/<run_id>`.
 pub fn backup_dir(host: &ResolvedHost, run_id: &str) -> String {
     format!("{}/{run_id}", host.ledger.backup_dir.trim_end_matches('/'))
@@ -75,6 +74,12 @@ pub fn download_command(dir: &str, url: &str, sha256: &str) -> String {
 /// The swap script. Prints `prev-link TARGET`, `prev-file KEPT_AT` or `prev-none`, then
 /// `now TARGET`.
 pub fn switch_command(host: &ResolvedHost, target: &Version, current: Option<&Version>) -> String {
+    switch_to_command(host, &release_binary(host, target), current)
+}
+
+/// The swap script to any staged release path (the rollback's switch back goes to the path the
+/// rolled-back run recorded). `current`: the version of a plain-file binary, kept as its release.
+pub fn switch_to_command(host: &ResolvedHost, release: &str, current: Option<&Version>) -> String {
     let bin = &host.ledger.binary;
     let keep = match current {
         Some(v) => format!(
@@ -94,7 +99,71 @@ pub fn switch_command(host: &ResolvedHost, target: &Version, current: Option<&Ve
          ln -sfn \"$n\" \"$b.fleetup-new\" && mv -Tf \"$b.fleetup-new\" \"$b\" || {{ rm -f \"$b.fleetup-new\"; exit 6; }}; \
          echo \"now $(readlink \"$b\")\"",
         b = quote(bin),
-        n = quote(&release_binary(host, target)),
+        n = quote(release),
+    )
+}
+
+/// Succeeds when the node's `ledger.binary` resolves to the same file as `release` (the probe of
+/// the rollback's switch back).
+pub fn resolves_to_command(host: &ResolvedHost, release: &str) -> String {
+    format!(
+        "b=$(readlink -f {b}) && r=$(readlink -f {r}) && [ -n \"$r\" ] && [ \"$b\" = \"$r\" ]",
+        b = quote(&host.ledger.binary),
+        r = quote(release),
+    )
+}
+
+/// Restores a Postgres backup of fleetup over the same database, nodes stopped: the dump's
+/// SHA-256 is compared with the one the journal recorded and the dump read back with
+/// `pg_restore --list` before anything changes; then the schemas the dump holds (the ledgers and
+/// `_system`, not `public`) are dropped with what a later migration added to them, and the dump
+/// restored with `pg_restore --clean --if-exists` in one transaction. The connection comes from
+/// the env file's conn string through libpq's variables, never an argument.
+pub fn restore_postgres(host: &ResolvedHost, dump: &str, sha256: &str) -> String {
+    format!(
+        "{env}command -v pg_restore >/dev/null 2>&1 && command -v psql >/dev/null 2>&1 || {{ echo 'pg_restore and psql must be installed on the node (postgresql-client)' >&2; exit 7; }}; \
+         f={f}; [ -f \"$f\" ] || {{ echo \"no backup $f on the node\" >&2; exit 3; }}; \
+         h=$(sha256sum < \"$f\") && h=${{h%% *}}; \
+         [ \"$h\" = {s} ] || {{ echo \"$f has sha256 $h, the journal recorded {s}: not restoring it\" >&2; exit 9; }}; \
+         l=$(pg_restore --list \"$f\") || {{ echo \"pg_restore --list cannot read $f\" >&2; exit 9; }}; \
+         {pgenv} || exit 6; d=\"${{PGDATABASE:-${{PGUSER:-$(id -un)}}}}\"; \
+         printf '%s\\n' \"$l\" | awk '$4 == \"SCHEMA\" && $6 != \"public\" {{ print $6 }}' | \
+           while IFS= read -r x; do x=$(printf '%s' \"$x\" | sed 's/\"//g'); printf 'DROP SCHEMA IF EXISTS \"%s\" CASCADE;\\n' \"$x\"; done | \
+           PGCONNECT_TIMEOUT=10 psql -X -q -v ON_ERROR_STOP=1 --single-transaction -d \"$d\" >/dev/null || exit 8; \
+         pg_restore --clean --if-exists --single-transaction --exit-on-error --dbname=\"$d\" \"$f\" || exit 8; \
+         printf '==restored %s\\n' \"$h\"",
+        env = node::env_prefix(host),
+        pgenv = crate::node::pg_env_from_conn_string(),
+        f = quote(dump),
+        s = quote(sha256),
+    )
+}
+
+/// Restores a SQLite backup of fleetup, node stopped: each backed-up copy's SHA-256 is compared
+/// with the journal's (`files`: name, sha256) first; then each is copied over the storage dir
+/// (through a temp file and a rename), a stale journal or WAL of it removed, and the restored
+/// files' sums printed after `==restored` for the runner to compare.
+pub fn restore_sqlite(host: &ResolvedHost, backup: &str, files: &[(String, String)]) -> String {
+    let mut check = String::new();
+    let mut names = Vec::new();
+    for (name, sha) in files {
+        let n = quote(name);
+        check.push_str(&format!(
+            "h=$(sha256sum < \"$bk\"/{n}) && h=${{h%% *}} || exit 3; [ \"$h\" = {s} ] || {{ echo \"$bk/\"{n}\" has sha256 $h, the journal recorded {s}: not restoring\" >&2; exit 9; }}; ",
+            s = quote(sha),
+        ));
+        names.push(n);
+    }
+    let names = names.join(" ");
+    format!(
+        "{env}{SUMS}src=\"${{NUMARY_STORAGE_DIR:-$HOME/.numary/data}}\"; bk={bk}; \
+         [ -d \"$bk\" ] || {{ echo \"no backup $bk on the node\" >&2; exit 3; }}; [ -d \"$src\" ] || exit 3; \
+         {check}\
+         for f in {names}; do cp -p -- \"$bk/$f\" \"$src/$f.fleetup-restore\" && mv -f -- \"$src/$f.fleetup-restore\" \"$src/$f\" || exit 4; \
+         rm -f -- \"$src/$f-journal\" \"$src/$f-wal\" \"$src/$f-shm\"; done; sync; \
+         echo \"==dir $src\"; echo ==restored; cd \"$src\" || exit 5; sums {names} || exit 5",
+        env = node::env_prefix(host),
+        bk = quote(backup),
     )
 }
 

@@ -8,6 +8,7 @@ mod build;
 pub mod commands;
 mod digest;
 mod render;
+mod rollback;
 mod steps;
 mod storage;
 
@@ -29,6 +30,10 @@ use crate::version::Version;
 pub use build::{build_plan, build_plan_with};
 pub use digest::plan_digest;
 pub use render::{header_lines, render_text};
+pub use rollback::{
+    BackupFile, RecordedHost, RecordedStorage, RestoreSource, RollbackRequest, RollbackSpec,
+    RunRecord, build_rollback, restore_command,
+};
 
 /// Token in commands that the runner replaces with the run id (backups go to a fresh directory
 /// per run, so a second run never overwrites the backup of the first).
@@ -170,6 +175,10 @@ pub struct Plan {
     /// Why the plan must not run; the steps are listed anyway so the dry run shows them.
     pub blockers: Vec<Blocker>,
     pub warnings: Vec<String>,
+    /// Set on a rollback plan only (`fleetup rollback`): what it goes back to and from where.
+    /// Absent from an upgrade plan's JSON, so upgrade plan ids are unchanged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback: Option<RollbackSpec>,
 }
 
 impl Plan {
@@ -253,6 +262,10 @@ pub enum StepKind {
     Stage,
     Migrate,
     Switch,
+    /// Rollback: the run's backup restored over the storage (nodes stopped).
+    Restore,
+    /// Rollback: the binary switched back to the release the rolled-back run recorded.
+    SwitchBack,
     StartService,
     HealthGate,
     Decommission,
@@ -270,6 +283,8 @@ impl StepKind {
             StepKind::Stage => "stage",
             StepKind::Migrate => "migrate",
             StepKind::Switch => "switch",
+            StepKind::Restore => "restore",
+            StepKind::SwitchBack => "switch-back",
             StepKind::StartService => "start-service",
             StepKind::HealthGate => "health-gate",
             StepKind::Decommission => "decommission",
@@ -320,6 +335,8 @@ pub enum HostAction {
     Decommission,
     /// Already runs the target: no step names it.
     AlreadyAtTarget,
+    /// Rollback: switched back to its previous release (and its storage restored when asked).
+    RollBack,
 }
 
 impl HostAction {
@@ -329,6 +346,7 @@ impl HostAction {
             HostAction::Deploy => "deploy",
             HostAction::Decommission => "decommission",
             HostAction::AlreadyAtTarget => "already at target",
+            HostAction::RollBack => "roll back",
         }
     }
 }
@@ -386,4 +404,11 @@ pub enum BlockerKind {
     ReplaceNeedsPostgres,
     /// Replace strategy: a host to upgrade is neither a new node nor replaced by one.
     NotPaired,
+    /// Rollback: the run migrated the storage and the old version must not serve its schema
+    /// (no zero-downtime row between the two versions); only `--restore-backup` goes back.
+    Migrated,
+    /// Rollback with `--restore-backup`: the run recorded no backup of a storage.
+    NoBackup,
+    /// Rollback: the version or release to go back to is unknown.
+    NoRelease,
 }

@@ -75,7 +75,9 @@ pub fn render_text(plan: &Plan) -> String {
             .map_or_else(|| "unknown".to_string(), |c| c.to_string());
         let version = match h.action {
             HostAction::AlreadyAtTarget | HostAction::Decommission => current,
-            HostAction::Upgrade | HostAction::Deploy => format!("{current} → {}", plan.target),
+            HostAction::Upgrade | HostAction::Deploy | HostAction::RollBack => {
+                format!("{current} → {}", plan.target)
+            }
         };
         let mut notes = vec![h.action.as_str().to_string()];
         if h.migrator {

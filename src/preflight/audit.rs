@@ -149,7 +149,9 @@ impl Audit {
                 .map_or_else(|| "unknown".to_owned(), ToString::to_string);
             let version = match h.action {
                 HostAction::AlreadyAtTarget | HostAction::Decommission => current,
-                HostAction::Upgrade | HostAction::Deploy => format!("{current} → {}", plan.target),
+                HostAction::Upgrade | HostAction::Deploy | HostAction::RollBack => {
+                    format!("{current} → {}", plan.target)
+                }
             };
             let mut notes = vec![match h.action {
                 HostAction::AlreadyAtTarget => "already done (runs the target)".to_owned(),

@@ -35,9 +35,9 @@ use crate::policy::PolicyTable;
 use crate::ssh::{ConnectError, Session, Transport};
 use crate::version::Version;
 
+pub use crate::lock::{LOCK_DIR as LOCK_FILE_NAME, lock_path};
 pub use audit::{Audit, HostMark, Mark, MarkedStep, Outcome, plan_ready};
 pub use local::{LocalRun, file_sha256, local_binary_version, run_local_version};
-pub use crate::lock::{LOCK_DIR as LOCK_FILE_NAME, lock_path};
 
 /// Names of the checks, as they appear in findings, events and the journal.
 pub mod check {
@@ -320,6 +320,8 @@ fn blocker_check(kind: BlockerKind) -> &'static str {
         | BlockerKind::ReplacedHostMissing
         | BlockerKind::ReplaceNeedsPostgres
         | BlockerKind::NotPaired => check::STRATEGY,
+        BlockerKind::Migrated | BlockerKind::NoBackup => check::STORAGE,
+        BlockerKind::NoRelease => check::UPGRADE_PATH,
     }
 }
 

@@ -12,6 +12,7 @@ mod backup;
 mod ctx;
 mod migrate;
 pub mod probe;
+mod restore;
 mod service;
 mod stage;
 mod switch;
@@ -347,6 +348,8 @@ async fn dispatch<T: Transport + Clone + 'static>(
         StepKind::Stage => stage::run(sh, step).await,
         StepKind::Migrate => migrate::run(sh, step).await,
         StepKind::Switch => switch::run(sh, step).await,
+        StepKind::Restore => restore::run(sh, step).await,
+        StepKind::SwitchBack => switch::run_back(sh, step).await,
         StepKind::StartService => service::start(sh, step).await,
         StepKind::HealthGate => service::health_gate(sh, step).await,
         StepKind::Decommission => Err(sh.error(

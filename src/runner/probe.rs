@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::plan::commands::release_binary;
+use crate::plan::commands::{release_binary, resolves_to_command};
 use crate::plan::{Step, StepKind};
 use crate::schema::{self, Migrated};
 use crate::shell::quote;
@@ -59,6 +59,37 @@ pub async fn probe<T: Transport>(sh: &Shared<T>, step: &Step, host: &str) -> Pro
                 }
                 _ => Probe::ToDo,
             }
+        }
+        StepKind::SwitchBack => {
+            let Some(release) = sh.plan.rollback.as_ref().and_then(|r| r.releases.get(host)) else {
+                return Probe::ToDo;
+            };
+            match t.exec(&resolves_to_command(h, release), &opts()).await {
+                Ok(out) if out.status.success() => Probe::Done(format!(
+                    "`{}` already resolves to `{release}`",
+                    h.ledger.binary
+                )),
+                _ => Probe::ToDo,
+            }
+        }
+        StepKind::Restore => {
+            // Done once a rollback finished this storage: its schema holds nothing newer than
+            // the version gone back to and its node runs that release again. Restoring then
+            // would only lose the writes made since.
+            let Some(spec) = sh.plan.rollback.as_ref() else {
+                return Probe::ToDo;
+            };
+            let Some(release) = spec.releases.get(host) else {
+                return Probe::ToDo;
+            };
+            let back = matches!(t.exec(&resolves_to_command(h, release), &opts()).await, Ok(o) if o.status.success());
+            if back && schema_beyond(sh, host, target).await == Some(false) {
+                return Probe::Done(format!(
+                    "the storage holds no migration newer than `{target}` and `{}` runs `{release}` again: already rolled back",
+                    h.ledger.binary
+                ));
+            }
+            Probe::ToDo
         }
         StepKind::Stage => {
             let release = release_binary(h, target);
@@ -123,6 +154,25 @@ pub async fn schema_state<T: Transport>(sh: &Shared<T>, host: &str) -> Option<Mi
     }
     let state = schema::parse_state(&out.stdout_lossy());
     Some(schema::migrated(&state, &sh.plan.target, driver))
+}
+
+/// Whether `host`'s storage holds a migration newer than `v`'s last one (`None`: unreadable).
+pub async fn schema_beyond<T: Transport>(
+    sh: &Shared<T>,
+    host: &str,
+    v: &crate::version::Version,
+) -> Option<bool> {
+    let driver = sh.facts(host)?.storage.as_ref()?.driver;
+    let cmd = schema::state_command(sh.host(host), driver);
+    let out = sh.session(host).exec(&cmd, &opts()).await.ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    Some(schema::holds_beyond(
+        &schema::parse_state(&out.stdout_lossy()),
+        v,
+        driver,
+    ))
 }
 
 /// Lists the pids of `numary` processes running a storage command on the node.

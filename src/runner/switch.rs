@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use crate::events::Artefact;
 use crate::plan::Step;
-use crate::plan::commands::{release_binary, switch_command};
+use crate::plan::commands::{release_binary, switch_command, switch_to_command};
 use crate::ssh::Transport;
 
 use super::ctx::{Checked, Shared, StepError, per_host};
@@ -93,6 +93,83 @@ async fn one<T: Transport>(sh: &Shared<T>, step: &Step, name: &str) -> Result<()
         c.artefacts.extend(artefacts);
     });
     Ok(())
+}
+
+/// The rollback's switch back: each binary to the release the rolled-back run recorded.
+pub async fn run_back<T: Transport + 'static>(
+    sh: &Arc<Shared<T>>,
+    step: &Step,
+) -> Result<(), StepError> {
+    per_host(sh, step, |sh, step, name| async move {
+        back_one(&sh, &step, &name).await
+    })
+    .await
+}
+
+async fn back_one<T: Transport>(sh: &Shared<T>, step: &Step, name: &str) -> Result<(), StepError> {
+    let host = sh.host(name);
+    let Some(spec) = sh.plan.rollback.as_ref() else {
+        return Err(sh.error(step, name, "not a rollback plan"));
+    };
+    let Some(expected) = spec.releases.get(name).cloned() else {
+        return Err(sh.error(step, name, "the plan names no release to switch back to"));
+    };
+    let cmd = switch_to_command(host, &expected, Some(&spec.from));
+    let swapped = sh
+        .run_checked(step, name, &cmd, "the switch back", None, |out| {
+            let swapped = parse_switch(&out.stdout_lossy()).map_err(|e| sh.error(step, name, e))?;
+            if swapped.now != expected {
+                return Err(sh.error(
+                    step,
+                    name,
+                    format!(
+                        "`{}` points to `{}` after the switch back, not `{expected}`",
+                        host.ledger.binary, swapped.now
+                    ),
+                ));
+            }
+            let artefacts = back_artefacts(name, &swapped);
+            let message = format!(
+                "`{}` points to `{}` again (it pointed to {})",
+                host.ledger.binary,
+                swapped.now,
+                swapped
+                    .previous
+                    .as_deref()
+                    .map(|p| format!("`{p}`"))
+                    .unwrap_or_else(|| "nothing".into()),
+            );
+            Ok(Checked::with(swapped, message, artefacts))
+        })
+        .await?;
+    sh.change(|c| {
+        c.switched.push((
+            name.to_string(),
+            swapped.previous.clone().unwrap_or_default(),
+        ));
+        c.artefacts.extend(back_artefacts(name, &swapped));
+    });
+    Ok(())
+}
+
+fn back_artefacts(name: &str, swapped: &Swapped) -> Vec<Artefact> {
+    let mut out = vec![Artefact {
+        kind: "restored-release".into(),
+        host: name.to_string(),
+        path: swapped.now.clone(),
+        bytes: None,
+        sha256: None,
+    }];
+    if let Some(prev) = &swapped.previous {
+        out.push(Artefact {
+            kind: "rolled-back-release".into(),
+            host: name.to_string(),
+            path: prev.clone(),
+            bytes: None,
+            sha256: None,
+        });
+    }
+    out
 }
 
 fn artefacts<T: Transport>(sh: &Shared<T>, name: &str, swapped: &Swapped) -> Vec<Artefact> {
