@@ -15,6 +15,7 @@ mod lab;
 mod paths;
 mod rollback;
 mod runs;
+mod session;
 mod signals;
 mod status;
 mod table;

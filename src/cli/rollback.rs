@@ -8,11 +8,11 @@ use std::collections::BTreeMap;
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
 use clap::Args;
-use fleetup::events::{Event, EventSink, Fanout};
+use fleetup::events::{Event, EventSink};
 use fleetup::inventory::ResolvedHost;
 use fleetup::journal::{self, DeferredJournal, Header, Journal, JournalFile};
 use fleetup::lock::LockOwner;
@@ -25,7 +25,7 @@ use sha2::{Digest, Sha256};
 
 use super::check::{local_host, local_user};
 use super::connect::{self, ConnectFlags};
-use super::display::{Display, DisplayMode, JsonLines};
+use super::session::RunSession;
 use super::signals;
 use super::{Format, Global, inventory};
 
@@ -113,38 +113,13 @@ pub fn run(global: &Global, args: &RollbackArgs) -> anyhow::Result<i32> {
         plan: None,
         plan_id: None,
     };
-    let journal = Arc::new(DeferredJournal::default());
-    let mode = DisplayMode::resolve(
-        std::io::stderr().is_terminal(),
-        super::display::is_ci(),
-        global.verbose,
-        global.quiet,
-        global.format,
+    let session = RunSession::start(
+        global,
+        &header,
+        hosts.iter().map(|h| h.name.clone()).collect(),
     );
-    let mut fan = Fanout::new()
-        .with(Arc::new(Display::new(mode, global.verbose)))
-        .with(journal.clone() as Arc<dyn EventSink>);
-    if global.format == Format::Json {
-        fan = fan.with(Arc::new(JsonLines));
-    }
-    let sink: Arc<dyn EventSink> = Arc::new(fan);
-    let started = Instant::now();
-    sink.emit(&Event::RunStarted {
-        run_id: run_id.clone(),
-        command: "rollback".into(),
-        target: header.target.clone(),
-        hosts: hosts.iter().map(|h| h.name.clone()).collect(),
-    });
-    let owner = LockOwner {
-        user,
-        local_host,
-        run_id: run_id.clone(),
-        pid: std::process::id(),
-        started_at: header.started_at.clone(),
-        fleetup_version: header.fleetup_version.clone(),
-        command: "rollback".into(),
-        process: fleetup::lock::ProcessIdentity::current(),
-    };
+    let (sink, journal) = (session.sink.clone(), session.journal.clone());
+    let owner = RunSession::owner(&header);
     let ctx = Ctx {
         global,
         args,
@@ -164,31 +139,7 @@ pub fn run(global: &Global, args: &RollbackArgs) -> anyhow::Result<i32> {
     {
         eprintln!("warning: {e:#}");
     }
-    let (outcome, code) = match &result {
-        Ok((outcome, code)) => (outcome.clone(), *code),
-        Err(e) => {
-            let code = fleetup::error::find_failure(e).map_or(exit_code::FAILURE, |f| f.code);
-            let outcome = match code {
-                exit_code::FAILURE => "failed",
-                c => exit_code::name(c),
-            };
-            (outcome.to_string(), code)
-        }
-    };
-    sink.emit(&Event::RunFinished {
-        run_id,
-        outcome,
-        exit_code: code,
-        duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
-    });
-    if let Some(j) = journal.journal() {
-        if let Some(err) = j.error() {
-            eprintln!("warning: {err}");
-        }
-        if global.format == Format::Human && !global.quiet {
-            eprintln!("journal: {}", j.path().display());
-        }
-    }
+    session.finish(global, &result);
     result.map(|(_, code)| code)
 }
 

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context;
 use clap::Args;
-use fleetup::events::{Event, EventSink, Fanout, StepState, StepStatus};
+use fleetup::events::{Event, EventSink, StepState, StepStatus};
 use fleetup::inventory::{Inventory, ResolvedHost};
 use fleetup::journal::{self, DeferredJournal, Header, Journal};
 use fleetup::lock::LockOwner;
@@ -22,7 +22,7 @@ use sha2::{Digest, Sha256};
 
 use super::check::{PlanArgs, PlanInputs, local_host, local_user};
 use super::connect::{self, ConnectFlags};
-use super::display::{Display, DisplayMode, JsonLines};
+use super::session::RunSession;
 use super::signals;
 use super::{Format, Global, inventory};
 
@@ -123,39 +123,14 @@ pub fn run(global: &Global, args: &UpgradeArgs) -> anyhow::Result<i32> {
         plan: None,
         plan_id: None,
     };
-    // The header holds the plan: the file is written once the plan is built.
-    let journal = Arc::new(DeferredJournal::default());
-    let mode = DisplayMode::resolve(
-        std::io::IsTerminal::is_terminal(&std::io::stderr()),
-        super::display::is_ci(),
-        global.verbose,
-        global.quiet,
-        global.format,
+    // The header holds the plan: the journal's file is written once the plan is built.
+    let session = RunSession::start(
+        global,
+        &header,
+        hosts.iter().map(|h| h.name.clone()).collect(),
     );
-    let mut fan = Fanout::new()
-        .with(Arc::new(Display::new(mode, global.verbose)))
-        .with(journal.clone() as Arc<dyn EventSink>);
-    if global.format == Format::Json {
-        fan = fan.with(Arc::new(JsonLines));
-    }
-    let sink: Arc<dyn EventSink> = Arc::new(fan);
-    let started = Instant::now();
-    sink.emit(&Event::RunStarted {
-        run_id: run_id.clone(),
-        command: "upgrade".into(),
-        target: inputs.target.to_string(),
-        hosts: hosts.iter().map(|h| h.name.clone()).collect(),
-    });
-    let owner = LockOwner {
-        user,
-        local_host,
-        run_id: run_id.clone(),
-        pid: std::process::id(),
-        started_at: header.started_at.clone(),
-        fleetup_version: header.fleetup_version.clone(),
-        command: "upgrade".into(),
-        process: fleetup::lock::ProcessIdentity::current(),
-    };
+    let (sink, journal) = (session.sink.clone(), session.journal.clone());
+    let owner = RunSession::owner(&header);
     let prior = resumed
         .as_ref()
         .map(|j| prior_run(j, &hosts))
@@ -191,31 +166,7 @@ pub fn run(global: &Global, args: &UpgradeArgs) -> anyhow::Result<i32> {
     {
         eprintln!("warning: {e:#}");
     }
-    let (outcome, code) = match &result {
-        Ok((outcome, code)) => (outcome.clone(), *code),
-        Err(e) => {
-            let code = fleetup::error::find_failure(e).map_or(exit_code::FAILURE, |f| f.code);
-            let outcome = match code {
-                exit_code::FAILURE => "failed",
-                c => exit_code::name(c),
-            };
-            (outcome.to_string(), code)
-        }
-    };
-    sink.emit(&Event::RunFinished {
-        run_id: run_id.clone(),
-        outcome,
-        exit_code: code,
-        duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
-    });
-    if let Some(j) = journal.journal() {
-        if let Some(err) = j.error() {
-            eprintln!("warning: {err}");
-        }
-        if global.format == Format::Human && !global.quiet {
-            eprintln!("journal: {}", j.path().display());
-        }
-    }
+    session.finish(global, &result);
     result.map(|(_, code)| code)
 }
 
