@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
 use clap::Args;
@@ -13,8 +13,8 @@ use fleetup::events::{Event, EventSink, StepState, StepStatus};
 use fleetup::inventory::{Inventory, ResolvedHost};
 use fleetup::journal::{self, DeferredJournal, Header, Journal};
 use fleetup::lock::LockOwner;
-use fleetup::plan::{BinarySource, Plan, StepKind, build_plan_with, plan_digest};
-use fleetup::preflight::{self, PreflightInput, check};
+use fleetup::plan::{BinarySource, Plan, StepKind};
+use fleetup::preflight::{self, check};
 use fleetup::runner::{self, Cancel, Fleet, Outcome, PriorRun, RunConfig, RunReport, kind_name};
 use fleetup::ssh::Session;
 use fleetup::{Failure, exit_code};
@@ -309,19 +309,26 @@ impl Ctx<'_> {
     }
 
     async fn connected(&self, conns: &connect::Connections) -> anyhow::Result<(String, i32)> {
-        let mut unreachable = Vec::new();
-        for (name, conn) in conns {
-            match conn {
-                Ok(_) => self.sink.emit(&Event::HostConnected { host: name.clone() }),
-                Err(e) => {
-                    unreachable.push(name.clone());
-                    self.sink.emit(&Event::HostUnreachable {
-                        host: name.clone(),
-                        reason: e.to_string(),
-                    });
-                }
-            }
-        }
+        let inputs = self.inputs;
+        let left_out = connect::left_out(self.inventory, self.hosts, &self.args.connect).await;
+        // The same audit as `fleetup check`: facts, plan, plan id and every preflight finding,
+        // so the run never goes where the audit would not.
+        let audit = preflight::audit_fleet(
+            self.hosts,
+            conns,
+            &left_out,
+            &inputs.target,
+            &inputs.options,
+            &inputs.policy,
+            inputs.local_binary_version.clone(),
+            self.sink.as_ref(),
+        )
+        .await;
+        let unreachable: Vec<&str> = conns
+            .iter()
+            .filter(|(_, c)| c.is_err())
+            .map(|(n, _)| n.as_str())
+            .collect();
         if !unreachable.is_empty() {
             if !self.global.quiet {
                 connect::report_failures(conns);
@@ -341,25 +348,8 @@ impl Ctx<'_> {
             .iter()
             .filter_map(|(n, c)| c.as_ref().ok().map(|s| (n.clone(), s.clone())))
             .collect();
-        let mut facts = fleetup::facts::gather_all(self.hosts, conns).await;
-        // A `numary storage` command an interrupted run left running (the remote process
-        // outlives the SSH connection) holds the storage: wait for it, then look again.
-        if self.wait_storage_commands(&sessions).await {
-            facts = fleetup::facts::gather_all(self.hosts, conns).await;
-        }
-        let left_out = connect::left_out(self.inventory, self.hosts, &self.args.connect).await;
-        let inputs = self.inputs;
-        let plan = build_plan_with(
-            self.hosts,
-            &facts,
-            &left_out,
-            &inputs.target,
-            &inputs.options,
-            &inputs.policy,
-        );
-        let plan_id = plan_digest(&plan, &facts);
+        let (plan, plan_id, facts) = (audit.plan, audit.plan_id, audit.facts);
         self.attach_journal(Some(&plan), Some(&plan_id))?;
-        self.sink.emit(&preflight::plan_ready(&plan, &plan_id));
         if let Some(expected) = &self.args.plan_id {
             preflight::verify_plan_id(expected, &plan_id)?;
         }
@@ -398,17 +388,12 @@ impl Ctx<'_> {
             }
             return Ok(("nothing-to-do".into(), exit_code::SUCCESS));
         }
-        let input = PreflightInput {
-            hosts: self.hosts,
-            facts: &facts,
-            plan: &plan,
-            binary: &plan.binary,
-            local_binary_version: inputs.local_binary_version.clone(),
-        };
-        let preflight = preflight::run(&sessions, &input, self.sink.as_ref()).await;
-        // With `--break-lock` the runner shows and breaks a held lock itself.
-        let failures: Vec<&preflight::Finding> = preflight
-            .failures()
+        // With `--break-lock` (or `--resume`) the runner shows and breaks (or takes over) a
+        // held lock itself.
+        let failures: Vec<&preflight::Finding> = audit
+            .findings
+            .iter()
+            .filter(|f| !f.ok)
             .filter(|f| !((self.args.break_lock || self.resumed) && f.check == check::LOCK))
             .collect();
         self.preflight_steps(&plan, &failures);
@@ -561,41 +546,6 @@ impl Ctx<'_> {
                 f.hints.extend(report.unlock_errors.iter().cloned());
                 Err(f.into())
             }
-        }
-    }
-
-    /// Waits (up to two minutes) while a `numary storage` command runs on a selected node;
-    /// true when there was one.
-    async fn wait_storage_commands(&self, sessions: &BTreeMap<String, Session>) -> bool {
-        let deadline = Instant::now() + Duration::from_secs(120);
-        let mut waited = false;
-        loop {
-            let mut set = tokio::task::JoinSet::new();
-            for (name, t) in sessions {
-                let (name, t) = (name.clone(), t.clone());
-                set.spawn(async move { (name, runner::probe::storage_commands(&t).await) });
-            }
-            let mut busy = Vec::new();
-            while let Some(Ok((name, pids))) = set.join_next().await {
-                if !pids.is_empty() {
-                    busy.push(format!("`{name}` (pid {})", pids.join(", ")));
-                }
-            }
-            busy.sort();
-            if busy.is_empty() || Instant::now() >= deadline {
-                return waited;
-            }
-            if !waited {
-                self.sink.emit(&Event::Notice {
-                    host: String::new(),
-                    message: format!(
-                        "a `numary storage` command still runs on {}, left by an interrupted run: waiting for it to end",
-                        busy.join(", ")
-                    ),
-                });
-            }
-            waited = true;
-            tokio::time::sleep(Duration::from_millis(500)).await;
         }
     }
 

@@ -190,13 +190,16 @@ pub async fn audit_fleet(
             },
         });
     }
-    let facts = crate::facts::gather_all(hosts, conns).await;
-    let plan = build_plan_with(hosts, &facts, left_out, target, opts, policy);
-    sink.emit(&plan_ready(&plan, &crate::plan::plan_digest(&plan, &facts)));
     let sessions: BTreeMap<String, Session> = conns
         .iter()
         .filter_map(|(name, conn)| conn.as_ref().ok().map(|s| (name.clone(), s.clone())))
         .collect();
+    // A `numary storage` command an interrupted run left running (the remote process outlives
+    // the SSH connection) holds the storage: the facts are read once it ended.
+    crate::runner::probe::wait_storage_commands_on(&sessions, sink).await;
+    let facts = crate::facts::gather_all(hosts, conns).await;
+    let plan = build_plan_with(hosts, &facts, left_out, target, opts, policy);
+    sink.emit(&plan_ready(&plan, &crate::plan::plan_digest(&plan, &facts)));
     let input = PreflightInput {
         hosts,
         facts: &facts,

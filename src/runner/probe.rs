@@ -216,3 +216,41 @@ pub async fn storage_commands<T: Transport>(t: &T) -> Vec<String> {
         Err(_) => Vec::new(),
     }
 }
+
+/// Waits (up to two minutes) while a `numary storage` command runs on any of `sessions`' nodes,
+/// told once as a notice; true when there was one.
+pub async fn wait_storage_commands_on<T: Transport + Clone + 'static>(
+    sessions: &std::collections::BTreeMap<String, T>,
+    sink: &dyn crate::events::EventSink,
+) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut waited = false;
+    loop {
+        let mut set = tokio::task::JoinSet::new();
+        for (name, t) in sessions {
+            let (name, t) = (name.clone(), t.clone());
+            set.spawn(async move { (name, storage_commands(&t).await) });
+        }
+        let mut busy = Vec::new();
+        while let Some(Ok((name, pids))) = set.join_next().await {
+            if !pids.is_empty() {
+                busy.push(format!("`{name}` (pid {})", pids.join(", ")));
+            }
+        }
+        busy.sort();
+        if busy.is_empty() || Instant::now() >= deadline {
+            return waited;
+        }
+        if !waited {
+            sink.emit(&crate::events::Event::Notice {
+                host: String::new(),
+                message: format!(
+                    "a `numary storage` command still runs on {}, left by an interrupted run: waiting for it to end",
+                    busy.join(", ")
+                ),
+            });
+        }
+        waited = true;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
