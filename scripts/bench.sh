@@ -122,13 +122,25 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
+# Every port of the lab (SSH and API), one a line, from its inventory.
+lab_ports() { sed -n 's/^port = \([0-9]*\)$/\1/p; s/^api = "[^"]*:\([0-9]*\)"$/\1/p' "$1/inventory.toml"; }
 lab_up() { # DIR NODES
-  local d=$1 n=$2
-  [ ! -e "$d" ] || "$fleetup" lab down --dir "$d" --purge >>"$logs/lab-down.log" 2>&1 || true
-  live_labs+=("$d")
-  "$fleetup" -q lab up --dir "$d" --nodes "$n" --version "$from" --driver postgres \
-    --pg-url "$pg_url" --stopped >>"$logs/lab-up.log" 2>&1 ||
-    { tail -n 20 "$logs/lab-up.log" >&2; die "lab up in $d failed"; }
+  local d=$1 n=$2 try dup
+  for try in 1 2 3; do
+    [ ! -e "$d" ] || "$fleetup" lab down --dir "$d" --purge >>"$logs/lab-down.log" 2>&1 || true
+    live_labs+=("$d")
+    "$fleetup" -q lab up --dir "$d" --nodes "$n" --version "$from" --driver postgres \
+      --pg-url "$pg_url" --stopped >>"$logs/lab-up.log" 2>&1 ||
+      { tail -n 20 "$logs/lab-up.log" >&2; die "lab up in $d failed"; }
+    # `lab up` can hand one port number to two servers (seen: node-3's API port was node-20's
+    # SSH port), which the audit then rightly refuses (`api-port`): such a lab is made again.
+    dup=$(lab_ports "$d" | sort | uniq -d | tr '\n' ' ')
+    [ -n "$dup" ] || break
+    log "warning: lab in $d uses port(s) ${dup}twice (attempt $try): bringing it up again"
+    echo "$d: ${dup}" >>"$samples/port-clashes"
+    lab_down "$d"
+    [ "$try" -lt 3 ] || die "lab up in $d gave duplicate ports three times"
+  done
   "$fleetup" -q lab release --dir "$d" --version "$to" --out "$d/numary-$to" >>"$logs/lab-up.log" 2>&1 ||
     die "lab release in $d failed"
   if [ -n "$baseline" ]; then
@@ -268,5 +280,8 @@ done
 echo
 if [ -s "$samples/blocked" ]; then
   echo "check runs that reported a blocker (counted, see $logs): $(tr '\n' ',' <"$samples/blocked" | sed 's/,$//')"
+fi
+if [ -s "$samples/port-clashes" ]; then
+  echo "labs made again because lab up gave one port twice: $(wc -l <"$samples/port-clashes")"
 fi
 echo "samples: $samples; logs: $logs; upgrade journals: $dir/journals"
