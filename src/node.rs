@@ -132,6 +132,7 @@ pub fn parse_service_state(
 pub const PROBE_ENV: &str = "==fleetup:env";
 pub const PROBE_RELEASES: &str = "==fleetup:releases";
 pub const PROBE_BINARY: &str = "==fleetup:binary";
+pub const PROBE_BUSY: &str = "==fleetup:busy";
 pub const PROBE_END: &str = "==fleetup:end";
 
 /// One read-only script for the facts that need no `numary`: the storage settings as the
@@ -160,11 +161,17 @@ pub fn probe(host: &ResolvedHost) -> String {
     let r = quote(&host.ledger.releases_dir);
     s.push_str(&format!(
         "echo {PROBE_RELEASES}; if [ -d {r} ]; then for d in {r}/*/; do [ -d \"$d\" ] && basename \"$d\"; done; fi; \
-         echo {PROBE_BINARY}; readlink -f {b} 2>/dev/null; echo {PROBE_END}",
+         echo {PROBE_BINARY}; readlink -f {b} 2>/dev/null; \
+         echo {PROBE_BUSY}; {busy}; echo {PROBE_END}",
+        busy = STORAGE_COMMANDS,
         b = quote(&host.ledger.binary),
     ));
     s
 }
+
+/// Prints the pid of each `numary` process running a storage command (`numary storage ...`):
+/// one an interrupted run may have left running, which still holds the storage.
+pub const STORAGE_COMMANDS: &str = "for p in $(pgrep -x numary 2>/dev/null); do tr '\\0' ' ' < /proc/$p/cmdline 2>/dev/null | grep -q ' storage ' && echo $p; done; true";
 
 /// The sections of a [`probe`] output.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -183,6 +190,8 @@ pub struct ProbeOutput {
     pub releases: Vec<String>,
     /// Where the binary resolves to (`readlink -f`): the release it runs.
     pub binary_target: Option<String>,
+    /// Pids of `numary storage ...` commands running on the node.
+    pub busy: Vec<String>,
 }
 
 pub fn parse_probe(stdout: &str) -> ProbeOutput {
@@ -190,7 +199,7 @@ pub fn parse_probe(stdout: &str) -> ProbeOutput {
     let mut section = "";
     for line in stdout.lines() {
         match line {
-            PROBE_ENV | PROBE_RELEASES | PROBE_BINARY | PROBE_END => section = line,
+            PROBE_ENV | PROBE_RELEASES | PROBE_BINARY | PROBE_BUSY | PROBE_END => section = line,
             _ => match section {
                 PROBE_ENV => {
                     if let Some(err) = line.strip_prefix("! ") {
@@ -209,6 +218,7 @@ pub fn parse_probe(stdout: &str) -> ProbeOutput {
                 }
                 PROBE_RELEASES if !line.is_empty() => out.releases.push(line.to_string()),
                 PROBE_BINARY if !line.is_empty() => out.binary_target = Some(line.to_string()),
+                PROBE_BUSY if !line.trim().is_empty() => out.busy.push(line.trim().to_string()),
                 _ => {}
             },
         }

@@ -108,6 +108,7 @@ pub async fn gather<T: Transport>(t: &T, host: &ResolvedHost) -> HostFacts {
         .filter_map(|r| Version::parse(r).ok())
         .collect();
     facts.binary_target = probe.binary_target.clone();
+    facts.busy_storage = probe.busy.clone();
     let schema_of = |driver| {
         let cmd = crate::schema::state_command(host, driver);
         let opts = opts.clone();
@@ -121,8 +122,9 @@ pub async fn gather<T: Transport>(t: &T, host: &ResolvedHost) -> HostFacts {
         }
     };
     match probe.driver.as_str() {
+        // Postgres: one database for many nodes; its schema is read once, on the node that
+        // would migrate it (`gather_schema`, once the plan knows which).
         "postgres" => {
-            facts.schema = schema_of(StorageDriver::Postgres).await;
             facts.storage = Some(StorageFacts {
                 driver: StorageDriver::Postgres,
                 sqlite_dir: None,
@@ -167,6 +169,23 @@ pub async fn gather<T: Transport>(t: &T, host: &ResolvedHost) -> HostFacts {
         )),
     }
     facts
+}
+
+/// The migration rows of `host`'s storage (read-only), for [`HostFacts::schema`].
+pub async fn gather_schema<T: Transport>(
+    t: &T,
+    host: &ResolvedHost,
+    driver: StorageDriver,
+) -> Option<crate::schema::SchemaState> {
+    let opts = ExecOptions {
+        timeout: Some(FACT_TIMEOUT),
+        ..Default::default()
+    };
+    let cmd = crate::schema::state_command(host, driver);
+    match t.exec(&cmd, &opts).await {
+        Ok(out) if out.status.success() => Some(crate::schema::parse_state(&out.stdout_lossy())),
+        _ => None,
+    }
 }
 
 /// `/_info` and `/_health` as the node sees them.

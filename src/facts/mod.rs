@@ -8,7 +8,7 @@ use crate::version::Version;
 mod gather;
 mod storage;
 
-pub use gather::{gather, gather_all};
+pub use gather::{gather, gather_all, gather_schema};
 pub use storage::{StorageId, is_node_relative_host};
 
 /// What fleetup learned about one host.
@@ -32,6 +32,9 @@ pub struct HostFacts {
     /// The storage's ledgers and the migration rows each holds, read-only (`None` when it could
     /// not be read: no `sqlite3`/`psql` on the node, no registry yet, ...).
     pub schema: Option<crate::schema::SchemaState>,
+    /// Pids of `numary storage ...` commands running on the node (left by an interrupted run:
+    /// they still hold the storage).
+    pub busy_storage: Vec<String>,
     /// SQLite hot journal files found in the storage dir (a sign of an unclean stop).
     pub hot_journals: Vec<String>,
     /// Where `ledgers` came from: `api` (`/_info`), `sqlite-files`, or empty when unknown.

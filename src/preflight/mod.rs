@@ -194,11 +194,24 @@ pub async fn audit_fleet(
         .iter()
         .filter_map(|(name, conn)| conn.as_ref().ok().map(|s| (name.clone(), s.clone())))
         .collect();
+    let mut facts = crate::facts::gather_all(hosts, conns).await;
     // A `numary storage` command an interrupted run left running (the remote process outlives
-    // the SSH connection) holds the storage: the facts are read once it ended.
-    crate::runner::probe::wait_storage_commands_on(&sessions, sink).await;
-    let facts = crate::facts::gather_all(hosts, conns).await;
-    let plan = build_plan_with(hosts, &facts, left_out, target, opts, policy);
+    // the SSH connection) holds the storage: the facts are read again once it ended.
+    let busy: BTreeMap<String, Session> = sessions
+        .iter()
+        .filter(|(n, _)| facts.get(*n).is_some_and(|f| !f.busy_storage.is_empty()))
+        .map(|(n, s)| (n.clone(), s.clone()))
+        .collect();
+    if !busy.is_empty() {
+        crate::runner::probe::wait_storage_commands_on(&busy, sink).await;
+        facts = crate::facts::gather_all(hosts, conns).await;
+    }
+    let mut plan = build_plan_with(hosts, &facts, left_out, target, opts, policy);
+    // Each Postgres database the plan would back up and migrate: its migration rows, read once
+    // on its migrator. A database already migrated is then neither backed up nor migrated again.
+    if read_schemas(&plan, &sessions, hosts, &mut facts).await {
+        plan = build_plan_with(hosts, &facts, left_out, target, opts, policy);
+    }
     sink.emit(&plan_ready(&plan, &crate::plan::plan_digest(&plan, &facts)));
     let input = PreflightInput {
         hosts,
@@ -209,6 +222,48 @@ pub async fn audit_fleet(
     };
     let preflight = run(&sessions, &input, sink).await;
     Audit::new(plan, facts, preflight)
+}
+
+/// Reads the schema of each Postgres storage the plan migrates, on the migrating host; true
+/// when any was read.
+async fn read_schemas(
+    plan: &Plan,
+    sessions: &BTreeMap<String, Session>,
+    hosts: &[ResolvedHost],
+    facts: &mut BTreeMap<String, crate::facts::HostFacts>,
+) -> bool {
+    let migrating: Vec<&str> = plan
+        .steps
+        .iter()
+        .filter(|s| matches!(s.kind, StepKind::Migrate | StepKind::Backup))
+        .flat_map(|s| s.hosts.iter().map(String::as_str))
+        .collect();
+    let jobs: Vec<_> = hosts
+        .iter()
+        .filter(|h| migrating.contains(&h.name.as_str()))
+        .filter_map(|h| {
+            let f = facts.get(&h.name)?;
+            let postgres = f
+                .storage
+                .as_ref()
+                .is_some_and(|s| s.driver == crate::facts::StorageDriver::Postgres);
+            let t = sessions.get(&h.name)?;
+            (postgres && f.schema.is_none()).then_some((h, t))
+        })
+        .map(|(h, t)| async move {
+            let schema =
+                crate::facts::gather_schema(t, h, crate::facts::StorageDriver::Postgres).await;
+            (h.name.clone(), schema)
+        })
+        .collect();
+    let mut any = false;
+    for (name, schema) in join_all(jobs).await {
+        if let (Some(f), Some(schema)) = (facts.get_mut(&name), schema) {
+            f.schema = Some(schema);
+            any = true;
+        }
+    }
+    any
 }
 
 /// Runs every check on every selected host, in parallel over the established `sessions` (hosts

@@ -177,7 +177,7 @@ pub async fn schema_beyond<T: Transport>(
 
 /// Lists the pids of `numary` processes running a storage command on the node.
 pub fn storage_commands_command() -> String {
-    "for p in $(pgrep -x numary 2>/dev/null); do tr '\\0' ' ' < /proc/$p/cmdline 2>/dev/null | grep -q ' storage ' && echo $p; done; true".to_string()
+    crate::node::STORAGE_COMMANDS.to_string()
 }
 
 /// Waits (up to the health timeout) until no `numary storage ...` process runs on `host`.
