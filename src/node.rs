@@ -133,6 +133,7 @@ pub const PROBE_ENV: &str = "==fleetup:env";
 pub const PROBE_RELEASES: &str = "==fleetup:releases";
 pub const PROBE_BINARY: &str = "==fleetup:binary";
 pub const PROBE_BUSY: &str = "==fleetup:busy";
+pub const PROBE_SCHEMA: &str = "==fleetup:schema";
 pub const PROBE_END: &str = "==fleetup:end";
 
 /// One read-only script for the facts that need no `numary`: the storage settings as the
@@ -141,6 +142,13 @@ pub const PROBE_END: &str = "==fleetup:end";
 /// is reported as `user@host:port/db` from libpq's variables: the password never leaves the
 /// node. Sections are introduced by marker lines; `! reason` lines report what failed.
 pub fn probe(host: &ResolvedHost) -> String {
+    probe_with(host, false)
+}
+
+/// [`probe`]; with `schema`, a Postgres node also reports its database's ledgers and migration
+/// rows ([`crate::schema`]), so the one node asked reads a shared database's schema without a
+/// round trip of its own.
+pub fn probe_with(host: &ResolvedHost, schema: bool) -> String {
     let mut s = format!("echo {PROBE_ENV}; ( ");
     if let Some(env) = &host.ledger.env_file {
         let e = quote(env);
@@ -162,8 +170,17 @@ pub fn probe(host: &ResolvedHost) -> String {
     s.push_str(&format!(
         "echo {PROBE_RELEASES}; if [ -d {r} ]; then for d in {r}/*/; do [ -d \"$d\" ] && basename \"$d\"; done; fi; \
          echo {PROBE_BINARY}; readlink -f {b} 2>/dev/null; \
-         echo {PROBE_BUSY}; {busy}; echo {PROBE_END}",
+         echo {PROBE_BUSY}; if [ -d {lock} ]; then {busy}; fi; {schema}echo {PROBE_END}",
         busy = STORAGE_COMMANDS,
+        lock = quote(&crate::lock::lock_path(host)),
+        schema = if schema {
+            format!(
+                "echo {PROBE_SCHEMA}; ( {} ) 2>/dev/null; ",
+                crate::schema::postgres_probe(host)
+            )
+        } else {
+            String::new()
+        },
         b = quote(&host.ledger.binary),
     ));
     s
@@ -190,8 +207,11 @@ pub struct ProbeOutput {
     pub releases: Vec<String>,
     /// Where the binary resolves to (`readlink -f`): the release it runs.
     pub binary_target: Option<String>,
-    /// Pids of `numary storage ...` commands running on the node.
+    /// Pids of `numary storage ...` commands running on the node (looked for only where a lock
+    /// is left, the trace of an interrupted run).
     pub busy: Vec<String>,
+    /// With [`probe_with`]`(.., true)` on a Postgres node: the schema section's lines.
+    pub schema: Vec<String>,
 }
 
 pub fn parse_probe(stdout: &str) -> ProbeOutput {
@@ -199,7 +219,9 @@ pub fn parse_probe(stdout: &str) -> ProbeOutput {
     let mut section = "";
     for line in stdout.lines() {
         match line {
-            PROBE_ENV | PROBE_RELEASES | PROBE_BINARY | PROBE_BUSY | PROBE_END => section = line,
+            PROBE_ENV | PROBE_RELEASES | PROBE_BINARY | PROBE_BUSY | PROBE_SCHEMA | PROBE_END => {
+                section = line
+            }
             _ => match section {
                 PROBE_ENV => {
                     if let Some(err) = line.strip_prefix("! ") {
@@ -219,6 +241,7 @@ pub fn parse_probe(stdout: &str) -> ProbeOutput {
                 PROBE_RELEASES if !line.is_empty() => out.releases.push(line.to_string()),
                 PROBE_BINARY if !line.is_empty() => out.binary_target = Some(line.to_string()),
                 PROBE_BUSY if !line.trim().is_empty() => out.busy.push(line.trim().to_string()),
+                PROBE_SCHEMA => out.schema.push(line.to_string()),
                 _ => {}
             },
         }

@@ -68,6 +68,18 @@ pub fn state_command(host: &ResolvedHost, driver: StorageDriver) -> String {
     }
 }
 
+/// The Postgres half of [`state_command`] for the facts probe: with the service's environment,
+/// prints nothing unless the driver is `postgres` and `psql` is installed.
+pub fn postgres_probe(host: &ResolvedHost) -> String {
+    format!(
+        "{env}[ \"${{NUMARY_STORAGE_DRIVER:-}}\" = postgres ] && command -v psql >/dev/null 2>&1 || exit 0; \
+         {} && PGCONNECT_TIMEOUT=10 exec psql -X -q -At -F '|' -v ON_ERROR_STOP=1 -c {}",
+        node::pg_env_from_conn_string(),
+        quote(POSTGRES_STATE_QUERY),
+        env = node::env_prefix(host),
+    )
+}
+
 /// Every registered ledger, then each migration row of each (one query: `query_to_xml` reads a
 /// table whose name is data, without a function or a second round trip).
 const POSTGRES_STATE_QUERY: &str = "select 'ledger', ledger from _system.ledgers \

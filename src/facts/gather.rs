@@ -28,11 +28,16 @@ pub fn split_api_address(api: &str) -> Option<(String, u16)> {
 
 /// Everything fleetup can learn about one reachable host without changing it.
 pub async fn gather<T: Transport>(t: &T, host: &ResolvedHost) -> HostFacts {
+    gather_with(t, host, false).await
+}
+
+/// [`gather`]; with `schema`, a Postgres node's database schema is read in the same probe.
+pub async fn gather_with<T: Transport>(t: &T, host: &ResolvedHost, schema: bool) -> HostFacts {
     let opts = ExecOptions {
         timeout: Some(FACT_TIMEOUT),
         ..Default::default()
     };
-    let probe_cmd = node::probe(host);
+    let probe_cmd = node::probe_with(host, schema);
     let version_cmd = node::numary(host, &host.ledger.binary, &["version"]);
     let status_cmd = node::service_state(host);
     let (probe, version, status, api) = tokio::join!(
@@ -125,6 +130,9 @@ pub async fn gather<T: Transport>(t: &T, host: &ResolvedHost) -> HostFacts {
         // Postgres: one database for many nodes; its schema is read once, on the node that
         // would migrate it (`gather_schema`, once the plan knows which).
         "postgres" => {
+            if !probe.schema.is_empty() {
+                facts.schema = Some(crate::schema::parse_state(&probe.schema.join("\n")));
+            }
             facts.storage = Some(StorageFacts {
                 driver: StorageDriver::Postgres,
                 sqlite_dir: None,
@@ -218,6 +226,13 @@ pub async fn gather_all(
 ) -> BTreeMap<String, HostFacts> {
     let mut set = tokio::task::JoinSet::new();
     let mut facts = BTreeMap::new();
+    // One node reads a shared Postgres database's schema in its probe: the one marked
+    // `migrator = true`, else the first (others are read later, only if the plan needs them).
+    let schema_host = hosts
+        .iter()
+        .find(|h| h.migrator)
+        .or(hosts.first())
+        .map(|h| h.name.clone());
     for (name, conn) in conns {
         let Some(host) = hosts.iter().find(|h| &h.name == name) else {
             continue;
@@ -225,8 +240,9 @@ pub async fn gather_all(
         match conn {
             Ok(session) => {
                 let (session, host) = (session.clone(), host.clone());
+                let schema = schema_host.as_deref() == Some(host.name.as_str());
                 set.spawn(async move {
-                    let f = gather(&session, &host).await;
+                    let f = gather_with(&session, &host, schema).await;
                     (host.name, f)
                 });
             }
