@@ -14,7 +14,7 @@ use anyhow::Context;
 use clap::Args;
 use fleetup::events::{Event, EventSink};
 use fleetup::inventory::ResolvedHost;
-use fleetup::journal::{self, DeferredJournal, Header, Journal, JournalFile};
+use fleetup::journal::{self, DeferredJournal, Header, JournalFile};
 use fleetup::lock::LockOwner;
 use fleetup::plan::{Plan, RollbackRequest, RunRecord, build_rollback, plan_digest};
 use fleetup::policy::PolicyTable;
@@ -25,7 +25,7 @@ use sha2::{Digest, Sha256};
 
 use super::check::{local_host, local_user};
 use super::connect::{self, ConnectFlags};
-use super::session::RunSession;
+use super::session::{self, RunSession};
 use super::signals;
 use super::{Format, Global, inventory};
 
@@ -208,14 +208,7 @@ struct Ctx<'a> {
 
 impl Ctx<'_> {
     fn attach_journal(&self, plan: Option<(&Plan, &str)>) -> anyhow::Result<()> {
-        let mut header = self.header.clone();
-        if let Some((plan, id)) = plan {
-            header.plan = Some(serde_json::to_value(plan)?);
-            header.plan_id = Some(id.to_string());
-        }
-        let j = Journal::create(&self.state_dir, &header)?;
-        self.journal.attach(Arc::new(j));
-        Ok(())
+        session::attach_journal(&self.journal, &self.state_dir, &self.header, plan, false)
     }
 
     fn rollback(&self) -> anyhow::Result<(String, i32)> {

@@ -3,13 +3,15 @@
 //! whose file is written once the plan is built), the `run_started` / `run_finished` events, the
 //! lock owner, and the journal's last words.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
 use fleetup::events::{Event, EventSink, Fanout};
 use fleetup::exit_code;
-use fleetup::journal::{DeferredJournal, Header};
+use fleetup::journal::{DeferredJournal, Header, Journal};
 use fleetup::lock::LockOwner;
+use fleetup::plan::Plan;
 
 use super::display::{Display, DisplayMode, JsonLines};
 use super::{Format, Global};
@@ -97,4 +99,27 @@ impl RunSession {
             }
         }
     }
+}
+
+/// Writes the run's journal: a new file whose header holds `plan` and its id, or (`append`,
+/// `--resume`) the file of the run being continued; the events so far first.
+pub fn attach_journal(
+    journal: &DeferredJournal,
+    state_dir: &Path,
+    header: &Header,
+    plan: Option<(&Plan, &str)>,
+    append: bool,
+) -> anyhow::Result<()> {
+    let j = if append {
+        Journal::open_append(state_dir, &header.run_id)?
+    } else {
+        let mut header = header.clone();
+        if let Some((plan, id)) = plan {
+            header.plan = Some(serde_json::to_value(plan)?);
+            header.plan_id = Some(id.to_string());
+        }
+        Journal::create(state_dir, &header)?
+    };
+    journal.attach(Arc::new(j));
+    Ok(())
 }

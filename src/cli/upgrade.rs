@@ -11,7 +11,7 @@ use anyhow::Context;
 use clap::Args;
 use fleetup::events::{Event, EventSink, StepState, StepStatus};
 use fleetup::inventory::{Inventory, ResolvedHost};
-use fleetup::journal::{self, DeferredJournal, Header, Journal};
+use fleetup::journal::{self, DeferredJournal, Header};
 use fleetup::lock::LockOwner;
 use fleetup::plan::{BinarySource, Plan, StepKind};
 use fleetup::preflight::{self, check};
@@ -22,7 +22,7 @@ use sha2::{Digest, Sha256};
 
 use super::check::{PlanArgs, PlanInputs, local_host, local_user};
 use super::connect::{self, ConnectFlags};
-use super::session::RunSession;
+use super::session::{self, RunSession};
 use super::signals;
 use super::{Format, Global, inventory};
 
@@ -276,16 +276,14 @@ impl Ctx<'_> {
     /// Opens the journal (a new file with the plan in its header, or the resumed run's file)
     /// and writes the events so far.
     fn attach_journal(&self, plan: Option<&Plan>, plan_id: Option<&str>) -> anyhow::Result<()> {
-        let j = if self.resumed {
-            Journal::open_append(&self.state_dir, &self.owner.run_id)?
-        } else {
-            let mut header = self.header.clone();
-            header.plan = plan.map(serde_json::to_value).transpose()?;
-            header.plan_id = plan_id.map(str::to_string);
-            Journal::create(&self.state_dir, &header)?
-        };
-        self.journal.attach(Arc::new(j));
-        Ok(())
+        let plan = plan.zip(plan_id);
+        session::attach_journal(
+            &self.journal,
+            &self.state_dir,
+            &self.header,
+            plan,
+            self.resumed,
+        )
     }
 
     /// `(outcome, exit code)` of a run that got to an end, or the error to render.
