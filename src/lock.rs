@@ -1217,7 +1217,8 @@ mod tests {
         );
         tokio::time::sleep(Duration::from_millis(700)).await;
         let n = refreshes(&t);
-        assert!((3..=5).contains(&n), "{n} refreshes in 700 ms");
+        // Every 150 ms: 4 in 700 ms on a quiet machine, fewer under load, never a busy loop.
+        assert!((1..=5).contains(&n), "{n} refreshes in 700 ms");
         assert!(failures.lock().unwrap().is_empty());
 
         // The lock is removed behind the refresher's back: reported, then left alone.
@@ -1228,8 +1229,10 @@ mod tests {
         assert_eq!(refreshes(&t), after, "no refresh after the lock was lost");
         let f = failures.lock().unwrap().clone();
         assert_eq!(f.len(), 1, "{f:?}");
+        // Gone, or caught between the owner file's removal and the dir's: either way not ours.
         assert!(
-            f[0].starts_with("node-1: ") && f[0].contains("is gone"),
+            f[0].starts_with("node-1: ")
+                && (f[0].contains("is gone") || f[0].contains("unknown run")),
             "{f:?}"
         );
         r.stop().await;
