@@ -18,11 +18,7 @@ use fleetup::lab::pg::PgUrl;
 use fleetup::lab::{Driver, Lab, LabGuard};
 use fleetup::lock::{self, LeaseConfig, LockError, LockOwner};
 use fleetup::ssh::{ConnectOptions, Session, connect};
-use lab_fixture::{code, fleetup, pg_url, release, spec, stderr, stdout};
-
-fn both(out: &Output) -> String {
-    format!("stdout:\n{}\nstderr:\n{}", stdout(out), stderr(out))
-}
+use lab_fixture::{both, code, fleetup, pg_url, release, spec, stderr};
 
 /// The node's clock (the lab's nodes run on this machine).
 fn node_now() -> u64 {

@@ -16,14 +16,10 @@ use std::time::{Duration, Instant};
 use fleetup::exit_code;
 use fleetup::journal::{self, JournalFile};
 use fleetup::lab::{Driver, Lab, LabGuard};
-use lab_fixture::{code, fleetup, fleetup_cmd, release, spec, stderr, stdout};
+use lab_fixture::{assert_serving, both, code, fleetup, fleetup_cmd, release, spec, stdout};
 use serde_json::Value;
 
 const TARGET: &str = "1.8.2";
-
-fn both(out: &Output) -> String {
-    format!("stdout:\n{}\nstderr:\n{}", stdout(out), stderr(out))
-}
 
 fn state_dir(lab: &Lab) -> PathBuf {
     journal::default_state_dir(&lab.inventory_path())
@@ -98,38 +94,10 @@ fn committed_migrations(lab: &Lab, version: &str) -> Vec<String> {
     out
 }
 
-fn api_version(lab: &Lab, node: &str) -> Option<String> {
-    let (status, body) = lab.node(node)?.api_get("/_info").ok()?;
-    (status == 200).then_some(())?;
-    let v: Value = serde_json::from_str(&body).ok()?;
-    v["data"]["version"].as_str().map(str::to_owned)
-}
-
 /// The goal reached: every node runs and serves the target and is healthy, each ledger was
 /// migrated exactly once, nothing was misused, no lock is left.
 fn assert_converged(lab: &Lab, context: &str) {
-    for n in &lab.nodes {
-        assert_eq!(
-            n.installed_version().as_deref(),
-            Some(TARGET),
-            "{context}: {} binary",
-            n.name
-        );
-        assert!(n.service_running(), "{context}: {} runs", n.name);
-        assert_eq!(
-            api_version(lab, &n.name).as_deref(),
-            Some(TARGET),
-            "{context}: {} serves",
-            n.name
-        );
-        let (status, _) = n.api_get("/_health").unwrap();
-        assert_eq!(status, 200, "{context}: {} healthy", n.name);
-        assert!(
-            !n.paths().releases_dir().join(".fleetup.lock").exists(),
-            "{context}: {} keeps a lock",
-            n.name
-        );
-    }
+    assert_serving(lab, TARGET, context);
     let mut ledgers = lab.ledgers.clone();
     ledgers.sort();
     assert_eq!(

@@ -14,12 +14,10 @@ use std::process::{Output, Stdio};
 use fleetup::exit_code;
 use fleetup::journal::{self, JournalFile};
 use fleetup::lab::{Driver, Lab, LabGuard};
-use lab_fixture::{code, fleetup, fleetup_cmd, release, spec, stderr, stdout};
+use lab_fixture::{
+    assert_serving, both, code, fleetup, fleetup_cmd, release, spec, stderr, stdout,
+};
 use serde_json::Value;
-
-fn both(out: &Output) -> String {
-    format!("stdout:\n{}\nstderr:\n{}", stdout(out), stderr(out))
-}
 
 fn state_dir(lab: &Lab) -> PathBuf {
     journal::default_state_dir(&lab.inventory_path())
@@ -40,13 +38,6 @@ fn run(lab: &Lab, args: &[&str]) -> Output {
         .expect("run fleetup")
 }
 
-fn api_version(lab: &Lab, node: &str) -> Option<String> {
-    let (status, body) = lab.node(node)?.api_get("/_info").ok()?;
-    (status == 200).then_some(())?;
-    let v: Value = serde_json::from_str(&body).ok()?;
-    v["data"]["version"].as_str().map(str::to_owned)
-}
-
 /// Transactions per ledger, as the node's API reports them.
 fn transactions(lab: &Lab, node: &str) -> Vec<(String, u64)> {
     let n = lab.node(node).unwrap();
@@ -59,32 +50,6 @@ fn transactions(lab: &Lab, node: &str) -> Vec<(String, u64)> {
             (l.clone(), v["data"]["transactions"].as_u64().unwrap())
         })
         .collect()
-}
-
-/// Every node runs and serves `version`, healthy, and holds no lock.
-fn assert_serving(lab: &Lab, version: &str, context: &str) {
-    for n in &lab.nodes {
-        assert_eq!(
-            n.installed_version().as_deref(),
-            Some(version),
-            "{context}: {} binary",
-            n.name
-        );
-        assert!(n.service_running(), "{context}: {} runs", n.name);
-        assert_eq!(
-            api_version(lab, &n.name).as_deref(),
-            Some(version),
-            "{context}: {} serves",
-            n.name
-        );
-        let (status, _) = n.api_get("/_health").unwrap();
-        assert_eq!(status, 200, "{context}: {} healthy", n.name);
-        assert!(
-            !n.paths().releases_dir().join(".fleetup.lock").exists(),
-            "{context}: {} keeps a lock",
-            n.name
-        );
-    }
 }
 
 /// A plain `pg_dump` of the ledgers' and the registry's schemas (data and schema), for

@@ -12,12 +12,8 @@ use std::process::Output;
 
 use fleetup::exit_code;
 use fleetup::lab::{Driver, Lab, LabGuard};
-use lab_fixture::{code, fleetup, json, release, spec, stderr, stdout};
+use lab_fixture::{api_version, both, code, fleetup, json, release, spec, stderr, stdout};
 use serde_json::Value;
-
-fn both(out: &Output) -> String {
-    format!("stdout:\n{}\nstderr:\n{}", stdout(out), stderr(out))
-}
 
 /// Every line the simulator appended to `migrations.log`.
 fn migration_lines(lab: &Lab) -> Vec<Value> {
@@ -27,13 +23,6 @@ fn migration_lines(lab: &Lab) -> Vec<Value> {
         .lines()
         .map(|l| serde_json::from_str(l).expect("migrations.log line"))
         .collect()
-}
-
-fn api_version(lab: &Lab, node: &str) -> Option<String> {
-    let (status, body) = lab.node(node)?.api_get("/_info").ok()?;
-    (status == 200).then_some(())?;
-    let v: Value = serde_json::from_str(&body).ok()?;
-    v["data"]["version"].as_str().map(str::to_owned)
 }
 
 fn run(lab: &Lab, command: &str, binary: &Path, extra: &[&str]) -> Output {

@@ -17,7 +17,7 @@ use fleetup::journal::{self, JournalFile};
 use fleetup::lab::pg::{self, PgUrl};
 use fleetup::lab::{Driver, Lab, LabGuard};
 use fleetup::version::Version;
-use lab_fixture::{code, fleetup, pg_url, release, spec, stderr, stdout};
+use lab_fixture::{api_version, both, code, fleetup, pg_url, release, spec, stderr, stdout};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
@@ -25,10 +25,6 @@ fn upgrade(lab: &Lab, to: &str, binary: &Path, extra: &[&str]) -> Output {
     let mut args = vec!["upgrade", "--to", to, "--binary", binary.to_str().unwrap()];
     args.extend_from_slice(extra);
     fleetup(&lab.inventory_path(), &args)
-}
-
-fn both(out: &Output) -> String {
-    format!("stdout:\n{}\nstderr:\n{}", stdout(out), stderr(out))
 }
 
 fn state_dir(lab: &Lab) -> PathBuf {
@@ -100,13 +96,6 @@ fn transactions(lab: &Lab, node: &str) -> Vec<(String, u64)> {
             (l.clone(), v["data"]["transactions"].as_u64().unwrap())
         })
         .collect()
-}
-
-fn api_version(lab: &Lab, node: &str) -> Option<String> {
-    let (status, body) = lab.node(node)?.api_get("/_info").ok()?;
-    (status == 200).then_some(())?;
-    let v: Value = serde_json::from_str(&body).ok()?;
-    v["data"]["version"].as_str().map(str::to_owned)
 }
 
 fn sha256_file(p: &Path) -> String {

@@ -115,3 +115,43 @@ pub fn json(out: &Output) -> serde_json::Value {
         )
     })
 }
+
+/// stdout and stderr of `out`, for assertion messages.
+pub fn both(out: &Output) -> String {
+    format!("stdout:\n{}\nstderr:\n{}", stdout(out), stderr(out))
+}
+
+/// What the node's `/_info` reports as its version, when it answers 200.
+pub fn api_version(lab: &Lab, node: &str) -> Option<String> {
+    let (status, body) = lab.node(node)?.api_get("/_info").ok()?;
+    (status == 200).then_some(())?;
+    let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+    v["data"]["version"].as_str().map(str::to_owned)
+}
+
+/// Every node runs and serves `version` (binary, service, `/_info`), is healthy, and holds no
+/// lock.
+pub fn assert_serving(lab: &Lab, version: &str, context: &str) {
+    for n in &lab.nodes {
+        assert_eq!(
+            n.installed_version().as_deref(),
+            Some(version),
+            "{context}: {} binary",
+            n.name
+        );
+        assert!(n.service_running(), "{context}: {} runs", n.name);
+        assert_eq!(
+            api_version(lab, &n.name).as_deref(),
+            Some(version),
+            "{context}: {} serves",
+            n.name
+        );
+        let (status, _) = n.api_get("/_health").unwrap();
+        assert_eq!(status, 200, "{context}: {} healthy", n.name);
+        assert!(
+            !n.paths().releases_dir().join(".fleetup.lock").exists(),
+            "{context}: {} keeps a lock",
+            n.name
+        );
+    }
+}
