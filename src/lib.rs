@@ -16,6 +16,7 @@ pub mod lab;
 pub mod lock;
 pub mod node;
 pub mod numary;
+pub mod operation;
 pub mod plan;
 pub mod policy;
 pub mod preflight;

@@ -13,6 +13,7 @@ use clap::{Args, ValueEnum};
 use fleetup::events::{Event, EventSink, Fanout};
 use fleetup::inventory::{Inventory, ReleaseSource, ResolvedHost};
 use fleetup::journal::{self, Header, Journal};
+use fleetup::operation::{self, PlanInputs, Scope};
 use fleetup::plan::{BinarySource, PlanOptions, Strategy};
 use fleetup::policy::PolicyTable;
 use fleetup::preflight::{self, Audit};
@@ -82,15 +83,6 @@ pub struct CheckArgs {
     pub state_dir: Option<PathBuf>,
     #[command(flatten)]
     pub connect: ConnectFlags,
-}
-
-/// Everything a plan is built from, resolved from the command line and the inventory.
-pub struct PlanInputs {
-    pub target: Version,
-    pub options: PlanOptions,
-    pub policy: PolicyTable,
-    /// The new binary's version when it runs on this machine.
-    pub local_binary_version: Option<Version>,
 }
 
 impl PlanArgs {
@@ -360,8 +352,8 @@ pub fn local_host() -> String {
     String::from_utf8_lossy(&buf[..end]).into_owned()
 }
 
-/// Connects to `hosts` and audits them; connection problems are printed on stderr (host-key
-/// problems first, each with its hints) unless `--quiet`.
+/// Connects to `hosts` and audits them ([`operation::check`]); connection problems are printed
+/// on stderr (host-key problems first, each with its hints) unless `--quiet`.
 pub fn audit(
     global: &Global,
     inventory: &Inventory,
@@ -370,31 +362,19 @@ pub fn audit(
     connect: &ConnectFlags,
     sink: &dyn EventSink,
 ) -> anyhow::Result<Audit> {
+    let options = connect.options();
+    let scope = Scope {
+        inventory,
+        hosts,
+        connect: &options,
+    };
     let runtime = tokio::runtime::Runtime::new()?;
-    Ok(runtime.block_on(async {
-        let (conns, left_out) = tokio::join!(
-            connect::connect(hosts, connect),
-            connect::left_out(inventory, hosts, connect)
-        );
-        if !global.quiet {
-            connect::report_failures(&conns);
-        }
-        let audit = preflight::audit_fleet(
-            hosts,
-            &conns,
-            &left_out,
-            &inputs.target,
-            &inputs.options,
-            &inputs.policy,
-            inputs.local_binary_version.clone(),
-            sink,
-        )
-        .await;
-        for (_, conn) in &conns {
-            if let Ok(session) = conn {
-                session.close().await;
-            }
-        }
-        audit
-    }))
+    Ok(runtime.block_on(operation::check(
+        &scope,
+        inputs,
+        sink,
+        &connect::Reporter {
+            quiet: global.quiet,
+        },
+    )))
 }

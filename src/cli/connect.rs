@@ -5,9 +5,9 @@ use std::io::IsTerminal;
 use std::sync::Arc;
 
 use clap::Args;
-use fleetup::inventory::{Inventory, ResolvedHost};
-use fleetup::plan::LeftOut;
-use fleetup::ssh::{self, ConnectError, ConnectOptions, HostKeyPolicy, KeyCache, Session};
+use fleetup::inventory::ResolvedHost;
+use fleetup::operation::{Connections, Hooks};
+use fleetup::ssh::{self, ConnectError, ConnectOptions, HostKeyPolicy, KeyCache};
 
 /// Connection flags of the commands that talk to hosts.
 #[derive(Debug, Args, Clone)]
@@ -20,8 +20,6 @@ pub struct ConnectFlags {
     #[arg(long)]
     pub accept_new_host_keys: bool,
 }
-
-pub type Connections = Vec<(String, Result<Session, ConnectError>)>;
 
 impl ConnectFlags {
     // ConnectOptions has a private field (the jump-host cache), so struct-update syntax is out.
@@ -49,32 +47,17 @@ pub async fn connect(hosts: &[ResolvedHost], flags: &ConnectFlags) -> Connection
     ssh::connect_all(hosts, &flags.options()).await
 }
 
-/// The inventory's hosts outside `selected`, each connected and asked for its facts, read-only:
-/// the plan refuses to leave one behind on a storage it migrates. A host that cannot be reached
-/// gets `unreachable` facts and nothing is printed: the plan's `left-out` finding says it when
-/// it matters.
-pub async fn left_out(
-    inventory: &Inventory,
-    selected: &[ResolvedHost],
-    flags: &ConnectFlags,
-) -> LeftOut {
-    let hosts: Vec<ResolvedHost> = inventory
-        .hosts()
-        .iter()
-        .filter(|h| !selected.iter().any(|s| s.name == h.name))
-        .cloned()
-        .collect();
-    if hosts.is_empty() {
-        return LeftOut::default();
-    }
-    let conns = connect(&hosts, flags).await;
-    let facts = fleetup::facts::gather_all(&hosts, &conns).await;
-    for (_, conn) in &conns {
-        if let Ok(session) = conn {
-            session.close().await;
+/// The hooks of a read-only operation: connection failures printed unless `--quiet`.
+pub struct Reporter {
+    pub quiet: bool,
+}
+
+impl Hooks for Reporter {
+    fn connected(&self, conns: &Connections) {
+        if !self.quiet {
+            report_failures(conns);
         }
     }
-    LeftOut { hosts, facts }
 }
 
 /// Print every connection failure at once on stderr, host-key problems first (each with its

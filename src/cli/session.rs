@@ -1,32 +1,52 @@
-//! What every changing command (`upgrade`, `rollback`) sets up the same way around the engine:
-//! the sinks (the display on stderr, JSON Lines on stdout with `--format json`, the journal
-//! whose file is written once the plan is built), the `run_started` / `run_finished` events, the
-//! lock owner, and the journal's last words.
+//! What every changing command (`upgrade`, `rollback`) sets up the same way around the
+//! library's operation: the sinks (the display on stderr, JSON Lines on stdout with `--format
+//! json`, the journal whose file is written once the plan is built), the `run_started` /
+//! `run_finished` events, the lock owner, the runtime with its signal watcher, the hooks the
+//! operation calls, and how the engine's report becomes an outcome or an error to render.
 
-use std::path::Path;
+use std::future::Future;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
+use fleetup::Failure;
 use fleetup::events::{Event, EventSink, Fanout};
 use fleetup::exit_code;
-use fleetup::journal::{DeferredJournal, Header, Journal};
+use fleetup::journal::{self, DeferredJournal, Header, Journal, JournalFile};
 use fleetup::lock::LockOwner;
+use fleetup::operation::{Connections, Hooks};
 use fleetup::plan::Plan;
+use fleetup::runner::{Cancel, Outcome, RunReport, kind_name};
 
 use super::display::{Display, DisplayMode, JsonLines};
-use super::{Format, Global};
+use super::{Format, Global, connect, signals};
 
-/// One run's event plumbing.
+/// `--restore-backup`'s confirmation, asked before the first change.
+pub type Confirm = Box<dyn Fn(&Plan) -> anyhow::Result<()> + Sync>;
+
+/// One run's event plumbing, and the [`Hooks`] of its operation.
 pub struct RunSession {
     pub sink: Arc<dyn EventSink>,
     pub journal: Arc<DeferredJournal>,
-    run_id: String,
+    pub cancel: Cancel,
+    header: Header,
+    state_dir: PathBuf,
+    /// `--resume`: the journal is the continued run's file.
+    append: bool,
+    quiet: bool,
+    confirm: Option<Confirm>,
     started: Instant,
 }
 
 impl RunSession {
     /// The sinks for `global`'s output options, and `run_started` emitted.
-    pub fn start(global: &Global, header: &Header, hosts: Vec<String>) -> RunSession {
+    pub fn start(
+        global: &Global,
+        header: Header,
+        hosts: Vec<String>,
+        state_dir: PathBuf,
+        append: bool,
+    ) -> RunSession {
         let journal = Arc::new(DeferredJournal::default());
         let mode = DisplayMode::resolve(
             std::io::IsTerminal::is_terminal(&std::io::stderr()),
@@ -51,13 +71,25 @@ impl RunSession {
         RunSession {
             sink,
             journal,
-            run_id: header.run_id.clone(),
+            cancel: Cancel::default(),
+            header,
+            state_dir,
+            append,
+            quiet: global.quiet,
+            confirm: None,
             started: Instant::now(),
         }
     }
 
+    /// Asks `confirm` before a plan that loses writes changes anything.
+    pub fn confirming(mut self, confirm: Confirm) -> RunSession {
+        self.confirm = Some(confirm);
+        self
+    }
+
     /// The lock owner of this run, as the journal's header describes it.
-    pub fn owner(header: &Header) -> LockOwner {
+    pub fn owner(&self) -> LockOwner {
+        let header = &self.header;
         LockOwner {
             user: header.user.clone(),
             local_host: header.local_host.clone(),
@@ -70,9 +102,45 @@ impl RunSession {
         }
     }
 
+    /// Runs `operation` on a runtime that watches for Ctrl-C and SIGTERM meanwhile.
+    pub fn block_on<F: Future>(&self, operation: F) -> anyhow::Result<F::Output> {
+        let runtime = tokio::runtime::Runtime::new()?;
+        Ok(runtime.block_on(async {
+            let _signals = tokio::spawn(signals::watch(
+                self.cancel.clone(),
+                self.sink.clone(),
+                self.header.run_id.clone(),
+            ));
+            operation.await
+        }))
+    }
+
+    /// Writes the run's journal: a new file whose header holds `plan` and its id, or (`--resume`)
+    /// the file of the run being continued; the events so far first.
+    fn attach_journal(&self, plan: Option<(&Plan, &str)>) -> anyhow::Result<()> {
+        let j = if self.append {
+            Journal::open_append(&self.state_dir, &self.header.run_id)?
+        } else {
+            let mut header = self.header.clone();
+            if let Some((plan, id)) = plan {
+                header.plan = Some(serde_json::to_value(plan)?);
+                header.plan_id = Some(id.to_string());
+            }
+            Journal::create(&self.state_dir, &header)?
+        };
+        self.journal.attach(Arc::new(j));
+        Ok(())
+    }
+
     /// `run_finished` with the outcome of `result` (`(outcome, exit code)` or the error to
-    /// render), then the journal's write error and path on stderr.
+    /// render), into the journal (a run that stopped before its plan was built still leaves
+    /// one), then the journal's write error and path on stderr.
     pub fn finish(&self, global: &Global, result: &anyhow::Result<(String, i32)>) {
+        if self.journal.journal().is_none()
+            && let Err(e) = self.attach_journal(None)
+        {
+            eprintln!("warning: {e:#}");
+        }
         let (outcome, code) = match result {
             Ok((outcome, code)) => (outcome.clone(), *code),
             Err(e) => {
@@ -85,7 +153,7 @@ impl RunSession {
             }
         };
         self.sink.emit(&Event::RunFinished {
-            run_id: self.run_id.clone(),
+            run_id: self.header.run_id.clone(),
             outcome,
             exit_code: code,
             duration_ms: u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX),
@@ -101,25 +169,134 @@ impl RunSession {
     }
 }
 
-/// Writes the run's journal: a new file whose header holds `plan` and its id, or (`append`,
-/// `--resume`) the file of the run being continued; the events so far first.
-pub fn attach_journal(
-    journal: &DeferredJournal,
-    state_dir: &Path,
-    header: &Header,
-    plan: Option<(&Plan, &str)>,
-    append: bool,
-) -> anyhow::Result<()> {
-    let j = if append {
-        Journal::open_append(state_dir, &header.run_id)?
-    } else {
-        let mut header = header.clone();
-        if let Some((plan, id)) = plan {
-            header.plan = Some(serde_json::to_value(plan)?);
-            header.plan_id = Some(id.to_string());
+impl Hooks for RunSession {
+    fn connected(&self, conns: &Connections) {
+        if !self.quiet {
+            connect::report_failures(conns);
         }
-        Journal::create(state_dir, &header)?
+    }
+
+    fn planned(&self, plan: &Plan, plan_id: &str) -> anyhow::Result<()> {
+        self.attach_journal(Some((plan, plan_id)))
+    }
+
+    fn confirm(&self, plan: &Plan) -> anyhow::Result<()> {
+        self.confirm.as_ref().map_or(Ok(()), |c| c(plan))
+    }
+}
+
+/// The `(outcome, exit code)` of run `run_id` that the engine carried out, or the error to
+/// render. `what` names the command (`upgrade`, `rollback`): `fleetup WHAT --resume RUN_ID`
+/// continues the run.
+pub fn conclude(report: &RunReport, what: &str, run_id: &str) -> anyhow::Result<(String, i32)> {
+    let resume = format!("fleetup {what} --resume {run_id}");
+    let Some(e) = &report.error else {
+        if report.unlock_errors.is_empty() {
+            return Ok((report.outcome.as_str().into(), exit_code::SUCCESS));
+        }
+        return Err(Failure::new(
+            exit_code::FAILURE,
+            format!(
+                "the {what} succeeded but {} lock(s) could not be released",
+                report.unlock_errors.len()
+            ),
+        )
+        .hint(report.unlock_errors.join("; "))
+        .into());
     };
-    journal.attach(Arc::new(j));
-    Ok(())
+    let mut f = if report.outcome == Outcome::Cancelled {
+        Failure::new(
+            exit_code::CANCELLED,
+            "the run was cancelled: nothing new was started after the signal; each node's state is in the summary",
+        )
+        .hint(format!("continue it with `{resume}`"))
+    } else {
+        let mut f = Failure::new(
+            report.outcome.exit_code(),
+            format!(
+                "step {} ({}) failed on `{}`: {}",
+                e.step,
+                kind_name(e.kind),
+                e.host,
+                e.message
+            ),
+        );
+        f.hints = e.hints.clone();
+        if report.outcome != Outcome::LockHeld {
+            f.hints.push(format!(
+                "the journal and `fleetup runs show {run_id}` record every step"
+            ));
+        }
+        if report.outcome == Outcome::Failed {
+            f.hints.push(format!(
+                "once the cause is fixed, `{resume}` continues this run (every step is probed again, nothing done is repeated)"
+            ));
+        }
+        f
+    };
+    f.hints.extend(report.unlock_errors.iter().cloned());
+    Err(f.into())
+}
+
+/// The run `--resume` continues: `which` is a run id, or `latest` for the newest `command` run
+/// of this inventory that did not finish (failed, cancelled, killed).
+pub fn find_resumable(
+    state_dir: &Path,
+    inventory_path: &Path,
+    which: &str,
+    command: &str,
+) -> anyhow::Result<JournalFile> {
+    let finished = |j: &JournalFile| matches!(j.outcome().as_str(), "succeeded" | "nothing-to-do");
+    if which == "latest" {
+        let inventory = inventory_path.display().to_string();
+        return Ok(journal::list_journals(state_dir)?
+            .into_iter()
+            .rev()
+            .find(|j| j.header.command == command && j.header.inventory == inventory)
+            .filter(|j| !finished(j))
+            .ok_or_else(|| {
+                Failure::usage(format!(
+                    "no unfinished {command} of `{inventory}` to resume in `{}`",
+                    state_dir.display()
+                ))
+                .hint("`fleetup runs list` shows the runs; name one with `--resume RUN_ID`")
+            })?);
+    }
+    let j = read_run(state_dir, which)?;
+    if j.header.command != command {
+        return Err(Failure::usage(format!(
+            "run `{which}` is a `{}`, not a {command}",
+            j.header.command
+        ))
+        .into());
+    }
+    if finished(&j) {
+        return Err(Failure::usage(format!(
+            "run `{which}` finished ({}): there is nothing to resume",
+            j.outcome()
+        ))
+        .hint(format!(
+            "run `fleetup {command}` again to converge the fleet"
+        ))
+        .into());
+    }
+    Ok(j)
+}
+
+/// The journal of run `id` in `state_dir`.
+pub fn read_run(state_dir: &Path, id: &str) -> anyhow::Result<JournalFile> {
+    if !journal::valid_run_id(id) {
+        return Err(Failure::usage(format!("`{id}` is not a run id"))
+            .hint("`fleetup runs list` shows the run ids")
+            .into());
+    }
+    let path = journal::journal_path(state_dir, id);
+    if !path.is_file() {
+        return Err(
+            Failure::usage(format!("no run `{id}` in `{}`", state_dir.display()))
+                .hint("`fleetup runs list` shows the runs")
+                .into(),
+        );
+    }
+    journal::read_journal(&path)
 }

@@ -1,29 +1,26 @@
-//! `fleetup upgrade`: connect every selected host, gather facts, build the plan, run the
-//! preflight, then hand the plan to the runner. Every event goes to the display (stderr), to
-//! JSON Lines on stdout with `--format json`, and to the run journal. `--dry-run` is `check`.
+//! `fleetup upgrade`: the flags, the journal's header and the run's sinks, then the library's
+//! [`operation::upgrade`] (connect, facts, plan, preflight, gates, engine), then the summary
+//! and the exit code. Every event goes to the display (stderr), to JSON Lines on stdout with
+//! `--format json`, and to the run journal. `--dry-run` is `check`.
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
 use clap::Args;
-use fleetup::events::{Event, EventSink, StepState, StepStatus};
-use fleetup::inventory::{Inventory, ResolvedHost};
-use fleetup::journal::{self, DeferredJournal, Header};
-use fleetup::lock::LockOwner;
-use fleetup::plan::{BinarySource, Plan, StepKind};
-use fleetup::preflight::{self, check};
-use fleetup::runner::{self, Cancel, Fleet, Outcome, PriorRun, RunConfig, RunReport, kind_name};
-use fleetup::ssh::Session;
+use fleetup::events::{Event, StepState};
+use fleetup::inventory::ResolvedHost;
+use fleetup::journal::{self, Header};
+use fleetup::lock::LeaseConfig;
+use fleetup::operation::{self, Finished, RunSettings, Scope, UpgradeRequest};
+use fleetup::plan::Plan;
+use fleetup::runner::{self, PriorRun, RunReport, kind_name};
 use fleetup::{Failure, exit_code};
 use sha2::{Digest, Sha256};
 
-use super::check::{PlanArgs, PlanInputs, local_host, local_user};
-use super::connect::{self, ConnectFlags};
+use super::check::{PlanArgs, local_host, local_user};
+use super::connect::ConnectFlags;
 use super::session::{self, RunSession};
-use super::signals;
 use super::{Format, Global, inventory};
 
 #[derive(Debug, Args)]
@@ -82,7 +79,12 @@ pub fn run(global: &Global, args: &UpgradeArgs) -> anyhow::Result<i32> {
         .clone()
         .unwrap_or_else(|| journal::default_state_dir(&inventory_path));
     let resumed = match &args.resume {
-        Some(which) => Some(find_resumable(&state_dir, &inventory_path, which)?),
+        Some(which) => Some(session::find_resumable(
+            &state_dir,
+            &inventory_path,
+            which,
+            "upgrade",
+        )?),
         None => None,
     };
     let plan_args = match &resumed {
@@ -126,32 +128,13 @@ pub fn run(global: &Global, args: &UpgradeArgs) -> anyhow::Result<i32> {
     // The header holds the plan: the journal's file is written once the plan is built.
     let session = RunSession::start(
         global,
-        &header,
-        hosts.iter().map(|h| h.name.clone()).collect(),
-    );
-    let (sink, journal) = (session.sink.clone(), session.journal.clone());
-    let owner = RunSession::owner(&header);
-    let prior = resumed
-        .as_ref()
-        .map(|j| prior_run(j, &hosts))
-        .unwrap_or_default();
-    let ctx = Ctx {
-        global,
-        args,
-        inventory: &inventory,
-        hosts: &hosts,
-        inputs: &inputs,
-        sink: sink.clone(),
-        owner,
-        journal: journal.clone(),
         header,
+        hosts.iter().map(|h| h.name.clone()).collect(),
         state_dir,
-        resumed: resumed.is_some(),
-        prior,
-        cancel: Cancel::default(),
-    };
+        resumed.is_some(),
+    );
     if let Some(j) = &resumed {
-        sink.emit(&Event::Notice {
+        session.sink.emit(&Event::Notice {
             host: String::new(),
             message: format!(
                 "resuming run `{run_id}` (started {} by {}@{}): every step is probed again",
@@ -159,73 +142,65 @@ pub fn run(global: &Global, args: &UpgradeArgs) -> anyhow::Result<i32> {
             ),
         });
     }
-    let result = ctx.upgrade();
-    // A run that stopped before its plan was built still leaves its journal.
-    if journal.journal().is_none()
-        && let Err(e) = ctx.attach_journal(None, None)
-    {
-        eprintln!("warning: {e:#}");
-    }
+    let connect = args.connect.options();
+    let scope = Scope {
+        inventory: &inventory,
+        hosts: &hosts,
+        connect: &connect,
+    };
+    let req = UpgradeRequest {
+        inputs: &inputs,
+        expected_plan_id: args.plan_id.as_deref(),
+        run: RunSettings {
+            owner: session.owner(),
+            break_lock: args.break_lock,
+            resumed: resumed.is_some(),
+            stop_timeout: args.stop_timeout,
+            health_timeout: args.health_timeout,
+            forks: usize::from(args.connect.forks),
+            prior: resumed
+                .as_ref()
+                .map(|j| prior_run(j, &hosts))
+                .unwrap_or_default(),
+            cancel: session.cancel.clone(),
+            lease: LeaseConfig::default(),
+        },
+    };
+    let result = session
+        .block_on(operation::upgrade(
+            &scope,
+            &req,
+            session.sink.clone(),
+            &session,
+        ))
+        .and_then(|r| r)
+        .and_then(|finished| conclude(global, &finished, &run_id));
     session.finish(global, &result);
     result.map(|(_, code)| code)
 }
 
-/// The run `--resume` continues: `which` is a run id, or `latest` for the newest upgrade of this
-/// inventory that did not finish (failed, cancelled, killed).
-fn find_resumable(
-    state_dir: &std::path::Path,
-    inventory_path: &std::path::Path,
-    which: &str,
-) -> anyhow::Result<journal::JournalFile> {
-    let finished =
-        |j: &journal::JournalFile| matches!(j.outcome().as_str(), "succeeded" | "nothing-to-do");
-    let found = if which == "latest" {
-        let inventory = inventory_path.display().to_string();
-        journal::list_journals(state_dir)?
-            .into_iter()
-            .rev()
-            .find(|j| j.header.command == "upgrade" && j.header.inventory == inventory)
-            .filter(|j| !finished(j))
-            .ok_or_else(|| {
-                Failure::usage(format!(
-                    "no unfinished upgrade of `{inventory}` to resume in `{}`",
-                    state_dir.display()
-                ))
-                .hint("`fleetup runs list` shows the runs; name one with `--resume RUN_ID`")
-            })?
-    } else {
-        if !journal::valid_run_id(which) {
-            return Err(Failure::usage(format!("`{which}` is not a run id"))
-                .hint("`fleetup runs list` shows the run ids")
-                .into());
+/// What the operation's end means for people (printed) and for the exit code.
+fn conclude(global: &Global, finished: &Finished, run_id: &str) -> anyhow::Result<(String, i32)> {
+    match finished {
+        Finished::NothingToDo { plan, .. } => {
+            if global.format == Format::Human {
+                println!(
+                    "every selected node already serves `{}`: nothing to do",
+                    plan.target
+                );
+            }
+            match finished.leftover_failure() {
+                Some(f) => Err(f.into()),
+                None => Ok(("nothing-to-do".into(), exit_code::SUCCESS)),
+            }
         }
-        let path = journal::journal_path(state_dir, which);
-        if !path.is_file() {
-            return Err(
-                Failure::usage(format!("no run `{which}` in `{}`", state_dir.display()))
-                    .hint("`fleetup runs list` shows the runs")
-                    .into(),
-            );
+        Finished::Ran { plan, report } => {
+            if global.format == Format::Human {
+                print!("{}", render_summary(plan, report, run_id));
+            }
+            session::conclude(report, "upgrade", run_id)
         }
-        let j = journal::read_journal(&path)?;
-        if j.header.command != "upgrade" {
-            return Err(Failure::usage(format!(
-                "run `{which}` is a `{}`, not an upgrade",
-                j.header.command
-            ))
-            .into());
-        }
-        if finished(&j) {
-            return Err(Failure::usage(format!(
-                "run `{which}` finished ({}): there is nothing to resume",
-                j.outcome()
-            ))
-            .hint("run `fleetup upgrade` to converge the fleet again")
-            .into());
-        }
-        j
-    };
-    Ok(found)
+    }
 }
 
 /// What the interrupted run finished that the hosts cannot tell by themselves: its backups.
@@ -254,391 +229,6 @@ fn options(args: &UpgradeArgs, plan: &PlanArgs) -> Vec<String> {
         o.push(format!("--plan {id}"));
     }
     o
-}
-
-struct Ctx<'a> {
-    global: &'a Global,
-    args: &'a UpgradeArgs,
-    inventory: &'a Inventory,
-    hosts: &'a [ResolvedHost],
-    inputs: &'a PlanInputs,
-    sink: Arc<dyn EventSink>,
-    owner: LockOwner,
-    journal: Arc<DeferredJournal>,
-    header: Header,
-    state_dir: PathBuf,
-    resumed: bool,
-    prior: PriorRun,
-    cancel: Cancel,
-}
-
-impl Ctx<'_> {
-    /// Opens the journal (a new file with the plan in its header, or the resumed run's file)
-    /// and writes the events so far.
-    fn attach_journal(&self, plan: Option<&Plan>, plan_id: Option<&str>) -> anyhow::Result<()> {
-        let plan = plan.zip(plan_id);
-        session::attach_journal(
-            &self.journal,
-            &self.state_dir,
-            &self.header,
-            plan,
-            self.resumed,
-        )
-    }
-
-    /// `(outcome, exit code)` of a run that got to an end, or the error to render.
-    fn upgrade(&self) -> anyhow::Result<(String, i32)> {
-        let runtime = tokio::runtime::Runtime::new()?;
-        runtime.block_on(async {
-            let _signals = tokio::spawn(signals::watch(
-                self.cancel.clone(),
-                self.sink.clone(),
-                self.owner.run_id.clone(),
-            ));
-            let conns = connect::connect(self.hosts, &self.args.connect).await;
-            let result = self.connected(&conns).await;
-            for (_, conn) in &conns {
-                if let Ok(session) = conn {
-                    session.close().await;
-                }
-            }
-            result
-        })
-    }
-
-    async fn connected(&self, conns: &connect::Connections) -> anyhow::Result<(String, i32)> {
-        let inputs = self.inputs;
-        let left_out = connect::left_out(self.inventory, self.hosts, &self.args.connect).await;
-        // The same audit as `fleetup check`: facts, plan, plan id and every preflight finding,
-        // so the run never goes where the audit would not.
-        let audit = preflight::audit_fleet(
-            self.hosts,
-            conns,
-            &left_out,
-            &inputs.target,
-            &inputs.options,
-            &inputs.policy,
-            inputs.local_binary_version.clone(),
-            self.sink.as_ref(),
-        )
-        .await;
-        let unreachable: Vec<&str> = conns
-            .iter()
-            .filter(|(_, c)| c.is_err())
-            .map(|(n, _)| n.as_str())
-            .collect();
-        if !unreachable.is_empty() {
-            if !self.global.quiet {
-                connect::report_failures(conns);
-            }
-            return Err(Failure::new(
-                exit_code::UNREACHABLE,
-                format!(
-                    "{} host(s) could not be reached: {}; nothing was changed",
-                    unreachable.len(),
-                    unreachable.join(", ")
-                ),
-            )
-            .hint("every selected host must answer before an upgrade starts; fix them or leave them out with `--limit`")
-            .into());
-        }
-        let sessions: BTreeMap<String, Session> = conns
-            .iter()
-            .filter_map(|(n, c)| c.as_ref().ok().map(|s| (n.clone(), s.clone())))
-            .collect();
-        let (plan, plan_id, facts) = (audit.plan, audit.plan_id, audit.facts);
-        self.attach_journal(Some(&plan), Some(&plan_id))?;
-        if let Some(expected) = &self.args.plan_id {
-            preflight::verify_plan_id(expected, &plan_id)?;
-        }
-        // Nodes the plan leaves alone (they serve the target) may still hold the lock of a run
-        // that died: reported, removed with `--break-lock` or `--resume`.
-        let untouched: Vec<&ResolvedHost> = self
-            .hosts
-            .iter()
-            .filter(|h| {
-                plan.host(&h.name)
-                    .is_some_and(|p| p.action == fleetup::plan::HostAction::AlreadyAtTarget)
-            })
-            .collect();
-        let left = self.leftover_locks(&sessions, &untouched).await;
-        if plan.nothing_to_do() {
-            if self.global.format == Format::Human {
-                println!(
-                    "every selected node already serves `{}`: nothing to do",
-                    plan.target
-                );
-            }
-            if !left.is_empty() {
-                let mut f = Failure::new(
-                    exit_code::LOCK_HELD,
-                    format!(
-                        "nothing to do, but {} node(s) still hold another run's lock: {}",
-                        left.len(),
-                        left.join("; ")
-                    ),
-                );
-                f.hints.push(
-                    "if that run is dead, `--break-lock` removes them (or `--resume` for its own run)"
-                        .into(),
-                );
-                return Err(f.into());
-            }
-            return Ok(("nothing-to-do".into(), exit_code::SUCCESS));
-        }
-        // With `--break-lock` (or `--resume`) the runner shows and breaks (or takes over) a
-        // held lock itself.
-        let failures: Vec<&preflight::Finding> = audit
-            .findings
-            .iter()
-            .filter(|f| !f.ok)
-            .filter(|f| !((self.args.break_lock || self.resumed) && f.check == check::LOCK))
-            .collect();
-        self.preflight_steps(&plan, &failures);
-        if !failures.is_empty() {
-            let code = if failures.iter().all(|f| f.check == check::LOCK) {
-                exit_code::LOCK_HELD
-            } else {
-                exit_code::BLOCKED
-            };
-            let mut f = Failure::new(
-                code,
-                format!(
-                    "the preflight found {} problem(s); nothing was changed:\n{}",
-                    failures.len(),
-                    failures
-                        .iter()
-                        .map(|f| format!(
-                            "  - {}: {}: {}",
-                            f.host.as_deref().unwrap_or("fleet"),
-                            f.check,
-                            f.detail
-                        ))
-                        .collect::<Vec<_>>()
-                        .join("\n")
-                ),
-            );
-            for finding in &failures {
-                if let Some(h) = &finding.hint
-                    && !f.hints.contains(h)
-                {
-                    f.hints.push(h.clone());
-                }
-            }
-            return Err(f.into());
-        }
-        // The preflight reports every blocker as a finding; should one ever slip through, the
-        // plan still does not run.
-        if plan.is_blocked() {
-            let reasons: Vec<String> = plan.blockers.iter().map(|b| b.reason.clone()).collect();
-            return Err(Failure::new(
-                exit_code::BLOCKED,
-                format!(
-                    "the plan is blocked; nothing was changed: {}",
-                    reasons.join("; ")
-                ),
-            )
-            .into());
-        }
-        if plan.strategy.is_zero_downtime() {
-            return Err(Failure::new(
-                exit_code::BLOCKED,
-                format!(
-                    "the plan uses the `{}` strategy, which `fleetup upgrade` does not carry out yet; nothing was changed",
-                    plan.strategy
-                ),
-            )
-            .hint("pass `--strategy offline` (the guide's procedure: stop, back up, migrate once, restart)")
-            .into());
-        }
-        let binary = match &plan.binary {
-            BinarySource::File { path, sha256 } => {
-                let data = std::fs::read(path)
-                    .with_context(|| format!("cannot read the binary `{}`", path.display()))?;
-                let got = hex::encode(Sha256::digest(&data));
-                if &got != sha256 {
-                    return Err(Failure::new(
-                        exit_code::BLOCKED,
-                        format!(
-                            "`{}` has sha256 `{got}`, expected `{sha256}`; nothing was changed",
-                            path.display()
-                        ),
-                    )
-                    .into());
-                }
-                Some(Arc::new(data))
-            }
-            BinarySource::Url { .. } => None,
-        };
-        let cfg = RunConfig {
-            run_id: self.owner.run_id.clone(),
-            owner: self.owner.clone(),
-            break_lock: self.args.break_lock,
-            binary,
-            stop_timeout: self.args.stop_timeout,
-            health_timeout: self.args.health_timeout,
-            poll_interval: Duration::from_millis(300),
-            parallel_uploads: usize::from(self.args.connect.forks),
-            prior: self.prior.clone(),
-            cancel: self.cancel.clone(),
-            lease: fleetup::lock::LeaseConfig::default(),
-        };
-        let fleet = Fleet {
-            hosts: self.hosts.to_vec(),
-            sessions,
-            facts,
-        };
-        let report = runner::execute(plan.clone(), fleet, cfg, self.sink.clone()).await;
-        if self.global.format == Format::Human {
-            print!("{}", render_summary(&plan, &report, &self.owner.run_id));
-        }
-        match &report.error {
-            None if report.unlock_errors.is_empty() => {
-                Ok((report.outcome.as_str().into(), exit_code::SUCCESS))
-            }
-            None => Err(Failure::new(
-                exit_code::FAILURE,
-                format!(
-                    "the upgrade succeeded but {} lock(s) could not be released",
-                    report.unlock_errors.len()
-                ),
-            )
-            .hint(report.unlock_errors.join("; "))
-            .into()),
-            Some(_) if report.outcome == Outcome::Cancelled => {
-                let mut f = Failure::new(
-                    exit_code::CANCELLED,
-                    "the run was cancelled: nothing new was started after the signal; each node's state is in the summary",
-                )
-                .hint(format!(
-                    "continue it with `fleetup upgrade --resume {}`",
-                    self.owner.run_id
-                ));
-                f.hints.extend(report.unlock_errors.iter().cloned());
-                Err(f.into())
-            }
-            Some(e) => {
-                let mut f = Failure::new(
-                    report.outcome.exit_code(),
-                    format!(
-                        "step {} ({}) failed on `{}`: {}",
-                        e.step,
-                        kind_name(e.kind),
-                        e.host,
-                        e.message
-                    ),
-                );
-                f.hints = e.hints.clone();
-                if report.outcome != Outcome::LockHeld {
-                    f.hints.push(format!(
-                        "the journal and `fleetup runs show {}` record every step",
-                        self.owner.run_id
-                    ));
-                }
-                if report.outcome == Outcome::Failed {
-                    f.hints.push(format!(
-                        "once the cause is fixed, `fleetup upgrade --resume {}` continues this run (every step is probed again, nothing done is repeated)",
-                        self.owner.run_id
-                    ));
-                }
-                f.hints.extend(report.unlock_errors.iter().cloned());
-                Err(f.into())
-            }
-        }
-    }
-
-    /// Locks left on the selected nodes by another run (a dead one, typically): reported, and
-    /// removed with `--break-lock` (a live fleetup here keeps its lock) or `--resume` (its own
-    /// run's). Returns those that stay.
-    async fn leftover_locks(
-        &self,
-        sessions: &BTreeMap<String, Session>,
-        hosts: &[&ResolvedHost],
-    ) -> Vec<String> {
-        let mut left = Vec::new();
-        for h in hosts.iter().copied() {
-            let Some(t) = sessions.get(&h.name) else {
-                continue;
-            };
-            let path = fleetup::lock::lock_path(h);
-            let cmd = fleetup::lock::read_command(h);
-            let Ok(out) = t.exec(&cmd, &fleetup::ssh::ExecOptions::default()).await else {
-                continue;
-            };
-            if !out.status.success() {
-                continue;
-            }
-            let held = fleetup::lock::parse_held(&out.stdout_lossy());
-            let ttl = fleetup::lock::LeaseConfig::default().ttl;
-            let shown = held.describe(ttl);
-            self.sink.emit(&Event::Notice {
-                host: h.name.clone(),
-                message: format!("the lock `{path}` is held by {shown}"),
-            });
-            let here = &self.owner.local_host;
-            let ours = held
-                .holder
-                .owner()
-                .is_some_and(|o| o.run_id == self.owner.run_id);
-            let liveness = held
-                .holder
-                .owner()
-                .map_or(fleetup::lock::Liveness::Unknown, |o| {
-                    fleetup::lock::liveness_here(o, here)
-                });
-            let breakable = (self.args.break_lock
-                && fleetup::lock::break_decision(&held, here, liveness, ttl).is_ok())
-                || (self.resumed && ours);
-            if breakable && fleetup::lock::break_lock(t, h, &held).await.is_ok() {
-                self.sink.emit(&Event::LockBroken {
-                    host: h.name.clone(),
-                    holder: shown,
-                });
-            } else {
-                left.push(format!("`{}` by {shown}", h.name));
-            }
-        }
-        left
-    }
-
-    /// The plan's `preflight` step, per host, as started and finished events.
-    fn preflight_steps(&self, plan: &Plan, failures: &[&preflight::Finding]) {
-        let Some(step) = plan.steps.iter().find(|s| s.kind == StepKind::Preflight) else {
-            return;
-        };
-        for host in &step.hosts {
-            self.sink.emit(&Event::StepStarted {
-                step: step.number,
-                kind: kind_name(step.kind),
-                host: host.clone(),
-                command: None,
-            });
-            let mine: Vec<String> = failures
-                .iter()
-                .filter(|f| f.host.as_deref().is_none_or(|h| h == host))
-                .map(|f| format!("{}: {}", f.check, f.detail))
-                .collect();
-            self.sink.emit(&Event::StepFinished {
-                step: step.number,
-                kind: kind_name(step.kind),
-                host: host.clone(),
-                status: if mine.is_empty() {
-                    StepStatus::Ok
-                } else {
-                    StepStatus::Failed
-                },
-                exit_status: None,
-                duration_ms: 0,
-                stderr_tail: None,
-                message: Some(if mine.is_empty() {
-                    "every check passed".into()
-                } else {
-                    mine.join("; ")
-                }),
-                artefacts: vec![],
-            });
-        }
-    }
 }
 
 /// The end-of-run report for people: per node old → new and state, backups, ledgers, timings.
