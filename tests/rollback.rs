@@ -9,7 +9,8 @@
 mod lab_fixture;
 
 use std::path::PathBuf;
-use std::process::{Output, Stdio};
+use std::process::{Child, Output, Stdio};
+use std::time::{Duration, Instant};
 
 use fleetup::exit_code;
 use fleetup::journal::{self, JournalFile};
@@ -73,13 +74,27 @@ fn ledger_schemas_dump(lab: &Lab) -> String {
         .join("\n")
 }
 
-#[test]
-fn postgres_rollback_refuses_a_migrated_storage_then_restores_the_backup() {
-    let lab = LabGuard::up(&spec(Driver::Postgres, 3, "1.7.4")).expect("lab up");
-    let new = release(&lab, "1.8.2");
-    let counts = transactions(&lab, "node-1");
-    let before = ledger_schemas_dump(&lab);
+/// Every node back on 1.7.4 and serving, the database equal to the backup (`before`), each
+/// node's transaction counts those of before the upgrade, no misuse recorded.
+fn assert_restored(lab: &Lab, before: &str, counts: &[(String, u64)], context: &str) {
+    assert_serving(lab, "1.7.4", context);
+    assert_eq!(
+        ledger_schemas_dump(lab),
+        before,
+        "{context}: the database is the backup"
+    );
+    for n in &lab.nodes {
+        assert_eq!(transactions(lab, &n.name), counts, "{context}: {}", n.name);
+    }
+    assert_eq!(
+        lab.misuse_records().unwrap(),
+        Vec::<Value>::new(),
+        "{context}"
+    );
+}
 
+/// The offline upgrade to 1.8.2 (`--stop`) that the rollbacks go back from.
+fn upgrade(lab: &Lab, new: &std::path::Path) {
     let out = fleetup(
         &lab.inventory_path(),
         &[
@@ -92,6 +107,16 @@ fn postgres_rollback_refuses_a_migrated_storage_then_restores_the_backup() {
         ],
     );
     assert_eq!(code(&out), exit_code::SUCCESS, "{}", both(&out));
+}
+
+#[test]
+fn postgres_rollback_refuses_a_migrated_storage_then_restores_the_backup() {
+    let lab = LabGuard::up(&spec(Driver::Postgres, 3, "1.7.4")).expect("lab up");
+    let new = release(&lab, "1.8.2");
+    let counts = transactions(&lab, "node-1");
+    let before = ledger_schemas_dump(&lab);
+
+    upgrade(&lab, &new);
     let upgrade_id = last_journal(&lab).header.run_id;
     assert_serving(&lab, "1.8.2", "after the upgrade");
     let migrated_digest = lab.database_digest().unwrap();
@@ -121,16 +146,7 @@ fn postgres_rollback_refuses_a_migrated_storage_then_restores_the_backup() {
     // (3) `--restore-backup --yes`: back on 1.7.4, on the backup's data.
     let out = run(&lab, &["rollback", "--restore-backup", "--yes"]);
     assert_eq!(code(&out), exit_code::SUCCESS, "{}", both(&out));
-    assert_serving(&lab, "1.7.4", "after the rollback");
-    assert_eq!(
-        ledger_schemas_dump(&lab),
-        before,
-        "the database is the backup"
-    );
-    for n in &lab.nodes {
-        assert_eq!(transactions(&lab, &n.name), counts, "{}", n.name);
-    }
-    assert_eq!(lab.misuse_records().unwrap(), Vec::<Value>::new());
+    assert_restored(&lab, &before, &counts, "after the rollback");
     let j = last_journal(&lab);
     assert_eq!(j.outcome(), "succeeded");
     let restored: Vec<&str> = j
@@ -153,23 +169,85 @@ fn postgres_rollback_refuses_a_migrated_storage_then_restores_the_backup() {
     assert_eq!(lab.database_digest().unwrap(), digest);
 }
 
+/// Polls the newest journal until `id` is recorded `state` on some host (three minutes at most:
+/// a loaded CI machine is slow), then kills `child` with SIGKILL.
+fn kill_when_recorded(lab: &Lab, child: &mut Child, id: &str, state: &str) {
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let j = last_journal(lab);
+        if j.header.command == "rollback"
+            && j.steps
+                .iter()
+                .any(|r| r.id == id && r.state.as_str() == state)
+        {
+            break;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            let log = std::fs::read_to_string(lab.dir.join("spawned.log")).unwrap_or_default();
+            panic!("fleetup ended ({status}) before `{id}` was {state}:\n{log}");
+        }
+        assert!(Instant::now() < deadline, "never recorded: `{id}` {state}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // SAFETY: the pid is our own child's.
+    let rc = unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGKILL) };
+    assert_eq!(rc, 0, "kill");
+    let _ = child.wait();
+}
+
+#[test]
+fn a_rollback_killed_after_its_restore_resumes_without_restoring_again() {
+    let lab = LabGuard::up(&spec(Driver::Postgres, 3, "1.7.4")).expect("lab up");
+    let new = release(&lab, "1.8.2");
+    let counts = transactions(&lab, "node-1");
+    let before = ledger_schemas_dump(&lab);
+    upgrade(&lab, &new);
+
+    let log = std::fs::File::create(lab.dir.join("spawned.log")).expect("log file");
+    let mut child = fleetup_cmd(
+        &lab.inventory_path(),
+        &["rollback", "--restore-backup", "--yes"],
+    )
+    .stdin(Stdio::null())
+    .stdout(Stdio::null())
+    .stderr(log)
+    .spawn()
+    .expect("spawn fleetup");
+    kill_when_recorded(&lab, &mut child, "restore", "done");
+    let killed = last_journal(&lab);
+    assert_eq!(killed.outcome(), "interrupted");
+
+    // Resumed: no `--yes` needed (the restore was confirmed when the run started), the dead
+    // run's locks are taken over, and the restored storage is not restored again.
+    let out = run(&lab, &["rollback", "--resume"]);
+    assert_eq!(code(&out), exit_code::SUCCESS, "{}", both(&out));
+    assert_restored(&lab, &before, &counts, "after the resumed rollback");
+    let j = last_journal(&lab);
+    assert_eq!(j.header.run_id, killed.header.run_id, "same run id");
+    assert_eq!(j.outcome(), "succeeded");
+    let restores = j
+        .steps
+        .iter()
+        .filter(|r| r.kind == "restore" && r.state.as_str() == "done")
+        .count();
+    assert_eq!(restores, 1, "the backup was restored once over both runs");
+
+    // Nothing is left to resume.
+    let out = run(&lab, &["rollback", "--resume"]);
+    assert_eq!(code(&out), exit_code::USAGE, "{}", both(&out));
+    assert!(
+        stderr(&out).contains("no unfinished rollback"),
+        "{}",
+        both(&out)
+    );
+}
+
 #[test]
 fn sqlite_rollback_restores_the_files_of_the_backup() {
     let lab = LabGuard::up(&spec(Driver::Sqlite, 1, "1.7.4")).expect("lab up");
     let new = release(&lab, "1.8.2");
     let counts = transactions(&lab, "node-1");
-    let out = fleetup(
-        &lab.inventory_path(),
-        &[
-            "upgrade",
-            "--to",
-            "1.8.2",
-            "--binary",
-            new.to_str().unwrap(),
-            "--stop",
-        ],
-    );
-    assert_eq!(code(&out), exit_code::SUCCESS, "{}", both(&out));
+    upgrade(&lab, &new);
     let upgrade = last_journal(&lab);
     let backups: Vec<(String, String)> = upgrade
         .events

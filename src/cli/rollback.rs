@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
 use clap::Args;
-use fleetup::events::Event;
+use fleetup::events::{Event, StepState};
 use fleetup::inventory::ResolvedHost;
 use fleetup::journal::{self, Header, JournalFile};
 use fleetup::lock::LeaseConfig;
@@ -172,7 +172,10 @@ pub fn run(global: &Global, args: &RollbackArgs) -> anyhow::Result<i32> {
             stop_timeout: args.stop_timeout,
             health_timeout: args.health_timeout,
             forks: usize::from(args.connect.forks),
-            prior: PriorRun::default(),
+            prior: resumed
+                .as_ref()
+                .map(|j| prior_run(j, &hosts))
+                .unwrap_or_default(),
             cancel: session.cancel.clone(),
             lease: LeaseConfig::default(),
         },
@@ -188,6 +191,18 @@ pub fn run(global: &Global, args: &RollbackArgs) -> anyhow::Result<i32> {
         .and_then(|finished| conclude(global, &finished, &record.run_id, &run_id));
     session.finish(global, &result);
     result.map(|(_, code)| code)
+}
+
+/// What the rollback being resumed finished that the hosts cannot tell by themselves: its
+/// restores (the nodes stayed stopped since).
+fn prior_run(j: &JournalFile, hosts: &[ResolvedHost]) -> PriorRun {
+    let mut prior = PriorRun::default();
+    for h in hosts {
+        if matches!(j.last_state("restore", &h.name), Some(StepState::Done)) {
+            prior.restored.insert(h.name.clone());
+        }
+    }
+    prior
 }
 
 /// The upgrade run and `--restore-backup` of the rollback being resumed, from its plan.

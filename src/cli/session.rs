@@ -110,6 +110,7 @@ impl RunSession {
                 self.cancel.clone(),
                 self.sink.clone(),
                 self.header.run_id.clone(),
+                self.header.command.clone(),
             ));
             operation.await
         }))

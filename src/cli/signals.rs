@@ -11,7 +11,8 @@ use fleetup::runner::Cancel;
 use tokio::signal::unix::{SignalKind, signal};
 
 /// Waits for the signals of a run; spawn it for the run's lifetime.
-pub async fn watch(cancel: Cancel, sink: Arc<dyn EventSink>, run_id: String) {
+/// `command` (`upgrade`, `rollback`) names the run in the last message.
+pub async fn watch(cancel: Cancel, sink: Arc<dyn EventSink>, run_id: String, command: String) {
     let (Ok(mut int), Ok(mut term)) = (
         signal(SignalKind::interrupt()),
         signal(SignalKind::terminate()),
@@ -41,13 +42,13 @@ pub async fn watch(cancel: Cancel, sink: Arc<dyn EventSink>, run_id: String) {
         ),
     });
     sink.emit(&Event::RunFinished {
-        run_id,
+        run_id: run_id.clone(),
         outcome: "aborted".into(),
         exit_code: exit_code::CANCELLED,
         duration_ms: 0,
     });
     eprintln!(
-        "error: {name} again: stopped without waiting; the locks stay on the nodes (`fleetup upgrade --resume` takes them over)"
+        "error: {name} again: stopped without waiting; the locks stay on the nodes (`fleetup {command} --resume {run_id}` takes them over)"
     );
     std::process::exit(exit_code::CANCELLED);
 }

@@ -18,7 +18,7 @@ mod stage;
 mod switch;
 mod undo;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -71,11 +71,19 @@ pub struct RunConfig {
 pub struct PriorRun {
     /// `host → backup dir` of each backup the run finished.
     pub backups: BTreeMap<String, String>,
+    /// Hosts whose storage the (rollback) run finished restoring: their nodes stayed stopped
+    /// since, so a storage that holds nothing newer than the rollback's version is not restored
+    /// again.
+    pub restored: BTreeSet<String>,
 }
 
 impl PriorRun {
     pub fn backup_done(&self, host: &str) -> Option<&str> {
         self.backups.get(host).map(String::as_str)
+    }
+
+    pub fn restore_done(&self, host: &str) -> bool {
+        self.restored.contains(host)
     }
 }
 

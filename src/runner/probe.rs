@@ -83,13 +83,22 @@ pub async fn probe<T: Transport>(sh: &Shared<T>, step: &Step, host: &str) -> Pro
                 return Probe::ToDo;
             };
             let back = matches!(t.exec(&resolves_to_command(h, release), &opts()).await, Ok(o) if o.status.success());
-            if back && schema_beyond(sh, host, target).await == Some(false) {
-                return Probe::Done(format!(
+            if !back && !sh.cfg.prior.restore_done(host) {
+                return Probe::ToDo;
+            }
+            if schema_beyond(sh, host, target).await != Some(false) {
+                return Probe::ToDo;
+            }
+            Probe::Done(if back {
+                format!(
                     "the storage holds no migration newer than `{target}` and `{}` runs `{release}` again: already rolled back",
                     h.ledger.binary
-                ));
-            }
-            Probe::ToDo
+                )
+            } else {
+                format!(
+                    "the run being resumed restored this storage, which holds no migration newer than `{target}`"
+                )
+            })
         }
         StepKind::Stage => {
             let release = release_binary(h, target);
