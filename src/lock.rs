@@ -496,16 +496,41 @@ const PRINT_HEADER: &str = "printf 'fleetup-lock %s %s\\n' \"$(date +%s)\" \"$(s
 /// the node's clock, the dir's mtime and its owner file, and exit [`HELD`].
 pub fn acquire_command(host: &ResolvedHost, owner: &LockOwner, lease: &LeaseConfig) -> String {
     format!(
-        "r={r}; d={d}; f=\"$d/{OWNER_FILE}\"; mkdir -p \"$r\" || exit 20; \
+        "r={r}; d={d}; f=\"$d/{OWNER_FILE}\"; g={g}; mkdir -p \"$r\" || exit 20; \
          if mkdir \"$d\" 2>/dev/null; then \
-           if {write} > \"$f.part\" && mv -f \"$f.part\" \"$f\"; then exit 0; fi; \
+           if {write} > \"$f.part\" && mv -f \"$f.part\" \"$f\"; then \
+             printf '{GENERATION_LINE} %s\\n' \"$(cat \"$g\" 2>/dev/null)\"; \
+             printf '%s\\n' {id} > \"$g.part\" && mv -f \"$g.part\" \"$g\"; exit 0; fi; \
            rm -f \"$f.part\"; rmdir \"$d\"; exit 21; \
          fi; \
          {PRINT_HEADER}; cat \"$f\" 2>/dev/null; exit {HELD}",
         r = quote(&host.ledger.releases_dir),
         d = quote(&lock_path(host)),
+        g = quote(&generation_path(host)),
+        id = quote(&owner.run_id),
         write = owner_printf(owner, lease),
     )
+}
+
+/// `<releases_dir>/.fleetup.generation`: the run id of the last run that took the node's lock,
+/// written by each run when it takes it. The facts read it; a run whose lock then finds the same
+/// id knows no other run locked (and so changed) the node in between.
+pub fn generation_path(host: &ResolvedHost) -> String {
+    format!(
+        "{}/.fleetup.generation",
+        host.ledger.releases_dir.trim_end_matches('/')
+    )
+}
+
+const GENERATION_LINE: &str = "==generation";
+
+/// The generation a successful [`acquire_command`] found (empty: none yet).
+fn parse_generation(stdout: &str) -> Option<String> {
+    stdout
+        .lines()
+        .find_map(|l| l.strip_prefix(GENERATION_LINE))
+        .map(|g| g.trim().to_string())
+        .filter(|g| !g.is_empty())
 }
 
 /// Prints a lock as [`parse_held`] reads it (header line, then the owner file), or exits 3
@@ -579,16 +604,17 @@ fn opts() -> ExecOptions {
     }
 }
 
-/// Takes the lock of one node with a fresh lease.
+/// Takes the lock of one node with a fresh lease. Returns the generation it found: the run id of
+/// the run that took the lock before (see [`generation_path`]).
 pub async fn acquire<T: Transport + ?Sized>(
     t: &T,
     host: &ResolvedHost,
     owner: &LockOwner,
     lease: &LeaseConfig,
-) -> Result<(), LockError> {
+) -> Result<Option<String>, LockError> {
     let out = run(t, host, &acquire_command(host, owner, lease), "take").await?;
     match &out.status {
-        ExitStatus::Code(0) => Ok(()),
+        ExitStatus::Code(0) => Ok(parse_generation(&out.stdout_lossy())),
         ExitStatus::Code(HELD) => Err(LockError::Held {
             host: host.name.clone(),
             held: Box::new(parse_held(&out.stdout_lossy())),
@@ -1180,6 +1206,36 @@ mod tests {
         ) -> Result<HttpResponse, HttpError> {
             unreachable!("the lock never probes HTTP")
         }
+    }
+
+    /// Each lock taken reports the run that took the node's lock before it (none at first), and
+    /// a lock refused leaves that record alone.
+    #[tokio::test]
+    async fn a_lock_taken_reports_the_run_that_locked_the_node_before() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = host(&dir.path().to_string_lossy());
+        let t = LocalShell {
+            commands: Mutex::new(Vec::new()),
+        };
+        let (a, b) = (
+            owner("20260125T174502Z-aaaaaa"),
+            owner("20260125T174503Z-bbbbbb"),
+        );
+        assert_eq!(acquire(&t, &h, &a, &CFG).await.unwrap(), None);
+        assert!(matches!(
+            acquire(&t, &h, &b, &CFG).await,
+            Err(LockError::Held { .. })
+        ));
+        release(&t, &h, &a.run_id).await.unwrap();
+        assert_eq!(
+            acquire(&t, &h, &b, &CFG).await.unwrap().as_deref(),
+            Some(a.run_id.as_str())
+        );
+        release(&t, &h, &b.run_id).await.unwrap();
+        assert_eq!(
+            acquire(&t, &h, &a, &CFG).await.unwrap().as_deref(),
+            Some(b.run_id.as_str())
+        );
     }
 
     /// The refresher refreshes each interval until stopped; a lock that is gone is reported

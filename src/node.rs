@@ -134,6 +134,7 @@ pub const PROBE_RELEASES: &str = "==fleetup:releases";
 pub const PROBE_BINARY: &str = "==fleetup:binary";
 pub const PROBE_BUSY: &str = "==fleetup:busy";
 pub const PROBE_SCHEMA: &str = "==fleetup:schema";
+pub const PROBE_LOCK: &str = "==fleetup:lock";
 pub const PROBE_END: &str = "==fleetup:end";
 
 /// One read-only script for the facts that need no `numary`: the storage settings as the
@@ -170,9 +171,11 @@ pub fn probe_with(host: &ResolvedHost, schema: bool) -> String {
     s.push_str(&format!(
         "echo {PROBE_RELEASES}; if [ -d {r} ]; then for d in {r}/*/; do [ -d \"$d\" ] && basename \"$d\"; done; fi; \
          echo {PROBE_BINARY}; readlink -f {b} 2>/dev/null; \
+         echo {PROBE_LOCK}; if [ -d {lock} ]; then echo held; fi; cat {generation} 2>/dev/null; \
          echo {PROBE_BUSY}; if [ -d {lock} ]; then {busy}; fi; {schema}echo {PROBE_END}",
         busy = STORAGE_COMMANDS,
         lock = quote(&crate::lock::lock_path(host)),
+        generation = quote(&crate::lock::generation_path(host)),
         schema = if schema {
             format!(
                 "echo {PROBE_SCHEMA}; ( {} ) 2>/dev/null; ",
@@ -207,6 +210,10 @@ pub struct ProbeOutput {
     pub releases: Vec<String>,
     /// Where the binary resolves to (`readlink -f`): the release it runs.
     pub binary_target: Option<String>,
+    /// A fleetup lock is held on the node.
+    pub locked: bool,
+    /// The run id of the last fleetup run that locked the node ([`crate::lock::generation_path`]).
+    pub lock_generation: Option<String>,
     /// Pids of `numary storage ...` commands running on the node (looked for only where a lock
     /// is left, the trace of an interrupted run).
     pub busy: Vec<String>,
@@ -219,9 +226,8 @@ pub fn parse_probe(stdout: &str) -> ProbeOutput {
     let mut section = "";
     for line in stdout.lines() {
         match line {
-            PROBE_ENV | PROBE_RELEASES | PROBE_BINARY | PROBE_BUSY | PROBE_SCHEMA | PROBE_END => {
-                section = line
-            }
+            PROBE_ENV | PROBE_RELEASES | PROBE_BINARY | PROBE_LOCK | PROBE_BUSY | PROBE_SCHEMA
+            | PROBE_END => section = line,
             _ => match section {
                 PROBE_ENV => {
                     if let Some(err) = line.strip_prefix("! ") {
@@ -240,6 +246,10 @@ pub fn parse_probe(stdout: &str) -> ProbeOutput {
                 }
                 PROBE_RELEASES if !line.is_empty() => out.releases.push(line.to_string()),
                 PROBE_BINARY if !line.is_empty() => out.binary_target = Some(line.to_string()),
+                PROBE_LOCK if line == "held" => out.locked = true,
+                PROBE_LOCK if !line.trim().is_empty() => {
+                    out.lock_generation = Some(line.trim().to_string())
+                }
                 PROBE_BUSY if !line.trim().is_empty() => out.busy.push(line.trim().to_string()),
                 PROBE_SCHEMA => out.schema.push(line.to_string()),
                 _ => {}
@@ -351,6 +361,36 @@ mod tests {
         let p = probe_locally(None);
         assert_eq!(p.dir, "/home/ledger/.numary/data");
         assert_eq!(p.bind, "localhost:3068");
+    }
+
+    #[test]
+    fn probe_reports_the_lock_and_the_last_run_that_took_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut host = host_with(None);
+        host.ledger.releases_dir = dir.path().display().to_string();
+        let run = |host: &ResolvedHost| {
+            let out = std::process::Command::new("sh")
+                .arg("-c")
+                .arg(probe(host))
+                .output()
+                .unwrap();
+            parse_probe(&String::from_utf8_lossy(&out.stdout))
+        };
+        let p = run(&host);
+        assert!(!p.locked);
+        assert_eq!(p.lock_generation, None);
+        std::fs::write(
+            crate::lock::generation_path(&host),
+            "20260125T174502Z-aaaaaa\n",
+        )
+        .unwrap();
+        std::fs::create_dir(crate::lock::lock_path(&host)).unwrap();
+        let p = run(&host);
+        assert!(p.locked);
+        assert_eq!(
+            p.lock_generation.as_deref(),
+            Some("20260125T174502Z-aaaaaa")
+        );
     }
 
     #[test]

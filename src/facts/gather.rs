@@ -114,6 +114,8 @@ pub async fn gather_with<T: Transport>(t: &T, host: &ResolvedHost, schema: bool)
         .collect();
     facts.binary_target = probe.binary_target.clone();
     facts.busy_storage = probe.busy.clone();
+    facts.locked = probe.locked;
+    facts.lock_generation = probe.lock_generation.clone();
     let schema_of = |driver| {
         let cmd = crate::schema::state_command(host, driver);
         let opts = opts.clone();

@@ -35,6 +35,13 @@ pub struct HostFacts {
     /// Pids of `numary storage ...` commands running on the node (left by an interrupted run:
     /// they still hold the storage).
     pub busy_storage: Vec<String>,
+    /// A fleetup lock was held on the node when the facts were read.
+    #[serde(skip)]
+    pub locked: bool,
+    /// The run id of the last fleetup run that locked the node: a run whose own lock finds the
+    /// same one knows that no other run changed the node since these facts were read.
+    #[serde(skip)]
+    pub lock_generation: Option<String>,
     /// SQLite hot journal files found in the storage dir (a sign of an unclean stop).
     pub hot_journals: Vec<String>,
     /// Where `ledgers` came from: `api` (`/_info`), `sqlite-files`, or empty when unknown.

@@ -97,6 +97,7 @@ impl RunSettings {
             prior: self.prior.clone(),
             cancel: self.cancel.clone(),
             lease: self.lease,
+            resumed: self.resumed,
         }
     }
 }

@@ -46,6 +46,9 @@ pub struct StepError {
 pub struct Changes {
     /// Hosts whose lock this run holds.
     pub locked: Vec<String>,
+    /// Hosts whose audit facts are still current: no other run locked them since the facts
+    /// were read ([`super::known`]).
+    pub facts_current: std::collections::BTreeSet<String>,
     /// Hosts this run stopped (`--stop`), in order.
     pub stopped: Vec<String>,
     /// `(host, backup dir)` of this run.

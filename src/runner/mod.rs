@@ -10,6 +10,7 @@
 
 mod backup;
 mod ctx;
+mod known;
 mod migrate;
 pub mod probe;
 mod restore;
@@ -63,6 +64,8 @@ pub struct RunConfig {
     pub cancel: Cancel,
     /// The node locks' lease: refreshed every `refresh` while the run holds them.
     pub lease: LeaseConfig,
+    /// `--resume`: every step is probed on the nodes, none answered from the audit's facts.
+    pub resumed: bool,
 }
 
 /// What an interrupted run recorded in its journal, for `--resume`: the probes trust it where
@@ -286,7 +289,17 @@ async fn run_step<T: Transport + Clone + 'static>(
 ) -> Result<(), StepError> {
     let probes = ctx::each_host(sh, &step.hosts, |sh, name| {
         let step = step.clone();
-        async move { probe::probe(&sh, &step, &name).await }
+        let earlier: Vec<StepKind> = applied
+            .iter()
+            .filter(|(_, h)| *h == name)
+            .map(|(k, _)| *k)
+            .collect();
+        async move {
+            match known::answer(&sh, &step, &name, &earlier) {
+                Some(p) => p,
+                None => probe::probe(&sh, &step, &name).await,
+            }
+        }
     })
     .await;
     let mut todo = Vec::new();
@@ -390,134 +403,178 @@ fn settle(error: &mut Option<StepError>, storage_touched: bool) -> Outcome {
     }
 }
 
-/// Takes the lock on each node in plan order (so two runs contend on the same first node). A
-/// held lock: shown, then with `--break-lock` broken when [`lock::break_decision`] allows it (an
-/// expired lease, or a holder of this machine that is provably gone); otherwise the locks taken
-/// so far are released and the run stops.
-async fn take_locks<T: Transport>(sh: &Shared<T>, step: &Step) -> Result<(), StepError> {
+/// Takes the lock on each node: the plan's first node alone (so two runs contend on the same
+/// node first and the loser takes nothing else), then the others at once. A held lock: shown,
+/// then with `--break-lock` broken when [`lock::break_decision`] allows it (an expired lease, or
+/// a holder of this machine that is provably gone); otherwise the run stops and the locks taken
+/// are released.
+async fn take_locks<T: Transport + Clone + 'static>(
+    sh: &Arc<Shared<T>>,
+    step: &Step,
+) -> Result<(), StepError> {
+    let Some((first, rest)) = step.hosts.split_first() else {
+        return Ok(());
+    };
+    lock_one(sh, step, first).await?;
+    let results = ctx::each_host(sh, rest, |sh, name| {
+        let step = step.clone();
+        async move { lock_one(&sh, &step, &name).await }
+    })
+    .await;
+    results
+        .into_iter()
+        .flatten()
+        .find_map(Result::err)
+        .map_or(Ok(()), Err)
+}
+
+/// Takes the lock of one node (see [`take_locks`]). A lock taken fresh that finds the
+/// generation the facts read, on a node the audit found unlocked, tells that no other run
+/// changed the node since: its facts stay current ([`known`]).
+async fn lock_one<T: Transport>(sh: &Shared<T>, step: &Step, name: &str) -> Result<(), StepError> {
     let lease = sh.cfg.lease;
     let here = &sh.cfg.owner.local_host;
-    for name in &step.hosts {
-        let host = sh.host(name);
-        let t = sh.session(name);
-        let op = sh.begin(step, name, None);
-        let mut result = lock::acquire(t, host, &sh.cfg.owner, &lease).await;
-        // `--resume`: the lock of the run being resumed is this run's own; take it over.
-        if let Err(LockError::Held { held, .. }) = &result
-            && held
-                .holder
-                .owner()
-                .is_some_and(|o| o.run_id == sh.cfg.run_id)
-        {
-            sh.emit(Event::Notice {
-                host: name.clone(),
-                message: format!(
-                    "taking over the lock `{}` of the run being resumed",
-                    lock::lock_path(host)
-                ),
-            });
-            result = lock::take_over(t, host, &sh.cfg.owner, &lease).await;
-        }
-        if let Err(LockError::Held { held, .. }) = &result
-            && sh.cfg.break_lock
-        {
-            let shown = held.describe(lease.ttl);
-            sh.emit(Event::Notice {
-                host: name.clone(),
-                message: format!("the lock `{}` is held by {shown}", lock::lock_path(host)),
-            });
-            let liveness = held
-                .holder
-                .owner()
-                .map_or(Liveness::Unknown, |o| lock::liveness_here(o, here));
-            result = match lock::break_decision(held, here, liveness, lease.ttl) {
-                Ok(_) => match lock::break_lock(t, host, held).await {
-                    Ok(()) => {
-                        sh.emit(Event::LockBroken {
-                            host: name.clone(),
-                            holder: shown,
-                        });
-                        lock::acquire(t, host, &sh.cfg.owner, &lease).await
-                    }
-                    Err(e) => Err(e),
-                },
-                Err(refusal) => Err(LockError::Refused {
-                    host: name.clone(),
-                    holder: Box::new(held.holder.clone()),
-                    refusal,
-                }),
-            };
-        }
-        match result {
-            Ok(()) => {
-                sh.change(|c| c.locked.push(name.clone()));
-                op.ok(format!("`{}` taken", lock::lock_path(host)), Vec::new());
-            }
-            Err(err) => {
-                let mut e = sh.error(step, name, err.to_string());
-                let by_hand = format!("remove `{}` on `{name}` by hand", lock::lock_path(host));
-                match &err {
-                    LockError::Held { held, .. } => {
-                        e.code = exit_code::LOCK_HELD;
-                        let alive_here = held
-                            .holder
-                            .owner()
-                            .is_some_and(|o| lock::holder_alive_here(o, here));
-                        e.hints.push(if alive_here {
-                            "that run is still going on this machine: wait for it to finish".into()
-                        } else {
-                            format!(
-                                "if no fleetup run is going on (the holder crashed), run again with `--break-lock`: it breaks a lock whose lease expired or whose holder died on this machine; or {by_hand}"
-                            )
-                        });
-                    }
-                    LockError::Refused { refusal, .. } => {
-                        e.code = exit_code::LOCK_HELD;
-                        e.hints.push(match refusal {
-                            Refusal::AliveHere { .. } => {
-                                "that run is still going on this machine: wait for it to finish".into()
-                            }
-                            Refusal::FreshLease { .. } => format!(
-                                "its holder keeps the lease fresh, so it probably still runs on its machine: wait for it to finish; if that machine is gone, run again once the lease expired, or {by_hand}"
-                            ),
-                            Refusal::Unjudged => format!("check the node, then {by_hand}"),
-                        });
-                    }
-                    _ if sh.cfg.break_lock => e.hints.push("the lock could not be broken".into()),
-                    _ => {}
+    let host = sh.host(name);
+    let t = sh.session(name);
+    let op = sh.begin(step, name, None);
+    let first = lock::acquire(t, host, &sh.cfg.owner, &lease).await;
+    let facts_current = match (&first, sh.facts(name)) {
+        (Ok(generation), Some(f)) => !f.locked && *generation == f.lock_generation,
+        _ => false,
+    };
+    let mut result = first.map(|_| ());
+    // `--resume`: the lock of the run being resumed is this run's own; take it over.
+    if let Err(LockError::Held { held, .. }) = &result
+        && held
+            .holder
+            .owner()
+            .is_some_and(|o| o.run_id == sh.cfg.run_id)
+    {
+        sh.emit(Event::Notice {
+            host: name.to_string(),
+            message: format!(
+                "taking over the lock `{}` of the run being resumed",
+                lock::lock_path(host)
+            ),
+        });
+        result = lock::take_over(t, host, &sh.cfg.owner, &lease).await;
+    }
+    if let Err(LockError::Held { held, .. }) = &result
+        && sh.cfg.break_lock
+    {
+        let shown = held.describe(lease.ttl);
+        sh.emit(Event::Notice {
+            host: name.to_string(),
+            message: format!("the lock `{}` is held by {shown}", lock::lock_path(host)),
+        });
+        let liveness = held
+            .holder
+            .owner()
+            .map_or(Liveness::Unknown, |o| lock::liveness_here(o, here));
+        result = match lock::break_decision(held, here, liveness, lease.ttl) {
+            Ok(_) => match lock::break_lock(t, host, held).await {
+                Ok(()) => {
+                    sh.emit(Event::LockBroken {
+                        host: name.to_string(),
+                        holder: shown,
+                    });
+                    lock::acquire(t, host, &sh.cfg.owner, &lease)
+                        .await
+                        .map(|_| ())
                 }
-                op.fail(&e.message);
-                return Err(e);
+                Err(e) => Err(e),
+            },
+            Err(refusal) => Err(LockError::Refused {
+                host: name.to_string(),
+                holder: Box::new(held.holder.clone()),
+                refusal,
+            }),
+        };
+    }
+    match result {
+        Ok(()) => {
+            sh.change(|c| {
+                c.locked.push(name.to_string());
+                if facts_current {
+                    c.facts_current.insert(name.to_string());
+                }
+            });
+            op.ok(format!("`{}` taken", lock::lock_path(host)), Vec::new());
+        }
+        Err(err) => {
+            let mut e = sh.error(step, name, err.to_string());
+            let by_hand = format!("remove `{}` on `{name}` by hand", lock::lock_path(host));
+            match &err {
+                LockError::Held { held, .. } => {
+                    e.code = exit_code::LOCK_HELD;
+                    let alive_here = held
+                        .holder
+                        .owner()
+                        .is_some_and(|o| lock::holder_alive_here(o, here));
+                    e.hints.push(if alive_here {
+                        "that run is still going on this machine: wait for it to finish".into()
+                    } else {
+                        format!(
+                            "if no fleetup run is going on (the holder crashed), run again with `--break-lock`: it breaks a lock whose lease expired or whose holder died on this machine; or {by_hand}"
+                        )
+                    });
+                }
+                LockError::Refused { refusal, .. } => {
+                    e.code = exit_code::LOCK_HELD;
+                    e.hints.push(match refusal {
+                        Refusal::AliveHere { .. } => {
+                            "that run is still going on this machine: wait for it to finish".into()
+                        }
+                        Refusal::FreshLease { .. } => format!(
+                            "its holder keeps the lease fresh, so it probably still runs on its machine: wait for it to finish; if that machine is gone, run again once the lease expired, or {by_hand}"
+                        ),
+                        Refusal::Unjudged => format!("check the node, then {by_hand}"),
+                    });
+                }
+                _ if sh.cfg.break_lock => e.hints.push("the lock could not be broken".into()),
+                _ => {}
             }
+            op.fail(&e.message);
+            return Err(e);
         }
     }
     Ok(())
 }
 
-/// Releases every lock this run took: the `unlock` step. Returns the failures.
-async fn release_locks<T: Transport>(sh: &Shared<T>) -> Vec<String> {
-    let step = sh
+/// Releases every lock this run took, at once: the `unlock` step. Returns the failures.
+async fn release_locks<T: Transport + Clone + 'static>(sh: &Arc<Shared<T>>) -> Vec<String> {
+    let Some(step) = sh
         .plan
         .steps
         .iter()
         .find(|s| s.kind == StepKind::Unlock)
-        .cloned();
-    let mut errors = Vec::new();
-    let Some(step) = step else {
-        return errors;
+        .cloned()
+    else {
+        return Vec::new();
     };
-    for name in sh.changes().locked {
-        let op = sh.begin(&step, &name, None);
-        match lock::release(sh.session(&name), sh.host(&name), &sh.cfg.run_id).await {
-            Ok(()) => op.ok("released", Vec::new()),
-            Err(e) => {
-                let message = format!("{e}; remove it by hand once you checked the node");
-                op.fail(&message);
-                errors.push(message);
+    let locked = sh.changes().locked;
+    ctx::each_host(sh, &locked, |sh, name| {
+        let step = step.clone();
+        async move {
+            let op = sh.begin(&step, &name, None);
+            match lock::release(sh.session(&name), sh.host(&name), &sh.cfg.run_id).await {
+                Ok(()) => {
+                    op.ok("released", Vec::new());
+                    None
+                }
+                Err(e) => {
+                    let message = format!("{e}; remove it by hand once you checked the node");
+                    op.fail(&message);
+                    Some(message)
+                }
             }
         }
-    }
-    errors
+    })
+    .await
+    .into_iter()
+    .flatten()
+    .flatten()
+    .collect()
 }
 
 /// Each node the plan touches: versions before and after, and its state. After a failure the
@@ -776,6 +833,8 @@ pub(crate) mod tests {
         fail: Option<&'static str>,
         /// Running at the start (the run stops it: `--stop`).
         running: bool,
+        /// The lock generation its facts read (the fake's lock finds none).
+        generation: Option<&'static str>,
     }
 
     const LISTED: &str = "Ledgers:\n- default\n";
@@ -788,6 +847,7 @@ pub(crate) mod tests {
             expected: None,
             fail: None,
             running: false,
+            generation: None,
         }
     }
 
@@ -816,6 +876,7 @@ pub(crate) mod tests {
                         postgres: None,
                     }),
                     ledgers: n.known.iter().map(|s| s.to_string()).collect(),
+                    lock_generation: n.generation.map(str::to_string),
                     ..HostFacts::default()
                 },
             );
@@ -864,6 +925,7 @@ pub(crate) mod tests {
             prior: PriorRun::default(),
             cancel: Cancel::default(),
             lease: LeaseConfig::default(),
+            resumed: false,
         };
         let fleet = Fleet {
             hosts,
@@ -914,6 +976,23 @@ pub(crate) mod tests {
         assert!(
             pos("storage upgrade") < pos("prev-link") && pos("prev-link") < pos("systemctl start")
         );
+    }
+
+    #[tokio::test]
+    async fn only_a_node_another_run_locked_since_the_audit_is_probed_again() {
+        let mut changed = node("node-2");
+        changed.generation = Some("20260101T000000Z-000001");
+        let (report, fakes) = run_fleet(vec![node("node-1"), changed]).await;
+        assert_eq!(report.outcome, Outcome::Succeeded, "{:?}", report.error);
+        let probed = |f: &Fake| {
+            f.ran("[ -x \"$f\" ] && sha256sum")
+                || f.commands().iter().any(|c| c.starts_with("readlink -f "))
+        };
+        // node-1 is as the audit saw it: its stage and switch are known to be to do.
+        assert!(!probed(&fakes[0]), "{:#?}", fakes[0].commands());
+        // node-2's lock found another run's generation: every probe asks the node.
+        assert!(probed(&fakes[1]), "{:#?}", fakes[1].commands());
+        assert!(fakes.iter().all(|f| f.ran("# upload ")));
     }
 
     #[tokio::test]

@@ -1,0 +1,67 @@
+//! What the audit already knows. A node whose lock this run took fresh, finding the generation
+//! its facts read (no other run locked it since, [`crate::lock::generation_path`]), is as the
+//! audit saw it, changed only by this run's own steps. There a step's probe is answered from
+//! those facts, without asking the node again, as long as no earlier step of this run changed
+//! what the probe reads. Only "to do" is answered that way: facts saying a step is done (the plan
+//! would not hold it then) and anything unknown still go to the node ([`super::probe`]).
+//!
+//! A resumed run and a rollback always ask the nodes.
+
+use crate::facts::{HostFacts, ServiceState};
+use crate::plan::commands::release_binary;
+use crate::plan::{Step, StepKind};
+use crate::schema::{self, Migrated};
+use crate::ssh::Transport;
+
+use super::ctx::Shared;
+use super::probe::Probe;
+
+/// `Some(Probe::ToDo)` when the facts tell that `step` is still to do on `host`; `earlier`: the
+/// kinds of the steps this run already applied there.
+pub fn answer<T: Transport>(
+    sh: &Shared<T>,
+    step: &Step,
+    host: &str,
+    earlier: &[StepKind],
+) -> Option<Probe> {
+    if sh.cfg.resumed || sh.plan.rollback.is_some() || !sh.changes().facts_current.contains(host) {
+        return None;
+    }
+    let facts = sh.facts(host)?;
+    to_do(sh, facts, step.kind, host, earlier).then_some(Probe::ToDo)
+}
+
+fn to_do<T: Transport>(
+    sh: &Shared<T>,
+    f: &HostFacts,
+    kind: StepKind,
+    host: &str,
+    earlier: &[StepKind],
+) -> bool {
+    let target = &sh.plan.target;
+    if earlier.contains(&kind) {
+        return false;
+    }
+    match kind {
+        StepKind::StopService => f.service == ServiceState::Running,
+        // Stopped by this run, or found stopped (and confirmed stopped since).
+        StepKind::StartService => {
+            earlier.contains(&StepKind::StopService) || f.service == ServiceState::Stopped
+        }
+        StepKind::Stage => !f.staged.contains(target),
+        StepKind::Switch => {
+            f.binary_target.as_deref() != Some(release_binary(sh.host(host), target).as_str())
+        }
+        StepKind::Backup if sh.cfg.prior.backup_done(host).is_some() => false,
+        StepKind::Backup | StepKind::Migrate => {
+            f.busy_storage.is_empty()
+                && !earlier.contains(&StepKind::Migrate)
+                && matches!(
+                    (&f.schema, f.storage.as_ref()),
+                    (Some(state), Some(storage))
+                        if matches!(schema::migrated(state, target, storage.driver), Migrated::Pending { .. })
+                )
+        }
+        _ => false,
+    }
+}
