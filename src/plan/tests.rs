@@ -1172,11 +1172,12 @@ fn switch_keeps_the_previous_release_and_swaps_atomically() {
     // Exactly the script the runner runs: the previous target kept, an atomic swap.
     assert_eq!(
         cmds,
-        &[commands::switch_command(
+        &[crate::plan::SwitchParams::to_release(
             &three("1.7.4")[0].host,
             &v("1.8.2"),
             Some(&v("1.7.4"))
-        )]
+        )
+        .command()]
     );
     assert!(cmds[0].contains("o=/opt/numary/releases/1.7.4"));
     assert!(

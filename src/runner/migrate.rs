@@ -7,16 +7,14 @@
 use std::sync::Arc;
 
 use crate::exit_code;
-use crate::facts::StorageDriver;
-use crate::node;
 use crate::numary::{self, UpgradeOutcome};
-use crate::plan::{Step, StepKind};
+use crate::plan::{Action, Step, StepKind};
 use crate::shell::validate_ledger_name;
 use crate::ssh::Transport;
 
 use super::ctx::{Checked, Shared, StepError, tail};
+use super::params;
 use super::service::{self, notice};
-use crate::plan::commands::release_binary;
 
 /// Why the ledgers `storage list` printed must not be migrated.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -153,7 +151,7 @@ pub async fn run<T: Transport + 'static>(
     // refused with this run named, and never migrates at the same time.
     let mut db_locks = Vec::new();
     for name in &step.hosts {
-        if !is_postgres(sh, name) {
+        if !params::of(sh, step, name, Action::migrate)?.is_postgres() {
             continue;
         }
         match hold_db_lock(sh, step, name).await {
@@ -185,12 +183,6 @@ async fn survey_and_migrate<T: Transport + 'static>(
         migrate(sh, step, name, &ledgers).await?;
     }
     Ok(())
-}
-
-fn is_postgres<T: Transport>(sh: &Shared<T>, name: &str) -> bool {
-    sh.facts(name)
-        .and_then(|f| f.storage.as_ref())
-        .is_some_and(|s| s.driver == StorageDriver::Postgres)
 }
 
 /// Takes the migration lock of `name`'s database; a lock held elsewhere stops the run with
@@ -241,8 +233,8 @@ async fn recheck_stopped<T: Transport>(sh: &Shared<T>, step: &Step) -> Result<()
     for name in &hosts {
         let host = sh.host(name);
         let t = sh.session(name);
-        let running = service::service_running(t, host).await;
-        let api = service::api_answers(t, host).await;
+        let running = service::service_running(t, &host.ledger.service).await;
+        let api = service::api_answers(t, &host.ledger.api).await;
         if running != Some(false) || api.is_some() {
             let op = sh.begin(step, name, None);
             let mut e = sh.error(
@@ -270,8 +262,8 @@ async fn survey<T: Transport>(
     name: &str,
 ) -> Result<Vec<String>, StepError> {
     let host = sh.host(name);
-    let binary = release_binary(host, &sh.plan.target);
-    let numary = |args: &[&str]| node::numary(host, &binary, args);
+    let p = params::of(sh, step, name, Action::migrate)?;
+    let numary = |args: &[&str]| p.numary(args);
     let list = |label: &'static str| {
         let cmd = numary(&["storage", "list"]);
         async move {
@@ -349,7 +341,7 @@ async fn survey<T: Transport>(
         &fleet,
         host.ledger.ledgers.as_deref(),
     ) {
-        let hint = problem.hint(host.ledger.env_file.as_deref());
+        let hint = problem.hint(p.env_file.as_deref());
         return Err(refuse(problem.message(), Some(&hint)));
     }
     for ledger in &after {
@@ -367,11 +359,10 @@ async fn migrate<T: Transport>(
     name: &str,
     ledgers: &[String],
 ) -> Result<(), StepError> {
-    let host = sh.host(name);
-    let binary = release_binary(host, &sh.plan.target);
+    let p = params::of(sh, step, name, Action::migrate)?;
     for ledger in ledgers {
         sh.change(|c| c.storage_touched = true);
-        let cmd = node::numary(host, &binary, &["storage", "upgrade", ledger]);
+        let cmd = p.numary(&["storage", "upgrade", ledger]);
         let label = format!("`storage upgrade {ledger}`");
         let word = sh
             .run_checked(
