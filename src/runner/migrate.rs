@@ -224,17 +224,26 @@ async fn release_db_locks(locks: Vec<crate::dblock::DbLock>) {
 /// Right before the storage changes: every node of the run still stopped, API silent (a node
 /// started behind fleetup's back since `confirm_stopped` would race the migration).
 async fn recheck_stopped<T: Transport>(sh: &Shared<T>, step: &Step) -> Result<(), StepError> {
-    let hosts: Vec<String> = sh
+    // What "stopped" was confirmed against: the confirm step's parameters (this step's hosts,
+    // with their own settings, when the plan has none).
+    let confirm = sh
         .plan
         .steps
         .iter()
-        .find(|s| s.kind == StepKind::ConfirmStopped)
-        .map_or_else(|| step.hosts.clone(), |s| s.hosts.clone());
-    for name in &hosts {
+        .find(|s| s.kind == StepKind::ConfirmStopped);
+    let hosts = confirm.map_or(&step.hosts, |s| &s.hosts);
+    for name in hosts {
         let host = sh.host(name);
         let t = sh.session(name);
-        let running = service::service_running(t, &host.ledger.service).await;
-        let api = service::api_answers(t, &host.ledger.api).await;
+        let (service, api) = match confirm
+            .and_then(|s| s.params(name))
+            .and_then(Action::confirm)
+        {
+            Some(p) => (&p.service, p.api.as_str()),
+            None => (&host.ledger.service, host.ledger.api.as_str()),
+        };
+        let running = service::service_running(t, service).await;
+        let api = service::api_answers(t, api).await;
         if running != Some(false) || api.is_some() {
             let op = sh.begin(step, name, None);
             let mut e = sh.error(
