@@ -114,7 +114,9 @@ pub struct SwitchParams {
 pub struct RestoreParams {
     pub source: RestoreSource,
     pub env_file: Option<String>,
-    /// The release the node switches back to (done once it runs it on an un-migrated storage).
+    /// `ledger.binary`, and the release it switches back to: the restore is done once the
+    /// link resolves to it on a storage holding nothing newer.
+    pub link: String,
     pub release: String,
 }
 
@@ -563,6 +565,7 @@ mod tests {
                 }],
             },
             env_file: Some(ENV.into()),
+            link: "/usr/bin/numary".into(),
             release: "/srv/rel/1.7.4/numary".into(),
         };
         assert_eq!(

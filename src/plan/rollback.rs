@@ -614,6 +614,7 @@ fn lay_out(
                         files: Vec::new(),
                     }),
                     env_file: h.ledger.env_file.clone(),
+                    link: h.ledger.binary.clone(),
                     release: release_of(h),
                 })
             },

@@ -69,7 +69,7 @@ pub async fn probe<T: Transport>(sh: &Shared<T>, step: &Step, host: &str) -> Pro
             // Done once a rollback finished this storage: its schema holds nothing newer than
             // the version gone back to and its node runs that release again. Restoring then
             // would only lose the writes made since.
-            let link = &sh.host(host).ledger.binary;
+            let link = &p.link;
             let back = matches!(
                 t.exec(&resolves_to_command(link, &p.release), &opts()).await,
                 Ok(o) if o.status.success()
