@@ -10,8 +10,14 @@ use crate::shell::quote;
 /// storage commands see exactly what the service sees (contract gotcha: a different `$HOME` or
 /// `NUMARY_STORAGE_DIR` silently points SQLite at an empty store).
 pub fn numary(host: &ResolvedHost, binary: &str, args: &[&str]) -> String {
+    numary_with(host.ledger.env_file.as_deref(), binary, args)
+}
+
+/// [`numary`] with the environment file given (`None`: none), for commands rendered from a
+/// step's parameters.
+pub fn numary_with(env_file: Option<&str>, binary: &str, args: &[&str]) -> String {
     let mut cmd = String::new();
-    if let Some(env) = &host.ledger.env_file {
+    if let Some(env) = env_file {
         cmd.push_str(&format!("set -a && . {} && set +a && ", quote(env)));
     }
     cmd.push_str("exec ");
@@ -28,7 +34,12 @@ pub fn numary(host: &ResolvedHost, binary: &str, args: &[&str]) -> String {
 /// service's and secrets stay in the remote shell. Every script that needs the service's
 /// environment starts with it ([`numary`] chains it with `&&` into one command).
 pub fn env_prefix(host: &ResolvedHost) -> String {
-    match &host.ledger.env_file {
+    env_prefix_with(host.ledger.env_file.as_deref())
+}
+
+/// [`env_prefix`] with the environment file given.
+pub fn env_prefix_with(env_file: Option<&str>) -> String {
+    match env_file {
         Some(f) => format!("set -a && . {} && set +a || exit 6; ", quote(f)),
         None => String::new(),
     }
@@ -45,7 +56,12 @@ pub enum ServiceAction {
 /// The shell command for a service action. For `Status`, exit 0 means running; systemd's
 /// `is-active` exits 3 when inactive; operator commands must exit non-zero when stopped.
 pub fn service(host: &ResolvedHost, action: ServiceAction) -> String {
-    match &host.ledger.service {
+    service_command(&host.ledger.service, action)
+}
+
+/// [`service`] for the service settings given.
+pub fn service_command(service: &Service, action: ServiceAction) -> String {
+    match service {
         Service::Systemd { unit } => {
             let verb = match action {
                 ServiceAction::Start => "start",
@@ -71,7 +87,12 @@ pub fn service(host: &ResolvedHost, action: ServiceAction) -> String {
 /// `activating (auto-restart)` (a crash-looping unit that systemd will start again) and for a
 /// unit that does not exist, both of which would pass for "stopped".
 pub fn service_state(host: &ResolvedHost) -> String {
-    match &host.ledger.service {
+    service_state_command(&host.ledger.service)
+}
+
+/// [`service_state`] for the service settings given.
+pub fn service_state_command(service: &Service) -> String {
+    match service {
         Service::Systemd { unit } => format!(
             "systemctl show --property=LoadState,ActiveState --value -- {}",
             quote(unit)
@@ -82,11 +103,11 @@ pub fn service_state(host: &ResolvedHost) -> String {
 
 /// What the service manager said, with the reason when it is not a clear running/stopped.
 pub fn parse_service_state(
-    host: &ResolvedHost,
+    service: &Service,
     exit_code: Option<u32>,
     stdout: &str,
 ) -> (ServiceState, Option<String>) {
-    match &host.ledger.service {
+    match service {
         Service::Systemd { unit } => {
             let mut lines = stdout.lines().map(str::trim);
             let (load, active) = (lines.next().unwrap_or(""), lines.next().unwrap_or(""));
@@ -431,7 +452,7 @@ mod tests {
             unit: "numary.service".into(),
         };
         assert!(service_state(&host).contains("--value -- numary.service"));
-        let st = |code, out: &str| parse_service_state(&host, code, out).0;
+        let st = |code, out: &str| parse_service_state(&host.ledger.service, code, out).0;
         assert_eq!(st(Some(0), "loaded\ninactive\n"), ServiceState::Stopped);
         assert_eq!(st(Some(0), "loaded\nfailed\n"), ServiceState::Stopped);
         assert_eq!(st(Some(0), "loaded\nactive\n"), ServiceState::Running);
@@ -446,7 +467,7 @@ mod tests {
             stop: "t".into(),
             status: "/opt/x status".into(),
         };
-        let st = |code| parse_service_state(&host, code, "").0;
+        let st = |code| parse_service_state(&host.ledger.service, code, "").0;
         assert_eq!(st(Some(0)), ServiceState::Running);
         assert_eq!(st(Some(3)), ServiceState::Stopped);
         assert_eq!(st(Some(127)), ServiceState::Unknown);

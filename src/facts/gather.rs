@@ -70,7 +70,8 @@ pub async fn gather_with<T: Transport>(t: &T, host: &ResolvedHost, schema: bool)
                 ExitStatus::Code(c) => Some(c),
                 ExitStatus::Signal(_) => None,
             };
-            let (state, problem) = node::parse_service_state(host, code, &out.stdout_lossy());
+            let (state, problem) =
+                node::parse_service_state(&host.ledger.service, code, &out.stdout_lossy());
             facts.problems.extend(problem);
             state
         }

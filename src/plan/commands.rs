@@ -18,19 +18,19 @@ pub fn backup_dir(host: &ResolvedHost, run_id: &str) -> String {
 
 const SUMS: &str = "sums() { for f; do h=$(sha256sum < \"$f\") || return 1; s=$(wc -c < \"$f\") || return 1; printf '%s %s %s\\n' \"${h%% *}\" \"$((s))\" \"$f\"; done; }; ";
 
-pub fn backup_sqlite(host: &ResolvedHost, dst: &str) -> String {
+pub fn backup_sqlite(env_file: Option<&str>, dst: &str) -> String {
     format!(
         "{env}{SUMS}src=\"${{NUMARY_STORAGE_DIR:-$HOME/.numary/data}}\"; n=\"${{NUMARY_STORAGE_SQLITE_DB_NAME:-numary}}\"; dst={dst}; \
          echo \"==dir $src\"; echo \"==name $n\"; cd \"$src\" || exit 3; set -- \"$n\"_*.db; \
          [ -e \"$1\" ] || {{ echo \"no ${{n}}_*.db file in $src\" >&2; exit 3; }}; \
          umask 077; mkdir -p \"$dst\" || exit 4; cp -p -- \"$@\" \"$dst\"/ || exit 4; sync; \
          echo ==orig; sums \"$@\" || exit 5; cd \"$dst\" || exit 5; echo ==copy; sums \"$@\" || exit 5",
-        env = node::env_prefix(host),
+        env = node::env_prefix_with(env_file),
         dst = quote(dst),
     )
 }
 
-pub fn backup_postgres(host: &ResolvedHost, dir: &str) -> String {
+pub fn backup_postgres(env_file: Option<&str>, dir: &str) -> String {
     let file = format!("{dir}/{DUMP_FILE}");
     format!(
         "{env}command -v pg_dump >/dev/null 2>&1 && command -v pg_restore >/dev/null 2>&1 || {{ echo 'pg_dump and pg_restore must be installed on the node (postgresql-client)' >&2; exit 7; }}; \
@@ -39,7 +39,7 @@ pub fn backup_postgres(host: &ResolvedHost, dir: &str) -> String {
          pg_restore --list \"$f\" > \"$f.list\" || exit 9; \
          awk '$4 == \"SCHEMA\" {{ print \"==schema \" $6 }}' \"$f.list\"; rm -f \"$f.list\"; \
          h=$(sha256sum < \"$f\") && s=$(wc -c < \"$f\") && printf '==dump %s %s\\n' \"${{h%% *}}\" \"$((s))\"",
-        env = node::env_prefix(host),
+        env = node::env_prefix_with(env_file),
         pgenv = crate::node::pg_env_from_conn_string(),
         f = quote(&file),
         d = quote(dir),
@@ -71,22 +71,17 @@ pub fn download_command(dir: &str, url: &str, sha256: &str) -> String {
     )
 }
 
-/// The swap script. Prints `prev-link TARGET`, `prev-file KEPT_AT` or `prev-none`, then
-/// `now TARGET`.
-pub fn switch_command(host: &ResolvedHost, target: &Version, current: Option<&Version>) -> String {
-    switch_to_command(host, &release_binary(host, target), current)
-}
-
-/// The swap script to any staged release path (the rollback's switch back goes to the path the
-/// rolled-back run recorded). `current`: the version of a plain-file binary, kept as its release.
-pub fn switch_to_command(host: &ResolvedHost, release: &str, current: Option<&Version>) -> String {
-    let bin = &host.ledger.binary;
-    let keep = match current {
-        Some(v) => format!(
+/// The swap script: `link` (the node's `ledger.binary`) becomes a symlink to `release`. Prints
+/// `prev-link TARGET`, `prev-file KEPT_AT` or `prev-none`, then `now TARGET`. `keep_plain_as`:
+/// the release dir a plain-file binary is first kept in (`None`: its version is unknown, and a
+/// plain file is not replaced).
+pub fn switch_to_command(link: &str, release: &str, keep_plain_as: Option<&str>) -> String {
+    let keep = match keep_plain_as {
+        Some(o) => format!(
             "o={o}; if [ -e \"$o/numary\" ]; then cmp -s \"$b\" \"$o/numary\" || {{ echo \"$b is a plain file that differs from $o/numary: not replacing it\" >&2; exit 4; }}; \
              else mkdir -p \"$o\" && cp -p \"$b\" \"$o/numary.fleetup-part\" && mv -f \"$o/numary.fleetup-part\" \"$o/numary\" || exit 5; fi; \
              echo \"prev-file $o/numary\"",
-            o = quote(&release_dir(host, v))
+            o = quote(o)
         ),
         None => "echo \"$b is a plain file of unknown version: not replacing it\" >&2; exit 4"
             .to_string(),
@@ -98,17 +93,17 @@ pub fn switch_to_command(host: &ResolvedHost, release: &str, current: Option<&Ve
          else echo prev-none; fi; \
          ln -sfn \"$n\" \"$b.fleetup-new\" && mv -Tf \"$b.fleetup-new\" \"$b\" || {{ rm -f \"$b.fleetup-new\"; exit 6; }}; \
          echo \"now $(readlink \"$b\")\"",
-        b = quote(bin),
+        b = quote(link),
         n = quote(release),
     )
 }
 
-/// Succeeds when the node's `ledger.binary` resolves to the same file as `release` (the probe of
-/// the rollback's switch back).
-pub fn resolves_to_command(host: &ResolvedHost, release: &str) -> String {
+/// Succeeds when `link` (the node's `ledger.binary`) resolves to the same file as `release` (the
+/// probe of the rollback's switch back).
+pub fn resolves_to_command(link: &str, release: &str) -> String {
     format!(
         "b=$(readlink -f {b}) && r=$(readlink -f {r}) && [ -n \"$r\" ] && [ \"$b\" = \"$r\" ]",
-        b = quote(&host.ledger.binary),
+        b = quote(link),
         r = quote(release),
     )
 }
@@ -119,7 +114,7 @@ pub fn resolves_to_command(host: &ResolvedHost, release: &str) -> String {
 /// `_system`, not `public`) are dropped with what a later migration added to them, and the dump
 /// restored with `pg_restore --clean --if-exists` in one transaction. The connection comes from
 /// the env file's conn string through libpq's variables, never an argument.
-pub fn restore_postgres(host: &ResolvedHost, dump: &str, sha256: &str) -> String {
+pub fn restore_postgres(env_file: Option<&str>, dump: &str, sha256: &str) -> String {
     format!(
         "{env}command -v pg_restore >/dev/null 2>&1 && command -v psql >/dev/null 2>&1 || {{ echo 'pg_restore and psql must be installed on the node (postgresql-client)' >&2; exit 7; }}; \
          f={f}; [ -f \"$f\" ] || {{ echo \"no backup $f on the node\" >&2; exit 3; }}; \
@@ -132,7 +127,7 @@ pub fn restore_postgres(host: &ResolvedHost, dump: &str, sha256: &str) -> String
            PGCONNECT_TIMEOUT=10 psql -X -q -v ON_ERROR_STOP=1 --single-transaction -d \"$d\" >/dev/null || exit 8; \
          pg_restore --clean --if-exists --single-transaction --exit-on-error --dbname=\"$d\" \"$f\" || exit 8; \
          printf '==restored %s\\n' \"$h\"",
-        env = node::env_prefix(host),
+        env = node::env_prefix_with(env_file),
         pgenv = crate::node::pg_env_from_conn_string(),
         f = quote(dump),
         s = quote(sha256),
@@ -143,7 +138,7 @@ pub fn restore_postgres(host: &ResolvedHost, dump: &str, sha256: &str) -> String
 /// with the journal's (`files`: name, sha256) first; then each is copied over the storage dir
 /// (through a temp file and a rename), a stale journal or WAL of it removed, and the restored
 /// files' sums printed after `==restored` for the runner to compare.
-pub fn restore_sqlite(host: &ResolvedHost, backup: &str, files: &[(String, String)]) -> String {
+pub fn restore_sqlite(env_file: Option<&str>, backup: &str, files: &[(String, String)]) -> String {
     let mut check = String::new();
     let mut names = Vec::new();
     for (name, sha) in files {
@@ -162,7 +157,7 @@ pub fn restore_sqlite(host: &ResolvedHost, backup: &str, files: &[(String, Strin
          for f in {names}; do cp -p -- \"$bk/$f\" \"$src/$f.fleetup-restore\" && mv -f -- \"$src/$f.fleetup-restore\" \"$src/$f\" || exit 4; \
          rm -f -- \"$src/$f-journal\" \"$src/$f-wal\" \"$src/$f-shm\"; done; sync; \
          echo \"==dir $src\"; echo ==restored; cd \"$src\" || exit 5; sums {names} || exit 5",
-        env = node::env_prefix(host),
+        env = node::env_prefix_with(env_file),
         bk = quote(backup),
     )
 }
@@ -192,11 +187,8 @@ pub fn upload_line(local: &str, remote: &str) -> String {
 
 /// How an HTTP probe through the node's SSH connection shows among the commands (no shell
 /// command runs: the request goes over a forwarded channel).
-pub fn http_probe(host: &ResolvedHost, path: &str) -> String {
-    format!(
-        "# GET http://{}{path} (through the SSH connection)",
-        host.ledger.api
-    )
+pub fn http_probe(api: &str, path: &str) -> String {
+    format!("# GET http://{api}{path} (through the SSH connection)")
 }
 
 /// How holding the database's migration lock shows among the commands (a `psql` session kept

@@ -4,6 +4,7 @@
 //! a [`Plan`]; the dry run prints it ([`render_text`], or JSON via serde); [`plan_digest`] is its id.
 //! Field names and choices are documented in `docs/plan.md`.
 
+mod action;
 mod build;
 pub mod commands;
 mod digest;
@@ -27,6 +28,10 @@ use crate::inventory::ResolvedHost;
 use crate::policy::Verdict;
 use crate::version::Version;
 
+pub use action::{
+    Action, BackupParams, ConfirmParams, Fetch, GateParams, LockParams, MigrateParams,
+    RestoreParams, ServiceParams, StageParams, SwitchParams,
+};
 pub use build::{build_plan, build_plan_with};
 pub use digest::plan_digest;
 pub use render::{header_lines, render_text};
@@ -239,16 +244,40 @@ pub struct Step {
     pub why: String,
     /// What it checks before (or to decide) going on.
     pub checks: Vec<String>,
-    /// The remote command lines per host, for the dry run; secrets never appear (connection
-    /// strings stay in the service's environment file). Empty for steps whose mechanism is the
-    /// runner's own (preflight probes, locks). `@RUN_ID@` stands for the run id.
+    /// Per host (in `hosts` order): the step's typed parameters there and the remote command
+    /// lines rendered from them, which the runner runs; secrets never appear (connection
+    /// strings stay in the service's environment file). No lines for steps whose mechanism is
+    /// the runner's own (preflight probes, locks). `@RUN_ID@` stands for the run id.
     pub commands: Vec<HostCommands>,
 }
 
+impl Step {
+    /// The step's parameters on `host`.
+    pub fn params(&self, host: &str) -> Option<&Action> {
+        self.commands
+            .iter()
+            .find(|c| c.host == host)
+            .map(|c| &c.params)
+    }
+}
+
+/// One host of a step: what it does there ([`Action`]) and the command lines of that.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct HostCommands {
     pub host: String,
+    pub params: Action,
     pub commands: Vec<String>,
+}
+
+impl HostCommands {
+    /// `params` on `host`, with the command lines rendered from them.
+    pub fn new(host: &str, params: Action) -> Self {
+        HostCommands {
+            host: host.to_string(),
+            commands: params.commands(),
+            params,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

@@ -173,7 +173,7 @@ impl Step {
     /// same lines, which a dry run prints once.
     pub fn command_groups(&self) -> Vec<(Vec<&str>, &[String])> {
         let mut groups: Vec<(Vec<&str>, &[String])> = Vec::new();
-        for hc in &self.commands {
+        for hc in self.commands.iter().filter(|hc| !hc.commands.is_empty()) {
             match groups
                 .iter_mut()
                 .find(|(_, c)| *c == hc.commands.as_slice())

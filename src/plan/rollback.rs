@@ -13,14 +13,14 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::{
-    BinarySource, Blocker, BlockerKind, HostAction, HostCommands, HostPlan, Mode, Plan,
-    PlanStorage, Step, StepKind, Strategy, commands,
+    Action, BinarySource, Blocker, BlockerKind, ConfirmParams, GateParams, HostAction,
+    HostCommands, HostPlan, LockParams, Mode, Plan, PlanStorage, RestoreParams, ServiceParams,
+    Step, StepKind, Strategy, SwitchParams, commands,
 };
 use crate::events::StepState;
 use crate::facts::{HostFacts, StorageDriver, StorageId};
 use crate::inventory::ResolvedHost;
 use crate::journal::JournalFile;
-use crate::node::{self, ServiceAction};
 use crate::policy::PolicyTable;
 use crate::version::Version;
 
@@ -510,7 +510,7 @@ fn step(
     action: String,
     why: &str,
     checks: Vec<String>,
-    commands: impl Fn(&ResolvedHost) -> Vec<String>,
+    params: impl Fn(&ResolvedHost) -> Action,
 ) -> Step {
     Step {
         id: kind.to_string(),
@@ -523,11 +523,7 @@ fn step(
         checks,
         commands: hosts
             .iter()
-            .map(|h| HostCommands {
-                host: h.name.clone(),
-                commands: commands(h),
-            })
-            .filter(|c| !c.commands.is_empty())
+            .map(|h| HostCommands::new(&h.name, params(h)))
             .collect(),
     }
 }
@@ -542,6 +538,13 @@ fn lay_out(
         return Vec::new();
     }
     let names = list(&touched.iter().map(|h| h.name.clone()).collect::<Vec<_>>());
+    // Every touched node has its release in the spec (the recorded one, else the target's).
+    let release_of = |h: &ResolvedHost| {
+        spec.releases
+            .get(&h.name)
+            .cloned()
+            .unwrap_or_else(|| commands::release_binary(h, target))
+    };
     let mut steps = vec![
         step(
             StepKind::Lock,
@@ -549,7 +552,7 @@ fn lay_out(
             "take the fleetup lock on each node".into(),
             "two runs against the same fleet would interleave stops, restores and restarts",
             vec!["no other run holds the lock on any node".into()],
-            |_| Vec::new(),
+            |h| Action::Lock(LockParams::of(h)),
         ),
         step(
             StepKind::StopService,
@@ -557,12 +560,7 @@ fn lay_out(
             format!("stop the service on {names} and wait until it is stopped"),
             "the old binary must not start next to the new one, and a restore needs every node on its storage stopped",
             vec!["the service manager reports stopped within the timeout".into()],
-            |h| {
-                vec![
-                    node::service(h, ServiceAction::Stop),
-                    node::service_state(h),
-                ]
-            },
+            |h| Action::StopService(ServiceParams::of(h)),
         ),
         step(
             StepKind::ConfirmStopped,
@@ -575,15 +573,16 @@ fn lay_out(
                 "the API does not answer".into(),
             ],
             |h| {
-                let mut c = vec![node::service_state(h), commands::http_probe(h, "/_info")];
-                if let Some(dir) = facts
-                    .get(&h.name)
-                    .and_then(|f| f.storage.as_ref())
-                    .and_then(|s| s.sqlite_dir.as_deref())
-                {
-                    c.push(commands::storage_use_command(dir));
-                }
-                c
+                Action::ConfirmStopped(ConfirmParams {
+                    service: h.ledger.service.clone(),
+                    api: h.ledger.api.clone(),
+                    sqlite_dir: facts
+                        .get(&h.name)
+                        .and_then(|f| f.storage.as_ref())
+                        .and_then(|s| s.sqlite_dir.clone()),
+                    count_db_sessions: false,
+                    env_file: h.ledger.env_file.clone(),
+                })
             },
         ),
     ];
@@ -606,9 +605,18 @@ fn lay_out(
                 "Postgres: `pg_restore --list` reads the dump".into(),
                 "SQLite: each restored file's SHA-256 equals the backup's".into(),
             ],
-            |h| match spec.restore_of(&h.name) {
-                Some(r) => vec![restore_command(h, r)],
-                None => Vec::new(),
+            |h| {
+                Action::Restore(RestoreParams {
+                    // Only the restorers are on this step.
+                    source: spec.restore_of(&h.name).cloned().unwrap_or_else(|| RestoreSource {
+                        host: h.name.clone(),
+                        driver: StorageDriver::Sqlite,
+                        files: Vec::new(),
+                    }),
+                    env_file: h.ledger.env_file.clone(),
+                    link: h.ledger.binary.clone(),
+                    release: release_of(h),
+                })
             },
         ));
     }
@@ -620,9 +628,12 @@ fn lay_out(
         vec![format!(
             "the binary resolves to the `{target}` release afterwards"
         )],
-        |h| match spec.releases.get(&h.name) {
-            Some(r) => vec![commands::switch_to_command(h, r, Some(&spec.from))],
-            None => Vec::new(),
+        |h| {
+            Action::SwitchBack(SwitchParams {
+                link: h.ledger.binary.clone(),
+                release: release_of(h),
+                keep_plain_as: Some(commands::release_dir(h, &spec.from)),
+            })
         },
     ));
     steps.push(step(
@@ -631,7 +642,7 @@ fn lay_out(
         format!("start {names} on `{target}`"),
         "the nodes serve again, on the old release",
         vec!["the service manager accepts the start".into()],
-        |h| vec![node::service(h, ServiceAction::Start)],
+        |h| Action::StartService(ServiceParams::of(h)),
     ));
     steps.push(step(
         StepKind::HealthGate,
@@ -643,10 +654,10 @@ fn lay_out(
             "`/_health` answers 200".into(),
         ],
         |h| {
-            vec![
-                commands::http_probe(h, "/_info"),
-                commands::http_probe(h, "/_health"),
-            ]
+            Action::HealthGate(GateParams {
+                api: h.ledger.api.clone(),
+                expect: target.clone(),
+            })
         },
     ));
     steps.push(step(
@@ -655,7 +666,7 @@ fn lay_out(
         "release the locks and summarize".into(),
         "the fleet is consistent again; the next run may start",
         Vec::new(),
-        |_| Vec::new(),
+        |h| Action::Unlock(LockParams::of(h)),
     ));
     for (i, s) in steps.iter_mut().enumerate() {
         s.number = i + 1;
@@ -663,13 +674,13 @@ fn lay_out(
     steps
 }
 
-/// The restore command of `r` on `host` (the runner runs exactly this).
-pub fn restore_command(host: &ResolvedHost, r: &RestoreSource) -> String {
+/// The restore command of `r` on a node with the service's environment file `env_file`.
+pub fn restore_command(env_file: Option<&str>, r: &RestoreSource) -> String {
     match r.driver {
         StorageDriver::Postgres => {
             let dump = r.files.first();
             commands::restore_postgres(
-                host,
+                env_file,
                 dump.map_or("", |f| f.path.as_str()),
                 dump.map_or("", |f| f.sha256.as_str()),
             )
@@ -688,7 +699,7 @@ pub fn restore_command(host: &ResolvedHost, r: &RestoreSource) -> String {
                     (name.to_string(), f.sha256.clone())
                 })
                 .collect();
-            commands::restore_sqlite(host, dir, &files)
+            commands::restore_sqlite(env_file, dir, &files)
         }
     }
 }

@@ -4,10 +4,11 @@
 
 use super::build::View;
 use super::{
-    BinarySource, HostCommands, PlanOptions, RUN_ID_TOKEN, Step, StepKind, Strategy, commands,
+    Action, BackupParams, BinarySource, ConfirmParams, GateParams, HostCommands, LockParams,
+    MigrateParams, PlanOptions, RUN_ID_TOKEN, ServiceParams, StageParams, Step, StepKind, Strategy,
+    SwitchParams, commands,
 };
 use crate::facts::StorageDriver;
-use crate::node::{self, ServiceAction};
 use crate::version::Version;
 
 /// Everything the builder decided, for laying out the steps.
@@ -163,15 +164,11 @@ fn step(
     action: String,
     why: &str,
     checks: Vec<String>,
-    commands: impl Fn(&View) -> Vec<String>,
+    params: impl Fn(&View) -> Action,
 ) -> Step {
     let commands = hosts
         .iter()
-        .map(|v| HostCommands {
-            host: v.name().to_string(),
-            commands: commands(v),
-        })
-        .filter(|c| !c.commands.is_empty())
+        .map(|v| HostCommands::new(v.name(), params(v)))
         .collect();
     Step {
         id: String::new(),
@@ -230,7 +227,7 @@ fn preflight(l: &Layout) -> Step {
             .to_string(),
         "the guide: verify the upgrade path requirements for each node first; nothing may change while any node would be refused",
         checks,
-        |_| Vec::new(),
+        |_| Action::Preflight,
     )
 }
 
@@ -242,7 +239,7 @@ fn lock(l: &Layout) -> Step {
         "take the fleetup lock on each node (who, from where, run id, pid, start time)".to_string(),
         "two runs against the same fleet would interleave stops, migrations and restarts",
         vec!["no other run holds the lock on any node (a stale lock is broken only with `--break-lock`)".to_string()],
-        |_| Vec::new(),
+        |v| Action::Lock(LockParams::of(v.host)),
     )
 }
 
@@ -263,12 +260,7 @@ fn stop(l: &Layout, hosts: &[&View], batch: Option<usize>, why: &str) -> Step {
         ),
         why,
         checks,
-        |v| {
-            vec![
-                node::service(v.host, ServiceAction::Stop),
-                node::service_state(v.host),
-            ]
-        },
+        |v| Action::StopService(ServiceParams::of(v.host)),
     )
 }
 
@@ -292,19 +284,14 @@ fn confirm_stopped(hosts: &[&View], migrating: &[&View]) -> Step {
         "the guide: confirm that all your ledger instances were cleanly shut down; numary has no lock and a running instance races the migration",
         checks,
         |v| {
-            let mut c = vec![
-                node::service_state(v.host),
-                commands::http_probe(v.host, "/_info"),
-            ];
-            if let Some(dir) = v.sqlite_dir() {
-                c.push(commands::storage_use_command(dir));
-            }
-            if v.driver() == Some(StorageDriver::Postgres)
-                && migrating.iter().any(|m| m.name() == v.name())
-            {
-                c.push(crate::preflight::db_sessions_command(v.host));
-            }
-            c
+            Action::ConfirmStopped(ConfirmParams {
+                service: v.host.ledger.service.clone(),
+                api: v.host.ledger.api.clone(),
+                sqlite_dir: v.sqlite_dir().map(str::to_string),
+                count_db_sessions: v.driver() == Some(StorageDriver::Postgres)
+                    && migrating.iter().any(|m| m.name() == v.name()),
+                env_file: v.host.ledger.env_file.clone(),
+            })
         },
     )
 }
@@ -344,11 +331,15 @@ fn backup(l: &Layout, hosts: &[&View], batch: Option<usize>) -> Step {
         )
     };
     step(StepKind::Backup, hosts, batch, action, why, checks, |v| {
-        let dir = commands::backup_dir(v.host, RUN_ID_TOKEN);
-        match (sqlite, v.sqlite_dir()) {
-            (true, _) => vec![commands::backup_sqlite(v.host, &dir)],
-            (false, _) => vec![commands::backup_postgres(v.host, &dir)],
-        }
+        Action::Backup(BackupParams {
+            driver: if sqlite {
+                StorageDriver::Sqlite
+            } else {
+                StorageDriver::Postgres
+            },
+            dir: commands::backup_dir(v.host, RUN_ID_TOKEN),
+            env_file: v.host.ledger.env_file.clone(),
+        })
     })
 }
 
@@ -387,20 +378,13 @@ fn stage(l: &Layout, hosts: &[&View]) -> Step {
         "the guide: download the target version; it is staged beside the running one, so nothing that runs changes yet",
         checks,
         |v| {
-            let dir = commands::release_dir(v.host, l.target);
-            let bin = commands::release_binary(v.host, l.target);
-            let fetch = match &l.opts.binary {
-                BinarySource::Url { url, sha256 } => {
-                    vec![commands::download_command(&dir, url, sha256)]
-                }
-                BinarySource::File { path, .. } => vec![
-                    commands::mkdir(&dir),
-                    commands::upload_line(&path.display().to_string(), &bin),
-                ],
-            };
-            let mut c = fetch;
-            c.push(node::numary(v.host, &bin, &["version"]));
-            c
+            Action::Stage(StageParams {
+                release_dir: commands::release_dir(v.host, l.target),
+                binary: commands::release_binary(v.host, l.target),
+                source: l.opts.binary.clone(),
+                version: l.target.clone(),
+                env_file: v.host.ledger.env_file.clone(),
+            })
         },
     )
 }
@@ -451,29 +435,12 @@ fn migrate(l: &Layout, hosts: &[&View], batch: Option<usize>) -> Step {
         }
     }
     step(StepKind::Migrate, hosts, batch, action, why, checks, |v| {
-        let bin = commands::release_binary(v.host, l.target);
-        let numary = |args: &[&str]| node::numary(v.host, &bin, args);
-        let mut c = Vec::new();
-        if v.driver() == Some(StorageDriver::Postgres) {
-            // Right before the first `storage upgrade`: the database to itself, under its lock.
-            c.push(crate::preflight::db_sessions_command(v.host));
-            c.push(commands::db_lock_line());
-        }
-        c.extend([
-            numary(&["storage", "list"]),
-            numary(&["storage", "scan"]),
-            numary(&["storage", "list"]),
-        ]);
-        let known = v.known_ledgers();
-        if known.is_empty() {
-            c.push(
-                "# then `storage upgrade NAME` for each ledger `storage list` prints".to_string(),
-            );
-        }
-        for name in known {
-            c.push(numary(&["storage", "upgrade", &name]));
-        }
-        c
+        Action::Migrate(MigrateParams {
+            binary: commands::release_binary(v.host, l.target),
+            driver: v.driver(),
+            env_file: v.host.ledger.env_file.clone(),
+            ledgers: v.known_ledgers(),
+        })
     })
 }
 
@@ -488,7 +455,13 @@ fn switch(l: &Layout, hosts: &[&View], batch: Option<usize>) -> Step {
         ),
         "the guide: restart the nodes with the upgraded binary; renaming a symlink is atomic and reversible",
         vec!["the previous target of the binary is recorded for rollback (a plain file is first kept as its version's release)".to_string()],
-        |v| vec![commands::switch_command(v.host, l.target, v.current.as_ref())],
+        |v| {
+            Action::Switch(SwitchParams::to_release(
+                v.host,
+                l.target,
+                v.current.as_ref(),
+            ))
+        },
     )
 }
 
@@ -522,7 +495,7 @@ fn start(l: &Layout, hosts: &[&View], index: usize) -> Step {
         action,
         why,
         vec!["the service manager accepts the start".to_string()],
-        |v| vec![node::service(v.host, ServiceAction::Start)],
+        |v| Action::StartService(ServiceParams::of(v.host)),
     )
 }
 
@@ -542,10 +515,10 @@ fn gate(l: &Layout, hosts: &[&View], batch: Option<usize>) -> Step {
             "`/_health` answers 200".to_string(),
         ],
         |v| {
-            vec![
-                commands::http_probe(v.host, "/_info"),
-                commands::http_probe(v.host, "/_health"),
-            ]
+            Action::HealthGate(GateParams {
+                api: v.host.ledger.api.clone(),
+                expect: l.target.clone(),
+            })
         },
     )
 }
@@ -564,12 +537,7 @@ fn decommission(l: &Layout) -> Step {
             "every new node passed its health gate".to_string(),
             "the service manager reports stopped".to_string(),
         ],
-        |v| {
-            vec![
-                node::service(v.host, ServiceAction::Stop),
-                node::service_state(v.host),
-            ]
-        },
+        |v| Action::Decommission(ServiceParams::of(v.host)),
     )
 }
 
@@ -582,6 +550,6 @@ fn unlock(l: &Layout) -> Step {
             .to_string(),
         "the fleet is consistent again; the next run may start",
         Vec::new(),
-        |_| Vec::new(),
+        |v| Action::Unlock(LockParams::of(v.host)),
     )
 }

@@ -1172,11 +1172,12 @@ fn switch_keeps_the_previous_release_and_swaps_atomically() {
     // Exactly the script the runner runs: the previous target kept, an atomic swap.
     assert_eq!(
         cmds,
-        &[commands::switch_command(
+        &[crate::plan::SwitchParams::to_release(
             &three("1.7.4")[0].host,
             &v("1.8.2"),
             Some(&v("1.7.4"))
-        )]
+        )
+        .command()]
     );
     assert!(cmds[0].contains("o=/opt/numary/releases/1.7.4"));
     assert!(
@@ -1273,6 +1274,21 @@ fn json_has_the_documented_field_names() {
     assert_eq!(json["steps"][0]["number"], 1);
     assert_eq!(json["steps"][5]["kind"], "migrate");
     assert_eq!(json["steps"][5]["commands"][0]["host"], "ledger-1");
+    // Each host's typed parameters beside the lines rendered from them.
+    let params = &json["steps"][5]["commands"][0]["params"];
+    assert_eq!(params["kind"], "migrate");
+    assert_eq!(params["binary"], "/opt/numary/releases/1.8.2/numary");
+    let stage = &json["steps"][4]["commands"][1]["params"];
+    assert_eq!(
+        (&stage["kind"], &stage["release_dir"], &stage["version"]),
+        (
+            &serde_json::json!("stage"),
+            &serde_json::json!("/opt/numary/releases/1.8.2"),
+            &serde_json::json!("1.8.2")
+        )
+    );
+    // A step without command lines still names each host's parameters.
+    assert_eq!(json["steps"][1]["commands"][0]["params"]["kind"], "lock");
     assert_eq!(json["hosts"][0]["action"], "upgrade");
     assert_eq!(json["hosts"][0]["verdict"]["supported"], true);
 }

@@ -9,8 +9,8 @@ mod remote;
 pub(crate) mod sessions;
 
 /// The command counting the other sessions on the database (the runner's re-check).
-pub fn db_sessions_command(host: &crate::inventory::ResolvedHost) -> String {
-    sessions::command(host)
+pub fn db_sessions_command(env_file: Option<&str>) -> String {
+    sessions::command(env_file)
 }
 
 #[cfg(test)]

@@ -7,7 +7,6 @@ use std::collections::BTreeMap;
 use super::remote::Seen;
 use super::{Finding, PreflightInput, Scope, check};
 use crate::facts::ServiceState;
-use crate::inventory::ResolvedHost;
 use crate::shell::quote;
 
 /// The client sessions on the database other than the query's own.
@@ -68,10 +67,10 @@ pub(crate) fn describe(sessions: &[&DbSession]) -> String {
     )
 }
 
-/// The runner's command: [`count_query`] and [`query`] with the service's environment, through
+/// The runner's command: [`count_query`] and [`query`] with the service's environment file, through
 /// libpq's variables (the connection string is on no command line).
-pub(crate) fn command(host: &ResolvedHost) -> String {
-    let env = crate::node::env_prefix(host);
+pub(crate) fn command(env_file: Option<&str>) -> String {
+    let env = crate::node::env_prefix_with(env_file);
     format!(
         "{env}command -v psql >/dev/null 2>&1 || {{ echo 'psql is not installed on the node (postgresql-client)' >&2; exit 7; }}; \
          {} && PGCONNECT_TIMEOUT=10 exec psql -X -q -At -F '|' -v ON_ERROR_STOP=1 -c {} -c {}",
@@ -291,9 +290,7 @@ mod tests {
 
     #[test]
     fn the_runner_command_names_no_connection_string() {
-        let mut h = crate::runner::tests::host("n");
-        h.ledger.env_file = Some("/etc/numary/env".into());
-        let cmd = command(&h);
+        let cmd = command(Some("/etc/numary/env"));
         assert!(cmd.starts_with("set -a && . /etc/numary/env && set +a"));
         assert!(!cmd.contains("psql \"$NUMARY_STORAGE_POSTGRES_CONN_STRING\""));
         assert!(cmd.contains("pg_backend_pid()") && cmd.contains("count(*)"));

@@ -7,11 +7,12 @@ use std::sync::Arc;
 
 use crate::events::Artefact;
 use crate::facts::StorageDriver;
-use crate::plan::Step;
-use crate::plan::commands::{DUMP_FILE, backup_dir, backup_postgres, backup_sqlite};
+use crate::plan::commands::DUMP_FILE;
+use crate::plan::{Action, Step};
 use crate::ssh::Transport;
 
 use super::ctx::{Checked, Shared, StepError, per_host};
+use super::params;
 
 /// One file of a SQLite backup: name, size, SHA-256.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -131,11 +132,12 @@ pub async fn run<T: Transport + 'static>(
 }
 
 async fn one<T: Transport>(sh: &Shared<T>, step: &Step, name: &str) -> Result<(), StepError> {
-    let host = sh.host(name);
-    let dir = backup_dir(host, &sh.cfg.run_id);
-    let facts = sh.facts(name);
-    let driver = facts.and_then(|f| f.storage.as_ref()).map(|s| s.driver);
-    let known: Vec<String> = facts.map(|f| f.ledgers.clone()).unwrap_or_default();
+    let p = params::of(sh, step, name, Action::backup)?;
+    let dir = p.dir_for(&sh.cfg.run_id);
+    let known: Vec<String> = sh
+        .facts(name)
+        .map(|f| f.ledgers.clone())
+        .unwrap_or_default();
     sh.change(|c| c.backups.push((name.to_string(), dir.clone())));
     let wrong_env = |mut e: StepError| {
         e.code = crate::exit_code::BLOCKED;
@@ -148,9 +150,9 @@ async fn one<T: Transport>(sh: &Shared<T>, step: &Step, name: &str) -> Result<()
             .collect::<Vec<_>>()
             .join(", ")
     };
-    let artefacts = match driver {
-        Some(StorageDriver::Postgres) => {
-            let cmd = backup_postgres(host, &dir);
+    let cmd = p.command(&dir);
+    let artefacts = match p.driver {
+        StorageDriver::Postgres => {
             sh.run_checked(step, name, &cmd, "the Postgres backup", None, |out| {
                 let dump = parse_postgres_backup(&out.stdout_lossy())
                     .map_err(|e| sh.error(step, name, format!("the Postgres backup: {e}")))?;
@@ -183,8 +185,7 @@ async fn one<T: Transport>(sh: &Shared<T>, step: &Step, name: &str) -> Result<()
             })
             .await?
         }
-        Some(StorageDriver::Sqlite) => {
-            let cmd = backup_sqlite(host, &dir);
+        StorageDriver::Sqlite => {
             sh.run_checked(step, name, &cmd, "the SQLite backup", None, |out| {
                 let backup = parse_sqlite_backup(&out.stdout_lossy())
                     .map_err(|e| sh.error(step, name, format!("the SQLite backup: {e}")))?;
@@ -236,13 +237,6 @@ async fn one<T: Transport>(sh: &Shared<T>, step: &Step, name: &str) -> Result<()
                 }
             })?
         }
-        None => {
-            return Err(sh.error(
-                step,
-                name,
-                "the storage driver is unknown: nothing to back up from",
-            ));
-        }
     };
     sh.change(|c| c.artefacts.extend(artefacts));
     Ok(())
@@ -251,6 +245,7 @@ async fn one<T: Transport>(sh: &Shared<T>, step: &Step, name: &str) -> Result<()
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::plan::commands::backup_sqlite;
     use crate::shell::quote;
 
     #[test]
@@ -306,7 +301,10 @@ mod tests {
         let dst = tmp.path().join("backups/run 1");
         let out = std::process::Command::new("sh")
             .arg("-c")
-            .arg(backup_sqlite(&host, &dst.to_string_lossy()))
+            .arg(backup_sqlite(
+                host.ledger.env_file.as_deref(),
+                &dst.to_string_lossy(),
+            ))
             .output()
             .unwrap();
         assert!(
@@ -332,7 +330,7 @@ mod tests {
         let out = std::process::Command::new("sh")
             .arg("-c")
             .arg(backup_sqlite(
-                &host,
+                host.ledger.env_file.as_deref(),
                 &tmp.path().join("b2").to_string_lossy(),
             ))
             .output()

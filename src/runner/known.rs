@@ -8,8 +8,7 @@
 //! A resumed run and a rollback always ask the nodes.
 
 use crate::facts::{HostFacts, ServiceState};
-use crate::plan::commands::release_binary;
-use crate::plan::{Step, StepKind};
+use crate::plan::{Action, Step, StepKind};
 use crate::schema::{self, Migrated};
 use crate::ssh::Transport;
 
@@ -28,30 +27,34 @@ pub fn answer<T: Transport>(
         return None;
     }
     let facts = sh.facts(host)?;
-    to_do(sh, facts, step.kind, host, earlier).then_some(Probe::ToDo)
+    to_do(sh, facts, step, host, earlier).then_some(Probe::ToDo)
 }
 
 fn to_do<T: Transport>(
     sh: &Shared<T>,
     f: &HostFacts,
-    kind: StepKind,
+    step: &Step,
     host: &str,
     earlier: &[StepKind],
 ) -> bool {
     let target = &sh.plan.target;
-    if earlier.contains(&kind) {
+    if earlier.contains(&step.kind) {
         return false;
     }
-    match kind {
+    match step.kind {
         StepKind::StopService => f.service == ServiceState::Running,
         // Stopped by this run, or found stopped (and confirmed stopped since).
         StepKind::StartService => {
             earlier.contains(&StepKind::StopService) || f.service == ServiceState::Stopped
         }
-        StepKind::Stage => !f.staged.contains(target),
-        StepKind::Switch => {
-            f.binary_target.as_deref() != Some(release_binary(sh.host(host), target).as_str())
-        }
+        StepKind::Stage => match step.params(host) {
+            Some(Action::Stage(p)) => !f.staged.contains(&p.version),
+            _ => false,
+        },
+        StepKind::Switch => match step.params(host) {
+            Some(Action::Switch(p)) => f.binary_target.as_deref() != Some(p.release.as_str()),
+            _ => false,
+        },
         StepKind::Backup if sh.cfg.prior.backup_done(host).is_some() => false,
         StepKind::Backup | StepKind::Migrate => {
             f.busy_storage.is_empty()

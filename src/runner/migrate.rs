@@ -7,16 +7,14 @@
 use std::sync::Arc;
 
 use crate::exit_code;
-use crate::facts::StorageDriver;
-use crate::node;
 use crate::numary::{self, UpgradeOutcome};
-use crate::plan::{Step, StepKind};
+use crate::plan::{Action, Step, StepKind};
 use crate::shell::validate_ledger_name;
 use crate::ssh::Transport;
 
 use super::ctx::{Checked, Shared, StepError, tail};
+use super::params;
 use super::service::{self, notice};
-use crate::plan::commands::release_binary;
 
 /// Why the ledgers `storage list` printed must not be migrated.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -153,7 +151,7 @@ pub async fn run<T: Transport + 'static>(
     // refused with this run named, and never migrates at the same time.
     let mut db_locks = Vec::new();
     for name in &step.hosts {
-        if !is_postgres(sh, name) {
+        if !params::of(sh, step, name, Action::migrate)?.is_postgres() {
             continue;
         }
         match hold_db_lock(sh, step, name).await {
@@ -185,12 +183,6 @@ async fn survey_and_migrate<T: Transport + 'static>(
         migrate(sh, step, name, &ledgers).await?;
     }
     Ok(())
-}
-
-fn is_postgres<T: Transport>(sh: &Shared<T>, name: &str) -> bool {
-    sh.facts(name)
-        .and_then(|f| f.storage.as_ref())
-        .is_some_and(|s| s.driver == StorageDriver::Postgres)
 }
 
 /// Takes the migration lock of `name`'s database; a lock held elsewhere stops the run with
@@ -232,17 +224,26 @@ async fn release_db_locks(locks: Vec<crate::dblock::DbLock>) {
 /// Right before the storage changes: every node of the run still stopped, API silent (a node
 /// started behind fleetup's back since `confirm_stopped` would race the migration).
 async fn recheck_stopped<T: Transport>(sh: &Shared<T>, step: &Step) -> Result<(), StepError> {
-    let hosts: Vec<String> = sh
+    // What "stopped" was confirmed against: the confirm step's parameters (this step's hosts,
+    // with their own settings, when the plan has none).
+    let confirm = sh
         .plan
         .steps
         .iter()
-        .find(|s| s.kind == StepKind::ConfirmStopped)
-        .map_or_else(|| step.hosts.clone(), |s| s.hosts.clone());
-    for name in &hosts {
+        .find(|s| s.kind == StepKind::ConfirmStopped);
+    let hosts = confirm.map_or(&step.hosts, |s| &s.hosts);
+    for name in hosts {
         let host = sh.host(name);
         let t = sh.session(name);
-        let running = service::service_running(t, host).await;
-        let api = service::api_answers(t, host).await;
+        let (service, api) = match confirm
+            .and_then(|s| s.params(name))
+            .and_then(Action::confirm)
+        {
+            Some(p) => (&p.service, p.api.as_str()),
+            None => (&host.ledger.service, host.ledger.api.as_str()),
+        };
+        let running = service::service_running(t, service).await;
+        let api = service::api_answers(t, api).await;
         if running != Some(false) || api.is_some() {
             let op = sh.begin(step, name, None);
             let mut e = sh.error(
@@ -270,8 +271,8 @@ async fn survey<T: Transport>(
     name: &str,
 ) -> Result<Vec<String>, StepError> {
     let host = sh.host(name);
-    let binary = release_binary(host, &sh.plan.target);
-    let numary = |args: &[&str]| node::numary(host, &binary, args);
+    let p = params::of(sh, step, name, Action::migrate)?;
+    let numary = |args: &[&str]| p.numary(args);
     let list = |label: &'static str| {
         let cmd = numary(&["storage", "list"]);
         async move {
@@ -349,7 +350,7 @@ async fn survey<T: Transport>(
         &fleet,
         host.ledger.ledgers.as_deref(),
     ) {
-        let hint = problem.hint(host.ledger.env_file.as_deref());
+        let hint = problem.hint(p.env_file.as_deref());
         return Err(refuse(problem.message(), Some(&hint)));
     }
     for ledger in &after {
@@ -367,11 +368,10 @@ async fn migrate<T: Transport>(
     name: &str,
     ledgers: &[String],
 ) -> Result<(), StepError> {
-    let host = sh.host(name);
-    let binary = release_binary(host, &sh.plan.target);
+    let p = params::of(sh, step, name, Action::migrate)?;
     for ledger in ledgers {
         sh.change(|c| c.storage_touched = true);
-        let cmd = node::numary(host, &binary, &["storage", "upgrade", ledger]);
+        let cmd = p.numary(&["storage", "upgrade", ledger]);
         let label = format!("`storage upgrade {ledger}`");
         let word = sh
             .run_checked(

@@ -12,6 +12,7 @@ mod backup;
 mod ctx;
 mod known;
 mod migrate;
+mod params;
 pub mod probe;
 mod restore;
 mod service;
@@ -852,6 +853,11 @@ pub(crate) mod tests {
     }
 
     async fn run_fleet(nodes: Vec<Node>) -> (RunReport, Vec<Fake>) {
+        run_plan(nodes, |_| {}).await
+    }
+
+    /// [`run_fleet`], with the plan changed by `edit` before it runs.
+    async fn run_plan(nodes: Vec<Node>, edit: impl FnOnce(&mut Plan)) -> (RunReport, Vec<Fake>) {
         let mut hosts = Vec::new();
         let mut facts = BTreeMap::new();
         let mut fakes = Vec::new();
@@ -902,8 +908,9 @@ pub(crate) mod tests {
             },
         };
         let target = Version::new(1, 8, 2);
-        let plan = build_plan(&hosts, &facts, &target, &opts, &PolicyTable::builtin());
+        let mut plan = build_plan(&hosts, &facts, &target, &opts, &PolicyTable::builtin());
         assert!(!plan.is_blocked(), "{:?}", plan.blockers);
+        edit(&mut plan);
         let cfg = RunConfig {
             run_id: "20260125T174502Z-00ab12".into(),
             owner: crate::lock::LockOwner {
@@ -993,6 +1000,69 @@ pub(crate) mod tests {
         // node-2's lock found another run's generation: every probe asks the node.
         assert!(probed(&fakes[1]), "{:#?}", fakes[1].commands());
         assert!(fakes.iter().all(|f| f.ran("# upload ")));
+    }
+
+    #[tokio::test]
+    async fn the_run_stages_where_the_plan_params_say_not_where_the_inventory_would() {
+        let other = "/opt/numary/releases/elsewhere";
+        let (report, fakes) = run_plan(vec![node("node-1")], |plan| {
+            let step = plan
+                .steps
+                .iter_mut()
+                .find(|s| s.kind == StepKind::Stage)
+                .unwrap();
+            for hc in &mut step.commands {
+                let crate::plan::Action::Stage(p) = &mut hc.params else {
+                    panic!("stage params expected");
+                };
+                p.release_dir = other.into();
+                p.binary = format!("{other}/numary");
+                hc.commands = hc.params.commands();
+            }
+        })
+        .await;
+        assert_eq!(report.outcome, Outcome::Succeeded, "{:?}", report.error);
+        let f = &fakes[0];
+        assert!(f.ran(&format!("mkdir -p {other}")), "{:?}", f.commands());
+        assert!(f.ran(&format!("# upload {other}/numary")));
+        assert!(f.ran(&format!("exec {other}/numary version")));
+        assert!(!f.ran("# upload /opt/numary/releases/1.8.2/numary"));
+        assert_eq!(
+            report.changes.staged,
+            [("node-1".to_string(), other.to_string(), true)]
+        );
+        assert!(
+            report
+                .changes
+                .artefacts
+                .iter()
+                .any(|a| a.kind == "staged-binary" && a.path == format!("{other}/numary"))
+        );
+    }
+
+    #[tokio::test]
+    async fn every_shell_line_the_plan_shows_is_run_with_the_run_id_put_in() {
+        let mut planned = Vec::new();
+        let (report, fakes) = run_plan(vec![node("node-1"), node("node-2")], |plan| {
+            for step in &plan.steps {
+                for hc in &step.commands {
+                    for c in hc.commands.iter().filter(|c| !c.starts_with('#')) {
+                        planned.push((
+                            hc.host.clone(),
+                            c.replace(crate::plan::RUN_ID_TOKEN, "20260125T174502Z-00ab12"),
+                        ));
+                    }
+                }
+            }
+        })
+        .await;
+        assert_eq!(report.outcome, Outcome::Succeeded, "{:?}", report.error);
+        assert!(planned.len() > 10, "{planned:?}");
+        for (host, c) in planned {
+            let f = fakes.iter().find(|f| f.name == host).unwrap();
+            assert!(f.commands().contains(&c), "{host} never ran `{c}`");
+        }
+        assert_scripted(&fakes);
     }
 
     #[tokio::test]

@@ -5,8 +5,8 @@
 
 use std::time::{Duration, Instant};
 
-use crate::plan::commands::{release_binary, resolves_to_command};
-use crate::plan::{Step, StepKind};
+use crate::plan::commands::resolves_to_command;
+use crate::plan::{Action, Step};
 use crate::schema::{self, Migrated};
 use crate::shell::quote;
 use crate::ssh::{ExecOptions, Transport};
@@ -35,54 +35,45 @@ fn opts() -> ExecOptions {
 /// Whether `step` is already done on `host`. Steps without a probe (the checks: confirm
 /// stopped, the health gate) always run.
 pub async fn probe<T: Transport>(sh: &Shared<T>, step: &Step, host: &str) -> Probe {
-    let h = sh.host(host);
     let t = sh.session(host);
     let target = &sh.plan.target;
-    match step.kind {
-        StepKind::StopService => match service::service_running(t, h).await {
+    let Some(params) = step.params(host) else {
+        // A plan without this host's parameters: the step itself reports it.
+        return Probe::ToDo;
+    };
+    match params {
+        Action::StopService(p) => match service::service_running(t, &p.service).await {
             Some(false) => Probe::Done("already stopped".into()),
             _ => Probe::ToDo,
         },
-        StepKind::StartService => match service::service_running(t, h).await {
+        Action::StartService(p) => match service::service_running(t, &p.service).await {
             Some(true) => Probe::Done("already running".into()),
             _ => Probe::ToDo,
         },
-        StepKind::Switch => {
-            let release = release_binary(h, target);
-            let cmd = format!("readlink -f {}", quote(&h.ledger.binary));
+        Action::Switch(p) => {
+            let cmd = format!("readlink -f {}", quote(&p.link));
             match t.exec(&cmd, &opts()).await {
-                Ok(out) if out.status.success() && out.stdout_lossy().trim() == release => {
-                    Probe::Done(format!(
-                        "`{}` already points to `{release}`",
-                        h.ledger.binary
-                    ))
+                Ok(out) if out.status.success() && out.stdout_lossy().trim() == p.release => {
+                    Probe::Done(format!("`{}` already points to `{}`", p.link, p.release))
                 }
                 _ => Probe::ToDo,
             }
         }
-        StepKind::SwitchBack => {
-            let Some(release) = sh.plan.rollback.as_ref().and_then(|r| r.releases.get(host)) else {
-                return Probe::ToDo;
-            };
-            match t.exec(&resolves_to_command(h, release), &opts()).await {
-                Ok(out) if out.status.success() => Probe::Done(format!(
-                    "`{}` already resolves to `{release}`",
-                    h.ledger.binary
-                )),
-                _ => Probe::ToDo,
+        Action::SwitchBack(p) => match t.exec(&p.resolves_command(), &opts()).await {
+            Ok(out) if out.status.success() => {
+                Probe::Done(format!("`{}` already resolves to `{}`", p.link, p.release))
             }
-        }
-        StepKind::Restore => {
+            _ => Probe::ToDo,
+        },
+        Action::Restore(p) => {
             // Done once a rollback finished this storage: its schema holds nothing newer than
             // the version gone back to and its node runs that release again. Restoring then
             // would only lose the writes made since.
-            let Some(spec) = sh.plan.rollback.as_ref() else {
-                return Probe::ToDo;
-            };
-            let Some(release) = spec.releases.get(host) else {
-                return Probe::ToDo;
-            };
-            let back = matches!(t.exec(&resolves_to_command(h, release), &opts()).await, Ok(o) if o.status.success());
+            let link = &p.link;
+            let back = matches!(
+                t.exec(&resolves_to_command(link, &p.release), &opts()).await,
+                Ok(o) if o.status.success()
+            );
             if !back && !sh.cfg.prior.restore_done(host) {
                 return Probe::ToDo;
             }
@@ -91,8 +82,8 @@ pub async fn probe<T: Transport>(sh: &Shared<T>, step: &Step, host: &str) -> Pro
             }
             Probe::Done(if back {
                 format!(
-                    "the storage holds no migration newer than `{target}` and `{}` runs `{release}` again: already rolled back",
-                    h.ledger.binary
+                    "the storage holds no migration newer than `{target}` and `{link}` runs `{}` again: already rolled back",
+                    p.release
                 )
             } else {
                 format!(
@@ -100,24 +91,26 @@ pub async fn probe<T: Transport>(sh: &Shared<T>, step: &Step, host: &str) -> Pro
                 )
             })
         }
-        StepKind::Stage => {
-            let release = release_binary(h, target);
-            let cmd = format!("f={}; [ -x \"$f\" ] && sha256sum < \"$f\"", quote(&release));
+        Action::Stage(p) => {
+            let cmd = format!(
+                "f={}; [ -x \"$f\" ] && sha256sum < \"$f\"",
+                quote(&p.binary)
+            );
+            let sha256 = p.source.sha256();
             match t.exec(&cmd, &opts()).await {
                 Ok(out)
                     if out.status.success()
-                        && out.stdout_lossy().split_whitespace().next()
-                            == Some(sh.plan.binary.sha256()) =>
+                        && out.stdout_lossy().split_whitespace().next() == Some(sha256) =>
                 {
                     Probe::Done(format!(
-                        "`{release}` is already staged with sha256 `{}`",
-                        sh.plan.binary.sha256()
+                        "`{}` is already staged with sha256 `{sha256}`",
+                        p.binary
                     ))
                 }
                 _ => Probe::ToDo,
             }
         }
-        StepKind::Backup => {
+        Action::Backup(_) => {
             if let Some(dir) = sh.cfg.prior.backup_done(host) {
                 let cmd = format!("test -d {}", quote(dir));
                 if matches!(t.exec(&cmd, &opts()).await, Ok(o) if o.status.success()) {
@@ -133,7 +126,7 @@ pub async fn probe<T: Transport>(sh: &Shared<T>, step: &Step, host: &str) -> Pro
                 _ => Probe::ToDo,
             }
         }
-        StepKind::Migrate => {
+        Action::Migrate(_) => {
             // A storage command left running by an interrupted run (the remote process outlives
             // the SSH connection) must end before anything else touches the storage.
             wait_storage_commands(sh, host).await;

@@ -1,5 +1,5 @@
 //! The rollback's restore step: the rolled-back run's backup put back over its storage, nodes
-//! stopped. The command ([`crate::plan::restore_command`]) checks the backup's SHA-256 against
+//! stopped. The command (the step's [`crate::plan::RestoreParams`]) checks the backup's SHA-256 against
 //! the journal's before it changes anything; for SQLite the restored files' sums are compared
 //! with the backup's here. From its start the storage may differ from what the nodes last
 //! served, so a failure leaves every node stopped (see `undo`).
@@ -9,10 +9,11 @@ use std::time::Duration;
 
 use crate::events::Artefact;
 use crate::facts::StorageDriver;
-use crate::plan::{Step, restore_command};
+use crate::plan::{Action, Step};
 use crate::ssh::Transport;
 
 use super::ctx::{Checked, Shared, StepError, per_host};
+use super::params;
 
 /// A restore may take as long as a dump did; an hour is the ceiling.
 const RESTORE_TIMEOUT: Duration = Duration::from_secs(3600);
@@ -42,16 +43,9 @@ pub fn parse_restored(stdout: &str) -> Vec<(String, String)> {
 }
 
 async fn one<T: Transport>(sh: &Shared<T>, step: &Step, name: &str) -> Result<(), StepError> {
-    let Some(source) = sh
-        .plan
-        .rollback
-        .as_ref()
-        .and_then(|r| r.restore_of(name))
-        .cloned()
-    else {
-        return Err(sh.error(step, name, "the plan names no backup to restore here"));
-    };
-    let cmd = restore_command(sh.host(name), &source);
+    let p = params::of(sh, step, name, Action::restore)?;
+    let source = &p.source;
+    let cmd = p.command();
     sh.change(|c| c.storage_touched = true);
     let artefacts = sh
         .run_checked(

@@ -8,33 +8,32 @@ use std::time::{Duration, Instant};
 use crate::events::Event;
 use crate::exit_code;
 use crate::facts::ServiceState;
-use crate::facts::StorageDriver;
-use crate::inventory::ResolvedHost;
+use crate::inventory::{ResolvedHost, Service};
 use crate::node::{self, ServiceAction};
 use crate::numary;
 use crate::plan::commands::storage_use_command;
-use crate::plan::{Step, StepKind};
+use crate::plan::{Action, ServiceParams, Step, StepKind};
 use crate::preflight::sessions;
 use crate::ssh::{ExecOptions, ExitStatus, HttpError, Transport};
 use crate::version::Version;
 
 use super::ctx::{Shared, StepError, per_host, tail};
+use super::params;
 
 /// How long one probe of the API may take.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// `host:port` of the API as the node sees it.
-pub fn api_endpoint(host: &ResolvedHost) -> Option<(String, u16)> {
-    let (h, p) = host.ledger.api.rsplit_once(':')?;
+/// `host:port` of the API (`api`, as the node sees it).
+pub fn api_endpoint(api: &str) -> Option<(String, u16)> {
+    let (h, p) = api.rsplit_once(':')?;
     let h = h.trim_start_matches('[').trim_end_matches(']');
     Some((h.to_string(), p.parse().ok()?))
 }
 
 /// What `/_info` says, as seen from the node: `Ok(version)` when it answers 200 with the v1
 /// shape, `Err(why not)` otherwise.
-pub async fn api_version<T: Transport>(t: &T, host: &ResolvedHost) -> Result<String, String> {
-    let (h, p) =
-        api_endpoint(host).ok_or_else(|| format!("`{}` is not host:port", host.ledger.api))?;
+pub async fn api_version<T: Transport>(t: &T, api: &str) -> Result<String, String> {
+    let (h, p) = api_endpoint(api).ok_or_else(|| format!("`{api}` is not host:port"))?;
     let resp = t
         .http_get(&h, p, "/_info", PROBE_TIMEOUT)
         .await
@@ -58,9 +57,9 @@ pub enum ApiProbe {
     Unknown(String),
 }
 
-pub async fn probe_api<T: Transport>(t: &T, host: &ResolvedHost) -> ApiProbe {
-    let Some((h, p)) = api_endpoint(host) else {
-        return ApiProbe::Unknown(format!("`{}` is not host:port", host.ledger.api));
+pub async fn probe_api<T: Transport>(t: &T, api: &str) -> ApiProbe {
+    let Some((h, p)) = api_endpoint(api) else {
+        return ApiProbe::Unknown(format!("`{api}` is not host:port"));
     };
     match t.http_get(&h, p, "/_info", PROBE_TIMEOUT).await {
         Ok(resp) => ApiProbe::Answers(format!("HTTP {}", resp.status)),
@@ -72,16 +71,16 @@ pub async fn probe_api<T: Transport>(t: &T, host: &ResolvedHost) -> ApiProbe {
 }
 
 /// Whether anything answers on the API port, or it cannot be told (`None`: nothing answers).
-pub async fn api_answers<T: Transport>(t: &T, host: &ResolvedHost) -> Option<String> {
-    match probe_api(t, host).await {
+pub async fn api_answers<T: Transport>(t: &T, api: &str) -> Option<String> {
+    match probe_api(t, api).await {
         ApiProbe::Silent => None,
         ApiProbe::Answers(a) => Some(a),
         ApiProbe::Unknown(why) => Some(format!("cannot be probed: {why}")),
     }
 }
 
-async fn healthy<T: Transport>(t: &T, host: &ResolvedHost) -> bool {
-    let Some((h, p)) = api_endpoint(host) else {
+async fn healthy<T: Transport>(t: &T, api: &str) -> bool {
+    let Some((h, p)) = api_endpoint(api) else {
         return false;
     };
     matches!(t.http_get(&h, p, "/_health", PROBE_TIMEOUT).await, Ok(r) if r.status == 200)
@@ -91,17 +90,20 @@ async fn healthy<T: Transport>(t: &T, host: &ResolvedHost) -> bool {
 /// gave no clear answer (a unit that is not loaded, a status command that cannot run): the same
 /// reading as the facts ([`node::parse_service_state`]), so a crash-looping systemd unit counts
 /// as running and a misspelt one as unknown, never as stopped.
-pub async fn service_running<T: Transport>(t: &T, host: &ResolvedHost) -> Option<bool> {
+pub async fn service_running<T: Transport>(t: &T, service: &Service) -> Option<bool> {
     let opts = ExecOptions {
         timeout: Some(Duration::from_secs(30)),
         ..Default::default()
     };
-    let out = t.exec(&node::service_state(host), &opts).await.ok()?;
+    let out = t
+        .exec(&node::service_state_command(service), &opts)
+        .await
+        .ok()?;
     let code = match out.status {
         ExitStatus::Code(c) => Some(c),
         ExitStatus::Signal(_) => None,
     };
-    match node::parse_service_state(host, code, &out.stdout_lossy()).0 {
+    match node::parse_service_state(service, code, &out.stdout_lossy()).0 {
         ServiceState::Running => Some(true),
         ServiceState::Stopped => Some(false),
         ServiceState::Unknown => None,
@@ -114,8 +116,8 @@ pub async fn stop<T: Transport + 'static>(
     step: &Step,
 ) -> Result<(), StepError> {
     for name in &step.hosts {
-        let host = sh.host(name);
-        let cmd = node::service(host, ServiceAction::Stop);
+        let p = params::of(sh, step, name, Action::service)?;
+        let cmd = p.command(ServiceAction::Stop);
         let out = sh
             .run(
                 step,
@@ -132,9 +134,9 @@ pub async fn stop<T: Transport + 'static>(
             })?;
         sh.change(|c| c.stopped.push(name.clone()));
         let deadline = Instant::now() + sh.cfg.stop_timeout;
-        let waiting = sh.begin(step, name, Some(&node::service_state(host)));
+        let waiting = sh.begin(step, name, Some(&p.state_command()));
         loop {
-            match service_running(sh.session(name), host).await {
+            match service_running(sh.session(name), &p.service).await {
                 Some(false) => {
                     waiting.ok("the service manager says stopped", Vec::new());
                     break;
@@ -209,20 +211,18 @@ pub async fn confirm_database_free<T: Transport>(
     step: &Step,
 ) -> Result<(), StepError> {
     // The migrators of the storages this plan migrates (a storage already migrated has none).
-    let migrating: Vec<&str> = sh
+    let migrating = sh
         .plan
         .steps
         .iter()
         .filter(|s| s.kind == StepKind::Migrate)
-        .flat_map(|s| s.hosts.iter().map(String::as_str))
-        .collect();
-    for name in migrating {
-        let postgres = sh
-            .facts(name)
-            .and_then(|f| f.storage.as_ref())
-            .is_some_and(|s| s.driver == StorageDriver::Postgres);
-        if postgres && sh.sessions.contains_key(name) {
-            database_free_on(sh, step, name).await?;
+        .flat_map(|s| s.commands.iter());
+    for hc in migrating {
+        if let Some(p) = hc.params.migrate()
+            && p.is_postgres()
+            && sh.sessions.contains_key(&hc.host)
+        {
+            database_free_on(sh, step, &hc.host, &p.db_sessions_command()).await?;
         }
     }
     Ok(())
@@ -232,18 +232,17 @@ async fn database_free_on<T: Transport>(
     sh: &Shared<T>,
     step: &Step,
     name: &str,
+    cmd: &str,
 ) -> Result<(), StepError> {
-    let host = sh.host(name);
     let t = sh.session(name);
-    let cmd = sessions::command(host);
-    let op = sh.begin(step, name, Some(&cmd));
+    let op = sh.begin(step, name, Some(cmd));
     let opts = ExecOptions {
         timeout: Some(Duration::from_secs(30)),
         ..Default::default()
     };
     let deadline = Instant::now() + SESSIONS_SETTLE;
     loop {
-        let counted = match t.exec(&cmd, &opts).await {
+        let counted = match t.exec(cmd, &opts).await {
             Ok(out) if out.status.success() => sessions::parse_output(&out.stdout_lossy()),
             Ok(out) => Err(format!(
                 "`psql` exited with {}: {}",
@@ -287,9 +286,9 @@ async fn confirm_one<T: Transport>(
     step: &Step,
     name: &str,
 ) -> Result<(), StepError> {
-    let host = sh.host(name);
+    let p = params::of(sh, step, name, Action::confirm)?;
     let t = sh.session(name);
-    let status_cmd = node::service_state(host);
+    let status_cmd = node::service_state_command(&p.service);
     let op = sh.begin(step, name, Some(&status_cmd));
     let blocked = |message: String, hint: &str| {
         let mut e = sh.error(step, name, message);
@@ -297,7 +296,7 @@ async fn confirm_one<T: Transport>(
         e.hints.push(hint.to_string());
         e
     };
-    match service_running(t, host).await {
+    match service_running(t, &p.service).await {
         Some(false) => {}
         Some(true) => {
             let e = blocked(
@@ -316,13 +315,13 @@ async fn confirm_one<T: Transport>(
             return Err(e);
         }
     }
-    match probe_api(t, host).await {
+    match probe_api(t, &p.api).await {
         ApiProbe::Silent => {}
         ApiProbe::Answers(answer) => {
             let e = blocked(
                 format!(
                     "the API at `{}` answers ({answer}) although the service manager says stopped: a `numary` runs outside it",
-                    host.ledger.api
+                    p.api
                 ),
                 "find and stop that process (fleetup stops nodes only through the service manager)",
             );
@@ -333,7 +332,7 @@ async fn confirm_one<T: Transport>(
             let e = blocked(
                 format!(
                     "cannot tell whether the API at `{}` is silent: {why}",
-                    host.ledger.api
+                    p.api
                 ),
                 HttpError::FORWARDING_HINT,
             );
@@ -341,18 +340,13 @@ async fn confirm_one<T: Transport>(
             return Err(e);
         }
     }
-    let sqlite_dir = sh
-        .facts(name)
-        .and_then(|f| f.storage.as_ref())
-        .filter(|s| s.driver == StorageDriver::Sqlite)
-        .and_then(|s| s.sqlite_dir.clone());
     let mut found = "stopped, API silent".to_string();
-    if let Some(dir) = sqlite_dir {
+    if let Some(dir) = &p.sqlite_dir {
         let opts = ExecOptions {
             timeout: Some(Duration::from_secs(60)),
             ..Default::default()
         };
-        let cmd = storage_use_command(&dir);
+        let cmd = storage_use_command(dir);
         let listing = sh.begin(step, name, Some(&cmd));
         let out = match t.exec(&cmd, &opts).await {
             Ok(out) => {
@@ -406,7 +400,7 @@ pub async fn start<T: Transport + 'static>(
     step: &Step,
 ) -> Result<(), StepError> {
     per_host(sh, step, |sh, step, name| async move {
-        let cmd = node::service(sh.host(&name), ServiceAction::Start);
+        let cmd = params::of(&sh, &step, &name, Action::service)?.command(ServiceAction::Start);
         sh.change(|c| c.started.push(name.clone()));
         sh.run(&step, &name, &cmd, "start the service", None)
             .await
@@ -427,16 +421,16 @@ pub async fn health_gate<T: Transport + 'static>(
 }
 
 async fn gate_one<T: Transport>(sh: &Shared<T>, step: &Step, name: &str) -> Result<(), StepError> {
-    let host = sh.host(name);
+    let p = params::of(sh, step, name, Action::gate)?;
     let t = sh.session(name);
-    let target = &sh.plan.target;
+    let target = &p.expect;
     let op = sh.begin(step, name, None);
     let deadline = Instant::now() + sh.cfg.health_timeout;
     let mut last;
     loop {
-        match api_version(t, host).await {
+        match api_version(t, &p.api).await {
             Ok(v) if Version::parse(&v).ok().as_ref() == Some(target) => {
-                if healthy(t, host).await {
+                if healthy(t, &p.api).await {
                     sh.change(|c| c.healthy.push(name.to_string()));
                     op.ok(
                         format!("`/_info` reports `{v}`, `/_health` answers"),
@@ -481,14 +475,15 @@ async fn gate_one<T: Transport>(sh: &Shared<T>, step: &Step, name: &str) -> Resu
 /// The live state of a node for the report after a failure: `service running|stopped`, the
 /// API's version or silence.
 pub async fn live_state<T: Transport>(t: &T, host: &ResolvedHost) -> String {
-    let service = match service_running(t, host).await {
+    let api = host.ledger.api.as_str();
+    let service = match service_running(t, &host.ledger.service).await {
         Some(true) => "service running",
         Some(false) => "service stopped",
         None => "service state unknown",
     };
-    match api_version(t, host).await {
+    match api_version(t, api).await {
         Ok(v) => format!("{service}, API reports `{v}`"),
-        Err(_) => match probe_api(t, host).await {
+        Err(_) => match probe_api(t, api).await {
             ApiProbe::Answers(answer) => format!("{service}, API answers {answer}"),
             ApiProbe::Unknown(why) => format!("{service}, API not probed ({why})"),
             ApiProbe::Silent => format!("{service}, API silent"),
@@ -497,13 +492,16 @@ pub async fn live_state<T: Transport>(t: &T, host: &ResolvedHost) -> String {
 }
 
 /// Restarts a node this run stopped (after a failure that changed nothing else) and waits until
-/// its API answers again.
-pub async fn restart_old<T: Transport>(sh: &Shared<T>, name: &str) -> Result<String, String> {
-    let host = sh.host(name);
+/// its API answers again; `p`: the stop step's parameters there.
+pub async fn restart_old<T: Transport>(
+    sh: &Shared<T>,
+    name: &str,
+    p: &ServiceParams,
+) -> Result<String, String> {
     let t = sh.session(name);
     let opts = ExecOptions::default();
     let out = t
-        .exec(&node::service(host, ServiceAction::Start), &opts)
+        .exec(&p.command(ServiceAction::Start), &opts)
         .await
         .map_err(|e| e.to_string())?;
     if !out.status.success() {
@@ -515,7 +513,7 @@ pub async fn restart_old<T: Transport>(sh: &Shared<T>, name: &str) -> Result<Str
     }
     let deadline = Instant::now() + sh.cfg.health_timeout;
     loop {
-        match api_version(t, host).await {
+        match api_version(t, &p.api).await {
             Ok(v) => {
                 return Ok(format!(
                     "restarted on its previous binary, `/_info` reports `{v}`"
@@ -626,21 +624,21 @@ mod tests {
             target,
             reason: "connection refused".into(),
         });
-        assert_eq!(probe_api(&closed, &h).await, ApiProbe::Silent);
-        assert_eq!(api_answers(&closed, &h).await, None);
+        assert_eq!(probe_api(&closed, &h.ledger.api).await, ApiProbe::Silent);
+        assert_eq!(api_answers(&closed, &h.ledger.api).await, None);
         let refused = Probe(|target| HttpError::Refused {
             host: "n".into(),
             target,
             reason: "administratively prohibited".into(),
         });
-        let probe = probe_api(&refused, &h).await;
+        let probe = probe_api(&refused, &h.ledger.api).await;
         assert!(
             matches!(&probe, ApiProbe::Unknown(why) if why.contains("refuses the forwarding channel")),
             "{probe:?}"
         );
         // The migration's re-check reads `api_answers`: unknown must not pass as silent.
         assert!(
-            api_answers(&refused, &h)
+            api_answers(&refused, &h.ledger.api)
                 .await
                 .is_some_and(|a| a.contains("cannot be probed")),
         );
@@ -648,12 +646,11 @@ mod tests {
 
     #[test]
     fn api_endpoint_forms() {
-        let mut h = crate::runner::tests::host("n");
-        h.ledger.api = "127.0.0.1:3068".into();
-        assert_eq!(api_endpoint(&h), Some(("127.0.0.1".into(), 3068)));
-        h.ledger.api = "[::1]:4000".into();
-        assert_eq!(api_endpoint(&h), Some(("::1".into(), 4000)));
-        h.ledger.api = "localhost".into();
-        assert_eq!(api_endpoint(&h), None);
+        assert_eq!(
+            api_endpoint("127.0.0.1:3068"),
+            Some(("127.0.0.1".into(), 3068))
+        );
+        assert_eq!(api_endpoint("[::1]:4000"), Some(("::1".into(), 4000)));
+        assert_eq!(api_endpoint("localhost"), None);
     }
 }

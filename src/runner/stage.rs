@@ -8,13 +8,12 @@ use std::sync::Arc;
 use tokio::sync::Semaphore;
 
 use crate::events::{Artefact, Event};
-use crate::node;
 use crate::numary;
-use crate::plan::commands::{download_command, mkdir, release_binary, release_dir, upload_line};
-use crate::plan::{BinarySource, Step};
+use crate::plan::{Action, Fetch, Step};
 use crate::ssh::Transport;
 
 use super::ctx::{Checked, Shared, StepError, per_host};
+use super::params;
 
 pub async fn run<T: Transport + 'static>(
     sh: &Arc<Shared<T>>,
@@ -32,24 +31,20 @@ pub async fn run<T: Transport + 'static>(
 }
 
 async fn one<T: Transport>(sh: &Shared<T>, step: &Step, name: &str) -> Result<(), StepError> {
-    let host = sh.host(name);
+    let p = params::of(sh, step, name, Action::stage)?;
     let t = sh.session(name);
-    let target = &sh.plan.target;
-    let dir = release_dir(host, target);
-    let path = release_binary(host, target);
+    let target = &p.version;
+    let dir = p.release_dir.clone();
+    let path = p.binary.clone();
     let existed = sh.facts(name).is_some_and(|f| f.staged.contains(target));
     sh.change(|c| c.staged.push((name.to_string(), dir.clone(), !existed)));
-    let sha256 = sh.plan.binary.sha256().to_string();
-    match &sh.plan.binary {
-        BinarySource::File { path: local, .. } => {
+    let sha256 = p.source.sha256().to_string();
+    match p.fetch() {
+        Fetch::Upload { mkdir, upload } => {
             let data = sh.cfg.binary.clone().unwrap_or_default();
-            sh.run(step, name, &mkdir(&dir), "create the release dir", None)
+            sh.run(step, name, &mkdir, "create the release dir", None)
                 .await?;
-            let op = sh.begin(
-                step,
-                name,
-                Some(&upload_line(&local.display().to_string(), &path)),
-            );
+            let op = sh.begin(step, name, Some(&upload));
             let sink = sh.sink.clone();
             let (number, host_name) = (step.number, name.to_string());
             let progress = move |done: u64, total: u64| {
@@ -72,11 +67,11 @@ async fn one<T: Transport>(sh: &Shared<T>, step: &Step, name: &str) -> Result<()
                 }
             }
         }
-        BinarySource::Url { url, .. } => {
+        Fetch::Download { command } => {
             sh.run(
                 step,
                 name,
-                &download_command(&dir, url, &sha256),
+                &command,
                 "download the binary on the node",
                 None,
             )
@@ -84,7 +79,7 @@ async fn one<T: Transport>(sh: &Shared<T>, step: &Step, name: &str) -> Result<()
         }
     }
     // The staged binary must be the release it claims to be, run as the service would run it.
-    let cmd = node::numary(host, &path, &["version"]);
+    let cmd = p.version_command();
     let what = format!("`{path} version`");
     sh.run_checked(
         step,
@@ -126,7 +121,7 @@ async fn one<T: Transport>(sh: &Shared<T>, step: &Step, name: &str) -> Result<()
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use crate::plan::commands::download_command;
 
     #[test]
     fn download_script_checks_the_digest_before_putting_the_binary_in_place() {

@@ -6,11 +6,11 @@
 use std::sync::Arc;
 
 use crate::events::Artefact;
-use crate::plan::Step;
-use crate::plan::commands::{release_binary, switch_command, switch_to_command};
+use crate::plan::{Action, Step, SwitchParams};
 use crate::ssh::Transport;
 
 use super::ctx::{Checked, Shared, StepError, per_host};
+use super::params;
 
 /// What the swap script reported.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,45 +53,27 @@ pub async fn run<T: Transport + 'static>(
 }
 
 async fn one<T: Transport>(sh: &Shared<T>, step: &Step, name: &str) -> Result<(), StepError> {
-    let host = sh.host(name);
-    let current = sh.facts(name).and_then(|f| f.installed_version.clone());
-    let cmd = switch_command(host, &sh.plan.target, current.as_ref());
-    let expected = release_binary(host, &sh.plan.target);
-    let swapped = sh
-        .run_checked(step, name, &cmd, "the binary switch", None, |out| {
-            let swapped = parse_switch(&out.stdout_lossy()).map_err(|e| sh.error(step, name, e))?;
-            if swapped.now != expected {
-                return Err(sh.error(
-                    step,
-                    name,
-                    format!(
-                        "`{}` points to `{}` after the switch, not `{expected}`",
-                        host.ledger.binary, swapped.now
-                    ),
-                ));
-            }
-            let artefacts = artefacts(sh, name, &swapped);
-            let message = format!(
-                "`{}` now points to `{}` (previously {})",
-                host.ledger.binary,
-                swapped.now,
-                swapped
-                    .previous
-                    .as_deref()
-                    .map(|p| format!("`{p}`"))
-                    .unwrap_or_else(|| "nothing".into()),
-            );
-            Ok(Checked::with(swapped, message, artefacts))
-        })
-        .await?;
-    let artefacts = artefacts(sh, name, &swapped);
-    sh.change(|c| {
-        c.switched.push((
-            name.to_string(),
-            swapped.previous.clone().unwrap_or_default(),
-        ));
-        c.artefacts.extend(artefacts);
-    });
+    let p = params::of(sh, step, name, Action::switch)?;
+    let swapped = swap(
+        sh,
+        step,
+        name,
+        p,
+        ("the binary switch", "the switch"),
+        |s| {
+            (
+                format!(
+                    "`{}` now points to `{}` (previously {})",
+                    p.link,
+                    s.now,
+                    previously(s)
+                ),
+                artefacts(sh, name, s),
+            )
+        },
+    )
+    .await?;
+    sh.change(|c| c.artefacts.extend(artefacts(sh, name, &swapped)));
     Ok(())
 }
 
@@ -107,38 +89,55 @@ pub async fn run_back<T: Transport + 'static>(
 }
 
 async fn back_one<T: Transport>(sh: &Shared<T>, step: &Step, name: &str) -> Result<(), StepError> {
-    let host = sh.host(name);
-    let Some(spec) = sh.plan.rollback.as_ref() else {
-        return Err(sh.error(step, name, "not a rollback plan"));
-    };
-    let Some(expected) = spec.releases.get(name).cloned() else {
-        return Err(sh.error(step, name, "the plan names no release to switch back to"));
-    };
-    let cmd = switch_to_command(host, &expected, Some(&spec.from));
+    let p = params::of(sh, step, name, Action::switch)?;
+    let swapped = swap(
+        sh,
+        step,
+        name,
+        p,
+        ("the switch back", "the switch back"),
+        |s| {
+            (
+                format!(
+                    "`{}` points to `{}` again (it pointed to {})",
+                    p.link,
+                    s.now,
+                    previously(s)
+                ),
+                back_artefacts(name, s),
+            )
+        },
+    )
+    .await?;
+    sh.change(|c| c.artefacts.extend(back_artefacts(name, &swapped)));
+    Ok(())
+}
+
+/// Runs the swap of `p` on `name`, checks the link points to its release afterwards and records
+/// the previous target. `(label, what)`: what the step does, and how the error names it;
+/// `report` gives the finished line's message and artefacts.
+async fn swap<T: Transport>(
+    sh: &Shared<T>,
+    step: &Step,
+    name: &str,
+    p: &SwitchParams,
+    (label, what): (&str, &str),
+    report: impl FnOnce(&Swapped) -> (String, Vec<Artefact>),
+) -> Result<Swapped, StepError> {
     let swapped = sh
-        .run_checked(step, name, &cmd, "the switch back", None, |out| {
+        .run_checked(step, name, &p.command(), label, None, |out| {
             let swapped = parse_switch(&out.stdout_lossy()).map_err(|e| sh.error(step, name, e))?;
-            if swapped.now != expected {
+            if swapped.now != p.release {
                 return Err(sh.error(
                     step,
                     name,
                     format!(
-                        "`{}` points to `{}` after the switch back, not `{expected}`",
-                        host.ledger.binary, swapped.now
+                        "`{}` points to `{}` after {what}, not `{}`",
+                        p.link, swapped.now, p.release
                     ),
                 ));
             }
-            let artefacts = back_artefacts(name, &swapped);
-            let message = format!(
-                "`{}` points to `{}` again (it pointed to {})",
-                host.ledger.binary,
-                swapped.now,
-                swapped
-                    .previous
-                    .as_deref()
-                    .map(|p| format!("`{p}`"))
-                    .unwrap_or_else(|| "nothing".into()),
-            );
+            let (message, artefacts) = report(&swapped);
             Ok(Checked::with(swapped, message, artefacts))
         })
         .await?;
@@ -146,10 +145,16 @@ async fn back_one<T: Transport>(sh: &Shared<T>, step: &Step, name: &str) -> Resu
         c.switched.push((
             name.to_string(),
             swapped.previous.clone().unwrap_or_default(),
-        ));
-        c.artefacts.extend(back_artefacts(name, &swapped));
+        ))
     });
-    Ok(())
+    Ok(swapped)
+}
+
+fn previously(s: &Swapped) -> String {
+    s.previous
+        .as_deref()
+        .map(|p| format!("`{p}`"))
+        .unwrap_or_else(|| "nothing".into())
 }
 
 fn back_artefacts(name: &str, swapped: &Swapped) -> Vec<Artefact> {
@@ -215,6 +220,11 @@ mod tests {
         )
     }
 
+    /// The plan's swap of `h` to `target`, its binary now at `current`.
+    fn switch_command(h: &ResolvedHost, target: &Version, current: &Version) -> String {
+        SwitchParams::to_release(h, target, Some(current)).command()
+    }
+
     fn layout(tmp: &std::path::Path) -> ResolvedHost {
         let mut h = crate::runner::tests::host("n");
         h.ledger.binary = tmp.join("usr bin/numary").to_string_lossy().into_owned();
@@ -238,12 +248,15 @@ mod tests {
         std::fs::write(&old, "old").unwrap();
         std::os::unix::fs::symlink(&old, &h.ledger.binary).unwrap();
         let v = |s: &str| Version::parse(s).unwrap();
-        let (code, out, err) = sh(&switch_command(&h, &v("1.8.2"), Some(&v("1.7.4"))));
+        let (code, out, err) = sh(&switch_command(&h, &v("1.8.2"), &v("1.7.4")));
         assert_eq!(code, 0, "{err}");
         let s = parse_switch(&out).unwrap();
         assert_eq!(s.previous.as_deref(), Some(old.to_str().unwrap()));
         assert!(!s.was_file);
-        assert_eq!(s.now, release_binary(&h, &v("1.8.2")));
+        assert_eq!(
+            s.now,
+            crate::plan::commands::release_binary(&h, &v("1.8.2"))
+        );
         assert_eq!(
             std::fs::read_link(&h.ledger.binary)
                 .unwrap()
@@ -259,7 +272,7 @@ mod tests {
         let h = layout(tmp.path());
         std::fs::write(&h.ledger.binary, "old bytes").unwrap();
         let v = |s: &str| Version::parse(s).unwrap();
-        let (code, out, err) = sh(&switch_command(&h, &v("1.8.2"), Some(&v("1.6.1"))));
+        let (code, out, err) = sh(&switch_command(&h, &v("1.8.2"), &v("1.6.1")));
         assert_eq!(code, 0, "{err}");
         let s = parse_switch(&out).unwrap();
         assert!(s.was_file);
@@ -280,7 +293,7 @@ mod tests {
         let other = tmp2.path().join("releases/1.6.1");
         std::fs::create_dir_all(&other).unwrap();
         std::fs::write(other.join("numary"), "theirs").unwrap();
-        let (code, _, err) = sh(&switch_command(&h2, &v("1.8.2"), Some(&v("1.6.1"))));
+        let (code, _, err) = sh(&switch_command(&h2, &v("1.8.2"), &v("1.6.1")));
         assert_eq!(code, 4, "{err}");
         assert_eq!(std::fs::read_to_string(&h2.ledger.binary).unwrap(), "mine");
     }

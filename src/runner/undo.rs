@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use crate::events::{Event, StepState};
-use crate::plan::StepKind;
+use crate::plan::{Action, StepKind};
 use crate::shell::quote;
 use crate::ssh::{ExecOptions, Transport};
 
@@ -112,7 +112,23 @@ pub async fn undo<T: Transport>(sh: &Shared<T>, applied: &[(StepKind, String)]) 
                     );
                     continue;
                 }
-                match service::restart_old(sh, host).await {
+                // The service as the stop step drove it.
+                let stopped_by = sh
+                    .plan
+                    .steps
+                    .iter()
+                    .filter(|s| s.kind == StepKind::StopService)
+                    .find_map(|s| s.params(host).and_then(Action::service));
+                let Some(p) = stopped_by else {
+                    restored(
+                        host,
+                        "restart",
+                        false,
+                        "the plan gives no service parameters to restart it with".into(),
+                    );
+                    continue;
+                };
+                match service::restart_old(sh, host, p).await {
                     Ok(detail) => {
                         undone(*kind, host, &detail);
                         restored(host, "restart", true, detail);
