@@ -61,7 +61,7 @@ pub fn state_command(host: &ResolvedHost, driver: StorageDriver) -> String {
         ),
         StorageDriver::Postgres => format!(
             "{env}command -v psql >/dev/null 2>&1 || {{ echo 'psql is not installed on the node (postgresql-client)' >&2; exit 7; }}; \
-             {} && PGCONNECT_TIMEOUT=10 exec psql -X -q -At -F '|' -v ON_ERROR_STOP=1 -c {}",
+             {} && PGAPPNAME='fleetup probe' PGCONNECT_TIMEOUT=10 exec psql -X -q -At -F '|' -v ON_ERROR_STOP=1 -c {}",
             node::pg_env_from_conn_string(),
             quote(POSTGRES_STATE_QUERY),
         ),
@@ -73,7 +73,7 @@ pub fn state_command(host: &ResolvedHost, driver: StorageDriver) -> String {
 pub fn postgres_probe(host: &ResolvedHost) -> String {
     format!(
         "{env}[ \"${{NUMARY_STORAGE_DRIVER:-}}\" = postgres ] && command -v psql >/dev/null 2>&1 || exit 0; \
-         {} && PGCONNECT_TIMEOUT=10 exec psql -X -q -At -F '|' -v ON_ERROR_STOP=1 -c {}",
+         {} && PGAPPNAME='fleetup probe' PGCONNECT_TIMEOUT=10 exec psql -X -q -At -F '|' -v ON_ERROR_STOP=1 -c {}",
         node::pg_env_from_conn_string(),
         quote(POSTGRES_STATE_QUERY),
         env = node::env_prefix(host),
