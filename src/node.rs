@@ -210,6 +210,15 @@ pub fn probe_with(host: &ResolvedHost, schema: bool) -> String {
     s
 }
 
+/// The `application_name` of fleetup's own read-only `psql` queries (facts, schema, the
+/// sessions check), which the sessions check leaves out.
+pub const PG_PROBE_APPLICATION: &str = "fleetup probe";
+
+/// `PGAPPNAME='fleetup probe' `: put before `psql` in a read-only query.
+pub fn pg_probe_application() -> String {
+    format!("PGAPPNAME={} ", quote(PG_PROBE_APPLICATION))
+}
+
 /// Prints the pid of each `numary` process running a storage command (`numary storage ...`):
 /// one an interrupted run may have left running, which still holds the storage.
 pub const STORAGE_COMMANDS: &str = "for p in $(pgrep -x numary 2>/dev/null); do tr '\\0' ' ' < /proc/$p/cmdline 2>/dev/null | grep -q ' storage ' && echo $p; done; true";

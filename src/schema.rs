@@ -61,8 +61,9 @@ pub fn state_command(host: &ResolvedHost, driver: StorageDriver) -> String {
         ),
         StorageDriver::Postgres => format!(
             "{env}command -v psql >/dev/null 2>&1 || {{ echo 'psql is not installed on the node (postgresql-client)' >&2; exit 7; }}; \
-             {} && PGAPPNAME='fleetup probe' PGCONNECT_TIMEOUT=10 exec psql -X -q -At -F '|' -v ON_ERROR_STOP=1 -c {}",
+             {} && {}PGCONNECT_TIMEOUT=10 exec psql -X -q -At -F '|' -v ON_ERROR_STOP=1 -c {}",
             node::pg_env_from_conn_string(),
+            node::pg_probe_application(),
             quote(POSTGRES_STATE_QUERY),
         ),
     }
@@ -73,8 +74,9 @@ pub fn state_command(host: &ResolvedHost, driver: StorageDriver) -> String {
 pub fn postgres_probe(host: &ResolvedHost) -> String {
     format!(
         "{env}[ \"${{NUMARY_STORAGE_DRIVER:-}}\" = postgres ] && command -v psql >/dev/null 2>&1 || exit 0; \
-         {} && PGAPPNAME='fleetup probe' PGCONNECT_TIMEOUT=10 exec psql -X -q -At -F '|' -v ON_ERROR_STOP=1 -c {}",
+         {} && {}PGCONNECT_TIMEOUT=10 exec psql -X -q -At -F '|' -v ON_ERROR_STOP=1 -c {}",
         node::pg_env_from_conn_string(),
+        node::pg_probe_application(),
         quote(POSTGRES_STATE_QUERY),
         env = node::env_prefix(host),
     )

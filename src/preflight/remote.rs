@@ -105,8 +105,9 @@ fn script(w: &Want) -> String {
         let args: Vec<String> = queries.iter().map(|q| format!("-c {}", quote(q))).collect();
         s.push_str(&format!(
             "echo {SECTION}psql\n\
-             if command -v psql >/dev/null 2>&1; then ( {} && PGAPPNAME='fleetup probe' PGCONNECT_TIMEOUT=10 exec psql -X -q -At -F '|' {} ) 2>&1; else echo 'psql: not found'; fi\n",
+             if command -v psql >/dev/null 2>&1; then ( {} && {}PGCONNECT_TIMEOUT=10 exec psql -X -q -At -F '|' {} ) 2>&1; else echo 'psql: not found'; fi\n",
             crate::node::pg_env_from_conn_string(),
+            crate::node::pg_probe_application(),
             args.join(" ")
         ));
     }

@@ -9,12 +9,10 @@ use super::{Finding, PreflightInput, Scope, check};
 use crate::facts::ServiceState;
 use crate::shell::quote;
 
-/// The `application_name` of fleetup's own read-only queries (facts, schema, these sessions):
-/// another fleetup auditing the same database at the same moment is not a ledger node using it
-/// (two runs are kept apart by the migration's advisory lock, whose session is not one of these).
-pub(crate) const PROBE_APPLICATION: &str = "fleetup probe";
-
-/// The client sessions on the database other than the query's own and fleetup's read-only ones.
+/// The client sessions on the database other than the query's own and fleetup's read-only ones
+/// ([`crate::node::PG_PROBE_APPLICATION`]: another fleetup auditing the same database at the same
+/// moment is not a ledger node using it; two runs are kept apart by the migration's advisory
+/// lock, whose session is not one of these).
 const OTHERS: &str = "from pg_stat_activity where datname = current_database() and pid <> pg_backend_pid() and backend_type = 'client backend' and coalesce(application_name, '') <> 'fleetup probe'";
 
 /// One row per other session, tagged `session`: `session|client port (-1 for a Unix
@@ -78,8 +76,9 @@ pub(crate) fn command(env_file: Option<&str>) -> String {
     let env = crate::node::env_prefix_with(env_file);
     format!(
         "{env}command -v psql >/dev/null 2>&1 || {{ echo 'psql is not installed on the node (postgresql-client)' >&2; exit 7; }}; \
-         {} && PGAPPNAME='fleetup probe' PGCONNECT_TIMEOUT=10 exec psql -X -q -At -F '|' -v ON_ERROR_STOP=1 -c {} -c {}",
+         {} && {}PGCONNECT_TIMEOUT=10 exec psql -X -q -At -F '|' -v ON_ERROR_STOP=1 -c {} -c {}",
         crate::node::pg_env_from_conn_string(),
+        crate::node::pg_probe_application(),
         quote(&count_query()),
         quote(&query())
     )
@@ -252,7 +251,8 @@ mod tests {
 
     #[test]
     fn fleetup_probes_name_themselves_as_the_session_query_leaves_out() {
-        assert!(OTHERS.contains(&format!("<> '{PROBE_APPLICATION}'")));
+        let app = crate::node::PG_PROBE_APPLICATION;
+        assert!(OTHERS.contains(&format!("<> '{app}'")));
         for cmd in [
             command(None),
             crate::schema::state_command(
@@ -260,10 +260,7 @@ mod tests {
                 crate::facts::StorageDriver::Postgres,
             ),
         ] {
-            assert!(
-                cmd.contains(&format!("PGAPPNAME='{PROBE_APPLICATION}' ")),
-                "{cmd}"
-            );
+            assert!(cmd.contains(&format!("PGAPPNAME='{app}' ")), "{cmd}");
         }
     }
 
