@@ -299,6 +299,8 @@ impl Ctx<'_> {
             health_timeout: self.args.health_timeout,
             poll_interval: Duration::from_millis(300),
             parallel_uploads: usize::from(self.args.connect.forks),
+            forks: usize::from(self.args.connect.forks),
+            failure: fleetup::runner::FailurePolicy::default(),
             prior: PriorRun::default(),
             cancel: self.cancel.clone(),
             lease: fleetup::lock::LeaseConfig::default(),

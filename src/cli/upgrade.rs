@@ -54,6 +54,11 @@ pub struct UpgradeArgs {
     /// How long a started node may take until `/_info` reports the target.
     #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
     pub health_timeout: Duration,
+    /// Hosts that may fail while the run goes on without them (each undone alone, where safe):
+    /// only a host alone on its storage, or a failed start or health gate after its storage was
+    /// migrated. 0: the first failure stops the run.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub max_fail: usize,
     #[command(flatten)]
     pub connect: ConnectFlags,
 }
@@ -252,6 +257,9 @@ fn options(args: &UpgradeArgs, plan: &PlanArgs) -> Vec<String> {
     }
     if let Some(id) = &args.plan_id {
         o.push(format!("--plan {id}"));
+    }
+    if args.max_fail > 0 {
+        o.push(format!("--max-fail {}", args.max_fail));
     }
     o
 }
@@ -479,6 +487,10 @@ impl Ctx<'_> {
             health_timeout: self.args.health_timeout,
             poll_interval: Duration::from_millis(300),
             parallel_uploads: usize::from(self.args.connect.forks),
+            forks: usize::from(self.args.connect.forks),
+            failure: fleetup::runner::FailurePolicy {
+                max_failed: self.args.max_fail,
+            },
             prior: self.prior.clone(),
             cancel: self.cancel.clone(),
             lease: fleetup::lock::LeaseConfig::default(),

@@ -238,7 +238,8 @@ async fn recheck_stopped<T: Transport>(sh: &Shared<T>, step: &Step) -> Result<()
         .iter()
         .find(|s| s.kind == StepKind::ConfirmStopped)
         .map_or_else(|| step.hosts.clone(), |s| s.hosts.clone());
-    for name in &hosts {
+    // A host left behind after its own failure is alone on its storage (the failure policy).
+    for name in hosts.iter().filter(|h| sh.going(h)) {
         let host = sh.host(name);
         let t = sh.session(name);
         let running = service::service_running(t, host).await;
@@ -370,7 +371,7 @@ async fn migrate<T: Transport>(
     let host = sh.host(name);
     let binary = release_binary(host, &sh.plan.target);
     for ledger in ledgers {
-        sh.change(|c| c.storage_touched = true);
+        sh.change(|c| c.touch_storage(name));
         let cmd = node::numary(host, &binary, &["storage", "upgrade", ledger]);
         let label = format!("`storage upgrade {ledger}`");
         let word = sh

@@ -52,7 +52,7 @@ async fn one<T: Transport>(sh: &Shared<T>, step: &Step, name: &str) -> Result<()
         return Err(sh.error(step, name, "the plan names no backup to restore here"));
     };
     let cmd = restore_command(sh.host(name), &source);
-    sh.change(|c| c.storage_touched = true);
+    sh.change(|c| c.touch_storage(name));
     let artefacts = sh
         .run_checked(
             step,

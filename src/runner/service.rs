@@ -215,6 +215,7 @@ pub async fn confirm_database_free<T: Transport>(
         .iter()
         .filter(|s| s.kind == StepKind::Migrate)
         .flat_map(|s| s.hosts.iter().map(String::as_str))
+        .filter(|h| sh.going(h))
         .collect();
     for name in migrating {
         let postgres = sh
