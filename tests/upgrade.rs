@@ -12,12 +12,15 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
+use fleetup::events::StepState;
 use fleetup::exit_code;
 use fleetup::journal::{self, JournalFile};
 use fleetup::lab::pg::{self, PgUrl};
 use fleetup::lab::{Driver, Lab, LabGuard};
 use fleetup::version::Version;
-use lab_fixture::{api_version, both, code, fleetup, pg_url, release, spec, stderr, stdout};
+use lab_fixture::{
+    api_version, assert_node_serving, both, code, fleetup, pg_url, release, spec, stderr, stdout,
+};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
@@ -29,6 +32,13 @@ fn upgrade(lab: &Lab, to: &str, binary: &Path, extra: &[&str]) -> Output {
 
 fn state_dir(lab: &Lab) -> PathBuf {
     journal::default_state_dir(&lab.inventory_path())
+}
+
+/// stderr holds each of `parts`.
+fn assert_says(out: &Output, parts: &[&str]) {
+    for p in parts {
+        assert!(stderr(out).contains(p), "no `{p}` in:\n{}", both(out));
+    }
 }
 
 /// The journal of the last run in the lab's default state dir.
@@ -785,15 +795,12 @@ fn a_node_that_never_becomes_healthy_stops_the_run_with_a_state_report() {
 
     let out = upgrade(&lab, "1.8.2", &new, &["--health-timeout", "3s"]);
     assert_eq!(code(&out), exit_code::FAILURE, "{}", both(&out));
-    assert!(
-        stderr(&out).contains("health_gate) failed on `node-2`"),
-        "{}",
-        both(&out)
-    );
-    assert!(
-        stderr(&out).contains("not healthy on `1.8.2` within 3s"),
-        "{}",
-        both(&out)
+    assert_says(
+        &out,
+        &[
+            "health_gate) failed on `node-2`",
+            "not healthy on `1.8.2` within 3s",
+        ],
     );
     let report = stdout(&out);
     let row = |host: &str| {
@@ -817,6 +824,60 @@ fn a_node_that_never_becomes_healthy_stops_the_run_with_a_state_report() {
         assert!(!n.paths().releases_dir().join(".fleetup.lock").exists());
     }
     lab.clear_fault("never-healthy").unwrap();
+}
+
+/// `--max-fail 1`: three SQLite nodes (each alone on its storage), one never healthy after its
+/// start. The run goes on without it: the two others serve the target, the failed node is named
+/// with its step, the run fails (exit 1), and no node keeps a lock.
+#[test]
+fn max_fail_leaves_a_node_that_fails_its_start_behind_and_upgrades_the_others() {
+    let mut s = spec(Driver::Sqlite, 3, "1.7.4");
+    s.start = false;
+    let lab = LabGuard::up(&s).expect("lab up");
+    let new = release(&lab, "1.8.2");
+    lab.set_fault("never-healthy", &["node-2"]).unwrap();
+
+    let out = upgrade(
+        &lab,
+        "1.8.2",
+        &new,
+        &["--health-timeout", "3s", "--max-fail", "1"],
+    );
+    lab.clear_fault("never-healthy").unwrap();
+    assert_eq!(code(&out), exit_code::FAILURE, "{}", both(&out));
+    for node in ["node-1", "node-3"] {
+        assert_node_serving(&lab, node, "1.8.2", "the others go on");
+    }
+    assert_says(
+        &out,
+        &[
+            "health_gate) failed on `node-2`",
+            "the run went on without the failed host(s) (`--max-fail 1`)",
+        ],
+    );
+    let report = stdout(&out);
+    let row = report
+        .lines()
+        .find(|l| l.starts_with("node-2"))
+        .unwrap_or_else(|| panic!("no row for node-2:\n{report}"));
+    assert!(row.contains("failed at step"), "{report}");
+    assert!(row.contains("(health_gate)"), "{report}");
+    let j = last_journal(&lab);
+    assert_eq!(j.outcome(), "failed");
+    assert!(j.header.options.contains(&"--max-fail 1".to_string()));
+    assert_eq!(
+        j.last_state("health_gate", "node-2"),
+        Some(StepState::Failed)
+    );
+    // Its batch's other node passed the same gate.
+    assert_eq!(j.last_state("health_gate", "node-3"), Some(StepState::Done));
+    for n in &lab.nodes {
+        assert!(
+            !n.paths().releases_dir().join(".fleetup.lock").exists(),
+            "{} keeps a lock",
+            n.name
+        );
+    }
 }
 
 /// One host does not answer: every unreachable host is reported, nothing runs anywhere.

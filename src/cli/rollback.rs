@@ -18,7 +18,7 @@ use fleetup::lock::LeaseConfig;
 use fleetup::operation::{self, Finished, RollbackRequest, RunSettings, Scope};
 use fleetup::plan::{Plan, RunRecord};
 use fleetup::policy::PolicyTable;
-use fleetup::runner::PriorRun;
+use fleetup::runner::{FailurePolicy, PriorRun};
 use fleetup::{Failure, exit_code};
 use sha2::{Digest, Sha256};
 
@@ -172,6 +172,7 @@ pub fn run(global: &Global, args: &RollbackArgs) -> anyhow::Result<i32> {
             stop_timeout: args.stop_timeout,
             health_timeout: args.health_timeout,
             forks: usize::from(args.connect.forks),
+            failure: FailurePolicy::default(),
             prior: resumed
                 .as_ref()
                 .map(|j| prior_run(j, &hosts))

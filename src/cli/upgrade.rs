@@ -14,7 +14,7 @@ use fleetup::journal::{self, Header};
 use fleetup::lock::LeaseConfig;
 use fleetup::operation::{self, Finished, RunSettings, Scope, UpgradeRequest};
 use fleetup::plan::Plan;
-use fleetup::runner::{self, PriorRun, RunReport, kind_name};
+use fleetup::runner::{self, FailurePolicy, PriorRun, RunReport, kind_name};
 use fleetup::{Failure, exit_code};
 use sha2::{Digest, Sha256};
 
@@ -51,6 +51,11 @@ pub struct UpgradeArgs {
     /// How long a started node may take until `/_info` reports the target.
     #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
     pub health_timeout: Duration,
+    /// Hosts that may fail while the run goes on without them (each undone alone, where safe):
+    /// only a host alone on its storage, or a failed start or health gate after its storage was
+    /// migrated. 0: the first failure stops the run.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub max_fail: usize,
     #[command(flatten)]
     pub connect: ConnectFlags,
 }
@@ -158,6 +163,9 @@ pub fn run(global: &Global, args: &UpgradeArgs) -> anyhow::Result<i32> {
             stop_timeout: args.stop_timeout,
             health_timeout: args.health_timeout,
             forks: usize::from(args.connect.forks),
+            failure: FailurePolicy {
+                max_failed: args.max_fail,
+            },
             prior: resumed
                 .as_ref()
                 .map(|j| prior_run(j, &hosts))
@@ -227,6 +235,9 @@ fn options(args: &UpgradeArgs, plan: &PlanArgs) -> Vec<String> {
     }
     if let Some(id) = &args.plan_id {
         o.push(format!("--plan {id}"));
+    }
+    if args.max_fail > 0 {
+        o.push(format!("--max-fail {}", args.max_fail));
     }
     o
 }

@@ -18,7 +18,7 @@ use crate::lock::{LeaseConfig, LockOwner};
 use crate::plan::{HostAction, LeftOut, Plan, PlanOptions};
 use crate::policy::PolicyTable;
 use crate::preflight::{self, Audit};
-use crate::runner::{self, Cancel, Fleet, PriorRun, RunConfig, RunReport};
+use crate::runner::{self, Cancel, FailurePolicy, Fleet, PriorRun, RunConfig, RunReport};
 use crate::ssh::{self, ConnectError, ConnectOptions, Session};
 use crate::{Failure, Version};
 
@@ -77,6 +77,8 @@ pub struct RunSettings {
     pub health_timeout: Duration,
     /// Hosts worked on at once (`--forks`).
     pub forks: usize,
+    /// `--max-fail`: how many hosts may fail while the run goes on without them.
+    pub failure: FailurePolicy,
     /// What the run being resumed recorded as done.
     pub prior: PriorRun,
     pub cancel: Cancel,
@@ -94,6 +96,8 @@ impl RunSettings {
             health_timeout: self.health_timeout,
             poll_interval: Duration::from_millis(300),
             parallel_uploads: self.forks,
+            forks: self.forks,
+            failure: self.failure,
             prior: self.prior.clone(),
             cancel: self.cancel.clone(),
             lease: self.lease,

@@ -1,12 +1,14 @@
 //! What every step of a run shares: the hosts, their sessions and facts, the plan, the options,
 //! the event sink and the record of what this run changed (for the clean-up after a failure).
 //! Also the two helpers every step uses: run one command on one host with its events, and do
-//! something on several hosts at once.
+//! something on several hosts at once (at most `--forks` at a time, one semaphore for the run).
 
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use tokio::sync::Semaphore;
 
 use crate::events::{Artefact, Event, EventSink, StepStatus};
 use crate::exit_code;
@@ -57,6 +59,8 @@ pub struct Changes {
     pub staged: Vec<(String, String, bool)>,
     /// A `storage upgrade` was issued: the storage may differ from the backup from now on.
     pub storage_touched: bool,
+    /// The hosts on which it was ([`Changes::touch_storage`]), for the undo of one failed host.
+    pub touched_on: Vec<String>,
     /// `(host, previous target of the binary)`.
     pub switched: Vec<(String, String)>,
     /// Hosts started on the new binary.
@@ -69,6 +73,16 @@ pub struct Changes {
     pub ledgers: Vec<(String, String, String)>,
 }
 
+impl Changes {
+    /// A `storage upgrade` (or a restore) is about to change `host`'s storage.
+    pub fn touch_storage(&mut self, host: &str) {
+        self.storage_touched = true;
+        if !self.touched_on.iter().any(|h| h == host) {
+            self.touched_on.push(host.to_string());
+        }
+    }
+}
+
 /// Everything a step needs, shared by the tasks of a parallel step.
 pub struct Shared<T> {
     pub plan: Plan,
@@ -78,6 +92,13 @@ pub struct Shared<T> {
     pub cfg: RunConfig,
     pub sink: Arc<dyn EventSink>,
     pub changes: Mutex<Changes>,
+    /// `--forks`: permits for the per-host tasks of [`each_host`], shared by every step.
+    pub forks: Arc<Semaphore>,
+    /// Each host's result in the [`per_host`] steps, `(step number, host, error)`, which the
+    /// engine reads to tell the hosts that failed from those that finished.
+    pub results: Mutex<Vec<(usize, String, Option<StepError>)>>,
+    /// Hosts that failed and were left out of the rest of the run (the failure policy).
+    pub failed: Mutex<Vec<String>>,
 }
 
 impl<T: Transport> Shared<T> {
@@ -106,6 +127,25 @@ impl<T: Transport> Shared<T> {
 
     pub fn changes(&self) -> Changes {
         self.changes.lock().map(|c| c.clone()).unwrap_or_default()
+    }
+
+    /// Still part of the run: not a host that failed and was left behind.
+    pub fn going(&self, host: &str) -> bool {
+        !self.failed_hosts().iter().any(|h| h == host)
+    }
+
+    pub fn failed_hosts(&self) -> Vec<String> {
+        self.failed.lock().map(|f| f.clone()).unwrap_or_default()
+    }
+
+    /// The per-host results [`per_host`] recorded for step `number`, taken out.
+    pub fn take_results(&self, number: usize) -> Vec<(String, Option<StepError>)> {
+        let Ok(mut all) = self.results.lock() else {
+            return Vec::new();
+        };
+        let (mine, rest) = all.drain(..).partition(|(n, _, _)| *n == number);
+        *all = rest;
+        mine.into_iter().map(|(_, h, e)| (h, e)).collect()
     }
 
     /// Starts reporting `step` on `host`.
@@ -304,8 +344,9 @@ pub fn tail(text: &str) -> Option<String> {
     Some(redact_conn_strings(&lines[start..].join("\n")))
 }
 
-/// Runs `f` on each host of `step` at once; the first failure in host order (each was reported
-/// as an event already).
+/// Runs `f` on each host of `step` at once (within `--forks`); the first failure in host order
+/// (each was reported as an event already). Every host's result is kept in
+/// [`Shared::results`] for the engine.
 pub async fn per_host<T, F, Fut>(sh: &Arc<Shared<T>>, step: &Step, f: F) -> Result<(), StepError>
 where
     T: Transport + 'static,
@@ -313,24 +354,32 @@ where
     Fut: Future<Output = Result<(), StepError>> + Send + 'static,
 {
     let results = each_host(sh, &step.hosts, |sh, name| f(sh, step.clone(), name)).await;
-    for (name, r) in step.hosts.iter().zip(results) {
-        match r {
-            Some(Ok(())) => {}
-            Some(Err(e)) => return Err(e),
-            None => {
-                return Err(sh.error(
+    let results: Vec<Result<(), StepError>> = step
+        .hosts
+        .iter()
+        .zip(results)
+        .map(|(name, r)| {
+            r.unwrap_or_else(|| {
+                Err(sh.error(
                     step,
                     name,
                     "internal error: the task for this host panicked",
-                ));
-            }
+                ))
+            })
+        })
+        .collect();
+    if let Ok(mut all) = sh.results.lock() {
+        for (name, r) in step.hosts.iter().zip(&results) {
+            all.push((step.number, name.clone(), r.clone().err()));
         }
     }
-    Ok(())
+    results.into_iter().collect()
 }
 
-/// Runs `f` for each of `hosts` at once; results in the order of `hosts` (`None` for a task that
-/// panicked: a bug, which the caller reports as a failure of that host).
+/// Runs `f` for each of `hosts`, at most `--forks` at once (the run's one semaphore: never nest
+/// a call inside `f`, it would wait for a permit its caller holds); results in the order of
+/// `hosts` (`None` for a task that panicked: a bug, which the caller reports as a failure of
+/// that host).
 pub async fn each_host<T, F, Fut, R>(
     shared: &Arc<Shared<T>>,
     hosts: &[String],
@@ -345,7 +394,12 @@ where
     let mut set = tokio::task::JoinSet::new();
     for (i, h) in hosts.iter().enumerate() {
         let fut = f(shared.clone(), h.clone());
-        set.spawn(async move { (i, fut.await) });
+        let forks = shared.forks.clone();
+        set.spawn(async move {
+            // The semaphore is never closed, so the permit always comes.
+            let _permit = forks.acquire_owned().await;
+            (i, fut.await)
+        });
     }
     let mut out: Vec<Option<R>> = (0..hosts.len()).map(|_| None).collect();
     while let Some(joined) = set.join_next().await {

@@ -232,7 +232,8 @@ async fn recheck_stopped<T: Transport>(sh: &Shared<T>, step: &Step) -> Result<()
         .iter()
         .find(|s| s.kind == StepKind::ConfirmStopped);
     let hosts = confirm.map_or(&step.hosts, |s| &s.hosts);
-    for name in hosts {
+    // A host left behind after its own failure is alone on its storage (the failure policy).
+    for name in hosts.iter().filter(|h| sh.going(h)) {
         let host = sh.host(name);
         let t = sh.session(name);
         let (service, api) = match confirm
@@ -370,7 +371,7 @@ async fn migrate<T: Transport>(
 ) -> Result<(), StepError> {
     let p = params::of(sh, step, name, Action::migrate)?;
     for ledger in ledgers {
-        sh.change(|c| c.storage_touched = true);
+        sh.change(|c| c.touch_storage(name));
         let cmd = p.numary(&["storage", "upgrade", ledger]);
         let label = format!("`storage upgrade {ledger}`");
         let word = sh

@@ -2,14 +2,18 @@
 //! probes every host first ([`probe`]: already done by an earlier run?), applies the step on the
 //! hosts where it is not, and records each host's step state (`started`, `done`,
 //! `already_done`, `failed`, `undone`, `skipped`, `cancelled`) as an event the journal keeps.
-//! The failure policy is to stop the run: what is safe to undo is then undone in reverse order
-//! ([`undo`]). A cancellation (Ctrl-C) starts nothing new and undoes nothing: the run is left to
-//! `--resume`. The fleet lock is taken first and released last, also on failure.
+//! Per-host work (probes and applies) runs at most `--forks` hosts at once. The failure policy
+//! ([`failures`]): a failure stops the run, and what is safe to undo is then undone in reverse
+//! order ([`undo`]); within a budget (`--max-fail N`) a host whose failure endangers nobody else
+//! is undone alone and left out while the others go on. A cancellation (Ctrl-C) starts nothing
+//! new and undoes nothing: the run is left to `--resume`. The fleet lock is taken first and
+//! released last, also on failure.
 //!
 //! Preflight is the caller's: the runner starts at the `lock` step of a plan that passed it.
 
 mod backup;
 mod ctx;
+pub mod failures;
 mod known;
 mod migrate;
 mod params;
@@ -25,6 +29,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use tokio::sync::Semaphore;
+
 use crate::events::{Event, EventSink, HostSummary, StepState};
 use crate::exit_code;
 use crate::facts::HostFacts;
@@ -36,6 +42,7 @@ use crate::ssh::Transport;
 pub use crate::plan::commands::{DUMP_FILE, backup_dir, release_binary, release_dir};
 pub use backup::{parse_postgres_backup, parse_sqlite_backup};
 pub use ctx::{Changes, StepError, kind_name};
+pub use failures::{FailurePolicy, HostFailure};
 pub use migrate::{ListProblem, check_listed};
 
 use ctx::Shared;
@@ -57,8 +64,14 @@ pub struct RunConfig {
     pub health_timeout: Duration,
     /// Pause between two polls of a service or API.
     pub poll_interval: Duration,
-    /// Uploads at once.
+    /// Uploads at once; each also holds one of the `forks`, so the smaller of the two bounds
+    /// uploads (kept apart: the binary leaves this machine once per upload).
     pub parallel_uploads: usize,
+    /// `--forks`: hosts the engine works on at once (probes and applies). Steps that are
+    /// sequential by design (the stops, the locks, the migration) stay one host at a time.
+    pub forks: usize,
+    /// What a host's failure does to the run (`--max-fail`).
+    pub failure: FailurePolicy,
     /// What the run being resumed (`--resume`) recorded as done.
     pub prior: PriorRun,
     /// Set on Ctrl-C / SIGTERM: start nothing new.
@@ -150,7 +163,12 @@ impl Outcome {
 #[derive(Debug, Clone)]
 pub struct RunReport {
     pub outcome: Outcome,
+    /// The error that stopped the run; when failed hosts were left behind and the run went on,
+    /// the first of their errors (its hints name the others).
     pub error: Option<StepError>,
+    /// Each host that failed a step, in the order they failed: those the run went on without
+    /// (`contained`) and the one that stopped it.
+    pub failed: Vec<HostFailure>,
     /// Each node touched by the plan, with its versions and state.
     pub hosts: Vec<HostSummary>,
     pub changes: Changes,
@@ -167,6 +185,7 @@ pub async fn execute<T: Transport + Clone + 'static>(
     cfg: RunConfig,
     sink: Arc<dyn EventSink>,
 ) -> RunReport {
+    let forks = Arc::new(Semaphore::new(cfg.forks.max(1)));
     let sh = Arc::new(Shared {
         hosts: fleet
             .hosts
@@ -179,10 +198,13 @@ pub async fn execute<T: Transport + Clone + 'static>(
         cfg,
         sink,
         changes: Mutex::new(Changes::default()),
+        forks,
+        results: Mutex::default(),
+        failed: Mutex::default(),
     });
     let mut timings = Vec::new();
     let mut error = None;
-    let mut applied: Vec<(StepKind, String)> = Vec::new();
+    let mut run = Progress::default();
     let mut refresher: Option<lock::Refresher> = None;
     for step in sh.plan.steps.clone() {
         if matches!(step.kind, StepKind::Preflight | StepKind::Unlock) {
@@ -199,7 +221,7 @@ pub async fn execute<T: Transport + Clone + 'static>(
             refresher = Some(keep_leases(&sh));
             r
         } else {
-            run_step(&sh, &step, &mut applied).await
+            run_step(&sh, &step, &mut run).await
         };
         timings.push((step.number, step.kind, started.elapsed()));
         if let Err(e) = result {
@@ -211,11 +233,21 @@ pub async fn execute<T: Transport + Clone + 'static>(
         .as_ref()
         .is_some_and(|e| e.code == exit_code::CANCELLED);
     if error.is_some() && !was_cancelled {
-        undo::undo(&sh, &applied).await;
+        undo::undo(&sh, &run.applied).await;
     }
-    let outcome = settle(&mut error, sh.changes().storage_touched);
+    if error.is_none() {
+        error = run
+            .first_contained
+            .take()
+            .map(|e| went_on(e, &run.failures, sh.cfg.failure));
+    }
+    let outcome = settle(
+        &mut error,
+        sh.changes().storage_touched,
+        run.failures.iter().any(|f| f.contained),
+    );
     // The state report is read while the locks still keep other runs away.
-    let hosts = summarize(&sh, &sh.changes(), error.is_some()).await;
+    let hosts = summarize(&sh, &sh.changes(), error.is_some(), &run.failures).await;
     if let Some(r) = refresher {
         r.stop().await;
     }
@@ -228,11 +260,38 @@ pub async fn execute<T: Transport + Clone + 'static>(
     RunReport {
         outcome,
         error,
+        failed: run.failures,
         hosts,
         changes,
         timings,
         unlock_errors,
     }
+}
+
+/// What the engine keeps from step to step.
+#[derive(Default)]
+struct Progress {
+    /// `(kind, host)` of each step applied (or attempted), in order: what the undo walks back.
+    applied: Vec<(StepKind, String)>,
+    failures: Vec<HostFailure>,
+    /// The first failure the run went on without: the run's error when nothing stops it.
+    first_contained: Option<StepError>,
+}
+
+/// The run's error when it went on past contained failures: the first one, its hints naming
+/// every failed host.
+fn went_on(mut e: StepError, failures: &[HostFailure], policy: FailurePolicy) -> StepError {
+    let names: Vec<String> = failures
+        .iter()
+        .map(|f| format!("`{}` (step {}, {})", f.host, f.step, kind_name(f.kind)))
+        .collect();
+    e.code = exit_code::FAILURE;
+    e.hints.push(format!(
+        "the run went on without the failed host(s) (`--max-fail {}`); failed: {}",
+        policy.max_failed,
+        names.join(", ")
+    ));
+    e
 }
 
 /// Keeps the leases of the locks this run took fresh while it runs; a lease that cannot be
@@ -282,15 +341,20 @@ fn step_state<T: Transport>(
     });
 }
 
-/// One step: probe each host, apply on those where it is not done, record each host's state.
+/// One step: probe each host still going, apply on those where it is not done, record each
+/// host's state. A failure is contained when the policy allows it ([`failures::containable`]):
+/// the host is marked failed, undone alone and left out, and the step goes on with the hosts it
+/// had not finished; otherwise the step (and the run) stops on it.
 async fn run_step<T: Transport + Clone + 'static>(
     sh: &Arc<Shared<T>>,
     step: &Step,
-    applied: &mut Vec<(StepKind, String)>,
+    run: &mut Progress,
 ) -> Result<(), StepError> {
-    let probes = ctx::each_host(sh, &step.hosts, |sh, name| {
+    let hosts: Vec<String> = step.hosts.iter().filter(|h| sh.going(h)).cloned().collect();
+    let probes = ctx::each_host(sh, &hosts, |sh, name| {
         let step = step.clone();
-        let earlier: Vec<StepKind> = applied
+        let earlier: Vec<StepKind> = run
+            .applied
             .iter()
             .filter(|(_, h)| *h == name)
             .map(|(k, _)| *k)
@@ -304,7 +368,7 @@ async fn run_step<T: Transport + Clone + 'static>(
     })
     .await;
     let mut todo = Vec::new();
-    for (host, p) in step.hosts.iter().zip(probes) {
+    for (host, p) in hosts.iter().zip(probes) {
         match p {
             Some(Probe::Done(why)) => step_state(sh, step, host, StepState::AlreadyDone, Some(why)),
             _ => todo.push(host.clone()),
@@ -316,46 +380,190 @@ async fn run_step<T: Transport + Clone + 'static>(
     if sh.cfg.cancel.requested() {
         return Err(cancelled(sh, step));
     }
-    let mut sub = step.clone();
-    sub.hosts = todo.clone();
-    sub.commands.retain(|c| todo.contains(&c.host));
     for host in &todo {
         step_state(sh, step, host, StepState::Started, None);
     }
-    let result = dispatch(sh, &sub).await;
-    match &result {
-        Ok(()) => {
-            for host in todo {
-                step_state(sh, step, &host, StepState::Done, None);
-                applied.push((step.kind, host));
+    loop {
+        let mut sub = step.clone();
+        sub.hosts = todo.clone();
+        sub.commands.retain(|c| todo.contains(&c.host));
+        let result = dispatch(sh, &sub).await;
+        let results = sh.take_results(step.number);
+        let e = match result {
+            Ok(()) => {
+                for host in todo {
+                    step_state(sh, step, &host, StepState::Done, None);
+                    run.applied.push((step.kind, host));
+                }
+                return Ok(());
+            }
+            Err(e) => e,
+        };
+        let outcome = StepOutcome::of(&todo, e, results);
+        if let Err(stop) = contain(sh, step, &outcome, run).await {
+            stopped(sh, step, &todo, &outcome, run).await;
+            return Err(stop);
+        }
+        // The hosts the step had not finished go on: those a sequential step did not reach yet.
+        let mut next = Vec::new();
+        for host in todo.iter().filter(|h| sh.going(h)) {
+            if outcome.finished.contains(host) || probe::probe(sh, step, host).await != Probe::ToDo
+            {
+                step_state(sh, step, host, StepState::Done, None);
+                run.applied.push((step.kind, host.clone()));
+            } else {
+                next.push(host.clone());
             }
         }
-        Err(e) => {
+        if next.is_empty() {
+            return Ok(());
+        }
+        if sh.cfg.cancel.requested() {
+            for host in &next {
+                step_state(
+                    sh,
+                    step,
+                    host,
+                    StepState::Cancelled,
+                    Some("cancelled before it was applied here".into()),
+                );
+            }
+            return Err(cancelled(sh, step));
+        }
+        todo = next;
+    }
+}
+
+/// How one application of a step ended on its hosts.
+struct StepOutcome {
+    /// Each host that failed, in the step's host order: those the per-host steps recorded, and
+    /// the one a sequential step stopped on.
+    errors: Vec<StepError>,
+    /// Hosts known to have finished the step.
+    finished: Vec<String>,
+}
+
+impl StepOutcome {
+    fn of(todo: &[String], e: StepError, results: Vec<(String, Option<StepError>)>) -> Self {
+        let mut errors: Vec<StepError> = results.iter().filter_map(|(_, r)| r.clone()).collect();
+        if !errors.iter().any(|x| x.host == e.host) {
+            errors.push(e);
+        }
+        let at = |h: &str| todo.iter().position(|t| t == h).unwrap_or(usize::MAX);
+        errors.sort_by_key(|x| at(&x.host));
+        let finished = results
+            .into_iter()
+            .filter(|(h, r)| r.is_none() && !errors.iter().any(|x| &x.host == h))
+            .map(|(h, _)| h)
+            .collect();
+        StepOutcome { errors, finished }
+    }
+}
+
+/// Contains every failure of `outcome`, or none: the first one the policy does not allow is the
+/// error that stops the run (with the policy's reason as a hint).
+async fn contain<T: Transport + Clone + 'static>(
+    sh: &Arc<Shared<T>>,
+    step: &Step,
+    outcome: &StepOutcome,
+    run: &mut Progress,
+) -> Result<(), StepError> {
+    let mut failed = sh.failed_hosts();
+    for e in &outcome.errors {
+        let verdict = failures::containable(
+            &sh.plan,
+            sh.cfg.failure,
+            step.kind,
+            e.code,
+            &e.host,
+            &failed,
+        );
+        if let Err(why) = verdict {
+            let mut stop = e.clone();
+            stop.hints.extend(why.hint(&e.host));
+            return Err(stop);
+        }
+        failed.push(e.host.clone());
+    }
+    for e in &outcome.errors {
+        step_state(
+            sh,
+            step,
+            &e.host,
+            StepState::Failed,
+            Some(e.message.clone()),
+        );
+        run.applied.push((step.kind, e.host.clone()));
+        if let Ok(mut f) = sh.failed.lock() {
+            f.push(e.host.clone());
+        }
+        run.failures.push(HostFailure {
+            host: e.host.clone(),
+            step: step.number,
+            kind: step.kind,
+            message: e.message.clone(),
+            contained: true,
+        });
+        sh.emit(Event::Notice {
+            host: e.host.clone(),
+            message: format!(
+                "failed at step {} ({}): left out of the rest of the run, which goes on with the other hosts ({} of `--max-fail {}` failed)",
+                step.number,
+                kind_name(step.kind),
+                sh.failed_hosts().len(),
+                sh.cfg.failure.max_failed
+            ),
+        });
+        undo::undo_host(sh, &run.applied, &e.host).await;
+        run.applied.retain(|(_, h)| h != &e.host);
+        if run.first_contained.is_none() {
+            run.first_contained = Some(e.clone());
+        }
+    }
+    Ok(())
+}
+
+/// The states of a step that stops the run: each failed host `failed` (or `cancelled`), the
+/// others done where they finished (or the probe says so), skipped otherwise. All of them are
+/// left to the undo.
+async fn stopped<T: Transport + Clone + 'static>(
+    sh: &Arc<Shared<T>>,
+    step: &Step,
+    todo: &[String],
+    outcome: &StepOutcome,
+    run: &mut Progress,
+) {
+    let first = &outcome.errors[0].host;
+    for host in todo {
+        if let Some(e) = outcome.errors.iter().find(|e| &e.host == host) {
             let state = if e.code == exit_code::CANCELLED {
                 StepState::Cancelled
             } else {
+                run.failures.push(HostFailure {
+                    host: host.clone(),
+                    step: step.number,
+                    kind: step.kind,
+                    message: e.message.clone(),
+                    contained: false,
+                });
                 StepState::Failed
             };
-            for host in todo {
-                if host == e.host {
-                    step_state(sh, step, &host, state, Some(e.message.clone()));
-                } else if probe::probe(sh, step, &host).await != Probe::ToDo {
-                    // The other hosts of a failed step: done where the probe says so.
-                    step_state(sh, step, &host, StepState::Done, None);
-                } else {
-                    step_state(
-                        sh,
-                        step,
-                        &host,
-                        StepState::Skipped,
-                        Some(format!("not finished: the step failed on `{}`", e.host)),
-                    );
-                }
-                applied.push((step.kind, host));
-            }
+            step_state(sh, step, host, state, Some(e.message.clone()));
+        } else if outcome.finished.contains(host)
+            || probe::probe(sh, step, host).await != Probe::ToDo
+        {
+            step_state(sh, step, host, StepState::Done, None);
+        } else {
+            step_state(
+                sh,
+                step,
+                host,
+                StepState::Skipped,
+                Some(format!("not finished: the step failed on `{first}`")),
+            );
         }
+        run.applied.push((step.kind, host.clone()));
     }
-    result
 }
 
 /// Applies `step` on its hosts: the kind's own implementation.
@@ -385,15 +593,18 @@ async fn dispatch<T: Transport + Clone + 'static>(
 
 /// The outcome of a run that stopped on `error`. Blocked promises that nothing changed: once a
 /// `storage upgrade` ran that no longer holds, so a guard's refusal after it (which the migrate
-/// step's order should make impossible) is a failure, with the state report to read.
-fn settle(error: &mut Option<StepError>, storage_touched: bool) -> Outcome {
+/// step's order should make impossible) is a failure, with the state report to read; and so is
+/// any run that went on past a failed host (`went_on`).
+fn settle(error: &mut Option<StepError>, storage_touched: bool, went_on: bool) -> Outcome {
     match error {
         None => Outcome::Succeeded,
         Some(e) if e.code == exit_code::LOCK_HELD => Outcome::LockHeld,
         Some(e) if e.code == exit_code::CANCELLED => Outcome::Cancelled,
-        Some(e) if e.code == exit_code::BLOCKED && !storage_touched => Outcome::Blocked,
+        Some(e) if e.code == exit_code::BLOCKED && !storage_touched && !went_on => Outcome::Blocked,
         Some(e) => {
-            if e.code == exit_code::BLOCKED {
+            if e.code == exit_code::BLOCKED && !storage_touched {
+                e.code = exit_code::FAILURE;
+            } else if e.code == exit_code::BLOCKED {
                 e.code = exit_code::FAILURE;
                 e.hints.push(
                     "a `storage upgrade` already ran, so the storage may differ from the backup: the backup is kept and no node was started; see each node's state in the summary".into(),
@@ -579,8 +790,14 @@ async fn release_locks<T: Transport + Clone + 'static>(sh: &Arc<Shared<T>>) -> V
 }
 
 /// Each node the plan touches: versions before and after, and its state. After a failure the
-/// state is read live from the node, so the report says what really runs where.
-async fn summarize<T: Transport>(sh: &Shared<T>, c: &Changes, failed: bool) -> Vec<HostSummary> {
+/// state is read live from the node, so the report says what really runs where; a host that
+/// failed a step says which first.
+async fn summarize<T: Transport>(
+    sh: &Shared<T>,
+    c: &Changes,
+    failed: bool,
+    failures: &[HostFailure],
+) -> Vec<HostSummary> {
     let mut out = Vec::new();
     for hp in &sh.plan.hosts {
         if hp.action == HostAction::AlreadyAtTarget {
@@ -610,7 +827,14 @@ async fn summarize<T: Transport>(sh: &Shared<T>, c: &Changes, failed: bool) -> V
             } else {
                 "binary not switched".to_string()
             };
-            format!("{binary}, {live}")
+            match failures.iter().find(|f| &f.host == name) {
+                Some(f) => format!(
+                    "failed at step {} ({}): {binary}, {live}",
+                    f.step,
+                    kind_name(f.kind)
+                ),
+                None => format!("{binary}, {live}"),
+            }
         };
         out.push(HostSummary {
             host: name.clone(),
@@ -625,6 +849,7 @@ async fn summarize<T: Transport>(sh: &Shared<T>, c: &Changes, failed: bool) -> V
 #[cfg(test)]
 pub(crate) mod tests {
     use std::collections::BTreeMap;
+    use std::sync::atomic::AtomicUsize;
     use std::sync::{Arc, Mutex};
     use std::time::Duration;
 
@@ -680,6 +905,35 @@ pub(crate) mod tests {
         /// Commands it was not scripted for (each answered with exit 127).
         unexpected: Arc<Mutex<Vec<String>>>,
         started: Arc<Mutex<bool>>,
+        /// Counts the calls in flight across the fleet (and paces them) when set.
+        flight: Option<Arc<Flight>>,
+    }
+
+    /// Transport calls in flight at once across every fake of a fleet, and the most seen.
+    #[derive(Default)]
+    struct Flight {
+        now: AtomicUsize,
+        max: AtomicUsize,
+    }
+
+    impl Flight {
+        /// Counts one call while it lasts; the pause lets other hosts' tasks overlap it, so
+        /// an unbounded engine would be seen running more at once.
+        async fn enter(flight: &Option<Arc<Flight>>) -> Option<FlightGuard> {
+            let f = flight.as_ref()?;
+            let n = f.now.fetch_add(1, Ordering::SeqCst) + 1;
+            f.max.fetch_max(n, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(2)).await;
+            Some(FlightGuard(f.clone()))
+        }
+    }
+
+    struct FlightGuard(Arc<Flight>);
+
+    impl Drop for FlightGuard {
+        fn drop(&mut self) {
+            self.0.now.fetch_sub(1, Ordering::SeqCst);
+        }
     }
 
     impl Fake {
@@ -738,6 +992,8 @@ pub(crate) mod tests {
             } else if has("systemctl start") || has("systemctl stop") {
                 *self.started.lock().unwrap() = has("systemctl start");
                 ok("")
+            } else if has("from pg_stat_activity") {
+                ok("sessions|0\n")
             } else if has("echo ==journals") {
                 ok("==journals\n==open\n")
             } else if (has(".fleetup.lock") && (has("mkdir \"$d\"") || has("grep -qF")))
@@ -767,6 +1023,7 @@ pub(crate) mod tests {
         }
 
         async fn exec(&self, command: &str, _: &ExecOptions) -> Result<ExecOutput, ExecError> {
+            let _in_flight = Flight::enter(&self.flight).await;
             self.log.lock().unwrap().push(command.to_string());
             let (code, stdout, stderr) = self.answer(command);
             Ok(ExecOutput {
@@ -785,6 +1042,7 @@ pub(crate) mod tests {
             _: u32,
             _: Progress<'_>,
         ) -> Result<UploadReport, UploadError> {
+            let _in_flight = Flight::enter(&self.flight).await;
             self.log
                 .lock()
                 .unwrap()
@@ -802,6 +1060,7 @@ pub(crate) mod tests {
             path: &str,
             _: Duration,
         ) -> Result<HttpResponse, HttpError> {
+            let _in_flight = Flight::enter(&self.flight).await;
             if !*self.started.lock().unwrap() {
                 return Err(HttpError::Connect {
                     host: self.name.clone(),
@@ -852,12 +1111,76 @@ pub(crate) mod tests {
         }
     }
 
+    /// How a scripted fleet is run, beyond its nodes.
+    #[derive(Clone, Copy)]
+    struct Setup {
+        forks: usize,
+        max_failed: usize,
+        /// The nodes share one Postgres database (SQLite files of their own otherwise).
+        postgres: bool,
+        backup: bool,
+        /// Count (and pace) the transport calls in flight.
+        flight: bool,
+    }
+
+    impl Default for Setup {
+        fn default() -> Self {
+            Setup {
+                forks: 50,
+                max_failed: 0,
+                postgres: false,
+                backup: true,
+                flight: false,
+            }
+        }
+    }
+
     async fn run_fleet(nodes: Vec<Node>) -> (RunReport, Vec<Fake>) {
-        run_plan(nodes, |_| {}).await
+        let ran = run_fleet_with(nodes, Setup::default()).await;
+        (ran.report, ran.fakes)
+    }
+
+    /// What a scripted run did.
+    struct Ran {
+        report: RunReport,
+        fakes: Vec<Fake>,
+        /// The most transport calls in flight at once (with `Setup::flight`).
+        most_in_flight: usize,
+        events: Vec<Event>,
+    }
+
+    impl Ran {
+        /// `(host, state)` of each `step_state` event of steps of `kind`.
+        fn states(&self, kind: StepKind) -> Vec<(String, StepState)> {
+            self.events
+                .iter()
+                .filter_map(|e| match e {
+                    Event::StepState {
+                        kind: k,
+                        host,
+                        state,
+                        ..
+                    } if *k == kind_name(kind) => Some((host.clone(), *state)),
+                    _ => None,
+                })
+                .collect()
+        }
+    }
+
+    /// Runs `nodes` as `setup` says.
+    async fn run_fleet_with(nodes: Vec<Node>, setup: Setup) -> Ran {
+        run_fleet_edited(nodes, setup, |_| {}).await
     }
 
     /// [`run_fleet`], with the plan changed by `edit` before it runs.
     async fn run_plan(nodes: Vec<Node>, edit: impl FnOnce(&mut Plan)) -> (RunReport, Vec<Fake>) {
+        let ran = run_fleet_edited(nodes, Setup::default(), edit).await;
+        (ran.report, ran.fakes)
+    }
+
+    /// [`run_fleet_with`], with the plan changed by `edit` before it runs.
+    async fn run_fleet_edited(nodes: Vec<Node>, setup: Setup, edit: impl FnOnce(&mut Plan)) -> Ran {
+        let flight = setup.flight.then(|| Arc::new(Flight::default()));
         let mut hosts = Vec::new();
         let mut facts = BTreeMap::new();
         let mut fakes = Vec::new();
@@ -876,10 +1199,18 @@ pub(crate) mod tests {
                     } else {
                         ServiceState::Stopped
                     },
-                    storage: Some(StorageFacts {
-                        driver: StorageDriver::Sqlite,
-                        sqlite_dir: Some("/data".into()),
-                        postgres: None,
+                    storage: Some(if setup.postgres {
+                        StorageFacts {
+                            driver: StorageDriver::Postgres,
+                            sqlite_dir: None,
+                            postgres: Some("postgres://ledger@10.0.0.5:5432/ledger".into()),
+                        }
+                    } else {
+                        StorageFacts {
+                            driver: StorageDriver::Sqlite,
+                            sqlite_dir: Some("/data".into()),
+                            postgres: None,
+                        }
                     }),
                     ledgers: n.known.iter().map(|s| s.to_string()).collect(),
                     lock_generation: n.generation.map(str::to_string),
@@ -895,13 +1226,14 @@ pub(crate) mod tests {
                 log: Arc::default(),
                 unexpected: Arc::default(),
                 started: Arc::new(Mutex::new(n.running)),
+                flight: flight.clone(),
             });
         }
         let opts = PlanOptions {
             strategy: Strategy::Offline,
             serial: None,
             stop_running: nodes.iter().any(|n| n.running),
-            backup: true,
+            backup: setup.backup,
             binary: BinarySource::File {
                 path: "numary".into(),
                 sha256: "ab".repeat(32),
@@ -929,6 +1261,10 @@ pub(crate) mod tests {
             health_timeout: Duration::from_secs(1),
             poll_interval: Duration::from_millis(10),
             parallel_uploads: 4,
+            forks: setup.forks,
+            failure: FailurePolicy {
+                max_failed: setup.max_failed,
+            },
             prior: PriorRun::default(),
             cancel: Cancel::default(),
             lease: LeaseConfig::default(),
@@ -940,8 +1276,13 @@ pub(crate) mod tests {
             facts,
         };
         let recorder = Arc::new(Recorder::default());
-        let report = execute(plan, fleet, cfg, recorder).await;
-        (report, fakes)
+        let report = execute(plan, fleet, cfg, recorder.clone()).await;
+        Ran {
+            report,
+            fakes,
+            most_in_flight: flight.map_or(0, |f| f.max.load(Ordering::SeqCst)),
+            events: recorder.events(),
+        }
     }
 
     /// A stopped single SQLite node; `listed` is what `storage list` prints (before and after
@@ -1125,6 +1466,7 @@ pub(crate) mod tests {
             log: Arc::default(),
             unexpected: Arc::default(),
             started: Arc::default(),
+            flight: None,
         };
         let out = f
             .exec("rm -rf /opt/numary", &ExecOptions::default())
@@ -1180,10 +1522,10 @@ pub(crate) mod tests {
             })
         };
         let mut error = blocked();
-        assert_eq!(settle(&mut error, false), Outcome::Blocked);
+        assert_eq!(settle(&mut error, false, false), Outcome::Blocked);
         assert_eq!(error.unwrap().code, exit_code::BLOCKED);
         let mut error = blocked();
-        assert_eq!(settle(&mut error, true), Outcome::Failed);
+        assert_eq!(settle(&mut error, true, false), Outcome::Failed);
         let e = error.unwrap();
         assert_eq!(e.code, exit_code::FAILURE);
         assert!(
@@ -1191,7 +1533,7 @@ pub(crate) mod tests {
             "{:?}",
             e.hints
         );
-        assert_eq!(settle(&mut None, true), Outcome::Succeeded);
+        assert_eq!(settle(&mut None, true, false), Outcome::Succeeded);
     }
 
     #[tokio::test]
@@ -1313,5 +1655,233 @@ pub(crate) mod tests {
             "unlocked"
         );
         assert_scripted(&fakes);
+    }
+
+    fn nodes(n: usize) -> Vec<Node> {
+        const NAMES: [&str; 5] = ["node-1", "node-2", "node-3", "node-4", "node-5"];
+        NAMES[..n].iter().map(|name| node(name)).collect()
+    }
+
+    /// The most transport calls in flight at once while five nodes upgrade with `--forks`.
+    async fn most_in_flight(forks: usize) -> usize {
+        let ran = run_fleet_with(
+            nodes(5),
+            Setup {
+                forks,
+                flight: true,
+                ..Setup::default()
+            },
+        )
+        .await;
+        assert_eq!(
+            ran.report.outcome,
+            Outcome::Succeeded,
+            "{:?}",
+            ran.report.error
+        );
+        ran.most_in_flight
+    }
+
+    #[tokio::test]
+    async fn forks_bounds_the_hosts_worked_on_at_once() {
+        assert_eq!(most_in_flight(2).await, 2, "never more than `--forks 2`");
+        // Unbounded, the fake does see the five hosts overlap.
+        let free = most_in_flight(50).await;
+        assert!(free > 2, "{free}");
+    }
+
+    /// Runs `nodes` with `--max-fail max_failed`; the run must fail.
+    async fn run_with_budget(nodes: Vec<Node>, max_failed: usize) -> Ran {
+        let ran = run_fleet_with(
+            nodes,
+            Setup {
+                max_failed,
+                ..Setup::default()
+            },
+        )
+        .await;
+        assert_eq!(
+            ran.report.outcome,
+            Outcome::Failed,
+            "{:?}",
+            ran.report.error
+        );
+        ran
+    }
+
+    /// Three SQLite nodes, `node-2`'s start fails.
+    fn start_fails_on_node_2() -> Vec<Node> {
+        let mut n = nodes(3);
+        n[1].fail = Some("systemctl start");
+        n
+    }
+
+    #[tokio::test]
+    async fn a_start_failing_on_one_sqlite_node_within_the_budget_lets_the_others_start() {
+        let ran = run_with_budget(start_fails_on_node_2(), 1).await;
+        let r = &ran.report;
+        assert_eq!(r.outcome.exit_code(), exit_code::FAILURE);
+        assert_eq!(r.changes.healthy, ["node-1", "node-3"]);
+        assert_eq!(r.failed.len(), 1, "{:?}", r.failed);
+        let f = &r.failed[0];
+        assert_eq!(
+            (f.host.as_str(), f.kind, f.contained),
+            ("node-2", StepKind::StartService, true)
+        );
+        let e = r.error.as_ref().unwrap();
+        assert_eq!((e.host.as_str(), e.code), ("node-2", exit_code::FAILURE));
+        assert!(
+            e.hints
+                .iter()
+                .any(|h| h.contains("`--max-fail 1`") && h.contains("`node-2`")),
+            "{:?}",
+            e.hints
+        );
+        let row = r.hosts.iter().find(|h| h.host == "node-2").unwrap();
+        assert!(row.state.starts_with("failed at step"), "{}", row.state);
+        assert!(row.state.contains("(start_service)"), "{}", row.state);
+        assert!(
+            ran.states(StepKind::StartService)
+                .contains(&("node-2".into(), StepState::Failed))
+        );
+        // Left out of the health gate; every node unlocked.
+        assert!(
+            !ran.states(StepKind::HealthGate)
+                .iter()
+                .any(|(h, _)| h == "node-2")
+        );
+        for f in &ran.fakes {
+            assert!(
+                f.commands().last().unwrap().contains("grep -qF"),
+                "{} unlocked",
+                f.name
+            );
+            // Migrated and switched: nothing is undone, the backup is kept.
+            assert!(!f.ran("rm -rf -- /var/backups/numary/"), "{}", f.name);
+        }
+        assert_scripted(&ran.fakes);
+    }
+
+    #[tokio::test]
+    async fn the_same_start_failure_without_a_budget_stops_the_run_as_before() {
+        let ran = run_fleet_with(start_fails_on_node_2(), Setup::default()).await;
+        let r = &ran.report;
+        assert_eq!(r.outcome, Outcome::Failed, "{:?}", r.error);
+        assert_eq!(r.error.as_ref().unwrap().host, "node-2");
+        // The migrator starts alone first; the run stops at the second batch's start, so
+        // `node-3` (started in it) never reaches its health gate.
+        assert_eq!(r.changes.healthy, ["node-1"]);
+        assert!(
+            !ran.states(StepKind::HealthGate)
+                .iter()
+                .any(|(h, _)| h != "node-1")
+        );
+        assert_eq!(r.failed.len(), 1);
+        assert!(!r.failed[0].contained);
+        assert!(
+            !r.error
+                .as_ref()
+                .unwrap()
+                .hints
+                .iter()
+                .any(|h| h.contains("--max-fail"))
+        );
+        assert_scripted(&ran.fakes);
+    }
+
+    #[tokio::test]
+    async fn a_stage_failure_on_a_shared_postgres_stops_the_run_before_any_migration() {
+        let mut n = nodes(3);
+        n[1].fail = Some("mkdir -p /opt/numary/releases/");
+        let ran = run_fleet_with(
+            n,
+            Setup {
+                max_failed: 5,
+                postgres: true,
+                backup: false,
+                ..Setup::default()
+            },
+        )
+        .await;
+        let r = &ran.report;
+        assert_eq!(r.outcome, Outcome::Failed, "{:?}", r.error);
+        let e = r.error.as_ref().unwrap();
+        assert_eq!((e.host.as_str(), e.kind), ("node-2", StepKind::Stage));
+        assert!(
+            e.hints
+                .iter()
+                .any(|h| h.contains("shares its storage with `node-1`, `node-3`")),
+            "{:?}",
+            e.hints
+        );
+        assert_eq!(r.failed.len(), 1);
+        assert!(!r.failed[0].contained);
+        assert!(!r.changes.storage_touched);
+        for f in &ran.fakes {
+            assert!(upgrades(f).is_empty(), "{} ran `storage upgrade`", f.name);
+            assert!(
+                !f.ran("prev-link") && !f.ran("systemctl start"),
+                "{}",
+                f.name
+            );
+            assert!(
+                f.commands().last().unwrap().contains("grep -qF"),
+                "{} unlocked",
+                f.name
+            );
+        }
+        assert!(
+            ran.states(StepKind::Migrate).is_empty(),
+            "no migrate step ran"
+        );
+        assert_scripted(&ran.fakes);
+    }
+
+    #[tokio::test]
+    async fn a_sqlite_node_failing_before_the_migration_is_undone_alone_and_the_others_go_on() {
+        let mut n: Vec<Node> = nodes(3)
+            .into_iter()
+            .map(|n| Node { running: true, ..n })
+            .collect();
+        n[1].fail = Some("mkdir -p /opt/numary/releases/");
+        let ran = run_with_budget(n, 1).await;
+        let r = &ran.report;
+        assert_eq!(r.failed.len(), 1, "{:?}", r.failed);
+        assert_eq!(
+            (r.failed[0].host.as_str(), r.failed[0].kind),
+            ("node-2", StepKind::Stage)
+        );
+        assert_eq!(r.changes.healthy, ["node-1", "node-3"]);
+        let (n1, n2, n3) = (&ran.fakes[0], &ran.fakes[1], &ran.fakes[2]);
+        assert_eq!(upgrades(n1), ["default"]);
+        assert_eq!(upgrades(n3), ["default"]);
+        // node-2's own undo: its storage untouched, so its backup dropped and its old binary
+        // started again; it is never migrated nor switched.
+        assert!(upgrades(n2).is_empty());
+        assert!(!n2.ran("prev-link"));
+        assert!(n2.ran("rm -rf -- /var/backups/numary/"));
+        assert!(
+            *n2.started.lock().unwrap(),
+            "node-2 restarted on its old binary"
+        );
+        assert!(
+            ran.states(StepKind::Backup)
+                .contains(&("node-2".into(), StepState::Undone))
+        );
+        for f in [n1, n3] {
+            assert!(
+                !f.ran("rm -rf -- /var/backups/numary/"),
+                "{}: backup kept",
+                f.name
+            );
+        }
+        for f in &ran.fakes {
+            assert!(
+                f.commands().last().unwrap().contains("grep -qF"),
+                "{} unlocked",
+                f.name
+            );
+        }
+        assert_scripted(&ran.fakes);
     }
 }

@@ -46,7 +46,7 @@ async fn one<T: Transport>(sh: &Shared<T>, step: &Step, name: &str) -> Result<()
     let p = params::of(sh, step, name, Action::restore)?;
     let source = &p.source;
     let cmd = p.command();
-    sh.change(|c| c.storage_touched = true);
+    sh.change(|c| c.touch_storage(name));
     let artefacts = sh
         .run_checked(
             step,

@@ -217,7 +217,7 @@ pub async fn confirm_database_free<T: Transport>(
         .iter()
         .filter(|s| s.kind == StepKind::Migrate)
         .flat_map(|s| s.commands.iter());
-    for hc in migrating {
+    for hc in migrating.filter(|hc| sh.going(&hc.host)) {
         if let Some(p) = hc.params.migrate()
             && p.is_postgres()
             && sh.sessions.contains_key(&hc.host)

@@ -3,7 +3,8 @@
 //! no `storage upgrade` ran, the storage is as the backup holds it, so the backup is dropped and
 //! the nodes this run stopped are started again on their old binary. Once a ledger may have been
 //! migrated the backup is the way back: it is kept, and no node is started (an old binary must
-//! not serve a migrated schema).
+//! not serve a migrated schema). The same rules judge one failed host the run leaves behind, by
+//! what happened to its own storage ([`undo_host`]).
 
 use std::time::Duration;
 
@@ -12,12 +13,41 @@ use crate::plan::{Action, StepKind};
 use crate::shell::quote;
 use crate::ssh::{ExecOptions, Transport};
 
-use super::ctx::{Shared, kind_name};
+use super::ctx::{Changes, Shared, kind_name};
 use super::service;
 
-/// Undoes `applied` (`(kind, host)` in the order they were applied) in reverse, where safe.
+/// Undoes `applied` (`(kind, host)` in the order they were applied) in reverse, where safe for
+/// the whole run: once any storage was touched or any binary switched, nothing is restarted.
 pub async fn undo<T: Transport>(sh: &Shared<T>, applied: &[(StepKind, String)]) {
     let c = sh.changes();
+    let (touched, switched) = (c.storage_touched, !c.switched.is_empty());
+    undo_as(sh, applied, &c, touched, switched).await;
+}
+
+/// The own undo of `host`, which failed and is left behind while the run goes on: what it
+/// applied, judged by its storage (touched, or a binary switched onto it, by any of its nodes).
+pub async fn undo_host<T: Transport>(sh: &Shared<T>, applied: &[(StepKind, String)], host: &str) {
+    let c = sh.changes();
+    let on_storage: Vec<String> = sh
+        .plan
+        .storage_of(host)
+        .map_or_else(|| vec![host.to_string()], |s| s.hosts.clone());
+    let touched = c.touched_on.iter().any(|h| on_storage.contains(h));
+    let switched = c.switched.iter().any(|(h, _)| on_storage.contains(h));
+    let mine: Vec<(StepKind, String)> =
+        applied.iter().filter(|(_, h)| h == host).cloned().collect();
+    undo_as(sh, &mine, &c, touched, switched).await;
+}
+
+/// `touched`: a `storage upgrade` may have changed the storage; `switched`: a binary points at
+/// the new release (so the storage was migrated before it).
+async fn undo_as<T: Transport>(
+    sh: &Shared<T>,
+    applied: &[(StepKind, String)],
+    c: &Changes,
+    touched: bool,
+    switched: bool,
+) {
     let opts = ExecOptions {
         timeout: Some(Duration::from_secs(60)),
         ..Default::default()
@@ -42,7 +72,6 @@ pub async fn undo<T: Transport>(sh: &Shared<T>, applied: &[(StepKind, String)]) 
         });
     };
     // Once a binary was switched, the storage was migrated before it: nothing is undone.
-    let switched = !c.switched.is_empty();
     let mut seen: Vec<(StepKind, &str)> = Vec::new();
     for (kind, host) in applied.iter().rev() {
         if seen.contains(&(*kind, host.as_str())) {
@@ -74,7 +103,7 @@ pub async fn undo<T: Transport>(sh: &Shared<T>, applied: &[(StepKind, String)]) 
             }
             StepKind::Backup => {
                 for (h, dir) in c.backups.iter().filter(|(h, _)| h == host) {
-                    if c.storage_touched || switched {
+                    if touched || switched {
                         restored(
                             h,
                             "keep-backup",
@@ -102,7 +131,7 @@ pub async fn undo<T: Transport>(sh: &Shared<T>, applied: &[(StepKind, String)]) 
                 }
             }
             StepKind::StopService if c.stopped.contains(host) => {
-                if c.storage_touched || switched {
+                if touched || switched {
                     restored(
                         host,
                         "leave-stopped",

@@ -133,25 +133,28 @@ pub fn api_version(lab: &Lab, node: &str) -> Option<String> {
 /// lock.
 pub fn assert_serving(lab: &Lab, version: &str, context: &str) {
     for n in &lab.nodes {
-        assert_eq!(
-            n.installed_version().as_deref(),
-            Some(version),
-            "{context}: {} binary",
-            n.name
-        );
-        assert!(n.service_running(), "{context}: {} runs", n.name);
-        assert_eq!(
-            api_version(lab, &n.name).as_deref(),
-            Some(version),
-            "{context}: {} serves",
-            n.name
-        );
-        let (status, _) = n.api_get("/_health").unwrap();
-        assert_eq!(status, 200, "{context}: {} healthy", n.name);
-        assert!(
-            !n.paths().releases_dir().join(".fleetup.lock").exists(),
-            "{context}: {} keeps a lock",
-            n.name
-        );
+        assert_node_serving(lab, &n.name, version, context);
     }
+}
+
+/// [`assert_serving`] for the node `name` alone.
+pub fn assert_node_serving(lab: &Lab, name: &str, version: &str, context: &str) {
+    let n = lab.node(name).expect("a node of the lab");
+    assert_eq!(
+        n.installed_version().as_deref(),
+        Some(version),
+        "{context}: {name} binary"
+    );
+    assert!(n.service_running(), "{context}: {name} runs");
+    assert_eq!(
+        api_version(lab, name).as_deref(),
+        Some(version),
+        "{context}: {name} serves"
+    );
+    let (status, _) = n.api_get("/_health").unwrap();
+    assert_eq!(status, 200, "{context}: {name} healthy");
+    assert!(
+        !n.paths().releases_dir().join(".fleetup.lock").exists(),
+        "{context}: {name} keeps a lock"
+    );
 }
