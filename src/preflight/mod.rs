@@ -428,6 +428,8 @@ pub(crate) struct Scope {
     pub stopped: Vec<String>,
     /// Hosts whose binary the switch step points at the new release.
     pub switch: Vec<String>,
+    /// Hosts the migrate step runs on.
+    pub migrate: Vec<String>,
     /// Hosts the plan changes.
     pub touched: Vec<String>,
     /// Where Postgres is queried (extensions, size, ledgers, sessions): each storage's
@@ -453,6 +455,7 @@ impl Scope {
             backup: hosts_of(StepKind::Backup),
             stage: hosts_of(StepKind::Stage),
             stopped: hosts_of(StepKind::ConfirmStopped),
+            migrate: hosts_of(StepKind::Migrate),
             switch: hosts_of(StepKind::Switch),
             touched: plan
                 .touched_hosts()

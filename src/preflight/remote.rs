@@ -538,10 +538,22 @@ pub(super) async fn findings<T: Transport>(
         ));
     }
     if must_stop {
+        // A process of another node on the same database (several nodes may share a machine)
+        // matters only while the plan migrates that database.
+        let storage_migrates = scope
+            .migrator_of
+            .get(name)
+            .is_some_and(|m| Scope::has(&scope.migrate, m));
+        let procs: Vec<(String, String, String)> = output
+            .procs
+            .iter()
+            .filter(|(_, why, _)| storage_migrates || why != "same-database")
+            .cloned()
+            .collect();
         out.extend(process_finding(
             name,
             facts,
-            &output.procs,
+            &procs,
             input.plan.stop_running,
         ));
     }

@@ -674,3 +674,66 @@ fn other_sessions_on_the_postgres_database_block_unless_they_are_nodes_stop_stop
         "{unknown:?}"
     );
 }
+
+#[test]
+fn a_process_on_the_same_database_blocks_only_while_the_plan_migrates_it() {
+    let hosts = inventory("", &["a"]);
+    // Another node's server on this machine, on the same database (nodes may share a machine).
+    let procs = "10\tsame-database\t/usr/local/bin/numary server start\n";
+    let nodes = fakes(vec![Fake::new(
+        "a",
+        output(
+            10_000_000,
+            &[],
+            procs,
+            "",
+            "role|t|t\next|pgcrypto|t|t|t\next|pg_trgm|t|t|t\nsize|10\nsessions|0\n",
+        ),
+    )]);
+    let stopped = |f: &Run| -> Vec<Finding> {
+        find(&f.preflight, "a", check::STOPPED)
+            .into_iter()
+            .cloned()
+            .collect()
+    };
+    let pending = run_on(
+        &hosts,
+        BTreeMap::from([("a".to_owned(), postgres_facts("1.7.4"))]),
+        &nodes,
+        "1.8.2",
+        false,
+    );
+    assert!(
+        pending
+            .plan
+            .steps
+            .iter()
+            .any(|s| s.kind == StepKind::Migrate),
+        "{:#?}",
+        pending.plan.steps
+    );
+    let s = stopped(&pending);
+    assert!(
+        !s[0].ok && s[0].detail.contains("same Postgres database"),
+        "{s:?}"
+    );
+
+    // The database already holds every migration of the target: nothing migrates it.
+    let target = Version::new(1, 8, 2);
+    let last = crate::schema::last_migration(&target, StorageDriver::Postgres).unwrap();
+    let mut migrated = postgres_facts("1.7.4");
+    migrated.schema = Some(BTreeMap::from([(
+        "default".to_owned(),
+        (0..=last).collect(),
+    )]));
+    let done = run_on(
+        &hosts,
+        BTreeMap::from([("a".to_owned(), migrated)]),
+        &nodes,
+        "1.8.2",
+        false,
+    );
+    assert!(!done.plan.steps.iter().any(|s| s.kind == StepKind::Migrate));
+    let s = stopped(&done);
+    assert!(s[0].ok, "{s:?}");
+}
