@@ -517,10 +517,13 @@ pub fn acquire_command(host: &ResolvedHost, owner: &LockOwner, lease: &LeaseConf
 /// id knows no other run locked (and so changed) the node in between.
 pub fn generation_path(host: &ResolvedHost) -> String {
     format!(
-        "{}/.fleetup.generation",
+        "{}/{GENERATION_FILE}",
         host.ledger.releases_dir.trim_end_matches('/')
     )
 }
+
+/// The file name of [`generation_path`].
+pub const GENERATION_FILE: &str = ".fleetup.generation";
 
 const GENERATION_LINE: &str = "==generation";
 

@@ -1,10 +1,14 @@
 //! A digest of file trees (paths, types, modes, contents, symlink targets) so a test can prove
-//! that a command changed nothing on any node.
+//! that a command changed nothing on any node. fleetup's own record of the last run that locked
+//! a node ([`crate::lock::generation_path`]) is left out: every run that takes the locks writes
+//! it, also one refused after that.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use anyhow::Context;
+
+use crate::lock::GENERATION_FILE;
 use sha2::{Digest, Sha256};
 
 /// SHA-256 over every entry under each `(label, root)`, in a fixed order. Symlinks are not
@@ -43,7 +47,7 @@ fn walk(h: &mut Sha256, root: &Path, rel: &Path) -> anyhow::Result<()> {
             .collect::<Result<_, _>>()
             .with_context(|| format!("cannot list `{}`", path.display()))?;
         children.sort();
-        for child in children {
+        for child in children.into_iter().filter(|c| c != GENERATION_FILE) {
             walk(h, root, &rel.join(child))?;
         }
     } else if ft.is_file() {
