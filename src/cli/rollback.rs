@@ -14,17 +14,16 @@ use clap::Args;
 use fleetup::events::{Event, StepState};
 use fleetup::inventory::ResolvedHost;
 use fleetup::journal::{self, Header, JournalFile};
-use fleetup::lock::LeaseConfig;
 use fleetup::operation::{self, Finished, RollbackRequest, RunSettings, Scope};
 use fleetup::plan::{Plan, RunRecord};
 use fleetup::policy::PolicyTable;
-use fleetup::runner::{FailurePolicy, PriorRun};
+use fleetup::runner::PriorRun;
 use fleetup::{Failure, exit_code};
 use sha2::{Digest, Sha256};
 
 use super::check::{local_host, local_user};
 use super::connect::ConnectFlags;
-use super::session::{self, RunSession};
+use super::session::{self, RunFlags, RunSession};
 use super::{Format, Global, inventory};
 
 #[derive(Debug, Args)]
@@ -166,19 +165,18 @@ pub fn run(global: &Global, args: &RollbackArgs) -> anyhow::Result<i32> {
         restore_backup,
         policy: &policy,
         run: RunSettings {
-            owner: session.owner(),
-            break_lock: args.break_lock,
-            resumed: resumed.is_some(),
-            stop_timeout: args.stop_timeout,
-            health_timeout: args.health_timeout,
-            forks: usize::from(args.connect.forks),
-            failure: FailurePolicy::default(),
             prior: resumed
                 .as_ref()
                 .map(|j| prior_run(j, &hosts))
                 .unwrap_or_default(),
-            cancel: session.cancel.clone(),
-            lease: LeaseConfig::default(),
+            ..session.settings(
+                RunFlags {
+                    break_lock: args.break_lock,
+                    stop_timeout: args.stop_timeout,
+                    health_timeout: args.health_timeout,
+                },
+                &args.connect,
+            )
         },
     };
     let result = session

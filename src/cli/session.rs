@@ -7,19 +7,28 @@
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use fleetup::Failure;
 use fleetup::events::{Event, EventSink, Fanout};
 use fleetup::exit_code;
 use fleetup::journal::{self, DeferredJournal, Header, Journal, JournalFile};
+use fleetup::lock::LeaseConfig;
 use fleetup::lock::LockOwner;
-use fleetup::operation::{Connections, Hooks};
+use fleetup::operation::{Connections, Hooks, RunSettings};
 use fleetup::plan::Plan;
-use fleetup::runner::{Cancel, Outcome, RunReport, kind_name};
+use fleetup::runner::{Cancel, FailurePolicy, Outcome, PriorRun, RunReport, kind_name};
 
+use super::connect::{self, ConnectFlags};
 use super::display::{Display, DisplayMode, JsonLines};
-use super::{Format, Global, connect, signals};
+use super::{Format, Global, signals};
+
+/// The flags of a changing run that [`RunSession::settings`] reads.
+pub struct RunFlags {
+    pub break_lock: bool,
+    pub stop_timeout: Duration,
+    pub health_timeout: Duration,
+}
 
 /// `--restore-backup`'s confirmation, asked before the first change.
 pub type Confirm = Box<dyn Fn(&Plan) -> anyhow::Result<()> + Sync>;
@@ -99,6 +108,23 @@ impl RunSession {
             fleetup_version: header.fleetup_version.clone(),
             command: header.command.clone(),
             process: fleetup::lock::ProcessIdentity::current(),
+        }
+    }
+
+    /// The settings of this run's engine that `upgrade` and `rollback` share; the failure budget
+    /// (none) and what a resumed run recorded (nothing) are the caller's to set.
+    pub fn settings(&self, flags: RunFlags, connect: &ConnectFlags) -> RunSettings {
+        RunSettings {
+            owner: self.owner(),
+            break_lock: flags.break_lock,
+            resumed: self.append,
+            stop_timeout: flags.stop_timeout,
+            health_timeout: flags.health_timeout,
+            forks: usize::from(connect.forks),
+            failure: FailurePolicy::default(),
+            prior: PriorRun::default(),
+            cancel: self.cancel.clone(),
+            lease: LeaseConfig::default(),
         }
     }
 

@@ -11,7 +11,6 @@ use clap::Args;
 use fleetup::events::{Event, StepState};
 use fleetup::inventory::ResolvedHost;
 use fleetup::journal::{self, Header};
-use fleetup::lock::LeaseConfig;
 use fleetup::operation::{self, Finished, RunSettings, Scope, UpgradeRequest};
 use fleetup::plan::Plan;
 use fleetup::runner::{self, FailurePolicy, PriorRun, RunReport, kind_name};
@@ -20,7 +19,7 @@ use sha2::{Digest, Sha256};
 
 use super::check::{PlanArgs, local_host, local_user};
 use super::connect::ConnectFlags;
-use super::session::{self, RunSession};
+use super::session::{self, RunFlags, RunSession};
 use super::{Format, Global, inventory};
 
 #[derive(Debug, Args)]
@@ -157,12 +156,6 @@ pub fn run(global: &Global, args: &UpgradeArgs) -> anyhow::Result<i32> {
         inputs: &inputs,
         expected_plan_id: args.plan_id.as_deref(),
         run: RunSettings {
-            owner: session.owner(),
-            break_lock: args.break_lock,
-            resumed: resumed.is_some(),
-            stop_timeout: args.stop_timeout,
-            health_timeout: args.health_timeout,
-            forks: usize::from(args.connect.forks),
             failure: FailurePolicy {
                 max_failed: args.max_fail,
             },
@@ -170,8 +163,14 @@ pub fn run(global: &Global, args: &UpgradeArgs) -> anyhow::Result<i32> {
                 .as_ref()
                 .map(|j| prior_run(j, &hosts))
                 .unwrap_or_default(),
-            cancel: session.cancel.clone(),
-            lease: LeaseConfig::default(),
+            ..session.settings(
+                RunFlags {
+                    break_lock: args.break_lock,
+                    stop_timeout: args.stop_timeout,
+                    health_timeout: args.health_timeout,
+                },
+                &args.connect,
+            )
         },
     };
     let result = session

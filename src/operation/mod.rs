@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::events::{Event, EventSink};
+use crate::events::EventSink;
 use crate::exit_code;
 use crate::inventory::{Inventory, ResolvedHost};
 use crate::lock::{LeaseConfig, LockOwner};
@@ -282,19 +282,6 @@ fn sessions(conns: &Connections) -> BTreeMap<String, Session> {
         .iter()
         .filter_map(|(n, c)| c.as_ref().ok().map(|s| (n.clone(), s.clone())))
         .collect()
-}
-
-/// `host_connected` / `host_unreachable` for each connection attempt.
-fn emit_connections(conns: &Connections, sink: &dyn EventSink) {
-    for (name, conn) in conns {
-        sink.emit(&match conn {
-            Ok(_) => Event::HostConnected { host: name.clone() },
-            Err(e) => Event::HostUnreachable {
-                host: name.clone(),
-                reason: e.to_string(),
-            },
-        });
-    }
 }
 
 async fn close(conns: &Connections) {

@@ -6,11 +6,12 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{Connections, Finished, Hooks, RunSettings, Scope, emit_connections, sessions};
+use super::{Connections, Finished, Hooks, RunSettings, Scope, sessions};
 use crate::events::EventSink;
 use crate::facts::HostFacts;
 use crate::plan::{self, RunRecord, build_rollback, plan_digest};
 use crate::policy::PolicyTable;
+use crate::preflight::emit_connections;
 use crate::runner::{self, Fleet};
 use crate::ssh::{ExecOptions, Session};
 use crate::{Failure, exit_code, schema};

@@ -181,15 +181,7 @@ pub async fn audit_fleet(
     local_binary_version: Option<Version>,
     sink: &dyn EventSink,
 ) -> Audit {
-    for (name, conn) in conns {
-        sink.emit(&match conn {
-            Ok(_) => Event::HostConnected { host: name.clone() },
-            Err(e) => Event::HostUnreachable {
-                host: name.clone(),
-                reason: e.to_string(),
-            },
-        });
-    }
+    emit_connections(conns, sink);
     let sessions: BTreeMap<String, Session> = conns
         .iter()
         .filter_map(|(name, conn)| conn.as_ref().ok().map(|s| (name.clone(), s.clone())))
@@ -222,6 +214,19 @@ pub async fn audit_fleet(
     };
     let preflight = run(&sessions, &input, sink).await;
     Audit::new(plan, facts, preflight)
+}
+
+/// `host_connected` / `host_unreachable` for each connection attempt.
+pub fn emit_connections(conns: &[(String, Result<Session, ConnectError>)], sink: &dyn EventSink) {
+    for (name, conn) in conns {
+        sink.emit(&match conn {
+            Ok(_) => Event::HostConnected { host: name.clone() },
+            Err(e) => Event::HostUnreachable {
+                host: name.clone(),
+                reason: e.to_string(),
+            },
+        });
+    }
 }
 
 /// Reads the schema of each Postgres storage the plan migrates, on the migrating host; true
