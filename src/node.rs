@@ -154,7 +154,6 @@ pub const PROBE_ENV: &str = "==fleetup:env";
 pub const PROBE_RELEASES: &str = "==fleetup:releases";
 pub const PROBE_BINARY: &str = "==fleetup:binary";
 pub const PROBE_BUSY: &str = "==fleetup:busy";
-pub const PROBE_SCHEMA: &str = "==fleetup:schema";
 pub const PROBE_LOCK: &str = "==fleetup:lock";
 pub const PROBE_END: &str = "==fleetup:end";
 
@@ -164,13 +163,6 @@ pub const PROBE_END: &str = "==fleetup:end";
 /// is reported as `user@host:port/db` from libpq's variables: the password never leaves the
 /// node. Sections are introduced by marker lines; `! reason` lines report what failed.
 pub fn probe(host: &ResolvedHost) -> String {
-    probe_with(host, false)
-}
-
-/// [`probe`]; with `schema`, a Postgres node also reports its database's ledgers and migration
-/// rows ([`crate::schema`]), so the one node asked reads a shared database's schema without a
-/// round trip of its own.
-pub fn probe_with(host: &ResolvedHost, schema: bool) -> String {
     let mut s = format!("echo {PROBE_ENV}; ( ");
     if let Some(env) = &host.ledger.env_file {
         let e = quote(env);
@@ -193,18 +185,10 @@ pub fn probe_with(host: &ResolvedHost, schema: bool) -> String {
         "echo {PROBE_RELEASES}; if [ -d {r} ]; then for d in {r}/*/; do [ -d \"$d\" ] && basename \"$d\"; done; fi; \
          echo {PROBE_BINARY}; readlink -f {b} 2>/dev/null; \
          echo {PROBE_LOCK}; if [ -d {lock} ]; then echo held; fi; cat {generation} 2>/dev/null; \
-         echo {PROBE_BUSY}; if [ -d {lock} ]; then {busy}; fi; {schema}echo {PROBE_END}",
+         echo {PROBE_BUSY}; if [ -d {lock} ]; then {busy}; fi; echo {PROBE_END}",
         busy = STORAGE_COMMANDS,
         lock = quote(&crate::lock::lock_path(host)),
         generation = quote(&crate::lock::generation_path(host)),
-        schema = if schema {
-            format!(
-                "echo {PROBE_SCHEMA}; ( {} ) 2>/dev/null; ",
-                crate::schema::postgres_probe(host)
-            )
-        } else {
-            String::new()
-        },
         b = quote(&host.ledger.binary),
     ));
     s
@@ -247,8 +231,6 @@ pub struct ProbeOutput {
     /// Pids of `numary storage ...` commands running on the node (looked for only where a lock
     /// is left, the trace of an interrupted run).
     pub busy: Vec<String>,
-    /// With [`probe_with`]`(.., true)` on a Postgres node: the schema section's lines.
-    pub schema: Vec<String>,
 }
 
 pub fn parse_probe(stdout: &str) -> ProbeOutput {
@@ -256,8 +238,9 @@ pub fn parse_probe(stdout: &str) -> ProbeOutput {
     let mut section = "";
     for line in stdout.lines() {
         match line {
-            PROBE_ENV | PROBE_RELEASES | PROBE_BINARY | PROBE_LOCK | PROBE_BUSY | PROBE_SCHEMA
-            | PROBE_END => section = line,
+            PROBE_ENV | PROBE_RELEASES | PROBE_BINARY | PROBE_LOCK | PROBE_BUSY | PROBE_END => {
+                section = line
+            }
             _ => match section {
                 PROBE_ENV => {
                     if let Some(err) = line.strip_prefix("! ") {
@@ -281,7 +264,6 @@ pub fn parse_probe(stdout: &str) -> ProbeOutput {
                     out.lock_generation = Some(line.trim().to_string())
                 }
                 PROBE_BUSY if !line.trim().is_empty() => out.busy.push(line.trim().to_string()),
-                PROBE_SCHEMA => out.schema.push(line.to_string()),
                 _ => {}
             },
         }
