@@ -161,7 +161,9 @@ pub const PROBE_END: &str = "==fleetup:end";
 /// service sees them (its env file sourced by the shell, exactly as the storage commands do, so
 /// quotes, comments and `$VAR` mean the same), and the staged releases. The Postgres connection
 /// is reported as `user@host:port/db` from libpq's variables: the password never leaves the
-/// node. Sections are introduced by marker lines; `! reason` lines report what failed.
+/// node. Sections are introduced by marker lines; `! reason` lines report what failed. Shell
+/// builtins stand in for `basename` and `cat`: every process it starts runs on every node of an
+/// audit.
 pub fn probe(host: &ResolvedHost) -> String {
     let mut s = format!("echo {PROBE_ENV}; ( ");
     if let Some(env) = &host.ledger.env_file {
@@ -182,9 +184,9 @@ pub fn probe(host: &ResolvedHost) -> String {
     ));
     let r = quote(&host.ledger.releases_dir);
     s.push_str(&format!(
-        "echo {PROBE_RELEASES}; if [ -d {r} ]; then for d in {r}/*/; do [ -d \"$d\" ] && basename \"$d\"; done; fi; \
+        "echo {PROBE_RELEASES}; if [ -d {r} ]; then for d in {r}/*/; do [ -d \"$d\" ] && d=\"${{d%/}}\" && echo \"${{d##*/}}\"; done; fi; \
          echo {PROBE_BINARY}; readlink -f {b} 2>/dev/null; \
-         echo {PROBE_LOCK}; if [ -d {lock} ]; then echo held; fi; cat {generation} 2>/dev/null; \
+         echo {PROBE_LOCK}; if [ -d {lock} ]; then echo held; fi; {{ IFS= read -r g < {generation} && echo \"$g\"; }} 2>/dev/null; \
          echo {PROBE_BUSY}; if [ -d {lock} ]; then {busy}; fi; echo {PROBE_END}",
         busy = STORAGE_COMMANDS,
         lock = quote(&crate::lock::lock_path(host)),
