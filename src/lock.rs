@@ -500,7 +500,8 @@ pub fn acquire_command(host: &ResolvedHost, owner: &LockOwner, lease: &LeaseConf
          if mkdir \"$d\" 2>/dev/null; then \
            if {write} > \"$f.part\" && mv -f \"$f.part\" \"$f\"; then \
              printf '{GENERATION_LINE} %s\\n' \"$(cat \"$g\" 2>/dev/null)\"; \
-             printf '%s\\n' {id} > \"$g.part\" && mv -f \"$g.part\" \"$g\"; exit 0; fi; \
+             printf '%s\\n' {id} > \"$g.part\" && mv -f \"$g.part\" \"$g\" || \
+               {{ rm -f \"$g.part\" \"$g\"; echo '{GENERATION_LINE} !'; }}; exit 0; fi; \
            rm -f \"$f.part\"; rmdir \"$d\"; exit 21; \
          fi; \
          {PRINT_HEADER}; cat \"$f\" 2>/dev/null; exit {HELD}",
@@ -527,12 +528,21 @@ pub const GENERATION_FILE: &str = ".fleetup.generation";
 
 const GENERATION_LINE: &str = "==generation";
 
-/// The generation a successful [`acquire_command`] found (empty: none yet).
+/// The generation a successful [`acquire_command`] found (empty: none yet). When this run's
+/// own could not be written (the old one is then removed), `!`, which no facts ever read: no
+/// run trusts its facts across that lock.
 fn parse_generation(stdout: &str) -> Option<String> {
-    stdout
+    let found: Vec<&str> = stdout
         .lines()
-        .find_map(|l| l.strip_prefix(GENERATION_LINE))
-        .map(|g| g.trim().to_string())
+        .filter_map(|l| l.strip_prefix(GENERATION_LINE))
+        .map(str::trim)
+        .collect();
+    if found.contains(&"!") {
+        return Some("!".into());
+    }
+    found
+        .first()
+        .map(|g| g.to_string())
         .filter(|g| !g.is_empty())
 }
 
@@ -1239,6 +1249,16 @@ mod tests {
             acquire(&t, &h, &a, &CFG).await.unwrap().as_deref(),
             Some(b.run_id.as_str())
         );
+        // A generation that cannot be written is told (`!`, which no facts read) and the old
+        // one removed, so no run trusts its facts across this lock.
+        release(&t, &h, &a.run_id).await.unwrap();
+        let g = generation_path(&h);
+        std::fs::create_dir(format!("{g}.part")).unwrap();
+        assert_eq!(
+            acquire(&t, &h, &b, &CFG).await.unwrap().as_deref(),
+            Some("!")
+        );
+        assert!(!std::path::Path::new(&g).exists());
     }
 
     /// The refresher refreshes each interval until stopped; a lock that is gone is reported

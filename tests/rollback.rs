@@ -217,9 +217,13 @@ fn a_rollback_killed_after_its_restore_resumes_without_restoring_again() {
     let killed = last_journal(&lab);
     assert_eq!(killed.outcome(), "interrupted");
 
-    // Resumed: no `--yes` needed (the restore was confirmed when the run started), the dead
-    // run's locks are taken over, and the restored storage is not restored again.
+    // Resumed: the restore is confirmed again (off a terminal, without `--yes`, it is refused
+    // and nothing changes), the dead run's locks are taken over, and the restored storage is
+    // not restored again.
     let out = run(&lab, &["rollback", "--resume"]);
+    assert_eq!(code(&out), exit_code::USAGE, "{}", both(&out));
+    assert!(stderr(&out).contains("--yes"), "{}", both(&out));
+    let out = run(&lab, &["rollback", "--resume", "--yes"]);
     assert_eq!(code(&out), exit_code::SUCCESS, "{}", both(&out));
     assert_restored(&lab, &before, &counts, "after the resumed rollback");
     let j = last_journal(&lab);

@@ -100,7 +100,13 @@ pub fn run(global: &Global, args: &RollbackArgs) -> anyhow::Result<i32> {
     };
     let now = SystemTime::now();
     let header = match &resumed {
-        Some(j) => j.header.clone(),
+        // The resumed run's id and journal; its locks name this process and machine.
+        Some(j) => Header {
+            user: local_user(),
+            local_host: local_host(),
+            started_at: humantime::format_rfc3339_seconds(now).to_string(),
+            ..j.header.clone()
+        },
         None => {
             let mut options = vec![format!("rollback of {}", record.run_id)];
             if restore_backup {
@@ -140,10 +146,14 @@ pub fn run(global: &Global, args: &RollbackArgs) -> anyhow::Result<i32> {
         state_dir,
         resumed.is_some(),
     );
-    // A resumed restore was confirmed when its run started.
-    if restore_backup && !args.yes && resumed.is_none() {
+    // Asked again on `--resume`: the run being resumed may have stopped at this very question.
+    if restore_backup && !args.yes {
         let run = record.run_id.clone();
-        session = session.confirming(Box::new(move |plan| confirm(plan, &run)));
+        let again = match &resumed {
+            Some(j) => format!("fleetup rollback --resume {} --yes", j.header.run_id),
+            None => format!("fleetup rollback {run} --restore-backup --yes"),
+        };
+        session = session.confirming(Box::new(move |plan| confirm(plan, &run, &again)));
     }
     if let Some(j) = &resumed {
         session.sink.emit(&Event::Notice {
@@ -300,8 +310,8 @@ fn find_upgrade(
 }
 
 /// `--restore-backup` without `--yes`: on a terminal, the operator types `yes`; elsewhere the
-/// run is refused before anything changes.
-fn confirm(plan: &Plan, of_run: &str) -> anyhow::Result<()> {
+/// run is refused before anything changes, with `again`, the command that confirms it.
+fn confirm(plan: &Plan, of_run: &str, again: &str) -> anyhow::Result<()> {
     let restores: Vec<String> = plan
         .rollback
         .iter()
@@ -321,10 +331,7 @@ fn confirm(plan: &Plan, of_run: &str) -> anyhow::Result<()> {
         return Err(Failure::usage(format!(
             "{what}, and stdin is not a terminal to confirm it; nothing was changed"
         ))
-        .hint(format!(
-            "pass `--yes` to confirm: `fleetup rollback {} --restore-backup --yes`",
-            of_run
-        ))
+        .hint(format!("pass `--yes` to confirm: `{again}`"))
         .into());
     }
     eprint!("{what}.\ntype `yes` to stop the nodes and restore: ");

@@ -3,13 +3,13 @@
 //! audit saw it, changed only by this run's own steps. There a step's probe is answered from
 //! those facts, without asking the node again, as long as no earlier step of this run changed
 //! what the probe reads. Only "to do" is answered that way: facts saying a step is done (the plan
-//! would not hold it then) and anything unknown still go to the node ([`super::probe`]).
+//! would not hold it then), anything unknown, and the backup and migrate steps still go to the
+//! node ([`super::probe`]).
 //!
 //! A resumed run and a rollback always ask the nodes.
 
 use crate::facts::{HostFacts, ServiceState};
 use crate::plan::{Action, Step, StepKind};
-use crate::schema::{self, Migrated};
 use crate::ssh::Transport;
 
 use super::ctx::Shared;
@@ -27,17 +27,10 @@ pub fn answer<T: Transport>(
         return None;
     }
     let facts = sh.facts(host)?;
-    to_do(sh, facts, step, host, earlier).then_some(Probe::ToDo)
+    to_do(facts, step, host, earlier).then_some(Probe::ToDo)
 }
 
-fn to_do<T: Transport>(
-    sh: &Shared<T>,
-    f: &HostFacts,
-    step: &Step,
-    host: &str,
-    earlier: &[StepKind],
-) -> bool {
-    let target = &sh.plan.target;
+fn to_do(f: &HostFacts, step: &Step, host: &str, earlier: &[StepKind]) -> bool {
     if earlier.contains(&step.kind) {
         return false;
     }
@@ -55,16 +48,9 @@ fn to_do<T: Transport>(
             Some(Action::Switch(p)) => f.binary_target.as_deref() != Some(p.release.as_str()),
             _ => false,
         },
-        StepKind::Backup if sh.cfg.prior.backup_done(host).is_some() => false,
-        StepKind::Backup | StepKind::Migrate => {
-            f.busy_storage.is_empty()
-                && !earlier.contains(&StepKind::Migrate)
-                && matches!(
-                    (&f.schema, f.storage.as_ref()),
-                    (Some(state), Some(storage))
-                        if matches!(schema::migrated(state, target, storage.driver), Migrated::Pending { .. })
-                )
-        }
+        // Backup and migrate always ask the node: a `numary storage` command an earlier run left
+        // running is looked for there (the facts look only where a lock is left, and a lock
+        // removed by hand leaves the generation alone).
         _ => false,
     }
 }

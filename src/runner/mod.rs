@@ -633,10 +633,14 @@ async fn take_locks<T: Transport + Clone + 'static>(
         async move { lock_one(&sh, &step, &name).await }
     })
     .await;
-    results
-        .into_iter()
-        .flatten()
-        .find_map(Result::err)
+    // A task that ended without an answer (it panicked) may hold a lock it did not record.
+    rest.iter()
+        .zip(results)
+        .find_map(|(name, r)| match r {
+            Some(Ok(())) => None,
+            Some(Err(e)) => Some(e),
+            None => Some(sh.error(step, name, "the lock task ended without an answer")),
+        })
         .map_or(Ok(()), Err)
 }
 
@@ -784,8 +788,14 @@ async fn release_locks<T: Transport + Clone + 'static>(sh: &Arc<Shared<T>>) -> V
     })
     .await
     .into_iter()
-    .flatten()
-    .flatten()
+    .zip(&locked)
+    .filter_map(|(r, name)| {
+        r.unwrap_or_else(|| {
+            Some(format!(
+                "the unlock task of `{name}` ended without an answer; check its lock by hand"
+            ))
+        })
+    })
     .collect()
 }
 
