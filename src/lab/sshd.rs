@@ -271,10 +271,54 @@ pub fn known_hosts_lines(sshd: &Sshd, host: &str) -> Vec<String> {
         .collect()
 }
 
-/// A port that was free on 127.0.0.1 a moment ago.
+/// A port that was free on 127.0.0.1 a moment ago and that no lab on this machine was handed
+/// in the last [`RESERVATION`]: the kernel can give the same free port to two labs (two up at
+/// once, or one whose stopped node left its API port free), so each port handed out is
+/// reserved by a file in `<tmp>/fleetup-lab-ports`.
 pub fn free_port() -> anyhow::Result<u16> {
-    let l = TcpListener::bind("127.0.0.1:0").context("cannot bind 127.0.0.1:0")?;
-    Ok(l.local_addr()?.port())
+    for _ in 0..200 {
+        let l = TcpListener::bind("127.0.0.1:0").context("cannot bind 127.0.0.1:0")?;
+        let port = l.local_addr()?.port();
+        if reserve(port) {
+            return Ok(port);
+        }
+    }
+    anyhow::bail!("no free port on 127.0.0.1 that another lab was not handed recently")
+}
+
+/// How long a port handed to a lab stays reserved (longer than any lab a test or a benchmark
+/// brings up).
+pub const RESERVATION: Duration = Duration::from_secs(2 * 3600);
+
+/// Reserves `port` for this lab; false when another lab holds it. Without a writable
+/// reservation dir, nothing is reserved.
+fn reserve(port: u16) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = std::env::temp_dir().join("fleetup-lab-ports");
+    if std::fs::create_dir(&dir).is_ok() {
+        // Shared by every user's labs (the benchmark runs as another user than the tests).
+        let _ = std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o1777));
+    }
+    let path = dir.join(port.to_string());
+    let create = || {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+    };
+    match create() {
+        Ok(_) => true,
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            let stale = std::fs::metadata(&path)
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age > RESERVATION);
+            // Of two labs taking over a stale reservation, one creates the file again.
+            stale && std::fs::remove_file(&path).is_ok() && create().is_ok()
+        }
+        Err(_) => true,
+    }
 }
 
 fn answers_ssh(port: u16) -> bool {
@@ -336,6 +380,17 @@ fn current_user() -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_port_handed_to_one_lab_is_not_handed_to_another() {
+        let port = free_port().unwrap();
+        assert!(!reserve(port), "reserved once already");
+        let others: Vec<u16> = (0..20).map(|_| free_port().unwrap()).collect();
+        assert!(
+            !others.contains(&port),
+            "{port} handed out twice: {others:?}"
+        );
+    }
 
     #[test]
     fn starts_answers_and_stops_by_pid() {
