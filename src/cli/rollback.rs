@@ -196,7 +196,6 @@ pub fn run(global: &Global, args: &RollbackArgs) -> anyhow::Result<i32> {
             session.sink.clone(),
             &session,
         ))
-        .and_then(|r| r)
         .and_then(|finished| conclude(global, &finished, &record.run_id, &run_id));
     session.finish(global, &result);
     result.map(|(_, code)| code)

@@ -129,9 +129,12 @@ impl RunSession {
     }
 
     /// Runs `operation` on a runtime that watches for Ctrl-C and SIGTERM meanwhile.
-    pub fn block_on<F: Future>(&self, operation: F) -> anyhow::Result<F::Output> {
+    pub fn block_on<T>(
+        &self,
+        operation: impl Future<Output = anyhow::Result<T>>,
+    ) -> anyhow::Result<T> {
         let runtime = tokio::runtime::Runtime::new()?;
-        Ok(runtime.block_on(async {
+        runtime.block_on(async {
             let _signals = tokio::spawn(signals::watch(
                 self.cancel.clone(),
                 self.sink.clone(),
@@ -139,7 +142,7 @@ impl RunSession {
                 self.header.command.clone(),
             ));
             operation.await
-        }))
+        })
     }
 
     /// Writes the run's journal: a new file whose header holds `plan` and its id, or (`--resume`)

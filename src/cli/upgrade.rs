@@ -180,7 +180,6 @@ pub fn run(global: &Global, args: &UpgradeArgs) -> anyhow::Result<i32> {
             session.sink.clone(),
             &session,
         ))
-        .and_then(|r| r)
         .and_then(|finished| conclude(global, &finished, &run_id));
     session.finish(global, &result);
     result.map(|(_, code)| code)
