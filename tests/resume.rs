@@ -71,6 +71,10 @@ fn signal_when(lab: &Lab, child: &mut Child, signal: i32, ready: impl Fn() -> bo
 fn kill_when(lab: &Lab, child: &mut Child, ready: impl Fn() -> bool, what: &str) {
     signal_when(lab, child, libc::SIGKILL, ready, what);
     let _ = child.wait();
+    // Its SSH sessions' commands outlive it (a service start among them): let them end, as an
+    // operator who looks before re-running would.
+    lab.wait_remote_commands(Duration::from_secs(60))
+        .expect("the killed run's remote commands end");
 }
 
 /// A migration of the simulator is running (its lock file exists).

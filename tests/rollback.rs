@@ -193,6 +193,10 @@ fn kill_when_recorded(lab: &Lab, child: &mut Child, id: &str, state: &str) {
     let rc = unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGKILL) };
     assert_eq!(rc, 0, "kill");
     let _ = child.wait();
+    // Its SSH sessions' commands outlive it (a service start among them): let them end, as an
+    // operator who looks before re-running would.
+    lab.wait_remote_commands(Duration::from_secs(60))
+        .expect("the killed run's remote commands end");
 }
 
 #[test]

@@ -713,6 +713,32 @@ impl Lab {
         node::release_wrapper(version, &self.sim_state_dir(), &self.sim_path())
     }
 
+    /// Waits until no command runs on the lab's nodes any more, apart from their sshds and
+    /// servers: a client that died (SIGKILL) leaves the commands its SSH sessions started
+    /// running, a service start among them, and a test that goes on at once would race them.
+    /// Fails after `timeout`, naming what still runs.
+    pub fn wait_remote_commands(&self, timeout: Duration) -> anyhow::Result<()> {
+        let needle = self.dir.to_string_lossy().into_owned();
+        let deadline = Instant::now() + timeout;
+        loop {
+            let busy: Vec<(u32, String)> = process::mentioning(&needle)
+                .into_iter()
+                .filter(|(_, line)| !line.starts_with("sshd:") && !line.ends_with(" server start"))
+                .collect();
+            if busy.is_empty() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                let list: Vec<String> = busy.iter().map(|(p, l)| format!("{p}: {l}")).collect();
+                bail!(
+                    "commands still run on the lab's nodes after {timeout:?}: {}",
+                    list.join("; ")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Writes [`Lab::release_wrapper`] to `out` (mode 0755).
     pub fn write_release(&self, version: &Version, out: &Path) -> anyhow::Result<()> {
         node::write_file(out, &self.release_wrapper(version), 0o755)

@@ -66,6 +66,21 @@ pub fn running_exe(exe: &Path) -> Vec<u32> {
     pids
 }
 
+/// Live processes whose command line contains `needle`: `(pid, command line)`, by pid.
+pub fn mentioning(needle: &str) -> Vec<(u32, String)> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut found: Vec<(u32, String)> = entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| pid != std::process::id())
+        .map(|pid| (pid, cmdline(pid)))
+        .filter(|(pid, line)| line.contains(needle) && alive(*pid))
+        .collect();
+    found.sort_unstable();
+    found
+}
+
 /// Sends SIGTERM, waits up to `grace`, then SIGKILL; returns once the process is gone (or after
 /// a further 5 s, reporting whether it is).
 pub fn terminate(pid: u32, grace: Duration) -> bool {

@@ -843,6 +843,16 @@ async fn probe_port<T: Transport>(t: &T, host: &ResolvedHost, stopped: bool) -> 
             check::API_PORT,
             format!("nothing answers on `{api}`"),
         )),
+        // The facts were read a moment ago: a start still in flight then (a run that died
+        // leaves its remote commands running) is the service's own server, not a squatter.
+        Ok(_) if crate::runner::service_running(t, &host.ledger.service).await == Some(true) => {
+            Some(Finding::fail(
+                Some(name),
+                check::API_PORT,
+                "the service was stopped when the facts were read and runs now: something started it while this check ran".to_owned(),
+                Some("a run that died may have left a start in flight, or another tool started it: wait a moment and check again".to_owned()),
+            ))
+        }
         Ok(r) => Some(Finding::fail(
             Some(name),
             check::API_PORT,

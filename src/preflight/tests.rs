@@ -27,6 +27,8 @@ struct Fake {
     port_open: bool,
     /// The node's sshd refuses forwarding channels (`AllowTcpForwarding no`).
     no_forwarding: bool,
+    /// What `systemctl show` prints (else the script's output, which systemd reads as unknown).
+    systemd: Option<String>,
     commands: Mutex<Vec<String>>,
 }
 
@@ -37,6 +39,7 @@ impl Fake {
             stdout,
             port_open: false,
             no_forwarding: false,
+            systemd: None,
             commands: Mutex::new(Vec::new()),
         }
     }
@@ -53,8 +56,12 @@ impl Transport for Fake {
 
     async fn exec(&self, command: &str, _opts: &ExecOptions) -> Result<ExecOutput, ExecError> {
         self.commands.lock().unwrap().push(command.to_owned());
+        let stdout = match &self.systemd {
+            Some(state) if command.starts_with("systemctl show") => state.clone(),
+            _ => self.stdout.clone(),
+        };
         Ok(ExecOutput {
-            stdout: self.stdout.clone().into_bytes(),
+            stdout: stdout.into_bytes(),
             stderr: Vec::new(),
             status: ExitStatus::Code(0),
             duration: Duration::from_millis(1),
@@ -278,6 +285,27 @@ fn a_clean_fleet_passes_every_check_with_one_event_per_finding() {
         .collect();
     assert_eq!(fleet, [check::BINARY_SHA256, check::BINARY_VERSION]);
     assert_eq!(Outcome::of(&r.plan, &r.preflight), Outcome::Ready);
+}
+
+#[test]
+fn a_port_that_answers_because_the_service_started_meanwhile_says_so() {
+    // The facts saw the service stopped; by the port probe a start still in flight (a run that
+    // died leaves its remote commands running) has brought the server up: not a squatter.
+    let hosts = inventory("", &["a"]);
+    let facts = BTreeMap::from([("a".to_owned(), sqlite_facts("1.7.4"))]);
+    let mut node = Fake::new("a", output(10_000_000, &[], "", "", ""));
+    node.port_open = true;
+    node.systemd = Some("loaded\nactive\n".to_owned());
+    let nodes = fakes(vec![node]);
+    let r = run_on(&hosts, facts, &nodes, "1.8.2", false);
+    let port = find(&r.preflight, "a", check::API_PORT);
+    assert!(
+        !port[0].ok
+            && port[0].detail.contains("started it while this check ran")
+            && !port[0].detail.contains("could not bind"),
+        "{port:?}"
+    );
+    assert!(nodes["a"].commands()[1].starts_with("systemctl show"));
 }
 
 #[test]

@@ -44,6 +44,7 @@ pub use backup::{parse_postgres_backup, parse_sqlite_backup};
 pub use ctx::{Changes, StepError, kind_name};
 pub use failures::{FailurePolicy, HostFailure};
 pub use migrate::{ListProblem, check_listed};
+pub use service::service_running;
 
 use ctx::Shared;
 use probe::Probe;
