@@ -69,6 +69,7 @@ fn plan(
     let opts = PlanOptions {
         strategy: s,
         serial: None,
+        canary: std::num::NonZeroUsize::MIN,
         stop_running: false,
         backup: true,
         binary: BinarySource::Url {

@@ -14,7 +14,7 @@ use fleetup::events::{Event, EventSink, Fanout};
 use fleetup::inventory::{Inventory, ReleaseSource, ResolvedHost};
 use fleetup::journal::{self, Header, Journal};
 use fleetup::operation::{self, PlanInputs, Scope};
-use fleetup::plan::{BinarySource, PlanOptions, Strategy};
+use fleetup::plan::{BatchSize, BinarySource, PlanOptions, Strategy};
 use fleetup::policy::PolicyTable;
 use fleetup::preflight::{self, Audit};
 use fleetup::{Failure, Version};
@@ -44,9 +44,14 @@ pub struct PlanArgs {
     /// How the fleet is moved to the target.
     #[arg(long, value_enum, default_value_t = StrategyArg::Auto)]
     pub strategy: StrategyArg,
-    /// Nodes started at once after the migrator.
-    #[arg(long, value_name = "N")]
-    pub serial: Option<NonZeroUsize>,
+    /// Nodes per batch after the canary batch: a count (`2`) or a share of the nodes to start
+    /// (`25%`). Default: one at a time for `rolling`, all at once otherwise.
+    #[arg(long, value_name = "N|N%")]
+    pub serial: Option<BatchSize>,
+    /// Nodes in the first batch, the migrator among them: the run stops there when one fails,
+    /// with the other nodes untouched.
+    #[arg(long, value_name = "N", default_value = "1")]
+    pub canary: NonZeroUsize,
     /// Stop running nodes (through the service manager) instead of refusing.
     #[arg(long)]
     pub stop: bool,
@@ -148,6 +153,7 @@ impl PlanArgs {
             options: PlanOptions {
                 strategy: self.strategy.into(),
                 serial: self.serial,
+                canary: self.canary,
                 stop_running: self.stop,
                 backup: !self.no_backup,
                 binary,
@@ -306,9 +312,11 @@ impl PlanArgs {
                 .flatten(),
             sha256: binary["sha256"].as_str().map(str::to_string),
             strategy,
-            serial: plan["serial"]
+            serial: BatchSize::from_json(&plan["serial"]),
+            canary: plan["canary"]
                 .as_u64()
-                .and_then(|n| NonZeroUsize::new(usize::try_from(n).ok()?)),
+                .and_then(|n| NonZeroUsize::new(usize::try_from(n).ok()?))
+                .unwrap_or(NonZeroUsize::MIN),
             stop: plan["stop_running"].as_bool().unwrap_or(false),
             no_backup: !plan["backup"].as_bool().unwrap_or(true),
         })
@@ -320,6 +328,9 @@ impl PlanArgs {
         let mut o = vec![format!("--strategy {strategy}")];
         if let Some(n) = self.serial {
             o.push(format!("--serial {n}"));
+        }
+        if self.canary.get() > 1 {
+            o.push(format!("--canary {}", self.canary));
         }
         if self.stop {
             o.push("--stop".into());

@@ -98,16 +98,6 @@ pub fn preflight_passed(
             ),
         ));
     }
-    if plan.strategy.is_zero_downtime() {
-        return Err(Failure::new(
-            exit_code::BLOCKED,
-            format!(
-                "the plan uses the `{}` strategy, which `fleetup upgrade` does not carry out yet; nothing was changed",
-                plan.strategy
-            ),
-        )
-        .hint("pass `--strategy offline` (the guide's procedure: stop, back up, migrate once, restart)"));
-    }
     Ok(())
 }
 

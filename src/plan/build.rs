@@ -185,7 +185,7 @@ pub fn build_plan_with(
         .iter()
         .map(|h| View::new(h, facts.get(&h.name), target, policy))
         .collect();
-    let strategy = choose_strategy(opts.strategy);
+    let (strategy, offline_why) = choose_strategy(opts.strategy, &views, mode);
     assign_actions(&mut views, strategy, target);
 
     let mut found = Findings::default();
@@ -214,12 +214,13 @@ pub fn build_plan_with(
     storage::name_conflicts(&views, left_out, &mut found);
     storage::left_out_blockers(&views, &groups, left_out, &mut found);
     warnings(&views, strategy, mode, target, opts, driver, &mut found);
-    if opts.strategy == Strategy::Auto
-        && let Some(zero) = zero_downtime_choice(&views, mode)
-    {
+    if let Some(why) = offline_why {
         found.warn(format!(
-            "the upgrade-path table allows zero-downtime (`{zero}`) for every node, but this fleetup carries out the offline procedure only: every node to upgrade is stopped while its storage migrates"
+            "the upgrade-path table allows zero-downtime for every node, but {why}: strategy `offline`, every node to upgrade is stopped while its storage migrates"
         ));
+    }
+    if strategy.is_zero_downtime() {
+        zero_downtime_storage_blockers(&views, &groups, strategy, &mut found);
     }
 
     let starters: Vec<&View> = views.iter().filter(|v| v.starts()).collect();
@@ -288,6 +289,7 @@ pub fn build_plan_with(
         strategy,
         mode,
         serial: opts.serial,
+        canary: opts.canary,
         stop_running: opts.stop_running,
         backup: opts.backup,
         binary: opts.binary.clone(),
@@ -302,19 +304,53 @@ pub fn build_plan_with(
     }
 }
 
-/// `auto` is the offline procedure (the guide's multi-node one, or its single-node one): this
-/// fleetup carries out no zero-downtime strategy yet. A forced one is kept, and blocked.
-fn choose_strategy(requested: Strategy) -> Strategy {
-    match requested {
-        Strategy::Auto => Strategy::Offline,
-        forced => forced,
+/// The strategy the steps follow. `auto` is zero-downtime ([`zero_downtime_choice`]) when the
+/// table allows it for every node, the nodes to upgrade share one Postgres storage, there are at
+/// least two, and at least one of them serves now (a fleet already down has no service to keep:
+/// the guide's offline procedure is then shorter); otherwise offline, and when only the fleet's
+/// state ruled zero-downtime out, why (for a warning). A forced strategy is kept; what the table
+/// or the storage does not allow for it is a blocker.
+fn choose_strategy(
+    requested: Strategy,
+    views: &[View],
+    mode: Mode,
+) -> (Strategy, Option<&'static str>) {
+    if requested != Strategy::Auto {
+        return (requested, None);
     }
+    let Some(zero) = zero_downtime_choice(views, mode) else {
+        return (Strategy::Offline, None);
+    };
+    let old: Vec<&View> = views.iter().filter(|v| v.host.replaces.is_none()).collect();
+    let postgres = old
+        .iter()
+        .all(|v| v.driver() == Some(StorageDriver::Postgres));
+    let storages: BTreeSet<Option<StorageId>> =
+        old.iter().map(|v| StorageId::of(v.host, v.facts)).collect();
+    let pending = |v: &&&View| {
+        v.verdict
+            .as_ref()
+            .is_none_or(|x| x.kind != VerdictKind::AlreadyAtTarget)
+    };
+    let serving = old.iter().filter(pending).any(|v| {
+        v.reachable_facts()
+            .is_some_and(|f| f.service == ServiceState::Running)
+    });
+    let why = if !postgres {
+        "not every node is on Postgres (SQLite nodes are single-node deployments: each must stop while its files migrate)"
+    } else if storages.len() != 1 || storages.contains(&None) {
+        "the nodes are not on one shared storage"
+    } else if !serving {
+        "no node to upgrade is running"
+    } else {
+        return (zero, None);
+    };
+    (Strategy::Offline, Some(why))
 }
 
 /// The zero-downtime strategy the table would allow: only when it allows it for every node
 /// still to upgrade (new nodes of a replacement excluded: their own binary does not matter, the
 /// storage's does), and never for a single node (the guide's single-node procedure is offline).
-/// Kept for when zero-downtime is carried out; today it only feeds a warning.
 fn zero_downtime_choice(views: &[View], mode: Mode) -> Option<Strategy> {
     if mode == Mode::SingleNode {
         return None;
@@ -452,12 +488,14 @@ fn strategy_blockers(views: &[View], strategy: Strategy, found: &mut Findings) {
     if !strategy.is_zero_downtime() {
         return;
     }
-    found.block(
-        BlockerKind::StrategyNotSupported,
-        &[],
-        format!("strategy `{strategy}` is not carried out by this fleetup yet: it runs the offline procedure only"),
-        Some("use `--strategy offline` or `--strategy auto` (the guide's procedure: stop, back up, migrate once per storage, restart)".to_string()),
-    );
+    if strategy == Strategy::Replace {
+        found.block(
+            BlockerKind::StrategyNotSupported,
+            &[],
+            format!("strategy `{strategy}` is not carried out by this fleetup yet"),
+            Some("use `--strategy rolling` where the table allows zero-downtime, or `--strategy offline` (the guide's procedure: stop, back up, migrate once per storage, restart)".to_string()),
+        );
+    }
     let mut by_row: BTreeMap<Option<usize>, (Option<PathRow>, Vec<&View>)> = BTreeMap::new();
     for v in views {
         if !matches!(v.action, HostAction::Upgrade | HostAction::Decommission) {
@@ -504,6 +542,60 @@ fn strategy_blockers(views: &[View], strategy: Strategy, found: &mut Findings) {
                     .to_string(),
             ),
         );
+    }
+}
+
+/// Zero-downtime keeps old nodes serving while their storage migrates: only a storage shared by
+/// several nodes allows it. SQLite nodes are single-node deployments (each must stop while its
+/// files migrate), and one run migrates one shared storage while the others serve.
+fn zero_downtime_storage_blockers(
+    views: &[View],
+    groups: &[storage::Group],
+    strategy: Strategy,
+    found: &mut Findings,
+) {
+    let sqlite: Vec<&str> = views
+        .iter()
+        .filter(|v| v.touched() && v.driver() == Some(StorageDriver::Sqlite))
+        .map(|v| v.name())
+        .collect();
+    if !sqlite.is_empty() {
+        found.block(
+            BlockerKind::ZeroDowntimeNeedsSharedStorage,
+            &sqlite,
+            format!(
+                "strategy `{strategy}` keeps nodes serving while their storage migrates, but {} on SQLite: a SQLite node is a single-node deployment and must stop while its files migrate",
+                names_list(&sqlite)
+            ),
+            Some("use `--strategy offline` (or `auto`) for SQLite nodes".to_string()),
+        );
+    }
+    let shared: Vec<&storage::Group> = groups
+        .iter()
+        .filter(|g| g.driver() == Some(StorageDriver::Postgres))
+        .collect();
+    if shared.len() > 1 {
+        let hosts: Vec<&str> = shared
+            .iter()
+            .flat_map(|g| g.views.iter().map(|v| v.name()))
+            .collect();
+        found.block(
+            BlockerKind::ZeroDowntimeNeedsSharedStorage,
+            &hosts,
+            format!(
+                "strategy `{strategy}` migrates one shared storage while its other nodes serve, but the selection is on {} storages",
+                shared.len()
+            ),
+            Some("upgrade one storage's nodes per run (`--limit`), or name the storage the nodes share with `storage = \"NAME\"` in the inventory".to_string()),
+        );
+    }
+}
+
+fn names_list(names: &[&str]) -> String {
+    let quoted: Vec<String> = names.iter().map(|n| format!("`{n}`")).collect();
+    match quoted.len() {
+        1 => format!("{} is", quoted[0]),
+        _ => format!("{} are", quoted.join(", ")),
     }
 }
 
@@ -747,8 +839,9 @@ fn choose_migrator<'v, 'a>(
     chosen
 }
 
-/// The migrator alone first (a canary: a bad binary or environment stops the run with one node
-/// affected), then the other starters in inventory order, `serial` at a time.
+/// The canary batch first: the migrator, then `canary - 1` more starters (a bad binary or
+/// environment stops the run with few nodes affected); then the other starters in inventory
+/// order, `serial` at a time (a share of every starter for `N%`).
 fn start_batches<'v, 'a>(
     starters: &[&'v View<'a>],
     migrator: Option<&'v View<'a>>,
@@ -763,12 +856,16 @@ fn start_batches<'v, 'a>(
         .filter(|v| v.name() != migrator.name())
         .copied()
         .collect();
+    let canary = (opts.canary.get() - 1).min(rest.len());
+    let (with_migrator, rest) = rest.split_at(canary);
     let size = match (opts.serial, strategy) {
-        (Some(n), _) => n.get(),
+        (Some(n), _) => n.of(starters.len()),
         (None, Strategy::Rolling) => 1,
         (None, _) => rest.len().max(1),
     };
-    let mut batches = vec![vec![migrator]];
+    let mut first = vec![migrator];
+    first.extend_from_slice(with_migrator);
+    let mut batches = vec![first];
     batches.extend(rest.chunks(size).map(<[_]>::to_vec));
     batches
 }

@@ -5,6 +5,7 @@
 //! Field names and choices are documented in `docs/plan.md`.
 
 mod action;
+mod batch;
 mod build;
 pub mod commands;
 mod digest;
@@ -32,6 +33,7 @@ pub use action::{
     Action, BackupParams, ConfirmParams, Fetch, GateParams, LockParams, MigrateParams,
     RestoreParams, ServiceParams, StageParams, SwitchParams,
 };
+pub use batch::BatchSize;
 pub use build::{build_plan, build_plan_with};
 pub use digest::plan_digest;
 pub use render::{header_lines, render_text};
@@ -122,9 +124,11 @@ fn lossy_path<S: Serializer>(p: &Path, s: S) -> Result<S::Ok, S::Error> {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct PlanOptions {
     pub strategy: Strategy,
-    /// Batch size for starting nodes after the migrator. `None`: all at once for offline and
-    /// replace, one at a time for rolling.
-    pub serial: Option<NonZeroUsize>,
+    /// Batch size for the nodes after the canary batch (`--serial N|N%`). `None`: all at once
+    /// for offline and replace, one at a time for rolling.
+    pub serial: Option<BatchSize>,
+    /// Nodes in the first batch, the migrator among them (`--canary N`, default 1).
+    pub canary: NonZeroUsize,
     /// `--stop`: stop running nodes instead of refusing (offline; new nodes of replace).
     pub stop_running: bool,
     /// False only with `--no-backup`.
@@ -163,7 +167,8 @@ pub struct Plan {
     /// The strategy the steps follow (never `auto`).
     pub strategy: Strategy,
     pub mode: Mode,
-    pub serial: Option<NonZeroUsize>,
+    pub serial: Option<BatchSize>,
+    pub canary: NonZeroUsize,
     pub stop_running: bool,
     pub backup: bool,
     pub binary: BinarySource,
@@ -172,7 +177,8 @@ pub struct Plan {
     pub migrator: Option<String>,
     /// Every storage the plan touches, each backed up and migrated once by its migrator.
     pub storages: Vec<PlanStorage>,
-    /// Start order: the migrator alone, then the others in batches of `serial`.
+    /// Batches in order: the canary batch (the migrator first, `canary` nodes), then the others
+    /// in batches of `serial`.
     pub batches: Vec<Vec<String>>,
     pub steps: Vec<Step>,
     /// Every selected host, in inventory order, with what happens to it.
@@ -422,9 +428,10 @@ pub enum BlockerKind {
     StorageConflict,
     /// An inventory node outside the selection is (or may be) on a storage the plan migrates.
     LeftOut,
-    /// A zero-downtime strategy (`rolling`, `replace`) was forced: this fleetup carries out
-    /// the offline procedure only.
+    /// A strategy this fleetup does not carry out yet (`replace`) was asked for.
     StrategyNotSupported,
+    /// A zero-downtime strategy on SQLite nodes, or over several storages at once.
+    ZeroDowntimeNeedsSharedStorage,
     /// Replace strategy without any `replaces` pair in the selection.
     NoReplacePairs,
     /// A host named by `replaces` is not in the selection.

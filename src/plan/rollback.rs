@@ -468,7 +468,8 @@ pub fn build_rollback(req: &RollbackRequest) -> Plan {
         } else {
             Mode::SingleNode
         },
-        serial: NonZeroUsize::new(batch.len()),
+        serial: NonZeroUsize::new(batch.len()).map(super::BatchSize::Count),
+        canary: NonZeroUsize::MIN,
         stop_running: true,
         backup: false,
         binary: BinarySource::File {

@@ -57,7 +57,6 @@ pub(super) fn lay_out(l: &Layout) -> Vec<Step> {
 fn offline(l: &Layout, steps: &mut Vec<Step>) {
     if !l.to_stop.is_empty() {
         steps.push(stop(
-            l,
             &l.to_stop,
             None,
             "`--stop`: the guide requires every instance cleanly shut down before migrating; numary has no lock, a running node would migrate ledgers lazily, concurrently with `storage upgrade`",
@@ -93,36 +92,52 @@ fn offline(l: &Layout, steps: &mut Vec<Step>) {
     start_batches(l, steps);
 }
 
-/// Zero-downtime in place. Postgres: dumped and migrated once while the fleet still serves, then
-/// batch by batch stop, switch, start, gate. SQLite: each node's own files are backed up and
-/// migrated inside its batch, while it is stopped.
+/// Zero-downtime in place, on one shared Postgres storage (the builder blocks anything else):
+/// the dump (online) and the staging everywhere first, while every node serves; then batch by
+/// batch stop, switch, start, gate, the others serving meanwhile. The canary batch migrates the
+/// storage once, with the new binary, between its stop and its switch: before any node runs the
+/// target, so no client request waits for a lazy migration, and while the old nodes serve (the
+/// table's zero-downtime row is the promise that they may serve the migrated schema).
 fn rolling(l: &Layout, steps: &mut Vec<Step>) {
-    let migrator = &l.migrating;
-    if l.shared_storage && l.opts.backup {
-        steps.push(backup(l, migrator, None));
+    let migrating: Vec<&View> = l
+        .migrating
+        .iter()
+        .copied()
+        .filter(|v| !v.storage_migrated(l.target))
+        .collect();
+    if l.opts.backup && !migrating.is_empty() {
+        steps.push(backup(l, &migrating, None));
     }
-    steps.push(stage(l, &l.starters));
-    if l.shared_storage {
-        steps.push(migrate(l, migrator, None));
+    let to_stage = unswitched(l, &l.starters);
+    if !to_stage.is_empty() {
+        steps.push(stage(l, &to_stage));
     }
     for (i, batch) in l.batches.iter().enumerate() {
         let n = Some(i + 1);
         steps.push(stop(
-            l,
             batch,
             n,
-            "rolling: this batch leaves service while the others keep serving",
+            "rolling: this batch leaves service while the other nodes keep serving",
         ));
-        if !l.shared_storage {
-            if l.opts.backup {
-                steps.push(backup(l, batch, n));
-            }
-            steps.push(migrate(l, batch, n));
+        if i == 0 && !migrating.is_empty() {
+            steps.push(migrate(l, &migrating, n));
         }
-        steps.push(switch(l, batch, n));
+        let to_switch = unswitched(l, batch);
+        if !to_switch.is_empty() {
+            steps.push(switch(l, &to_switch, n));
+        }
         steps.push(start(l, batch, i));
         steps.push(gate(l, batch, n));
     }
+}
+
+/// The hosts of `hosts` whose binary does not point at the target's release yet.
+fn unswitched<'v, 'a>(l: &Layout, hosts: &[&'v View<'a>]) -> Vec<&'v View<'a>> {
+    hosts
+        .iter()
+        .copied()
+        .filter(|v| !v.switched(l.target))
+        .collect()
 }
 
 /// Zero-downtime by replacement: new nodes migrated, started and healthy, then old ones stopped.
@@ -133,7 +148,6 @@ fn replace(l: &Layout, steps: &mut Vec<Step>) {
     }
     if !l.to_stop.is_empty() {
         steps.push(stop(
-            l,
             &l.to_stop,
             None,
             "`--stop`: a new node must be stopped before it is switched, or it would keep running its old binary",
@@ -243,13 +257,8 @@ fn lock(l: &Layout) -> Step {
     )
 }
 
-fn stop(l: &Layout, hosts: &[&View], batch: Option<usize>, why: &str) -> Step {
-    let mut checks = vec!["the service manager reports stopped within the timeout".to_string()];
-    if l.strategy == Strategy::Rolling {
-        checks.push(
-            "no `numary` process remains and, for SQLite, no hot journal is left".to_string(),
-        );
-    }
+fn stop(hosts: &[&View], batch: Option<usize>, why: &str) -> Step {
+    let checks = vec!["the service manager reports stopped within the timeout".to_string()];
     step(
         StepKind::StopService,
         hosts,
@@ -405,6 +414,8 @@ fn migrate(l: &Layout, hosts: &[&View], batch: Option<usize>) -> Step {
             },
             if l.strategy == Strategy::Offline {
                 "the guide: choose one node and, using the new binary, run `storage scan`, `storage list`, `storage upgrade {LEDGER_NAME}`; the shared database is migrated once, while no node runs"
+            } else if l.strategy == Strategy::Rolling {
+                "migrating once, explicitly, while the canary is stopped and before any node runs the target: no client request waits for a lazy migration, no new nodes race one (numary has no migration lock); the other nodes keep serving, as the table's zero-downtime row allows"
             } else {
                 "migrating once, explicitly, before any node runs the target: no racing lazy migrations between new nodes (numary has no migration lock), each ledger's result checked, and a failure stops the run before any node changed"
             },
@@ -467,7 +478,13 @@ fn switch(l: &Layout, hosts: &[&View], batch: Option<usize>) -> Step {
 
 fn start(l: &Layout, hosts: &[&View], index: usize) -> Step {
     let first = index == 0;
-    let action = if first {
+    let action = if first && hosts.len() > 1 {
+        format!(
+            "start the canary batch {} first (the migrator first), on `{}`",
+            names(hosts),
+            l.target
+        )
+    } else if first {
         format!(
             "start the migrator {} first, on `{}`",
             names(hosts),
@@ -482,7 +499,7 @@ fn start(l: &Layout, hosts: &[&View], index: usize) -> Step {
         )
     };
     let why = if first {
-        "the migrator goes first: a bad binary or environment stops the run with one node affected"
+        "the canary batch goes first: a bad binary or environment stops the run with few nodes affected, the others untouched"
     } else if l.strategy == Strategy::Offline {
         "the guide: restart all your nodes with the upgraded binary, in batches after the migrator"
     } else {

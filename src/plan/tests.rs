@@ -132,6 +132,7 @@ fn opts(strategy: Strategy) -> PlanOptions {
     PlanOptions {
         strategy,
         serial: None,
+        canary: std::num::NonZeroUsize::MIN,
         stop_running: false,
         backup: true,
         binary: BinarySource::File {
@@ -349,8 +350,18 @@ fn single_sqlite_node_runs_the_single_node_procedure() {
 }
 
 #[test]
-fn auto_is_offline_and_says_when_the_table_would_allow_zero_downtime() {
-    // 1.5.0 → 1.7.2: row `1.7.x` from `1.4.x`, zero-downtime; this fleetup runs offline.
+fn auto_is_rolling_where_the_table_allows_it_on_a_serving_shared_fleet_and_offline_otherwise() {
+    // 1.5.0 → 1.7.2: row `1.7.x` from `1.4.x`, zero-downtime, one shared Postgres.
+    let serving: Vec<Node> = three("1.5.0").into_iter().map(Node::running).collect();
+    let rolling = plan(serving, "1.7.2", Strategy::Auto);
+    assert_eq!(rolling.strategy, Strategy::Rolling);
+    assert!(!rolling.is_blocked(), "{:?}", rolling.blockers);
+    assert!(
+        !rolling.warnings.iter().any(|w| w.contains("zero-downtime")),
+        "{:?}",
+        rolling.warnings
+    );
+    // The same fleet already stopped: nothing to keep serving, the guide's procedure, said why.
     let all_modern = plan(three("1.5.0"), "1.7.2", Strategy::Auto);
     assert_eq!(all_modern.strategy, Strategy::Offline);
     assert!(!all_modern.is_blocked(), "{:?}", all_modern.blockers);
@@ -358,7 +369,9 @@ fn auto_is_offline_and_says_when_the_table_would_allow_zero_downtime() {
         all_modern
             .warnings
             .iter()
-            .any(|w| w.contains("allows zero-downtime (`rolling`)") && w.contains("offline")),
+            .any(|w| w.contains("allows zero-downtime")
+                && w.contains("no node to upgrade is running")
+                && w.contains("offline")),
         "{:?}",
         all_modern.warnings
     );
@@ -379,36 +392,81 @@ fn auto_is_offline_and_says_when_the_table_would_allow_zero_downtime() {
         mixed.warnings
     );
 
-    // What `check` once promised for SQLite fleets of 2 and 50 nodes: offline, not rolling.
+    // SQLite fleets of 2 and 50 serving nodes: single-node deployments, offline, said why.
     for n in [2, 50] {
         let nodes = (1..=n)
-            .map(|i| node(&format!("ledger-{i}"), "1.5.0").sqlite())
+            .map(|i| node(&format!("ledger-{i}"), "1.5.0").sqlite().running())
             .collect();
-        let p = plan(nodes, "1.9.0", Strategy::Auto);
+        let mut o = opts(Strategy::Auto);
+        o.stop_running = true;
+        let p = plan_with(nodes, "1.9.0", &o);
         assert_eq!(p.strategy, Strategy::Offline, "{n} nodes");
         assert!(!p.is_blocked(), "{n} nodes: {:?}", p.blockers);
+        assert!(
+            p.warnings.iter().any(|w| w.contains("SQLite")),
+            "{:?}",
+            p.warnings
+        );
     }
+    // A single node: the guide's single-node procedure, no zero-downtime to speak of.
+    let single = plan(
+        vec![node("ledger-1", "1.5.0").running()],
+        "1.7.2",
+        Strategy::Auto,
+    );
+    assert_eq!(single.strategy, Strategy::Offline);
 }
 
 #[test]
-fn a_forced_zero_downtime_strategy_is_blocked_as_not_carried_out() {
-    for strategy in [Strategy::Rolling, Strategy::Replace] {
-        let p = plan(three("1.5.0"), "1.9.0", strategy);
-        assert_eq!(p.strategy, strategy);
-        let b = p
-            .blockers
+fn a_forced_replace_is_blocked_as_not_carried_out_yet() {
+    let strategy = Strategy::Replace;
+    let p = plan(three("1.5.0"), "1.9.0", strategy);
+    assert_eq!(p.strategy, strategy);
+    let b = p
+        .blockers
+        .iter()
+        .find(|b| b.kind == BlockerKind::StrategyNotSupported)
+        .unwrap_or_else(|| panic!("{strategy}: {:?}", p.blockers));
+    assert!(b.reason.contains(&format!("`{strategy}`")), "{}", b.reason);
+    assert!(
+        b.hint
+            .as_deref()
+            .is_some_and(|h| h.contains("--strategy offline")),
+        "{:?}",
+        b.hint
+    );
+}
+
+#[test]
+fn a_forced_rolling_on_sqlite_or_over_several_storages_is_refused() {
+    let sqlite = vec![
+        node("ledger-1", "1.5.0").sqlite().running(),
+        node("ledger-2", "1.5.0").sqlite().running(),
+    ];
+    let p = plan(sqlite, "1.9.0", Strategy::Rolling);
+    let b = &p.blockers[0];
+    assert_eq!(
+        blocker_kinds(&p),
+        [BlockerKind::ZeroDowntimeNeedsSharedStorage]
+    );
+    assert_eq!(b.hosts, ["ledger-1", "ledger-2"]);
+    assert!(b.reason.contains("single-node deployment"), "{}", b.reason);
+
+    let mut two_dbs = vec![
+        node("ledger-1", "1.5.0").running(),
+        node("ledger-2", "1.5.0").running(),
+    ];
+    two_dbs[1].host.ledger.storage = Some("other".to_string());
+    two_dbs[0].host.ledger.storage = Some("main".to_string());
+    let p = plan(two_dbs, "1.9.0", Strategy::Rolling);
+    assert!(
+        p.blockers
             .iter()
-            .find(|b| b.kind == BlockerKind::StrategyNotSupported)
-            .unwrap_or_else(|| panic!("{strategy}: {:?}", p.blockers));
-        assert!(b.reason.contains(&format!("`{strategy}`")), "{}", b.reason);
-        assert!(
-            b.hint
-                .as_deref()
-                .is_some_and(|h| h.contains("--strategy offline")),
-            "{:?}",
-            b.hint
-        );
-    }
+            .any(|b| b.kind == BlockerKind::ZeroDowntimeNeedsSharedStorage
+                && b.reason.contains("2 storages")),
+        "{:?}",
+        p.blockers
+    );
 }
 
 #[test]
@@ -423,7 +481,10 @@ fn auto_ignores_nodes_already_at_target_when_choosing() {
     let p = plan(nodes, "1.9.0", Strategy::Auto);
     assert_eq!(p.strategy, Strategy::Offline);
     assert!(
-        p.warnings.iter().any(|w| w.contains("(`rolling`)")),
+        p.warnings
+            .iter()
+            .any(|w| w.contains("allows zero-downtime")
+                && w.contains("no node to upgrade is running")),
         "{:?}",
         p.warnings
     );
@@ -443,10 +504,12 @@ fn rolling_migrates_postgres_once_before_any_node_restarts_then_goes_batch_by_ba
     );
     assert_eq!(p.strategy, Strategy::Rolling);
     // Running nodes are fine when rolling.
-    assert_only_not_supported(&p);
+    assert!(!p.is_blocked(), "{:?}", p.blockers);
     let batch = [StopService, Switch, StartService, HealthGate];
-    let mut expected = vec![Preflight, Lock, Backup, Stage, Migrate];
-    for _ in 0..3 {
+    // The canary batch migrates, once, between its stop and its switch.
+    let mut expected = vec![Preflight, Lock, Backup, Stage, StopService, Migrate];
+    expected.extend(&batch[1..]);
+    for _ in 0..2 {
         expected.extend(batch);
     }
     expected.push(Unlock);
@@ -457,7 +520,8 @@ fn rolling_migrates_postgres_once_before_any_node_restarts_then_goes_batch_by_ba
         [vec!["ledger-1"], vec!["ledger-2"], vec!["ledger-3"]]
     );
     assert_eq!(hosts_of(steps_of(&p, Migrate)[0]), ["ledger-1"]);
-    assert!(position(&p, Migrate) < position(&p, StopService));
+    assert_eq!(steps_of(&p, Migrate)[0].id, "migrate-1");
+    assert!(position(&p, Migrate) < position(&p, Switch));
     assert!(steps_of(&p, ConfirmStopped).is_empty());
     let stops = steps_of(&p, StopService);
     assert_eq!(
@@ -467,29 +531,37 @@ fn rolling_migrates_postgres_once_before_any_node_restarts_then_goes_batch_by_ba
 }
 
 #[test]
-fn rolling_sqlite_backs_up_and_migrates_each_node_inside_its_batch() {
-    let nodes = vec![
-        node("ledger-1", "1.5.0").sqlite().running(),
-        node("ledger-2", "1.5.0").sqlite().running(),
-    ];
-    let p = plan(nodes, "1.9.0", Strategy::Rolling);
-    assert_only_not_supported(&p);
-    let batch = [
-        StopService,
-        Backup,
-        Migrate,
-        Switch,
-        StartService,
-        HealthGate,
-    ];
-    let mut expected = vec![Preflight, Lock, Stage];
-    expected.extend(batch);
-    expected.extend(batch);
-    expected.push(Unlock);
-    assert_eq!(kinds(&p), expected);
-    let migrates = steps_of(&p, Migrate);
-    assert_eq!(hosts_of(migrates[0]), ["ledger-1"]);
-    assert_eq!(hosts_of(migrates[1]), ["ledger-2"]);
+fn the_canary_batch_holds_canary_nodes_and_serial_may_be_a_share_of_the_nodes() {
+    let nodes: Vec<Node> = (1..=8)
+        .map(|i| node(&format!("ledger-{i}"), "1.5.0").running())
+        .collect();
+    let mut o = opts(Strategy::Rolling);
+    o.canary = NonZeroUsize::new(2).unwrap();
+    o.serial = Some("25%".parse().unwrap());
+    let p = plan_with(nodes, "1.9.0", &o);
+    assert!(!p.is_blocked(), "{:?}", p.blockers);
+    assert_eq!(
+        p.batches,
+        [
+            vec!["ledger-1", "ledger-2"],
+            vec!["ledger-3", "ledger-4"],
+            vec!["ledger-5", "ledger-6"],
+            vec!["ledger-7", "ledger-8"],
+        ]
+    );
+    // The canary batch is stopped together; only the migrator migrates.
+    assert_eq!(
+        hosts_of(steps_of(&p, StopService)[0]),
+        ["ledger-1", "ledger-2"]
+    );
+    assert_eq!(hosts_of(steps_of(&p, Migrate)[0]), ["ledger-1"]);
+    // A canary larger than the fleet is the whole fleet, in one batch.
+    o.canary = NonZeroUsize::new(20).unwrap();
+    let nodes: Vec<Node> = (1..=3)
+        .map(|i| node(&format!("ledger-{i}"), "1.5.0").running())
+        .collect();
+    let p = plan_with(nodes, "1.9.0", &o);
+    assert_eq!(p.batches, [vec!["ledger-1", "ledger-2", "ledger-3"]]);
 }
 
 #[test]
@@ -1102,7 +1174,7 @@ fn serial_batches_follow_the_migrator_alone() {
         })
         .collect();
     let mut o = opts(Strategy::Offline);
-    o.serial = NonZeroUsize::new(2);
+    o.serial = NonZeroUsize::new(2).map(crate::plan::BatchSize::Count);
     let p = plan_with(nodes, "1.9.0", &o);
     assert_eq!(
         p.batches,
@@ -1302,10 +1374,12 @@ fn a_journal_beside_a_running_sqlite_node_is_not_a_hot_journal() {
             .hot_journal("numary_default.db-journal"),
         node("ledger-2", "1.5.0").sqlite().running(),
     ];
-    let p = plan(nodes, "1.9.0", Strategy::Rolling);
-    assert_only_not_supported(&p);
-    let stop = steps_of(&p, StopService)[0];
-    assert!(stop.checks.iter().any(|c| c.contains("no hot journal")));
+    let mut o = opts(Strategy::Offline);
+    o.stop_running = true;
+    let p = plan_with(nodes, "1.9.0", &o);
+    assert!(!p.is_blocked(), "{:?}", p.blockers);
+    let confirm = steps_of(&p, ConfirmStopped)[0];
+    assert!(confirm.checks.iter().any(|c| c.contains("hot journal")));
 }
 
 #[test]

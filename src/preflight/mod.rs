@@ -382,6 +382,7 @@ fn blocker_check(kind: BlockerKind) -> &'static str {
         | BlockerKind::NoReplacePairs
         | BlockerKind::ReplacedHostMissing
         | BlockerKind::ReplaceNeedsPostgres
+        | BlockerKind::ZeroDowntimeNeedsSharedStorage
         | BlockerKind::NotPaired => check::STRATEGY,
         BlockerKind::Migrated | BlockerKind::NoBackup => check::STORAGE,
         BlockerKind::NoRelease => check::UPGRADE_PATH,

@@ -206,6 +206,7 @@ fn run_on(
     let opts = PlanOptions {
         strategy: Strategy::Offline,
         serial: None,
+        canary: std::num::NonZeroUsize::MIN,
         stop_running: stop,
         backup: true,
         binary: url_binary(),

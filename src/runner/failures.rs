@@ -117,6 +117,7 @@ mod tests {
             strategy: Strategy::Offline,
             mode: Mode::MultiNode,
             serial: None,
+            canary: std::num::NonZeroUsize::MIN,
             stop_running: false,
             backup: true,
             binary: BinarySource::File {

@@ -1243,6 +1243,7 @@ pub(crate) mod tests {
         let opts = PlanOptions {
             strategy: Strategy::Offline,
             serial: None,
+            canary: std::num::NonZeroUsize::MIN,
             stop_running: nodes.iter().any(|n| n.running),
             backup: setup.backup,
             binary: BinarySource::File {
