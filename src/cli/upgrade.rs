@@ -13,7 +13,7 @@ use fleetup::inventory::ResolvedHost;
 use fleetup::journal::{self, Header};
 use fleetup::operation::{self, Finished, RunSettings, Scope, UpgradeRequest};
 use fleetup::plan::Plan;
-use fleetup::runner::{self, FailurePolicy, PriorRun, RunReport, kind_name};
+use fleetup::runner::{self, FailBudget, FailurePolicy, PriorRun, RunReport, kind_name};
 use fleetup::{Failure, exit_code};
 use sha2::{Digest, Sha256};
 
@@ -50,11 +50,13 @@ pub struct UpgradeArgs {
     /// How long a started node may take until `/_info` reports the target.
     #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
     pub health_timeout: Duration,
-    /// Hosts that may fail while the run goes on without them (each undone alone, where safe):
-    /// only a host alone on its storage, or a failed start or health gate after its storage was
-    /// migrated. 0: the first failure stops the run.
-    #[arg(long, value_name = "N", default_value_t = 0)]
-    pub max_fail: usize,
+    /// Hosts that may fail while the run goes on without them (each undone alone, where safe),
+    /// a count or a share (`25%`, rounded down), in each batch and over the whole run: a host
+    /// alone on its storage, a failed start or health gate after its storage was migrated, and
+    /// in a rolling run any step of its batch but the backup and the migration. 0: the first
+    /// failure stops the run.
+    #[arg(long, value_name = "N|N%", default_value = "0")]
+    pub max_fail: FailBudget,
     #[command(flatten)]
     pub connect: ConnectFlags,
 }
@@ -234,7 +236,7 @@ fn options(args: &UpgradeArgs, plan: &PlanArgs) -> Vec<String> {
     if let Some(id) = &args.plan_id {
         o.push(format!("--plan {id}"));
     }
-    if args.max_fail > 0 {
+    if !args.max_fail.is_zero() {
         o.push(format!("--max-fail {}", args.max_fail));
     }
     o

@@ -126,6 +126,29 @@ pub struct GateParams {
     pub api: String,
     /// The version `/_info` must report.
     pub expect: Version,
+    /// Ledgers that must each answer a read (`GET /{ledger}/stats`): names the inventory gives
+    /// or the node listed, valid ledger names only (a name goes into a URL path).
+    pub ledgers: Vec<String>,
+}
+
+impl GateParams {
+    /// The gate of the node at `api` on `expect`, reading each valid name of `ledgers`.
+    pub fn new(api: &str, expect: &Version, ledgers: &[String]) -> Self {
+        GateParams {
+            api: api.to_string(),
+            expect: expect.clone(),
+            ledgers: ledgers
+                .iter()
+                .filter(|l| crate::shell::validate_ledger_name(l).is_ok())
+                .cloned()
+                .collect(),
+        }
+    }
+
+    /// The path of the read that proves `ledger` answers.
+    pub fn read_path(ledger: &str) -> String {
+        format!("/{ledger}/stats")
+    }
 }
 
 impl Action {
@@ -144,10 +167,18 @@ impl Action {
             Action::Migrate(p) => p.commands(),
             Action::Switch(p) | Action::SwitchBack(p) => vec![p.command()],
             Action::Restore(p) => vec![p.command()],
-            Action::HealthGate(p) => vec![
-                commands::http_probe(&p.api, "/_info"),
-                commands::http_probe(&p.api, "/_health"),
-            ],
+            Action::HealthGate(p) => {
+                let mut lines = vec![
+                    commands::http_probe(&p.api, "/_info"),
+                    commands::http_probe(&p.api, "/_health"),
+                ];
+                lines.extend(
+                    p.ledgers
+                        .iter()
+                        .map(|l| commands::http_probe(&p.api, &GateParams::read_path(l))),
+                );
+                lines
+            }
         }
     }
 }
@@ -580,15 +611,16 @@ mod tests {
 
     #[test]
     fn the_health_gate_probes_its_api() {
-        let p = GateParams {
-            api: "127.0.0.1:3068".into(),
-            expect: v("1.8.2"),
-        };
+        let ledgers = ["payments".to_string(), "../x?y".to_string()];
+        let p = GateParams::new("127.0.0.1:3068", &v("1.8.2"), &ledgers);
+        // A name the node reported that is no ledger name never reaches a URL.
+        assert_eq!(p.ledgers, ["payments"]);
         assert_eq!(
             Action::HealthGate(p).commands(),
             [
                 "# GET http://127.0.0.1:3068/_info (through the SSH connection)",
                 "# GET http://127.0.0.1:3068/_health (through the SSH connection)",
+                "# GET http://127.0.0.1:3068/payments/stats (through the SSH connection)",
             ]
         );
     }

@@ -655,10 +655,11 @@ fn lay_out(
             "`/_health` answers 200".into(),
         ],
         |h| {
-            Action::HealthGate(GateParams {
-                api: h.ledger.api.clone(),
-                expect: target.clone(),
-            })
+            Action::HealthGate(GateParams::new(
+                &h.ledger.api,
+                target,
+                h.ledger.ledgers.as_deref().unwrap_or_default(),
+            ))
         },
     ));
     steps.push(step(

@@ -530,12 +530,14 @@ fn gate(l: &Layout, hosts: &[&View], batch: Option<usize>) -> Step {
         vec![
             format!("`/_info` reports version `{}`", l.target),
             "`/_health` answers 200".to_string(),
+            "every ledger answers a read (`GET /{ledger}/stats` 200)".to_string(),
         ],
         |v| {
-            Action::HealthGate(GateParams {
-                api: v.host.ledger.api.clone(),
-                expect: l.target.clone(),
-            })
+            Action::HealthGate(GateParams::new(
+                &v.host.ledger.api,
+                l.target,
+                &v.known_ledgers(),
+            ))
         },
     )
 }

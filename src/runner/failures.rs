@@ -1,17 +1,94 @@
 //! The failure policy: when a host's failure in a step stops the run, and when it is contained
 //! (the host is dropped from the rest of the run while the others go on). Containing is allowed
-//! only within the budget (`--max-fail N`) and only where dropping the host endangers nobody
-//! else: a host alone on its storage, or, on a shared storage, a failed start or health gate
-//! (its database was migrated before, so no migration is skipped or repeated by accident).
+//! only within the budget (`--max-fail N|N%`, per batch and over the whole run) and only where
+//! dropping the host endangers nobody else: a host alone on its storage; on a shared storage, a
+//! failed start or health gate (its database was migrated before, so no migration is skipped or
+//! repeated by accident); in a rolling run, any step of the host's own batch but the storage's
+//! backup and migration (the table's zero-downtime row lets its old release serve the migrated
+//! schema, so it goes back to it).
+
+use std::fmt;
+use std::str::FromStr;
 
 use crate::exit_code;
-use crate::plan::{Plan, StepKind};
+use crate::plan::{Plan, StepKind, Strategy};
+
+/// `--max-fail`: how many hosts may fail while the run goes on without them, as a count or a
+/// share. It applies to each batch (a share of the batch's hosts) and to the whole run (a share
+/// of every host the plan touches); a share is rounded down, as Ansible's
+/// `max_fail_percentage`: `25%` of a batch of one tolerates no failure there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailBudget {
+    Count(usize),
+    /// 0 to 100.
+    Percent(u8),
+}
+
+impl Default for FailBudget {
+    fn default() -> Self {
+        FailBudget::Count(0)
+    }
+}
+
+impl FailBudget {
+    /// The failures tolerated out of `total` hosts.
+    pub fn of(self, total: usize) -> usize {
+        match self {
+            FailBudget::Count(n) => n,
+            FailBudget::Percent(p) => total * usize::from(p) / 100,
+        }
+    }
+
+    /// No failure is ever tolerated.
+    pub fn is_zero(self) -> bool {
+        matches!(self, FailBudget::Count(0) | FailBudget::Percent(0))
+    }
+}
+
+impl FromStr for FailBudget {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        if let Some(p) = s.strip_suffix('%') {
+            return match p.parse::<u8>() {
+                Ok(p @ 0..=100) => Ok(FailBudget::Percent(p)),
+                _ => Err(format!(
+                    "`{s}` is not a percentage from 0% to 100%: give a host count (`1`) or a share (`25%`)"
+                )),
+            };
+        }
+        s.parse::<usize>().map(FailBudget::Count).map_err(|_| {
+            format!(
+                "`{s}` is not a failure budget: give a host count (`0`, `1`) or a share (`25%`)"
+            )
+        })
+    }
+}
+
+impl fmt::Display for FailBudget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FailBudget::Count(n) => write!(f, "{n}"),
+            FailBudget::Percent(p) => write!(f, "{p}%"),
+        }
+    }
+}
 
 /// How many hosts may fail while the run goes on without them.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct FailurePolicy {
     /// 0: the first failure stops the run (and what is safe is undone).
-    pub max_failed: usize,
+    pub max_failed: FailBudget,
+}
+
+/// Which budget a failure spent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BudgetScope {
+    /// The failures of one batch (1-based).
+    Batch(usize),
+    /// Every failure of the run.
+    Run,
 }
 
 /// A host that failed a step: named in the report, left out of every later step.
@@ -30,13 +107,21 @@ pub struct HostFailure {
 pub enum Uncontained {
     /// `--max-fail 0`: today's policy, nothing to say.
     NoPolicy,
-    /// The budget is spent: these hosts failed already.
-    Budget { max: usize, failed: Vec<String> },
+    /// The budget is spent: these hosts failed already (in that batch, or in the run), `max`
+    /// of them were tolerated there.
+    Budget {
+        scope: BudgetScope,
+        budget: FailBudget,
+        max: usize,
+        failed: Vec<String>,
+    },
     /// A held lock or a cancellation is never a host's own problem.
     NotAHostFailure,
     /// Others still going share the host's storage, and the step comes before that storage
     /// was migrated (or is the switch onto it).
     SharedStorage { others: Vec<String> },
+    /// Rolling: the backup or migration of the storage every node serves from.
+    WholeStorage,
     /// The plan does not tell which storage the host is on.
     UnknownStorage,
 }
@@ -52,9 +137,27 @@ impl Uncontained {
         };
         match self {
             Uncontained::NoPolicy | Uncontained::NotAHostFailure => None,
-            Uncontained::Budget { max, failed } => Some(format!(
-                "`--max-fail {max}` was spent ({} failed already), so this failure stopped the run",
-                names(failed)
+            Uncontained::Budget {
+                scope,
+                budget,
+                max,
+                failed,
+            } => {
+                let already = if failed.is_empty() {
+                    "none failed before".to_string()
+                } else {
+                    format!("{} failed before", names(failed))
+                };
+                let where_ = match scope {
+                    BudgetScope::Batch(b) => format!("in batch {b}"),
+                    BudgetScope::Run => "over the whole run".to_string(),
+                };
+                Some(format!(
+                    "the failure budget tripped {where_}: `--max-fail {budget}` tolerates {max} failed host(s) there and {already}, so no new batch was started"
+                ))
+            }
+            Uncontained::WholeStorage => Some(format!(
+                "`--max-fail` cannot leave `{host}` behind: it backs up or migrates the storage every node serves from"
             )),
             Uncontained::SharedStorage { others } => Some(format!(
                 "`--max-fail` cannot leave `{host}` behind: it shares its storage with {}, still going, and the failure came before that storage was migrated and its nodes started (an old binary must not serve a migrated schema, and a migration must not be skipped or repeated)",
@@ -77,17 +180,46 @@ pub fn containable(
     host: &str,
     failed: &[String],
 ) -> Result<(), Uncontained> {
-    if policy.max_failed == 0 {
-        return Err(Uncontained::NoPolicy);
-    }
     if code == exit_code::CANCELLED || code == exit_code::LOCK_HELD {
         return Err(Uncontained::NotAHostFailure);
     }
-    if failed.len() >= policy.max_failed {
+    if policy.max_failed.is_zero() {
+        return Err(Uncontained::NoPolicy);
+    }
+    let budget = policy.max_failed;
+    let batch = plan.host(host).and_then(|h| h.batch);
+    if let Some(b) = batch
+        && let Some(hosts) = plan.batches.get(b - 1)
+    {
+        let max = budget.of(hosts.len());
+        let there: Vec<String> = failed
+            .iter()
+            .filter(|f| hosts.contains(f))
+            .cloned()
+            .collect();
+        if there.len() >= max {
+            return Err(Uncontained::Budget {
+                scope: BudgetScope::Batch(b),
+                budget,
+                max,
+                failed: there,
+            });
+        }
+    }
+    let max = budget.of(plan.touched_hosts().len());
+    if failed.len() >= max {
         return Err(Uncontained::Budget {
-            max: policy.max_failed,
+            scope: BudgetScope::Run,
+            budget,
+            max,
             failed: failed.to_vec(),
         });
+    }
+    if plan.strategy == Strategy::Rolling {
+        return match kind {
+            StepKind::Backup | StepKind::Migrate => Err(Uncontained::WholeStorage),
+            _ => Ok(()),
+        };
     }
     let storage = plan.storage_of(host).ok_or(Uncontained::UnknownStorage)?;
     let others: Vec<String> = storage
@@ -143,7 +275,9 @@ mod tests {
         }
     }
 
-    const BUDGET_1: FailurePolicy = FailurePolicy { max_failed: 1 };
+    const BUDGET_1: FailurePolicy = FailurePolicy {
+        max_failed: FailBudget::Count(1),
+    };
 
     #[test]
     fn no_budget_contains_nothing() {
@@ -173,6 +307,8 @@ mod tests {
         assert_eq!(
             containable(&p, BUDGET_1, StepKind::Stage, 1, "b", &["a".into()]),
             Err(Uncontained::Budget {
+                scope: BudgetScope::Run,
+                budget: FailBudget::Count(1),
                 max: 1,
                 failed: vec!["a".into()]
             })
@@ -182,7 +318,9 @@ mod tests {
     #[test]
     fn a_shared_storage_contains_only_failures_after_its_migration() {
         let p = plan(&[&["a", "b", "c"]]);
-        let budget = FailurePolicy { max_failed: 5 };
+        let budget = FailurePolicy {
+            max_failed: FailBudget::Count(5),
+        };
         for kind in [
             StepKind::StopService,
             StepKind::ConfirmStopped,
@@ -214,6 +352,139 @@ mod tests {
             ),
             Ok(())
         );
+    }
+
+    /// A rolling plan on one storage with `batches`.
+    fn rolling(batches: &[&[&str]]) -> Plan {
+        let all: Vec<&str> = batches.iter().flat_map(|b| b.iter().copied()).collect();
+        let mut p = plan(&[&all]);
+        p.strategy = Strategy::Rolling;
+        p.batches = batches
+            .iter()
+            .map(|b| b.iter().map(|h| h.to_string()).collect())
+            .collect();
+        p.hosts = batches
+            .iter()
+            .enumerate()
+            .flat_map(|(i, b)| {
+                b.iter().map(move |h| crate::plan::HostPlan {
+                    name: h.to_string(),
+                    current: None,
+                    action: crate::plan::HostAction::Upgrade,
+                    migrator: false,
+                    storage: None,
+                    replaces: None,
+                    batch: Some(i + 1),
+                    verdict: None,
+                    blocked: vec![],
+                })
+            })
+            .collect();
+        p
+    }
+
+    #[test]
+    fn budgets_apply_per_batch_and_over_the_run_and_say_which_tripped() {
+        let p = rolling(&[&["a"], &["b", "c"], &["d", "e"]]);
+        let policy = |s: &str| FailurePolicy {
+            max_failed: s.parse().unwrap(),
+        };
+        // Rolling: a node of a batch may be left behind at any step but the storage's own.
+        for kind in [
+            StepKind::StopService,
+            StepKind::Switch,
+            StepKind::StartService,
+            StepKind::HealthGate,
+        ] {
+            assert_eq!(containable(&p, policy("1"), kind, 1, "b", &[]), Ok(()));
+        }
+        assert_eq!(
+            containable(&p, policy("1"), StepKind::Migrate, 1, "a", &[]),
+            Err(Uncontained::WholeStorage)
+        );
+        // 50% of a batch of two is one host; of the run's five, two.
+        assert_eq!(
+            containable(
+                &p,
+                policy("50%"),
+                StepKind::HealthGate,
+                1,
+                "c",
+                &["b".into()]
+            ),
+            Err(Uncontained::Budget {
+                scope: BudgetScope::Batch(2),
+                budget: FailBudget::Percent(50),
+                max: 1,
+                failed: vec!["b".into()],
+            })
+        );
+        assert_eq!(
+            containable(
+                &p,
+                policy("50%"),
+                StepKind::HealthGate,
+                1,
+                "d",
+                &["b".into()]
+            ),
+            Ok(())
+        );
+        assert!(matches!(
+            containable(
+                &p,
+                policy("50%"),
+                StepKind::HealthGate,
+                1,
+                "e",
+                &["b".into(), "d".into()]
+            ),
+            Err(Uncontained::Budget {
+                scope: BudgetScope::Batch(3),
+                ..
+            })
+        ));
+        // Two tolerated per batch, two over the run: the run's budget trips first.
+        assert!(matches!(
+            containable(
+                &p,
+                policy("2"),
+                StepKind::HealthGate,
+                1,
+                "e",
+                &["b".into(), "d".into()]
+            ),
+            Err(Uncontained::Budget {
+                scope: BudgetScope::Run,
+                max: 2,
+                ..
+            })
+        ));
+        // 25% of a batch of one is none: rounded down, as Ansible does.
+        assert!(matches!(
+            containable(&p, policy("25%"), StepKind::HealthGate, 1, "a", &[]),
+            Err(Uncontained::Budget {
+                scope: BudgetScope::Batch(1),
+                max: 0,
+                ..
+            })
+        ));
+        let hint = Uncontained::Budget {
+            scope: BudgetScope::Batch(2),
+            budget: FailBudget::Percent(50),
+            max: 1,
+            failed: vec!["b".into()],
+        }
+        .hint("c")
+        .unwrap();
+        assert!(
+            hint.contains("in batch 2") && hint.contains("`--max-fail 50%`"),
+            "{hint}"
+        );
+        for bad in ["-1", "101%", "x"] {
+            assert!(bad.parse::<FailBudget>().unwrap_err().contains(bad));
+        }
+        assert!("0%".parse::<FailBudget>().unwrap().is_zero());
     }
 
     #[test]

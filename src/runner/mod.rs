@@ -42,7 +42,7 @@ use crate::ssh::Transport;
 pub use crate::plan::commands::{DUMP_FILE, backup_dir, release_binary, release_dir};
 pub use backup::{parse_postgres_backup, parse_sqlite_backup};
 pub use ctx::{Changes, StepError, kind_name};
-pub use failures::{FailurePolicy, HostFailure};
+pub use failures::{FailBudget, FailurePolicy, HostFailure};
 pub use migrate::{ListProblem, check_listed};
 pub use service::service_running;
 
@@ -1126,7 +1126,7 @@ pub(crate) mod tests {
     #[derive(Clone, Copy)]
     struct Setup {
         forks: usize,
-        max_failed: usize,
+        max_failed: failures::FailBudget,
         /// The nodes share one Postgres database (SQLite files of their own otherwise).
         postgres: bool,
         backup: bool,
@@ -1138,7 +1138,7 @@ pub(crate) mod tests {
         fn default() -> Self {
             Setup {
                 forks: 50,
-                max_failed: 0,
+                max_failed: failures::FailBudget::Count(0),
                 postgres: false,
                 backup: true,
                 flight: false,
@@ -1704,6 +1704,7 @@ pub(crate) mod tests {
 
     /// Runs `nodes` with `--max-fail max_failed`; the run must fail.
     async fn run_with_budget(nodes: Vec<Node>, max_failed: usize) -> Ran {
+        let max_failed = failures::FailBudget::Count(max_failed);
         let ran = run_fleet_with(
             nodes,
             Setup {
@@ -1808,7 +1809,7 @@ pub(crate) mod tests {
         let ran = run_fleet_with(
             n,
             Setup {
-                max_failed: 5,
+                max_failed: failures::FailBudget::Count(5),
                 postgres: true,
                 backup: false,
                 ..Setup::default()

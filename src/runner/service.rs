@@ -12,7 +12,7 @@ use crate::inventory::{ResolvedHost, Service};
 use crate::node::{self, ServiceAction};
 use crate::numary;
 use crate::plan::commands::storage_use_command;
-use crate::plan::{Action, ServiceParams, Step, StepKind};
+use crate::plan::{Action, GateParams, ServiceParams, Step, StepKind};
 use crate::preflight::sessions;
 use crate::ssh::{ExecOptions, ExitStatus, HttpError, Transport};
 use crate::version::Version;
@@ -430,15 +430,22 @@ async fn gate_one<T: Transport>(sh: &Shared<T>, step: &Step, name: &str) -> Resu
     loop {
         match api_version(t, &p.api).await {
             Ok(v) if Version::parse(&v).ok().as_ref() == Some(target) => {
-                if healthy(t, &p.api).await {
+                if !healthy(t, &p.api).await {
+                    last = format!("`/_info` reports `{v}` but `/_health` does not answer 200");
+                } else if let Some(why) = unread_ledger(t, p).await {
+                    last = format!("`/_info` reports `{v}`, `/_health` answers, but {why}");
+                } else {
                     sh.change(|c| c.healthy.push(name.to_string()));
+                    let read = match p.ledgers.len() {
+                        0 => String::new(),
+                        n => format!(", {n} ledger(s) answer a read"),
+                    };
                     op.ok(
-                        format!("`/_info` reports `{v}`, `/_health` answers"),
+                        format!("`/_info` reports `{v}`, `/_health` answers{read}"),
                         Vec::new(),
                     );
                     return Ok(());
                 }
-                last = format!("`/_info` reports `{v}` but `/_health` does not answer 200");
             }
             Ok(v) => last = format!("`/_info` reports `{v}`, not `{target}`"),
             Err(e) => last = format!("the API is not ready: {e}"),
@@ -470,6 +477,29 @@ async fn gate_one<T: Transport>(sh: &Shared<T>, step: &Step, name: &str) -> Resu
         }
         tokio::time::sleep(sh.cfg.poll_interval).await;
     }
+}
+
+/// The first ledger of the gate that does not answer a read, said why; `None` when all do.
+async fn unread_ledger<T: Transport>(t: &T, p: &GateParams) -> Option<String> {
+    let (h, port) = api_endpoint(&p.api)?;
+    for ledger in &p.ledgers {
+        let path = GateParams::read_path(ledger);
+        match t.http_get(&h, port, &path, PROBE_TIMEOUT).await {
+            Ok(r) if r.status == 200 => {}
+            Ok(r) => {
+                return Some(format!(
+                    "ledger `{ledger}` answers HTTP {} to `GET {path}`",
+                    r.status
+                ));
+            }
+            Err(e) => {
+                return Some(format!(
+                    "ledger `{ledger}` does not answer `GET {path}`: {e}"
+                ));
+            }
+        }
+    }
+    None
 }
 
 /// The live state of a node for the report after a failure: `service running|stopped`, the
