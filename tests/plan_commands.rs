@@ -5,26 +5,12 @@
 
 #[path = "common/lab_fixture.rs"]
 mod lab_fixture;
-
-use std::collections::BTreeMap;
+#[path = "common/plan_match.rs"]
+mod plan_match;
 
 use fleetup::exit_code;
-use fleetup::journal;
 use fleetup::lab::{Driver, LabGuard};
 use lab_fixture::{code, fleetup, json, release, spec, stderr, stdout};
-use serde_json::Value;
-
-type Commands = BTreeMap<(String, String), Vec<String>>;
-
-fn push_distinct(map: &mut Commands, kind: &str, host: &str, command: &str) {
-    if command.starts_with("# GET ") {
-        return;
-    }
-    let list = map.entry((kind.to_string(), host.to_string())).or_default();
-    if !list.iter().any(|c| c == command) {
-        list.push(command.to_string());
-    }
-}
 
 fn same_commands(driver: Driver, nodes: usize, from: &str, to: &str) {
     let lab = LabGuard::up(&spec(driver, nodes, from)).expect("lab up");
@@ -48,54 +34,7 @@ fn same_commands(driver: Driver, nodes: usize, from: &str, to: &str) {
         stdout(&out),
         stderr(&out)
     );
-    let j = journal::list_journals(&journal::default_state_dir(&lab.inventory_path()))
-        .unwrap()
-        .into_iter()
-        .rev()
-        .find(|j| j.header.command == "upgrade")
-        .expect("the upgrade's journal");
-    let run_id = &j.header.run_id;
-
-    let mut planned = Commands::new();
-    for step in audit["plan"]["steps"].as_array().unwrap() {
-        let kind = step["kind"].as_str().unwrap();
-        for hc in step["commands"].as_array().unwrap() {
-            let host = hc["host"].as_str().unwrap();
-            for c in hc["commands"].as_array().unwrap() {
-                let c = c.as_str().unwrap().replace("@RUN_ID@", run_id);
-                push_distinct(&mut planned, kind, host, &c);
-            }
-        }
-    }
-    let mut ran = Commands::new();
-    for e in j.events.iter().filter(|e| e["event"] == "step_started") {
-        if let Some(c) = e["command"].as_str() {
-            push_distinct(
-                &mut ran,
-                e["kind"].as_str().unwrap(),
-                e["host"].as_str().unwrap(),
-                c,
-            );
-        }
-    }
-    assert!(!planned.is_empty(), "the plan lists commands");
-    for (key, cmds) in &planned {
-        assert_eq!(
-            ran.get(key),
-            Some(cmds),
-            "{key:?}: what check listed differs from what ran"
-        );
-    }
-    for key in ran.keys() {
-        assert!(
-            planned.contains_key(key),
-            "{key:?} ran commands check never listed"
-        );
-    }
-    // The journal's header holds the same plan.
-    let header_plan: &Value = j.header.plan.as_ref().expect("the plan in the header");
-    assert_eq!(header_plan["steps"], audit["plan"]["steps"]);
-    assert_eq!(j.header.plan_id.as_deref(), Some(plan_id.as_str()));
+    plan_match::assert_journal_ran_the_plan(&lab, &audit);
 }
 
 #[test]

@@ -95,6 +95,10 @@ pub struct MigrateParams {
     /// The ledgers known when the plan was built (the inventory's, else the node's), shown as
     /// one `storage upgrade` each; the run takes the names from `storage list`.
     pub ledgers: Vec<String>,
+    /// Postgres, offline: the database must have no other session right before the first
+    /// `storage upgrade` (counted). False for zero-downtime, where the other nodes serve from
+    /// it by design.
+    pub exclusive: bool,
 }
 
 /// The atomic swap of the node's binary to a release.
@@ -326,8 +330,11 @@ impl MigrateParams {
     fn commands(&self) -> Vec<String> {
         let mut c = Vec::new();
         if self.is_postgres() {
-            // Right before the first `storage upgrade`: the database to itself, under its lock.
-            c.push(self.db_sessions_command());
+            // Right before the first `storage upgrade`: the database to itself (offline),
+            // under its lock.
+            if self.exclusive {
+                c.push(self.db_sessions_command());
+            }
             c.push(commands::db_lock_line());
         }
         c.extend([
@@ -533,6 +540,7 @@ mod tests {
             driver: Some(StorageDriver::Sqlite),
             env_file: Some(ENV.into()),
             ledgers: vec!["default".into(), "pay ments".into()],
+            exclusive: true,
         };
         let n = |args: &str| format!("{SOURCED}exec /srv/rel/1.8.2/numary {args}");
         assert_eq!(

@@ -451,6 +451,7 @@ fn migrate(l: &Layout, hosts: &[&View], batch: Option<usize>) -> Step {
             driver: v.driver(),
             env_file: v.host.ledger.env_file.clone(),
             ledgers: v.known_ledgers(),
+            exclusive: !l.strategy.is_zero_downtime(),
         })
     })
 }

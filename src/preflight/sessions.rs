@@ -134,6 +134,16 @@ fn finding(
     {
         return None;
     }
+    if input.plan.strategy.is_zero_downtime() {
+        return Some(Finding::pass(
+            Some(migrator),
+            check::DB_SESSIONS,
+            format!(
+                "strategy `{}`: the other nodes keep serving from the database while it migrates, as the table's zero-downtime row allows",
+                input.plan.strategy
+            ),
+        ));
+    }
     let found = seen.get(migrator)?.sessions.as_ref()?;
     let sessions = match found {
         Ok(s) => s,

@@ -144,7 +144,8 @@ pub async fn run<T: Transport + 'static>(
 ) -> Result<(), StepError> {
     recheck_stopped(sh, step).await?;
     // Right before the first `storage upgrade`: a node outside the run may have connected
-    // since the stops.
+    // since the stops. A zero-downtime run migrates while the other nodes serve, by design (the
+    // table's zero-downtime row allows it; its params are not `exclusive`).
     service::confirm_database_free(sh, step).await?;
     // Each Postgres database is migrated under its advisory lock, held for the whole step in a
     // session of its own: another inventory, or a disjoint `--limit`, on the same database is

@@ -220,6 +220,7 @@ pub async fn confirm_database_free<T: Transport>(
     for hc in migrating.filter(|hc| sh.going(&hc.host)) {
         if let Some(p) = hc.params.migrate()
             && p.is_postgres()
+            && p.exclusive
             && sh.sessions.contains_key(&hc.host)
         {
             database_free_on(sh, step, &hc.host, &p.db_sessions_command()).await?;
@@ -553,6 +554,41 @@ pub async fn restart_old<T: Transport>(
                 return Err(format!("restarted, but the API does not answer: {e}"));
             }
             Err(_) => tokio::time::sleep(sh.cfg.poll_interval).await,
+        }
+    }
+}
+
+/// Stops `name` through its service manager and waits until it says stopped, outside any step
+/// (the undo of a rolling batch). `Err`: why it is not known to be stopped.
+pub async fn stop_outside_step<T: Transport>(
+    sh: &Shared<T>,
+    name: &str,
+    p: &ServiceParams,
+) -> Result<(), String> {
+    let t = sh.session(name);
+    let opts = ExecOptions {
+        timeout: Some(sh.cfg.stop_timeout),
+        ..Default::default()
+    };
+    let out = t
+        .exec(&p.command(ServiceAction::Stop), &opts)
+        .await
+        .map_err(|e| e.to_string())?;
+    if !out.status.success() {
+        return Err(format!(
+            "the stop command exited with {}: {}",
+            out.status,
+            tail(&out.stderr_lossy()).unwrap_or_default()
+        ));
+    }
+    let deadline = Instant::now() + sh.cfg.stop_timeout;
+    loop {
+        match service_running(t, &p.service).await {
+            Some(false) => return Ok(()),
+            _ if Instant::now() >= deadline => {
+                return Err("the service manager still does not say stopped".to_string());
+            }
+            _ => tokio::time::sleep(sh.cfg.poll_interval).await,
         }
     }
 }

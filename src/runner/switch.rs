@@ -113,6 +113,51 @@ async fn back_one<T: Transport>(sh: &Shared<T>, step: &Step, name: &str) -> Resu
     Ok(())
 }
 
+/// The undo of a rolling batch: `link` back to `release` (the one the node ran before this run
+/// switched it), which must still be an executable file. Not a step of the plan: it reports
+/// through the undo's events. `Ok`: what now holds.
+pub async fn back_to<T: Transport>(
+    sh: &Shared<T>,
+    name: &str,
+    link: &str,
+    release: &str,
+) -> Result<String, String> {
+    let p = SwitchParams {
+        link: link.to_string(),
+        release: release.to_string(),
+        keep_plain_as: None,
+    };
+    let cmd = format!(
+        "test -x {} || {{ echo 'the previous release is gone' >&2; exit 1; }}; {}",
+        crate::shell::quote(release),
+        p.command()
+    );
+    let opts = crate::ssh::ExecOptions {
+        timeout: Some(std::time::Duration::from_secs(60)),
+        ..Default::default()
+    };
+    let out = sh
+        .session(name)
+        .exec(&cmd, &opts)
+        .await
+        .map_err(|e| e.to_string())?;
+    if !out.status.success() {
+        return Err(format!(
+            "the switch back exited with {}: {}",
+            out.status,
+            out.stderr_lossy().trim()
+        ));
+    }
+    let swapped = parse_switch(&out.stdout_lossy())?;
+    if swapped.now != release {
+        return Err(format!(
+            "`{link}` points to `{}` after the switch back, not `{release}`",
+            swapped.now
+        ));
+    }
+    Ok(format!("`{link}` points to `{release}` again"))
+}
+
 /// Runs the swap of `p` on `name`, checks the link points to its release afterwards and records
 /// the previous target. `(label, what)`: what the step does, and how the error names it;
 /// `report` gives the finished line's message and artefacts.

@@ -5,20 +5,28 @@
 //! migrated the backup is the way back: it is kept, and no node is started (an old binary must
 //! not serve a migrated schema). The same rules judge one failed host the run leaves behind, by
 //! what happened to its own storage ([`undo_host`]).
+//!
+//! A rolling run is undone host by host instead ([`revert`]): a node that did not pass its
+//! health gate goes back to the release it ran and is started again, since the table's
+//! zero-downtime row (which rolling requires) lets that release serve the migrated schema; the
+//! nodes that passed keep serving the target, the others were never touched.
 
 use std::time::Duration;
 
 use crate::events::{Event, StepState};
-use crate::plan::{Action, StepKind};
+use crate::plan::{Action, ServiceParams, StepKind, Strategy};
 use crate::shell::quote;
 use crate::ssh::{ExecOptions, Transport};
 
 use super::ctx::{Changes, Shared, kind_name};
-use super::service;
+use super::{service, switch};
 
 /// Undoes `applied` (`(kind, host)` in the order they were applied) in reverse, where safe for
 /// the whole run: once any storage was touched or any binary switched, nothing is restarted.
 pub async fn undo<T: Transport>(sh: &Shared<T>, applied: &[(StepKind, String)]) {
+    if sh.plan.strategy == Strategy::Rolling {
+        return undo_rolling(sh, applied).await;
+    }
     let c = sh.changes();
     let (touched, switched) = (c.storage_touched, !c.switched.is_empty());
     undo_as(sh, applied, &c, touched, switched).await;
@@ -27,6 +35,9 @@ pub async fn undo<T: Transport>(sh: &Shared<T>, applied: &[(StepKind, String)]) 
 /// The own undo of `host`, which failed and is left behind while the run goes on: what it
 /// applied, judged by its storage (touched, or a binary switched onto it, by any of its nodes).
 pub async fn undo_host<T: Transport>(sh: &Shared<T>, applied: &[(StepKind, String)], host: &str) {
+    if sh.plan.strategy == Strategy::Rolling {
+        return revert(sh, host).await;
+    }
     let c = sh.changes();
     let on_storage: Vec<String> = sh
         .plan
@@ -52,25 +63,9 @@ async fn undo_as<T: Transport>(
         timeout: Some(Duration::from_secs(60)),
         ..Default::default()
     };
-    let restored = |host: &str, action: &str, ok: bool, detail: String| {
-        sh.emit(Event::Restored {
-            host: host.to_string(),
-            action: action.to_string(),
-            ok,
-            detail,
-        });
-    };
-    let undone = |kind: StepKind, host: &str, detail: &str| {
-        let step = sh.plan.steps.iter().find(|s| s.kind == kind);
-        sh.emit(Event::StepState {
-            id: step.map_or_else(|| kind.to_string(), |s| s.id.clone()),
-            step: step.map_or(0, |s| s.number),
-            kind: kind_name(kind),
-            host: host.to_string(),
-            state: StepState::Undone,
-            message: Some(detail.to_string()),
-        });
-    };
+    let restored =
+        |host: &str, action: &str, ok: bool, detail: String| restored(sh, host, action, ok, detail);
+    let undone = |kind: StepKind, host: &str, detail: &str| undone(sh, kind, host, detail);
     // Once a binary was switched, the storage was migrated before it: nothing is undone.
     let mut seen: Vec<(StepKind, &str)> = Vec::new();
     for (kind, host) in applied.iter().rev() {
@@ -166,6 +161,157 @@ async fn undo_as<T: Transport>(
                 }
             }
             _ => {}
+        }
+    }
+}
+
+fn restored<T: Transport>(sh: &Shared<T>, host: &str, action: &str, ok: bool, detail: String) {
+    sh.emit(Event::Restored {
+        host: host.to_string(),
+        action: action.to_string(),
+        ok,
+        detail,
+    });
+}
+
+/// The step of `kind` that names `host` (the first of that kind otherwise) marked undone there.
+fn undone<T: Transport>(sh: &Shared<T>, kind: StepKind, host: &str, detail: &str) {
+    let of_kind = || sh.plan.steps.iter().filter(|s| s.kind == kind);
+    let step = of_kind()
+        .find(|s| s.hosts.iter().any(|h| h == host))
+        .or_else(|| of_kind().next());
+    sh.emit(Event::StepState {
+        id: step.map_or_else(|| kind.to_string(), |s| s.id.clone()),
+        step: step.map_or(0, |s| s.number),
+        kind: kind_name(kind),
+        host: host.to_string(),
+        state: StepState::Undone,
+        message: Some(detail.to_string()),
+    });
+}
+
+/// A rolling run that stopped: every host it changed that did not pass its health gate is
+/// reverted ([`revert`]), in the order they were changed; staged releases and the backup are
+/// judged as in the offline undo (kept once a binary was switched or the storage migrated).
+async fn undo_rolling<T: Transport>(sh: &Shared<T>, applied: &[(StepKind, String)]) {
+    let c = sh.changes();
+    let mut hosts: Vec<&str> = Vec::new();
+    for (_, h) in applied {
+        if !hosts.contains(&h.as_str()) && !c.healthy.contains(h) {
+            hosts.push(h);
+        }
+    }
+    for host in hosts {
+        revert(sh, host).await;
+    }
+    let artefacts: Vec<(StepKind, String)> = applied
+        .iter()
+        .filter(|(k, _)| matches!(k, StepKind::Stage | StepKind::Backup))
+        .cloned()
+        .collect();
+    let c = sh.changes();
+    let (touched, switched) = (c.storage_touched, !c.switched.is_empty());
+    undo_as(sh, &artefacts, &c, touched, switched).await;
+}
+
+/// Rolling: `host` back to the release it ran before this run, serving again if this run
+/// stopped it: its new server stopped, its binary switched back, its service started on the
+/// old release. Where the table gives no zero-downtime row from its version (the plan would
+/// not be rolling then), it is left stopped, said why.
+pub async fn revert<T: Transport>(sh: &Shared<T>, host: &str) {
+    let c = sh.changes();
+    let h = sh.host(host);
+    let plan_host = sh.plan.host(host);
+    let previous = c
+        .switched
+        .iter()
+        .find(|(n, _)| n == host)
+        .map(|(_, p)| p.clone())
+        .or_else(|| {
+            // Switched by the run this one resumes: the release of its version before.
+            let current = plan_host.and_then(|p| p.current.as_ref())?;
+            (current != &sh.plan.target).then(|| crate::plan::commands::release_binary(h, current))
+        });
+    let started = c.started.iter().any(|n| n == host);
+    let stopped = c.stopped.iter().any(|n| n == host);
+    let switched = c.switched.iter().any(|(n, _)| n == host);
+    if !(started || stopped || switched) {
+        return;
+    }
+    let may_serve = plan_host
+        .and_then(|p| p.verdict.as_ref())
+        .is_some_and(|v| v.supported && v.zero_downtime);
+    if !may_serve {
+        restored(
+            sh,
+            host,
+            "leave-stopped",
+            true,
+            "left stopped: the table gives no zero-downtime row from its version, so its old release must not serve the migrated schema".into(),
+        );
+        return;
+    }
+    let p = ServiceParams::of(h);
+    if started {
+        match service::stop_outside_step(sh, host, &p).await {
+            Ok(()) => {
+                undone(
+                    sh,
+                    StepKind::StartService,
+                    host,
+                    "the new release's server stopped",
+                );
+            }
+            Err(e) => {
+                restored(
+                    sh,
+                    host,
+                    "stop-new-release",
+                    false,
+                    format!("could not stop the new release's server ({e}): left as it is"),
+                );
+                return;
+            }
+        }
+    }
+    if switched || started {
+        match previous.filter(|p| !p.is_empty()) {
+            Some(release) => match switch::back_to(sh, host, &h.ledger.binary, &release).await {
+                Ok(detail) => {
+                    undone(sh, StepKind::Switch, host, &detail);
+                    restored(sh, host, "switch-back", true, detail);
+                }
+                Err(e) => {
+                    restored(
+                        sh,
+                        host,
+                        "switch-back",
+                        false,
+                        format!("left stopped: could not switch back ({e})"),
+                    );
+                    return;
+                }
+            },
+            None => {
+                restored(
+                    sh,
+                    host,
+                    "switch-back",
+                    false,
+                    "left stopped: the release it ran before is not known".into(),
+                );
+                return;
+            }
+        }
+    }
+    // Started again only where this run stopped it: a node stopped before the run stays so.
+    if stopped {
+        match service::restart_old(sh, host, &p).await {
+            Ok(detail) => {
+                undone(sh, StepKind::StopService, host, &detail);
+                restored(sh, host, "restart", true, detail);
+            }
+            Err(detail) => restored(sh, host, "restart", false, detail),
         }
     }
 }

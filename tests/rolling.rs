@@ -1,0 +1,196 @@
+//! Zero-downtime in place (`--strategy rolling`) on a real 4-node Postgres lab at 1.8.2 →
+//! 1.9.6 (the table's row `1.9.x` from `1.4.x`, zero-downtime: yes): the nodes keep serving
+//! while one batch at a time moves; the storage is migrated once, by fleetup's `storage upgrade`
+//! in the canary batch, before any node runs the target; a canary that never becomes healthy
+//! stops the run with the other nodes untouched and goes back to its old release; `--resume`
+//! finishes once the fault is gone. Every assertion reads the nodes, the database, the
+//! simulator's records and the journal, not fleetup's report. Needs `FLEETUP_TEST_PG_URL`.
+
+#[path = "common/lab_fixture.rs"]
+mod lab_fixture;
+#[path = "common/plan_match.rs"]
+mod plan_match;
+
+use std::path::Path;
+
+use fleetup::exit_code;
+use fleetup::lab::availability::AvailabilityPoller;
+use fleetup::lab::{Driver, Lab, LabGuard};
+use lab_fixture::{api_version, assert_serving, both, code, fleetup, json, release, spec};
+use serde_json::Value;
+
+const FROM: &str = "1.8.2";
+const TARGET: &str = "1.9.6";
+
+fn lab(nodes: usize) -> LabGuard {
+    LabGuard::up(&spec(Driver::Postgres, nodes, FROM)).expect("lab up")
+}
+
+/// `(ledger, transactions)` of every ledger, as node `name` serves them.
+fn transaction_counts(lab: &Lab, name: &str) -> Vec<(String, u64)> {
+    let node = lab.node(name).unwrap();
+    lab.ledgers
+        .iter()
+        .map(|l| {
+            let (status, body) = node.api_get(&format!("/{l}/stats")).unwrap();
+            assert_eq!(status, 200, "{l}: {body}");
+            let v: Value = serde_json::from_str(&body).unwrap();
+            (l.clone(), v["data"]["transactions"].as_u64().unwrap())
+        })
+        .collect()
+}
+
+/// The simulator's committed migration runs to `version`: `(ledger, via)`, sorted.
+fn migrations(lab: &Lab, version: &str) -> Vec<(String, String)> {
+    let text =
+        std::fs::read_to_string(lab.sim_state_dir().join("migrations.log")).unwrap_or_default();
+    let mut out: Vec<(String, String)> = text
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|v| v["version"] == version && v["result"] == "committed")
+        .map(|v| {
+            (
+                v["ledger"].as_str().unwrap_or("").to_string(),
+                v["via"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// Each ledger migrated to `version` exactly once, by `storage upgrade` (fleetup's), never
+/// lazily by a server request: so before any new node served it.
+fn assert_migrated_once_by_fleetup(lab: &Lab, version: &str) {
+    let mut want: Vec<(String, String)> = lab
+        .ledgers
+        .iter()
+        .map(|l| (l.clone(), "storage upgrade".to_string()))
+        .collect();
+    want.sort();
+    assert_eq!(migrations(lab, version), want, "each ledger migrated once");
+}
+
+fn server_pid(lab: &Lab, name: &str) -> Option<u32> {
+    lab.node(name)?.paths().recorded_pid()
+}
+
+fn check_json(lab: &Lab, new: &Path, extra: &[&str]) -> Value {
+    let mut args = vec!["check", "--to", TARGET, "--binary", new.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    args.extend(["--format", "json"]);
+    let out = fleetup(&lab.inventory_path(), &args);
+    assert_eq!(code(&out), exit_code::SUCCESS, "{}", both(&out));
+    json(&out)
+}
+
+fn upgrade(lab: &Lab, new: &Path, extra: &[&str]) -> std::process::Output {
+    let mut args = vec!["upgrade", "--to", TARGET, "--binary", new.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    fleetup(&lab.inventory_path(), &args)
+}
+
+#[test]
+fn rolling_one_node_at_a_time_keeps_three_of_four_serving_and_migrates_once() {
+    let lab = lab(4);
+    let new = release(&lab, TARGET);
+    let before = transaction_counts(&lab, "node-1");
+
+    // `auto` picks rolling: the table allows zero-downtime, one shared Postgres, all serving.
+    let audit = check_json(&lab, &new, &["--serial", "1"]);
+    assert_eq!(audit["plan"]["strategy"], "rolling", "{audit:#}");
+    let plan_id = audit["plan_id"].as_str().unwrap().to_string();
+    let ids: Vec<&str> = audit["plan"]["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        [
+            "preflight",
+            "lock",
+            "backup",
+            "stage",
+            "stop-service-1",
+            "migrate-1",
+            "switch-1",
+            "start-service-1",
+            "health-gate-1",
+            "stop-service-2",
+            "switch-2",
+            "start-service-2",
+            "health-gate-2",
+            "stop-service-3",
+            "switch-3",
+            "start-service-3",
+            "health-gate-3",
+            "stop-service-4",
+            "switch-4",
+            "start-service-4",
+            "health-gate-4",
+            "unlock",
+        ]
+    );
+
+    let poll = AvailabilityPoller::for_lab(&lab).expect("poller");
+    let out = upgrade(&lab, &new, &["--serial", "1", "--plan", &plan_id]);
+    let seen = poll.stop();
+    assert_eq!(code(&out), exit_code::SUCCESS, "{}", both(&out));
+
+    assert_serving(&lab, TARGET, "after the rolling upgrade");
+    assert!(
+        seen.fewest() >= 3,
+        "at least 3 of 4 nodes answered at every poll; fewest at {:?}, missing {:?}",
+        seen.fewest_sample().map(|s| s.at),
+        seen.fewest_missing()
+    );
+    assert!(seen.polls() > 5, "the poller ran during the upgrade");
+    assert_migrated_once_by_fleetup(&lab, TARGET);
+    assert_eq!(lab.misuse_records().unwrap(), Vec::<Value>::new(), "misuse");
+    for n in &lab.nodes {
+        assert_eq!(transaction_counts(&lab, &n.name), before, "{}", n.name);
+    }
+    plan_match::assert_journal_ran_the_plan(&lab, &audit);
+}
+
+#[test]
+fn a_canary_that_never_becomes_healthy_stops_the_run_and_goes_back_then_resume_finishes() {
+    let lab = lab(4);
+    let new = release(&lab, TARGET);
+    let pids: Vec<Option<u32>> = ["node-2", "node-3", "node-4"]
+        .iter()
+        .map(|n| server_pid(&lab, n))
+        .collect();
+    // node-1, the migrator, is the canary; its API answers 500 while the fault is armed.
+    lab.set_fault_with("never-healthy", &["node-1"], &[])
+        .unwrap();
+    let out = upgrade(&lab, &new, &["--health-timeout", "4s"]);
+    assert_eq!(code(&out), exit_code::FAILURE, "{}", both(&out));
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(err.contains("node-1"), "{err}");
+
+    // The others were never touched: same servers, old binary, serving the old version.
+    for (name, pid) in ["node-2", "node-3", "node-4"].iter().zip(&pids) {
+        let node = lab.node(name).unwrap();
+        assert_eq!(node.installed_version().as_deref(), Some(FROM), "{name}");
+        assert_eq!(&server_pid(&lab, name), pid, "{name} was not restarted");
+        assert_eq!(api_version(&lab, name).as_deref(), Some(FROM), "{name}");
+    }
+    // The canary is back on its old release and its service runs it again (its API still
+    // answers 500: the fault is on the node, whatever the release).
+    let canary = lab.node("node-1").unwrap();
+    assert_eq!(canary.installed_version().as_deref(), Some(FROM));
+    assert!(canary.service_running(), "the canary runs its old release");
+    // The migration ran once, before the canary started: the old nodes serve the new schema.
+    assert_migrated_once_by_fleetup(&lab, TARGET);
+
+    lab.clear_fault("never-healthy").unwrap();
+    assert_eq!(api_version(&lab, "node-1").as_deref(), Some(FROM));
+    let resumed = fleetup(&lab.inventory_path(), &["upgrade", "--resume"]);
+    assert_eq!(code(&resumed), exit_code::SUCCESS, "{}", both(&resumed));
+    assert_serving(&lab, TARGET, "after --resume");
+    assert_migrated_once_by_fleetup(&lab, TARGET);
+    assert_eq!(lab.misuse_records().unwrap(), Vec::<Value>::new(), "misuse");
+}
