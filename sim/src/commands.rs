@@ -8,6 +8,7 @@ use std::io::Write;
 use serde_json::json;
 
 use crate::config::{Config, env_name};
+use crate::paths;
 use crate::state::{StateDir, kind};
 use crate::storage::{self, Driver, NewTransaction, Posting};
 use crate::version::SimVersion;
@@ -39,9 +40,20 @@ impl App {
         Driver::initialize(backend, self.version).map_err(|e| Failure::Run(e.0))
     }
 
-    /// Records misuse when a live server uses the storage a storage command is about to touch.
+    /// Records misuse when a live server uses the storage a storage command is about to touch,
+    /// unless the command leaves a schema the guide's table lets that server keep serving
+    /// zero-downtime (a 1.8.2 server beside 1.9.6's `storage upgrade`). `delete` takes ledgers
+    /// away from under the server: the table promises nothing for it.
     fn check_servers(&self, driver: &Driver, command: &str, ledger: Option<&str>) {
         for server in self.state.live_servers(&driver.identity) {
+            let server_version = server.value["version"]
+                .as_str()
+                .and_then(|v| SimVersion::parse(v).ok());
+            let tolerated = command != "delete"
+                && server_version.is_some_and(|v| paths::zero_downtime(v, self.version));
+            if tolerated {
+                continue;
+            }
             let detail = format!(
                 "`storage {command}` while server pid {} (node {}, version {}, bind {}) uses the same storage",
                 server.pid,

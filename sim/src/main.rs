@@ -8,6 +8,7 @@ mod commands;
 mod config;
 mod db;
 mod migrations;
+mod paths;
 mod server;
 mod state;
 mod storage;

@@ -260,6 +260,39 @@ pub fn for_version(version: SimVersion) -> Vec<Migration> {
     list
 }
 
+/// The releases that ship migrations, as tagged in formancehq/ledger (`(minor, last patch)`;
+/// 1.11 and 1.12 by their first tag). Older releases ship migration 0 only.
+const RELEASES: &[(u64, u64)] = &[
+    (3, 3),
+    (4, 6),
+    (5, 0),
+    (6, 1),
+    (7, 8),
+    (8, 3),
+    (9, 6),
+    (10, 16),
+    (11, 0),
+    (12, 0),
+];
+
+/// The first release after `after` that ships migration `number`: the release whose schema a
+/// ledger carrying `number` (unknown to `after`) comes from, as `after` sees it. For 1.10.0 a
+/// 20 comes from 1.10.3, not 1.9.6; for 1.7.4 an 11 comes from 1.7.5.
+pub fn first_shipped_after(after: SimVersion, number: u32) -> Option<SimVersion> {
+    RELEASES
+        .iter()
+        .flat_map(|&(minor, last)| {
+            let first = if minor == 3 { 2 } else { 0 };
+            (first..=last).map(move |patch| SimVersion {
+                major: 1,
+                minor,
+                patch,
+            })
+        })
+        .filter(|release| *release > after)
+        .find(|release| for_version(*release).iter().any(|m| m.number == number))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -288,6 +321,20 @@ mod tests {
         assert_eq!(numbers("1.10.16"), (0..=20).collect::<Vec<_>>());
         assert_eq!(numbers("1.11.0"), (0..=21).collect::<Vec<_>>());
         assert_eq!(numbers("1.2.1"), vec![0]);
+    }
+
+    #[test]
+    fn a_migration_comes_from_the_first_later_release_that_ships_it() {
+        let from = |after: &str, n: u32| {
+            first_shipped_after(SimVersion::parse(after).unwrap(), n).map(|v| v.to_string())
+        };
+        assert_eq!(from("1.8.2", 20).as_deref(), Some("1.9.6"));
+        assert_eq!(from("1.8.2", 18).as_deref(), Some("1.9.4"));
+        assert_eq!(from("1.10.0", 20).as_deref(), Some("1.10.3"));
+        assert_eq!(from("1.7.4", 11).as_deref(), Some("1.7.5"));
+        assert_eq!(from("1.7.4", 17).as_deref(), Some("1.8.1"));
+        assert_eq!(from("1.4.6", 7).as_deref(), Some("1.5.0"));
+        assert_eq!(from("1.11.0", 22), None);
     }
 
     #[test]

@@ -385,10 +385,11 @@ impl Server {
     }
 
     /// Records "binary older than schema" once per distinct finding, on every request, since
-    /// another node may migrate the ledger under a server that keeps running.
+    /// another node may migrate the ledger under a server that keeps running (unless the
+    /// guide's table lets this release serve that schema, [`Driver::may_not_serve`]).
     fn check_schema_once(&self, driver: &mut Driver, ledger: &str, method: &str) {
         let unknown = driver.unknown_migrations(ledger);
-        if unknown.is_empty() {
+        if !driver.may_not_serve(&unknown) {
             return;
         }
         let key = format!("{ledger}|{}", unknown.join(","));

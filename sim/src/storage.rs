@@ -13,6 +13,7 @@ use serde_json::{Value, json};
 use crate::config::Config;
 use crate::db::{Conn, DbError, Engine, PgTarget, ident, lit};
 use crate::migrations::{self, Migration};
+use crate::paths;
 use crate::state::{StateDir, kind, rfc3339};
 use crate::version::SimVersion;
 
@@ -297,6 +298,23 @@ impl Driver {
         unknown
     }
 
+    /// The release the newest of `unknown` (versions this release does not ship) comes from,
+    /// as this release sees it: the first later release that ships it.
+    fn schema_source(&self, unknown: &[String]) -> Option<SimVersion> {
+        let newest = unknown.iter().filter_map(|v| v.parse::<u32>().ok()).max()?;
+        migrations::first_shipped_after(self.version, newest)
+    }
+
+    /// Serving a ledger that carries `unknown` is misuse: the guide's table does not let this
+    /// release keep serving, zero-downtime, the schema of the release those versions come from
+    /// (a 1.8.2 node may serve 1.9.6's 18-20; a 1.7.4 node may not serve 1.8.x's 11-17).
+    pub fn may_not_serve(&self, unknown: &[String]) -> bool {
+        !unknown.is_empty()
+            && !self
+                .schema_source(unknown)
+                .is_some_and(|release| paths::zero_downtime(self.version, release))
+    }
+
     pub fn record_schema_misuse(
         &self,
         state: &StateDir,
@@ -304,8 +322,15 @@ impl Driver {
         action: &str,
         unknown: &[String],
     ) {
+        let source = match self.schema_source(unknown) {
+            Some(release) => format!(
+                "; the newest comes with {release}, and the upgrade table gives no zero-downtime path from {} to {}.{}.x",
+                self.version, release.major, release.minor
+            ),
+            None => "; no release the simulator knows ships them".to_owned(),
+        };
         let detail = format!(
-            "{action}: ledger has migrations [{}] that {} does not ship",
+            "{action}: ledger has migrations [{}] that {} does not ship{source}",
             unknown.join(", "),
             self.version
         );
@@ -317,10 +342,11 @@ impl Driver {
         );
     }
 
-    /// Records misuse when `ledger` carries migrations this release does not ship.
+    /// Records misuse when `ledger` carries migrations this release does not ship and may not
+    /// serve ([`Driver::may_not_serve`]).
     pub fn check_schema(&mut self, state: &StateDir, ledger: &str, action: &str) {
         let unknown = self.unknown_migrations(ledger);
-        if !unknown.is_empty() {
+        if self.may_not_serve(&unknown) {
             self.record_schema_misuse(state, ledger, action, &unknown);
         }
     }
