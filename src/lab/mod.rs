@@ -3,6 +3,7 @@
 //! [`Lab::up`] builds one in a dir (state in `lab.json`), [`Lab::down`] stops exactly the
 //! processes it started, by pid. Tests use [`LabGuard`] so a failing test leaves nothing behind.
 
+pub mod availability;
 pub mod digest;
 mod inventory_file;
 pub mod keys;
@@ -10,6 +11,8 @@ pub mod node;
 pub mod pg;
 pub mod process;
 pub mod sshd;
+#[cfg(test)]
+mod testing;
 
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
@@ -25,6 +28,7 @@ use crate::error::Failure;
 use crate::exit_code;
 use crate::version::Version;
 
+pub use availability::{AvailabilityPoller, AvailabilityReport, PollTarget, Sample};
 pub use node::NodePaths;
 
 /// Format of `lab.json`; bumped when a field changes meaning.
