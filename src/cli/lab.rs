@@ -43,6 +43,11 @@ pub struct UpArgs {
     /// Number of nodes.
     #[arg(long, default_value_t = 3)]
     pub nodes: usize,
+    /// New nodes for `--strategy replace`: `new-1` … `new-N`, each `replaces = "node-i"`, with
+    /// its own sshd and environment (the storage of the node it replaces) but no `numary`
+    /// installed and its service stopped.
+    #[arg(long, default_value_t = 0)]
+    pub replacements: usize,
     /// `numary` version installed on every node.
     #[arg(long, default_value = "1.8.2")]
     pub version: Version,
@@ -125,10 +130,15 @@ fn up(global: &Global, args: &UpArgs) -> anyhow::Result<i32> {
         start: !args.stopped,
         sim: args.sim.clone(),
         pg_per_node: false,
+        replacements: args.replacements,
     };
     if !global.quiet {
+        let replacements = match spec.replacements {
+            0 => String::new(),
+            n => format!(" + {n} replacement(s)"),
+        };
         eprintln!(
-            "starting a {}-node lab in `{}` (numary {}, {})...",
+            "starting a {}-node{replacements} lab in `{}` (numary {}, {})...",
             spec.nodes,
             spec.dir.display(),
             spec.version,
@@ -159,22 +169,31 @@ fn summary(lab: &Lab, dir_arg: &Path, stopped: bool) -> String {
         Some(pg) => format!("postgres, shared database `{}`", pg.database),
         None => "sqlite (one store per node)".to_owned(),
     };
+    let new_nodes = lab.nodes.iter().filter(|n| n.replaces.is_some()).count();
+    let replacements = match new_nodes {
+        0 => String::new(),
+        n => format!(" + {n} replacement(s)"),
+    };
     let mut out = format!(
-        "lab up in {}: {} node(s), numary {}, {}, services {}\n",
+        "lab up in {}: {} node(s){replacements}, numary {}, {}, services {}\n",
         lab.dir.display(),
-        lab.nodes.len(),
+        lab.nodes.len() - new_nodes,
         lab.version,
         storage,
         if stopped { "stopped" } else { "running" }
     );
     for n in &lab.nodes {
+        let role = match &n.replaces {
+            Some(old) => format!("  (replaces {old}; no numary, stopped)"),
+            None if n.migrator => "  (migrator)".to_owned(),
+            None => String::new(),
+        };
         out.push_str(&format!(
-            "  {:<8} ssh 127.0.0.1:{:<5}  api 127.0.0.1:{:<5}  root {}{}\n",
+            "  {:<8} ssh 127.0.0.1:{:<5}  api 127.0.0.1:{:<5}  root {}{role}\n",
             n.name,
             n.ssh_port,
             n.api_port,
             n.root.display(),
-            if n.migrator { "  (migrator)" } else { "" }
         ));
     }
     // Paths as the user typed them, so the commands can be pasted.
@@ -223,7 +242,10 @@ fn status_table(rows: &[NodeStatus]) -> String {
     ];
     for r in rows {
         table.push([
-            r.name.clone(),
+            match &r.replaces {
+                Some(old) => format!("{} (replaces {old})", r.name),
+                None => r.name.clone(),
+            },
             if r.sshd_running {
                 format!("up (pid {})", r.sshd_pid)
             } else {
@@ -236,7 +258,11 @@ fn status_table(rows: &[NodeStatus]) -> String {
                 (true, None) => "running".to_owned(),
                 (false, _) => "stopped".to_owned(),
             },
-            r.installed_version.clone().unwrap_or_else(|| "?".into()),
+            match (&r.installed_version, r.binary_installed) {
+                (Some(v), _) => v.clone(),
+                (None, true) => "?".to_owned(),
+                (None, false) => "none".to_owned(),
+            },
             r.api_version.clone().unwrap_or_else(|| "-".into()),
             r.storage.clone(),
         ]);
@@ -326,6 +352,8 @@ mod tests {
     fn status_table_aligns_columns_and_says_what_is_down() {
         let row = |name: &str, up: bool| NodeStatus {
             name: name.into(),
+            replaces: None,
+            binary_installed: true,
             ssh_port: 40001,
             sshd_pid: 77,
             sshd_running: up,
@@ -351,5 +379,17 @@ mod tests {
         // Every row puts the SSH port at the same column.
         let col = lines[1].find("40001").unwrap();
         assert_eq!(lines[2].find("40001"), Some(col));
+
+        let new = NodeStatus {
+            replaces: Some("node-1".into()),
+            binary_installed: false,
+            installed_version: None,
+            ..row("new-1", false)
+        };
+        let t = status_table(&[row("node-1", true), new]);
+        let line = t.lines().nth(2).unwrap();
+        assert!(line.starts_with("new-1 (replaces node-1)  down"), "{t}");
+        let cells: Vec<&str> = line.split_whitespace().collect();
+        assert!(cells.contains(&"none") && !cells.contains(&"?"), "{t}");
     }
 }

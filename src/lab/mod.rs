@@ -80,6 +80,10 @@ pub struct LabSpec {
     pub pg_per_node: bool,
     /// The simulator to install; default: see [`find_sim`].
     pub sim: Option<PathBuf>,
+    /// New nodes for the replace strategy: `new-1` … `new-N`, `new-i` with `replaces =
+    /// "node-i"`, each with its own sshd, env file (the storage of the node it replaces),
+    /// service script and API port, but no `numary` installed and the service stopped.
+    pub replacements: usize,
 }
 
 impl LabSpec {
@@ -97,6 +101,7 @@ impl LabSpec {
             start: true,
             pg_per_node: false,
             sim: None,
+            replacements: 0,
         }
     }
 }
@@ -132,6 +137,9 @@ pub struct LabNode {
     pub sshd_dir: PathBuf,
     pub sshd_pid: u32,
     pub migrator: bool,
+    /// A replacement node: the old node it takes over from (`replaces` in the inventory).
+    #[serde(default)]
+    pub replaces: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -234,18 +242,32 @@ impl LabNode {
     pub fn installed_version(&self) -> Option<String> {
         self.paths().installed_version()
     }
+
+    /// The node whose storage this one uses: itself, or the node a replacement replaces.
+    pub fn storage_node(&self) -> &str {
+        self.replaces.as_deref().unwrap_or(&self.name)
+    }
+
+    /// `ledger.binary` exists (a replacement node has none until fleetup deploys it).
+    pub fn binary_installed(&self) -> bool {
+        self.paths().binary().exists()
+    }
 }
 
 /// One node as `lab status` shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct NodeStatus {
     pub name: String,
+    /// A replacement node: the node it replaces.
+    pub replaces: Option<String>,
     pub ssh_port: u16,
     pub sshd_pid: u32,
     pub sshd_running: bool,
     pub api_port: u16,
     pub service_running: bool,
     pub server_pid: Option<u32>,
+    /// `ledger.binary` exists.
+    pub binary_installed: bool,
     /// From the wrapper the binary symlink points to.
     pub installed_version: Option<String>,
     /// What `/_info` answers, when the API is up.
@@ -408,35 +430,20 @@ impl Lab {
         }
 
         let wrapper = self.release_wrapper(&self.version);
-        let mut used_ports = BTreeSet::new();
-        let mut known_hosts = Vec::new();
+        let mut setup = NodeSetup {
+            client_pub: &client_pub,
+            used_ports: BTreeSet::new(),
+            known_hosts: Vec::new(),
+        };
         for i in 1..=spec.nodes {
             let name = format!("node-{i}");
-            let base = self.dir.join("nodes").join(&name);
-            let api_port = fresh_port(&mut used_ports)?;
-            let paths = NodePaths::new(base.join("root"));
-            let env = self.node_env(&name, &paths, api_port)?;
-            paths
-                .install(&env, &self.version, &wrapper)
-                .with_context(|| format!("cannot lay out node `{name}`"))?;
-            let sshd = sshd::start(&sshd::SshdSpec {
-                authorized_keys: vec![client_pub.clone()],
-                ..sshd::SshdSpec::new(base.join("sshd"))
-            })
-            .with_context(|| format!("cannot start the sshd of node `{name}`"))?;
-            used_ports.insert(sshd.port);
-            known_hosts.extend(sshd::known_hosts_lines(&sshd, "127.0.0.1"));
-            self.nodes.push(LabNode {
-                name,
-                ssh_port: sshd.port,
-                api_port,
-                root: paths.root.clone(),
-                sshd_dir: sshd.dir.clone(),
-                sshd_pid: sshd.pid,
-                migrator: i == 1,
-            });
-            self.save()?;
+            self.add_node(&mut setup, name, None, Some(&wrapper))?;
         }
+        for i in 1..=spec.replacements {
+            let (name, old) = (format!("new-{i}"), format!("node-{i}"));
+            self.add_node(&mut setup, name, Some(old), None)?;
+        }
+        let known_hosts = setup.known_hosts;
         let mut text = known_hosts.join("\n");
         text.push('\n');
         node::write_file(&self.known_hosts_path(), &text, 0o644)?;
@@ -449,10 +456,55 @@ impl Lab {
         Ok(())
     }
 
-    /// The node's `NUMARY_*` environment, in env-file order.
+    /// Lays out node `name` (with the lab's release when `wrapper` is given, else without any
+    /// `numary`), starts its sshd and records it in `lab.json`. The first node is the migrator.
+    fn add_node(
+        &mut self,
+        setup: &mut NodeSetup<'_>,
+        name: String,
+        replaces: Option<String>,
+        wrapper: Option<&str>,
+    ) -> anyhow::Result<()> {
+        let base = self.dir.join("nodes").join(&name);
+        let api_port = fresh_port(&mut setup.used_ports)?;
+        let paths = NodePaths::new(base.join("root"));
+        // A replacement takes over the storage of the node it replaces.
+        let storage_node = replaces.as_deref().unwrap_or(&name);
+        let env = self.node_env(&name, storage_node, &paths, api_port)?;
+        match wrapper {
+            Some(wrapper) => paths.install(&env, &self.version, wrapper),
+            None => paths.lay_out(&env),
+        }
+        .with_context(|| format!("cannot lay out node `{name}`"))?;
+        let sshd = sshd::start(&sshd::SshdSpec {
+            authorized_keys: vec![setup.client_pub.to_owned()],
+            ..sshd::SshdSpec::new(base.join("sshd"))
+        })
+        .with_context(|| format!("cannot start the sshd of node `{name}`"))?;
+        setup.used_ports.insert(sshd.port);
+        setup
+            .known_hosts
+            .extend(sshd::known_hosts_lines(&sshd, "127.0.0.1"));
+        let migrator = self.nodes.is_empty();
+        self.nodes.push(LabNode {
+            name,
+            ssh_port: sshd.port,
+            api_port,
+            root: paths.root.clone(),
+            sshd_dir: sshd.dir.clone(),
+            sshd_pid: sshd.pid,
+            migrator,
+            replaces,
+        });
+        self.save()
+    }
+
+    /// The node's `NUMARY_*` environment, in env-file order; `storage_node` is the node whose
+    /// storage it uses (itself, or the node a replacement replaces).
     fn node_env(
         &self,
         name: &str,
+        storage_node: &str,
         paths: &NodePaths,
         api_port: u16,
     ) -> anyhow::Result<Vec<(String, String)>> {
@@ -468,7 +520,7 @@ impl Lab {
         if let Some(pg) = &self.postgres {
             env.push((
                 "NUMARY_STORAGE_POSTGRES_CONN_STRING".to_owned(),
-                pg.node_url(name)?,
+                pg.node_url(storage_node)?,
             ));
         }
         env.push((
@@ -480,18 +532,20 @@ impl Lab {
     }
 
     /// Seeds the ledgers with the node's own binary and environment: every node's SQLite
-    /// store, or the shared Postgres database once.
+    /// store, or the shared Postgres database once. Replacement nodes have no binary: a SQLite
+    /// one keeps an empty store, as a new host would.
     fn seed(&self) -> anyhow::Result<()> {
         let own_database = self
             .postgres
             .as_ref()
             .is_some_and(|p| !p.per_node.is_empty());
+        let installed: Vec<&LabNode> = self.nodes.iter().filter(|n| n.replaces.is_none()).collect();
         let seeders = match self.driver {
-            Driver::Sqlite => &self.nodes[..],
-            Driver::Postgres if own_database => &self.nodes[..],
-            Driver::Postgres => &self.nodes[..self.nodes.len().min(1)],
+            Driver::Sqlite => &installed[..],
+            Driver::Postgres if own_database => &installed[..],
+            Driver::Postgres => &installed[..installed.len().min(1)],
         };
-        for node in seeders {
+        for node in seeders.iter().copied() {
             for ledger in &self.ledgers {
                 let mut cmd = Command::new(node.paths().binary());
                 cmd.args(["sim", "seed", "--ledger", ledger, "--transactions"])
@@ -525,9 +579,11 @@ impl Lab {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
-    /// Starts every node's service, then waits until each API answers `/_info`.
+    /// Starts the service of every node with a `numary` installed (a replacement node before
+    /// its deploy has none), then waits until each API answers `/_info`.
     pub fn start_services(&self) -> anyhow::Result<()> {
-        for node in &self.nodes {
+        let installed: Vec<&LabNode> = self.nodes.iter().filter(|n| n.binary_installed()).collect();
+        for node in &installed {
             let (code, out) = node.paths().service("start")?;
             if code != 0 {
                 bail!(
@@ -536,7 +592,7 @@ impl Lab {
                 );
             }
         }
-        self.nodes.iter().try_for_each(wait_healthy)
+        installed.into_iter().try_for_each(wait_healthy)
     }
 
     /// Stops every node's service.
@@ -544,11 +600,13 @@ impl Lab {
         self.nodes.iter().try_for_each(LabNode::stop)
     }
 
-    /// `node`'s Postgres database (its own with per-node databases), to query or dump it.
+    /// `node`'s Postgres database (its own with per-node databases, that of the node it
+    /// replaces for a replacement), to query or dump it.
     pub fn node_database(&self, node: &str) -> anyhow::Result<Option<pg::PgUrl>> {
+        let storage = self.node(node).map_or(node, LabNode::storage_node);
         self.postgres
             .as_ref()
-            .map(|p| pg::PgUrl::parse(&p.node_url(node)?))
+            .map(|p| pg::PgUrl::parse(&p.node_url(storage)?))
             .transpose()
     }
 
@@ -666,18 +724,20 @@ impl Lab {
                     .and_then(|(_, body)| crate::numary::parse_info(body.as_bytes()).ok())
                     .map(|info| info.version.to_string());
                 let storage = match &self.postgres {
-                    Some(pg) => format!("postgres {}", pg.node_database(&node.name)),
+                    Some(pg) => format!("postgres {}", pg.node_database(node.storage_node())),
                     None => format!("sqlite {}", node.paths().data_dir().display()),
                 };
                 let service_running = node.service_running();
                 NodeStatus {
                     name: node.name.clone(),
+                    replaces: node.replaces.clone(),
                     ssh_port: node.ssh_port,
                     sshd_pid: node.sshd_pid,
                     sshd_running: node.sshd_running(),
                     api_port: node.api_port,
                     service_running,
                     server_pid: node.paths().recorded_pid().filter(|_| service_running),
+                    binary_installed: node.binary_installed(),
                     installed_version: node.installed_version(),
                     api_version,
                     storage,
@@ -836,6 +896,13 @@ fn check_spec(spec: &LabSpec) -> anyhow::Result<()> {
             Failure::usage(format!("`{}` nodes: a lab has 1 to 64 nodes", spec.nodes)).into(),
         );
     }
+    if spec.replacements > spec.nodes {
+        return Err(Failure::usage(format!(
+            "`{}` replacements for {} nodes: each new node replaces one node",
+            spec.replacements, spec.nodes
+        ))
+        .into());
+    }
     if spec.ledgers.is_empty() {
         return Err(Failure::usage("a lab needs at least one ledger").into());
     }
@@ -889,6 +956,14 @@ pub fn find_sim(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
         .into_iter()
         .find(|p| p.is_file())
         .ok_or_else(|| not_found(format!("the ledger simulator `{SIM_NAME}` was not found")))
+}
+
+/// What every node of a lab being built shares: the client key sshd lets in, the ports handed
+/// out so far and the known_hosts lines collected.
+struct NodeSetup<'a> {
+    client_pub: &'a str,
+    used_ports: BTreeSet<u16>,
+    known_hosts: Vec<String>,
 }
 
 /// A free port not handed out yet in this lab (two quick binds can return the same port).
@@ -965,4 +1040,168 @@ fn current_user() -> anyhow::Result<String> {
         .ok()
         .filter(|u| !u.is_empty())
         .with_context(|| format!("cannot find the user name of uid {uid}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Logs in to `node` with the lab's key and known_hosts only and runs `remote`.
+    fn ssh(lab: &Lab, node: &LabNode, remote: &str) -> std::process::Output {
+        Command::new("ssh")
+            .args(["-F", "/dev/null", "-i"])
+            .arg(lab.client_key_path())
+            .arg("-o")
+            .arg(format!(
+                "UserKnownHostsFile={}",
+                lab.known_hosts_path().display()
+            ))
+            .args(["-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes"])
+            .args(["-o", "IdentitiesOnly=yes", "-o", "ConnectTimeout=10", "-p"])
+            .arg(node.ssh_port.to_string())
+            .arg(format!("{}@127.0.0.1", lab.user))
+            .arg(remote)
+            .env_remove("SSH_AUTH_SOCK")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run ssh")
+    }
+
+    #[test]
+    fn replacement_nodes_have_a_host_but_no_numary_and_go_down_with_the_lab() {
+        let mut spec = testing::spec(3);
+        spec.replacements = 3;
+        spec.driver = Driver::Postgres;
+        spec.pg_url = Some(std::env::var("FLEETUP_TEST_PG_URL").expect(
+            "FLEETUP_TEST_PG_URL must name a Postgres server: eval \"$(scripts/pg.sh start)\"",
+        ));
+        let lab = LabGuard::up(&spec).unwrap();
+        let names: Vec<(&str, Option<&str>)> = lab
+            .nodes
+            .iter()
+            .map(|n| (n.name.as_str(), n.replaces.as_deref()))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                ("node-1", None),
+                ("node-2", None),
+                ("node-3", None),
+                ("new-1", Some("node-1")),
+                ("new-2", Some("node-2")),
+                ("new-3", Some("node-3")),
+            ]
+        );
+        let env_of = |n: &LabNode| {
+            crate::numary::parse_env_file(&std::fs::read_to_string(n.paths().env_file()).unwrap())
+        };
+        let shared = env_of(&lab.nodes[0])["NUMARY_STORAGE_POSTGRES_CONN_STRING"].clone();
+        let mut ports: Vec<u16> = lab.nodes.iter().map(|n| n.api_port).collect();
+        ports.sort_unstable();
+        ports.dedup();
+        assert_eq!(ports.len(), 6, "every node has its own API port");
+        for n in &lab.nodes[3..] {
+            let paths = n.paths();
+            assert!(
+                !n.binary_installed() && !paths.binary().exists(),
+                "{}",
+                n.name
+            );
+            assert!(!n.migrator, "{}", n.name);
+            assert_eq!(
+                std::fs::read_dir(paths.releases_dir()).unwrap().count(),
+                0,
+                "{}: no release staged",
+                n.name
+            );
+            let env = env_of(n);
+            assert_eq!(
+                env["NUMARY_STORAGE_POSTGRES_CONN_STRING"], shared,
+                "{}",
+                n.name
+            );
+            assert_eq!(env["NUMARY_SIM_NODE"], n.name);
+            assert_eq!(
+                env["NUMARY_SERVER_HTTP_BIND_ADDRESS"],
+                format!("127.0.0.1:{}", n.api_port)
+            );
+            assert!(!n.service_running(), "{}", n.name);
+            assert_eq!(paths.service("status").unwrap().0, 3, "{}", n.name);
+            assert!(n.api_get("/_info").is_err(), "{}: nothing serves", n.name);
+            let out = ssh(
+                &lab,
+                n,
+                &format!(
+                    "test ! -e {} && echo no-numary",
+                    crate::shell::quote(&paths.binary().to_string_lossy())
+                ),
+            );
+            assert_eq!(
+                String::from_utf8_lossy(&out.stdout),
+                "no-numary\n",
+                "{}: {}",
+                n.name,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        for n in &lab.nodes[..3] {
+            assert!(n.service_running(), "{} serves", n.name);
+        }
+        let text = std::fs::read_to_string(lab.inventory_path()).unwrap();
+        let local = crate::inventory::LocalEnv {
+            home: None,
+            user: lab.user.clone(),
+            default_identity_files: Vec::new(),
+        };
+        let inventory = crate::inventory::Inventory::parse(
+            &text,
+            &lab.inventory_path(),
+            &crate::inventory::Overrides::default(),
+            &local,
+        )
+        .unwrap_or_else(|f| panic!("{f:?}\n{text}"));
+        let replaces: Vec<Option<String>> = inventory
+            .hosts()
+            .iter()
+            .map(|h| h.replaces.clone())
+            .collect();
+        assert_eq!(
+            replaces,
+            [
+                None,
+                None,
+                None,
+                Some("node-1".into()),
+                Some("node-2".into()),
+                Some("node-3".into())
+            ]
+        );
+        let status = lab.status();
+        assert!(
+            status[3..]
+                .iter()
+                .all(|s| s.sshd_running && !s.service_running && !s.binary_installed),
+            "{status:?}"
+        );
+
+        let report = lab.down().unwrap();
+        assert_eq!(report.sshd_stopped.len(), 6, "{report:?}");
+        assert_eq!(report.servers_stopped.len(), 3, "{report:?}");
+        assert!(report.survivors.is_empty(), "{report:?}");
+        for n in &lab.nodes {
+            assert!(!n.sshd_running(), "{}: sshd still runs", n.name);
+            assert!(!n.service_running(), "{}: service still runs", n.name);
+        }
+    }
+
+    #[test]
+    fn more_replacements_than_nodes_is_a_usage_error() {
+        let mut spec = LabSpec::new("/nonexistent/lab");
+        spec.replacements = 4;
+        let err = check_spec(&spec).unwrap_err();
+        assert!(
+            err.to_string().contains("each new node replaces one node"),
+            "{err}"
+        );
+    }
 }

@@ -106,6 +106,13 @@ impl NodePaths {
         version: &Version,
         wrapper: &str,
     ) -> anyhow::Result<()> {
+        self.lay_out(env)?;
+        self.install_release(version, wrapper)
+    }
+
+    /// A host prepared for `numary` but without it (a replacement node before its deploy):
+    /// the dirs, the env file and the service script; no release, no `binary`.
+    pub fn lay_out(&self, env: &[(String, String)]) -> anyhow::Result<()> {
         for dir in [
             self.root.join("bin"),
             self.root.join("etc/numary"),
@@ -123,7 +130,11 @@ impl NodePaths {
         set_mode(&self.data_dir(), 0o700)?;
         // It may hold a Postgres password.
         write_file(&self.env_file(), &env_file_text(env), 0o600)?;
-        write_file(&self.service_script(), &service_script(self), 0o755)?;
+        write_file(&self.service_script(), &service_script(self), 0o755)
+    }
+
+    /// Writes the release wrapper for `version` and points the binary symlink at it.
+    fn install_release(&self, version: &Version, wrapper: &str) -> anyhow::Result<()> {
         let release = self.release_binary(version);
         if let Some(parent) = release.parent() {
             std::fs::create_dir_all(parent)
