@@ -54,6 +54,7 @@ fn node(name: &str, version: &str) -> Node {
                 backup_dir: "/var/backups/numary".to_string(),
                 storage: None,
             },
+            rollout: Default::default(),
         },
         facts: HostFacts {
             unreachable: None,

@@ -896,6 +896,7 @@ pub(crate) mod tests {
                 use_agent: false,
             },
             ledger: LedgerSettings::default(),
+            rollout: Default::default(),
         }
     }
 
