@@ -4,7 +4,7 @@
 //! the nodes this run stopped are started again on their old binary. Once a ledger may have been
 //! migrated the backup is the way back: it is kept, and no node is started (an old binary must
 //! not serve a migrated schema). The same rules judge one failed host the run leaves behind, by
-//! what happened to its own storage ([`undo_host`]).
+//! what happened to its own storage ([`undo_host`]). The operator's hooks are never undone.
 
 use std::time::Duration;
 
@@ -165,6 +165,10 @@ async fn undo_as<T: Transport>(
                     Err(detail) => restored(host, "restart", false, detail),
                 }
             }
+            // The operator's hooks are not undone: fleetup cannot know what would undo them
+            // (a drained node is put back by the operator's `post_hook`, which runs only once
+            // the node is healthy on the target). The report names the failed step.
+            StepKind::PreHook | StepKind::PostHook => {}
             _ => {}
         }
     }
