@@ -2,12 +2,13 @@
 //! it runs. Every interpolated value goes through [`crate::shell::quote`]; connection strings
 //! never appear: storage commands source the service's environment file.
 
+use super::HookPhase;
 use super::build::View;
 use super::hooks::hook;
 use super::{
-    Action, BackupParams, BinarySource, ConfirmParams, GateParams, HookPhase, HostCommands,
-    LockParams, MigrateParams, PlanOptions, RUN_ID_TOKEN, ServiceParams, StageParams, Step,
-    StepKind, Strategy, SwitchParams, commands,
+    Action, BackupParams, BinarySource, ConfirmParams, GateParams, HostCommands, LockParams,
+    MigrateParams, PlanOptions, RUN_ID_TOKEN, ServiceParams, StageParams, Step, StepKind, Strategy,
+    SwitchParams, commands,
 };
 use crate::facts::StorageDriver;
 use crate::version::Version;
