@@ -327,6 +327,7 @@ mod tests {
                 env_file,
                 ..Default::default()
             },
+            rollout: Default::default(),
         }
     }
 

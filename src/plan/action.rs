@@ -3,12 +3,15 @@
 //! run's command lines ([`Action::commands`]) and the runner's commands are rendered from them
 //! by the methods below, so what `check` prints cannot drift from what `upgrade` runs.
 
-use serde::Serialize;
+use std::time::Duration;
+
+use serde::{Serialize, Serializer};
 
 use super::{BinarySource, RUN_ID_TOKEN, RestoreSource, commands};
 use crate::facts::StorageDriver;
 use crate::inventory::{ResolvedHost, Service};
 use crate::node::{self, ServiceAction};
+use crate::shell::quote;
 use crate::version::Version;
 
 /// One step on one host, with every parameter it needs. Serialized with `kind` (the step's kind
@@ -32,6 +35,8 @@ pub enum Action {
     StartService(ServiceParams),
     HealthGate(GateParams),
     Decommission(ServiceParams),
+    /// The operator's hook around a batch (`pre_hook`, `post_hook`).
+    Hook(HookParams),
     Unlock(LockParams),
 }
 
@@ -155,6 +160,46 @@ impl GateParams {
     }
 }
 
+/// Which of a host's hooks: before its batch leaves service, or once it is healthy again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HookPhase {
+    Pre,
+    Post,
+}
+
+impl HookPhase {
+    /// `pre` or `post`, as `FLEETUP_PHASE` gives it to the hook.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HookPhase::Pre => "pre",
+            HookPhase::Post => "post",
+        }
+    }
+}
+
+/// The operator's hook on one host: its command, run as written, with what fleetup tells it in
+/// `FLEETUP_*` environment variables.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HookParams {
+    pub phase: HookPhase,
+    /// The inventory's command, never edited (no value is put into it).
+    pub command: String,
+    /// On the machine running fleetup (`sh -c`, in `dir`) instead of on the node.
+    pub local: bool,
+    #[serde(serialize_with = "humantime_str")]
+    pub timeout: Duration,
+    /// `FLEETUP_*` name and value, in the order they are set; `FLEETUP_RUN_ID` is `@RUN_ID@`
+    /// ([`HookParams::env_for`] puts the run id in).
+    pub env: Vec<(String, String)>,
+    /// A local hook's working directory (the inventory file's); `None` for a remote one.
+    pub dir: Option<String>,
+}
+
+fn humantime_str<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(&humantime::format_duration(*d))
+}
+
 impl Action {
     /// The remote command lines of this action, as the dry run shows them and the runner runs
     /// them (`@RUN_ID@` for the run id; `# ...` lines describe what is no shell command).
@@ -183,6 +228,7 @@ impl Action {
                 );
                 lines
             }
+            Action::Hook(p) => vec![p.line(RUN_ID_TOKEN)],
         }
     }
 }
@@ -212,6 +258,7 @@ accessor! {
     switch: Switch | SwitchBack => SwitchParams;
     restore: Restore => RestoreParams;
     gate: HealthGate => GateParams;
+    hook: Hook => HookParams;
 }
 
 impl LockParams {
@@ -378,6 +425,42 @@ impl SwitchParams {
 impl RestoreParams {
     pub fn command(&self) -> String {
         super::restore_command(self.env_file.as_deref(), &self.source)
+    }
+}
+
+impl HookParams {
+    /// The variables of run `run_id`, as the hook gets them.
+    pub fn env_for(&self, run_id: &str) -> Vec<(String, String)> {
+        self.env
+            .iter()
+            .map(|(k, v)| (k.clone(), v.replace(RUN_ID_TOKEN, run_id)))
+            .collect()
+    }
+
+    /// `FLEETUP_HOST=… … sh -c COMMAND`: the hook with its variables, for a POSIX shell. The
+    /// values are quoted (the names are fleetup's own); the command is one quoted word, so it
+    /// runs in a shell of its own that sees every variable, whatever it is made of.
+    pub fn shell_line(&self, run_id: &str) -> String {
+        let vars: Vec<String> = self
+            .env_for(run_id)
+            .iter()
+            .map(|(k, v)| format!("{k}={}", quote(v)))
+            .collect();
+        format!("{} sh -c {}", vars.join(" "), quote(&self.command))
+    }
+
+    /// The line the dry run shows and the journal records for run `run_id`: the remote shell
+    /// line the node runs, or, for a local hook, the same after `# local: cd DIR &&` (it runs
+    /// here, not on the node).
+    pub fn line(&self, run_id: &str) -> String {
+        if !self.local {
+            return self.shell_line(run_id);
+        }
+        let cd = self
+            .dir
+            .as_deref()
+            .map_or_else(String::new, |d| format!("cd {} && ", quote(d)));
+        format!("# local: {cd}{}", self.shell_line(run_id))
     }
 }
 

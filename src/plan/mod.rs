@@ -9,6 +9,7 @@ mod batch;
 mod build;
 pub mod commands;
 mod digest;
+mod hooks;
 mod render;
 mod rollback;
 mod steps;
@@ -30,8 +31,8 @@ use crate::policy::Verdict;
 use crate::version::Version;
 
 pub use action::{
-    Action, BackupParams, ConfirmParams, Fetch, GateParams, LockParams, MigrateParams,
-    RestoreParams, ServiceParams, StageParams, SwitchParams,
+    Action, BackupParams, ConfirmParams, Fetch, GateParams, HookParams, HookPhase, LockParams,
+    MigrateParams, RestoreParams, ServiceParams, StageParams, SwitchParams,
 };
 pub use batch::BatchSize;
 pub use build::{build_plan, build_plan_with};
@@ -304,6 +305,10 @@ pub enum StepKind {
     StartService,
     HealthGate,
     Decommission,
+    /// The operator's `pre_hook` on each host of a batch, before it leaves service.
+    PreHook,
+    /// The operator's `post_hook` on each host of a batch, once it passed its health gate.
+    PostHook,
     Unlock,
 }
 
@@ -323,6 +328,8 @@ impl StepKind {
             StepKind::StartService => "start-service",
             StepKind::HealthGate => "health-gate",
             StepKind::Decommission => "decommission",
+            StepKind::PreHook => "pre-hook",
+            StepKind::PostHook => "post-hook",
             StepKind::Unlock => "unlock",
         }
     }

@@ -2,7 +2,9 @@
 //! it runs. Every interpolated value goes through [`crate::shell::quote`]; connection strings
 //! never appear: storage commands source the service's environment file.
 
+use super::HookPhase;
 use super::build::View;
+use super::hooks::hook;
 use super::{
     Action, BackupParams, BinarySource, ConfirmParams, GateParams, HostCommands, LockParams,
     MigrateParams, PlanOptions, RUN_ID_TOKEN, ServiceParams, StageParams, Step, StepKind, Strategy,
@@ -55,6 +57,7 @@ pub(super) fn lay_out(l: &Layout) -> Vec<Step> {
 
 /// The guide's multi-node (and single-node) procedure.
 fn offline(l: &Layout, steps: &mut Vec<Step>) {
+    steps.extend(hook(l, &l.starters, None, HookPhase::Pre));
     if !l.to_stop.is_empty() {
         steps.push(stop(
             &l.to_stop,
@@ -114,6 +117,7 @@ fn rolling(l: &Layout, steps: &mut Vec<Step>) {
     }
     for (i, batch) in l.batches.iter().enumerate() {
         let n = Some(i + 1);
+        steps.extend(hook(l, batch, n, HookPhase::Pre));
         steps.push(stop(
             batch,
             n,
@@ -128,6 +132,7 @@ fn rolling(l: &Layout, steps: &mut Vec<Step>) {
         }
         steps.push(start(l, batch, i));
         steps.push(gate(l, batch, n));
+        steps.extend(hook(l, batch, n, HookPhase::Post));
     }
 }
 
@@ -164,10 +169,16 @@ fn replace(l: &Layout, steps: &mut Vec<Step>) {
     }
 }
 
+/// Offline's and replace's starts. Replace's new nodes get their pre hook right before they
+/// start (offline's ran before every node stopped); every batch its post hook once healthy.
 fn start_batches(l: &Layout, steps: &mut Vec<Step>) {
     for (i, batch) in l.batches.iter().enumerate() {
+        if l.strategy == Strategy::Replace {
+            steps.extend(hook(l, batch, Some(i + 1), HookPhase::Pre));
+        }
         steps.push(start(l, batch, i));
         steps.push(gate(l, batch, Some(i + 1)));
+        steps.extend(hook(l, batch, Some(i + 1), HookPhase::Post));
     }
 }
 
@@ -197,7 +208,7 @@ fn step(
     }
 }
 
-fn names(hosts: &[&View]) -> String {
+pub(super) fn names(hosts: &[&View]) -> String {
     hosts
         .iter()
         .map(|v| format!("`{}`", v.name()))

@@ -11,6 +11,9 @@ use crate::facts::{ApiInfo, HostFacts, ServiceState, StorageDriver, StorageFacts
 use crate::inventory::{LedgerSettings, ResolvedHost, Service, SshSettings};
 use crate::policy::PolicyTable;
 
+#[path = "hook_tests.rs"]
+mod hooks;
+
 const SHA: &str = "4f2b9c1e0d8a7b6c5d4e3f2a1b0c9d8e7f6a5b4c3d2e1f0a9b8c7d6e5f4a3b2c";
 const PG: &str = "postgresql://ledger:***@db.internal:5432/ledger";
 
@@ -54,6 +57,7 @@ fn node(name: &str, version: &str) -> Node {
                 backup_dir: "/var/backups/numary".to_string(),
                 storage: None,
             },
+            rollout: Default::default(),
         },
         facts: HostFacts {
             unreachable: None,

@@ -6,6 +6,15 @@
 //! repeated by accident); in a rolling run, any step of the host's own batch but the storage's
 //! backup and migration (the table's zero-downtime row lets its old release serve the migrated
 //! schema, so it goes back to it).
+//!
+//! The operator's hooks follow the step they surround. A `post_hook` comes after its batch's
+//! health gate: as contained as the gate. A `pre_hook` fails before anything of its batch changed
+//! the host, so leaving the host behind is safe wherever its storage's migration is not still to
+//! come: a host alone on its storage, or the batches of `rolling` and `replace`, which follow the
+//! one explicit migration (the host keeps serving its old binary on the migrated schema, as every
+//! node not upgraded yet does in a zero-downtime run; a new node simply does not start). Offline,
+//! the pre hooks come before every stop and the migration: a node left out there would meet a
+//! schema migrated under it, so on a shared storage that failure stops the run.
 
 use std::fmt;
 use std::str::FromStr;
@@ -228,9 +237,15 @@ pub fn containable(
         .filter(|h| *h != host && !failed.contains(h))
         .cloned()
         .collect();
-    // Start and health gate come after the storage's migration and its switch: the others serve
-    // the migrated schema on the new binary, the failed one is simply not serving.
-    let after_migration = matches!(kind, StepKind::StartService | StepKind::HealthGate);
+    // Start and health gate (and the post hook after it) come after the storage's migration and
+    // its switch: the others serve the migrated schema on the new binary, the failed one is
+    // simply not serving. A pre hook does too in the zero-downtime strategies, whose batches
+    // follow the migration; offline's come before it.
+    let after_migration = match kind {
+        StepKind::StartService | StepKind::HealthGate | StepKind::PostHook => true,
+        StepKind::PreHook => plan.strategy.is_zero_downtime(),
+        _ => false,
+    };
     if !others.is_empty() && !after_migration {
         return Err(Uncontained::SharedStorage { others });
     }
@@ -485,6 +500,51 @@ mod tests {
             assert!(bad.parse::<FailBudget>().unwrap_err().contains(bad));
         }
         assert!("0%".parse::<FailBudget>().unwrap().is_zero());
+    }
+
+    #[test]
+    fn a_hook_is_contained_like_the_step_it_surrounds() {
+        let budget = FailurePolicy {
+            max_failed: FailBudget::Count(5),
+        };
+        let shared = plan(&[&["a", "b"]]);
+        let alone = plan(&[&["a"], &["b"]]);
+        // After the health gate: as contained as the gate, shared storage or not.
+        assert_eq!(
+            containable(&shared, budget, StepKind::PostHook, 1, "a", &[]),
+            Ok(())
+        );
+        // Offline, before every stop and the migration: only a host alone on its storage.
+        assert_eq!(
+            containable(&alone, budget, StepKind::PreHook, 1, "a", &[]),
+            Ok(())
+        );
+        assert!(matches!(
+            containable(&shared, budget, StepKind::PreHook, 1, "a", &[]),
+            Err(Uncontained::SharedStorage { ref others }) if others == &["b"]
+        ));
+        // Rolling and replace batches come after the storage's one migration.
+        for strategy in [Strategy::Rolling, Strategy::Replace] {
+            let mut p = plan(&[&["a", "b"]]);
+            p.strategy = strategy;
+            assert_eq!(
+                containable(&p, budget, StepKind::PreHook, 1, "a", &[]),
+                Ok(()),
+                "{strategy}"
+            );
+            // The stop it precedes keeps its own rule: rolling leaves a node of its batch behind
+            // (its old release may serve), replace does not.
+            assert_eq!(
+                containable(&p, budget, StepKind::StopService, 1, "a", &[]).is_ok(),
+                strategy == Strategy::Rolling,
+                "{strategy}"
+            );
+        }
+        // The budget still counts.
+        assert!(matches!(
+            containable(&alone, BUDGET_1, StepKind::PostHook, 1, "b", &["a".into()]),
+            Err(Uncontained::Budget { .. })
+        ));
     }
 
     #[test]

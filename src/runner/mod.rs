@@ -14,6 +14,7 @@
 mod backup;
 mod ctx;
 pub mod failures;
+mod hook;
 mod known;
 mod migrate;
 mod params;
@@ -583,6 +584,7 @@ async fn dispatch<T: Transport + Clone + 'static>(
         StepKind::SwitchBack => switch::run_back(sh, step).await,
         StepKind::StartService => service::start(sh, step).await,
         StepKind::HealthGate => service::health_gate(sh, step).await,
+        StepKind::PreHook | StepKind::PostHook => hook::run(sh, step).await,
         StepKind::Decommission => Err(sh.error(
             step,
             step.hosts.first().map_or("", String::as_str),
@@ -877,6 +879,8 @@ pub(crate) mod tests {
     };
     use crate::version::Version;
 
+    mod hooks;
+
     /// A host with the built-in ledger settings, for the script tests of the steps.
     pub fn host(name: &str) -> ResolvedHost {
         ResolvedHost {
@@ -896,6 +900,7 @@ pub(crate) mod tests {
                 use_agent: false,
             },
             ledger: LedgerSettings::default(),
+            rollout: Default::default(),
         }
     }
 
@@ -1003,6 +1008,9 @@ pub(crate) mod tests {
             } else if has("systemctl start") || has("systemctl stop") {
                 *self.started.lock().unwrap() = has("systemctl start");
                 ok("")
+            } else if cmd.starts_with("FLEETUP_HOST=") {
+                // The operator's hook.
+                ok("hook ran\n")
             } else if has("from pg_stat_activity") {
                 ok("sessions|0\n")
             } else if has("echo ==journals") {

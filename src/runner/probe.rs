@@ -33,7 +33,7 @@ fn opts() -> ExecOptions {
 }
 
 /// Whether `step` is already done on `host`. Steps without a probe (the checks: confirm
-/// stopped, the health gate) always run.
+/// stopped, the health gate; the operator's hooks) always run.
 pub async fn probe<T: Transport>(sh: &Shared<T>, step: &Step, host: &str) -> Probe {
     let t = sh.session(host);
     let target = &sh.plan.target;
@@ -142,6 +142,9 @@ pub async fn probe<T: Transport>(sh: &Shared<T>, step: &Step, host: &str) -> Pro
                 _ => Probe::ToDo,
             }
         }
+        // A hook's effect lives outside the fleet (a load balancer, say): nothing on the node
+        // tells whether it still holds, so a hook always runs, on `--resume` too.
+        Action::Hook(_) => Probe::ToDo,
         _ => Probe::ToDo,
     }
 }

@@ -4,7 +4,7 @@
 //! the nodes this run stopped are started again on their old binary. Once a ledger may have been
 //! migrated the backup is the way back: it is kept, and no node is started (an old binary must
 //! not serve a migrated schema). The same rules judge one failed host the run leaves behind, by
-//! what happened to its own storage ([`undo_host`]).
+//! what happened to its own storage ([`undo_host`]). The operator's hooks are never undone.
 //!
 //! A rolling run is undone host by host instead ([`revert`]): a node that did not pass its
 //! health gate goes back to the release it ran and is started again, since the table's
@@ -160,6 +160,10 @@ async fn undo_as<T: Transport>(
                     Err(detail) => restored(host, "restart", false, detail),
                 }
             }
+            // The operator's hooks are not undone: fleetup cannot know what would undo them
+            // (a drained node is put back by the operator's `post_hook`, which runs only once
+            // the node is healthy on the target). The report names the failed step.
+            StepKind::PreHook | StepKind::PostHook => {}
             _ => {}
         }
     }
