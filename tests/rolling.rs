@@ -95,6 +95,10 @@ fn rolling_one_node_at_a_time_keeps_three_of_four_serving_and_migrates_once() {
     let lab = lab(4);
     let new = release(&lab, TARGET);
     let before = transaction_counts(&lab, "node-1");
+    // Each node must stay healthy a second before the next batch goes.
+    let mut inventory = std::fs::read_to_string(lab.inventory_path()).unwrap();
+    inventory.push_str("\n[rollout]\nmin_healthy_time = \"1s\"\n");
+    std::fs::write(lab.inventory_path(), inventory).unwrap();
 
     // `auto` picks rolling: the table allows zero-downtime, one shared Postgres, all serving.
     let audit = check_json(&lab, &new, &["--serial", "1"]);
@@ -152,7 +156,18 @@ fn rolling_one_node_at_a_time_keeps_three_of_four_serving_and_migrates_once() {
     for n in &lab.nodes {
         assert_eq!(transaction_counts(&lab, &n.name), before, "{}", n.name);
     }
-    plan_match::assert_journal_ran_the_plan(&lab, &audit);
+    let j = plan_match::assert_journal_ran_the_plan(&lab, &audit);
+    let held = j
+        .events
+        .iter()
+        .filter(|e| e["event"] == "step_finished" && e["kind"] == "health_gate")
+        .filter(|e| {
+            e["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("stayed healthy for 1s"))
+        })
+        .count();
+    assert_eq!(held, 4, "every node held `min_healthy_time`");
 }
 
 #[test]

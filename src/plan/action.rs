@@ -138,12 +138,18 @@ pub struct GateParams {
     /// Ledgers that must each answer a read (`GET /{ledger}/stats`): names the inventory gives
     /// or the node listed, valid ledger names only (a name goes into a URL path).
     pub ledgers: Vec<String>,
+    /// `min_healthy_time`: once healthy, the node must still be so this long after, before the
+    /// next batch goes.
+    #[serde(serialize_with = "humantime_str")]
+    pub min_healthy: Duration,
 }
 
 impl GateParams {
-    /// The gate of the node at `api` on `expect`, reading each valid name of `ledgers`.
-    pub fn new(api: &str, expect: &Version, ledgers: &[String]) -> Self {
+    /// The gate of the node at `api` on `expect`, reading each valid name of `ledgers`, healthy
+    /// for `min_healthy` after.
+    pub fn new(api: &str, expect: &Version, ledgers: &[String], min_healthy: Duration) -> Self {
         GateParams {
+            min_healthy,
             api: api.to_string(),
             expect: expect.clone(),
             ledgers: ledgers
@@ -152,6 +158,16 @@ impl GateParams {
                 .cloned()
                 .collect(),
         }
+    }
+
+    /// The line the hold of `min_healthy_time` runs under (none without one).
+    pub fn hold_line(&self) -> Option<String> {
+        (!self.min_healthy.is_zero()).then(|| {
+            format!(
+                "# wait {} (`min_healthy_time`), then the same probes again",
+                humantime::format_duration(self.min_healthy)
+            )
+        })
     }
 
     /// The path of the read that proves `ledger` answers.
@@ -226,6 +242,7 @@ impl Action {
                         .iter()
                         .map(|l| commands::http_probe(&p.api, &GateParams::read_path(l))),
                 );
+                lines.extend(p.hold_line());
                 lines
             }
             Action::Hook(p) => vec![p.line(RUN_ID_TOKEN)],
@@ -703,16 +720,22 @@ mod tests {
     #[test]
     fn the_health_gate_probes_its_api() {
         let ledgers = ["payments".to_string(), "../x?y".to_string()];
-        let p = GateParams::new("127.0.0.1:3068", &v("1.8.2"), &ledgers);
+        let mut p = GateParams::new("127.0.0.1:3068", &v("1.8.2"), &ledgers, Duration::ZERO);
         // A name the node reported that is no ledger name never reaches a URL.
         assert_eq!(p.ledgers, ["payments"]);
         assert_eq!(
-            Action::HealthGate(p).commands(),
+            Action::HealthGate(p.clone()).commands(),
             [
                 "# GET http://127.0.0.1:3068/_info (through the SSH connection)",
                 "# GET http://127.0.0.1:3068/_health (through the SSH connection)",
                 "# GET http://127.0.0.1:3068/payments/stats (through the SSH connection)",
             ]
+        );
+        p.min_healthy = Duration::from_secs(10);
+        let c = Action::HealthGate(p).commands();
+        assert_eq!(
+            c.last().unwrap(),
+            "# wait 10s (`min_healthy_time`), then the same probes again"
         );
     }
 

@@ -231,7 +231,15 @@ fn rolling_drains_each_batch_before_its_stop_and_puts_it_back_after_its_gate() {
         PostHook,
     ];
     // The canary batch migrates between its stop and its switch.
-    let mut expected = vec![Preflight, Lock, Backup, Stage, PreHook, StopService, Migrate];
+    let mut expected = vec![
+        Preflight,
+        Lock,
+        Backup,
+        Stage,
+        PreHook,
+        StopService,
+        Migrate,
+    ];
     expected.extend(&batch[2..]);
     for _ in 0..2 {
         expected.extend(batch);

@@ -659,6 +659,7 @@ fn lay_out(
                 &h.ledger.api,
                 target,
                 h.ledger.ledgers.as_deref().unwrap_or_default(),
+                h.rollout.min_healthy_time,
             ))
         },
     ));

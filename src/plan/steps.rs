@@ -549,6 +549,7 @@ fn gate(l: &Layout, hosts: &[&View], batch: Option<usize>) -> Step {
                 &v.host.ledger.api,
                 l.target,
                 &v.known_ledgers(),
+                v.host.rollout.min_healthy_time,
             ))
         },
     )
