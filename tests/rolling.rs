@@ -298,3 +298,28 @@ fn a_node_lost_mid_run_with_max_fail_0_stops_the_run_at_its_batch_with_every_sta
     assert!(line("node-3").contains("failed at step"), "{report}");
     assert!(line("node-4").contains("API reports `1.8.2`"), "{report}");
 }
+
+#[test]
+fn pause_after_canary_off_a_terminal_stops_after_the_canary_and_resume_goes_on() {
+    let lab = lab(3);
+    let new = release(&lab, TARGET);
+    let out = upgrade(&lab, &new, &["--pause-after-canary"]);
+    assert_eq!(code(&out), exit_code::SUCCESS, "{}", both(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--resume"),
+        "{}",
+        both(&out)
+    );
+    // Only the canary moved.
+    lab_fixture::assert_node_serving(&lab, "node-1", TARGET, "the canary");
+    for name in ["node-2", "node-3"] {
+        assert_eq!(api_version(&lab, name).as_deref(), Some(FROM), "{name}");
+    }
+    let j = plan_match::last_upgrade(&lab);
+    assert_eq!(j.outcome(), "paused");
+    let resumed = fleetup(&lab.inventory_path(), &["upgrade", "--resume"]);
+    assert_eq!(code(&resumed), exit_code::SUCCESS, "{}", both(&resumed));
+    assert_serving(&lab, TARGET, "after --resume");
+    assert_migrated_once_by_fleetup(&lab, TARGET);
+    assert_eq!(plan_match::last_upgrade(&lab).outcome(), "succeeded");
+}

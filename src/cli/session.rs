@@ -125,6 +125,7 @@ impl RunSession {
             prior: PriorRun::default(),
             cancel: self.cancel.clone(),
             lease: LeaseConfig::default(),
+            pause: None,
         }
     }
 

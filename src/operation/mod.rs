@@ -83,6 +83,8 @@ pub struct RunSettings {
     pub prior: PriorRun,
     pub cancel: Cancel,
     pub lease: LeaseConfig,
+    /// `--pause-after-canary`.
+    pub pause: Option<crate::runner::Pause>,
 }
 
 impl RunSettings {
@@ -102,6 +104,7 @@ impl RunSettings {
             cancel: self.cancel.clone(),
             lease: self.lease,
             resumed: self.resumed,
+            pause: self.pause.clone(),
         }
     }
 }

@@ -82,6 +82,19 @@ pub struct RunConfig {
     pub lease: LeaseConfig,
     /// `--resume`: every step is probed on the nodes, none answered from the audit's facts.
     pub resumed: bool,
+    /// `--pause-after-canary`: asked once the canary batch passed, while later batches remain.
+    pub pause: Option<Pause>,
+}
+
+/// `--pause-after-canary`: given the canary batch's hosts, says whether the run goes on. It may
+/// block (a prompt): the engine asks it on a thread of its own and stops waiting on Ctrl-C.
+#[derive(Clone)]
+pub struct Pause(pub Arc<dyn Fn(&[String]) -> bool + Send + Sync>);
+
+impl std::fmt::Debug for Pause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Pause(..)")
+    }
 }
 
 /// What an interrupted run recorded in its journal, for `--resume`: the probes trust it where
@@ -137,6 +150,8 @@ pub enum Outcome {
     Failed,
     /// Ctrl-C / SIGTERM: stopped between steps, resumable.
     Cancelled,
+    /// `--pause-after-canary` told to stop after the canary batch: resumable, not a failure.
+    Paused,
 }
 
 impl Outcome {
@@ -147,6 +162,7 @@ impl Outcome {
             Outcome::LockHeld => "lock-held",
             Outcome::Failed => "failed",
             Outcome::Cancelled => "cancelled",
+            Outcome::Paused => "paused",
         }
     }
 
@@ -157,6 +173,7 @@ impl Outcome {
             Outcome::LockHeld => exit_code::LOCK_HELD,
             Outcome::Failed => exit_code::FAILURE,
             Outcome::Cancelled => exit_code::CANCELLED,
+            Outcome::Paused => exit_code::SUCCESS,
         }
     }
 }
@@ -208,7 +225,10 @@ pub async fn execute<T: Transport + Clone + 'static>(
     let mut error = None;
     let mut run = Progress::default();
     let mut refresher: Option<lock::Refresher> = None;
-    for step in sh.plan.steps.clone() {
+    let mut paused = false;
+    let steps = sh.plan.steps.clone();
+    for (i, step) in steps.iter().enumerate() {
+        let step = step.clone();
         if matches!(step.kind, StepKind::Preflight | StepKind::Unlock) {
             // The caller ran the preflight; the unlock step runs below, whatever happened.
             continue;
@@ -230,6 +250,13 @@ pub async fn execute<T: Transport + Clone + 'static>(
             error = Some(e);
             break;
         }
+        if canary_passed(&steps, i)
+            && let Some(pause) = &sh.cfg.pause
+            && !ask(pause, &sh.plan.batches[0], &sh.cfg.cancel).await
+        {
+            paused = true;
+            break;
+        }
     }
     let was_cancelled = error
         .as_ref()
@@ -243,11 +270,14 @@ pub async fn execute<T: Transport + Clone + 'static>(
             .take()
             .map(|e| went_on(e, &run.failures, sh.cfg.failure));
     }
-    let outcome = settle(
+    let outcome = match settle(
         &mut error,
         sh.changes().storage_touched,
         run.failures.iter().any(|f| f.contained),
-    );
+    ) {
+        Outcome::Succeeded if paused => Outcome::Paused,
+        other => other,
+    };
     // The state report is read while the locks still keep other runs away.
     let hosts = summarize(&sh, &sh.changes(), error.is_some(), &run.failures).await;
     if let Some(r) = refresher {
@@ -267,6 +297,35 @@ pub async fn execute<T: Transport + Clone + 'static>(
         changes,
         timings,
         unlock_errors,
+    }
+}
+
+/// Step `i` ends the canary batch (batch 1) and later steps work on other batches.
+fn canary_passed(steps: &[Step], i: usize) -> bool {
+    steps[i].batch == Some(1)
+        && steps[i + 1..]
+            .iter()
+            .find(|s| s.kind != StepKind::Unlock)
+            .is_some_and(|s| s.batch.is_some_and(|b| b > 1))
+}
+
+/// Asks `pause` on a thread of its own (it may wait for a key); Ctrl-C stops the wait, and the
+/// run then stops as if told so.
+async fn ask(pause: &Pause, canary: &[String], cancel: &Cancel) -> bool {
+    let (tx, mut rx) = tokio::sync::oneshot::channel();
+    let (f, hosts) = (pause.0.clone(), canary.to_vec());
+    std::thread::spawn(move || {
+        let _ = tx.send(f(&hosts));
+    });
+    loop {
+        tokio::select! {
+            answer = &mut rx => return answer.unwrap_or(false),
+            () = tokio::time::sleep(Duration::from_millis(100)) => {
+                if cancel.requested() {
+                    return false;
+                }
+            }
+        }
     }
 }
 
@@ -1289,6 +1348,7 @@ pub(crate) mod tests {
             cancel: Cancel::default(),
             lease: LeaseConfig::default(),
             resumed: false,
+            pause: None,
         };
         let fleet = Fleet {
             hosts,
