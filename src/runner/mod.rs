@@ -89,7 +89,10 @@ pub struct RunConfig {
 /// `--pause-after-canary`: given the canary batch's hosts, says whether the run goes on. It may
 /// block (a prompt): the engine asks it on a thread of its own and stops waiting on Ctrl-C.
 #[derive(Clone)]
-pub struct Pause(pub Arc<dyn Fn(&[String]) -> bool + Send + Sync>);
+pub struct Pause(pub Arc<PauseFn>);
+
+/// What [`Pause`] calls: the canary batch's hosts in, go on or not out.
+pub type PauseFn = dyn Fn(&[String]) -> bool + Send + Sync;
 
 impl std::fmt::Debug for Pause {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
