@@ -70,6 +70,7 @@ fn plan(
         strategy: s,
         serial: None,
         canary: std::num::NonZeroUsize::MIN,
+        hop_binaries: Vec::new(),
         stop_running: false,
         backup: true,
         binary: BinarySource::Url {

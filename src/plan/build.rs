@@ -176,6 +176,18 @@ pub fn build_plan_with(
     opts: &PlanOptions,
     policy: &PolicyTable,
 ) -> Plan {
+    super::hops::build(hosts, facts, left_out, target, opts, policy)
+}
+
+/// The plan of one hop: every selected host straight to `target`.
+pub(super) fn build_hop(
+    hosts: &[ResolvedHost],
+    facts: &BTreeMap<String, HostFacts>,
+    left_out: &LeftOut,
+    target: &Version,
+    opts: &PlanOptions,
+    policy: &PolicyTable,
+) -> Plan {
     let mode = if hosts.len() == 1 {
         Mode::SingleNode
     } else {
@@ -300,6 +312,7 @@ pub fn build_plan_with(
         hosts: host_plans,
         blockers: found.blockers,
         warnings: found.warnings,
+        hops: Vec::new(),
         rollback: None,
     }
 }

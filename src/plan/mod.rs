@@ -10,6 +10,7 @@ mod build;
 pub mod commands;
 mod digest;
 mod hooks;
+mod hops;
 mod render;
 mod rollback;
 mod steps;
@@ -37,6 +38,7 @@ pub use action::{
 pub use batch::BatchSize;
 pub use build::{build_plan, build_plan_with};
 pub use digest::plan_digest;
+pub use hops::Hop;
 pub use render::{header_lines, render_text};
 pub use rollback::{
     BackupFile, RecordedHost, RecordedStorage, RestoreSource, RollbackRequest, RollbackSpec,
@@ -130,6 +132,10 @@ pub struct PlanOptions {
     pub serial: Option<BatchSize>,
     /// Nodes in the first batch, the migrator among them (`--canary N`, default 1).
     pub canary: NonZeroUsize,
+    /// Binaries for the hops of a multi-hop route (`--binary V=FILE`, `[releases."V"]`); the
+    /// target's own is `binary`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub hop_binaries: Vec<(Version, BinarySource)>,
     /// `--stop`: stop running nodes instead of refusing (offline; new nodes of replace).
     pub stop_running: bool,
     /// False only with `--no-backup`.
@@ -187,6 +193,10 @@ pub struct Plan {
     /// Why the plan must not run; the steps are listed anyway so the dry run shows them.
     pub blockers: Vec<Blocker>,
     pub warnings: Vec<String>,
+    /// A multi-hop plan's hops, in order (absent for a direct upgrade): each one's target,
+    /// strategy, binary and step ids.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hops: Vec<Hop>,
     /// Set on a rollback plan only (`fleetup rollback`): what it goes back to and from where.
     /// Absent from an upgrade plan's JSON, so upgrade plan ids are unchanged.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -245,6 +255,9 @@ pub struct Step {
     pub hosts: Vec<String>,
     /// 1-based start batch this step belongs to (per-batch steps only).
     pub batch: Option<usize>,
+    /// In a multi-hop plan, the target of the hop this step belongs to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hop: Option<Version>,
     /// What it does, one line.
     pub action: String,
     /// Why, citing the guide or the numary contract.
@@ -259,6 +272,11 @@ pub struct Step {
 }
 
 impl Step {
+    /// The version this step moves its hosts to: its hop's, else the plan's target.
+    pub fn target<'a>(&'a self, plan: &'a Plan) -> &'a Version {
+        self.hop.as_ref().unwrap_or(&plan.target)
+    }
+
     /// The step's parameters on `host`.
     pub fn params(&self, host: &str) -> Option<&Action> {
         self.commands

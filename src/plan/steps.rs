@@ -201,6 +201,7 @@ fn step(
         kind,
         hosts: hosts.iter().map(|v| v.name().to_string()).collect(),
         batch,
+        hop: None,
         action,
         why: why.to_string(),
         checks,

@@ -286,6 +286,7 @@ mod tests {
             hosts: vec![],
             blockers: vec![],
             warnings: vec![],
+            hops: vec![],
             rollback: None,
         }
     }

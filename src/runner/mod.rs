@@ -58,8 +58,9 @@ pub struct RunConfig {
     pub owner: LockOwner,
     /// `--break-lock`: break a lock whose holder is not a live fleetup on this machine.
     pub break_lock: bool,
-    /// The bytes of `--binary FILE`, read once (`None` for `--binary-url`).
-    pub binary: Option<Arc<Vec<u8>>>,
+    /// The bytes of each local binary the plan uploads (the target's and each hop's), read
+    /// once, by SHA-256 (none for a URL, which the nodes download).
+    pub binaries: BTreeMap<String, Arc<Vec<u8>>>,
     /// How long a node may take to stop.
     pub stop_timeout: Duration,
     /// How long a node may take to serve the target after its start.
@@ -254,6 +255,8 @@ pub async fn execute<T: Transport + Clone + 'static>(
             break;
         }
         if canary_passed(&steps, i)
+            // Once: after the canary batch of the first hop.
+            && step.hop.as_ref() == sh.plan.hops.first().map(|h| &h.target)
             && let Some(pause) = &sh.cfg.pause
             && !ask(pause, &sh.plan.batches[0], &sh.cfg.cancel).await
         {
@@ -1314,6 +1317,7 @@ pub(crate) mod tests {
             strategy: Strategy::Offline,
             serial: None,
             canary: std::num::NonZeroUsize::MIN,
+            hop_binaries: Vec::new(),
             stop_running: nodes.iter().any(|n| n.running),
             backup: setup.backup,
             binary: BinarySource::File {
@@ -1338,7 +1342,7 @@ pub(crate) mod tests {
                 process: None,
             },
             break_lock: false,
-            binary: Some(Arc::new(b"#!/bin/sh\n".to_vec())),
+            binaries: BTreeMap::from([("ab".repeat(32), Arc::new(b"#!/bin/sh\n".to_vec()))]),
             stop_timeout: Duration::from_secs(1),
             health_timeout: Duration::from_secs(1),
             poll_interval: Duration::from_millis(10),

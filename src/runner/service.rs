@@ -215,7 +215,7 @@ pub async fn confirm_database_free<T: Transport>(
         .plan
         .steps
         .iter()
-        .filter(|s| s.kind == StepKind::Migrate)
+        .filter(|s| s.kind == StepKind::Migrate && s.hop == step.hop)
         .flat_map(|s| s.commands.iter());
     for hc in migrating.filter(|hc| sh.going(&hc.host)) {
         if let Some(p) = hc.params.migrate()
