@@ -195,8 +195,11 @@ fn journal_binaries(plan: &serde_json::Value) -> Vec<String> {
     out
 }
 
+/// The `--binary` values: the target's own file, if given, and each hop's `(VERSION, FILE)`.
+type Binaries = (Option<PathBuf>, Vec<(Version, PathBuf)>);
+
 /// `--binary` values: the target's own (`FILE`, at most one) and the hops' (`VERSION=FILE`).
-fn split_binaries(values: &[String]) -> anyhow::Result<(Option<PathBuf>, Vec<(Version, PathBuf)>)> {
+fn split_binaries(values: &[String]) -> anyhow::Result<Binaries> {
     let mut own = None;
     let mut hops = Vec::new();
     for v in values {
