@@ -488,7 +488,7 @@ fn host_blockers(views: &[View], strategy: Strategy, target: &Version, found: &m
             let route = format!("{current} → {}", verdict.hops.join(" → "));
             reason.push_str(&format!(" (supported route: {route})"));
             Some(format!(
-                "upgrade one hop at a time, each its own `fleetup upgrade --to ...` run: {route}"
+                "one run carries out the route {route} once each hop has a binary (`--binary VERSION=FILE`, repeatable, or `[releases.\"VERSION\"]` in the inventory); or upgrade one hop per run"
             ))
         };
         found.block(BlockerKind::UnsupportedPath, &[name], reason, hint);
