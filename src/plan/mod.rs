@@ -217,6 +217,14 @@ impl Plan {
         self.hosts.iter().find(|h| h.name == name)
     }
 
+    /// The strategy `step` follows: its hop's in a multi-hop plan, else the plan's.
+    pub fn strategy_of(&self, step: &Step) -> Strategy {
+        step.hop
+            .as_ref()
+            .and_then(|t| self.hops.iter().find(|h| &h.target == t))
+            .map_or(self.strategy, |h| h.strategy)
+    }
+
     /// The storage `host` is on.
     pub fn storage_of(&self, host: &str) -> Option<&PlanStorage> {
         self.storages

@@ -37,7 +37,7 @@ use crate::exit_code;
 use crate::facts::HostFacts;
 use crate::inventory::ResolvedHost;
 use crate::lock::{self, LeaseConfig, Liveness, LockError, LockOwner, Refusal};
-use crate::plan::{HostAction, Plan, Step, StepKind};
+use crate::plan::{HostAction, Plan, Step, StepKind, Strategy};
 use crate::ssh::Transport;
 
 pub use crate::plan::commands::{DUMP_FILE, backup_dir, release_binary, release_dir};
@@ -227,7 +227,10 @@ pub async fn execute<T: Transport + Clone + 'static>(
     });
     let mut timings = Vec::new();
     let mut error = None;
-    let mut run = Progress::default();
+    let mut run = Progress {
+        strategy: sh.plan.strategy,
+        ..Progress::default()
+    };
     let mut refresher: Option<lock::Refresher> = None;
     let mut paused = false;
     let steps = sh.plan.steps.clone();
@@ -241,6 +244,7 @@ pub async fn execute<T: Transport + Clone + 'static>(
             error = Some(cancelled(&sh, &step));
             break;
         }
+        run.strategy = sh.plan.strategy_of(&step);
         let started = Instant::now();
         let result = if step.kind == StepKind::Lock {
             let r = take_locks(&sh, &step).await;
@@ -268,7 +272,7 @@ pub async fn execute<T: Transport + Clone + 'static>(
         .as_ref()
         .is_some_and(|e| e.code == exit_code::CANCELLED);
     if error.is_some() && !was_cancelled {
-        undo::undo(&sh, &run.applied).await;
+        undo::undo(&sh, &run.applied, run.strategy).await;
     }
     if error.is_none() {
         error = run
@@ -343,6 +347,8 @@ struct Progress {
     failures: Vec<HostFailure>,
     /// The first failure the run went on without: the run's error when nothing stops it.
     first_contained: Option<StepError>,
+    /// The strategy of the step under way (a multi-hop plan's hops may differ): the undo's.
+    strategy: Strategy,
 }
 
 /// The run's error when it went on past contained failures: the first one, its hints naming
@@ -581,7 +587,7 @@ async fn contain<T: Transport + Clone + 'static>(
                 sh.cfg.failure.max_failed
             ),
         });
-        undo::undo_host(sh, &run.applied, &e.host).await;
+        undo::undo_host(sh, &run.applied, &e.host, sh.plan.strategy_of(step)).await;
         run.applied.retain(|(_, h)| h != &e.host);
         if run.first_contained.is_none() {
             run.first_contained = Some(e.clone());

@@ -23,8 +23,13 @@ use super::{service, switch};
 
 /// Undoes `applied` (`(kind, host)` in the order they were applied) in reverse, where safe for
 /// the whole run: once any storage was touched or any binary switched, nothing is restarted.
-pub async fn undo<T: Transport>(sh: &Shared<T>, applied: &[(StepKind, String)]) {
-    if sh.plan.strategy == Strategy::Rolling {
+/// `strategy`: that of the step the run stopped at (a multi-hop plan's hops may differ).
+pub async fn undo<T: Transport>(
+    sh: &Shared<T>,
+    applied: &[(StepKind, String)],
+    strategy: Strategy,
+) {
+    if strategy == Strategy::Rolling {
         return undo_rolling(sh, applied).await;
     }
     let c = sh.changes();
@@ -34,8 +39,13 @@ pub async fn undo<T: Transport>(sh: &Shared<T>, applied: &[(StepKind, String)]) 
 
 /// The own undo of `host`, which failed and is left behind while the run goes on: what it
 /// applied, judged by its storage (touched, or a binary switched onto it, by any of its nodes).
-pub async fn undo_host<T: Transport>(sh: &Shared<T>, applied: &[(StepKind, String)], host: &str) {
-    if sh.plan.strategy == Strategy::Rolling {
+pub async fn undo_host<T: Transport>(
+    sh: &Shared<T>,
+    applied: &[(StepKind, String)],
+    host: &str,
+    strategy: Strategy,
+) {
+    if strategy == Strategy::Rolling {
         return revert(sh, host).await;
     }
     let c = sh.changes();
