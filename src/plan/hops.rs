@@ -45,7 +45,19 @@ pub(super) fn build(
         Ok(None) => return build_hop(hosts, facts, left_out, target, opts, policy),
         Err(blocker) => {
             let mut plan = build_hop(hosts, facts, left_out, target, opts, policy);
-            plan.blockers.push(blocker);
+            // A hop without a binary: the unsupported-path blocker of its nodes says which.
+            match plan.blockers.iter_mut().find(|b| {
+                b.kind == BlockerKind::UnsupportedPath
+                    && blocker.kind == BlockerKind::UnsupportedPath
+                    && b.hosts.iter().all(|h| blocker.hosts.contains(h))
+                    && blocker.reason.contains("no binary is given")
+            }) {
+                Some(b) => {
+                    b.reason = format!("{}; {}", b.reason, blocker.reason);
+                    b.hint = blocker.hint;
+                }
+                None => plan.blockers.push(blocker),
+            }
             return plan;
         }
     };

@@ -662,7 +662,7 @@ fn mixed_versions_with_one_unsupported_path_block_that_node_only() {
         b.reason
     );
     let hint = b.hint.as_deref().unwrap_or_default();
-    assert!(hint.contains("one hop at a time"), "{hint}");
+    assert!(hint.contains("--binary VERSION=FILE"), "{hint}");
     assert!(p.host("ledger-1").is_some_and(|h| h.blocked.is_empty()));
     assert!(p.host("ledger-2").is_some_and(|h| !h.blocked.is_empty()));
 }
