@@ -3,15 +3,16 @@
 //! only within the budget (`--max-fail N|N%`, per batch and over the whole run) and only where
 //! dropping the host endangers nobody else: a host alone on its storage; on a shared storage, a
 //! failed start or health gate (its database was migrated before, so no migration is skipped or
-//! repeated by accident); in a rolling run, any step of the host's own batch but the storage's
-//! backup and migration (the table's zero-downtime row lets its old release serve the migrated
-//! schema, so it goes back to it).
+//! repeated by accident); in a zero-downtime run, any step but the storage's backup and
+//! migration and the migrator's steps before it (rolling: the table's zero-downtime row lets
+//! its old release serve the migrated schema, so it goes back to it; replace: a failed new node
+//! is stopped again and the old node it replaces keeps serving).
 
 use std::fmt;
 use std::str::FromStr;
 
 use crate::exit_code;
-use crate::plan::{Plan, StepKind, Strategy};
+use crate::plan::{Plan, StepKind};
 
 /// `--max-fail`: how many hosts may fail while the run goes on without them, as a count or a
 /// share. It applies to each batch (a share of the batch's hosts) and to the whole run (a share
@@ -215,9 +216,16 @@ pub fn containable(
             failed: failed.to_vec(),
         });
     }
-    if plan.strategy == Strategy::Rolling {
+    if plan.strategy.is_zero_downtime() {
+        // Every node serves from the one storage: its backup and migration are everyone's, and
+        // so is the migrator until it migrated (its stage, its stop: without it the storage
+        // would not be migrated before the first node runs the target). Any other step leaves
+        // the node alone: rolling reverts it, replace stops a new node again (its old node
+        // keeps serving) or leaves an old one as its decommission found it.
+        let migrator = plan.migrators().contains(&host);
         return match kind {
             StepKind::Backup | StepKind::Migrate => Err(Uncontained::WholeStorage),
+            StepKind::Stage | StepKind::StopService if migrator => Err(Uncontained::WholeStorage),
             _ => Ok(()),
         };
     }
@@ -485,6 +493,47 @@ mod tests {
             assert!(bad.parse::<FailBudget>().unwrap_err().contains(bad));
         }
         assert!("0%".parse::<FailBudget>().unwrap().is_zero());
+    }
+
+    #[test]
+    fn replace_leaves_a_failed_new_node_behind_but_never_the_migrator_before_it_migrated() {
+        // new-1 migrates; old-1..2 are decommissioned after their replacements.
+        let mut p = rolling(&[&["new-1"], &["new-2"]]);
+        p.strategy = Strategy::Replace;
+        p.storages[0]
+            .hosts
+            .extend(["old-1".to_string(), "old-2".to_string()]);
+        for (i, h) in p.hosts.iter_mut().enumerate() {
+            h.action = crate::plan::HostAction::Deploy;
+            h.replaces = Some(format!("old-{}", i + 1));
+        }
+        for kind in [
+            StepKind::Stage,
+            StepKind::Switch,
+            StepKind::StartService,
+            StepKind::HealthGate,
+        ] {
+            assert_eq!(
+                containable(&p, BUDGET_1, kind, 1, "new-2", &[]),
+                Ok(()),
+                "{kind}"
+            );
+        }
+        for kind in [StepKind::StartService, StepKind::HealthGate] {
+            assert_eq!(containable(&p, BUDGET_1, kind, 1, "new-1", &[]), Ok(()));
+        }
+        // An old node failing its decommission keeps serving the schema its row allows.
+        assert_eq!(
+            containable(&p, BUDGET_1, StepKind::Decommission, 1, "old-1", &[]),
+            Ok(())
+        );
+        for kind in [StepKind::Stage, StepKind::Backup, StepKind::Migrate] {
+            assert_eq!(
+                containable(&p, BUDGET_1, kind, 1, "new-1", &[]),
+                Err(Uncontained::WholeStorage),
+                "{kind}"
+            );
+        }
     }
 
     #[test]
