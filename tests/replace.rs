@@ -277,3 +277,100 @@ fn a_new_node_that_never_becomes_healthy_leaves_every_old_node_serving_then_resu
     assert_migrated_once_by_fleetup(&lab, TARGET);
     assert_eq!(lab.misuse_records().unwrap(), Vec::<Value>::new(), "misuse");
 }
+
+#[test]
+fn an_old_node_without_a_replacement_follows_rolling_and_three_still_answer_throughout() {
+    // node-3 has no replacement: it is upgraded in place, while node-2 (replaced by new-2 in
+    // the last batch of new nodes) still serves, so the fleet never drops below 3.
+    let mut spec = spec(Driver::Postgres, 3, FROM);
+    spec.replacements = 2;
+    let lab = LabGuard::up(&spec).expect("lab up");
+    let new = release(&lab, TARGET);
+    let before = transaction_counts(&lab, "node-3");
+
+    let audit = check_json(&lab, &new);
+    assert_eq!(audit["plan"]["strategy"], "replace", "{audit:#}");
+    assert_eq!(
+        step_ids(&audit),
+        [
+            "preflight",
+            "lock",
+            "backup",
+            "stage",
+            "migrate",
+            "switch",
+            "start-service-1",
+            "health-gate-1",
+            "decommission-1",
+            "start-service-2",
+            "health-gate-2",
+            "stop-service-3",
+            "switch-3",
+            "start-service-3",
+            "health-gate-3",
+            "decommission-2",
+            "unlock",
+        ]
+    );
+    let plan_id = audit["plan_id"].as_str().unwrap().to_string();
+
+    let poll = AvailabilityPoller::for_lab(&lab).expect("poller");
+    let started = std::time::Instant::now();
+    let out = upgrade(&lab, &new, &["--plan", &plan_id]);
+    let took = started.elapsed();
+    let seen = poll.stop();
+    assert_eq!(code(&out), exit_code::SUCCESS, "{}", both(&out));
+    eprintln!("replace 3+2 (one rolling) took {took:?}; {seen}");
+
+    for name in ["new-1", "new-2", "node-3"] {
+        assert_node_serving(&lab, name, TARGET, "after the replace");
+    }
+    for name in ["node-1", "node-2"] {
+        assert_decommissioned(&lab, name);
+    }
+    assert!(seen.fewest() >= 3, "{seen}");
+    assert_migrated_once_by_fleetup(&lab, TARGET);
+    assert_eq!(lab.misuse_records().unwrap(), Vec::<Value>::new(), "misuse");
+    assert_eq!(transaction_counts(&lab, "node-3"), before);
+    plan_match::assert_journal_ran_the_plan(&lab, &audit);
+}
+
+#[test]
+fn within_max_fail_a_failed_new_node_is_left_out_and_its_old_node_keeps_serving() {
+    let lab = lab();
+    let new = release(&lab, TARGET);
+    let pid = server_pid(&lab, "node-2");
+    // new-2 is in the second batch (with new-3): it fails its gate, the run goes on without it.
+    lab.set_fault_with("never-healthy", &["new-2"], &[])
+        .unwrap();
+    let poll = AvailabilityPoller::for_lab(&lab).expect("poller");
+    let out = upgrade(&lab, &new, &["--health-timeout", "4s", "--max-fail", "1"]);
+    let seen = poll.stop();
+    assert_eq!(code(&out), exit_code::FAILURE, "{}", both(&out));
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(err.contains("new-2"), "{err}");
+    eprintln!("replace with new-2 left out: {seen}");
+    assert!(seen.fewest() >= 3, "{seen}");
+
+    for name in ["new-1", "new-3"] {
+        assert_node_serving(&lab, name, TARGET, "the others went on");
+    }
+    for name in ["node-1", "node-3"] {
+        assert_decommissioned(&lab, name);
+    }
+    // new-2 was stopped again; node-2 serves its old release from the same process.
+    assert!(!lab.node("new-2").unwrap().service_running());
+    assert_eq!(server_pid(&lab, "node-2"), pid);
+    assert_eq!(api_version(&lab, "node-2").as_deref(), Some(FROM));
+    let j = plan_match::last_upgrade(&lab);
+    let node2: Vec<(&str, &str)> = j
+        .steps
+        .iter()
+        .filter(|r| r.host == "node-2")
+        .map(|r| (r.id.as_str(), r.state.as_str()))
+        .filter(|(id, _)| id.starts_with("decommission"))
+        .collect();
+    assert_eq!(node2, [("decommission-2", "skipped")]);
+    assert_migrated_once_by_fleetup(&lab, TARGET);
+    assert_eq!(lab.misuse_records().unwrap(), Vec::<Value>::new(), "misuse");
+}
