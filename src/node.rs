@@ -354,6 +354,7 @@ mod tests {
                 env_file,
                 ..Default::default()
             },
+            rollout: Default::default(),
         }
     }
 

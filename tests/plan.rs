@@ -70,6 +70,7 @@ fn plan(
         strategy: s,
         serial: None,
         canary: std::num::NonZeroUsize::MIN,
+        hop_binaries: Vec::new(),
         stop_running: false,
         backup: true,
         binary: BinarySource::Url {
@@ -127,6 +128,60 @@ fn eu_offline_uses_the_flagged_migrator_and_the_inventory_ledgers() {
         commands_on(&p, StepKind::StartService, "ledger-eu-2")
             .contains(&"systemctl start numary.service")
     );
+}
+
+#[test]
+fn the_example_rollout_hooks_surround_each_batch_with_their_group_and_host_overrides() {
+    let inv = example();
+    let hosts = selected(&inv, &["@eu"]);
+    let eu = BTreeMap::from([
+        ("ledger-eu-1".to_string(), facts(Some("1.7.4"), false)),
+        ("ledger-eu-2".to_string(), facts(Some("1.7.4"), false)),
+    ]);
+    let p = plan(&hosts, &eu, "1.8.2", Strategy::Auto);
+    let ids: Vec<&str> = p.steps.iter().map(|s| s.id.as_str()).collect();
+    assert_eq!(
+        &ids[..4],
+        ["preflight", "lock", "pre-hook", "confirm-stopped"]
+    );
+    assert!(
+        ids.contains(&"post-hook-1") && ids.contains(&"post-hook-2"),
+        "{ids:?}"
+    );
+    let dir = fleetup::shell::quote(&Path::new(env!("CARGO_MANIFEST_DIR")).display().to_string());
+    let pre = commands_on(&p, StepKind::PreHook, "ledger-eu-1");
+    assert_eq!(pre.len(), 1);
+    assert!(
+        pre[0].starts_with(&format!("# local: cd {dir} && FLEETUP_HOST=ledger-eu-1 ")),
+        "{}",
+        pre[0]
+    );
+    assert!(
+        pre[0].ends_with("sh -c 'lb-ctl drain \"$FLEETUP_ADDRESS\"'"),
+        "{}",
+        pre[0]
+    );
+
+    // The US group's own hooks run on the node; `ledger-us-1` cancels its post hook.
+    let hosts = selected(&inv, &["@us"]);
+    let us = BTreeMap::from([
+        ("ledger-us-1".to_string(), facts(Some("1.7.4"), false)),
+        ("ledger-us-2".to_string(), facts(Some("1.7.4"), false)),
+    ]);
+    let p = plan(&hosts, &us, "1.8.2", Strategy::Offline);
+    let pre = commands_on(&p, StepKind::PreHook, "ledger-us-2");
+    assert!(
+        pre[0].starts_with("FLEETUP_HOST=ledger-us-2 "),
+        "{}",
+        pre[0]
+    );
+    assert!(
+        pre[0].ends_with("sh -c /opt/numary/bin/leave-pool"),
+        "{}",
+        pre[0]
+    );
+    assert!(commands_on(&p, StepKind::PostHook, "ledger-us-1").is_empty());
+    assert_eq!(commands_on(&p, StepKind::PostHook, "ledger-us-2").len(), 1);
 }
 
 #[test]

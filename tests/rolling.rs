@@ -95,6 +95,10 @@ fn rolling_one_node_at_a_time_keeps_three_of_four_serving_and_migrates_once() {
     let lab = lab(4);
     let new = release(&lab, TARGET);
     let before = transaction_counts(&lab, "node-1");
+    // Each node must stay healthy a second before the next batch goes.
+    let mut inventory = std::fs::read_to_string(lab.inventory_path()).unwrap();
+    inventory.push_str("\n[rollout]\nmin_healthy_time = \"1s\"\n");
+    std::fs::write(lab.inventory_path(), inventory).unwrap();
 
     // `auto` picks rolling: the table allows zero-downtime, one shared Postgres, all serving.
     let audit = check_json(&lab, &new, &["--serial", "1"]);
@@ -152,7 +156,18 @@ fn rolling_one_node_at_a_time_keeps_three_of_four_serving_and_migrates_once() {
     for n in &lab.nodes {
         assert_eq!(transaction_counts(&lab, &n.name), before, "{}", n.name);
     }
-    plan_match::assert_journal_ran_the_plan(&lab, &audit);
+    let j = plan_match::assert_journal_ran_the_plan(&lab, &audit);
+    let held = j
+        .events
+        .iter()
+        .filter(|e| e["event"] == "step_finished" && e["kind"] == "health_gate")
+        .filter(|e| {
+            e["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("stayed healthy for 1s"))
+        })
+        .count();
+    assert_eq!(held, 4, "every node held `min_healthy_time`");
 }
 
 #[test]
@@ -193,4 +208,118 @@ fn a_canary_that_never_becomes_healthy_stops_the_run_and_goes_back_then_resume_f
     assert_serving(&lab, TARGET, "after --resume");
     assert_migrated_once_by_fleetup(&lab, TARGET);
     assert_eq!(lab.misuse_records().unwrap(), Vec::<Value>::new(), "misuse");
+}
+
+/// Whether the newest journal records step `id` in `state` on any host.
+fn recorded(lab: &Lab, id: &str, state: &str) -> bool {
+    let dir = fleetup::journal::default_state_dir(&lab.inventory_path());
+    fleetup::journal::list_journals(&dir)
+        .unwrap_or_default()
+        .pop()
+        .is_some_and(|j| {
+            j.steps
+                .iter()
+                .any(|r| r.id == id && r.state.as_str() == state)
+        })
+}
+
+#[test]
+fn a_node_lost_mid_run_with_max_fail_0_stops_the_run_at_its_batch_with_every_state_reported() {
+    let lab = lab(4);
+    let new = release(&lab, TARGET);
+    let mut child = lab_fixture::fleetup_cmd(
+        &lab.inventory_path(),
+        &[
+            "upgrade",
+            "--to",
+            TARGET,
+            "--binary",
+            new.to_str().unwrap(),
+            "--max-fail",
+            "0",
+        ],
+    )
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped())
+    .spawn()
+    .unwrap();
+    // node-3 drops off while batch 2 (node-2) moves.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(180);
+    while !recorded(&lab, "start-service-2", "started") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "batch 2 never started"
+        );
+        assert!(child.try_wait().unwrap().is_none(), "fleetup ended early");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    lab.node("node-3").unwrap().kill_sshd().unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(code(&out), exit_code::FAILURE, "{}", both(&out));
+
+    // Batches 1 and 2 finished and serve the target; node-3 and node-4 were never changed.
+    lab_fixture::assert_node_serving(&lab, "node-1", TARGET, "batch 1");
+    lab_fixture::assert_node_serving(&lab, "node-2", TARGET, "batch 2");
+    for name in ["node-3", "node-4"] {
+        let node = lab.node(name).unwrap();
+        assert_eq!(node.installed_version().as_deref(), Some(FROM), "{name}");
+        assert_eq!(
+            api_version(&lab, name).as_deref(),
+            Some(FROM),
+            "{name} serves"
+        );
+    }
+    // Nothing ran on node-4: its batch was never started.
+    let j = plan_match::last_upgrade(&lab);
+    assert!(
+        !j.steps
+            .iter()
+            .any(|r| r.host == "node-4" && r.id.ends_with("-4") && r.state.as_str() != "skipped"),
+        "{:?}",
+        j.steps
+    );
+    // The report names every node's state and how to go on.
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    for name in ["node-1", "node-2", "node-3", "node-4"] {
+        assert!(err.contains(name), "{name} in the report: {}", both(&out));
+    }
+    assert!(err.contains("--resume"), "{}", both(&out));
+    assert!(err.contains("fleetup rollback"), "{}", both(&out));
+    assert!(err.contains("the SSH connection is lost"), "{}", both(&out));
+    let report = String::from_utf8_lossy(&out.stdout).to_string();
+    let line = |n: &str| {
+        report
+            .lines()
+            .find(|l| l.starts_with(n))
+            .unwrap_or_else(|| panic!("{n} in the state report: {report}"))
+            .to_string()
+    };
+    assert!(line("node-2").contains("API reports `1.9.6`"), "{report}");
+    assert!(line("node-3").contains("failed at step"), "{report}");
+    assert!(line("node-4").contains("API reports `1.8.2`"), "{report}");
+}
+
+#[test]
+fn pause_after_canary_off_a_terminal_stops_after_the_canary_and_resume_goes_on() {
+    let lab = lab(3);
+    let new = release(&lab, TARGET);
+    let out = upgrade(&lab, &new, &["--pause-after-canary"]);
+    assert_eq!(code(&out), exit_code::SUCCESS, "{}", both(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--resume"),
+        "{}",
+        both(&out)
+    );
+    // Only the canary moved.
+    lab_fixture::assert_node_serving(&lab, "node-1", TARGET, "the canary");
+    for name in ["node-2", "node-3"] {
+        assert_eq!(api_version(&lab, name).as_deref(), Some(FROM), "{name}");
+    }
+    let j = plan_match::last_upgrade(&lab);
+    assert_eq!(j.outcome(), "paused");
+    let resumed = fleetup(&lab.inventory_path(), &["upgrade", "--resume"]);
+    assert_eq!(code(&resumed), exit_code::SUCCESS, "{}", both(&resumed));
+    assert_serving(&lab, TARGET, "after --resume");
+    assert_migrated_once_by_fleetup(&lab, TARGET);
+    assert_eq!(plan_match::last_upgrade(&lab).outcome(), "succeeded");
 }

@@ -238,6 +238,7 @@ mod tests {
                 use_agent: true,
             },
             ledger: LedgerSettings::default(),
+            rollout: Default::default(),
         }
     }
 

@@ -125,6 +125,7 @@ impl RunSession {
             prior: PriorRun::default(),
             cancel: self.cancel.clone(),
             lease: LeaseConfig::default(),
+            pause: None,
         }
     }
 
@@ -261,6 +262,11 @@ pub fn conclude(report: &RunReport, what: &str, run_id: &str) -> anyhow::Result<
             f.hints.push(format!(
                 "once the cause is fixed, `{resume}` continues this run (every step is probed again, nothing done is repeated)"
             ));
+            if what == "upgrade" && !report.changes.switched.is_empty() {
+                f.hints.push(format!(
+                    "or go back: `fleetup rollback {run_id}` switches the nodes it moved back to their release (`--restore-backup` once a storage was migrated and the old version may not serve it)"
+                ));
+            }
         }
         f
     };

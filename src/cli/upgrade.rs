@@ -3,6 +3,7 @@
 //! and the exit code. Every event goes to the display (stderr), to JSON Lines on stdout with
 //! `--format json`, and to the run journal. `--dry-run` is `check`.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
@@ -57,6 +58,10 @@ pub struct UpgradeArgs {
     /// failure stops the run.
     #[arg(long, value_name = "N|N%", default_value = "0")]
     pub max_fail: FailBudget,
+    /// Once the canary batch is healthy, wait for Enter before the other batches (on a
+    /// terminal); off a terminal, stop there with exit 0, the run resumable (`--resume`).
+    #[arg(long)]
+    pub pause_after_canary: bool,
     #[command(flatten)]
     pub connect: ConnectFlags,
 }
@@ -165,6 +170,7 @@ pub fn run(global: &Global, args: &UpgradeArgs) -> anyhow::Result<i32> {
                 .as_ref()
                 .map(|j| prior_run(j, &hosts))
                 .unwrap_or_default(),
+            pause: args.pause_after_canary.then(|| pause_prompt(&run_id)),
             ..session.settings(
                 RunFlags {
                     break_lock: args.break_lock,
@@ -209,6 +215,25 @@ fn conclude(global: &Global, finished: &Finished, run_id: &str) -> anyhow::Resul
             session::conclude(report, "upgrade", run_id)
         }
     }
+}
+
+/// `--pause-after-canary`: on a terminal, Enter goes on; off one, the run stops there.
+fn pause_prompt(run_id: &str) -> runner::Pause {
+    let resume = format!("fleetup upgrade --resume {run_id}");
+    runner::Pause(std::sync::Arc::new(move |canary: &[String]| {
+        let names = canary.join(", ");
+        if !std::io::stdin().is_terminal() {
+            eprintln!(
+                "the canary batch ({names}) is healthy; paused (`--pause-after-canary`, no terminal to ask): continue with `{resume}`"
+            );
+            return false;
+        }
+        eprint!(
+            "the canary batch ({names}) is healthy. Press Enter to go on with the other batches, Ctrl-C to stop here (`{resume}` continues): "
+        );
+        let mut line = String::new();
+        std::io::stdin().read_line(&mut line).is_ok_and(|n| n > 0)
+    }))
 }
 
 /// What the interrupted run finished that the hosts cannot tell by themselves: its backups.

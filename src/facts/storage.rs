@@ -220,6 +220,7 @@ mod tests {
                 use_agent: false,
             },
             ledger: Default::default(),
+            rollout: Default::default(),
         };
         h.ledger.storage = storage.map(str::to_string);
         h

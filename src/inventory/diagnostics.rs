@@ -73,9 +73,14 @@ impl Diagnostic {
                 .push("inventory.example.toml documents every key".to_string());
         } else if let Some(rest) = msg.strip_prefix("missing field ") {
             self.message = format!("missing key {rest}");
-            self.hints.push(format!(
-                "add {rest}; every `[[host]]` needs `name` and `address`, see inventory.example.toml"
-            ));
+            self.hints.push(if rest == "`command`" {
+                "a hook needs `command`, the shell command it runs; see inventory.example.toml"
+                    .to_string()
+            } else {
+                format!(
+                    "add {rest}; every `[[host]]` needs `name` and `address`, see inventory.example.toml"
+                )
+            });
         } else if msg.starts_with("invalid type") {
             self.hints.push(
                 "strings go in double quotes, numbers and booleans (`true`, `false`) do not, lists in `[...]`"

@@ -1,8 +1,9 @@
 //! The inventory: what an operator writes once per fleet (TOML), parsed strictly and resolved into
 //! one [`ResolvedHost`] per `[[host]]` with every setting decided.
 //!
-//! Precedence, lowest to highest: built-in defaults < `[ssh]`/`[ledger]` < `[groups.NAME]` (in the
-//! order the host lists its groups) < `[[host]]` < `FLEETUP_*` environment < command-line flags.
+//! Precedence, lowest to highest: built-in defaults < `[ssh]`/`[ledger]`/`[rollout]` <
+//! `[groups.NAME]` (in the order the host lists its groups) < `[[host]]` < `FLEETUP_*`
+//! environment < command-line flags.
 //! See `inventory.example.toml` for every key.
 
 use std::collections::BTreeMap;
@@ -40,6 +41,7 @@ pub struct ResolvedHost {
     pub replaces: Option<String>,
     pub ssh: SshSettings,
     pub ledger: LedgerSettings,
+    pub rollout: RolloutSettings,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -95,6 +97,41 @@ pub enum Service {
         stop: String,
         status: String,
     },
+}
+
+/// How the run moves through the node's batch: commands of the operator's around it (a load
+/// balancer drained before the node leaves service, put back once it is healthy) and how long it
+/// must stay healthy before the next batch. The default: no hooks, no wait.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct RolloutSettings {
+    /// Run before the node's batch leaves service (or, replace, before a new node starts).
+    pub pre_hook: Option<Hook>,
+    /// Run once the node's batch passed its health gate.
+    pub post_hook: Option<Hook>,
+    /// How long the node must stay healthy after its health gate passed before the next batch.
+    #[serde(with = "humantime_serde_compat")]
+    pub min_healthy_time: Duration,
+}
+
+/// An operator's shell command run around a batch. It is run as written, never with a value
+/// put into it: what fleetup tells it comes as `FLEETUP_*` environment variables.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Hook {
+    pub command: String,
+    /// On the machine running fleetup (`sh -c`, in [`Hook::dir`]) instead of on the node over
+    /// its SSH session.
+    pub local: bool,
+    /// The hook fails once it ran this long (it is killed).
+    #[serde(with = "humantime_serde_compat")]
+    pub timeout: Duration,
+    /// The inventory file's directory: where a local hook runs (a remote one runs where the
+    /// SSH user's shell starts).
+    pub dir: PathBuf,
+}
+
+impl Hook {
+    /// How long a hook may run when the inventory does not say.
+    pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 }
 
 /// Serialize durations as humantime strings (`10s`, `5m`).
@@ -348,6 +385,25 @@ mod tests {
         assert_eq!(us2.ssh.command_timeout, Duration::from_secs(30 * 60));
         assert_eq!(eu1.ledger.storage.as_deref(), Some("main-db"));
         assert_eq!(us2.ledger.storage.as_deref(), Some("main-db"));
+
+        let pre = eu1.rollout.pre_hook.as_ref().unwrap();
+        assert!(pre.local && pre.command.starts_with("lb-ctl drain"));
+        assert_eq!(
+            (pre.timeout, pre.dir.as_path()),
+            (Duration::from_secs(60), dir)
+        );
+        assert!(eu1.rollout.post_hook.as_ref().unwrap().local);
+        assert_eq!(eu1.rollout.min_healthy_time, Duration::ZERO);
+        let us_pre = us2.rollout.pre_hook.as_ref().unwrap();
+        assert_eq!(us_pre.command, "/opt/numary/bin/leave-pool");
+        assert!(!us_pre.local);
+        assert_eq!(us_pre.timeout, Duration::from_secs(120));
+        assert_eq!(
+            us2.rollout.post_hook.as_ref().unwrap().command,
+            "/opt/numary/bin/join-pool"
+        );
+        assert_eq!(us2.rollout.min_healthy_time, Duration::from_secs(30));
+        assert_eq!(us1.rollout.post_hook, None, "cancelled for one host");
 
         let v196 = &inv.releases()[&Version::new(1, 9, 6)];
         assert_eq!(
@@ -697,6 +753,131 @@ mod tests {
             &src,
             "11:12",
             "hosts `b` (line 5) and `c` (line 9) both replace `A`",
+        );
+    }
+
+    /// Each hook is set at every level; a later group wins, the host beats its groups,
+    /// `"none"` cancels what a lower level set, and a hook is replaced as a whole.
+    #[test]
+    fn rollout_keys_are_layered_defaults_top_groups_host() {
+        let src = "[rollout]\npre_hook = { command = \"top-pre\" }\n\
+                   post_hook = { command = \"top-post\", local = true }\nmin_healthy_time = \"10s\"\n\
+                   [groups.g1.rollout]\npre_hook = { command = \"g1-pre\", timeout = \"5m\" }\n\
+                   [groups.g2.rollout]\npre_hook = { command = \"g2-pre\" }\nmin_healthy_time = \"0s\"\n\
+                   [groups.quiet.rollout]\npost_hook = \"none\"\n\
+                   [[host]]\nname = \"a\"\naddress = \"h1\"\n\
+                   [[host]]\nname = \"b\"\naddress = \"h2\"\ngroups = [\"g1\", \"g2\"]\n\
+                   [[host]]\nname = \"c\"\naddress = \"h3\"\ngroups = [\"g2\", \"g1\", \"quiet\"]\n\
+                   [[host]]\nname = \"d\"\naddress = \"h4\"\ngroups = [\"g1\"]\n\
+                   [host.rollout]\npre_hook = \"none\"\npost_hook = { command = \"d-post\" }\n\
+                   min_healthy_time = \"1m\"\n";
+        let inv = parse(src).unwrap();
+        let r = |n: &str| inv.host(n).unwrap().rollout.clone();
+        let cmd = |h: &Option<Hook>| h.as_ref().map(|h| h.command.clone());
+
+        let a = r("a");
+        assert_eq!(cmd(&a.pre_hook).as_deref(), Some("top-pre"));
+        let pre = a.pre_hook.unwrap();
+        assert!(!pre.local, "remote by default");
+        assert_eq!(pre.timeout, Duration::from_secs(60), "default timeout");
+        assert_eq!(pre.dir, PathBuf::from("/fleet"), "the inventory's dir");
+        let post = a.post_hook.unwrap();
+        assert!(post.local);
+        assert_eq!(a.min_healthy_time, Duration::from_secs(10));
+
+        let b = r("b");
+        assert_eq!(
+            cmd(&b.pre_hook).as_deref(),
+            Some("g2-pre"),
+            "later group wins"
+        );
+        assert_eq!(
+            b.pre_hook.unwrap().timeout,
+            Duration::from_secs(60),
+            "a hook replaces the lower one whole: g1's timeout does not stay"
+        );
+        assert_eq!(b.min_healthy_time, Duration::ZERO);
+        assert_eq!(cmd(&b.post_hook).as_deref(), Some("top-post"));
+
+        let c = r("c");
+        assert_eq!(
+            cmd(&c.pre_hook).as_deref(),
+            Some("g1-pre"),
+            "later group wins"
+        );
+        assert_eq!(c.pre_hook.unwrap().timeout, Duration::from_secs(300));
+        assert_eq!(c.post_hook, None, "a group cancels the top level's hook");
+
+        let d = r("d");
+        assert_eq!(d.pre_hook, None, "the host cancels its group's hook");
+        assert_eq!(cmd(&d.post_hook).as_deref(), Some("d-post"));
+        assert!(!d.post_hook.unwrap().local, "not the top level's `local`");
+        assert_eq!(d.min_healthy_time, Duration::from_secs(60));
+
+        assert_eq!(
+            parse(ONE).unwrap().hosts()[0].rollout,
+            RolloutSettings::default()
+        );
+        assert_eq!(RolloutSettings::default().min_healthy_time, Duration::ZERO);
+    }
+
+    #[test]
+    fn bad_rollout_keys_point_at_line_and_column() {
+        let with = |table: &str| format!("{ONE}[host.rollout]\n{table}\n");
+        assert_refused(
+            &with("pre_hook = { comand = \"x\" }"),
+            "5:14",
+            "unknown key `comand`",
+        );
+        assert_refused(
+            &with("pre_hook = { local = true }"),
+            "5:12",
+            "missing key `command`",
+        );
+        let f = err(&with("pre_hook = { local = true }"));
+        assert!(
+            f.hints[0].contains("a hook needs `command`"),
+            "{:?}",
+            f.hints
+        );
+        assert_refused(
+            &with("post_hook = { command = \" \" }"),
+            "5:25",
+            "the command is empty",
+        );
+        assert_refused(
+            &with("post_hook = { command = \"x\", timeout = \"0s\" }"),
+            "5:40",
+            "a duration of zero is not allowed",
+        );
+        assert_refused(
+            &with("post_hook = { command = \"x\", timeout = \"60\" }"),
+            "5:40",
+            "`60` is not a duration",
+        );
+        assert_refused(
+            &with("pre_hook = { command = \"x\", local = \"yes\" }"),
+            "5:37",
+            "invalid type",
+        );
+        assert_refused(
+            &with("pre_hook = \"lb-drain\""),
+            "5:12",
+            "`lb-drain` is not a hook",
+        );
+        assert_refused(&with("pre_hook = 3"), "5:12", "invalid type");
+        assert_refused(
+            &with("min_healthy_time = \"30\""),
+            "5:20",
+            "`30` is not a duration",
+        );
+        assert_refused(&with("prehook = \"none\""), "5:1", "unknown key `prehook`");
+        let top = format!("[rollout]\npost_hooks = \"none\"\n{ONE}");
+        assert_refused(&top, "2:1", "unknown key `post_hooks`");
+        assert!(
+            err(&top)
+                .hints
+                .contains(&"did you mean `post_hook`?".to_string())
         );
     }
 

@@ -2,15 +2,18 @@
 //! validated newtype, spans kept where the second pass needs to point at a line.
 
 use std::collections::BTreeMap;
+use std::fmt;
 
 use serde::Deserialize;
+use serde::de::{self, Deserializer, MapAccess, Visitor};
 use toml::Spanned;
 
 use crate::version::Version;
 
 use super::values::{
-    Address, ApiAddr, GroupName, HostName, HttpUrl, HumanDuration, JumpHost, LedgerList, LocalPath,
-    Port, RemotePath, Sha256Hex, ShellCommand, StorageName, UnitName, UserName,
+    Address, ApiAddr, DurationOrZero, GroupName, HostName, HttpUrl, HumanDuration, JumpHost,
+    LedgerList, LocalPath, Port, RemotePath, Sha256Hex, ShellCommand, StorageName, UnitName,
+    UserName,
 };
 
 #[derive(Debug, Deserialize)]
@@ -20,6 +23,8 @@ pub struct RawInventory {
     pub ssh: RawSsh,
     #[serde(default)]
     pub ledger: RawLedger,
+    #[serde(default)]
+    pub rollout: RawRollout,
     #[serde(default)]
     pub groups: BTreeMap<Spanned<GroupName>, RawGroup>,
     #[serde(default, rename = "host")]
@@ -76,6 +81,62 @@ pub struct RawService {
     pub status: Option<ShellCommand>,
 }
 
+/// `[rollout]`, `[groups.NAME.rollout]`, `[host.rollout]`: how the run moves through the node's
+/// batch (hooks around it, how long it must stay healthy).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRollout {
+    pub pre_hook: Option<RawHookSetting>,
+    pub post_hook: Option<RawHookSetting>,
+    pub min_healthy_time: Option<DurationOrZero>,
+}
+
+/// `pre_hook = { command = "...", local = false, timeout = "60s" }`, or `pre_hook = "none"` to
+/// cancel a lower layer's hook.
+#[derive(Debug)]
+pub enum RawHookSetting {
+    Run(RawHook),
+    None,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHook {
+    pub command: ShellCommand,
+    pub local: Option<bool>,
+    pub timeout: Option<HumanDuration>,
+}
+
+/// A table or the string `"none"`, told apart by a visitor rather than `untagged` (which would
+/// lose the table's own error messages and their places).
+impl<'de> Deserialize<'de> for RawHookSetting {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct HookVisitor;
+        impl<'de> Visitor<'de> for HookVisitor {
+            type Value = RawHookSetting;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a hook table `{ command = \"...\" }` or \"none\"")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<RawHookSetting, E> {
+                if v == "none" {
+                    Ok(RawHookSetting::None)
+                } else {
+                    Err(E::custom(format!(
+                        "`{v}` is not a hook: write a table such as `{{ command = \"{v}\" }}`, or \"none\"{}{}",
+                        super::values::HINT_MARK,
+                        "`\"none\"` cancels a hook set at a lower level ([rollout], a group)"
+                    )))
+                }
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<RawHookSetting, A::Error> {
+                RawHook::deserialize(de::value::MapAccessDeserializer::new(map))
+                    .map(RawHookSetting::Run)
+            }
+        }
+        d.deserialize_any(HookVisitor)
+    }
+}
+
 /// `[groups.NAME]`: overrides for the hosts that list the group.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -84,6 +145,8 @@ pub struct RawGroup {
     pub ssh: RawSsh,
     #[serde(default)]
     pub ledger: RawLedger,
+    #[serde(default)]
+    pub rollout: RawRollout,
 }
 
 /// One `[[host]]`.
@@ -102,6 +165,8 @@ pub struct RawHost {
     pub ssh: RawSsh,
     #[serde(default)]
     pub ledger: RawLedger,
+    #[serde(default)]
+    pub rollout: RawRollout,
 }
 
 impl RawHost {

@@ -13,9 +13,14 @@ use crate::version::Version;
 
 use super::diagnostics::{Diagnostic, closest, line_of};
 use super::overrides::Overrides;
-use super::raw::{Manager, RawHost, RawInventory, RawLedger, RawService, RawSsh};
+use super::raw::{
+    Manager, RawHookSetting, RawHost, RawInventory, RawLedger, RawRollout, RawService, RawSsh,
+};
 use super::values::{Invalid, JumpHost, LocalPath};
-use super::{LedgerSettings, LocalEnv, Release, ReleaseSource, ResolvedHost, Service, SshSettings};
+use super::{
+    Hook, LedgerSettings, LocalEnv, Release, ReleaseSource, ResolvedHost, RolloutSettings, Service,
+    SshSettings,
+};
 
 /// What the file means once every layer is applied.
 pub struct Resolved {
@@ -206,6 +211,53 @@ impl LedgerLayer {
     }
 }
 
+/// Rollout settings of one layer; a hook replaces the lower layer's as a whole, `Some(None)`
+/// cancels it (`"none"`).
+#[derive(Debug, Clone, Default)]
+struct RolloutLayer {
+    pre_hook: Option<Option<Hook>>,
+    post_hook: Option<Option<Hook>>,
+    min_healthy_time: Option<Duration>,
+}
+
+impl RolloutLayer {
+    fn from_raw(raw: &RawRollout, pass: &Pass<'_>) -> RolloutLayer {
+        let hook = |h: &Option<RawHookSetting>| {
+            h.as_ref().map(|h| match h {
+                RawHookSetting::None => None,
+                RawHookSetting::Run(h) => Some(Hook {
+                    command: h.command.to_string(),
+                    local: h.local.unwrap_or(false),
+                    timeout: h.timeout.map_or(Hook::DEFAULT_TIMEOUT, |d| d.0),
+                    dir: pass.base.to_path_buf(),
+                }),
+            })
+        };
+        RolloutLayer {
+            pre_hook: hook(&raw.pre_hook),
+            post_hook: hook(&raw.post_hook),
+            min_healthy_time: raw.min_healthy_time.map(|d| d.0),
+        }
+    }
+
+    fn over(&self, lower: RolloutLayer) -> RolloutLayer {
+        RolloutLayer {
+            pre_hook: self.pre_hook.clone().or(lower.pre_hook),
+            post_hook: self.post_hook.clone().or(lower.post_hook),
+            min_healthy_time: self.min_healthy_time.or(lower.min_healthy_time),
+        }
+    }
+
+    fn finish(self) -> RolloutSettings {
+        let builtin = RolloutSettings::default();
+        RolloutSettings {
+            pre_hook: self.pre_hook.unwrap_or(builtin.pre_hook),
+            post_hook: self.post_hook.unwrap_or(builtin.post_hook),
+            min_healthy_time: self.min_healthy_time.unwrap_or(builtin.min_healthy_time),
+        }
+    }
+}
+
 /// A service table must be complete for its manager (systemd when `manager` is left out).
 fn check_service(raw: &Spanned<RawService>) -> Result<Service, Diagnostic> {
     let s = raw.get_ref();
@@ -300,6 +352,7 @@ struct HostLayers<'a> {
     raw: &'a RawHost,
     ssh: SshLayer,
     ledger: LedgerLayer,
+    rollout: RolloutLayer,
 }
 
 pub fn resolve(
@@ -318,13 +371,15 @@ pub fn resolve(
 
     let default_ssh = SshLayer::from_raw(&raw.ssh, &mut pass);
     let default_ledger = LedgerLayer::from_raw(&raw.ledger, &mut pass);
-    let groups: BTreeMap<String, (SshLayer, LedgerLayer)> = raw
+    let default_rollout = RolloutLayer::from_raw(&raw.rollout, &pass);
+    let groups: BTreeMap<String, (SshLayer, LedgerLayer, RolloutLayer)> = raw
         .groups
         .iter()
         .map(|(name, g)| {
             let layers = (
                 SshLayer::from_raw(&g.ssh, &mut pass),
                 LedgerLayer::from_raw(&g.ledger, &mut pass),
+                RolloutLayer::from_raw(&g.rollout, &pass),
             );
             (name.get_ref().to_string(), layers)
         })
@@ -343,14 +398,17 @@ pub fn resolve(
     for host in &hosts {
         let mut ssh = default_ssh.over(SshLayer::builtin(local));
         let mut ledger = default_ledger.clone();
+        let mut rollout = default_rollout.clone();
         for group in &host.raw.groups {
-            if let Some((g_ssh, g_ledger)) = groups.get(group.get_ref().as_str()) {
+            if let Some((g_ssh, g_ledger, g_rollout)) = groups.get(group.get_ref().as_str()) {
                 ssh = g_ssh.over(ssh);
                 ledger = g_ledger.over(ledger);
+                rollout = g_rollout.over(rollout);
             }
         }
         let ssh = top.over(host.ssh.over(ssh));
         let ledger = host.ledger.over(ledger);
+        let rollout = host.rollout.over(rollout);
         let Some(ssh) = ssh.finish() else {
             missing_known_hosts = true;
             continue;
@@ -368,6 +426,7 @@ pub fn resolve(
             replaces: host.raw.replaces.as_ref().map(|r| r.get_ref().to_string()),
             ssh,
             ledger: ledger.finish(),
+            rollout: rollout.finish(),
         });
     }
     if missing_known_hosts {
@@ -426,6 +485,7 @@ fn host_layers<'a>(raw: &'a RawHost, pass: &mut Pass<'_>) -> HostLayers<'a> {
         raw,
         ssh,
         ledger: LedgerLayer::from_raw(&raw.ledger, pass),
+        rollout: RolloutLayer::from_raw(&raw.rollout, pass),
     }
 }
 

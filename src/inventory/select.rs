@@ -188,6 +188,7 @@ mod tests {
                 use_agent: true,
             },
             ledger: LedgerSettings::default(),
+            rollout: Default::default(),
         }
     }
 

@@ -470,6 +470,31 @@ impl<'de> Deserialize<'de> for HumanDuration {
     }
 }
 
+/// A duration that may be zero (`"0s"`): a time to wait that is off by default
+/// (`min_healthy_time`), as opposed to a [`HumanDuration`] bound, which zero would make useless.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DurationOrZero(pub Duration);
+
+impl DurationOrZero {
+    pub fn parse(s: &str) -> Result<Self, Invalid> {
+        match humantime::parse_duration(s.trim()) {
+            Ok(d) => Ok(DurationOrZero(d)),
+            Err(e) => Err(Invalid::new(format!("`{s}` is not a duration: {e}"))
+                .hint("write a number with a unit, such as `0s`, `30s` or `5m`")),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for DurationOrZero {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        de_checked_str(
+            d,
+            "a duration string such as \"30s\"",
+            DurationOrZero::parse,
+        )
+    }
+}
+
 /// An absolute path on the node. `~` is refused: it would expand to a different home per user.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RemotePath(String);
@@ -890,6 +915,22 @@ mod tests {
             err.message
         );
         assert!(err.hints[0].contains("`10s`"));
+    }
+
+    #[test]
+    fn a_wait_may_be_zero_but_must_be_a_duration() {
+        assert_eq!(DurationOrZero::parse("0s").unwrap().0, Duration::ZERO);
+        assert_eq!(
+            DurationOrZero::parse("1m 30s").unwrap().0,
+            Duration::from_secs(90)
+        );
+        let err = DurationOrZero::parse("30").unwrap_err();
+        assert!(
+            err.message.contains("`30` is not a duration"),
+            "{}",
+            err.message
+        );
+        assert!(err.hints[0].contains("`0s`"));
     }
 
     #[test]

@@ -203,6 +203,27 @@ impl LabNode {
         self.sshd_is_ours()
     }
 
+    /// The node drops off the network as far as SSH goes: its sshd and every session it serves
+    /// are killed (SIGKILL), as when a machine or its link dies; its ledger server keeps
+    /// running. For failure tests.
+    pub fn kill_sshd(&self) -> anyhow::Result<()> {
+        if !self.sshd_is_ours() {
+            bail!("the sshd of `{}` does not run", self.name);
+        }
+        let sessions = process::descendants(self.sshd_pid);
+        for pid in std::iter::once(self.sshd_pid).chain(sessions) {
+            // Not the ledger server: the service script detached it from the session.
+            if process::cmdline(pid).ends_with(" server start") {
+                continue;
+            }
+            if let Ok(p) = libc::pid_t::try_from(pid) {
+                // SAFETY: kill(2) on the lab's own sshd and its session processes.
+                unsafe { libc::kill(p, libc::SIGKILL) };
+            }
+        }
+        Ok(())
+    }
+
     /// The pid is alive and still the sshd of this node (not a reused pid).
     fn sshd_is_ours(&self) -> bool {
         process::alive(self.sshd_pid)

@@ -66,6 +66,38 @@ pub fn running_exe(exe: &Path) -> Vec<u32> {
     pids
 }
 
+/// Every live descendant of `pid` (children, their children, ...), by pid.
+pub fn descendants(pid: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let parents: Vec<(u32, u32)> = entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|p| {
+            let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).ok()?;
+            let (_, rest) = stat.rsplit_once(')')?;
+            let ppid = rest.split_whitespace().nth(1)?.parse::<u32>().ok()?;
+            Some((p, ppid))
+        })
+        .collect();
+    let mut found = vec![pid];
+    let mut i = 0;
+    while i < found.len() {
+        let parent = found[i];
+        found.extend(
+            parents
+                .iter()
+                .filter(|(_, pp)| *pp == parent)
+                .map(|(p, _)| *p),
+        );
+        i += 1;
+    }
+    found.remove(0);
+    found.sort_unstable();
+    found.retain(|p| alive(*p));
+    found
+}
+
 /// Live processes whose command line contains `needle`: `(pid, command line)`, by pid.
 pub fn mentioning(needle: &str) -> Vec<(u32, String)> {
     let Ok(entries) = std::fs::read_dir("/proc") else {

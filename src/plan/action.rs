@@ -3,12 +3,15 @@
 //! run's command lines ([`Action::commands`]) and the runner's commands are rendered from them
 //! by the methods below, so what `check` prints cannot drift from what `upgrade` runs.
 
-use serde::Serialize;
+use std::time::Duration;
+
+use serde::{Serialize, Serializer};
 
 use super::{BinarySource, RUN_ID_TOKEN, RestoreSource, commands};
 use crate::facts::StorageDriver;
 use crate::inventory::{ResolvedHost, Service};
 use crate::node::{self, ServiceAction};
+use crate::shell::quote;
 use crate::version::Version;
 
 /// One step on one host, with every parameter it needs. Serialized with `kind` (the step's kind
@@ -32,6 +35,8 @@ pub enum Action {
     StartService(ServiceParams),
     HealthGate(GateParams),
     Decommission(ServiceParams),
+    /// The operator's hook around a batch (`pre_hook`, `post_hook`).
+    Hook(HookParams),
     Unlock(LockParams),
 }
 
@@ -133,12 +138,18 @@ pub struct GateParams {
     /// Ledgers that must each answer a read (`GET /{ledger}/stats`): names the inventory gives
     /// or the node listed, valid ledger names only (a name goes into a URL path).
     pub ledgers: Vec<String>,
+    /// `min_healthy_time`: once healthy, the node must still be so this long after, before the
+    /// next batch goes.
+    #[serde(serialize_with = "humantime_str")]
+    pub min_healthy: Duration,
 }
 
 impl GateParams {
-    /// The gate of the node at `api` on `expect`, reading each valid name of `ledgers`.
-    pub fn new(api: &str, expect: &Version, ledgers: &[String]) -> Self {
+    /// The gate of the node at `api` on `expect`, reading each valid name of `ledgers`, healthy
+    /// for `min_healthy` after.
+    pub fn new(api: &str, expect: &Version, ledgers: &[String], min_healthy: Duration) -> Self {
         GateParams {
+            min_healthy,
             api: api.to_string(),
             expect: expect.clone(),
             ledgers: ledgers
@@ -149,10 +160,60 @@ impl GateParams {
         }
     }
 
+    /// The line the hold of `min_healthy_time` runs under (none without one).
+    pub fn hold_line(&self) -> Option<String> {
+        (!self.min_healthy.is_zero()).then(|| {
+            format!(
+                "# wait {} (`min_healthy_time`), then the same probes again",
+                humantime::format_duration(self.min_healthy)
+            )
+        })
+    }
+
     /// The path of the read that proves `ledger` answers.
     pub fn read_path(ledger: &str) -> String {
         format!("/{ledger}/stats")
     }
+}
+
+/// Which of a host's hooks: before its batch leaves service, or once it is healthy again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HookPhase {
+    Pre,
+    Post,
+}
+
+impl HookPhase {
+    /// `pre` or `post`, as `FLEETUP_PHASE` gives it to the hook.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HookPhase::Pre => "pre",
+            HookPhase::Post => "post",
+        }
+    }
+}
+
+/// The operator's hook on one host: its command, run as written, with what fleetup tells it in
+/// `FLEETUP_*` environment variables.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HookParams {
+    pub phase: HookPhase,
+    /// The inventory's command, never edited (no value is put into it).
+    pub command: String,
+    /// On the machine running fleetup (`sh -c`, in `dir`) instead of on the node.
+    pub local: bool,
+    #[serde(serialize_with = "humantime_str")]
+    pub timeout: Duration,
+    /// `FLEETUP_*` name and value, in the order they are set; `FLEETUP_RUN_ID` is `@RUN_ID@`
+    /// ([`HookParams::env_for`] puts the run id in).
+    pub env: Vec<(String, String)>,
+    /// A local hook's working directory (the inventory file's); `None` for a remote one.
+    pub dir: Option<String>,
+}
+
+fn humantime_str<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(&humantime::format_duration(*d))
 }
 
 impl Action {
@@ -184,8 +245,10 @@ impl Action {
                         .iter()
                         .map(|l| commands::http_probe(&p.api, &GateParams::read_path(l))),
                 );
+                lines.extend(p.hold_line());
                 lines
             }
+            Action::Hook(p) => vec![p.line(RUN_ID_TOKEN)],
         }
     }
 }
@@ -215,6 +278,7 @@ accessor! {
     switch: Switch | SwitchBack => SwitchParams;
     restore: Restore => RestoreParams;
     gate: HealthGate => GateParams;
+    hook: Hook => HookParams;
 }
 
 impl LockParams {
@@ -387,6 +451,42 @@ impl SwitchParams {
 impl RestoreParams {
     pub fn command(&self) -> String {
         super::restore_command(self.env_file.as_deref(), &self.source)
+    }
+}
+
+impl HookParams {
+    /// The variables of run `run_id`, as the hook gets them.
+    pub fn env_for(&self, run_id: &str) -> Vec<(String, String)> {
+        self.env
+            .iter()
+            .map(|(k, v)| (k.clone(), v.replace(RUN_ID_TOKEN, run_id)))
+            .collect()
+    }
+
+    /// `FLEETUP_HOST=… … sh -c COMMAND`: the hook with its variables, for a POSIX shell. The
+    /// values are quoted (the names are fleetup's own); the command is one quoted word, so it
+    /// runs in a shell of its own that sees every variable, whatever it is made of.
+    pub fn shell_line(&self, run_id: &str) -> String {
+        let vars: Vec<String> = self
+            .env_for(run_id)
+            .iter()
+            .map(|(k, v)| format!("{k}={}", quote(v)))
+            .collect();
+        format!("{} sh -c {}", vars.join(" "), quote(&self.command))
+    }
+
+    /// The line the dry run shows and the journal records for run `run_id`: the remote shell
+    /// line the node runs, or, for a local hook, the same after `# local: cd DIR &&` (it runs
+    /// here, not on the node).
+    pub fn line(&self, run_id: &str) -> String {
+        if !self.local {
+            return self.shell_line(run_id);
+        }
+        let cd = self
+            .dir
+            .as_deref()
+            .map_or_else(String::new, |d| format!("cd {} && ", quote(d)));
+        format!("# local: {cd}{}", self.shell_line(run_id))
     }
 }
 
@@ -634,16 +734,22 @@ mod tests {
     #[test]
     fn the_health_gate_probes_its_api() {
         let ledgers = ["payments".to_string(), "../x?y".to_string()];
-        let p = GateParams::new("127.0.0.1:3068", &v("1.8.2"), &ledgers);
+        let mut p = GateParams::new("127.0.0.1:3068", &v("1.8.2"), &ledgers, Duration::ZERO);
         // A name the node reported that is no ledger name never reaches a URL.
         assert_eq!(p.ledgers, ["payments"]);
         assert_eq!(
-            Action::HealthGate(p).commands(),
+            Action::HealthGate(p.clone()).commands(),
             [
                 "# GET http://127.0.0.1:3068/_info (through the SSH connection)",
                 "# GET http://127.0.0.1:3068/_health (through the SSH connection)",
                 "# GET http://127.0.0.1:3068/payments/stats (through the SSH connection)",
             ]
+        );
+        p.min_healthy = Duration::from_secs(10);
+        let c = Action::HealthGate(p).commands();
+        assert_eq!(
+            c.last().unwrap(),
+            "# wait 10s (`min_healthy_time`), then the same probes again"
         );
     }
 

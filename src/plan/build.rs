@@ -176,6 +176,18 @@ pub fn build_plan_with(
     opts: &PlanOptions,
     policy: &PolicyTable,
 ) -> Plan {
+    super::hops::build(hosts, facts, left_out, target, opts, policy)
+}
+
+/// The plan of one hop: every selected host straight to `target`.
+pub(super) fn build_hop(
+    hosts: &[ResolvedHost],
+    facts: &BTreeMap<String, HostFacts>,
+    left_out: &LeftOut,
+    target: &Version,
+    opts: &PlanOptions,
+    policy: &PolicyTable,
+) -> Plan {
     let mode = if hosts.len() == 1 {
         Mode::SingleNode
     } else {
@@ -300,6 +312,7 @@ pub fn build_plan_with(
         hosts: host_plans,
         blockers: found.blockers,
         warnings: found.warnings,
+        hops: Vec::new(),
         rollback: None,
     }
 }
@@ -481,7 +494,7 @@ fn host_blockers(views: &[View], strategy: Strategy, target: &Version, found: &m
             let route = format!("{current} → {}", verdict.hops.join(" → "));
             reason.push_str(&format!(" (supported route: {route})"));
             Some(format!(
-                "upgrade one hop at a time, each its own `fleetup upgrade --to ...` run: {route}"
+                "one run carries out the route {route} once each hop has a binary (`--binary VERSION=FILE`, repeatable, or `[releases.\"VERSION\"]` in the inventory); or upgrade one hop per run"
             ))
         };
         found.block(BlockerKind::UnsupportedPath, &[name], reason, hint);

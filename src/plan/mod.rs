@@ -9,6 +9,8 @@ mod batch;
 mod build;
 pub mod commands;
 mod digest;
+mod hooks;
+mod hops;
 mod render;
 mod rollback;
 mod steps;
@@ -30,12 +32,13 @@ use crate::policy::Verdict;
 use crate::version::Version;
 
 pub use action::{
-    Action, BackupParams, ConfirmParams, Fetch, GateParams, LockParams, MigrateParams,
-    RestoreParams, ServiceParams, StageParams, SwitchParams,
+    Action, BackupParams, ConfirmParams, Fetch, GateParams, HookParams, HookPhase, LockParams,
+    MigrateParams, RestoreParams, ServiceParams, StageParams, SwitchParams,
 };
 pub use batch::BatchSize;
 pub use build::{build_plan, build_plan_with};
 pub use digest::plan_digest;
+pub use hops::Hop;
 pub use render::{header_lines, render_text};
 pub use rollback::{
     BackupFile, RecordedHost, RecordedStorage, RestoreSource, RollbackRequest, RollbackSpec,
@@ -129,6 +132,10 @@ pub struct PlanOptions {
     pub serial: Option<BatchSize>,
     /// Nodes in the first batch, the migrator among them (`--canary N`, default 1).
     pub canary: NonZeroUsize,
+    /// Binaries for the hops of a multi-hop route (`--binary V=FILE`, `[releases."V"]`); the
+    /// target's own is `binary`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub hop_binaries: Vec<(Version, BinarySource)>,
     /// `--stop`: stop running nodes instead of refusing (offline; new nodes of replace).
     pub stop_running: bool,
     /// False only with `--no-backup`.
@@ -186,6 +193,10 @@ pub struct Plan {
     /// Why the plan must not run; the steps are listed anyway so the dry run shows them.
     pub blockers: Vec<Blocker>,
     pub warnings: Vec<String>,
+    /// A multi-hop plan's hops, in order (absent for a direct upgrade): each one's target,
+    /// strategy, binary and step ids.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hops: Vec<Hop>,
     /// Set on a rollback plan only (`fleetup rollback`): what it goes back to and from where.
     /// Absent from an upgrade plan's JSON, so upgrade plan ids are unchanged.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -204,6 +215,14 @@ impl Plan {
 
     pub fn host(&self, name: &str) -> Option<&HostPlan> {
         self.hosts.iter().find(|h| h.name == name)
+    }
+
+    /// The strategy `step` follows: its hop's in a multi-hop plan, else the plan's.
+    pub fn strategy_of(&self, step: &Step) -> Strategy {
+        step.hop
+            .as_ref()
+            .and_then(|t| self.hops.iter().find(|h| &h.target == t))
+            .map_or(self.strategy, |h| h.strategy)
     }
 
     /// The storage `host` is on.
@@ -244,6 +263,9 @@ pub struct Step {
     pub hosts: Vec<String>,
     /// 1-based start batch this step belongs to (per-batch steps only).
     pub batch: Option<usize>,
+    /// In a multi-hop plan, the target of the hop this step belongs to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hop: Option<Version>,
     /// What it does, one line.
     pub action: String,
     /// Why, citing the guide or the numary contract.
@@ -258,6 +280,11 @@ pub struct Step {
 }
 
 impl Step {
+    /// The version this step moves its hosts to: its hop's, else the plan's target.
+    pub fn target<'a>(&'a self, plan: &'a Plan) -> &'a Version {
+        self.hop.as_ref().unwrap_or(&plan.target)
+    }
+
     /// The step's parameters on `host`.
     pub fn params(&self, host: &str) -> Option<&Action> {
         self.commands
@@ -304,6 +331,10 @@ pub enum StepKind {
     StartService,
     HealthGate,
     Decommission,
+    /// The operator's `pre_hook` on each host of a batch, before it leaves service.
+    PreHook,
+    /// The operator's `post_hook` on each host of a batch, once it passed its health gate.
+    PostHook,
     Unlock,
 }
 
@@ -323,6 +354,8 @@ impl StepKind {
             StepKind::StartService => "start-service",
             StepKind::HealthGate => "health-gate",
             StepKind::Decommission => "decommission",
+            StepKind::PreHook => "pre-hook",
+            StepKind::PostHook => "post-hook",
             StepKind::Unlock => "unlock",
         }
     }

@@ -493,6 +493,7 @@ pub fn build_rollback(req: &RollbackRequest) -> Plan {
         hosts: host_plans,
         blockers,
         warnings: Vec::new(),
+        hops: Vec::new(),
         rollback: Some(spec),
     }
 }
@@ -519,6 +520,7 @@ fn step(
         kind,
         hosts: hosts.iter().map(|h| h.name.clone()).collect(),
         batch: None,
+        hop: None,
         action,
         why: why.to_string(),
         checks,
@@ -659,6 +661,7 @@ fn lay_out(
                 &h.ledger.api,
                 target,
                 h.ledger.ledgers.as_deref().unwrap_or_default(),
+                h.rollout.min_healthy_time,
             ))
         },
     ));

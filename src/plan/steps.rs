@@ -2,7 +2,9 @@
 //! it runs. Every interpolated value goes through [`crate::shell::quote`]; connection strings
 //! never appear: storage commands source the service's environment file.
 
+use super::HookPhase;
 use super::build::View;
+use super::hooks::hook;
 use super::{
     Action, BackupParams, BinarySource, ConfirmParams, GateParams, HostAction, HostCommands,
     LockParams, MigrateParams, PlanOptions, RUN_ID_TOKEN, ServiceParams, StageParams, Step,
@@ -56,6 +58,7 @@ pub(super) fn lay_out(l: &Layout) -> Vec<Step> {
 
 /// The guide's multi-node (and single-node) procedure.
 fn offline(l: &Layout, steps: &mut Vec<Step>) {
+    steps.extend(hook(l, &l.starters, None, HookPhase::Pre));
     if !l.to_stop.is_empty() {
         steps.push(stop(
             &l.to_stop,
@@ -115,6 +118,7 @@ fn rolling(l: &Layout, steps: &mut Vec<Step>) {
     }
     for (i, batch) in l.batches.iter().enumerate() {
         let n = Some(i + 1);
+        steps.extend(hook(l, batch, n, HookPhase::Pre));
         steps.push(stop(
             batch,
             n,
@@ -129,6 +133,7 @@ fn rolling(l: &Layout, steps: &mut Vec<Step>) {
         }
         steps.push(start(l, batch, i));
         steps.push(gate(l, batch, n));
+        steps.extend(hook(l, batch, n, HookPhase::Post));
     }
 }
 
@@ -187,9 +192,13 @@ fn replace(l: &Layout, steps: &mut Vec<Step>) {
     let last_new = l.batches.iter().rposition(|b| b.iter().all(is_new));
     for (i, batch) in l.batches.iter().enumerate() {
         let n = Some(i + 1);
+        // The operator's hooks wrap each batch: a new node's pre hook right before it starts,
+        // an old node's (no replacement) before it stops; the post hook once healthy.
+        steps.extend(hook(l, batch, n, HookPhase::Pre));
         if batch.iter().all(is_new) {
             steps.push(start(l, batch, i));
             steps.push(gate(l, batch, n));
+            steps.extend(hook(l, batch, n, HookPhase::Post));
             if Some(i) != last_new && !retire[i].is_empty() {
                 steps.push(decommission(&retire[i], batch, n));
             }
@@ -209,6 +218,7 @@ fn replace(l: &Layout, steps: &mut Vec<Step>) {
         }
         steps.push(start(l, batch, i));
         steps.push(gate(l, batch, n));
+        steps.extend(hook(l, batch, n, HookPhase::Post));
     }
     match last_new {
         Some(i) if !retire[i].is_empty() => {
@@ -242,10 +252,13 @@ fn retire_after<'v, 'a>(l: &Layout<'v, 'a>) -> Vec<Vec<&'v View<'a>>> {
     out
 }
 
+/// Offline's starts (its pre hooks ran before every node stopped); every batch its post hook
+/// once healthy.
 fn start_batches(l: &Layout, steps: &mut Vec<Step>) {
     for (i, batch) in l.batches.iter().enumerate() {
         steps.push(start(l, batch, i));
         steps.push(gate(l, batch, Some(i + 1)));
+        steps.extend(hook(l, batch, Some(i + 1), HookPhase::Post));
     }
 }
 
@@ -268,6 +281,7 @@ fn step(
         kind,
         hosts: hosts.iter().map(|v| v.name().to_string()).collect(),
         batch,
+        hop: None,
         action,
         why: why.to_string(),
         checks,
@@ -275,7 +289,7 @@ fn step(
     }
 }
 
-fn names(hosts: &[&View]) -> String {
+pub(super) fn names(hosts: &[&View]) -> String {
     hosts
         .iter()
         .map(|v| format!("`{}`", v.name()))
@@ -616,6 +630,7 @@ fn gate(l: &Layout, hosts: &[&View], batch: Option<usize>) -> Step {
                 &v.host.ledger.api,
                 l.target,
                 &v.known_ledgers(),
+                v.host.rollout.min_healthy_time,
             ))
         },
     )

@@ -11,6 +11,9 @@ use crate::facts::{ApiInfo, HostFacts, ServiceState, StorageDriver, StorageFacts
 use crate::inventory::{LedgerSettings, ResolvedHost, Service, SshSettings};
 use crate::policy::PolicyTable;
 
+#[path = "hook_tests.rs"]
+mod hooks;
+
 const SHA: &str = "4f2b9c1e0d8a7b6c5d4e3f2a1b0c9d8e7f6a5b4c3d2e1f0a9b8c7d6e5f4a3b2c";
 const PG: &str = "postgresql://ledger:***@db.internal:5432/ledger";
 
@@ -54,6 +57,7 @@ fn node(name: &str, version: &str) -> Node {
                 backup_dir: "/var/backups/numary".to_string(),
                 storage: None,
             },
+            rollout: Default::default(),
         },
         facts: HostFacts {
             unreachable: None,
@@ -133,6 +137,7 @@ fn opts(strategy: Strategy) -> PlanOptions {
         strategy,
         serial: None,
         canary: std::num::NonZeroUsize::MIN,
+        hop_binaries: Vec::new(),
         stop_running: false,
         backup: true,
         binary: BinarySource::File {
@@ -917,7 +922,7 @@ fn mixed_versions_with_one_unsupported_path_block_that_node_only() {
         b.reason
     );
     let hint = b.hint.as_deref().unwrap_or_default();
-    assert!(hint.contains("one hop at a time"), "{hint}");
+    assert!(hint.contains("--binary VERSION=FILE"), "{hint}");
     assert!(p.host("ledger-1").is_some_and(|h| h.blocked.is_empty()));
     assert!(p.host("ledger-2").is_some_and(|h| !h.blocked.is_empty()));
 }
@@ -1720,4 +1725,68 @@ fn a_switched_node_on_an_unmigrated_storage_is_migrated_but_not_restaged() {
     assert_eq!(hosts_of(steps_of(&p, Switch)[0]), ["ledger-2"]);
     assert_eq!(hosts_of(steps_of(&p, Migrate)[0]), ["ledger-1"]);
     assert_eq!(steps_of(&p, Backup).len(), 1);
+}
+
+#[test]
+fn a_route_of_hops_is_planned_end_to_end_with_one_backup_and_the_hop_in_each_id() {
+    let nodes = || three("1.2.5");
+    // Without a binary for the intermediate hop: blocked, saying which and how.
+    let p = plan(nodes(), "1.9.0", Strategy::Auto);
+    assert!(
+        p.blockers.iter().any(|b| b.reason.contains("`1.8.x`")
+            && b.hint
+                .as_deref()
+                .is_some_and(|h| h.contains("--binary VERSION=FILE"))),
+        "{:?}",
+        p.blockers
+    );
+    let mut o = opts(Strategy::Auto);
+    o.hop_binaries = vec![
+        (
+            v("1.8.1"),
+            BinarySource::File {
+                path: PathBuf::from("./numary-1.8.1"),
+                sha256: "11".repeat(32),
+            },
+        ),
+        (
+            v("1.8.2"),
+            BinarySource::File {
+                path: PathBuf::from("./numary-1.8.2"),
+                sha256: "22".repeat(32),
+            },
+        ),
+    ];
+    let p = plan_with(nodes(), "1.9.0", &o);
+    assert!(!p.is_blocked(), "{:?}", p.blockers);
+    // The newest release of the hop's family is taken.
+    let targets: Vec<String> = p.hops.iter().map(|h| h.target.to_string()).collect();
+    assert_eq!(targets, ["1.8.2", "1.9.0"]);
+    assert_eq!(p.hops[0].strategy, Strategy::Offline);
+    // After the first hop every node serves: the second may roll.
+    assert_eq!(p.hops[1].strategy, Strategy::Rolling);
+    let ids: Vec<&str> = p.steps.iter().map(|s| s.id.as_str()).collect();
+    assert_eq!(&ids[..2], ["preflight", "lock"]);
+    assert_eq!(ids.last(), Some(&"unlock"));
+    assert_eq!(ids.iter().filter(|i| **i == "lock").count(), 1);
+    assert_eq!(ids.iter().filter(|i| i.ends_with("backup")).count(), 1);
+    assert!(ids.contains(&"1.8.2/migrate"), "{ids:?}");
+    assert!(ids.contains(&"1.9.0/migrate-1"), "{ids:?}");
+    // Each hop stages its own binary.
+    let staged: Vec<String> = steps_of(&p, Stage)
+        .iter()
+        .map(|s| match s.params("ledger-1") {
+            Some(crate::plan::Action::Stage(sp)) => sp.version.to_string(),
+            _ => String::new(),
+        })
+        .collect();
+    assert_eq!(staged, ["1.8.2", "1.9.0"]);
+    // Every hop's steps carry it, the numbers run on.
+    assert!(
+        p.steps[2..p.steps.len() - 1]
+            .iter()
+            .all(|s| s.hop.is_some())
+    );
+    assert!(p.steps.iter().enumerate().all(|(i, s)| s.number == i + 1));
+    assert_eq!(p.target, v("1.9.0"));
 }

@@ -6,13 +6,24 @@
 //! repeated by accident); in a zero-downtime run, any step but the storage's backup and
 //! migration and the migrator's steps before it (rolling: the table's zero-downtime row lets
 //! its old release serve the migrated schema, so it goes back to it; replace: a failed new node
-//! is stopped again and the old node it replaces keeps serving).
+//! is stopped again and the old node it replaces keeps serving; but replace's `--stop` of a new
+//! node comes before the migration and follows the shared-storage rule).
+//!
+//! The operator's hooks follow the step they surround. A `post_hook` comes after its batch's
+//! health gate: as contained as the gate. A `pre_hook` fails before anything of its batch changed
+//! the host, so leaving the host behind is safe wherever its storage's migration is not still to
+//! come: a host alone on its storage, or the batches of `rolling` and `replace`, which follow the
+//! one explicit migration (the host keeps serving its old binary on the migrated schema, as every
+//! node not upgraded yet does in a zero-downtime run; a new node simply does not start), except
+//! rolling's canary, which migrates after its pre hook. Offline, the pre hooks come before every
+//! stop and the migration: a node left out there would meet a schema migrated under it, so on a
+//! shared storage that failure stops the run.
 
 use std::fmt;
 use std::str::FromStr;
 
 use crate::exit_code;
-use crate::plan::{Plan, StepKind};
+use crate::plan::{HostAction, Plan, StepKind, Strategy};
 
 /// `--max-fail`: how many hosts may fail while the run goes on without them, as a count or a
 /// share. It applies to each batch (a share of the batch's hosts) and to the whole run (a share
@@ -223,11 +234,27 @@ pub fn containable(
         // the node alone: rolling reverts it, replace stops a new node again (its old node
         // keeps serving) or leaves an old one as its decommission found it.
         let migrator = plan.migrators().contains(&host);
-        return match kind {
-            StepKind::Backup | StepKind::Migrate => Err(Uncontained::WholeStorage),
-            StepKind::Stage | StepKind::StopService if migrator => Err(Uncontained::WholeStorage),
-            _ => Ok(()),
-        };
+        let before_its_migration = migrator
+            && match kind {
+                StepKind::Stage | StepKind::StopService => true,
+                // Rolling's canary migrates after its pre hook; replace's new migrator before it.
+                StepKind::PreHook => {
+                    plan.strategy == Strategy::Rolling
+                        || plan
+                            .host(host)
+                            .is_none_or(|h| h.action != HostAction::Deploy)
+                }
+                _ => false,
+            };
+        match kind {
+            StepKind::Backup | StepKind::Migrate => return Err(Uncontained::WholeStorage),
+            _ if before_its_migration => return Err(Uncontained::WholeStorage),
+            // Replace stops only new nodes that run something (`--stop`), before the migration:
+            // one left running would serve the migrated schema with a binary no table row
+            // vouches for. The shared-storage rule below refuses it.
+            StepKind::StopService if plan.strategy == Strategy::Replace => {}
+            _ => return Ok(()),
+        }
     }
     let storage = plan.storage_of(host).ok_or(Uncontained::UnknownStorage)?;
     let others: Vec<String> = storage
@@ -236,9 +263,15 @@ pub fn containable(
         .filter(|h| *h != host && !failed.contains(h))
         .cloned()
         .collect();
-    // Start and health gate come after the storage's migration and its switch: the others serve
-    // the migrated schema on the new binary, the failed one is simply not serving.
-    let after_migration = matches!(kind, StepKind::StartService | StepKind::HealthGate);
+    // Start and health gate (and the post hook after it) come after the storage's migration and
+    // its switch: the others serve the migrated schema on the new binary, the failed one is
+    // simply not serving. A pre hook does too in the zero-downtime strategies, whose batches
+    // follow the migration; offline's come before it.
+    let after_migration = match kind {
+        StepKind::StartService | StepKind::HealthGate | StepKind::PostHook => true,
+        StepKind::PreHook => plan.strategy.is_zero_downtime(),
+        _ => false,
+    };
     if !others.is_empty() && !after_migration {
         return Err(Uncontained::SharedStorage { others });
     }
@@ -279,6 +312,7 @@ mod tests {
             hosts: vec![],
             blockers: vec![],
             warnings: vec![],
+            hops: vec![],
             rollback: None,
         }
     }
@@ -534,6 +568,57 @@ mod tests {
                 "{kind}"
             );
         }
+    }
+
+    #[test]
+    fn a_hook_is_contained_like_the_step_it_surrounds() {
+        let budget = FailurePolicy {
+            max_failed: FailBudget::Count(5),
+        };
+        let shared = plan(&[&["a", "b"]]);
+        let alone = plan(&[&["a"], &["b"]]);
+        // After the health gate: as contained as the gate, shared storage or not.
+        assert_eq!(
+            containable(&shared, budget, StepKind::PostHook, 1, "a", &[]),
+            Ok(())
+        );
+        // Offline, before every stop and the migration: only a host alone on its storage.
+        assert_eq!(
+            containable(&alone, budget, StepKind::PreHook, 1, "a", &[]),
+            Ok(())
+        );
+        assert!(matches!(
+            containable(&shared, budget, StepKind::PreHook, 1, "a", &[]),
+            Err(Uncontained::SharedStorage { ref others }) if others == &["b"]
+        ));
+        // Rolling and replace batches come after the storage's one migration.
+        for strategy in [Strategy::Rolling, Strategy::Replace] {
+            let mut p = plan(&[&["a", "b"]]);
+            p.strategy = strategy;
+            // (`b`: the migrator `a` is never left behind before its migration.)
+            assert_eq!(
+                containable(&p, budget, StepKind::PreHook, 1, "b", &[]),
+                Ok(()),
+                "{strategy}"
+            );
+            // The stop it precedes keeps its own rule: rolling leaves a node of its batch behind
+            // (its old release may serve), replace does not.
+            assert_eq!(
+                containable(&p, budget, StepKind::StopService, 1, "b", &[]).is_ok(),
+                strategy == Strategy::Rolling,
+                "{strategy}"
+            );
+            assert_eq!(
+                containable(&p, budget, StepKind::PreHook, 1, "a", &[]),
+                Err(Uncontained::WholeStorage),
+                "{strategy}: the migrator's pre hook"
+            );
+        }
+        // The budget still counts.
+        assert!(matches!(
+            containable(&alone, BUDGET_1, StepKind::PostHook, 1, "b", &["a".into()]),
+            Err(Uncontained::Budget { .. })
+        ));
     }
 
     #[test]

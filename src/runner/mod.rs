@@ -15,6 +15,7 @@ mod backup;
 mod ctx;
 mod decommission;
 pub mod failures;
+mod hook;
 mod known;
 mod migrate;
 mod params;
@@ -37,7 +38,7 @@ use crate::exit_code;
 use crate::facts::HostFacts;
 use crate::inventory::ResolvedHost;
 use crate::lock::{self, LeaseConfig, Liveness, LockError, LockOwner, Refusal};
-use crate::plan::{HostAction, Plan, Step, StepKind};
+use crate::plan::{HostAction, Plan, Step, StepKind, Strategy};
 use crate::ssh::Transport;
 
 pub use crate::plan::commands::{DUMP_FILE, backup_dir, release_binary, release_dir};
@@ -58,8 +59,9 @@ pub struct RunConfig {
     pub owner: LockOwner,
     /// `--break-lock`: break a lock whose holder is not a live fleetup on this machine.
     pub break_lock: bool,
-    /// The bytes of `--binary FILE`, read once (`None` for `--binary-url`).
-    pub binary: Option<Arc<Vec<u8>>>,
+    /// The bytes of each local binary the plan uploads (the target's and each hop's), read
+    /// once, by SHA-256 (none for a URL, which the nodes download).
+    pub binaries: BTreeMap<String, Arc<Vec<u8>>>,
     /// How long a node may take to stop.
     pub stop_timeout: Duration,
     /// How long a node may take to serve the target after its start.
@@ -82,6 +84,22 @@ pub struct RunConfig {
     pub lease: LeaseConfig,
     /// `--resume`: every step is probed on the nodes, none answered from the audit's facts.
     pub resumed: bool,
+    /// `--pause-after-canary`: asked once the canary batch passed, while later batches remain.
+    pub pause: Option<Pause>,
+}
+
+/// `--pause-after-canary`: given the canary batch's hosts, says whether the run goes on. It may
+/// block (a prompt): the engine asks it on a thread of its own and stops waiting on Ctrl-C.
+#[derive(Clone)]
+pub struct Pause(pub Arc<PauseFn>);
+
+/// What [`Pause`] calls: the canary batch's hosts in, go on or not out.
+pub type PauseFn = dyn Fn(&[String]) -> bool + Send + Sync;
+
+impl std::fmt::Debug for Pause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Pause(..)")
+    }
 }
 
 /// What an interrupted run recorded in its journal, for `--resume`: the probes trust it where
@@ -137,6 +155,8 @@ pub enum Outcome {
     Failed,
     /// Ctrl-C / SIGTERM: stopped between steps, resumable.
     Cancelled,
+    /// `--pause-after-canary` told to stop after the canary batch: resumable, not a failure.
+    Paused,
 }
 
 impl Outcome {
@@ -147,6 +167,7 @@ impl Outcome {
             Outcome::LockHeld => "lock-held",
             Outcome::Failed => "failed",
             Outcome::Cancelled => "cancelled",
+            Outcome::Paused => "paused",
         }
     }
 
@@ -157,6 +178,7 @@ impl Outcome {
             Outcome::LockHeld => exit_code::LOCK_HELD,
             Outcome::Failed => exit_code::FAILURE,
             Outcome::Cancelled => exit_code::CANCELLED,
+            Outcome::Paused => exit_code::SUCCESS,
         }
     }
 }
@@ -206,9 +228,15 @@ pub async fn execute<T: Transport + Clone + 'static>(
     });
     let mut timings = Vec::new();
     let mut error = None;
-    let mut run = Progress::default();
+    let mut run = Progress {
+        strategy: sh.plan.strategy,
+        ..Progress::default()
+    };
     let mut refresher: Option<lock::Refresher> = None;
-    for step in sh.plan.steps.clone() {
+    let mut paused = false;
+    let steps = sh.plan.steps.clone();
+    for (i, step) in steps.iter().enumerate() {
+        let step = step.clone();
         if matches!(step.kind, StepKind::Preflight | StepKind::Unlock) {
             // The caller ran the preflight; the unlock step runs below, whatever happened.
             continue;
@@ -217,6 +245,7 @@ pub async fn execute<T: Transport + Clone + 'static>(
             error = Some(cancelled(&sh, &step));
             break;
         }
+        run.strategy = sh.plan.strategy_of(&step);
         let started = Instant::now();
         let result = if step.kind == StepKind::Lock {
             let r = take_locks(&sh, &step).await;
@@ -230,12 +259,21 @@ pub async fn execute<T: Transport + Clone + 'static>(
             error = Some(e);
             break;
         }
+        if canary_passed(&steps, i)
+            // Once: after the canary batch of the first hop.
+            && step.hop.as_ref() == sh.plan.hops.first().map(|h| &h.target)
+            && let Some(pause) = &sh.cfg.pause
+            && !ask(pause, &sh.plan.batches[0], &sh.cfg.cancel).await
+        {
+            paused = true;
+            break;
+        }
     }
     let was_cancelled = error
         .as_ref()
         .is_some_and(|e| e.code == exit_code::CANCELLED);
     if error.is_some() && !was_cancelled {
-        undo::undo(&sh, &run.applied).await;
+        undo::undo(&sh, &run.applied, run.strategy).await;
     }
     if error.is_none() {
         error = run
@@ -243,11 +281,14 @@ pub async fn execute<T: Transport + Clone + 'static>(
             .take()
             .map(|e| went_on(e, &run.failures, sh.cfg.failure));
     }
-    let outcome = settle(
+    let outcome = match settle(
         &mut error,
         sh.changes().storage_touched,
         run.failures.iter().any(|f| f.contained),
-    );
+    ) {
+        Outcome::Succeeded if paused => Outcome::Paused,
+        other => other,
+    };
     // The state report is read while the locks still keep other runs away.
     let hosts = summarize(&sh, &sh.changes(), error.is_some(), &run.failures).await;
     if let Some(r) = refresher {
@@ -270,6 +311,35 @@ pub async fn execute<T: Transport + Clone + 'static>(
     }
 }
 
+/// Step `i` ends the canary batch (batch 1) and later steps work on other batches.
+fn canary_passed(steps: &[Step], i: usize) -> bool {
+    steps[i].batch == Some(1)
+        && steps[i + 1..]
+            .iter()
+            .find(|s| s.kind != StepKind::Unlock)
+            .is_some_and(|s| s.batch.is_some_and(|b| b > 1))
+}
+
+/// Asks `pause` on a thread of its own (it may wait for a key); Ctrl-C stops the wait, and the
+/// run then stops as if told so.
+async fn ask(pause: &Pause, canary: &[String], cancel: &Cancel) -> bool {
+    let (tx, mut rx) = tokio::sync::oneshot::channel();
+    let (f, hosts) = (pause.0.clone(), canary.to_vec());
+    std::thread::spawn(move || {
+        let _ = tx.send(f(&hosts));
+    });
+    loop {
+        tokio::select! {
+            answer = &mut rx => return answer.unwrap_or(false),
+            () = tokio::time::sleep(Duration::from_millis(100)) => {
+                if cancel.requested() {
+                    return false;
+                }
+            }
+        }
+    }
+}
+
 /// What the engine keeps from step to step.
 #[derive(Default)]
 struct Progress {
@@ -278,6 +348,8 @@ struct Progress {
     failures: Vec<HostFailure>,
     /// The first failure the run went on without: the run's error when nothing stops it.
     first_contained: Option<StepError>,
+    /// The strategy of the step under way (a multi-hop plan's hops may differ): the undo's.
+    strategy: Strategy,
 }
 
 /// The run's error when it went on past contained failures: the first one, its hints naming
@@ -526,7 +598,7 @@ async fn contain<T: Transport + Clone + 'static>(
                 sh.cfg.failure.max_failed
             ),
         });
-        undo::undo_host(sh, &run.applied, &e.host).await;
+        undo::undo_host(sh, &run.applied, &e.host, sh.plan.strategy_of(step)).await;
         run.applied.retain(|(_, h)| h != &e.host);
         if run.first_contained.is_none() {
             run.first_contained = Some(e.clone());
@@ -594,6 +666,7 @@ async fn dispatch<T: Transport + Clone + 'static>(
         StepKind::SwitchBack => switch::run_back(sh, step).await,
         StepKind::StartService => service::start(sh, step).await,
         StepKind::HealthGate => service::health_gate(sh, step).await,
+        StepKind::PreHook | StepKind::PostHook => hook::run(sh, step).await,
         StepKind::Decommission => decommission::run(sh, step).await,
         StepKind::Preflight | StepKind::Lock | StepKind::Unlock => Ok(()),
     }
@@ -887,6 +960,8 @@ pub(crate) mod tests {
     };
     use crate::version::Version;
 
+    mod hooks;
+
     /// A host with the built-in ledger settings, for the script tests of the steps.
     pub fn host(name: &str) -> ResolvedHost {
         ResolvedHost {
@@ -906,6 +981,7 @@ pub(crate) mod tests {
                 use_agent: false,
             },
             ledger: LedgerSettings::default(),
+            rollout: Default::default(),
         }
     }
 
@@ -1021,6 +1097,9 @@ pub(crate) mod tests {
             } else if has("systemctl start") || has("systemctl stop") {
                 *self.started.lock().unwrap() = has("systemctl start");
                 ok("")
+            } else if cmd.starts_with("FLEETUP_HOST=") {
+                // The operator's hook.
+                ok("hook ran\n")
             } else if has("from pg_stat_activity") {
                 ok("sessions|0\n")
             } else if has("echo ==journals") {
@@ -1262,6 +1341,7 @@ pub(crate) mod tests {
             strategy: Strategy::Offline,
             serial: None,
             canary: std::num::NonZeroUsize::MIN,
+            hop_binaries: Vec::new(),
             stop_running: nodes.iter().any(|n| n.running),
             backup: setup.backup,
             binary: BinarySource::File {
@@ -1304,7 +1384,7 @@ pub(crate) mod tests {
                 process: None,
             },
             break_lock: false,
-            binary: Some(Arc::new(b"#!/bin/sh\n".to_vec())),
+            binaries: BTreeMap::from([("ab".repeat(32), Arc::new(b"#!/bin/sh\n".to_vec()))]),
             stop_timeout: Duration::from_secs(1),
             health_timeout: Duration::from_secs(1),
             poll_interval: Duration::from_millis(10),
@@ -1317,6 +1397,7 @@ pub(crate) mod tests {
             cancel: Cancel::default(),
             lease: LeaseConfig::default(),
             resumed: false,
+            pause: None,
         }
     }
 
@@ -1372,6 +1453,7 @@ pub(crate) mod tests {
             strategy: Strategy::Replace,
             serial: None,
             canary: std::num::NonZeroUsize::MIN,
+            hop_binaries: Vec::new(),
             stop_running: false,
             backup: false,
             binary: BinarySource::File {

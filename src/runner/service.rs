@@ -230,7 +230,7 @@ pub async fn confirm_database_free<T: Transport>(
         .plan
         .steps
         .iter()
-        .filter(|s| s.kind == StepKind::Migrate)
+        .filter(|s| s.kind == StepKind::Migrate && s.hop == step.hop)
         .flat_map(|s| s.commands.iter());
     for hc in migrating.filter(|hc| sh.going(&hc.host)) {
         if let Some(p) = hc.params.migrate()
@@ -451,7 +451,6 @@ async fn gate_one<T: Transport>(sh: &Shared<T>, step: &Step, name: &str) -> Resu
                 } else if let Some(why) = unread_ledger(t, p).await {
                     last = format!("`/_info` reports `{v}`, `/_health` answers, but {why}");
                 } else {
-                    sh.change(|c| c.healthy.push(name.to_string()));
                     let read = match p.ledgers.len() {
                         0 => String::new(),
                         n => format!(", {n} ledger(s) answer a read"),
@@ -460,6 +459,8 @@ async fn gate_one<T: Transport>(sh: &Shared<T>, step: &Step, name: &str) -> Resu
                         format!("`/_info` reports `{v}`, `/_health` answers{read}"),
                         Vec::new(),
                     );
+                    stayed_healthy(sh, step, name, p).await?;
+                    sh.change(|c| c.healthy.push(name.to_string()));
                     return Ok(());
                 }
             }
@@ -492,6 +493,59 @@ async fn gate_one<T: Transport>(sh: &Shared<T>, step: &Step, name: &str) -> Resu
             return Err(e);
         }
         tokio::time::sleep(sh.cfg.poll_interval).await;
+    }
+}
+
+/// `min_healthy_time`: after the gate first passed, waits that long (polling, so a node that
+/// falls over is caught at once) and requires the node to be healthy on the target throughout,
+/// under the plan's hold line.
+async fn stayed_healthy<T: Transport>(
+    sh: &Shared<T>,
+    step: &Step,
+    name: &str,
+    p: &GateParams,
+) -> Result<(), StepError> {
+    let Some(line) = p.hold_line() else {
+        return Ok(());
+    };
+    let op = sh.begin(step, name, Some(&line));
+    let t = sh.session(name);
+    let until = Instant::now() + p.min_healthy;
+    let held = humantime::format_duration(p.min_healthy);
+    loop {
+        let why = match api_version(t, &p.api).await {
+            Ok(v) if Version::parse(&v).ok().as_ref() != Some(&p.expect) => {
+                Some(format!("`/_info` reports `{v}`"))
+            }
+            Ok(_) if !healthy(t, &p.api).await => Some("`/_health` does not answer 200".into()),
+            Ok(_) => None,
+            Err(e) => Some(format!("the API does not answer: {e}")),
+        };
+        if let Some(why) = why {
+            let mut e = sh.error(
+                step,
+                name,
+                format!(
+                    "healthy on `{}`, but not for `min_healthy_time` ({held}): {why}",
+                    p.expect
+                ),
+            );
+            e.hints
+                .push("read the service's log on the node: it came up and fell over".into());
+            op.fail(&e.message);
+            return Err(e);
+        }
+        if Instant::now() >= until {
+            op.ok(format!("stayed healthy for {held}"), Vec::new());
+            return Ok(());
+        }
+        if sh.cfg.cancel.requested() {
+            let mut e = sh.error(step, name, "cancelled while waiting for `min_healthy_time`");
+            e.code = exit_code::CANCELLED;
+            op.fail(&e.message);
+            return Err(e);
+        }
+        tokio::time::sleep(sh.cfg.poll_interval.min(until - Instant::now())).await;
     }
 }
 

@@ -4,7 +4,7 @@
 //! the nodes this run stopped are started again on their old binary. Once a ledger may have been
 //! migrated the backup is the way back: it is kept, and no node is started (an old binary must
 //! not serve a migrated schema). The same rules judge one failed host the run leaves behind, by
-//! what happened to its own storage ([`undo_host`]).
+//! what happened to its own storage ([`undo_host`]). The operator's hooks are never undone.
 //!
 //! A zero-downtime run is undone host by host instead ([`back_out`]). Rolling ([`revert`]): a
 //! node that did not pass its health gate goes back to the release it ran and is started again,
@@ -17,7 +17,7 @@
 use std::time::Duration;
 
 use crate::events::{Event, StepState};
-use crate::plan::{Action, HostAction, ServiceParams, StepKind};
+use crate::plan::{Action, HostAction, ServiceParams, StepKind, Strategy};
 use crate::shell::quote;
 use crate::ssh::{ExecOptions, Transport};
 
@@ -26,8 +26,13 @@ use super::{service, switch};
 
 /// Undoes `applied` (`(kind, host)` in the order they were applied) in reverse, where safe for
 /// the whole run: once any storage was touched or any binary switched, nothing is restarted.
-pub async fn undo<T: Transport>(sh: &Shared<T>, applied: &[(StepKind, String)]) {
-    if sh.plan.strategy.is_zero_downtime() {
+/// `strategy`: that of the step the run stopped at (a multi-hop plan's hops may differ).
+pub async fn undo<T: Transport>(
+    sh: &Shared<T>,
+    applied: &[(StepKind, String)],
+    strategy: Strategy,
+) {
+    if strategy.is_zero_downtime() {
         return undo_zero_downtime(sh, applied).await;
     }
     let c = sh.changes();
@@ -37,8 +42,13 @@ pub async fn undo<T: Transport>(sh: &Shared<T>, applied: &[(StepKind, String)]) 
 
 /// The own undo of `host`, which failed and is left behind while the run goes on: what it
 /// applied, judged by its storage (touched, or a binary switched onto it, by any of its nodes).
-pub async fn undo_host<T: Transport>(sh: &Shared<T>, applied: &[(StepKind, String)], host: &str) {
-    if sh.plan.strategy.is_zero_downtime() {
+pub async fn undo_host<T: Transport>(
+    sh: &Shared<T>,
+    applied: &[(StepKind, String)],
+    host: &str,
+    strategy: Strategy,
+) {
+    if strategy.is_zero_downtime() {
         return back_out(sh, host).await;
     }
     let c = sh.changes();
@@ -163,6 +173,10 @@ async fn undo_as<T: Transport>(
                     Err(detail) => restored(host, "restart", false, detail),
                 }
             }
+            // The operator's hooks are not undone: fleetup cannot know what would undo them
+            // (a drained node is put back by the operator's `post_hook`, which runs only once
+            // the node is healthy on the target). The report names the failed step.
+            StepKind::PreHook | StepKind::PostHook => {}
             _ => {}
         }
     }

@@ -205,6 +205,13 @@ pub enum ExecError {
         #[source]
         source: russh::Error,
     },
+    /// The SSH connection itself is gone (the node, its sshd or the link died).
+    #[error("host `{host}`: the SSH connection is lost ({source}): the node is unreachable")]
+    Disconnected {
+        host: String,
+        #[source]
+        source: russh::Error,
+    },
     #[error("host `{host}`: the server refused to run the command")]
     Refused { host: String },
     #[error("host `{host}`: command did not finish within {}", humantime::format_duration(*.after))]
@@ -232,6 +239,31 @@ pub enum ExecError {
     /// The transport cannot do this (a fake one in tests, say).
     #[error("host `{host}`: the transport cannot run {what}")]
     Unsupported { host: String, what: &'static str },
+}
+
+impl ExecError {
+    /// A channel that did not open: on a lost connection, [`ExecError::Disconnected`].
+    pub fn channel(host: String, source: russh::Error) -> ExecError {
+        if connection_lost(&source) {
+            ExecError::Disconnected { host, source }
+        } else {
+            ExecError::Channel { host, source }
+        }
+    }
+}
+
+/// The error says the SSH connection is gone, not that one channel was refused.
+pub fn connection_lost(e: &russh::Error) -> bool {
+    matches!(
+        e,
+        russh::Error::SendError
+            | russh::Error::Disconnect
+            | russh::Error::HUP
+            | russh::Error::ConnectionTimeout
+            | russh::Error::KeepaliveTimeout
+            | russh::Error::InactivityTimeout
+            | russh::Error::IO(_)
+    )
 }
 
 /// Uploading a file failed; the remote temp file has been removed (best effort).
@@ -281,6 +313,13 @@ pub enum HttpError {
         target: String,
         reason: String,
     },
+    /// The SSH connection itself is gone: nothing is known about the port.
+    #[error("host `{host}`: cannot probe `{target}`: the SSH connection is lost ({reason})")]
+    Disconnected {
+        host: String,
+        target: String,
+        reason: String,
+    },
     #[error("host `{host}`: no complete answer from `{target}` within {}", humantime::format_duration(*.after))]
     Timeout {
         host: String,
@@ -313,6 +352,11 @@ impl HttpError {
                 host,
                 target,
                 reason: "administratively prohibited: port forwarding is not allowed".into(),
+            },
+            other if connection_lost(other) => HttpError::Disconnected {
+                host,
+                target,
+                reason: other.to_string(),
             },
             other => HttpError::Refused {
                 host,
@@ -350,10 +394,25 @@ mod tests {
         for e in [
             russh::Error::ChannelOpenFailure(F::ResourceShortage),
             russh::Error::ChannelOpenFailure(F::UnknownChannelType),
-            russh::Error::Disconnect,
         ] {
             let mapped = map(e);
             assert!(matches!(mapped, HttpError::Refused { .. }), "{mapped}");
         }
+        // A lost connection is neither a closed port nor a forwarding refusal.
+        for e in [russh::Error::Disconnect, russh::Error::SendError] {
+            let mapped = map(e);
+            assert!(
+                matches!(mapped, HttpError::Disconnected { .. })
+                    && mapped.to_string().contains("the SSH connection is lost"),
+                "{mapped}"
+            );
+        }
+        let exec = ExecError::channel("n".into(), russh::Error::SendError);
+        assert!(
+            exec.to_string().contains("the node is unreachable"),
+            "{exec}"
+        );
+        let refused = ExecError::channel("n".into(), russh::Error::Inconsistent);
+        assert!(matches!(refused, ExecError::Channel { .. }), "{refused}");
     }
 }

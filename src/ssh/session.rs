@@ -745,10 +745,7 @@ impl Session {
         let channel = self
             .open_session_channel()
             .await
-            .map_err(|source| ExecError::Channel {
-                host: host(),
-                source,
-            })?;
+            .map_err(|source| ExecError::channel(host(), source))?;
         super::process::spawn(self.clone(), permit, channel, &command).await
     }
 
@@ -775,10 +772,7 @@ impl Session {
         let channel = self
             .open_session_channel()
             .await
-            .map_err(|source| ExecError::Channel {
-                host: host(),
-                source,
-            })?;
+            .map_err(|source| ExecError::channel(host(), source))?;
         let (mut rx, tx) = channel.split();
         tx.exec(true, command)
             .await

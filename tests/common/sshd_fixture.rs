@@ -120,6 +120,7 @@ pub fn host(name: &str, port: u16, key: Option<&Path>, known_hosts: &Path) -> Re
             use_agent: false,
         },
         ledger: LedgerSettings::default(),
+        rollout: Default::default(),
     }
 }
 
