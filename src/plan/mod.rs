@@ -461,8 +461,6 @@ pub enum BlockerKind {
     StorageConflict,
     /// An inventory node outside the selection is (or may be) on a storage the plan migrates.
     LeftOut,
-    /// A strategy this fleetup does not carry out yet (`replace`) was asked for.
-    StrategyNotSupported,
     /// A zero-downtime strategy on SQLite nodes, or over several storages at once.
     ZeroDowntimeNeedsSharedStorage,
     /// Replace strategy without any `replaces` pair in the selection.
@@ -471,8 +469,8 @@ pub enum BlockerKind {
     ReplacedHostMissing,
     /// Replace strategy on SQLite: a new node cannot share an old node's files.
     ReplaceNeedsPostgres,
-    /// Replace strategy: a host to upgrade is neither a new node nor replaced by one.
-    NotPaired,
+    /// Replace strategy: a new node's storage is not the one of the node it replaces.
+    ReplacementOnOtherStorage,
     /// Rollback: the run migrated the storage and the old version must not serve its schema
     /// (no zero-downtime row between the two versions); only `--restore-backup` goes back.
     Migrated,

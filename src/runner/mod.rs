@@ -13,6 +13,7 @@
 
 mod backup;
 mod ctx;
+mod decommission;
 pub mod failures;
 mod hook;
 mod known;
@@ -423,7 +424,17 @@ async fn run_step<T: Transport + Clone + 'static>(
     step: &Step,
     run: &mut Progress,
 ) -> Result<(), StepError> {
-    let hosts: Vec<String> = step.hosts.iter().filter(|h| sh.going(h)).cloned().collect();
+    let mut hosts: Vec<String> = step.hosts.iter().filter(|h| sh.going(h)).cloned().collect();
+    if step.kind == StepKind::Decommission {
+        // An old node whose replacement was left behind keeps serving in its place.
+        hosts.retain(|h| match decommission::held_back(sh, h) {
+            Some(why) => {
+                step_state(sh, step, h, StepState::Skipped, Some(why));
+                false
+            }
+            None => true,
+        });
+    }
     let probes = ctx::each_host(sh, &hosts, |sh, name| {
         let step = step.clone();
         let earlier: Vec<StepKind> = run
@@ -656,11 +667,7 @@ async fn dispatch<T: Transport + Clone + 'static>(
         StepKind::StartService => service::start(sh, step).await,
         StepKind::HealthGate => service::health_gate(sh, step).await,
         StepKind::PreHook | StepKind::PostHook => hook::run(sh, step).await,
-        StepKind::Decommission => Err(sh.error(
-            step,
-            step.hosts.first().map_or("", String::as_str),
-            "the replace strategy is not supported by this fleetup yet",
-        )),
+        StepKind::Decommission => decommission::run(sh, step).await,
         StepKind::Preflight | StepKind::Lock | StepKind::Unlock => Ok(()),
     }
 }
@@ -898,6 +905,9 @@ async fn summarize<T: Transport>(
         let state = if !failed {
             if c.healthy.contains(name) {
                 format!("running `{}`, healthy", sh.plan.target)
+            } else if c.decommissioned.contains(name) {
+                "decommissioned: stopped through its service manager, its binary and data kept"
+                    .to_string()
             } else {
                 "unchanged".to_string()
             }
@@ -1075,6 +1085,14 @@ pub(crate) mod tests {
                     "loaded\nactive\n"
                 } else {
                     "loaded\ninactive\n"
+                })
+            } else if has("systemctl disable") {
+                ok("")
+            } else if has("systemctl is-enabled") {
+                ok(if self.ran("systemctl disable") {
+                    "disabled\n"
+                } else {
+                    "enabled\n"
                 })
             } else if has("systemctl start") || has("systemctl stop") {
                 *self.started.lock().unwrap() = has("systemctl start");
@@ -1335,7 +1353,25 @@ pub(crate) mod tests {
         let mut plan = build_plan(&hosts, &facts, &target, &opts, &PolicyTable::builtin());
         assert!(!plan.is_blocked(), "{:?}", plan.blockers);
         edit(&mut plan);
-        let cfg = RunConfig {
+        let cfg = config(setup);
+        let fleet = Fleet {
+            hosts,
+            sessions: fakes.iter().map(|f| (f.name.clone(), f.clone())).collect(),
+            facts,
+        };
+        let recorder = Arc::new(Recorder::default());
+        let report = execute(plan, fleet, cfg, recorder.clone()).await;
+        Ran {
+            report,
+            fakes,
+            most_in_flight: flight.map_or(0, |f| f.max.load(Ordering::SeqCst)),
+            events: recorder.events(),
+        }
+    }
+
+    /// The run's settings for a scripted fleet (short timeouts).
+    fn config(setup: Setup) -> RunConfig {
+        RunConfig {
             run_id: "20260125T174502Z-00ab12".into(),
             owner: crate::lock::LockOwner {
                 user: "ops".into(),
@@ -1362,19 +1398,6 @@ pub(crate) mod tests {
             lease: LeaseConfig::default(),
             resumed: false,
             pause: None,
-        };
-        let fleet = Fleet {
-            hosts,
-            sessions: fakes.iter().map(|f| (f.name.clone(), f.clone())).collect(),
-            facts,
-        };
-        let recorder = Arc::new(Recorder::default());
-        let report = execute(plan, fleet, cfg, recorder.clone()).await;
-        Ran {
-            report,
-            fakes,
-            most_in_flight: flight.map_or(0, |f| f.max.load(Ordering::SeqCst)),
-            events: recorder.events(),
         }
     }
 
@@ -1398,6 +1421,138 @@ pub(crate) mod tests {
             .iter()
             .filter_map(|c| c.split("storage upgrade ").nth(1).map(str::to_string))
             .collect()
+    }
+
+    /// An old systemd node and its replacement, both running; the replacement serves `1.8.2`
+    /// (what the fakes' `/_info` reports) when `serving`.
+    async fn decommission_fleet(serving: bool) -> Ran {
+        let old = host("old-1");
+        let mut new = host("new-1");
+        new.replaces = Some("old-1".into());
+        let storage = StorageFacts {
+            driver: StorageDriver::Postgres,
+            sqlite_dir: None,
+            postgres: Some("postgres://ledger@10.0.0.5:5432/ledger".into()),
+        };
+        let running = |v: Version| HostFacts {
+            installed_version: Some(v.clone()),
+            service: ServiceState::Running,
+            api: Some(crate::facts::ApiInfo {
+                healthy: true,
+                version: Some(v),
+            }),
+            storage: Some(storage.clone()),
+            ledgers: vec!["default".into()],
+            ..HostFacts::default()
+        };
+        let facts = BTreeMap::from([
+            ("old-1".to_string(), running(Version::new(1, 7, 4))),
+            ("new-1".to_string(), running(Version::new(1, 8, 2))),
+        ]);
+        let opts = PlanOptions {
+            strategy: Strategy::Replace,
+            serial: None,
+            canary: std::num::NonZeroUsize::MIN,
+            hop_binaries: Vec::new(),
+            stop_running: false,
+            backup: false,
+            binary: BinarySource::File {
+                path: "numary".into(),
+                sha256: "ab".repeat(32),
+            },
+        };
+        let hosts = vec![old, new];
+        let target = Version::new(1, 8, 2);
+        let mut plan = build_plan(&hosts, &facts, &target, &opts, &PolicyTable::builtin());
+        // new-1 serves the target already: only the old node's decommission is left. (The
+        // table's 1.7 → 1.8 row is offline-only, which the runner does not read: the fakes'
+        // `/_info` knows no other version.)
+        let ids: Vec<&str> = plan.steps.iter().map(|s| s.id.as_str()).collect();
+        assert_eq!(ids, ["preflight", "lock", "decommission", "unlock"]);
+        plan.blockers.clear();
+        let fakes: Vec<Fake> = ["old-1", "new-1"]
+            .iter()
+            .map(|name| Fake {
+                name: name.to_string(),
+                listed: (LISTED.into(), LISTED.into()),
+                fail: None,
+                files: Vec::new(),
+                scanned: Arc::default(),
+                log: Arc::default(),
+                unexpected: Arc::default(),
+                started: Arc::new(Mutex::new(*name == "old-1" || serving)),
+                flight: None,
+            })
+            .collect();
+        let fleet = Fleet {
+            hosts,
+            sessions: fakes.iter().map(|f| (f.name.clone(), f.clone())).collect(),
+            facts,
+        };
+        let recorder = Arc::new(Recorder::default());
+        let report = execute(plan, fleet, config(Setup::default()), recorder.clone()).await;
+        Ran {
+            report,
+            fakes,
+            most_in_flight: 0,
+            events: recorder.events(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_decommission_stops_and_disables_the_old_unit_once_its_replacement_serves() {
+        let ran = decommission_fleet(true).await;
+        let report = &ran.report;
+        assert_eq!(report.outcome, Outcome::Succeeded, "{:?}", report.error);
+        let old = &ran.fakes[0];
+        let cmds = old.commands();
+        let pos = |s: &str| {
+            cmds.iter()
+                .position(|c| c == s)
+                .unwrap_or_else(|| panic!("`{s}` not run: {cmds:#?}"))
+        };
+        // The probe saw it running; the stop is waited for, then the unit disabled.
+        assert!(pos("systemctl stop numary.service") < pos("systemctl disable numary.service"));
+        assert!(!*old.started.lock().unwrap(), "stopped");
+        assert!(old.unexpected.lock().unwrap().is_empty());
+        // Nothing removes its binary, releases or data (only its fleetup lock goes).
+        assert!(
+            !cmds
+                .iter()
+                .any(|c| c.contains("rm ") && !c.contains(".fleetup.lock")),
+            "{cmds:#?}"
+        );
+        assert!(
+            !ran.fakes[1].ran("systemctl stop"),
+            "the new node is left alone"
+        );
+        assert_eq!(report.changes.decommissioned, ["old-1"]);
+        let summary = &report.hosts[0];
+        assert!(summary.state.starts_with("decommissioned"), "{summary:?}");
+        assert_eq!(
+            ran.states(StepKind::Decommission),
+            [
+                ("old-1".to_string(), StepState::Started),
+                ("old-1".to_string(), StepState::Done)
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn an_old_node_whose_replacement_does_not_serve_is_not_decommissioned() {
+        let ran = decommission_fleet(false).await;
+        assert_eq!(ran.report.outcome, Outcome::Failed);
+        let e = ran.report.error.as_ref().unwrap();
+        assert!(
+            e.message
+                .contains("its replacement `new-1` does not serve `1.8.2`"),
+            "{}",
+            e.message
+        );
+        let old = &ran.fakes[0];
+        assert!(!old.ran("systemctl stop"), "{:#?}", old.commands());
+        assert!(*old.started.lock().unwrap(), "it keeps serving");
+        assert!(ran.report.changes.decommissioned.is_empty());
     }
 
     #[tokio::test]

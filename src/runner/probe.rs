@@ -47,6 +47,10 @@ pub async fn probe<T: Transport>(sh: &Shared<T>, step: &Step, host: &str) -> Pro
             Some(false) => Probe::Done("already stopped".into()),
             _ => Probe::ToDo,
         },
+        Action::Decommission(p) => match super::decommission::done(t, p).await {
+            Some(why) => Probe::Done(why),
+            None => Probe::ToDo,
+        },
         Action::StartService(p) => match service::service_running(t, &p.service).await {
             Some(true) => Probe::Done("already running".into()),
             _ => Probe::ToDo,

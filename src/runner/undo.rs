@@ -6,15 +6,18 @@
 //! not serve a migrated schema). The same rules judge one failed host the run leaves behind, by
 //! what happened to its own storage ([`undo_host`]). The operator's hooks are never undone.
 //!
-//! A rolling run is undone host by host instead ([`revert`]): a node that did not pass its
-//! health gate goes back to the release it ran and is started again, since the table's
-//! zero-downtime row (which rolling requires) lets that release serve the migrated schema; the
-//! nodes that passed keep serving the target, the others were never touched.
+//! A zero-downtime run is undone host by host instead ([`back_out`]). Rolling ([`revert`]): a
+//! node that did not pass its health gate goes back to the release it ran and is started again,
+//! since the table's zero-downtime row (which rolling requires) lets that release serve the
+//! migrated schema; the nodes that passed keep serving the target, the others were never
+//! touched. Replace: a new node that did not pass is stopped again (it never served the fleet,
+//! and its old node, decommissioned only after it passed, still serves); an old node without a
+//! replacement is reverted as in rolling; an old node is left as its decommission left it.
 
 use std::time::Duration;
 
 use crate::events::{Event, StepState};
-use crate::plan::{Action, ServiceParams, StepKind, Strategy};
+use crate::plan::{Action, HostAction, ServiceParams, StepKind, Strategy};
 use crate::shell::quote;
 use crate::ssh::{ExecOptions, Transport};
 
@@ -29,8 +32,8 @@ pub async fn undo<T: Transport>(
     applied: &[(StepKind, String)],
     strategy: Strategy,
 ) {
-    if strategy == Strategy::Rolling {
-        return undo_rolling(sh, applied).await;
+    if strategy.is_zero_downtime() {
+        return undo_zero_downtime(sh, applied).await;
     }
     let c = sh.changes();
     let (touched, switched) = (c.storage_touched, !c.switched.is_empty());
@@ -45,8 +48,8 @@ pub async fn undo_host<T: Transport>(
     host: &str,
     strategy: Strategy,
 ) {
-    if strategy == Strategy::Rolling {
-        return revert(sh, host).await;
+    if strategy.is_zero_downtime() {
+        return back_out(sh, host).await;
     }
     let c = sh.changes();
     let on_storage: Vec<String> = sh
@@ -204,10 +207,10 @@ fn undone<T: Transport>(sh: &Shared<T>, kind: StepKind, host: &str, detail: &str
     });
 }
 
-/// A rolling run that stopped: every host it changed that did not pass its health gate is
-/// reverted ([`revert`]), in the order they were changed; staged releases and the backup are
+/// A zero-downtime run that stopped: every host it changed that did not pass its health gate is
+/// backed out ([`back_out`]), in the order they were changed; staged releases and the backup are
 /// judged as in the offline undo (kept once a binary was switched or the storage migrated).
-async fn undo_rolling<T: Transport>(sh: &Shared<T>, applied: &[(StepKind, String)]) {
+async fn undo_zero_downtime<T: Transport>(sh: &Shared<T>, applied: &[(StepKind, String)]) {
     let c = sh.changes();
     let mut hosts: Vec<&str> = Vec::new();
     for (_, h) in applied {
@@ -216,7 +219,7 @@ async fn undo_rolling<T: Transport>(sh: &Shared<T>, applied: &[(StepKind, String
         }
     }
     for host in hosts {
-        revert(sh, host).await;
+        back_out(sh, host).await;
     }
     let artefacts: Vec<(StepKind, String)> = applied
         .iter()
@@ -226,6 +229,50 @@ async fn undo_rolling<T: Transport>(sh: &Shared<T>, applied: &[(StepKind, String
     let c = sh.changes();
     let (touched, switched) = (c.storage_touched, !c.switched.is_empty());
     undo_as(sh, &artefacts, &c, touched, switched).await;
+}
+
+/// One host of a zero-downtime run that did not pass its health gate, by what the plan does
+/// to it: a new node of a replacement stopped again ([`stop_new`]), a node upgraded in place
+/// reverted ([`revert`]), an old node of a replacement left as it is (its decommission either
+/// did not start, and it serves, or stopped it after its replacement served: the state report
+/// says which).
+async fn back_out<T: Transport>(sh: &Shared<T>, host: &str) {
+    match sh.plan.host(host).map(|h| h.action) {
+        Some(HostAction::Deploy) => stop_new(sh, host).await,
+        Some(HostAction::Decommission) => {}
+        _ => revert(sh, host).await,
+    }
+}
+
+/// Replace: a new node that failed its start or health gate is stopped again. It never served
+/// the fleet and the old node it replaces keeps serving (decommissioned only after it passed).
+/// Its binary stays switched to the target (it had none before) and its staged release stays
+/// (judged with the others), so `--resume` picks it up where it stopped.
+async fn stop_new<T: Transport>(sh: &Shared<T>, host: &str) {
+    if !sh.changes().started.iter().any(|n| n == host) {
+        return;
+    }
+    let old = sh
+        .plan
+        .host(host)
+        .and_then(|h| h.replaces.clone())
+        .unwrap_or_default();
+    match service::stop_outside_step(sh, host, &ServiceParams::of(sh.host(host))).await {
+        Ok(()) => {
+            let detail = format!(
+                "stopped again: it never served the fleet; `{old}`, which it replaces, keeps serving"
+            );
+            undone(sh, StepKind::StartService, host, &detail);
+            restored(sh, host, "stop-new-node", true, detail);
+        }
+        Err(e) => restored(
+            sh,
+            host,
+            "stop-new-node",
+            false,
+            format!("could not stop it again ({e}): left as it is"),
+        ),
+    }
 }
 
 /// Rolling: `host` back to the release it ran before this run, serving again if this run
