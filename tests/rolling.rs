@@ -183,11 +183,31 @@ fn a_canary_that_never_becomes_healthy_stops_the_run_and_goes_back_then_resume_f
         .unwrap();
     let audit = check_json(&lab, &new, &[]);
     let plan_id = audit["plan_id"].as_str().unwrap().to_string();
-    let out = upgrade(&lab, &new, &["--health-timeout", "4s", "--plan", &plan_id]);
+    // A budget does not let the run past its canary batch.
+    let out = upgrade(
+        &lab,
+        &new,
+        &[
+            "--health-timeout",
+            "4s",
+            "--max-fail",
+            "1",
+            "--plan",
+            &plan_id,
+        ],
+    );
     assert_eq!(code(&out), exit_code::FAILURE, "{}", both(&out));
     let err = String::from_utf8_lossy(&out.stderr).to_string();
     assert!(err.contains("node-1"), "{err}");
     plan_match::assert_journal_within_the_plan(&lab, &audit);
+    // The report shows the canary back where it was.
+    let report = String::from_utf8_lossy(&out.stdout).to_string();
+    let canary_line = report
+        .lines()
+        .find(|l| l.starts_with("node-1"))
+        .unwrap_or_default()
+        .to_string();
+    assert!(canary_line.contains("binary not switched"), "{report}");
 
     // The others were never touched: same servers, old binary, serving the old version.
     for (name, pid) in ["node-2", "node-3", "node-4"].iter().zip(&pids) {

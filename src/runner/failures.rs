@@ -134,6 +134,8 @@ pub enum Uncontained {
     SharedStorage { others: Vec<String> },
     /// Rolling: the backup or migration of the storage every node serves from.
     WholeStorage,
+    /// Zero-downtime: a node of the canary batch failed.
+    Canary,
     /// The plan does not tell which storage the host is on.
     UnknownStorage,
 }
@@ -168,6 +170,9 @@ impl Uncontained {
                     "the failure budget tripped {where_}: `--max-fail {budget}` tolerates {max} failed host(s) there and {already}, so no new batch was started"
                 ))
             }
+            Uncontained::Canary => Some(format!(
+                "`{host}` is in the canary batch: its failure stops the run before any other batch, whatever `--max-fail` tolerates"
+            )),
             Uncontained::WholeStorage => Some(format!(
                 "`--max-fail` cannot leave `{host}` behind: it backs up or migrates the storage every node serves from"
             )),
@@ -249,6 +254,9 @@ pub fn containable(
         match kind {
             StepKind::Backup | StepKind::Migrate => return Err(Uncontained::WholeStorage),
             _ if before_its_migration => return Err(Uncontained::WholeStorage),
+            // The canary batch proves the release before any other node is touched: its
+            // failure stops the run, whatever the budget.
+            _ if batch == Some(1) && plan.batches.len() > 1 => return Err(Uncontained::Canary),
             // Replace stops only new nodes that run something (`--stop`), before the migration:
             // one left running would serve the migrated schema with a binary no table row
             // vouches for. The shared-storage rule below refuses it.
@@ -553,8 +561,12 @@ mod tests {
                 "{kind}"
             );
         }
+        // The canary batch stops the run, whatever the budget.
         for kind in [StepKind::StartService, StepKind::HealthGate] {
-            assert_eq!(containable(&p, BUDGET_1, kind, 1, "new-1", &[]), Ok(()));
+            assert_eq!(
+                containable(&p, BUDGET_1, kind, 1, "new-1", &[]),
+                Err(Uncontained::Canary)
+            );
         }
         // An old node failing its decommission keeps serving the schema its row allows.
         assert_eq!(

@@ -265,7 +265,11 @@ pub async fn execute<T: Transport + Clone + 'static>(
             && let Some(pause) = &sh.cfg.pause
             && !ask(pause, &sh.plan.batches[0], &sh.cfg.cancel).await
         {
-            paused = true;
+            // Ctrl-C at the prompt is a cancellation, as anywhere else.
+            match steps.get(i + 1) {
+                Some(next) if sh.cfg.cancel.requested() => error = Some(cancelled(&sh, next)),
+                _ => paused = true,
+            }
             break;
         }
     }

@@ -518,7 +518,7 @@ async fn stayed_healthy<T: Transport>(
                 Some(format!("`/_info` reports `{v}`"))
             }
             Ok(_) if !healthy(t, &p.api).await => Some("`/_health` does not answer 200".into()),
-            Ok(_) => None,
+            Ok(_) => unread_ledger(t, p).await,
             Err(e) => Some(format!("the API does not answer: {e}")),
         };
         if let Some(why) = why {

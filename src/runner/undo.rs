@@ -49,6 +49,18 @@ pub async fn undo_host<T: Transport>(
     strategy: Strategy,
 ) {
     if strategy.is_zero_downtime() {
+        // A node that passed its health gate (a post hook failed after it) serves the target:
+        // it is left out of the rest of the run as it is, not taken back.
+        if sh.changes().healthy.iter().any(|h| h == host) {
+            restored(
+                sh,
+                host,
+                "keep-serving",
+                true,
+                "left serving the target: it passed its health gate before it failed".into(),
+            );
+            return;
+        }
         return back_out(sh, host).await;
     }
     let c = sh.changes();
@@ -339,6 +351,11 @@ pub async fn revert<T: Transport>(sh: &Shared<T>, host: &str) {
         match previous.filter(|p| !p.is_empty()) {
             Some(release) => match switch::back_to(sh, host, &h.ledger.binary, &release).await {
                 Ok(detail) => {
+                    // What the report and a later rollback read: this node is back.
+                    sh.change(|c| {
+                        c.switched.retain(|(n, _)| n != host);
+                        c.started.retain(|n| n != host);
+                    });
                     undone(sh, StepKind::Switch, host, &detail);
                     restored(sh, host, "switch-back", true, detail);
                 }
