@@ -101,6 +101,33 @@ pub fn service_state_command(service: &Service) -> String {
     }
 }
 
+/// The command that keeps the service from starting at boot, where the manager has one:
+/// systemd's `disable` (the decommission of an old node). An operator's own commands have none.
+pub fn service_disable_command(service: &Service) -> Option<String> {
+    match service {
+        Service::Systemd { unit } => Some(format!("systemctl disable {}", quote(unit))),
+        Service::Command { .. } => None,
+    }
+}
+
+/// The command that tells whether the service starts at boot (systemd: `is-enabled`, which
+/// prints the unit file state); read its output with [`parse_enabled`].
+pub fn service_enabled_command(service: &Service) -> Option<String> {
+    match service {
+        Service::Systemd { unit } => Some(format!("systemctl is-enabled -- {}", quote(unit))),
+        Service::Command { .. } => None,
+    }
+}
+
+/// Whether `systemctl is-enabled`'s output says the unit starts at boot (`enabled`,
+/// `enabled-runtime`, `linked`, `alias`, ...): anything but a state it cannot start from.
+pub fn parse_enabled(stdout: &str) -> bool {
+    !matches!(
+        stdout.trim(),
+        "disabled" | "masked" | "masked-runtime" | "static" | "indirect" | "generated"
+    )
+}
+
 /// What the service manager said, with the reason when it is not a clear running/stopped.
 pub fn parse_service_state(
     service: &Service,

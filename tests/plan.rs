@@ -70,6 +70,7 @@ fn plan(
         strategy: s,
         serial: None,
         canary: std::num::NonZeroUsize::MIN,
+        hop_binaries: Vec::new(),
         stop_running: false,
         backup: true,
         binary: BinarySource::Url {
@@ -191,22 +192,13 @@ fn us_replace_forced_deploys_the_new_node_then_stops_the_old_one_with_its_own_co
         ("ledger-us-1".to_string(), facts(Some("1.5.0"), true)),
         ("ledger-us-2".to_string(), facts(None, false)),
     ]);
-    // `auto` runs offline: this fleetup carries out no zero-downtime strategy yet.
+    // `auto` picks replace: the table allows zero-downtime, the old node serves, one storage.
     let auto = plan(&hosts, &facts, "1.9.0", Strategy::Auto);
-    assert_eq!(auto.strategy, Strategy::Offline);
-    assert!(
-        auto.warnings.iter().any(|w| w.contains("(`replace`)")),
-        "{:?}",
-        auto.warnings
-    );
-    // Forced, its layout is shown and blocked only as not carried out yet.
+    assert_eq!(auto.strategy, Strategy::Replace);
+    // Forced, the same plan; nothing blocks it.
     let p = plan(&hosts, &facts, "1.9.0", Strategy::Replace);
-    assert_eq!(
-        p.blockers.iter().map(|b| b.kind).collect::<Vec<_>>(),
-        [BlockerKind::StrategyNotSupported],
-        "{:?}",
-        p.blockers
-    );
+    assert_eq!(p.steps, auto.steps);
+    assert!(p.blockers.is_empty(), "{:?}", p.blockers);
     assert_eq!(p.strategy, Strategy::Replace);
     assert_eq!(p.migrator.as_deref(), Some("ledger-us-2"));
     assert_eq!(

@@ -181,10 +181,33 @@ fn a_canary_that_never_becomes_healthy_stops_the_run_and_goes_back_then_resume_f
     // node-1, the migrator, is the canary; its API answers 500 while the fault is armed.
     lab.set_fault_with("never-healthy", &["node-1"], &[])
         .unwrap();
-    let out = upgrade(&lab, &new, &["--health-timeout", "4s"]);
+    let audit = check_json(&lab, &new, &[]);
+    let plan_id = audit["plan_id"].as_str().unwrap().to_string();
+    // A budget does not let the run past its canary batch.
+    let out = upgrade(
+        &lab,
+        &new,
+        &[
+            "--health-timeout",
+            "4s",
+            "--max-fail",
+            "1",
+            "--plan",
+            &plan_id,
+        ],
+    );
     assert_eq!(code(&out), exit_code::FAILURE, "{}", both(&out));
     let err = String::from_utf8_lossy(&out.stderr).to_string();
     assert!(err.contains("node-1"), "{err}");
+    plan_match::assert_journal_within_the_plan(&lab, &audit);
+    // The report shows the canary back where it was.
+    let report = String::from_utf8_lossy(&out.stdout).to_string();
+    let canary_line = report
+        .lines()
+        .find(|l| l.starts_with("node-1"))
+        .unwrap_or_default()
+        .to_string();
+    assert!(canary_line.contains("binary not switched"), "{report}");
 
     // The others were never touched: same servers, old binary, serving the old version.
     for (name, pid) in ["node-2", "node-3", "node-4"].iter().zip(&pids) {

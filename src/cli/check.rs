@@ -32,9 +32,10 @@ pub struct PlanArgs {
     #[arg(long, value_name = "VERSION")]
     pub to: Option<String>,
     /// The new `numary` binary, on this machine (uploaded to each node). Default: the
-    /// inventory's `[releases."VERSION"]`.
-    #[arg(long, value_name = "FILE", conflicts_with = "binary_url")]
-    pub binary: Option<PathBuf>,
+    /// inventory's `[releases."VERSION"]`. `VERSION=FILE` (repeatable) gives the binary of an
+    /// intermediate hop when the nodes need several (`fleetup paths --from C --to T`).
+    #[arg(long, value_name = "[VERSION=]FILE")]
+    pub binary: Vec<String>,
     /// URL each node downloads the new binary from (needs `--sha256`).
     #[arg(long, value_name = "URL", requires = "sha256")]
     pub binary_url: Option<String>,
@@ -104,7 +105,16 @@ impl PlanArgs {
             )
         })?;
         let expected = self.sha256.as_deref().map(parse_sha256).transpose()?;
-        let binary = match (&self.binary, &self.binary_url) {
+        let (own, hops) = split_binaries(&self.binary)?;
+        if own.is_some() && self.binary_url.is_some() {
+            return Err(Failure::usage(
+                "`--binary FILE` and `--binary-url` both name the target's binary",
+            )
+            .hint("give one of them; `--binary VERSION=FILE` names an intermediate hop's")
+            .into());
+        }
+        let hop_binaries = hop_binaries(&hops, inventory, &target)?;
+        let binary = match (&own, &self.binary_url) {
             (Some(path), _) => file_source(path, expected)?,
             (None, Some(url)) => BinarySource::Url {
                 url: url.clone(),
@@ -154,6 +164,7 @@ impl PlanArgs {
                 strategy: self.strategy.into(),
                 serial: self.serial,
                 canary: self.canary,
+                hop_binaries,
                 stop_running: self.stop,
                 backup: !self.no_backup,
                 binary,
@@ -162,6 +173,85 @@ impl PlanArgs {
             local_binary_version,
         })
     }
+}
+
+/// The `--binary` values of a journal's plan: each hop's file (`VERSION=FILE`), the target's.
+fn journal_binaries(plan: &serde_json::Value) -> Vec<String> {
+    let mut out = Vec::new();
+    let hops = plan["hops"].as_array().map_or(&[][..], Vec::as_slice);
+    for hop in hops.iter().take(hops.len().saturating_sub(1)) {
+        if hop["binary"]["kind"] == "file"
+            && let (Some(v), Some(p)) = (hop["target"].as_str(), hop["binary"]["path"].as_str())
+        {
+            out.push(format!("{v}={p}"));
+        }
+    }
+    let binary = &plan["binary"];
+    if binary["kind"] == "file"
+        && let Some(p) = binary["path"].as_str()
+    {
+        out.push(p.to_string());
+    }
+    out
+}
+
+/// The `--binary` values: the target's own file, if given, and each hop's `(VERSION, FILE)`.
+type Binaries = (Option<PathBuf>, Vec<(Version, PathBuf)>);
+
+/// `--binary` values: the target's own (`FILE`, at most one) and the hops' (`VERSION=FILE`).
+fn split_binaries(values: &[String]) -> anyhow::Result<Binaries> {
+    let mut own = None;
+    let mut hops = Vec::new();
+    for v in values {
+        match v.split_once('=').map(|(a, b)| (Version::parse(a), b)) {
+            Some((Ok(version), file)) => hops.push((version, PathBuf::from(file))),
+            _ if own.is_some() => {
+                return Err(Failure::usage(format!(
+                    "`--binary {v}`: the target's binary is already given"
+                ))
+                .hint("name an intermediate hop's binary as `--binary VERSION=FILE`")
+                .into());
+            }
+            _ => own = Some(PathBuf::from(v)),
+        }
+    }
+    Ok((own, hops))
+}
+
+/// The binaries a multi-hop route may take its hops from: each `--binary VERSION=FILE`, then
+/// the inventory's releases older than `target` that name a readable file or a URL with its
+/// SHA-256 (one that cannot be used is left out: the plan says when a hop lacks a binary).
+fn hop_binaries(
+    given: &[(Version, PathBuf)],
+    inventory: &Inventory,
+    target: &Version,
+) -> anyhow::Result<Vec<(Version, BinarySource)>> {
+    let mut out: Vec<(Version, BinarySource)> = Vec::new();
+    for (version, path) in given {
+        if version >= target {
+            return Err(Failure::usage(format!(
+                "`--binary {version}=...`: a hop's version must be older than the target `{target}`"
+            ))
+            .hint("give the target's own binary as `--binary FILE`")
+            .into());
+        }
+        out.push((version.clone(), file_source(path, None)?));
+    }
+    for (version, release) in inventory.releases() {
+        if version >= target || out.iter().any(|(v, _)| v == version) {
+            continue;
+        }
+        let sha = release.sha256.as_deref().and_then(|s| parse_sha256(s).ok());
+        let source = match &release.source {
+            ReleaseSource::File(path) => file_source(path, sha).ok(),
+            ReleaseSource::Url(url) => sha.map(|sha256| BinarySource::Url {
+                url: url.clone(),
+                sha256,
+            }),
+        };
+        out.extend(source.map(|s| (version.clone(), s)));
+    }
+    Ok(out)
 }
 
 fn parse_sha256(text: &str) -> Result<String, Failure> {
@@ -304,9 +394,7 @@ impl PlanArgs {
         };
         Some(PlanArgs {
             to: Some(plan["target"].as_str()?.to_string()),
-            binary: (binary["kind"] == "file")
-                .then(|| binary["path"].as_str().map(PathBuf::from))
-                .flatten(),
+            binary: journal_binaries(plan),
             binary_url: (binary["kind"] == "url")
                 .then(|| binary["url"].as_str().map(str::to_string))
                 .flatten(),

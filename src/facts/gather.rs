@@ -61,6 +61,9 @@ pub async fn gather_with<T: Transport>(t: &T, host: &ResolvedHost, schema: bool)
             Ok(v) => facts.installed_version = Some(v),
             Err(e) => facts.problems.push(e.to_string()),
         },
+        // A new node of a replacement is provisioned before fleetup deploys `numary` to it: a
+        // binary that is not there yet (the shell's 127) is what is expected, not a problem.
+        Ok(out) if host.replaces.is_some() && out.status == ExitStatus::Code(127) => {}
         Ok(out) => facts.problems.push(format!(
             "`{} version` exited with {}: {}",
             host.ledger.binary,
@@ -171,6 +174,9 @@ pub async fn gather_with<T: Transport>(t: &T, host: &ResolvedHost, schema: bool)
                         facts.ledgers_source = "sqlite-files".into();
                     }
                 }
+                // A new node of a replacement is provisioned before fleetup deploys `numary` to it: a
+                // binary that is not there yet (the shell's 127) is what is expected, not a problem.
+                Ok(out) if host.replaces.is_some() && out.status == ExitStatus::Code(127) => {}
                 Ok(out) => facts.problems.push(format!(
                     "cannot list the SQLite dir `{}`: {}",
                     probe.dir,

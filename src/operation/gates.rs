@@ -139,11 +139,26 @@ fn preflight_events(plan: &Plan, failures: &[&Finding], sink: &dyn EventSink) {
     }
 }
 
-/// The bytes of `--binary FILE`, read once and checked against the checksum the plan (and so
-/// its id) holds; `None` for a URL, which each node downloads and checks itself.
-pub fn binary(plan: &Plan) -> anyhow::Result<Option<Arc<Vec<u8>>>> {
-    let BinarySource::File { path, sha256 } = &plan.binary else {
-        return Ok(None);
+/// The bytes of each local binary the plan uploads (`--binary FILE`, and each hop's), read once
+/// and checked against the checksum the plan (and so its id) holds, by checksum; a URL is
+/// downloaded and checked by each node itself.
+pub fn binaries(plan: &Plan) -> anyhow::Result<BTreeMap<String, Arc<Vec<u8>>>> {
+    let mut out = BTreeMap::new();
+    let sources = std::iter::once(&plan.binary).chain(plan.hops.iter().map(|h| &h.binary));
+    for source in sources {
+        if let BinarySource::File { sha256, .. } = source
+            && !out.contains_key(sha256)
+        {
+            out.insert(sha256.clone(), binary(source)?);
+        }
+    }
+    Ok(out)
+}
+
+/// The bytes of one local binary, checked against its checksum.
+fn binary(source: &BinarySource) -> anyhow::Result<Arc<Vec<u8>>> {
+    let BinarySource::File { path, sha256 } = source else {
+        unreachable!("only files are read")
     };
     let data = std::fs::read(path)
         .with_context(|| format!("cannot read the binary `{}`", path.display()))?;
@@ -158,7 +173,7 @@ pub fn binary(plan: &Plan) -> anyhow::Result<Option<Arc<Vec<u8>>>> {
         )
         .into());
     }
-    Ok(Some(Arc::new(data)))
+    Ok(Arc::new(data))
 }
 
 /// Locks left on `hosts` by another run (a dead one, typically): reported, and removed with

@@ -88,12 +88,12 @@ pub struct RunSettings {
 }
 
 impl RunSettings {
-    fn config(&self, binary: Option<Arc<Vec<u8>>>) -> RunConfig {
+    fn config(&self, binaries: BTreeMap<String, Arc<Vec<u8>>>) -> RunConfig {
         RunConfig {
             run_id: self.owner.run_id.clone(),
             owner: self.owner.clone(),
             break_lock: self.break_lock,
-            binary,
+            binaries,
             stop_timeout: self.stop_timeout,
             health_timeout: self.health_timeout,
             poll_interval: Duration::from_millis(300),
@@ -203,13 +203,13 @@ async fn upgrade_connected(
     // lock itself.
     let lock_handled = req.run.break_lock || req.run.resumed;
     gates::preflight_passed(&plan, &findings, lock_handled, sink.as_ref())?;
-    let binary = gates::binary(&plan)?;
+    let binaries = gates::binaries(&plan)?;
     let fleet = Fleet {
         hosts: scope.hosts.to_vec(),
         sessions,
         facts,
     };
-    let report = runner::execute(plan.clone(), fleet, req.run.config(binary), sink).await;
+    let report = runner::execute(plan.clone(), fleet, req.run.config(binaries), sink).await;
     Ok(Finished::Ran {
         plan,
         report: Box::new(report),

@@ -82,7 +82,13 @@ pub(super) async fn run(
         sessions,
         facts,
     };
-    let report = runner::execute(plan.clone(), fleet, req.run.config(None), sink).await;
+    let report = runner::execute(
+        plan.clone(),
+        fleet,
+        req.run.config(Default::default()),
+        sink,
+    )
+    .await;
     Ok(Finished::Ran {
         plan,
         report: Box::new(report),

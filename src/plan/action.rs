@@ -222,8 +222,11 @@ impl Action {
     pub fn commands(&self) -> Vec<String> {
         match self {
             Action::Preflight | Action::Lock(_) | Action::Unlock(_) => Vec::new(),
-            Action::StopService(p) | Action::Decommission(p) => {
-                vec![p.command(ServiceAction::Stop), p.state_command()]
+            Action::StopService(p) => vec![p.command(ServiceAction::Stop), p.state_command()],
+            Action::Decommission(p) => {
+                let mut c = vec![p.command(ServiceAction::Stop), p.state_command()];
+                c.extend(p.disable_command());
+                c
             }
             Action::StartService(p) => vec![p.command(ServiceAction::Start)],
             Action::ConfirmStopped(p) => p.commands(),
@@ -300,6 +303,12 @@ impl ServiceParams {
 
     pub fn state_command(&self) -> String {
         node::service_state_command(&self.service)
+    }
+
+    /// Keeps the service from starting at boot (systemd's `disable`; `None` for an operator's
+    /// own commands, which have no such notion).
+    pub fn disable_command(&self) -> Option<String> {
+        node::service_disable_command(&self.service)
     }
 }
 
@@ -510,9 +519,10 @@ mod tests {
             Action::StopService(p.clone()).commands(),
             ["systemctl stop numary", state]
         );
+        // An old node's unit is disabled too, so a reboot does not start it again.
         assert_eq!(
             Action::Decommission(p.clone()).commands(),
-            ["systemctl stop numary", state]
+            ["systemctl stop numary", state, "systemctl disable numary"]
         );
         assert_eq!(
             Action::StartService(p).commands(),
@@ -527,7 +537,11 @@ mod tests {
             api: "x:1".into(),
         };
         assert_eq!(
-            Action::StopService(own).commands(),
+            Action::StopService(own.clone()).commands(),
+            ["my-stop", "my-status"]
+        );
+        assert_eq!(
+            Action::Decommission(own).commands(),
             ["my-stop", "my-status"]
         );
     }

@@ -176,6 +176,18 @@ pub fn build_plan_with(
     opts: &PlanOptions,
     policy: &PolicyTable,
 ) -> Plan {
+    super::hops::build(hosts, facts, left_out, target, opts, policy)
+}
+
+/// The plan of one hop: every selected host straight to `target`.
+pub(super) fn build_hop(
+    hosts: &[ResolvedHost],
+    facts: &BTreeMap<String, HostFacts>,
+    left_out: &LeftOut,
+    target: &Version,
+    opts: &PlanOptions,
+    policy: &PolicyTable,
+) -> Plan {
     let mode = if hosts.len() == 1 {
         Mode::SingleNode
     } else {
@@ -185,7 +197,7 @@ pub fn build_plan_with(
         .iter()
         .map(|h| View::new(h, facts.get(&h.name), target, policy))
         .collect();
-    let (strategy, offline_why) = choose_strategy(opts.strategy, &views, mode);
+    let (strategy, offline_why) = choose_strategy(opts.strategy, &views, mode, target);
     assign_actions(&mut views, strategy, target);
 
     let mut found = Findings::default();
@@ -300,6 +312,7 @@ pub fn build_plan_with(
         hosts: host_plans,
         blockers: found.blockers,
         warnings: found.warnings,
+        hops: Vec::new(),
         rollback: None,
     }
 }
@@ -307,13 +320,16 @@ pub fn build_plan_with(
 /// The strategy the steps follow. `auto` is zero-downtime ([`zero_downtime_choice`]) when the
 /// table allows it for every node, the nodes to upgrade share one Postgres storage, there are at
 /// least two, and at least one of them serves now (a fleet already down has no service to keep:
-/// the guide's offline procedure is then shorter); otherwise offline, and when only the fleet's
-/// state ruled zero-downtime out, why (for a warning). A forced strategy is kept; what the table
-/// or the storage does not allow for it is a blocker.
+/// the guide's offline procedure is then shorter; for replace, a new node serving the target is
+/// service to keep too: an earlier replace decommissioned the old nodes, which must stay so);
+/// otherwise offline, and when only the fleet's state ruled zero-downtime out, why (for a
+/// warning). A forced strategy is kept; what the table or the storage does not allow for it is a
+/// blocker.
 fn choose_strategy(
     requested: Strategy,
     views: &[View],
     mode: Mode,
+    target: &Version,
 ) -> (Strategy, Option<&'static str>) {
     if requested != Strategy::Auto {
         return (requested, None);
@@ -335,7 +351,10 @@ fn choose_strategy(
     let serving = old.iter().filter(pending).any(|v| {
         v.reachable_facts()
             .is_some_and(|f| f.service == ServiceState::Running)
-    });
+    }) || (zero == Strategy::Replace
+        && views
+            .iter()
+            .any(|v| v.host.replaces.is_some() && v.serves(target)));
     let why = if !postgres {
         "not every node is on Postgres (SQLite nodes are single-node deployments: each must stop while its files migrate)"
     } else if storages.len() != 1 || storages.contains(&None) {
@@ -475,26 +494,19 @@ fn host_blockers(views: &[View], strategy: Strategy, target: &Version, found: &m
             let route = format!("{current} → {}", verdict.hops.join(" → "));
             reason.push_str(&format!(" (supported route: {route})"));
             Some(format!(
-                "upgrade one hop at a time, each its own `fleetup upgrade --to ...` run: {route}"
+                "one run carries out the route {route} once each hop has a binary (`--binary VERSION=FILE`, repeatable, or `[releases.\"VERSION\"]` in the inventory); or upgrade one hop per run"
             ))
         };
         found.block(BlockerKind::UnsupportedPath, &[name], reason, hint);
     }
 }
 
-/// A forced zero-downtime strategy must be allowed by the table for every node it upgrades; one
+/// A zero-downtime strategy must be allowed by the table for every node it upgrades or retires
+/// (the old nodes of a replacement serve the migrated schema until they are decommissioned); one
 /// blocker per deciding row, naming its hosts.
 fn strategy_blockers(views: &[View], strategy: Strategy, found: &mut Findings) {
     if !strategy.is_zero_downtime() {
         return;
-    }
-    if strategy == Strategy::Replace {
-        found.block(
-            BlockerKind::StrategyNotSupported,
-            &[],
-            format!("strategy `{strategy}` is not carried out by this fleetup yet"),
-            Some("use `--strategy rolling` where the table allows zero-downtime, or `--strategy offline` (the guide's procedure: stop, back up, migrate once per storage, restart)".to_string()),
-        );
     }
     let mut by_row: BTreeMap<Option<usize>, (Option<PathRow>, Vec<&View>)> = BTreeMap::new();
     for v in views {
@@ -618,13 +630,30 @@ fn replace_blockers(views: &[View], found: &mut Findings) {
                 format!("`{name}` replaces `{old}`, which is not selected"),
                 Some(format!("select both: `--limit {name},{old}`")),
             ),
-            Some(_) => {}
-            None if v.action == HostAction::Upgrade => found.block(
-                BlockerKind::NotPaired,
-                &[name],
-                format!("`{name}` is neither a new node nor replaced by one: strategy `replace` does not upgrade in place"),
-                Some(format!("add a new node with `replaces = \"{name}\"`, or leave `{name}` out with `--limit '!{name}'`")),
-            ),
+            Some(old) => {
+                // The new node takes over the old one's storage: its environment must reach the
+                // database the old node serves from (the one the plan migrates).
+                let Some(old_view) = views.iter().find(|o| o.name() == old) else {
+                    continue;
+                };
+                let (mine, theirs) = (
+                    StorageId::of(v.host, v.facts),
+                    StorageId::of(old_view.host, old_view.facts),
+                );
+                if let (Some(mine), Some(theirs)) = (mine, theirs)
+                    && mine != theirs
+                {
+                    found.block(
+                        BlockerKind::ReplacementOnOtherStorage,
+                        &[name, old],
+                        format!("`{name}` replaces `{old}` but is on {mine}, while `{old}` is on {theirs}"),
+                        Some(format!("point `{name}`'s environment file (`ledger.env_file`) at the database `{old}` uses, or give both the same `storage = \"NAME\"` if they reach it differently")),
+                    );
+                }
+            }
+            // An old node without a replacement follows rolling, in batches of its own after the
+            // new nodes' (`steps::replace`); the table's zero-downtime row is checked for it as
+            // for the retired ones (`strategy_blockers`).
             None => {}
         }
     }
@@ -825,10 +854,13 @@ fn choose_migrator<'v, 'a>(
             continue;
         }
         let Some(instead) = chosen else { continue };
-        let why = if flagged.reachable() {
-            "the plan does not start it"
-        } else {
+        let why = if !flagged.reachable() {
             "it is unreachable"
+        } else if flagged.starts() {
+            // Replace: the new nodes migrate the storage before any of them starts.
+            "a new node migrates the storage before any new node starts"
+        } else {
+            "the plan does not start it"
         };
         found.warn(format!(
             "`{}` is marked `migrator = true` but {why}: migrating on `{}` instead",
@@ -841,7 +873,8 @@ fn choose_migrator<'v, 'a>(
 
 /// The canary batch first: the migrator, then `canary - 1` more starters (a bad binary or
 /// environment stops the run with few nodes affected); then the other starters in inventory
-/// order, `serial` at a time (a share of every starter for `N%`).
+/// order, `serial` at a time (a share of every starter for `N%`). Replace: the new nodes so
+/// first ([`replace_batches`]), then the old nodes without a replacement.
 fn start_batches<'v, 'a>(
     starters: &[&'v View<'a>],
     migrator: Option<&'v View<'a>>,
@@ -851,21 +884,58 @@ fn start_batches<'v, 'a>(
     let Some(migrator) = migrator else {
         return Vec::new();
     };
-    let rest: Vec<&View> = starters
+    if strategy == Strategy::Replace && migrator.action == HostAction::Deploy {
+        return replace_batches(starters, migrator, opts);
+    }
+    let one_by_one = strategy.is_zero_downtime();
+    canary_then_serial(starters, migrator, one_by_one, opts)
+}
+
+/// `group`'s batches: the migrator with `canary - 1` more, then `serial` at a time (default:
+/// one at a time with `one_by_one`, else all the others at once).
+fn canary_then_serial<'v, 'a>(
+    group: &[&'v View<'a>],
+    migrator: &'v View<'a>,
+    one_by_one: bool,
+    opts: &PlanOptions,
+) -> Vec<Vec<&'v View<'a>>> {
+    let rest: Vec<&View> = group
         .iter()
         .filter(|v| v.name() != migrator.name())
         .copied()
         .collect();
     let canary = (opts.canary.get() - 1).min(rest.len());
     let (with_migrator, rest) = rest.split_at(canary);
-    let size = match (opts.serial, strategy) {
-        (Some(n), _) => n.of(starters.len()),
-        (None, Strategy::Rolling) => 1,
-        (None, _) => rest.len().max(1),
+    let size = match (opts.serial, one_by_one) {
+        (Some(n), _) => n.of(group.len()),
+        (None, true) => 1,
+        (None, false) => rest.len().max(1),
     };
     let mut first = vec![migrator];
     first.extend_from_slice(with_migrator);
     let mut batches = vec![first];
     batches.extend(rest.chunks(size).map(<[_]>::to_vec));
+    batches
+}
+
+/// Replace: the new nodes in batches (canary first, then `serial` at a time, default all the
+/// others at once: each comes up beside the old node it replaces, so no capacity is lost),
+/// then the old nodes without a replacement in rolling batches (`serial`, default one), each
+/// at most as large as the last batch of new nodes: they move while that batch's old nodes
+/// still serve (`steps::replace` decommissions those last), so the fleet never serves with
+/// fewer nodes than it started with.
+fn replace_batches<'v, 'a>(
+    starters: &[&'v View<'a>],
+    migrator: &'v View<'a>,
+    opts: &PlanOptions,
+) -> Vec<Vec<&'v View<'a>>> {
+    let (new, unpaired): (Vec<&View>, Vec<&View>) = starters
+        .iter()
+        .copied()
+        .partition(|v| v.action == HostAction::Deploy);
+    let mut batches = canary_then_serial(&new, migrator, false, opts);
+    let last = batches.last().map_or(1, Vec::len);
+    let size = opts.serial.map_or(1, |n| n.of(unpaired.len())).min(last);
+    batches.extend(unpaired.chunks(size.max(1)).map(<[_]>::to_vec));
     batches
 }

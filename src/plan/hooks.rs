@@ -58,6 +58,7 @@ pub(super) fn hook(
         kind,
         hosts: hooked.iter().map(|v| v.name().to_string()).collect(),
         batch,
+        hop: None,
         action: format!(
             "run the `{}_hook` of {} {when}, {place}",
             phase.as_str(),

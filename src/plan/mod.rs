@@ -10,6 +10,7 @@ mod build;
 pub mod commands;
 mod digest;
 mod hooks;
+mod hops;
 mod render;
 mod rollback;
 mod steps;
@@ -37,6 +38,7 @@ pub use action::{
 pub use batch::BatchSize;
 pub use build::{build_plan, build_plan_with};
 pub use digest::plan_digest;
+pub use hops::Hop;
 pub use render::{header_lines, render_text};
 pub use rollback::{
     BackupFile, RecordedHost, RecordedStorage, RestoreSource, RollbackRequest, RollbackSpec,
@@ -130,6 +132,10 @@ pub struct PlanOptions {
     pub serial: Option<BatchSize>,
     /// Nodes in the first batch, the migrator among them (`--canary N`, default 1).
     pub canary: NonZeroUsize,
+    /// Binaries for the hops of a multi-hop route (`--binary V=FILE`, `[releases."V"]`); the
+    /// target's own is `binary`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub hop_binaries: Vec<(Version, BinarySource)>,
     /// `--stop`: stop running nodes instead of refusing (offline; new nodes of replace).
     pub stop_running: bool,
     /// False only with `--no-backup`.
@@ -187,6 +193,10 @@ pub struct Plan {
     /// Why the plan must not run; the steps are listed anyway so the dry run shows them.
     pub blockers: Vec<Blocker>,
     pub warnings: Vec<String>,
+    /// A multi-hop plan's hops, in order (absent for a direct upgrade): each one's target,
+    /// strategy, binary and step ids.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hops: Vec<Hop>,
     /// Set on a rollback plan only (`fleetup rollback`): what it goes back to and from where.
     /// Absent from an upgrade plan's JSON, so upgrade plan ids are unchanged.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -205,6 +215,14 @@ impl Plan {
 
     pub fn host(&self, name: &str) -> Option<&HostPlan> {
         self.hosts.iter().find(|h| h.name == name)
+    }
+
+    /// The strategy `step` follows: its hop's in a multi-hop plan, else the plan's.
+    pub fn strategy_of(&self, step: &Step) -> Strategy {
+        step.hop
+            .as_ref()
+            .and_then(|t| self.hops.iter().find(|h| &h.target == t))
+            .map_or(self.strategy, |h| h.strategy)
     }
 
     /// The storage `host` is on.
@@ -245,6 +263,9 @@ pub struct Step {
     pub hosts: Vec<String>,
     /// 1-based start batch this step belongs to (per-batch steps only).
     pub batch: Option<usize>,
+    /// In a multi-hop plan, the target of the hop this step belongs to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hop: Option<Version>,
     /// What it does, one line.
     pub action: String,
     /// Why, citing the guide or the numary contract.
@@ -259,6 +280,11 @@ pub struct Step {
 }
 
 impl Step {
+    /// The version this step moves its hosts to: its hop's, else the plan's target.
+    pub fn target<'a>(&'a self, plan: &'a Plan) -> &'a Version {
+        self.hop.as_ref().unwrap_or(&plan.target)
+    }
+
     /// The step's parameters on `host`.
     pub fn params(&self, host: &str) -> Option<&Action> {
         self.commands
@@ -435,8 +461,6 @@ pub enum BlockerKind {
     StorageConflict,
     /// An inventory node outside the selection is (or may be) on a storage the plan migrates.
     LeftOut,
-    /// A strategy this fleetup does not carry out yet (`replace`) was asked for.
-    StrategyNotSupported,
     /// A zero-downtime strategy on SQLite nodes, or over several storages at once.
     ZeroDowntimeNeedsSharedStorage,
     /// Replace strategy without any `replaces` pair in the selection.
@@ -445,8 +469,8 @@ pub enum BlockerKind {
     ReplacedHostMissing,
     /// Replace strategy on SQLite: a new node cannot share an old node's files.
     ReplaceNeedsPostgres,
-    /// Replace strategy: a host to upgrade is neither a new node nor replaced by one.
-    NotPaired,
+    /// Replace strategy: a new node's storage is not the one of the node it replaces.
+    ReplacementOnOtherStorage,
     /// Rollback: the run migrated the storage and the old version must not serve its schema
     /// (no zero-downtime row between the two versions); only `--restore-backup` goes back.
     Migrated,

@@ -18,6 +18,17 @@ pub fn header_lines(plan: &Plan, label: &str) -> Vec<String> {
         plan.touched_hosts().len(),
         plan.hosts.len()
     )];
+    if !plan.hops.is_empty() {
+        let hops: Vec<String> = plan
+            .hops
+            .iter()
+            .map(|h| format!("{} ({}, {} steps)", h.target, h.strategy, h.steps.len()))
+            .collect();
+        lines.push(format!(
+            "hops: {}, one after the other, each health-gated on every node before the next",
+            hops.join(" → ")
+        ));
+    }
     if let Some(m) = &plan.migrator {
         lines.push(format!("migrator: {m}"));
     }

@@ -493,6 +493,7 @@ pub fn build_rollback(req: &RollbackRequest) -> Plan {
         hosts: host_plans,
         blockers,
         warnings: Vec::new(),
+        hops: Vec::new(),
         rollback: Some(spec),
     }
 }
@@ -519,6 +520,7 @@ fn step(
         kind,
         hosts: hosts.iter().map(|h| h.name.clone()).collect(),
         batch: None,
+        hop: None,
         action,
         why: why.to_string(),
         checks,

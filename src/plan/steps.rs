@@ -6,11 +6,12 @@ use super::HookPhase;
 use super::build::View;
 use super::hooks::hook;
 use super::{
-    Action, BackupParams, BinarySource, ConfirmParams, GateParams, HostCommands, LockParams,
-    MigrateParams, PlanOptions, RUN_ID_TOKEN, ServiceParams, StageParams, Step, StepKind, Strategy,
-    SwitchParams, commands,
+    Action, BackupParams, BinarySource, ConfirmParams, GateParams, HostAction, HostCommands,
+    LockParams, MigrateParams, PlanOptions, RUN_ID_TOKEN, ServiceParams, StageParams, Step,
+    StepKind, Strategy, SwitchParams, commands,
 };
 use crate::facts::StorageDriver;
+use crate::inventory::Service;
 use crate::version::Version;
 
 /// Everything the builder decided, for laying out the steps.
@@ -145,37 +146,116 @@ fn unswitched<'v, 'a>(l: &Layout, hosts: &[&'v View<'a>]) -> Vec<&'v View<'a>> {
         .collect()
 }
 
-/// Zero-downtime by replacement: new nodes migrated, started and healthy, then old ones stopped.
+/// Zero-downtime by replacement, on one shared Postgres storage (the builder blocks anything
+/// else): the dump (online) while the old nodes serve; the new release staged on the new nodes
+/// (and on the old nodes without a replacement); the storage migrated once, on a new node,
+/// before any new node starts; the new nodes' binaries switched (they do not serve yet); then
+/// batch by batch each new node started and health-gated beside the old node it replaces, and
+/// those old nodes decommissioned once their replacements passed: the fleet never serves with
+/// fewer nodes than it started with, and a new node that fails leaves its old node serving.
+/// The old nodes without a replacement follow rolling in batches of their own, while the last
+/// batch's old nodes still serve (they are decommissioned last).
 fn replace(l: &Layout, steps: &mut Vec<Step>) {
-    let migrator = &l.migrating;
-    if l.opts.backup && !migrator.is_empty() {
-        steps.push(backup(l, migrator, None));
+    let migrating: Vec<&View> = l
+        .migrating
+        .iter()
+        .copied()
+        .filter(|v| !v.storage_migrated(l.target))
+        .collect();
+    if l.opts.backup && !migrating.is_empty() {
+        steps.push(backup(l, &migrating, None));
     }
     if !l.to_stop.is_empty() {
         steps.push(stop(
             &l.to_stop,
             None,
-            "`--stop`: a new node must be stopped before it is switched, or it would keep running its old binary",
+            "`--stop`: a new node must be stopped before it is switched, or it would keep running what it runs now",
         ));
     }
-    if !l.starters.is_empty() {
-        steps.push(stage(l, &l.starters));
-        steps.push(migrate(l, migrator, None));
-        steps.push(switch(l, &l.starters, None));
-        start_batches(l, steps);
+    let to_stage = unswitched(l, &l.starters);
+    if !to_stage.is_empty() {
+        steps.push(stage(l, &to_stage));
     }
-    if !l.retiring.is_empty() {
-        steps.push(decommission(l));
+    let is_new = |v: &&View| v.action == HostAction::Deploy;
+    // The migrator is a new node whenever there is one to start (`storage::group`); otherwise
+    // the old nodes without a replacement move as in rolling, the first batch migrating.
+    let new_migrates = migrating.iter().all(is_new);
+    if new_migrates && !migrating.is_empty() {
+        steps.push(migrate(l, &migrating, None));
+    }
+    let new_nodes: Vec<&View> = l.starters.iter().copied().filter(is_new).collect();
+    let to_switch = unswitched(l, &new_nodes);
+    if !to_switch.is_empty() {
+        steps.push(switch(l, &to_switch, None));
+    }
+    let retire = retire_after(l);
+    let last_new = l.batches.iter().rposition(|b| b.iter().all(is_new));
+    for (i, batch) in l.batches.iter().enumerate() {
+        let n = Some(i + 1);
+        // The operator's hooks wrap each batch: a new node's pre hook right before it starts,
+        // an old node's (no replacement) before it stops; the post hook once healthy.
+        steps.extend(hook(l, batch, n, HookPhase::Pre));
+        if batch.iter().all(is_new) {
+            steps.push(start(l, batch, i));
+            steps.push(gate(l, batch, n));
+            steps.extend(hook(l, batch, n, HookPhase::Post));
+            if Some(i) != last_new && !retire[i].is_empty() {
+                steps.push(decommission(&retire[i], batch, n));
+            }
+            continue;
+        }
+        steps.push(stop(
+            batch,
+            n,
+            "no new node replaces these: they follow rolling, this batch leaving service while the others serve",
+        ));
+        if i == 0 && !new_migrates && !migrating.is_empty() {
+            steps.push(migrate(l, &migrating, n));
+        }
+        let to_switch = unswitched(l, batch);
+        if !to_switch.is_empty() {
+            steps.push(switch(l, &to_switch, n));
+        }
+        steps.push(start(l, batch, i));
+        steps.push(gate(l, batch, n));
+        steps.extend(hook(l, batch, n, HookPhase::Post));
+    }
+    match last_new {
+        Some(i) if !retire[i].is_empty() => {
+            steps.push(decommission(&retire[i], &l.batches[i], Some(i + 1)));
+        }
+        Some(_) => {}
+        // No new node to start (they all serve the target already): the old ones go last.
+        None if !l.retiring.is_empty() => steps.push(decommission(&l.retiring, &[], None)),
+        None => {}
     }
 }
 
-/// Offline's and replace's starts. Replace's new nodes get their pre hook right before they
-/// start (offline's ran before every node stopped); every batch its post hook once healthy.
+/// Per batch, the old nodes decommissioned after it: each after the batch of its last
+/// replacement; one whose replacements all serve the target already (no batch starts them),
+/// after the first batch of new nodes.
+fn retire_after<'v, 'a>(l: &Layout<'v, 'a>) -> Vec<Vec<&'v View<'a>>> {
+    let mut out: Vec<Vec<&View>> = vec![Vec::new(); l.batches.len()];
+    let first_new = l
+        .batches
+        .iter()
+        .position(|b| b.iter().all(|v| v.action == HostAction::Deploy));
+    for old in &l.retiring {
+        let last = l.batches.iter().rposition(|b| {
+            b.iter()
+                .any(|v| v.host.replaces.as_deref() == Some(old.name()))
+        });
+        if let Some(i) = last.or(first_new) {
+            out[i].push(old);
+        }
+    }
+    out
+}
+
+/// Offline's starts (its pre hooks ran before every node stopped); every batch its post hook
+/// once healthy.
 fn start_batches(l: &Layout, steps: &mut Vec<Step>) {
     for (i, batch) in l.batches.iter().enumerate() {
-        if l.strategy == Strategy::Replace {
-            steps.extend(hook(l, batch, Some(i + 1), HookPhase::Pre));
-        }
         steps.push(start(l, batch, i));
         steps.push(gate(l, batch, Some(i + 1)));
         steps.extend(hook(l, batch, Some(i + 1), HookPhase::Post));
@@ -201,6 +281,7 @@ fn step(
         kind,
         hosts: hosts.iter().map(|v| v.name().to_string()).collect(),
         batch,
+        hop: None,
         action,
         why: why.to_string(),
         checks,
@@ -555,20 +636,55 @@ fn gate(l: &Layout, hosts: &[&View], batch: Option<usize>) -> Step {
     )
 }
 
-fn decommission(l: &Layout) -> Step {
+/// Stops the old nodes `hosts`, whose replacements (in `batch`, when one started them) passed
+/// their health gate; with systemd their unit is disabled too, so a reboot does not bring an old
+/// release back. Binary, releases and data stay: the node can be started again by hand.
+fn decommission(hosts: &[&View], batch: &[&View], n: Option<usize>) -> Step {
+    let pairs: Vec<String> = hosts
+        .iter()
+        .map(|old| {
+            let by = batch
+                .iter()
+                .filter(|v| v.host.replaces.as_deref() == Some(old.name()))
+                .map(|v| format!("`{}`", v.name()))
+                .collect::<Vec<_>>();
+            if by.is_empty() {
+                format!("`{}`", old.name())
+            } else {
+                format!("`{}` (replaced by {})", old.name(), by.join(", "))
+            }
+        })
+        .collect();
+    let systemd = hosts
+        .iter()
+        .any(|v| matches!(v.host.ledger.service, Service::Systemd { .. }));
+    let mut checks = vec![
+        "each replacement passed its health gate and serves the target now; an old node whose replacement failed is not stopped".to_string(),
+        "the service manager reports stopped within the timeout".to_string(),
+    ];
+    if systemd {
+        checks.push("systemd: the unit is disabled (`systemctl disable`), so a reboot does not start the old release again".to_string());
+    }
+    checks.push(
+        "the old node's binary, releases and data stay: it can be started again by hand"
+            .to_string(),
+    );
     step(
         StepKind::Decommission,
-        &l.retiring,
-        None,
+        hosts,
+        n,
         format!(
-            "stop the old nodes {} now that their replacements are healthy",
-            names(&l.retiring)
+            "decommission {}: stop {} now that {} healthy",
+            pairs.join(", "),
+            if hosts.len() > 1 { "them" } else { "it" },
+            if batch.is_empty() {
+                "their replacements serve the target and are"
+            } else {
+                "the replacements are"
+            }
         ),
-        "the guide (zero-downtime): deploy new nodes with the upgraded version, then decommission the old nodes with the previous version",
-        vec![
-            "every new node passed its health gate".to_string(),
-            "the service manager reports stopped".to_string(),
-        ],
+        "the guide (zero-downtime): deploy new nodes with the upgraded version, then decommission the old nodes with the previous version; only after its replacement serves, so capacity never drops",
+        checks,
         |v| Action::Decommission(ServiceParams::of(v.host)),
     )
 }

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 
 use super::build::{Findings, View};
-use super::{BlockerKind, LeftOut, PlanStorage};
+use super::{BlockerKind, HostAction, LeftOut, PlanStorage};
 use crate::facts::{HostFacts, StorageDriver, StorageId};
 
 /// One storage of the selection: the touched nodes on it, inventory order. A node whose storage
@@ -38,7 +38,9 @@ impl Group<'_, '_> {
 
 /// The touched nodes grouped by storage, groups in the inventory order of their first node.
 /// Each group's migrator: its `migrator = true` node the plan starts and can reach, else its
-/// first reachable starter, else its first starter.
+/// first reachable starter, else its first starter; among the new nodes of a replacement when
+/// there are any (they migrate before any of them starts, while the old nodes serve: an old node
+/// without a replacement moves only after them).
 pub(super) fn group<'v, 'a>(views: &'v [View<'a>]) -> Vec<Group<'v, 'a>> {
     let mut groups: Vec<Group> = Vec::new();
     for v in views.iter().filter(|v| v.touched()) {
@@ -53,7 +55,10 @@ pub(super) fn group<'v, 'a>(views: &'v [View<'a>]) -> Vec<Group<'v, 'a>> {
         }
     }
     for g in &mut groups {
-        let starters: Vec<&View> = g.views.iter().copied().filter(|v| v.starts()).collect();
+        let mut starters: Vec<&View> = g.views.iter().copied().filter(|v| v.starts()).collect();
+        if starters.iter().any(|v| v.action == HostAction::Deploy) {
+            starters.retain(|v| v.action == HostAction::Deploy);
+        }
         g.migrator = starters
             .iter()
             .find(|v| v.host.migrator && v.reachable())

@@ -137,6 +137,7 @@ fn opts(strategy: Strategy) -> PlanOptions {
         strategy,
         serial: None,
         canary: std::num::NonZeroUsize::MIN,
+        hop_binaries: Vec::new(),
         stop_running: false,
         backup: true,
         binary: BinarySource::File {
@@ -197,15 +198,37 @@ fn all_commands(plan: &Plan) -> Vec<&str> {
         .collect()
 }
 
-/// Blocked only because this fleetup does not carry out zero-downtime yet: the layout is still
-/// the one the strategy will follow.
-fn assert_only_not_supported(p: &Plan) {
-    assert_eq!(
-        blocker_kinds(p),
-        [BlockerKind::StrategyNotSupported],
-        "{:?}",
-        p.blockers
-    );
+fn commands_of<'p>(step: &'p Step, host: &str) -> Vec<&'p str> {
+    step.commands
+        .iter()
+        .find(|c| c.host == host)
+        .map(|c| c.commands.iter().map(String::as_str).collect())
+        .unwrap_or_default()
+}
+
+fn ids(plan: &Plan) -> Vec<&str> {
+    plan.steps.iter().map(|s| s.id.as_str()).collect()
+}
+
+fn step_by_id<'p>(plan: &'p Plan, id: &str) -> &'p Step {
+    plan.steps
+        .iter()
+        .find(|s| s.id == id)
+        .unwrap_or_else(|| panic!("no step `{id}` in {:?}", ids(plan)))
+}
+
+/// `n` old nodes at `version`, serving, and `replaced` new nodes without `numary` (`new-i`
+/// replaces `old-i`).
+fn old_and_new(n: usize, replaced: usize, version: &str) -> Vec<Node> {
+    let mut nodes: Vec<Node> = (1..=n)
+        .map(|i| node(&format!("old-{i}"), version).running())
+        .collect();
+    nodes.extend((1..=replaced).map(|i| {
+        node(&format!("new-{i}"), version)
+            .fresh()
+            .replaces(&format!("old-{i}"))
+    }));
+    nodes
 }
 
 fn three(version: &str) -> Vec<Node> {
@@ -422,23 +445,286 @@ fn auto_is_rolling_where_the_table_allows_it_on_a_serving_shared_fleet_and_offli
 }
 
 #[test]
-fn a_forced_replace_is_blocked_as_not_carried_out_yet() {
-    let strategy = Strategy::Replace;
-    let p = plan(three("1.5.0"), "1.9.0", strategy);
-    assert_eq!(p.strategy, strategy);
-    let b = p
+fn auto_is_replace_where_new_nodes_replace_old_ones_the_table_allows_it_and_they_serve() {
+    // 1.8.2 → 1.9.6: row `1.9.x` from `1.4.x`, zero-downtime; one shared Postgres; serving.
+    let p = plan(old_and_new(3, 3, "1.8.2"), "1.9.6", Strategy::Auto);
+    assert_eq!(p.strategy, Strategy::Replace);
+    assert_eq!(p.strategy_requested, Strategy::Auto);
+    assert!(!p.is_blocked(), "{:?}", p.blockers);
+    // The new nodes' missing `numary` is expected: no unknown version, no mixed versions.
+    assert!(
+        !p.warnings
+            .iter()
+            .any(|w| w.contains("zero-downtime") || w.contains("mixed")),
+        "{:?}",
+        p.warnings
+    );
+    for i in 1..=3 {
+        let new = p.host(&format!("new-{i}")).unwrap();
+        assert_eq!(new.action, HostAction::Deploy);
+        assert_eq!(new.verdict, None);
+        assert!(new.blocked.is_empty(), "{:?}", new.blocked);
+        let old = p.host(&format!("old-{i}")).unwrap();
+        assert_eq!(old.action, HostAction::Decommission);
+        assert_eq!(old.batch, None);
+    }
+    // The same fleet with the table's offline row (1.8.x targets): offline, and the new nodes
+    // have nothing to upgrade in place (their version is unknown), said with a hint.
+    let offline = plan(old_and_new(3, 3, "1.7.4"), "1.8.2", Strategy::Auto);
+    assert_eq!(offline.strategy, Strategy::Offline);
+    let b = offline
         .blockers
         .iter()
-        .find(|b| b.kind == BlockerKind::StrategyNotSupported)
-        .unwrap_or_else(|| panic!("{strategy}: {:?}", p.blockers));
-    assert!(b.reason.contains(&format!("`{strategy}`")), "{}", b.reason);
+        .find(|b| b.kind == BlockerKind::UnknownVersion && b.hosts == ["new-1"])
+        .unwrap_or_else(|| panic!("{:?}", offline.blockers));
     assert!(
         b.hint
             .as_deref()
-            .is_some_and(|h| h.contains("--strategy offline")),
+            .is_some_and(|h| h.contains("--strategy replace")),
         "{:?}",
         b.hint
     );
+}
+
+#[test]
+fn replace_three_by_three_migrates_on_a_new_node_then_replaces_batch_by_batch() {
+    let p = plan(old_and_new(3, 3, "1.8.2"), "1.9.6", Strategy::Replace);
+    assert!(!p.is_blocked(), "{:?}", p.blockers);
+    assert_eq!(
+        ids(&p),
+        [
+            "preflight",
+            "lock",
+            "backup",
+            "stage",
+            "migrate",
+            "switch",
+            "start-service-1",
+            "health-gate-1",
+            "decommission-1",
+            "start-service-2",
+            "health-gate-2",
+            "decommission-2",
+            "unlock",
+        ]
+    );
+    assert_eq!(p.migrator.as_deref(), Some("new-1"));
+    assert_eq!(p.batches, [vec!["new-1"], vec!["new-2", "new-3"]]);
+    for id in ["backup", "migrate"] {
+        assert_eq!(hosts_of(step_by_id(&p, id)), ["new-1"], "{id}");
+    }
+    for id in ["stage", "switch"] {
+        assert_eq!(
+            hosts_of(step_by_id(&p, id)),
+            ["new-1", "new-2", "new-3"],
+            "{id}"
+        );
+    }
+    // Each old node goes once its replacement passed: the canary's right after it.
+    assert_eq!(hosts_of(step_by_id(&p, "decommission-1")), ["old-1"]);
+    assert_eq!(
+        hosts_of(step_by_id(&p, "decommission-2")),
+        ["old-2", "old-3"]
+    );
+    // The migration runs while the old nodes serve: no exclusivity asked of the database.
+    let Some(Action::Migrate(m)) = step_by_id(&p, "migrate").params("new-1") else {
+        panic!("migrate params");
+    };
+    assert!(!m.exclusive);
+    assert!(
+        !all_commands(&p)
+            .iter()
+            .any(|c| c.contains("pg_stat_activity"))
+    );
+    // The decommission stops through the service manager and disables the unit (systemd);
+    // nothing removes the old binary or data.
+    assert_eq!(
+        commands_of(step_by_id(&p, "decommission-2"), "old-3"),
+        [
+            "systemctl stop numary.service",
+            "systemctl show --property=LoadState,ActiveState --value -- numary.service",
+            "systemctl disable numary.service",
+        ]
+    );
+    // Nothing touches an old node before its decommission.
+    let first = position(&p, Decommission);
+    for step in &p.steps[2..first] {
+        assert!(
+            !step.hosts.iter().any(|h| h.starts_with("old-")),
+            "{}: {:?}",
+            step.id,
+            step.hosts
+        );
+    }
+    assert!(steps_of(&p, StopService).is_empty());
+    // `--canary 2 --serial 1`: two new nodes first, then one at a time.
+    let mut o = opts(Strategy::Replace);
+    o.canary = NonZeroUsize::new(2).unwrap();
+    o.serial = Some("1".parse().unwrap());
+    let p = plan_with(old_and_new(3, 3, "1.8.2"), "1.9.6", &o);
+    assert_eq!(p.batches, [vec!["new-1", "new-2"], vec!["new-3"]]);
+    assert_eq!(
+        hosts_of(step_by_id(&p, "decommission-1")),
+        ["old-1", "old-2"]
+    );
+    assert_eq!(hosts_of(step_by_id(&p, "decommission-2")), ["old-3"]);
+}
+
+#[test]
+fn replace_moves_old_nodes_without_a_replacement_as_rolling_while_the_last_batch_old_nodes_serve() {
+    // old-3 has no replacement: it follows rolling, after the new nodes, before old-2 goes.
+    let mut o = opts(Strategy::Replace);
+    o.serial = Some("1".parse().unwrap());
+    let p = plan_with(old_and_new(3, 2, "1.8.2"), "1.9.6", &o);
+    assert!(!p.is_blocked(), "{:?}", p.blockers);
+    assert_eq!(p.batches, [vec!["new-1"], vec!["new-2"], vec!["old-3"]]);
+    assert_eq!(
+        ids(&p),
+        [
+            "preflight",
+            "lock",
+            "backup",
+            "stage",
+            "migrate",
+            "switch",
+            "start-service-1",
+            "health-gate-1",
+            "decommission-1",
+            "start-service-2",
+            "health-gate-2",
+            "stop-service-3",
+            "switch-3",
+            "start-service-3",
+            "health-gate-3",
+            "decommission-2",
+            "unlock",
+        ]
+    );
+    assert_eq!(p.host("old-3").map(|h| h.action), Some(HostAction::Upgrade));
+    assert_eq!(
+        hosts_of(step_by_id(&p, "stage")),
+        ["old-3", "new-1", "new-2"]
+    );
+    assert_eq!(hosts_of(step_by_id(&p, "switch")), ["new-1", "new-2"]);
+    assert_eq!(hosts_of(step_by_id(&p, "decommission-2")), ["old-2"]);
+
+    // A rolling batch is never larger than the last batch of new nodes: while it is down, that
+    // batch's old nodes still serve, so the fleet keeps its starting count.
+    let mut o = opts(Strategy::Replace);
+    o.serial = Some("3".parse().unwrap());
+    let p = plan_with(old_and_new(5, 2, "1.8.2"), "1.9.6", &o);
+    assert_eq!(
+        p.batches,
+        [
+            vec!["new-1"],
+            vec!["new-2"],
+            vec!["old-3"],
+            vec!["old-4"],
+            vec!["old-5"]
+        ]
+    );
+
+    // The unpaired node's own path must allow zero-downtime too: refused naming its row.
+    let mut nodes = old_and_new(3, 2, "1.8.2");
+    nodes[2] = node("old-3", "1.3.0").running();
+    let p = plan(nodes, "1.9.6", Strategy::Replace);
+    assert!(
+        p.blockers.iter().any(|b| b.hosts == ["old-3"]
+            && matches!(
+                b.kind,
+                BlockerKind::StrategyNotAllowed | BlockerKind::UnsupportedPath
+            )),
+        "{:?}",
+        p.blockers
+    );
+}
+
+#[test]
+fn replace_migrates_on_a_new_node_even_when_an_old_one_is_marked_migrator() {
+    let mut nodes = old_and_new(3, 2, "1.8.2");
+    nodes[0] = node("old-1", "1.8.2").running().migrator();
+    nodes[2] = node("old-3", "1.8.2").running().migrator();
+    let p = plan(nodes, "1.9.6", Strategy::Replace);
+    assert_eq!(p.migrator.as_deref(), Some("new-1"));
+    assert_eq!(hosts_of(step_by_id(&p, "migrate")), ["new-1"]);
+    // old-3 starts (rolling) but cannot migrate: the new nodes start first on the storage.
+    assert!(
+        p.warnings
+            .iter()
+            .any(|w| w.contains("`old-3` is marked `migrator = true`")
+                && w.contains("a new node migrates")),
+        "{:?}",
+        p.warnings
+    );
+    assert!(
+        p.warnings
+            .iter()
+            .any(|w| w.contains("`old-1` is marked `migrator = true`")
+                && w.contains("does not start it")),
+        "{:?}",
+        p.warnings
+    );
+}
+
+#[test]
+fn replace_decommissions_an_old_node_whose_replacement_already_serves_after_the_first_batch() {
+    // A run that died before its decommissions: new-1 serves the target already.
+    let mut nodes = old_and_new(2, 2, "1.8.2");
+    nodes[2] = node("new-1", "1.9.6").running().replaces("old-1");
+    let p = plan(nodes, "1.9.6", Strategy::Replace);
+    assert!(!p.is_blocked(), "{:?}", p.blockers);
+    assert_eq!(
+        p.host("new-1").map(|h| h.action),
+        Some(HostAction::AlreadyAtTarget)
+    );
+    assert_eq!(p.batches, [vec!["new-2"]]);
+    assert_eq!(
+        hosts_of(step_by_id(&p, "decommission-1")),
+        ["old-1", "old-2"]
+    );
+    // Every new node serves the target: only the decommissions are left.
+    let mut nodes = old_and_new(2, 2, "1.8.2");
+    nodes[2] = node("new-1", "1.9.6").running().replaces("old-1");
+    nodes[3] = node("new-2", "1.9.6").running().replaces("old-2");
+    let p = plan(nodes, "1.9.6", Strategy::Replace);
+    assert!(!p.is_blocked(), "{:?}", p.blockers);
+    assert_eq!(ids(&p), ["preflight", "lock", "decommission", "unlock"]);
+    assert_eq!(hosts_of(step_by_id(&p, "decommission")), ["old-1", "old-2"]);
+}
+
+#[test]
+fn auto_after_a_replace_keeps_the_old_nodes_decommissioned() {
+    // The run finished: the new nodes serve the target, the old ones are stopped. Run again,
+    // `auto` must not upgrade the old nodes in place and start them (offline would: none of
+    // them runs); it stays replace, whose only step left is their (done) decommission.
+    let nodes = vec![
+        node("old-1", "1.8.2"),
+        node("old-2", "1.8.2"),
+        node("new-1", "1.9.6").running().replaces("old-1"),
+        node("new-2", "1.9.6").running().replaces("old-2"),
+    ];
+    let p = plan(nodes, "1.9.6", Strategy::Auto);
+    assert_eq!(p.strategy, Strategy::Replace);
+    assert!(!p.is_blocked(), "{:?}", p.blockers);
+    assert_eq!(ids(&p), ["preflight", "lock", "decommission", "unlock"]);
+}
+
+#[test]
+fn replace_refuses_a_new_node_on_another_database_than_its_old_node() {
+    let mut nodes = old_and_new(2, 2, "1.8.2");
+    nodes[3].facts.storage = Some(StorageFacts {
+        driver: StorageDriver::Postgres,
+        sqlite_dir: None,
+        postgres: Some("postgresql://ledger:***@db2.internal:5432/ledger".to_string()),
+    });
+    let p = plan(nodes, "1.9.6", Strategy::Replace);
+    let b = p
+        .blockers
+        .iter()
+        .find(|b| b.kind == BlockerKind::ReplacementOnOtherStorage)
+        .unwrap_or_else(|| panic!("{:?}", p.blockers));
+    assert_eq!(b.hosts, ["new-2", "old-2"]);
+    assert!(b.reason.contains("db2.internal"), "{}", b.reason);
 }
 
 #[test]
@@ -569,31 +855,6 @@ fn the_canary_batch_holds_canary_nodes_and_serial_may_be_a_share_of_the_nodes() 
 }
 
 #[test]
-fn replace_brings_new_nodes_up_before_decommissioning_old_ones() {
-    let nodes = vec![
-        node("old-1", "1.5.0").running(),
-        node("old-2", "1.5.0").running(),
-        node("new-1", "1.5.0").fresh().replaces("old-1"),
-        node("new-2", "1.5.0").fresh().replaces("old-2"),
-    ];
-    let p = plan(nodes, "1.9.0", Strategy::Replace);
-    assert_eq!(p.strategy, Strategy::Replace);
-    assert_only_not_supported(&p);
-    let head = [Preflight, Lock, Backup, Stage, Migrate, Switch];
-    assert_eq!(kinds(&p), starting_in_batches(&head, 2, &[Decommission]));
-    assert_eq!(p.migrator.as_deref(), Some("new-1"));
-    assert_eq!(hosts_of(steps_of(&p, Stage)[0]), ["new-1", "new-2"]);
-    assert_eq!(hosts_of(steps_of(&p, Decommission)[0]), ["old-1", "old-2"]);
-    let last_gate = p.steps.iter().rposition(|s| s.kind == HealthGate);
-    assert!(last_gate < Some(position(&p, Decommission)));
-    let action = |n: &str| p.host(n).map(|h| h.action);
-    assert_eq!(action("old-1"), Some(HostAction::Decommission));
-    assert_eq!(action("new-2"), Some(HostAction::Deploy));
-    // Old nodes keep serving until the end: nothing stops them before Decommission.
-    assert!(steps_of(&p, StopService).is_empty());
-}
-
-#[test]
 fn replace_is_refused_without_pairs_or_with_a_missing_old_node() {
     let no_pairs = plan(three("1.5.0"), "1.9.0", Strategy::Replace);
     assert!(blocker_kinds(&no_pairs).contains(&BlockerKind::NoReplacePairs));
@@ -661,7 +922,7 @@ fn mixed_versions_with_one_unsupported_path_block_that_node_only() {
         b.reason
     );
     let hint = b.hint.as_deref().unwrap_or_default();
-    assert!(hint.contains("one hop at a time"), "{hint}");
+    assert!(hint.contains("--binary VERSION=FILE"), "{hint}");
     assert!(p.host("ledger-1").is_some_and(|h| h.blocked.is_empty()));
     assert!(p.host("ledger-2").is_some_and(|h| !h.blocked.is_empty()));
 }
@@ -1464,4 +1725,68 @@ fn a_switched_node_on_an_unmigrated_storage_is_migrated_but_not_restaged() {
     assert_eq!(hosts_of(steps_of(&p, Switch)[0]), ["ledger-2"]);
     assert_eq!(hosts_of(steps_of(&p, Migrate)[0]), ["ledger-1"]);
     assert_eq!(steps_of(&p, Backup).len(), 1);
+}
+
+#[test]
+fn a_route_of_hops_is_planned_end_to_end_with_one_backup_and_the_hop_in_each_id() {
+    let nodes = || three("1.2.5");
+    // Without a binary for the intermediate hop: blocked, saying which and how.
+    let p = plan(nodes(), "1.9.0", Strategy::Auto);
+    assert!(
+        p.blockers.iter().any(|b| b.reason.contains("`1.8.x`")
+            && b.hint
+                .as_deref()
+                .is_some_and(|h| h.contains("--binary VERSION=FILE"))),
+        "{:?}",
+        p.blockers
+    );
+    let mut o = opts(Strategy::Auto);
+    o.hop_binaries = vec![
+        (
+            v("1.8.1"),
+            BinarySource::File {
+                path: PathBuf::from("./numary-1.8.1"),
+                sha256: "11".repeat(32),
+            },
+        ),
+        (
+            v("1.8.2"),
+            BinarySource::File {
+                path: PathBuf::from("./numary-1.8.2"),
+                sha256: "22".repeat(32),
+            },
+        ),
+    ];
+    let p = plan_with(nodes(), "1.9.0", &o);
+    assert!(!p.is_blocked(), "{:?}", p.blockers);
+    // The newest release of the hop's family is taken.
+    let targets: Vec<String> = p.hops.iter().map(|h| h.target.to_string()).collect();
+    assert_eq!(targets, ["1.8.2", "1.9.0"]);
+    assert_eq!(p.hops[0].strategy, Strategy::Offline);
+    // After the first hop every node serves: the second may roll.
+    assert_eq!(p.hops[1].strategy, Strategy::Rolling);
+    let ids: Vec<&str> = p.steps.iter().map(|s| s.id.as_str()).collect();
+    assert_eq!(&ids[..2], ["preflight", "lock"]);
+    assert_eq!(ids.last(), Some(&"unlock"));
+    assert_eq!(ids.iter().filter(|i| **i == "lock").count(), 1);
+    assert_eq!(ids.iter().filter(|i| i.ends_with("backup")).count(), 1);
+    assert!(ids.contains(&"1.8.2/migrate"), "{ids:?}");
+    assert!(ids.contains(&"1.9.0/migrate-1"), "{ids:?}");
+    // Each hop stages its own binary.
+    let staged: Vec<String> = steps_of(&p, Stage)
+        .iter()
+        .map(|s| match s.params("ledger-1") {
+            Some(crate::plan::Action::Stage(sp)) => sp.version.to_string(),
+            _ => String::new(),
+        })
+        .collect();
+    assert_eq!(staged, ["1.8.2", "1.9.0"]);
+    // Every hop's steps carry it, the numbers run on.
+    assert!(
+        p.steps[2..p.steps.len() - 1]
+            .iter()
+            .all(|s| s.hop.is_some())
+    );
+    assert!(p.steps.iter().enumerate().all(|(i, s)| s.number == i + 1));
+    assert_eq!(p.target, v("1.9.0"));
 }

@@ -160,6 +160,9 @@ impl Audit {
             if h.migrator {
                 notes.push("migrator".to_owned());
             }
+            if let Some(old) = &h.replaces {
+                notes.push(format!("replaces {old}"));
+            }
             if let Some(b) = h.batch {
                 notes.push(format!("batch {b}"));
             }

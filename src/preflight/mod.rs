@@ -377,13 +377,12 @@ fn blocker_check(kind: BlockerKind) -> &'static str {
             check::STORAGE
         }
         BlockerKind::LeftOut => check::LEFT_OUT,
-        BlockerKind::StrategyNotSupported
-        | BlockerKind::StrategyNotAllowed
+        BlockerKind::StrategyNotAllowed
         | BlockerKind::NoReplacePairs
         | BlockerKind::ReplacedHostMissing
         | BlockerKind::ReplaceNeedsPostgres
-        | BlockerKind::ZeroDowntimeNeedsSharedStorage
-        | BlockerKind::NotPaired => check::STRATEGY,
+        | BlockerKind::ReplacementOnOtherStorage
+        | BlockerKind::ZeroDowntimeNeedsSharedStorage => check::STRATEGY,
         BlockerKind::Migrated | BlockerKind::NoBackup => check::STORAGE,
         BlockerKind::NoRelease => check::UPGRADE_PATH,
     }

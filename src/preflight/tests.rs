@@ -207,6 +207,7 @@ fn run_on(
         strategy: Strategy::Offline,
         serial: None,
         canary: std::num::NonZeroUsize::MIN,
+        hop_binaries: Vec::new(),
         stop_running: stop,
         backup: true,
         binary: url_binary(),

@@ -67,6 +67,8 @@ pub struct Changes {
     pub started: Vec<String>,
     /// Hosts whose health gate passed.
     pub healthy: Vec<String>,
+    /// Old nodes this run decommissioned (replace): stopped, their unit disabled (systemd).
+    pub decommissioned: Vec<String>,
     /// Every artefact, in the order produced.
     pub artefacts: Vec<Artefact>,
     /// `(host, ledger, outcome)` of each `storage upgrade`.

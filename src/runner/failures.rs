@@ -3,24 +3,27 @@
 //! only within the budget (`--max-fail N|N%`, per batch and over the whole run) and only where
 //! dropping the host endangers nobody else: a host alone on its storage; on a shared storage, a
 //! failed start or health gate (its database was migrated before, so no migration is skipped or
-//! repeated by accident); in a rolling run, any step of the host's own batch but the storage's
-//! backup and migration (the table's zero-downtime row lets its old release serve the migrated
-//! schema, so it goes back to it).
+//! repeated by accident); in a zero-downtime run, any step but the storage's backup and
+//! migration and the migrator's steps before it (rolling: the table's zero-downtime row lets
+//! its old release serve the migrated schema, so it goes back to it; replace: a failed new node
+//! is stopped again and the old node it replaces keeps serving; but replace's `--stop` of a new
+//! node comes before the migration and follows the shared-storage rule).
 //!
 //! The operator's hooks follow the step they surround. A `post_hook` comes after its batch's
 //! health gate: as contained as the gate. A `pre_hook` fails before anything of its batch changed
 //! the host, so leaving the host behind is safe wherever its storage's migration is not still to
 //! come: a host alone on its storage, or the batches of `rolling` and `replace`, which follow the
 //! one explicit migration (the host keeps serving its old binary on the migrated schema, as every
-//! node not upgraded yet does in a zero-downtime run; a new node simply does not start). Offline,
-//! the pre hooks come before every stop and the migration: a node left out there would meet a
-//! schema migrated under it, so on a shared storage that failure stops the run.
+//! node not upgraded yet does in a zero-downtime run; a new node simply does not start), except
+//! rolling's canary, which migrates after its pre hook. Offline, the pre hooks come before every
+//! stop and the migration: a node left out there would meet a schema migrated under it, so on a
+//! shared storage that failure stops the run.
 
 use std::fmt;
 use std::str::FromStr;
 
 use crate::exit_code;
-use crate::plan::{Plan, StepKind, Strategy};
+use crate::plan::{HostAction, Plan, StepKind, Strategy};
 
 /// `--max-fail`: how many hosts may fail while the run goes on without them, as a count or a
 /// share. It applies to each batch (a share of the batch's hosts) and to the whole run (a share
@@ -131,6 +134,8 @@ pub enum Uncontained {
     SharedStorage { others: Vec<String> },
     /// Rolling: the backup or migration of the storage every node serves from.
     WholeStorage,
+    /// Zero-downtime: a node of the canary batch failed.
+    Canary,
     /// The plan does not tell which storage the host is on.
     UnknownStorage,
 }
@@ -165,6 +170,9 @@ impl Uncontained {
                     "the failure budget tripped {where_}: `--max-fail {budget}` tolerates {max} failed host(s) there and {already}, so no new batch was started"
                 ))
             }
+            Uncontained::Canary => Some(format!(
+                "`{host}` is in the canary batch: its failure stops the run before any other batch, whatever `--max-fail` tolerates"
+            )),
             Uncontained::WholeStorage => Some(format!(
                 "`--max-fail` cannot leave `{host}` behind: it backs up or migrates the storage every node serves from"
             )),
@@ -224,11 +232,37 @@ pub fn containable(
             failed: failed.to_vec(),
         });
     }
-    if plan.strategy == Strategy::Rolling {
-        return match kind {
-            StepKind::Backup | StepKind::Migrate => Err(Uncontained::WholeStorage),
-            _ => Ok(()),
-        };
+    if plan.strategy.is_zero_downtime() {
+        // Every node serves from the one storage: its backup and migration are everyone's, and
+        // so is the migrator until it migrated (its stage, its stop: without it the storage
+        // would not be migrated before the first node runs the target). Any other step leaves
+        // the node alone: rolling reverts it, replace stops a new node again (its old node
+        // keeps serving) or leaves an old one as its decommission found it.
+        let migrator = plan.migrators().contains(&host);
+        let before_its_migration = migrator
+            && match kind {
+                StepKind::Stage | StepKind::StopService => true,
+                // Rolling's canary migrates after its pre hook; replace's new migrator before it.
+                StepKind::PreHook => {
+                    plan.strategy == Strategy::Rolling
+                        || plan
+                            .host(host)
+                            .is_none_or(|h| h.action != HostAction::Deploy)
+                }
+                _ => false,
+            };
+        match kind {
+            StepKind::Backup | StepKind::Migrate => return Err(Uncontained::WholeStorage),
+            _ if before_its_migration => return Err(Uncontained::WholeStorage),
+            // The canary batch proves the release before any other node is touched: its
+            // failure stops the run, whatever the budget.
+            _ if batch == Some(1) && plan.batches.len() > 1 => return Err(Uncontained::Canary),
+            // Replace stops only new nodes that run something (`--stop`), before the migration:
+            // one left running would serve the migrated schema with a binary no table row
+            // vouches for. The shared-storage rule below refuses it.
+            StepKind::StopService if plan.strategy == Strategy::Replace => {}
+            _ => return Ok(()),
+        }
     }
     let storage = plan.storage_of(host).ok_or(Uncontained::UnknownStorage)?;
     let others: Vec<String> = storage
@@ -286,6 +320,7 @@ mod tests {
             hosts: vec![],
             blockers: vec![],
             warnings: vec![],
+            hops: vec![],
             rollback: None,
         }
     }
@@ -503,6 +538,51 @@ mod tests {
     }
 
     #[test]
+    fn replace_leaves_a_failed_new_node_behind_but_never_the_migrator_before_it_migrated() {
+        // new-1 migrates; old-1..2 are decommissioned after their replacements.
+        let mut p = rolling(&[&["new-1"], &["new-2"]]);
+        p.strategy = Strategy::Replace;
+        p.storages[0]
+            .hosts
+            .extend(["old-1".to_string(), "old-2".to_string()]);
+        for (i, h) in p.hosts.iter_mut().enumerate() {
+            h.action = crate::plan::HostAction::Deploy;
+            h.replaces = Some(format!("old-{}", i + 1));
+        }
+        for kind in [
+            StepKind::Stage,
+            StepKind::Switch,
+            StepKind::StartService,
+            StepKind::HealthGate,
+        ] {
+            assert_eq!(
+                containable(&p, BUDGET_1, kind, 1, "new-2", &[]),
+                Ok(()),
+                "{kind}"
+            );
+        }
+        // The canary batch stops the run, whatever the budget.
+        for kind in [StepKind::StartService, StepKind::HealthGate] {
+            assert_eq!(
+                containable(&p, BUDGET_1, kind, 1, "new-1", &[]),
+                Err(Uncontained::Canary)
+            );
+        }
+        // An old node failing its decommission keeps serving the schema its row allows.
+        assert_eq!(
+            containable(&p, BUDGET_1, StepKind::Decommission, 1, "old-1", &[]),
+            Ok(())
+        );
+        for kind in [StepKind::Stage, StepKind::Backup, StepKind::Migrate] {
+            assert_eq!(
+                containable(&p, BUDGET_1, kind, 1, "new-1", &[]),
+                Err(Uncontained::WholeStorage),
+                "{kind}"
+            );
+        }
+    }
+
+    #[test]
     fn a_hook_is_contained_like_the_step_it_surrounds() {
         let budget = FailurePolicy {
             max_failed: FailBudget::Count(5),
@@ -527,17 +607,23 @@ mod tests {
         for strategy in [Strategy::Rolling, Strategy::Replace] {
             let mut p = plan(&[&["a", "b"]]);
             p.strategy = strategy;
+            // (`b`: the migrator `a` is never left behind before its migration.)
             assert_eq!(
-                containable(&p, budget, StepKind::PreHook, 1, "a", &[]),
+                containable(&p, budget, StepKind::PreHook, 1, "b", &[]),
                 Ok(()),
                 "{strategy}"
             );
             // The stop it precedes keeps its own rule: rolling leaves a node of its batch behind
             // (its old release may serve), replace does not.
             assert_eq!(
-                containable(&p, budget, StepKind::StopService, 1, "a", &[]).is_ok(),
+                containable(&p, budget, StepKind::StopService, 1, "b", &[]).is_ok(),
                 strategy == Strategy::Rolling,
                 "{strategy}"
+            );
+            assert_eq!(
+                containable(&p, budget, StepKind::PreHook, 1, "a", &[]),
+                Err(Uncontained::WholeStorage),
+                "{strategy}: the migrator's pre hook"
             );
         }
         // The budget still counts.

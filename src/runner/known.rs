@@ -26,6 +26,14 @@ pub fn answer<T: Transport>(
     if sh.cfg.resumed || sh.plan.rollback.is_some() || !sh.changes().facts_current.contains(host) {
         return None;
     }
+    // The audit's facts are those before the first hop: a later hop's steps are probed.
+    if step
+        .hop
+        .as_ref()
+        .is_some_and(|h| sh.plan.hops.first().is_some_and(|f| &f.target != h))
+    {
+        return None;
+    }
     let facts = sh.facts(host)?;
     to_do(facts, step, host, earlier).then_some(Probe::ToDo)
 }

@@ -231,7 +231,7 @@ async fn recheck_stopped<T: Transport>(sh: &Shared<T>, step: &Step) -> Result<()
         .plan
         .steps
         .iter()
-        .find(|s| s.kind == StepKind::ConfirmStopped);
+        .find(|s| s.kind == StepKind::ConfirmStopped && s.hop == step.hop);
     let hosts = confirm.map_or(&step.hosts, |s| &s.hosts);
     // A host left behind after its own failure is alone on its storage (the failure policy).
     for name in hosts.iter().filter(|h| sh.going(h)) {

@@ -13,6 +13,7 @@
 
 mod backup;
 mod ctx;
+mod decommission;
 pub mod failures;
 mod hook;
 mod known;
@@ -37,7 +38,7 @@ use crate::exit_code;
 use crate::facts::HostFacts;
 use crate::inventory::ResolvedHost;
 use crate::lock::{self, LeaseConfig, Liveness, LockError, LockOwner, Refusal};
-use crate::plan::{HostAction, Plan, Step, StepKind};
+use crate::plan::{HostAction, Plan, Step, StepKind, Strategy};
 use crate::ssh::Transport;
 
 pub use crate::plan::commands::{DUMP_FILE, backup_dir, release_binary, release_dir};
@@ -58,8 +59,9 @@ pub struct RunConfig {
     pub owner: LockOwner,
     /// `--break-lock`: break a lock whose holder is not a live fleetup on this machine.
     pub break_lock: bool,
-    /// The bytes of `--binary FILE`, read once (`None` for `--binary-url`).
-    pub binary: Option<Arc<Vec<u8>>>,
+    /// The bytes of each local binary the plan uploads (the target's and each hop's), read
+    /// once, by SHA-256 (none for a URL, which the nodes download).
+    pub binaries: BTreeMap<String, Arc<Vec<u8>>>,
     /// How long a node may take to stop.
     pub stop_timeout: Duration,
     /// How long a node may take to serve the target after its start.
@@ -226,7 +228,10 @@ pub async fn execute<T: Transport + Clone + 'static>(
     });
     let mut timings = Vec::new();
     let mut error = None;
-    let mut run = Progress::default();
+    let mut run = Progress {
+        strategy: sh.plan.strategy,
+        ..Progress::default()
+    };
     let mut refresher: Option<lock::Refresher> = None;
     let mut paused = false;
     let steps = sh.plan.steps.clone();
@@ -240,6 +245,7 @@ pub async fn execute<T: Transport + Clone + 'static>(
             error = Some(cancelled(&sh, &step));
             break;
         }
+        run.strategy = sh.plan.strategy_of(&step);
         let started = Instant::now();
         let result = if step.kind == StepKind::Lock {
             let r = take_locks(&sh, &step).await;
@@ -254,10 +260,16 @@ pub async fn execute<T: Transport + Clone + 'static>(
             break;
         }
         if canary_passed(&steps, i)
+            // Once: after the canary batch of the first hop.
+            && step.hop.as_ref() == sh.plan.hops.first().map(|h| &h.target)
             && let Some(pause) = &sh.cfg.pause
             && !ask(pause, &sh.plan.batches[0], &sh.cfg.cancel).await
         {
-            paused = true;
+            // Ctrl-C at the prompt is a cancellation, as anywhere else.
+            match steps.get(i + 1) {
+                Some(next) if sh.cfg.cancel.requested() => error = Some(cancelled(&sh, next)),
+                _ => paused = true,
+            }
             break;
         }
     }
@@ -265,7 +277,7 @@ pub async fn execute<T: Transport + Clone + 'static>(
         .as_ref()
         .is_some_and(|e| e.code == exit_code::CANCELLED);
     if error.is_some() && !was_cancelled {
-        undo::undo(&sh, &run.applied).await;
+        undo::undo(&sh, &run.applied, run.strategy).await;
     }
     if error.is_none() {
         error = run
@@ -340,6 +352,8 @@ struct Progress {
     failures: Vec<HostFailure>,
     /// The first failure the run went on without: the run's error when nothing stops it.
     first_contained: Option<StepError>,
+    /// The strategy of the step under way (a multi-hop plan's hops may differ): the undo's.
+    strategy: Strategy,
 }
 
 /// The run's error when it went on past contained failures: the first one, its hints naming
@@ -414,7 +428,17 @@ async fn run_step<T: Transport + Clone + 'static>(
     step: &Step,
     run: &mut Progress,
 ) -> Result<(), StepError> {
-    let hosts: Vec<String> = step.hosts.iter().filter(|h| sh.going(h)).cloned().collect();
+    let mut hosts: Vec<String> = step.hosts.iter().filter(|h| sh.going(h)).cloned().collect();
+    if step.kind == StepKind::Decommission {
+        // An old node whose replacement was left behind keeps serving in its place.
+        hosts.retain(|h| match decommission::held_back(sh, h) {
+            Some(why) => {
+                step_state(sh, step, h, StepState::Skipped, Some(why));
+                false
+            }
+            None => true,
+        });
+    }
     let probes = ctx::each_host(sh, &hosts, |sh, name| {
         let step = step.clone();
         let earlier: Vec<StepKind> = run
@@ -578,7 +602,7 @@ async fn contain<T: Transport + Clone + 'static>(
                 sh.cfg.failure.max_failed
             ),
         });
-        undo::undo_host(sh, &run.applied, &e.host).await;
+        undo::undo_host(sh, &run.applied, &e.host, sh.plan.strategy_of(step)).await;
         run.applied.retain(|(_, h)| h != &e.host);
         if run.first_contained.is_none() {
             run.first_contained = Some(e.clone());
@@ -647,11 +671,7 @@ async fn dispatch<T: Transport + Clone + 'static>(
         StepKind::StartService => service::start(sh, step).await,
         StepKind::HealthGate => service::health_gate(sh, step).await,
         StepKind::PreHook | StepKind::PostHook => hook::run(sh, step).await,
-        StepKind::Decommission => Err(sh.error(
-            step,
-            step.hosts.first().map_or("", String::as_str),
-            "the replace strategy is not supported by this fleetup yet",
-        )),
+        StepKind::Decommission => decommission::run(sh, step).await,
         StepKind::Preflight | StepKind::Lock | StepKind::Unlock => Ok(()),
     }
 }
@@ -889,6 +909,9 @@ async fn summarize<T: Transport>(
         let state = if !failed {
             if c.healthy.contains(name) {
                 format!("running `{}`, healthy", sh.plan.target)
+            } else if c.decommissioned.contains(name) {
+                "decommissioned: stopped through its service manager, its binary and data kept"
+                    .to_string()
             } else {
                 "unchanged".to_string()
             }
@@ -1066,6 +1089,14 @@ pub(crate) mod tests {
                     "loaded\nactive\n"
                 } else {
                     "loaded\ninactive\n"
+                })
+            } else if has("systemctl disable") {
+                ok("")
+            } else if has("systemctl is-enabled") {
+                ok(if self.ran("systemctl disable") {
+                    "disabled\n"
+                } else {
+                    "enabled\n"
                 })
             } else if has("systemctl start") || has("systemctl stop") {
                 *self.started.lock().unwrap() = has("systemctl start");
@@ -1314,6 +1345,7 @@ pub(crate) mod tests {
             strategy: Strategy::Offline,
             serial: None,
             canary: std::num::NonZeroUsize::MIN,
+            hop_binaries: Vec::new(),
             stop_running: nodes.iter().any(|n| n.running),
             backup: setup.backup,
             binary: BinarySource::File {
@@ -1325,7 +1357,25 @@ pub(crate) mod tests {
         let mut plan = build_plan(&hosts, &facts, &target, &opts, &PolicyTable::builtin());
         assert!(!plan.is_blocked(), "{:?}", plan.blockers);
         edit(&mut plan);
-        let cfg = RunConfig {
+        let cfg = config(setup);
+        let fleet = Fleet {
+            hosts,
+            sessions: fakes.iter().map(|f| (f.name.clone(), f.clone())).collect(),
+            facts,
+        };
+        let recorder = Arc::new(Recorder::default());
+        let report = execute(plan, fleet, cfg, recorder.clone()).await;
+        Ran {
+            report,
+            fakes,
+            most_in_flight: flight.map_or(0, |f| f.max.load(Ordering::SeqCst)),
+            events: recorder.events(),
+        }
+    }
+
+    /// The run's settings for a scripted fleet (short timeouts).
+    fn config(setup: Setup) -> RunConfig {
+        RunConfig {
             run_id: "20260125T174502Z-00ab12".into(),
             owner: crate::lock::LockOwner {
                 user: "ops".into(),
@@ -1338,7 +1388,7 @@ pub(crate) mod tests {
                 process: None,
             },
             break_lock: false,
-            binary: Some(Arc::new(b"#!/bin/sh\n".to_vec())),
+            binaries: BTreeMap::from([("ab".repeat(32), Arc::new(b"#!/bin/sh\n".to_vec()))]),
             stop_timeout: Duration::from_secs(1),
             health_timeout: Duration::from_secs(1),
             poll_interval: Duration::from_millis(10),
@@ -1352,19 +1402,6 @@ pub(crate) mod tests {
             lease: LeaseConfig::default(),
             resumed: false,
             pause: None,
-        };
-        let fleet = Fleet {
-            hosts,
-            sessions: fakes.iter().map(|f| (f.name.clone(), f.clone())).collect(),
-            facts,
-        };
-        let recorder = Arc::new(Recorder::default());
-        let report = execute(plan, fleet, cfg, recorder.clone()).await;
-        Ran {
-            report,
-            fakes,
-            most_in_flight: flight.map_or(0, |f| f.max.load(Ordering::SeqCst)),
-            events: recorder.events(),
         }
     }
 
@@ -1388,6 +1425,138 @@ pub(crate) mod tests {
             .iter()
             .filter_map(|c| c.split("storage upgrade ").nth(1).map(str::to_string))
             .collect()
+    }
+
+    /// An old systemd node and its replacement, both running; the replacement serves `1.8.2`
+    /// (what the fakes' `/_info` reports) when `serving`.
+    async fn decommission_fleet(serving: bool) -> Ran {
+        let old = host("old-1");
+        let mut new = host("new-1");
+        new.replaces = Some("old-1".into());
+        let storage = StorageFacts {
+            driver: StorageDriver::Postgres,
+            sqlite_dir: None,
+            postgres: Some("postgres://ledger@10.0.0.5:5432/ledger".into()),
+        };
+        let running = |v: Version| HostFacts {
+            installed_version: Some(v.clone()),
+            service: ServiceState::Running,
+            api: Some(crate::facts::ApiInfo {
+                healthy: true,
+                version: Some(v),
+            }),
+            storage: Some(storage.clone()),
+            ledgers: vec!["default".into()],
+            ..HostFacts::default()
+        };
+        let facts = BTreeMap::from([
+            ("old-1".to_string(), running(Version::new(1, 7, 4))),
+            ("new-1".to_string(), running(Version::new(1, 8, 2))),
+        ]);
+        let opts = PlanOptions {
+            strategy: Strategy::Replace,
+            serial: None,
+            canary: std::num::NonZeroUsize::MIN,
+            hop_binaries: Vec::new(),
+            stop_running: false,
+            backup: false,
+            binary: BinarySource::File {
+                path: "numary".into(),
+                sha256: "ab".repeat(32),
+            },
+        };
+        let hosts = vec![old, new];
+        let target = Version::new(1, 8, 2);
+        let mut plan = build_plan(&hosts, &facts, &target, &opts, &PolicyTable::builtin());
+        // new-1 serves the target already: only the old node's decommission is left. (The
+        // table's 1.7 → 1.8 row is offline-only, which the runner does not read: the fakes'
+        // `/_info` knows no other version.)
+        let ids: Vec<&str> = plan.steps.iter().map(|s| s.id.as_str()).collect();
+        assert_eq!(ids, ["preflight", "lock", "decommission", "unlock"]);
+        plan.blockers.clear();
+        let fakes: Vec<Fake> = ["old-1", "new-1"]
+            .iter()
+            .map(|name| Fake {
+                name: name.to_string(),
+                listed: (LISTED.into(), LISTED.into()),
+                fail: None,
+                files: Vec::new(),
+                scanned: Arc::default(),
+                log: Arc::default(),
+                unexpected: Arc::default(),
+                started: Arc::new(Mutex::new(*name == "old-1" || serving)),
+                flight: None,
+            })
+            .collect();
+        let fleet = Fleet {
+            hosts,
+            sessions: fakes.iter().map(|f| (f.name.clone(), f.clone())).collect(),
+            facts,
+        };
+        let recorder = Arc::new(Recorder::default());
+        let report = execute(plan, fleet, config(Setup::default()), recorder.clone()).await;
+        Ran {
+            report,
+            fakes,
+            most_in_flight: 0,
+            events: recorder.events(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_decommission_stops_and_disables_the_old_unit_once_its_replacement_serves() {
+        let ran = decommission_fleet(true).await;
+        let report = &ran.report;
+        assert_eq!(report.outcome, Outcome::Succeeded, "{:?}", report.error);
+        let old = &ran.fakes[0];
+        let cmds = old.commands();
+        let pos = |s: &str| {
+            cmds.iter()
+                .position(|c| c == s)
+                .unwrap_or_else(|| panic!("`{s}` not run: {cmds:#?}"))
+        };
+        // The probe saw it running; the stop is waited for, then the unit disabled.
+        assert!(pos("systemctl stop numary.service") < pos("systemctl disable numary.service"));
+        assert!(!*old.started.lock().unwrap(), "stopped");
+        assert!(old.unexpected.lock().unwrap().is_empty());
+        // Nothing removes its binary, releases or data (only its fleetup lock goes).
+        assert!(
+            !cmds
+                .iter()
+                .any(|c| c.contains("rm ") && !c.contains(".fleetup.lock")),
+            "{cmds:#?}"
+        );
+        assert!(
+            !ran.fakes[1].ran("systemctl stop"),
+            "the new node is left alone"
+        );
+        assert_eq!(report.changes.decommissioned, ["old-1"]);
+        let summary = &report.hosts[0];
+        assert!(summary.state.starts_with("decommissioned"), "{summary:?}");
+        assert_eq!(
+            ran.states(StepKind::Decommission),
+            [
+                ("old-1".to_string(), StepState::Started),
+                ("old-1".to_string(), StepState::Done)
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn an_old_node_whose_replacement_does_not_serve_is_not_decommissioned() {
+        let ran = decommission_fleet(false).await;
+        assert_eq!(ran.report.outcome, Outcome::Failed);
+        let e = ran.report.error.as_ref().unwrap();
+        assert!(
+            e.message
+                .contains("its replacement `new-1` does not serve `1.8.2`"),
+            "{}",
+            e.message
+        );
+        let old = &ran.fakes[0];
+        assert!(!old.ran("systemctl stop"), "{:#?}", old.commands());
+        assert!(*old.started.lock().unwrap(), "it keeps serving");
+        assert!(ran.report.changes.decommissioned.is_empty());
     }
 
     #[tokio::test]

@@ -36,7 +36,8 @@ fn opts() -> ExecOptions {
 /// stopped, the health gate; the operator's hooks) always run.
 pub async fn probe<T: Transport>(sh: &Shared<T>, step: &Step, host: &str) -> Probe {
     let t = sh.session(host);
-    let target = &sh.plan.target;
+    // A multi-hop plan's step moves its hosts to its own hop's version.
+    let target = step.target(&sh.plan);
     let Some(params) = step.params(host) else {
         // A plan without this host's parameters: the step itself reports it.
         return Probe::ToDo;
@@ -45,6 +46,10 @@ pub async fn probe<T: Transport>(sh: &Shared<T>, step: &Step, host: &str) -> Pro
         Action::StopService(p) => match service::service_running(t, &p.service).await {
             Some(false) => Probe::Done("already stopped".into()),
             _ => Probe::ToDo,
+        },
+        Action::Decommission(p) => match super::decommission::done(t, p).await {
+            Some(why) => Probe::Done(why),
+            None => Probe::ToDo,
         },
         Action::StartService(p) => match service::service_running(t, &p.service).await {
             Some(true) => Probe::Done("already running".into()),
@@ -119,7 +124,7 @@ pub async fn probe<T: Transport>(sh: &Shared<T>, step: &Step, host: &str) -> Pro
                     ));
                 }
             }
-            match schema_state(sh, host).await {
+            match schema_state(sh, host, target).await {
                 Some(Migrated::Done { .. }) => Probe::Done(format!(
                     "the storage already holds every migration of `{target}`: there is nothing left to back up before migrating"
                 )),
@@ -130,7 +135,7 @@ pub async fn probe<T: Transport>(sh: &Shared<T>, step: &Step, host: &str) -> Pro
             // A storage command left running by an interrupted run (the remote process outlives
             // the SSH connection) must end before anything else touches the storage.
             wait_storage_commands(sh, host).await;
-            match schema_state(sh, host).await {
+            match schema_state(sh, host, target).await {
                 Some(Migrated::Done { ledgers }) => Probe::Done(format!(
                     "every ledger ({}) already holds every migration of `{target}`",
                     ledgers
@@ -150,7 +155,11 @@ pub async fn probe<T: Transport>(sh: &Shared<T>, step: &Step, host: &str) -> Pro
 }
 
 /// The migration state of `host`'s storage, read-only; `None` when it cannot be read.
-pub async fn schema_state<T: Transport>(sh: &Shared<T>, host: &str) -> Option<Migrated> {
+pub async fn schema_state<T: Transport>(
+    sh: &Shared<T>,
+    host: &str,
+    target: &crate::version::Version,
+) -> Option<Migrated> {
     let driver = sh.facts(host)?.storage.as_ref()?.driver;
     let cmd = schema::state_command(sh.host(host), driver);
     let out = sh.session(host).exec(&cmd, &opts()).await.ok()?;
@@ -158,7 +167,7 @@ pub async fn schema_state<T: Transport>(sh: &Shared<T>, host: &str) -> Option<Mi
         return None;
     }
     let state = schema::parse_state(&out.stdout_lossy());
-    Some(schema::migrated(&state, &sh.plan.target, driver))
+    Some(schema::migrated(&state, target, driver))
 }
 
 /// Whether `host`'s storage holds a migration newer than `v`'s last one (`None`: unreadable).

@@ -79,7 +79,7 @@ pub async fn api_answers<T: Transport>(t: &T, api: &str) -> Option<String> {
     }
 }
 
-async fn healthy<T: Transport>(t: &T, api: &str) -> bool {
+pub async fn healthy<T: Transport>(t: &T, api: &str) -> bool {
     let Some((h, p)) = api_endpoint(api) else {
         return false;
     };
@@ -117,50 +117,65 @@ pub async fn stop<T: Transport + 'static>(
 ) -> Result<(), StepError> {
     for name in &step.hosts {
         let p = params::of(sh, step, name, Action::service)?;
-        let cmd = p.command(ServiceAction::Stop);
-        let out = sh
-            .run(
-                step,
-                name,
-                &cmd,
-                "stop the service",
-                Some(sh.cfg.stop_timeout),
-            )
-            .await
-            .map_err(|mut e| {
-                e.hints
-                    .push("stop the node by hand, check it is stopped, then run again".into());
-                e
-            })?;
-        sh.change(|c| c.stopped.push(name.clone()));
-        let deadline = Instant::now() + sh.cfg.stop_timeout;
-        let waiting = sh.begin(step, name, Some(&p.state_command()));
-        loop {
-            match service_running(sh.session(name), &p.service).await {
-                Some(false) => {
-                    waiting.ok("the service manager says stopped", Vec::new());
-                    break;
-                }
-                _ if Instant::now() >= deadline => {
-                    let mut e = sh.error(
-                        step,
-                        name,
-                        format!(
-                            "the service manager still does not say stopped {} after the stop command ({})",
-                            humantime::format_duration(sh.cfg.stop_timeout),
-                            tail(&out.stdout_lossy()).unwrap_or_default()
-                        ),
-                    );
-                    e.hints
-                        .push("raise `--stop-timeout` or stop the node by hand".into());
-                    waiting.fail(&e.message);
-                    return Err(e);
-                }
-                _ => tokio::time::sleep(sh.cfg.poll_interval).await,
-            }
-        }
+        stop_and_wait(sh, step, name, p, || {
+            sh.change(|c| c.stopped.push(name.clone()))
+        })
+        .await?;
     }
     Ok(())
+}
+
+/// The service manager's stop on `name`, then its status polled until it says stopped (within
+/// `--stop-timeout`); `stopping` runs once the stop command succeeded.
+pub async fn stop_and_wait<T: Transport>(
+    sh: &Shared<T>,
+    step: &Step,
+    name: &str,
+    p: &ServiceParams,
+    stopping: impl FnOnce(),
+) -> Result<(), StepError> {
+    let cmd = p.command(ServiceAction::Stop);
+    let out = sh
+        .run(
+            step,
+            name,
+            &cmd,
+            "stop the service",
+            Some(sh.cfg.stop_timeout),
+        )
+        .await
+        .map_err(|mut e| {
+            e.hints
+                .push("stop the node by hand, check it is stopped, then run again".into());
+            e
+        })?;
+    stopping();
+    let deadline = Instant::now() + sh.cfg.stop_timeout;
+    let waiting = sh.begin(step, name, Some(&p.state_command()));
+    loop {
+        match service_running(sh.session(name), &p.service).await {
+            Some(false) => {
+                waiting.ok("the service manager says stopped", Vec::new());
+                return Ok(());
+            }
+            _ if Instant::now() >= deadline => {
+                let mut e = sh.error(
+                    step,
+                    name,
+                    format!(
+                        "the service manager still does not say stopped {} after the stop command ({})",
+                        humantime::format_duration(sh.cfg.stop_timeout),
+                        tail(&out.stdout_lossy()).unwrap_or_default()
+                    ),
+                );
+                e.hints
+                    .push("raise `--stop-timeout` or stop the node by hand".into());
+                waiting.fail(&e.message);
+                return Err(e);
+            }
+            _ => tokio::time::sleep(sh.cfg.poll_interval).await,
+        }
+    }
 }
 
 /// `(hot journals, pids with storage files open)` from [`storage_use_command`]'s output.
@@ -215,7 +230,7 @@ pub async fn confirm_database_free<T: Transport>(
         .plan
         .steps
         .iter()
-        .filter(|s| s.kind == StepKind::Migrate)
+        .filter(|s| s.kind == StepKind::Migrate && s.hop == step.hop)
         .flat_map(|s| s.commands.iter());
     for hc in migrating.filter(|hc| sh.going(&hc.host)) {
         if let Some(p) = hc.params.migrate()
@@ -503,7 +518,7 @@ async fn stayed_healthy<T: Transport>(
                 Some(format!("`/_info` reports `{v}`"))
             }
             Ok(_) if !healthy(t, &p.api).await => Some("`/_health` does not answer 200".into()),
-            Ok(_) => None,
+            Ok(_) => unread_ledger(t, p).await,
             Err(e) => Some(format!("the API does not answer: {e}")),
         };
         if let Some(why) = why {

@@ -41,7 +41,7 @@ async fn one<T: Transport>(sh: &Shared<T>, step: &Step, name: &str) -> Result<()
     let sha256 = p.source.sha256().to_string();
     match p.fetch() {
         Fetch::Upload { mkdir, upload } => {
-            let data = sh.cfg.binary.clone().unwrap_or_default();
+            let data = sh.cfg.binaries.get(&sha256).cloned().unwrap_or_default();
             sh.run(step, name, &mkdir, "create the release dir", None)
                 .await?;
             let op = sh.begin(step, name, Some(&upload));
@@ -93,7 +93,7 @@ async fn one<T: Transport>(sh: &Shared<T>, step: &Step, name: &str) -> Result<()
                     kind: "staged-binary".into(),
                     host: name.to_string(),
                     path: path.clone(),
-                    bytes: sh.cfg.binary.as_ref().map(|d| d.len() as u64),
+                    bytes: sh.cfg.binaries.get(&sha256).map(|d| d.len() as u64),
                     sha256: Some(sha256.clone()),
                 };
                 sh.change(|c| c.artefacts.push(artefact.clone()));

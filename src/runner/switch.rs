@@ -312,6 +312,26 @@ mod tests {
     }
 
     #[test]
+    fn a_missing_binary_becomes_the_symlink() {
+        // A new node of a replacement: no `numary` at `ledger.binary` yet, its version unknown.
+        let tmp = tempfile::tempdir().unwrap();
+        let h = layout(tmp.path());
+        let v = Version::parse("1.8.2").unwrap();
+        let (code, out, err) = sh(&SwitchParams::to_release(&h, &v, None).command());
+        assert_eq!(code, 0, "{err}");
+        assert!(out.starts_with("prev-none\n"), "{out}");
+        let s = parse_switch(&out).unwrap();
+        assert_eq!(s.previous, None);
+        assert_eq!(s.now, crate::plan::commands::release_binary(&h, &v));
+        assert_eq!(
+            std::fs::read_link(&h.ledger.binary)
+                .unwrap()
+                .to_string_lossy(),
+            s.now
+        );
+    }
+
+    #[test]
     fn a_plain_file_is_kept_as_its_release_before_the_swap() {
         let tmp = tempfile::tempdir().unwrap();
         let h = layout(tmp.path());

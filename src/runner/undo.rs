@@ -6,15 +6,18 @@
 //! not serve a migrated schema). The same rules judge one failed host the run leaves behind, by
 //! what happened to its own storage ([`undo_host`]). The operator's hooks are never undone.
 //!
-//! A rolling run is undone host by host instead ([`revert`]): a node that did not pass its
-//! health gate goes back to the release it ran and is started again, since the table's
-//! zero-downtime row (which rolling requires) lets that release serve the migrated schema; the
-//! nodes that passed keep serving the target, the others were never touched.
+//! A zero-downtime run is undone host by host instead ([`back_out`]). Rolling ([`revert`]): a
+//! node that did not pass its health gate goes back to the release it ran and is started again,
+//! since the table's zero-downtime row (which rolling requires) lets that release serve the
+//! migrated schema; the nodes that passed keep serving the target, the others were never
+//! touched. Replace: a new node that did not pass is stopped again (it never served the fleet,
+//! and its old node, decommissioned only after it passed, still serves); an old node without a
+//! replacement is reverted as in rolling; an old node is left as its decommission left it.
 
 use std::time::Duration;
 
 use crate::events::{Event, StepState};
-use crate::plan::{Action, ServiceParams, StepKind, Strategy};
+use crate::plan::{Action, HostAction, ServiceParams, StepKind, Strategy};
 use crate::shell::quote;
 use crate::ssh::{ExecOptions, Transport};
 
@@ -23,9 +26,14 @@ use super::{service, switch};
 
 /// Undoes `applied` (`(kind, host)` in the order they were applied) in reverse, where safe for
 /// the whole run: once any storage was touched or any binary switched, nothing is restarted.
-pub async fn undo<T: Transport>(sh: &Shared<T>, applied: &[(StepKind, String)]) {
-    if sh.plan.strategy == Strategy::Rolling {
-        return undo_rolling(sh, applied).await;
+/// `strategy`: that of the step the run stopped at (a multi-hop plan's hops may differ).
+pub async fn undo<T: Transport>(
+    sh: &Shared<T>,
+    applied: &[(StepKind, String)],
+    strategy: Strategy,
+) {
+    if strategy.is_zero_downtime() {
+        return undo_zero_downtime(sh, applied).await;
     }
     let c = sh.changes();
     let (touched, switched) = (c.storage_touched, !c.switched.is_empty());
@@ -34,9 +42,26 @@ pub async fn undo<T: Transport>(sh: &Shared<T>, applied: &[(StepKind, String)]) 
 
 /// The own undo of `host`, which failed and is left behind while the run goes on: what it
 /// applied, judged by its storage (touched, or a binary switched onto it, by any of its nodes).
-pub async fn undo_host<T: Transport>(sh: &Shared<T>, applied: &[(StepKind, String)], host: &str) {
-    if sh.plan.strategy == Strategy::Rolling {
-        return revert(sh, host).await;
+pub async fn undo_host<T: Transport>(
+    sh: &Shared<T>,
+    applied: &[(StepKind, String)],
+    host: &str,
+    strategy: Strategy,
+) {
+    if strategy.is_zero_downtime() {
+        // A node that passed its health gate (a post hook failed after it) serves the target:
+        // it is left out of the rest of the run as it is, not taken back.
+        if sh.changes().healthy.iter().any(|h| h == host) {
+            restored(
+                sh,
+                host,
+                "keep-serving",
+                true,
+                "left serving the target: it passed its health gate before it failed".into(),
+            );
+            return;
+        }
+        return back_out(sh, host).await;
     }
     let c = sh.changes();
     let on_storage: Vec<String> = sh
@@ -194,10 +219,10 @@ fn undone<T: Transport>(sh: &Shared<T>, kind: StepKind, host: &str, detail: &str
     });
 }
 
-/// A rolling run that stopped: every host it changed that did not pass its health gate is
-/// reverted ([`revert`]), in the order they were changed; staged releases and the backup are
+/// A zero-downtime run that stopped: every host it changed that did not pass its health gate is
+/// backed out ([`back_out`]), in the order they were changed; staged releases and the backup are
 /// judged as in the offline undo (kept once a binary was switched or the storage migrated).
-async fn undo_rolling<T: Transport>(sh: &Shared<T>, applied: &[(StepKind, String)]) {
+async fn undo_zero_downtime<T: Transport>(sh: &Shared<T>, applied: &[(StepKind, String)]) {
     let c = sh.changes();
     let mut hosts: Vec<&str> = Vec::new();
     for (_, h) in applied {
@@ -206,7 +231,7 @@ async fn undo_rolling<T: Transport>(sh: &Shared<T>, applied: &[(StepKind, String
         }
     }
     for host in hosts {
-        revert(sh, host).await;
+        back_out(sh, host).await;
     }
     let artefacts: Vec<(StepKind, String)> = applied
         .iter()
@@ -216,6 +241,50 @@ async fn undo_rolling<T: Transport>(sh: &Shared<T>, applied: &[(StepKind, String
     let c = sh.changes();
     let (touched, switched) = (c.storage_touched, !c.switched.is_empty());
     undo_as(sh, &artefacts, &c, touched, switched).await;
+}
+
+/// One host of a zero-downtime run that did not pass its health gate, by what the plan does
+/// to it: a new node of a replacement stopped again ([`stop_new`]), a node upgraded in place
+/// reverted ([`revert`]), an old node of a replacement left as it is (its decommission either
+/// did not start, and it serves, or stopped it after its replacement served: the state report
+/// says which).
+async fn back_out<T: Transport>(sh: &Shared<T>, host: &str) {
+    match sh.plan.host(host).map(|h| h.action) {
+        Some(HostAction::Deploy) => stop_new(sh, host).await,
+        Some(HostAction::Decommission) => {}
+        _ => revert(sh, host).await,
+    }
+}
+
+/// Replace: a new node that failed its start or health gate is stopped again. It never served
+/// the fleet and the old node it replaces keeps serving (decommissioned only after it passed).
+/// Its binary stays switched to the target (it had none before) and its staged release stays
+/// (judged with the others), so `--resume` picks it up where it stopped.
+async fn stop_new<T: Transport>(sh: &Shared<T>, host: &str) {
+    if !sh.changes().started.iter().any(|n| n == host) {
+        return;
+    }
+    let old = sh
+        .plan
+        .host(host)
+        .and_then(|h| h.replaces.clone())
+        .unwrap_or_default();
+    match service::stop_outside_step(sh, host, &ServiceParams::of(sh.host(host))).await {
+        Ok(()) => {
+            let detail = format!(
+                "stopped again: it never served the fleet; `{old}`, which it replaces, keeps serving"
+            );
+            undone(sh, StepKind::StartService, host, &detail);
+            restored(sh, host, "stop-new-node", true, detail);
+        }
+        Err(e) => restored(
+            sh,
+            host,
+            "stop-new-node",
+            false,
+            format!("could not stop it again ({e}): left as it is"),
+        ),
+    }
 }
 
 /// Rolling: `host` back to the release it ran before this run, serving again if this run
@@ -282,6 +351,11 @@ pub async fn revert<T: Transport>(sh: &Shared<T>, host: &str) {
         match previous.filter(|p| !p.is_empty()) {
             Some(release) => match switch::back_to(sh, host, &h.ledger.binary, &release).await {
                 Ok(detail) => {
+                    // What the report and a later rollback read: this node is back.
+                    sh.change(|c| {
+                        c.switched.retain(|(n, _)| n != host);
+                        c.started.retain(|n| n != host);
+                    });
                     undone(sh, StepKind::Switch, host, &detail);
                     restored(sh, host, "switch-back", true, detail);
                 }

@@ -111,3 +111,32 @@ pub fn assert_journal_ran_the_plan(lab: &Lab, audit: &Value) -> JournalFile {
     }
     j
 }
+
+/// A run that stopped early (a failure, a pause) ran `audit`'s plan as far as it went: the
+/// same plan in its header, and every `(step id, host)` it recorded is one `check` listed.
+pub fn assert_journal_within_the_plan(lab: &Lab, audit: &Value) -> JournalFile {
+    let j = last_upgrade(lab);
+    let header_plan: &Value = j.header.plan.as_ref().expect("the plan in the header");
+    assert_eq!(
+        header_plan["steps"], audit["plan"]["steps"],
+        "the header's plan"
+    );
+    let mut planned = BTreeSet::new();
+    for step in audit["plan"]["steps"].as_array().unwrap() {
+        for hc in step["commands"].as_array().unwrap() {
+            planned.insert((
+                step["id"].as_str().unwrap().to_string(),
+                hc["host"].as_str().unwrap().to_string(),
+            ));
+        }
+    }
+    for r in &j.steps {
+        assert!(
+            planned.contains(&(r.id.clone(), r.host.clone())),
+            "the run recorded `{}` on {}, which check did not list",
+            r.id,
+            r.host
+        );
+    }
+    j
+}

@@ -39,6 +39,7 @@ fn insert_hook(
         kind,
         hosts: hosts.iter().map(|h| h.to_string()).collect(),
         batch: None,
+        hop: None,
         action: "run the hook".into(),
         why: "the operator's".into(),
         checks: vec![],
