@@ -49,8 +49,8 @@ pub struct PlanArgs {
     /// (`25%`). Default: one at a time for `rolling`, all at once otherwise.
     #[arg(long, value_name = "N|N%")]
     pub serial: Option<BatchSize>,
-    /// Nodes in the first batch, the migrator among them: the run stops there when one fails
-    /// (unless `--max-fail` tolerates it), with the other nodes untouched.
+    /// Nodes in the first batch, the migrator among them. In a rolling or replace run a failure
+    /// there stops the run whatever `--max-fail` tolerates, with the other nodes untouched.
     #[arg(long, value_name = "N", default_value = "1")]
     pub canary: NonZeroUsize,
     /// Stop running nodes (through the service manager) instead of refusing.

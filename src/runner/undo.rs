@@ -295,9 +295,11 @@ pub async fn revert<T: Transport>(sh: &Shared<T>, host: &str) {
     let c = sh.changes();
     let h = sh.host(host);
     let plan_host = sh.plan.host(host);
+    // The latest switch's previous target: in a multi-hop run, the release of the hop before.
     let previous = c
         .switched
         .iter()
+        .rev()
         .find(|(n, _)| n == host)
         .map(|(_, p)| p.clone())
         .or_else(|| {
@@ -311,9 +313,12 @@ pub async fn revert<T: Transport>(sh: &Shared<T>, host: &str) {
     if !(started || stopped || switched) {
         return;
     }
-    let may_serve = plan_host
-        .and_then(|p| p.verdict.as_ref())
-        .is_some_and(|v| v.supported && v.zero_downtime);
+    // A multi-hop plan's hosts carry the first hop's verdict; a later hop the undo reverts is
+    // zero-downtime by its own plan (which the table allowed for it).
+    let may_serve = !sh.plan.hops.is_empty()
+        || plan_host
+            .and_then(|p| p.verdict.as_ref())
+            .is_some_and(|v| v.supported && v.zero_downtime);
     if !may_serve {
         restored(
             sh,
