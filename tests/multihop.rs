@@ -7,6 +7,8 @@
 
 #[path = "common/lab_fixture.rs"]
 mod lab_fixture;
+#[path = "common/ledger_state.rs"]
+mod ledger_state;
 #[path = "common/plan_match.rs"]
 mod plan_match;
 
@@ -16,6 +18,7 @@ use std::time::{Duration, Instant};
 use fleetup::exit_code;
 use fleetup::lab::{Driver, Lab, LabGuard};
 use lab_fixture::{assert_serving, both, code, fleetup, fleetup_cmd, json, release, spec};
+use ledger_state::migrations;
 use serde_json::Value;
 
 const FROM: &str = "1.2.0";
@@ -33,25 +36,6 @@ fn args<'a>(cmd: &'a str, hop: &'a str, new: &'a str) -> Vec<&'a str> {
     vec![
         cmd, "--to", TARGET, "--binary", hop, "--binary", new, "--stop",
     ]
-}
-
-/// `(ledger, via)` of each committed migration run to `version`, sorted.
-fn migrations(lab: &Lab, version: &str) -> Vec<(String, String)> {
-    let text =
-        std::fs::read_to_string(lab.sim_state_dir().join("migrations.log")).unwrap_or_default();
-    let mut out: Vec<(String, String)> = text
-        .lines()
-        .map(|l| serde_json::from_str::<Value>(l).unwrap())
-        .filter(|v| v["version"] == version && v["result"] == "committed")
-        .map(|v| {
-            (
-                v["ledger"].as_str().unwrap_or("").to_string(),
-                v["via"].as_str().unwrap_or("").to_string(),
-            )
-        })
-        .collect();
-    out.sort();
-    out
 }
 
 fn assert_each_hop_migrated_once(lab: &Lab) {

@@ -8,6 +8,8 @@
 
 #[path = "common/lab_fixture.rs"]
 mod lab_fixture;
+#[path = "common/ledger_state.rs"]
+mod ledger_state;
 #[path = "common/plan_match.rs"]
 mod plan_match;
 
@@ -17,6 +19,7 @@ use fleetup::exit_code;
 use fleetup::lab::availability::AvailabilityPoller;
 use fleetup::lab::{Driver, Lab, LabGuard};
 use lab_fixture::{api_version, assert_serving, both, code, fleetup, json, release, spec};
+use ledger_state::{assert_migrated_once_by_fleetup, transaction_counts};
 use serde_json::Value;
 
 const FROM: &str = "1.8.2";
@@ -24,51 +27,6 @@ const TARGET: &str = "1.9.6";
 
 fn lab(nodes: usize) -> LabGuard {
     LabGuard::up(&spec(Driver::Postgres, nodes, FROM)).expect("lab up")
-}
-
-/// `(ledger, transactions)` of every ledger, as node `name` serves them.
-fn transaction_counts(lab: &Lab, name: &str) -> Vec<(String, u64)> {
-    let node = lab.node(name).unwrap();
-    lab.ledgers
-        .iter()
-        .map(|l| {
-            let (status, body) = node.api_get(&format!("/{l}/stats")).unwrap();
-            assert_eq!(status, 200, "{l}: {body}");
-            let v: Value = serde_json::from_str(&body).unwrap();
-            (l.clone(), v["data"]["transactions"].as_u64().unwrap())
-        })
-        .collect()
-}
-
-/// The simulator's committed migration runs to `version`: `(ledger, via)`, sorted.
-fn migrations(lab: &Lab, version: &str) -> Vec<(String, String)> {
-    let text =
-        std::fs::read_to_string(lab.sim_state_dir().join("migrations.log")).unwrap_or_default();
-    let mut out: Vec<(String, String)> = text
-        .lines()
-        .map(|l| serde_json::from_str::<Value>(l).unwrap())
-        .filter(|v| v["version"] == version && v["result"] == "committed")
-        .map(|v| {
-            (
-                v["ledger"].as_str().unwrap_or("").to_string(),
-                v["via"].as_str().unwrap_or("").to_string(),
-            )
-        })
-        .collect();
-    out.sort();
-    out
-}
-
-/// Each ledger migrated to `version` exactly once, by `storage upgrade` (fleetup's), never
-/// lazily by a server request: so before any new node served it.
-fn assert_migrated_once_by_fleetup(lab: &Lab, version: &str) {
-    let mut want: Vec<(String, String)> = lab
-        .ledgers
-        .iter()
-        .map(|l| (l.clone(), "storage upgrade".to_string()))
-        .collect();
-    want.sort();
-    assert_eq!(migrations(lab, version), want, "each ledger migrated once");
 }
 
 fn server_pid(lab: &Lab, name: &str) -> Option<u32> {
