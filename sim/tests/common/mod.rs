@@ -192,8 +192,19 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// A minimal HTTP/1.1 client: one request, read to EOF (the simulator closes).
+/// A minimal HTTP/1.1 client: one request, read to EOF (the simulator closes). A connection
+/// reset before any byte of an answer (a loaded machine) is tried again, up to three times.
 pub fn http(port: u16, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
+    for _ in 0..3 {
+        if let Some(answer) = http_once(port, method, path, body) {
+            return answer;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("{method} {path}: the connection was reset three times before an answer");
+}
+
+fn http_once(port: u16, method: &str, path: &str, body: Option<&str>) -> Option<(u16, String)> {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
     stream
@@ -206,7 +217,14 @@ pub fn http(port: u16, method: &str, path: &str, body: Option<&str>) -> (u16, St
     );
     stream.write_all(request.as_bytes()).expect("send");
     let mut response = String::new();
-    stream.read_to_string(&mut response).expect("read");
+    match stream.read_to_string(&mut response) {
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset && response.is_empty() => {
+            return None;
+        }
+        r => {
+            r.expect("read");
+        }
+    }
     let status = response
         .split_whitespace()
         .nth(1)
@@ -216,7 +234,7 @@ pub fn http(port: u16, method: &str, path: &str, body: Option<&str>) -> (u16, St
         .split_once("\r\n\r\n")
         .map(|(_, b)| b.to_owned())
         .unwrap_or_default();
-    (status, body)
+    Some((status, body))
 }
 
 pub fn sqlite_versions(path: &Path) -> Vec<u32> {
