@@ -288,7 +288,13 @@ pub fn find_resumable(
         return Ok(journal::list_journals(state_dir)?
             .into_iter()
             .rev()
-            .find(|j| j.header.command == command && j.header.inventory == inventory)
+            // A run refused before its first step (a held lock, a failed preflight) changed
+            // nothing and has nothing to resume: the run before it may.
+            .find(|j| {
+                j.header.command == command
+                    && j.header.inventory == inventory
+                    && !j.steps.is_empty()
+            })
             .filter(|j| !finished(j))
             .ok_or_else(|| {
                 Failure::usage(format!(

@@ -11,9 +11,10 @@ use anyhow::Context;
 use clap::Args;
 use fleetup::events::{Event, StepState};
 use fleetup::inventory::ResolvedHost;
-use fleetup::journal::{self, Header};
+use fleetup::journal::{self, Header, JournalFile};
 use fleetup::operation::{self, Finished, RunSettings, Scope, UpgradeRequest};
 use fleetup::plan::Plan;
+use fleetup::preflight::{self, AuditedPlan, ExpectedPlan};
 use fleetup::runner::{self, FailBudget, FailurePolicy, PriorRun, RunReport, kind_name};
 use fleetup::{Failure, exit_code};
 use sha2::{Digest, Sha256};
@@ -66,6 +67,83 @@ pub struct UpgradeArgs {
     pub connect: ConnectFlags,
 }
 
+/// What `--plan GIVEN` names: the audit in `state_dir` whose plan id starts with it (the
+/// newest, when several audits gave that id). Refused at once when it is not a plan id, when
+/// it names several different plans, or when the audit was made for another target or other
+/// plan options than this upgrade's.
+fn expected_plan(
+    state_dir: &std::path::Path,
+    given: &str,
+    target: &str,
+    options: &[String],
+) -> anyhow::Result<ExpectedPlan> {
+    let prefix = preflight::parse_plan_prefix(given)?;
+    let mut audits: Vec<(JournalFile, String, Option<serde_json::Value>)> = Vec::new();
+    // Audits only: an upgrade's own journal holds its plan too, with the upgrade's options.
+    for j in journal::list_journals(state_dir)?
+        .into_iter()
+        .filter(|j| j.header.command == "check")
+    {
+        let ready = j
+            .events
+            .iter()
+            .rev()
+            .find(|e| e["event"] == "plan_ready")
+            .cloned();
+        if let Some(e) = ready
+            && let Some(id) = e["plan_id"].as_str()
+            && id.starts_with(&prefix)
+        {
+            audits.push((j, id.to_string(), e.get("facts").cloned()));
+        }
+    }
+    let mut ids: Vec<&str> = audits.iter().map(|(_, id, _)| id.as_str()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    if ids.len() > 1 {
+        return Err(Failure::usage(format!(
+            "`{given}` is the start of {} plan ids: {}",
+            ids.len(),
+            ids.iter().map(|i| &i[..16]).collect::<Vec<_>>().join(", ")
+        ))
+        .hint("give more digits of the plan id `fleetup check` printed")
+        .into());
+    }
+    let audited = audits.pop().map(|(j, plan_id, facts)| {
+        (
+            j.header.target.clone(),
+            j.header.options.clone(),
+            AuditedPlan {
+                run_id: j.header.run_id,
+                plan_id,
+                facts,
+            },
+        )
+    });
+    if let Some((audited_target, audited_options, a)) = &audited
+        && (audited_target != target || audited_options != options)
+    {
+        let show = |t: &str, o: &[String]| {
+            std::iter::once(format!("--to {t}"))
+                .chain(o.iter().cloned())
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        return Err(Failure::usage(format!(
+            "plan id `{given}` was audited by `{}` for `{}`; this upgrade asks for `{}`",
+            a.run_id,
+            show(audited_target, audited_options),
+            show(target, options)
+        ))
+        .hint("run `fleetup upgrade` with the options of the audit, or audit these options with `fleetup check` first")
+        .into());
+    }
+    Ok(ExpectedPlan {
+        given: prefix,
+        audited: audited.map(|(_, _, a)| a),
+    })
+}
+
 fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| e.to_string())
 }
@@ -114,6 +192,15 @@ pub fn run(global: &Global, args: &UpgradeArgs) -> anyhow::Result<i32> {
         None => args.plan.clone(),
     };
     let inputs = plan_args.resolve(global, &inventory)?;
+    let expected = match &args.plan_id {
+        Some(given) => Some(expected_plan(
+            &state_dir,
+            given,
+            &inputs.target.to_string(),
+            &plan_args.recorded_options(),
+        )?),
+        None => None,
+    };
     let now = SystemTime::now();
     let run_id = match &resumed {
         Some(j) => j.header.run_id.clone(),
@@ -161,7 +248,7 @@ pub fn run(global: &Global, args: &UpgradeArgs) -> anyhow::Result<i32> {
     };
     let req = UpgradeRequest {
         inputs: &inputs,
-        expected_plan_id: args.plan_id.as_deref(),
+        expected_plan: expected.as_ref(),
         run: RunSettings {
             failure: FailurePolicy {
                 max_failed: args.max_fail,
