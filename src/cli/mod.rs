@@ -100,12 +100,25 @@ pub enum Command {
     Man(generated::ManArgs),
 }
 
+/// What to add under clap's own message for a mistake it cannot explain: `exec` takes the
+/// remote command after `--` (`fleetup exec uname -n` reads `uname` as an argument of its own).
+fn usage_hint(args: &[String], kind: clap::error::ErrorKind) -> Option<&'static str> {
+    let exec = args.iter().skip(1).any(|a| a == "exec");
+    let dashes = args.iter().any(|a| a == "--");
+    (kind == clap::error::ErrorKind::UnknownArgument && exec && !dashes)
+        .then_some("put the remote command after `--`: `fleetup exec -- uname -n`")
+}
+
 /// Parse the command line, run the command, render errors; returns the process exit code.
 pub fn main() -> i32 {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();
+            let args: Vec<String> = std::env::args().collect();
+            if let Some(hint) = usage_hint(&args, e.kind()) {
+                eprintln!("hint: {hint}");
+            }
             return if e.use_stderr() {
                 exit_code::USAGE
             } else {
@@ -129,5 +142,19 @@ pub fn main() -> i32 {
     match result {
         Ok(code) => code,
         Err(err) => errors::report(&err),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::error::ErrorKind;
+
+    #[test]
+    fn exec_without_dashes_gets_a_hint() {
+        let args = |a: &str| a.split(' ').map(String::from).collect::<Vec<_>>();
+        assert!(usage_hint(&args("fleetup exec uname -n"), ErrorKind::UnknownArgument).is_some());
+        assert!(usage_hint(&args("fleetup exec -- uname"), ErrorKind::UnknownArgument).is_none());
+        assert!(usage_hint(&args("fleetup status x"), ErrorKind::UnknownArgument).is_none());
     }
 }

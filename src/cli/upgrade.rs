@@ -31,6 +31,10 @@ pub struct UpgradeArgs {
     /// Refuse to start unless the fleet still gives this plan id (printed by `fleetup check`).
     #[arg(long = "plan", value_name = "ID")]
     pub plan_id: Option<String>,
+    /// Do not ask before the first change. On a terminal, an upgrade without `--plan` shows
+    /// the plan's summary and asks; off a terminal (scripts, CI) it never asks.
+    #[arg(short = 'y', long)]
+    pub yes: bool,
     /// Break a stale fleet lock (a crashed run's), after showing its holder; a live fleetup
     /// on this machine keeps its lock.
     #[arg(long)]
@@ -144,6 +148,26 @@ fn expected_plan(
     })
 }
 
+/// The plan's summary on stderr, then `proceed? [y/N]`; anything but `y`/`yes` refuses.
+fn confirm_plan(plan: &Plan) -> anyhow::Result<()> {
+    let mut text = String::new();
+    for l in fleetup::plan::header_lines(plan, "plan") {
+        text.push_str(&format!("{l}\n"));
+    }
+    for s in &plan.steps {
+        text.push_str(&format!("  {:>2}. {}: {}\n", s.number, s.kind, s.action));
+    }
+    eprint!("{text}every check passed; nothing has changed yet. proceed? [y/N] ");
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line)?;
+    match line.trim() {
+        "y" | "Y" | "yes" => Ok(()),
+        _ => Err(Failure::usage("not confirmed; nothing was changed")
+            .hint("review it with `fleetup check`, then run `fleetup upgrade ... --plan ID`, or pass `--yes`")
+            .into()),
+    }
+}
+
 fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| e.to_string())
 }
@@ -224,13 +248,19 @@ pub fn run(global: &Global, args: &UpgradeArgs) -> anyhow::Result<i32> {
         plan_id: None,
     };
     // The header holds the plan: the journal's file is written once the plan is built.
-    let session = RunSession::start(
+    let mut session = RunSession::start(
         global,
         header,
         hosts.iter().map(|h| h.name.clone()).collect(),
         state_dir,
         resumed.is_some(),
     );
+    // A plan nobody reviewed (no `--plan`, not a resumed one) is shown and confirmed on a
+    // terminal before it changes anything.
+    let interactive = std::io::stdin().is_terminal() && std::io::stderr().is_terminal();
+    if interactive && !args.yes && args.plan_id.is_none() && resumed.is_none() {
+        session = session.confirming(Box::new(confirm_plan));
+    }
     if let Some(j) = &resumed {
         session.sink.emit(&Event::Notice {
             host: String::new(),

@@ -205,6 +205,8 @@ async fn upgrade_connected(
     let lock_handled = req.run.break_lock || req.run.resumed;
     gates::preflight_passed(&plan, &findings, lock_handled, sink.as_ref())?;
     let binaries = gates::binaries(&plan)?;
+    // Every check passed: the caller's last word before the first change.
+    hooks.confirm(&plan)?;
     let fleet = Fleet {
         hosts: scope.hosts.to_vec(),
         sessions,
