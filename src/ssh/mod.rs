@@ -19,7 +19,7 @@ use std::future::Future;
 use std::time::Duration;
 
 pub use auth::{KeyCache, PASSPHRASE_ENV, PassphrasePrompt};
-pub use error::{ConnectError, ExecError, HostKeyError, HttpError, UploadError};
+pub use error::{CertProblem, ConnectError, ExecError, HostKeyError, HttpError, UploadError};
 pub use http::HttpResponse;
 pub use process::RemoteProcess;
 pub use session::{

@@ -114,6 +114,7 @@ pub fn host(name: &str, port: u16, key: Option<&Path>, known_hosts: &Path) -> Re
             port,
             identity_files: key.map(Path::to_path_buf).into_iter().collect(),
             known_hosts: known_hosts.to_path_buf(),
+            global_known_hosts: vec![],
             connect_timeout: Duration::from_secs(10),
             command_timeout: Duration::from_secs(30),
             jump_host: None,
