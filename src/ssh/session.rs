@@ -597,16 +597,19 @@ impl client::Handler for Client {
         names: &russh::Names,
         _session: &mut client::Session,
     ) -> Result<(), ClientError> {
+        let cipher = names.cipher.as_ref();
+        // An AEAD cipher authenticates itself: the negotiated MAC is not used.
+        let mac = if cipher.contains("poly1305") || cipher.contains("gcm") {
+            "implicit".to_owned()
+        } else {
+            names.client_mac.as_ref().to_string()
+        };
         log::debug!(
             target: LOG_TARGET,
-            "{}: kex {}, host key {}, cipher {}, mac {} (client) / {} (server), compression {:?}, strict kex {}",
+            "{}: kex {}, host key {}, cipher {cipher}, mac {mac}, strict kex {}",
             self.name,
             names.kex.as_ref(),
             names.key,
-            names.cipher.as_ref(),
-            names.client_mac.as_ref(),
-            names.server_mac.as_ref(),
-            names.client_compression,
             if names.strict_kex() { "on" } else { "off" },
         );
         Ok(())
