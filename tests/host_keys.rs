@@ -263,13 +263,25 @@ fn the_global_known_hosts_file_counts_and_its_revoked_lines_win() {
 
     // An unknown host names every file it was looked up in.
     std::fs::remove_file(fx.path("known_hosts")).unwrap();
-    std::fs::write(&global, "").unwrap();
+    // A CA vouches for the host, which serves no certificate: refused, and the hint says so.
+    let ca = fx.ca("host_ca");
+    fx.known_hosts("global", &[fx.ca_line("*", &ca)]);
     let out = touch(&inv, &marker, &[], &[]);
     assert_eq!(code(&out), exit_code::UNREACHABLE, "{}", both(&out));
+    assert!(!marker.exists());
     assert!(
         stderr(&out).contains(&format!("nor in `{}`", global.display())),
         "{}",
         stderr(&out)
+    );
+    let err = status_stderr(&inv);
+    assert!(
+        err.contains(&format!(
+            "hint: `{}:1` trusts a certificate authority for this host, but the host presented \
+             no certificate",
+            global.display()
+        )),
+        "{err}"
     );
 }
 
