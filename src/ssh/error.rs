@@ -194,7 +194,11 @@ impl HostKeyError {
                 vec!["the key was revoked on purpose: do not connect to this host until it is re-keyed".into()]
             }
             HostKeyError::File { .. } => {
-                vec!["check the `known_hosts` setting of the inventory".into()]
+                vec![
+                    "check the `known_hosts` and `global_known_hosts` settings of the inventory \
+                     and that the file is readable (and writable, to record new keys)"
+                        .into(),
+                ]
             }
             HostKeyError::Certificate { addr, problem, .. } => problem.hints(addr),
         }
