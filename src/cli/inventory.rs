@@ -232,6 +232,7 @@ mod tests {
                 port: 2222,
                 identity_files: vec![],
                 known_hosts: "/kh".into(),
+                global_known_hosts: vec![],
                 connect_timeout: Duration::from_secs(1),
                 command_timeout: Duration::from_secs(1),
                 jump_host: None,

@@ -13,6 +13,7 @@ mod exec;
 mod generated;
 mod inventory;
 mod lab;
+mod logging;
 mod paths;
 mod rollback;
 mod runs;
@@ -53,7 +54,7 @@ pub struct Global {
     /// Upgrade-path table replacing the built-in one (TOML, same shape as `fleetup paths --toml` prints).
     #[arg(long = "paths", global = true, env = "FLEETUP_PATHS")]
     pub paths_file: Option<PathBuf>,
-    /// More detail on stderr (repeat for more).
+    /// More detail on stderr (repeat for more; `-vvv` shows each host's SSH negotiation).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
     /// Only errors on stderr.
@@ -126,6 +127,7 @@ pub fn main() -> i32 {
             };
         }
     };
+    logging::init(cli.global.verbose, cli.global.quiet);
     let result = match &cli.command {
         Command::Paths(args) => paths::run(&cli.global, args),
         Command::Inventory(cmd) => inventory::run(&cli.global, cmd),

@@ -214,6 +214,7 @@ mod tests {
                 port: 22,
                 identity_files: Vec::new(),
                 known_hosts: "/dev/null".into(),
+                global_known_hosts: vec![],
                 connect_timeout: std::time::Duration::from_secs(1),
                 command_timeout: std::time::Duration::from_secs(1),
                 jump_host: None,

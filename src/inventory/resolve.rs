@@ -61,6 +61,9 @@ impl Pass<'_> {
     }
 }
 
+/// OpenSSH's default `GlobalKnownHostsFile`.
+pub const DEFAULT_GLOBAL_KNOWN_HOSTS: &str = "/etc/ssh/ssh_known_hosts";
+
 /// SSH settings of one layer; `None` leaves the lower layer's value.
 #[derive(Debug, Clone, Default)]
 struct SshLayer {
@@ -68,6 +71,7 @@ struct SshLayer {
     port: Option<u16>,
     identity_files: Option<Vec<PathBuf>>,
     known_hosts: Option<PathBuf>,
+    global_known_hosts: Option<Vec<PathBuf>>,
     connect_timeout: Option<Duration>,
     command_timeout: Option<Duration>,
     jump_host: Option<JumpHost>,
@@ -84,6 +88,10 @@ impl SshLayer {
                 .as_ref()
                 .map(|files| files.iter().filter_map(|f| pass.local_path(f)).collect()),
             known_hosts: raw.known_hosts.as_ref().and_then(|p| pass.local_path(p)),
+            global_known_hosts: raw
+                .global_known_hosts
+                .as_ref()
+                .map(|files| files.iter().filter_map(|f| pass.local_path(f)).collect()),
             connect_timeout: raw.connect_timeout.map(|d| d.0),
             command_timeout: raw.command_timeout.map(|d| d.0),
             jump_host: raw.jump_host.clone(),
@@ -97,6 +105,7 @@ impl SshLayer {
             port: o.port,
             identity_files: o.identity_files.clone(),
             known_hosts: o.known_hosts.clone(),
+            global_known_hosts: None,
             connect_timeout: o.connect_timeout,
             command_timeout: o.command_timeout,
             jump_host: o.jump_host.clone(),
@@ -111,6 +120,7 @@ impl SshLayer {
             port: Some(22),
             identity_files: Some(local.default_identity_files.clone()),
             known_hosts: local.home.as_ref().map(|h| h.join(".ssh/known_hosts")),
+            global_known_hosts: Some(vec![PathBuf::from(DEFAULT_GLOBAL_KNOWN_HOSTS)]),
             connect_timeout: Some(Duration::from_secs(10)),
             command_timeout: Some(Duration::from_secs(30 * 60)),
             jump_host: Some(JumpHost::Direct),
@@ -124,6 +134,7 @@ impl SshLayer {
             port: self.port.or(lower.port),
             identity_files: self.identity_files.clone().or(lower.identity_files),
             known_hosts: self.known_hosts.clone().or(lower.known_hosts),
+            global_known_hosts: self.global_known_hosts.clone().or(lower.global_known_hosts),
             connect_timeout: self.connect_timeout.or(lower.connect_timeout),
             command_timeout: self.command_timeout.or(lower.command_timeout),
             jump_host: self.jump_host.clone().or(lower.jump_host),
@@ -139,6 +150,7 @@ impl SshLayer {
             port: self.port?,
             identity_files: self.identity_files?,
             known_hosts: self.known_hosts?,
+            global_known_hosts: self.global_known_hosts?,
             connect_timeout: self.connect_timeout?,
             command_timeout: self.command_timeout?,
             jump_host: self.jump_host?.into_option(),

@@ -979,6 +979,7 @@ pub(crate) mod tests {
                 port: 22,
                 identity_files: vec![],
                 known_hosts: "/kh".into(),
+                global_known_hosts: vec![],
                 connect_timeout: Duration::from_secs(1),
                 command_timeout: Duration::from_secs(1),
                 jump_host: None,
