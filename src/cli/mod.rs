@@ -10,6 +10,7 @@ mod connect;
 mod display;
 mod errors;
 mod exec;
+mod generated;
 mod inventory;
 mod lab;
 mod paths;
@@ -93,6 +94,10 @@ pub enum Command {
     /// A local practice fleet: real sshd servers and the ledger simulator (`lab up|status|down`).
     #[command(subcommand)]
     Lab(lab::LabCommand),
+    /// Shell completions on stdout: `fleetup completions bash > /etc/bash_completion.d/fleetup`.
+    Completions(generated::CompletionsArgs),
+    /// The man page (roff) on stdout: `fleetup man | man -l -`; `--dir DIR` writes every page.
+    Man(generated::ManArgs),
 }
 
 /// Parse the command line, run the command, render errors; returns the process exit code.
@@ -118,6 +123,8 @@ pub fn main() -> i32 {
         Command::Rollback(args) => rollback::run(&cli.global, args),
         Command::Runs(cmd) => runs::run(&cli.global, cmd),
         Command::Lab(cmd) => lab::run(&cli.global, cmd),
+        Command::Completions(args) => generated::completions(args),
+        Command::Man(args) => generated::man(args),
     };
     match result {
         Ok(code) => code,

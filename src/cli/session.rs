@@ -299,6 +299,7 @@ pub fn find_resumable(
             })?);
     }
     let j = read_run(state_dir, which)?;
+    let which = &j.header.run_id;
     if j.header.command != command {
         return Err(Failure::usage(format!(
             "run `{which}` is a `{}`, not a {command}",
@@ -319,20 +320,8 @@ pub fn find_resumable(
     Ok(j)
 }
 
-/// The journal of run `id` in `state_dir`.
+/// The journal of run `id` (`last`, an id or a unique prefix of one) in `state_dir`.
 pub fn read_run(state_dir: &Path, id: &str) -> anyhow::Result<JournalFile> {
-    if !journal::valid_run_id(id) {
-        return Err(Failure::usage(format!("`{id}` is not a run id"))
-            .hint("`fleetup runs list` shows the run ids")
-            .into());
-    }
-    let path = journal::journal_path(state_dir, id);
-    if !path.is_file() {
-        return Err(
-            Failure::usage(format!("no run `{id}` in `{}`", state_dir.display()))
-                .hint("`fleetup runs list` shows the runs")
-                .into(),
-        );
-    }
-    journal::read_journal(&path)
+    let id = super::runs::resolve_run(state_dir, id)?;
+    journal::read_journal(&journal::journal_path(state_dir, &id))
 }
