@@ -101,6 +101,21 @@ pub fn service_state_command(service: &Service) -> String {
     }
 }
 
+/// systemd's `is-active`, asked right after a start (exit 0 and `active` once it runs; a unit
+/// that failed at once or crash-loops prints `failed` or `activating` and exits non-zero).
+/// An operator's own commands have their `status`, asked by the health gate's wait instead.
+pub fn service_active_command(service: &Service) -> Option<String> {
+    match service {
+        Service::Systemd { unit } => Some(format!("systemctl is-active -- {}", quote(unit))),
+        Service::Command { .. } => None,
+    }
+}
+
+/// The last `lines` lines of a systemd unit's journal, without a pager.
+pub fn journal_command(unit: &str, lines: usize) -> String {
+    format!("journalctl -u {} -n {lines} --no-pager", quote(unit))
+}
+
 /// The command that keeps the service from starting at boot, where the manager has one:
 /// systemd's `disable` (the decommission of an old node). An operator's own commands have none.
 pub fn service_disable_command(service: &Service) -> Option<String> {
