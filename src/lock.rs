@@ -690,7 +690,8 @@ async fn run<T: Transport + ?Sized>(
     command: &str,
     action: &'static str,
 ) -> Result<crate::ssh::ExecOutput, LockError> {
-    t.exec(command, &opts())
+    // The lock lives in `releases_dir`: written with the host's `become` privileges.
+    t.exec(&host.ledger.escalate.wrap(command), &opts())
         .await
         .map_err(|e| LockError::Failed {
             host: host.name.clone(),

@@ -101,6 +101,21 @@ pub fn service_state_command(service: &Service) -> String {
     }
 }
 
+/// systemd's `is-active`, asked right after a start (exit 0 and `active` once it runs; a unit
+/// that failed at once or crash-loops prints `failed` or `activating` and exits non-zero).
+/// An operator's own commands have their `status`, asked by the health gate's wait instead.
+pub fn service_active_command(service: &Service) -> Option<String> {
+    match service {
+        Service::Systemd { unit } => Some(format!("systemctl is-active -- {}", quote(unit))),
+        Service::Command { .. } => None,
+    }
+}
+
+/// The last `lines` lines of a systemd unit's journal, without a pager.
+pub fn journal_command(unit: &str, lines: usize) -> String {
+    format!("journalctl -u {} -n {lines} --no-pager", quote(unit))
+}
+
 /// The command that keeps the service from starting at boot, where the manager has one:
 /// systemd's `disable` (the decommission of an old node). An operator's own commands have none.
 pub fn service_disable_command(service: &Service) -> Option<String> {
@@ -195,10 +210,22 @@ pub fn probe(host: &ResolvedHost) -> String {
     let mut s = format!("echo {PROBE_ENV}; ( ");
     if let Some(env) = &host.ledger.env_file {
         let e = quote(env);
-        s.push_str(&format!(
-            "if [ ! -r {e} ]; then echo \"! cannot read {e}\"; exit 0; fi; \
-             set -a; . {e} || {{ echo \"! cannot source {e}\"; exit 0; }}; set +a; "
-        ));
+        match host.ledger.escalate {
+            crate::inventory::Become::None => s.push_str(&format!(
+                "if [ ! -r {e} ]; then echo \"! cannot read {e}\"; exit 0; fi; \
+                 set -a; . {e} || {{ echo \"! cannot source {e}\"; exit 0; }}; set +a; "
+            )),
+            // An env file only root may read (mode 0600 or 0640 root:numary) is read through
+            // `sudo -n cat` into this shell's memory (never a file or an argument), then
+            // evaluated as the `.` would have.
+            crate::inventory::Become::Sudo => s.push_str(&format!(
+                "if [ -r {e} ]; then set -a; . {e} || {{ echo \"! cannot source {e}\"; exit 0; }}; set +a; \
+                 elif fleetup_env=$({cat} 2>/dev/null); then \
+                 set -a; eval \"$fleetup_env\" || {{ echo \"! cannot source {e}\"; exit 0; }}; set +a; unset fleetup_env; \
+                 else echo \"! cannot read {e}, not even through sudo -n\"; exit 0; fi; ",
+                cat = crate::shell::sudo(&format!("cat -- {e}")),
+            )),
+        }
     }
     s.push_str(&format!(
         "printf 'driver=%s\\n' \"${{NUMARY_STORAGE_DRIVER:-sqlite}}\"; \
@@ -404,6 +431,45 @@ mod tests {
         let p = probe_locally(None);
         assert_eq!(p.dir, "/home/ledger/.numary/data");
         assert_eq!(p.bind, "localhost:3068");
+    }
+
+    #[test]
+    fn with_become_sudo_an_unreadable_env_file_is_read_through_sudo() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut host = host_with(Some(dir.path().join("no-such-env").display().to_string()));
+        host.ledger.releases_dir = dir.path().display().to_string();
+        host.ledger.escalate = crate::inventory::Become::Sudo;
+        let bin = dir.path().join("bin");
+        std::fs::create_dir(&bin).unwrap();
+        let run = |host: &ResolvedHost| {
+            let out = std::process::Command::new("/bin/sh")
+                .arg("-c")
+                .arg(probe(host))
+                .env("PATH", format!("{}:/usr/bin:/bin", bin.display()))
+                .output()
+                .unwrap();
+            parse_probe(&String::from_utf8_lossy(&out.stdout))
+        };
+        // No sudo: the env file cannot be read at all.
+        let p = run(&host);
+        assert!(
+            p.env_error
+                .as_deref()
+                .is_some_and(|e| e.contains("not even through sudo -n")),
+            "{p:?}"
+        );
+        // A stand-in sudo that is root enough to read it (it prints the file's content).
+        use std::os::unix::fs::PermissionsExt;
+        let sudo = bin.join("sudo");
+        std::fs::write(
+            &sudo,
+            "#!/bin/sh\n[ \"$1\" = -n ] || exit 9\nprintf 'NUMARY_STORAGE_DIR=\"/via sudo\"\\n'\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&sudo, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let p = run(&host);
+        assert_eq!(p.env_error, None, "{p:?}");
+        assert_eq!(p.dir, "/via sudo");
     }
 
     #[test]

@@ -42,6 +42,74 @@ pub fn join<S: AsRef<str>>(words: &[S]) -> String {
         .join(" ")
 }
 
+/// `sudo -n -- sh -c 'HOME="$1"; export HOME; COMMAND' sh "$HOME"`: `command` (a whole shell
+/// line) run as root by a shell of its own, quoted as one word so it means to that shell exactly
+/// what it meant unwrapped. `-n`: sudo fails at once ("a password is required", exit 1) rather
+/// than waiting for a password no one will type; `--` ends sudo's options. The SSH user's
+/// `$HOME` is kept (sudo usually resets it to root's): `numary` defaults its SQLite dir to
+/// `$HOME/.numary/data`, and a storage command must see the service's store, not root's.
+/// Arguments appended to the result are `$2`, `$3`, ... of `command`.
+pub fn sudo(command: &str) -> String {
+    format!(
+        "sudo -n -- sh -c {} sh \"$HOME\"",
+        quote(&format!("HOME=\"$1\"; export HOME; {command}"))
+    )
+}
+
+/// Text a node printed, made safe to show on a terminal: ANSI escape sequences (`ESC [ ... X`,
+/// `ESC ] ... BEL`) removed, every other control character but newline and tab shown as
+/// `\u{..}`, and at most `max` characters kept (then `…`). A node's output is untrusted: raw,
+/// it could move the cursor, rewrite earlier lines or set the terminal's title.
+pub fn printable(text: &str, max: usize) -> String {
+    let mut out = String::new();
+    let mut chars = text.chars().peekable();
+    let mut kept = 0;
+    while let Some(c) = chars.next() {
+        if kept >= max {
+            out.push('…');
+            break;
+        }
+        match c {
+            '\x1b' => match chars.peek() {
+                // CSI: parameters and intermediates up to a final byte in `@`..`~`.
+                Some('[') => {
+                    chars.next();
+                    for c in chars.by_ref() {
+                        if ('@'..='~').contains(&c) {
+                            break;
+                        }
+                    }
+                }
+                // OSC: up to BEL or ESC `\`.
+                Some(']') => {
+                    chars.next();
+                    while let Some(c) = chars.next() {
+                        if c == '\x07' || (c == '\x1b' && chars.next_if_eq(&'\\').is_some()) {
+                            break;
+                        }
+                    }
+                }
+                _ => {
+                    chars.next();
+                }
+            },
+            '\n' | '\t' => {
+                out.push(c);
+                kept += 1;
+            }
+            c if c.is_control() => {
+                out.push_str(&c.escape_unicode().to_string());
+                kept += 1;
+            }
+            c => {
+                out.push(c);
+                kept += 1;
+            }
+        }
+    }
+    out
+}
+
 /// A ledger name fleetup will not put on a command line.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("`{name}` is not a valid ledger name: {reason}")]
@@ -138,6 +206,41 @@ mod tests {
                 .unwrap();
             assert_eq!(String::from_utf8(out.stdout).unwrap(), w);
         }
+    }
+
+    #[test]
+    fn sudo_wraps_a_whole_line_as_one_word() {
+        assert_eq!(
+            sudo("systemctl stop 'my unit' && echo \"$x\""),
+            "sudo -n -- sh -c 'HOME=\"$1\"; export HOME; systemctl stop '\\''my unit'\\'' && echo \"$x\"' sh \"$HOME\""
+        );
+        // The wrapped line means to its own shell what it meant unwrapped (here run by `sh`
+        // standing in for sudo, which hands the words to `sh -c` unchanged).
+        let line = "printf '%s|' \"$0\" \"$HOME\" 'it'\\''s' \"$(echo a b)\"; exit 3";
+        let wrapped = sudo(line).replacen("sudo -n -- ", "", 1);
+        let run = |l: &str| {
+            std::process::Command::new("sh")
+                .arg("-c")
+                .arg(l)
+                .output()
+                .unwrap()
+        };
+        let (plain, via) = (run(line), run(&wrapped));
+        assert_eq!(plain.stdout, via.stdout);
+        assert_eq!(via.status.code(), Some(3));
+    }
+
+    #[test]
+    fn printable_drops_escape_sequences_and_shows_control_characters() {
+        assert_eq!(
+            printable(
+                "\x1b[31mred\x1b[0m \x1b]0;title\x07ok\r\x08\nnext\tcol",
+                100
+            ),
+            "red ok\\u{d}\\u{8}\nnext\tcol"
+        );
+        assert_eq!(printable("abcdef", 3), "abc…");
+        assert_eq!(printable("\x1b]2;t\x1b\\x", 10), "x");
     }
 
     #[test]

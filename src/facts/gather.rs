@@ -39,7 +39,15 @@ pub async fn gather_with<T: Transport>(t: &T, host: &ResolvedHost, schema: bool)
         ..Default::default()
     };
     let probe_cmd = node::probe(host);
-    let version_cmd = node::numary(host, &host.ledger.binary, &["version"]);
+    let mut version_cmd = node::numary(host, &host.ledger.binary, &["version"]);
+    // `become = "sudo"`: an env file only root may read is read through sudo.
+    if let (Some(env), false) = (&host.ledger.env_file, host.ledger.escalate.is_none()) {
+        version_cmd = format!(
+            "if [ -r {} ]; then {version_cmd}; else {}; fi",
+            crate::shell::quote(env),
+            host.ledger.escalate.wrap(&version_cmd)
+        );
+    }
     let status_cmd = node::service_state(host);
     let schema_cmd = schema.then(|| crate::schema::postgres_probe(host));
     let schema_read = async {

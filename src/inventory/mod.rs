@@ -86,6 +86,43 @@ pub struct LedgerSettings {
     /// one database, backed up and migrated once, whatever the connection strings say.
     /// `None`: told by the node's storage settings (see [`crate::facts::StorageId`]).
     pub storage: Option<String>,
+    /// How the privileged steps gain root on the node (`become`; see [`Become`]).
+    #[serde(rename = "become")]
+    pub escalate: Become,
+}
+
+/// `become`: how fleetup runs the steps that need root on a node (the service manager's
+/// start/stop/disable, writes under `releases_dir`, `binary` and `backup_dir`, the storage
+/// commands that read the env file). `none`: as the SSH user, who must be allowed all that;
+/// `sudo`: each such command as `sudo -n -- sh -c '...'`, never waiting for a password.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Become {
+    #[default]
+    None,
+    Sudo,
+}
+
+impl Become {
+    /// `command` as it runs with these privileges: unchanged for `none`, through
+    /// [`crate::shell::sudo`] for `sudo`.
+    pub fn wrap(self, command: &str) -> String {
+        match self {
+            Become::None => command.to_string(),
+            Become::Sudo => crate::shell::sudo(command),
+        }
+    }
+
+    pub fn is_none(&self) -> bool {
+        *self == Become::None
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Become::None => "none",
+            Become::Sudo => "sudo",
+        }
+    }
 }
 
 /// How the ledger service is started, stopped and queried on a node.
@@ -162,6 +199,7 @@ impl Default for LedgerSettings {
             ledgers: None,
             backup_dir: "/var/backups/numary".into(),
             storage: None,
+            escalate: Become::None,
         }
     }
 }

@@ -60,6 +60,8 @@ pub struct RawLedger {
     pub ledgers: Option<LedgerList>,
     pub backup_dir: Option<RemotePath>,
     pub storage: Option<StorageName>,
+    #[serde(rename = "become")]
+    pub escalate: Option<super::Become>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

@@ -170,6 +170,7 @@ struct LedgerLayer {
     ledgers: Option<Vec<String>>,
     backup_dir: Option<String>,
     storage: Option<String>,
+    escalate: Option<super::Become>,
 }
 
 impl LedgerLayer {
@@ -192,6 +193,7 @@ impl LedgerLayer {
                 .map(|l| l.0.iter().map(|n| n.to_string()).collect()),
             backup_dir: raw.backup_dir.as_ref().map(|p| p.to_string()),
             storage: raw.storage.as_ref().map(|n| n.to_string()),
+            escalate: raw.escalate,
         }
     }
 
@@ -205,6 +207,7 @@ impl LedgerLayer {
             ledgers: self.ledgers.clone().or(lower.ledgers),
             backup_dir: self.backup_dir.clone().or(lower.backup_dir),
             storage: self.storage.clone().or(lower.storage),
+            escalate: self.escalate.or(lower.escalate),
         }
     }
 
@@ -219,6 +222,7 @@ impl LedgerLayer {
             ledgers: self.ledgers.or(builtin.ledgers),
             backup_dir: self.backup_dir.unwrap_or(builtin.backup_dir),
             storage: self.storage.or(builtin.storage),
+            escalate: self.escalate.unwrap_or(builtin.escalate),
         }
     }
 }

@@ -9,7 +9,7 @@ use serde::{Serialize, Serializer};
 
 use super::{BinarySource, RUN_ID_TOKEN, RestoreSource, commands};
 use crate::facts::StorageDriver;
-use crate::inventory::{ResolvedHost, Service};
+use crate::inventory::{Become, ResolvedHost, Service};
 use crate::node::{self, ServiceAction};
 use crate::shell::quote;
 use crate::version::Version;
@@ -53,6 +53,9 @@ pub struct ServiceParams {
     pub service: Service,
     /// `host:port` of the API as the node sees it (a restart after an undo waits for it).
     pub api: String,
+    /// `become`: how this step's privileged commands run ([`Become::wrap`]).
+    #[serde(rename = "become", skip_serializing_if = "Become::is_none")]
+    pub escalate: Become,
 }
 
 /// What "cleanly stopped" is checked against.
@@ -75,6 +78,9 @@ pub struct BackupParams {
     /// `<backup_dir>/@RUN_ID@`: the runner puts the run id in ([`BackupParams::dir_for`]).
     pub dir: String,
     pub env_file: Option<String>,
+    /// `become`: how this step's privileged commands run ([`Become::wrap`]).
+    #[serde(rename = "become", skip_serializing_if = "Become::is_none")]
+    pub escalate: Become,
 }
 
 /// The new binary put beside the running one.
@@ -88,6 +94,9 @@ pub struct StageParams {
     /// What the staged binary's `version` must print.
     pub version: Version,
     pub env_file: Option<String>,
+    /// `become`: how this step's privileged commands run ([`Become::wrap`]).
+    #[serde(rename = "become", skip_serializing_if = "Become::is_none")]
+    pub escalate: Become,
 }
 
 /// The storage commands of the new binary, with the service's environment.
@@ -104,6 +113,9 @@ pub struct MigrateParams {
     /// `storage upgrade` (counted). False for zero-downtime, where the other nodes serve from
     /// it by design.
     pub exclusive: bool,
+    /// `become`: how this step's privileged commands run ([`Become::wrap`]).
+    #[serde(rename = "become", skip_serializing_if = "Become::is_none")]
+    pub escalate: Become,
 }
 
 /// The atomic swap of the node's binary to a release.
@@ -116,6 +128,9 @@ pub struct SwitchParams {
     /// The release dir a plain-file binary is first kept in, as its version's release (`None`:
     /// the version is unknown, and a plain file is not replaced).
     pub keep_plain_as: Option<String>,
+    /// `become`: how this step's privileged commands run ([`Become::wrap`]).
+    #[serde(rename = "become", skip_serializing_if = "Become::is_none")]
+    pub escalate: Become,
 }
 
 /// A backup restored over its storage.
@@ -127,6 +142,9 @@ pub struct RestoreParams {
     /// link resolves to it on a storage holding nothing newer.
     pub link: String,
     pub release: String,
+    /// `become`: how this step's privileged commands run ([`Become::wrap`]).
+    #[serde(rename = "become", skip_serializing_if = "Become::is_none")]
+    pub escalate: Become,
 }
 
 /// What the health gate waits for.
@@ -228,7 +246,11 @@ impl Action {
                 c.extend(p.disable_command());
                 c
             }
-            Action::StartService(p) => vec![p.command(ServiceAction::Start)],
+            Action::StartService(p) => {
+                let mut c = vec![p.command(ServiceAction::Start)];
+                c.extend(p.active_command());
+                c
+            }
             Action::ConfirmStopped(p) => p.commands(),
             Action::Backup(p) => vec![p.command(&p.dir)],
             Action::Stage(p) => p.commands(),
@@ -294,21 +316,33 @@ impl ServiceParams {
         ServiceParams {
             service: host.ledger.service.clone(),
             api: host.ledger.api.clone(),
+            escalate: host.ledger.escalate,
         }
     }
 
+    /// The manager's command for `action`; start and stop with the step's privileges (a status
+    /// is a read: it runs as the SSH user, see [`ServiceParams::state_command`]).
     pub fn command(&self, action: ServiceAction) -> String {
-        node::service_command(&self.service, action)
+        let cmd = node::service_command(&self.service, action);
+        match action {
+            ServiceAction::Start | ServiceAction::Stop => self.escalate.wrap(&cmd),
+            ServiceAction::Status => cmd,
+        }
     }
 
     pub fn state_command(&self) -> String {
         node::service_state_command(&self.service)
     }
 
+    /// systemd: `is-active`, right after the start (a read, as the SSH user).
+    pub fn active_command(&self) -> Option<String> {
+        node::service_active_command(&self.service)
+    }
+
     /// Keeps the service from starting at boot (systemd's `disable`; `None` for an operator's
     /// own commands, which have no such notion).
     pub fn disable_command(&self) -> Option<String> {
-        node::service_disable_command(&self.service)
+        node::service_disable_command(&self.service).map(|c| self.escalate.wrap(&c))
     }
 }
 
@@ -339,10 +373,10 @@ impl BackupParams {
     /// The backup script into `dir` (the plan's, or [`BackupParams::dir_for`] the run).
     pub fn command(&self, dir: &str) -> String {
         let env = self.env_file.as_deref();
-        match self.driver {
+        self.escalate.wrap(&match self.driver {
             StorageDriver::Sqlite => commands::backup_sqlite(env, dir),
             StorageDriver::Postgres => commands::backup_postgres(env, dir),
-        }
+        })
     }
 }
 
@@ -361,18 +395,44 @@ impl StageParams {
     pub fn fetch(&self) -> Fetch {
         match &self.source {
             BinarySource::Url { url, sha256 } => Fetch::Download {
-                command: commands::download_command(&self.release_dir, url, sha256),
+                command: self.escalate.wrap(&commands::download_command(
+                    &self.release_dir,
+                    url,
+                    sha256,
+                )),
             },
             BinarySource::File { path, .. } => Fetch::Upload {
-                mkdir: commands::mkdir(&self.release_dir),
+                mkdir: self.mkdir_command(),
                 upload: commands::upload_line(&path.display().to_string(), &self.binary),
             },
         }
     }
 
-    /// `<staged> version`, run as the service would run it.
+    /// The release dir created. With `become`, it is created as root and handed to the SSH
+    /// user (who uploads into it: the upload runs as the SSH user), read-only to others.
+    pub fn mkdir_command(&self) -> String {
+        let mkdir = commands::mkdir(&self.release_dir);
+        match self.escalate {
+            Become::None => mkdir,
+            // `$2`: the SSH user's uid, read outside sudo.
+            Become::Sudo => format!(
+                "{} \"$(id -u)\"",
+                crate::shell::sudo(&format!(
+                    "{mkdir} && chown \"$2\" {d} && chmod 755 {d}",
+                    d = quote(&self.release_dir)
+                ))
+            ),
+        }
+    }
+
+    /// `<staged> version`, run as the service would run it (its env file read with the step's
+    /// privileges).
     pub fn version_command(&self) -> String {
-        node::numary_with(self.env_file.as_deref(), &self.binary, &["version"])
+        self.escalate.wrap(&node::numary_with(
+            self.env_file.as_deref(),
+            &self.binary,
+            &["version"],
+        ))
     }
 
     fn commands(&self) -> Vec<String> {
@@ -392,7 +452,11 @@ impl MigrateParams {
 
     /// `numary ARGS...` with the staged binary and the service's environment.
     pub fn numary(&self, args: &[&str]) -> String {
-        node::numary_with(self.env_file.as_deref(), &self.binary, args)
+        self.escalate.wrap(&node::numary_with(
+            self.env_file.as_deref(),
+            &self.binary,
+            args,
+        ))
     }
 
     /// Counts the other sessions on the database (Postgres, right before the first upgrade).
@@ -435,11 +499,16 @@ impl SwitchParams {
             link: host.ledger.binary.clone(),
             release: commands::release_binary(host, target),
             keep_plain_as: current.map(|v| commands::release_dir(host, v)),
+            escalate: host.ledger.escalate,
         }
     }
 
     pub fn command(&self) -> String {
-        commands::switch_to_command(&self.link, &self.release, self.keep_plain_as.as_deref())
+        self.escalate.wrap(&commands::switch_to_command(
+            &self.link,
+            &self.release,
+            self.keep_plain_as.as_deref(),
+        ))
     }
 
     /// Succeeds when the link resolves to the release already.
@@ -450,7 +519,10 @@ impl SwitchParams {
 
 impl RestoreParams {
     pub fn command(&self) -> String {
-        super::restore_command(self.env_file.as_deref(), &self.source)
+        self.escalate.wrap(&super::restore_command(
+            self.env_file.as_deref(),
+            &self.source,
+        ))
     }
 }
 
@@ -513,6 +585,7 @@ mod tests {
         let p = ServiceParams {
             service: systemd(),
             api: "127.0.0.1:3068".into(),
+            escalate: Become::None,
         };
         let state = "systemctl show --property=LoadState,ActiveState --value -- numary";
         assert_eq!(
@@ -525,8 +598,28 @@ mod tests {
             ["systemctl stop numary", state, "systemctl disable numary"]
         );
         assert_eq!(
-            Action::StartService(p).commands(),
-            ["systemctl start numary"]
+            Action::StartService(p.clone()).commands(),
+            ["systemctl start numary", "systemctl is-active -- numary"]
+        );
+        // With `become = "sudo"`, what changes the service goes through `sudo -n`; reads do not.
+        let sudo = ServiceParams {
+            escalate: Become::Sudo,
+            ..p
+        };
+        assert_eq!(
+            Action::StopService(sudo.clone()).commands(),
+            [crate::shell::sudo("systemctl stop numary").as_str(), state]
+        );
+        assert_eq!(
+            Action::StartService(sudo.clone()).commands(),
+            [
+                crate::shell::sudo("systemctl start numary").as_str(),
+                "systemctl is-active -- numary"
+            ]
+        );
+        assert_eq!(
+            Action::Decommission(sudo).commands()[2],
+            crate::shell::sudo("systemctl disable numary")
         );
         let own = ServiceParams {
             service: Service::Command {
@@ -535,6 +628,7 @@ mod tests {
                 status: "my-status".into(),
             },
             api: "x:1".into(),
+            escalate: Become::None,
         };
         assert_eq!(
             Action::StopService(own.clone()).commands(),
@@ -585,6 +679,7 @@ mod tests {
             driver: StorageDriver::Postgres,
             dir: format!("/var/backups/numary/{RUN_ID_TOKEN}"),
             env_file: Some(ENV.into()),
+            escalate: Become::None,
         };
         let c = Action::Backup(p.clone()).commands();
         assert_eq!(c.len(), 1);
@@ -622,6 +717,7 @@ mod tests {
             },
             version: v("1.8.2"),
             env_file: Some(ENV.into()),
+            escalate: Become::None,
         };
         assert_eq!(
             Action::Stage(p.clone()).commands(),
@@ -655,6 +751,7 @@ mod tests {
             env_file: Some(ENV.into()),
             ledgers: vec!["default".into(), "pay ments".into()],
             exclusive: true,
+            escalate: Become::None,
         };
         let n = |args: &str| format!("{SOURCED}exec /srv/rel/1.8.2/numary {args}");
         assert_eq!(
@@ -720,6 +817,7 @@ mod tests {
             env_file: Some(ENV.into()),
             link: "/usr/bin/numary".into(),
             release: "/srv/rel/1.7.4/numary".into(),
+            escalate: Become::None,
         };
         assert_eq!(
             Action::Restore(p).commands(),
@@ -759,6 +857,7 @@ mod tests {
             link: "/usr/bin/numary".into(),
             release: "/srv/rel/1.8.2/numary".into(),
             keep_plain_as: None,
+            escalate: Become::None,
         });
         assert_eq!(
             serde_json::to_value(&p).unwrap(),

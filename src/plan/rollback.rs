@@ -619,6 +619,7 @@ fn lay_out(
                     env_file: h.ledger.env_file.clone(),
                     link: h.ledger.binary.clone(),
                     release: release_of(h),
+                    escalate: h.ledger.escalate,
                 })
             },
         ));
@@ -636,6 +637,7 @@ fn lay_out(
                 link: h.ledger.binary.clone(),
                 release: release_of(h),
                 keep_plain_as: Some(commands::release_dir(h, &spec.from)),
+                escalate: h.ledger.escalate,
             })
         },
     ));

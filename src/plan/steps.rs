@@ -440,6 +440,7 @@ fn backup(l: &Layout, hosts: &[&View], batch: Option<usize>) -> Step {
             },
             dir: commands::backup_dir(v.host, RUN_ID_TOKEN),
             env_file: v.host.ledger.env_file.clone(),
+            escalate: v.host.ledger.escalate,
         })
     })
 }
@@ -485,6 +486,7 @@ fn stage(l: &Layout, hosts: &[&View]) -> Step {
                 source: l.opts.binary.clone(),
                 version: l.target.clone(),
                 env_file: v.host.ledger.env_file.clone(),
+                escalate: v.host.ledger.escalate,
             })
         },
     )
@@ -544,6 +546,7 @@ fn migrate(l: &Layout, hosts: &[&View], batch: Option<usize>) -> Step {
             env_file: v.host.ledger.env_file.clone(),
             ledgers: v.known_ledgers(),
             exclusive: !l.strategy.is_zero_downtime(),
+            escalate: v.host.ledger.escalate,
         })
     })
 }

@@ -57,6 +57,7 @@ fn node(name: &str, version: &str) -> Node {
                 ledgers: None,
                 backup_dir: "/var/backups/numary".to_string(),
                 storage: None,
+                escalate: Default::default(),
             },
             rollout: Default::default(),
         },

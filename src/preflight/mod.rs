@@ -7,6 +7,7 @@ mod audit;
 mod drift;
 mod grouped;
 mod local;
+pub mod privileges;
 mod remote;
 pub(crate) mod sessions;
 
@@ -46,6 +47,8 @@ pub use local::{LocalRun, file_sha256, local_binary_version, run_local_version};
 /// Names of the checks, as they appear in findings, events and the journal.
 pub mod check {
     pub const REACHABLE: &str = "reachable";
+    /// `become = "sudo"`: `sudo -n` runs commands as root without a password.
+    pub const BECOME: &str = "become";
     pub const SELECTION: &str = "selection";
     pub const UPGRADE_PATH: &str = "upgrade-path";
     pub const STRATEGY: &str = "strategy";
@@ -318,10 +321,11 @@ pub async fn run<T: Transport>(
 
 /// The order findings are listed in, per host: from "can we talk to it" to "is it ours to take".
 fn check_rank(name: &str) -> usize {
-    const ORDER: [&str; 17] = [
+    const ORDER: [&str; 18] = [
         check::SELECTION,
         check::LEFT_OUT,
         check::REACHABLE,
+        check::BECOME,
         check::UPGRADE_PATH,
         check::STRATEGY,
         check::STORAGE,
@@ -516,11 +520,63 @@ async fn host_probes<T: Transport>(
         check::REACHABLE,
         "answers over SSH",
     ));
+    out.extend(become_finding(session, host, input.plan).await);
     out.extend(path_finding(name, input.plan));
     out.extend(state_findings(name, &facts, input.plan, scope));
     out.extend(remote::findings(session, host, &facts, input, scope, seen).await);
     out
 }
+
+/// `become = "sudo"` on a host the plan changes: `sudo -n` is asked once, within the host's
+/// connect timeout, so a sudo that wants a password is a finding before any change.
+async fn become_finding<T: Transport>(
+    session: &T,
+    host: &ResolvedHost,
+    plan: &Plan,
+) -> Option<Finding> {
+    if host.ledger.escalate != crate::inventory::Become::Sudo {
+        return None;
+    }
+    let name = host.name.as_str();
+    let mut kinds: Vec<&str> = Vec::new();
+    for s in plan
+        .steps
+        .iter()
+        .filter(|s| s.hosts.iter().any(|h| h == name))
+    {
+        if PRIVILEGED.contains(&s.kind) && !kinds.contains(&s.kind.as_str()) {
+            kinds.push(s.kind.as_str());
+        }
+    }
+    if kinds.is_empty() {
+        return None;
+    }
+    let kind = format!("run {}", kinds.join(", "));
+    Some(
+        match privileges::probe(session, host, &kind, host.ssh.connect_timeout).await {
+            Ok(()) => Finding::pass(
+                Some(name),
+                check::BECOME,
+                format!("`sudo -n` runs commands as root for `{}`", host.ssh.user),
+            ),
+            Err(e) => Finding::fail(Some(name), check::BECOME, e.to_string(), Some(e.hint())),
+        },
+    )
+}
+
+/// The steps whose commands run with the host's `become` privileges (see docs/upgrade.md;
+/// the lock too, which lives in `releases_dir`).
+const PRIVILEGED: [StepKind; 9] = [
+    StepKind::StopService,
+    StepKind::Backup,
+    StepKind::Stage,
+    StepKind::Migrate,
+    StepKind::Switch,
+    StepKind::Restore,
+    StepKind::SwitchBack,
+    StepKind::StartService,
+    StepKind::Decommission,
+];
 
 /// The table's verdict for hosts it allows (refusals are blockers, reported already).
 fn path_finding(name: &str, plan: &Plan) -> Option<Finding> {

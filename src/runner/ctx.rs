@@ -220,7 +220,18 @@ impl<T: Transport> Shared<T> {
             },
             Ok(out) => {
                 let stderr = tail(&out.stderr_lossy());
-                let message = format!("{label} failed: exit {}", out.status);
+                // A sudo that refused (`become = "sudo"`): say so, with what to do.
+                let refused = crate::preflight::privileges::classify(
+                    self.host(host),
+                    label,
+                    &out.status,
+                    &out.stderr_lossy(),
+                )
+                .filter(|_| !self.host(host).ledger.escalate.is_none());
+                let message = match &refused {
+                    Some(e) => e.to_string(),
+                    None => format!("{label} failed: exit {}", out.status),
+                };
                 op.finish(
                     StepStatus::Failed,
                     Some(out.status.to_string()),
@@ -230,6 +241,7 @@ impl<T: Transport> Shared<T> {
                 );
                 Err(StepError {
                     stderr,
+                    hints: refused.iter().map(|e| e.hint()).collect(),
                     ..self.error(step, host, message)
                 })
             }

@@ -1091,6 +1091,14 @@ pub(crate) mod tests {
                 } else {
                     "loaded\ninactive\n"
                 })
+            } else if has("journalctl -u") {
+                ok("numary[1]: the unit's journal\n")
+            } else if has("systemctl is-active") {
+                if *self.started.lock().unwrap() {
+                    ok("active\n")
+                } else {
+                    (3, "inactive\n".to_string(), String::new())
+                }
             } else if has("systemctl disable") {
                 ok("")
             } else if has("systemctl is-enabled") {

@@ -410,19 +410,137 @@ async fn confirm_one<T: Transport>(
     Ok(())
 }
 
-/// Starts one batch, all its nodes at once.
+/// Starts one batch, all its nodes at once. systemd: the unit must then be `active`
+/// (`systemctl is-active`); a start that fails either way carries the unit's last journal lines.
 pub async fn start<T: Transport + 'static>(
     sh: &Arc<Shared<T>>,
     step: &Step,
 ) -> Result<(), StepError> {
     per_host(sh, step, |sh, step, name| async move {
-        let cmd = params::of(&sh, &step, &name, Action::service)?.command(ServiceAction::Start);
+        let p = params::of(&sh, &step, &name, Action::service)?;
+        let cmd = p.command(ServiceAction::Start);
         sh.change(|c| c.started.push(name.clone()));
-        sh.run(&step, &name, &cmd, "start the service", None)
-            .await
-            .map(drop)
+        let started = match sh.run(&step, &name, &cmd, "start the service", None).await {
+            Ok(_) => confirm_active(&sh, &step, &name, p).await,
+            Err(e) => Err(e),
+        };
+        match started {
+            Ok(()) => Ok(()),
+            Err(e) => Err(with_journal(sh.session(&name), &p.service, p.escalate, e).await),
+        }
     })
     .await
+}
+
+/// systemd, right after a start: `systemctl is-active` must say `active` (a unit that exits at
+/// once, or crash-loops in `activating (auto-restart)`, is a failed start).
+async fn confirm_active<T: Transport>(
+    sh: &Shared<T>,
+    step: &Step,
+    name: &str,
+    p: &ServiceParams,
+) -> Result<(), StepError> {
+    let Some(cmd) = p.active_command() else {
+        return Ok(());
+    };
+    let op = sh.begin(step, name, Some(&cmd));
+    let opts = ExecOptions {
+        timeout: Some(Duration::from_secs(30)),
+        ..Default::default()
+    };
+    let message = match sh.session(name).exec(&cmd, &opts).await {
+        Ok(out) if out.status.success() => {
+            op.ok("the unit is active", Vec::new());
+            return Ok(());
+        }
+        Ok(out) => format!(
+            "the unit is `{}`, not active, right after `systemctl start`",
+            crate::shell::printable(out.stdout_lossy().trim(), 60)
+        ),
+        Err(e) => format!("cannot ask systemd whether the unit is active: {e}"),
+    };
+    let e = sh.error(step, name, message);
+    op.fail(&e.message);
+    Err(e)
+}
+
+/// How many journal lines a failed start carries.
+pub const JOURNAL_LINES: usize = 50;
+
+/// The longest journal line kept (characters; the rest is cut).
+const JOURNAL_LINE_CHARS: usize = 300;
+
+/// `e` with the last [`JOURNAL_LINES`] lines of the systemd unit's journal after its stderr,
+/// and a hint to read more; unchanged for an operator's own manager or when the journal could
+/// not be read. The lines are the node's output, untrusted: escape sequences and control
+/// characters are taken out ([`crate::shell::printable`]), connection strings redacted.
+pub async fn with_journal<T: Transport>(
+    t: &T,
+    service: &Service,
+    escalate: crate::inventory::Become,
+    mut e: StepError,
+) -> StepError {
+    let Service::Systemd { unit } = service else {
+        return e;
+    };
+    let Some(lines) = journal_tail(t, service, escalate).await else {
+        return e;
+    };
+    let mut text = e
+        .stderr
+        .take()
+        .map(|s| {
+            s + "
+"
+        })
+        .unwrap_or_default();
+    text.push_str(&format!(
+        "-- {} --
+{lines}",
+        node::journal_command(unit, JOURNAL_LINES)
+    ));
+    e.stderr = Some(text);
+    e.hints.push(format!(
+        "the unit's last journal lines are above; read more with `journalctl -u {} --no-pager` on `{}`",
+        crate::shell::quote(unit),
+        e.host
+    ));
+    e
+}
+
+/// The unit's last journal lines, cleaned ([`with_journal`]); `None` for no systemd unit or an
+/// empty or unreadable journal.
+pub async fn journal_tail<T: Transport>(
+    t: &T,
+    service: &Service,
+    escalate: crate::inventory::Become,
+) -> Option<String> {
+    let Service::Systemd { unit } = service else {
+        return None;
+    };
+    let opts = ExecOptions {
+        timeout: Some(Duration::from_secs(30)),
+        ..Default::default()
+    };
+    // Reading the system journal usually needs root (or the `adm` group).
+    let cmd = escalate.wrap(&node::journal_command(unit, JOURNAL_LINES));
+    let out = t.exec(&cmd, &opts).await.ok()?;
+    clean_journal(&out.stdout_lossy())
+}
+
+/// At most [`JOURNAL_LINES`] last non-empty lines, each made printable and bounded, connection
+/// strings redacted.
+fn clean_journal(text: &str) -> Option<String> {
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    if lines.is_empty() {
+        return None;
+    }
+    let start = lines.len().saturating_sub(JOURNAL_LINES);
+    let kept: Vec<String> = lines[start..]
+        .iter()
+        .map(|l| crate::shell::printable(l, JOURNAL_LINE_CHARS))
+        .collect();
+    Some(crate::redact::redact_conn_strings(&kept.join("\n")))
 }
 
 /// Waits until each node of the batch serves the target (`/_info`) and `/_health` answers 200.
@@ -490,7 +608,9 @@ async fn gate_one<T: Transport>(sh: &Shared<T>, step: &Step, name: &str) -> Resu
                 "read the service's log on the node; the nodes not started yet keep their old state (see the state report)".into(),
             );
             op.fail(&e.message);
-            return Err(e);
+            // Right after a start, systemd's journal tells why the node is not healthy.
+            let host = sh.host(name);
+            return Err(with_journal(t, &host.ledger.service, host.ledger.escalate, e).await);
         }
         tokio::time::sleep(sh.cfg.poll_interval).await;
     }

@@ -126,6 +126,7 @@ pub async fn back_to<T: Transport>(
         link: link.to_string(),
         release: release.to_string(),
         keep_plain_as: None,
+        escalate: sh.host(name).ledger.escalate,
     };
     let cmd = format!(
         "test -x {} || {{ echo 'the previous release is gone' >&2; exit 1; }}; {}",

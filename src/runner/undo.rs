@@ -108,6 +108,8 @@ async fn undo_as<T: Transport>(
                         "d={}; rm -f \"$d/numary\" \"$d/numary.fleetup-part\" && rmdir \"$d\" 2>/dev/null; [ ! -e \"$d/numary\" ]",
                         quote(dir)
                     );
+                    // Under `releases_dir`: with the host's `become` privileges.
+                    let cmd = sh.host(h).ledger.escalate.wrap(&cmd);
                     let r = sh.session(h).exec(&cmd, &opts).await;
                     let ok = matches!(&r, Ok(o) if o.status.success());
                     let detail = if ok {
@@ -134,9 +136,10 @@ async fn undo_as<T: Transport>(
                         );
                         continue;
                     }
+                    let cmd = format!("rm -rf -- {}", quote(dir));
                     let r = sh
                         .session(h)
-                        .exec(&format!("rm -rf -- {}", quote(dir)), &opts)
+                        .exec(&sh.host(h).ledger.escalate.wrap(&cmd), &opts)
                         .await;
                     let ok = matches!(&r, Ok(o) if o.status.success());
                     let detail = if ok {
