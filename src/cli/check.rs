@@ -322,6 +322,12 @@ pub fn dry_run_in(
     if global.format == Format::Json {
         sink = sink.with(Arc::new(super::display::JsonLines));
     }
+    // On a terminal, the bars show the connections and facts being read; plain lines only
+    // with `-v` (the audit itself is what `check` prints).
+    let display = super::session::display_for(global);
+    if display.is_bars() || global.verbose > 0 {
+        sink = sink.with(Arc::new(display));
+    }
     let started = Instant::now();
     sink.emit(&Event::RunStarted {
         run_id: run_id.clone(),

@@ -24,7 +24,7 @@ pub enum DisplayMode {
 
 impl DisplayMode {
     /// `--quiet` wins; bars only on a terminal outside CI, when stdout does not carry JSON (the
-    /// two would interleave on one screen) and `-vv` does not ask for every command.
+    /// two would interleave on one screen) and `-v` does not ask for more than bars show.
     pub fn resolve(
         stderr_is_terminal: bool,
         is_ci: bool,
@@ -34,7 +34,7 @@ impl DisplayMode {
     ) -> DisplayMode {
         if quiet {
             DisplayMode::Quiet
-        } else if !stderr_is_terminal || is_ci || format == Format::Json || verbose >= 2 {
+        } else if !stderr_is_terminal || is_ci || format == Format::Json || verbose >= 1 {
             DisplayMode::Lines
         } else {
             DisplayMode::Bars
@@ -201,10 +201,41 @@ pub fn line(event: &Event, total: usize, verbose: u8) -> Option<String> {
     }
 }
 
+/// Whether the display colours ok / FAILED / blocked: `--color always|never`, else (auto) on a
+/// terminal unless `NO_COLOR` is set (<https://no-color.org>).
+pub fn use_color(choice: ColorChoice, no_color_env: bool, stderr_is_terminal: bool) -> bool {
+    match choice {
+        ColorChoice::Always => true,
+        ColorChoice::Never => false,
+        ColorChoice::Auto => stderr_is_terminal && !no_color_env,
+    }
+}
+
+/// `--color`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ColorChoice {
+    Auto,
+    Always,
+    Never,
+}
+
+/// The status words of a display line in colour: ok green, FAILED red, BLOCKED yellow.
+pub fn colorize(text: &str) -> String {
+    const GREEN: &str = "\x1b[32m";
+    const RED: &str = "\x1b[31m";
+    const YELLOW: &str = "\x1b[33m";
+    const RESET: &str = "\x1b[0m";
+    text.replace(": ok (", &format!(": {GREEN}ok{RESET} ("))
+        .replace("FAILED", &format!("{RED}FAILED{RESET}"))
+        .replace("BLOCKED", &format!("{YELLOW}BLOCKED{RESET}"))
+        .replace("unreachable", &format!("{RED}unreachable{RESET}"))
+}
+
 /// The display: an [`EventSink`] writing to stderr.
 pub struct Display {
     mode: DisplayMode,
     verbose: u8,
+    color: bool,
     state: Mutex<State>,
 }
 
@@ -212,16 +243,29 @@ pub struct Display {
 struct State {
     total: usize,
     multi: Option<MultiProgress>,
-    bars: HashMap<(usize, String), ProgressBar>,
+    /// The overall bar (bars mode): step k/n, hosts done/failed, elapsed.
+    overall: Option<ProgressBar>,
+    /// One line per host in flight: its current step and how long it has been on it.
+    hosts: HashMap<String, (usize, ProgressBar)>,
+    /// Upload progress bars, by `(step, host)`.
+    uploads: HashMap<(usize, String), ProgressBar>,
+    /// Each host's last step in the plan: done once it finished that one.
+    last_step: HashMap<String, usize>,
+    all_hosts: usize,
+    done: Vec<String>,
+    failed: Vec<String>,
+    step: usize,
+    kind: String,
 }
 
 impl Display {
-    pub fn new(mode: DisplayMode, verbose: u8) -> Display {
+    pub fn new(mode: DisplayMode, verbose: u8, color: bool) -> Display {
         let multi = (mode == DisplayMode::Bars)
             .then(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr()));
         Display {
             mode,
             verbose,
+            color,
             state: Mutex::new(State {
                 multi,
                 ..State::default()
@@ -229,14 +273,175 @@ impl Display {
         }
     }
 
-    fn print(state: &State, text: &str) {
+    pub fn is_bars(&self) -> bool {
+        self.mode == DisplayMode::Bars
+    }
+
+    fn print(&self, state: &State, text: &str) {
+        let text = if self.color {
+            colorize(text)
+        } else {
+            text.to_string()
+        };
         match &state.multi {
             Some(m) => {
-                let _ = m.println(text);
+                let _ = m.println(&text);
             }
             None => {
-                let _ = writeln!(std::io::stderr().lock(), "{text}");
+                // Plain lines carry the time they were written (UTC), for logs.
+                let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now());
+                let clock = now.to_string().get(11..19).unwrap_or("").to_string();
+                let mut err = std::io::stderr().lock();
+                for (i, l) in text.lines().enumerate() {
+                    let _ = if i == 0 {
+                        writeln!(err, "{clock} {l}")
+                    } else {
+                        writeln!(err, "         {l}")
+                    };
+                }
             }
+        }
+    }
+
+    /// The bars of a terminal: the overall one and a line per host in flight.
+    fn draw(state: &mut State, multi: &MultiProgress, event: &Event) {
+        let host_style = || {
+            ProgressStyle::with_template("  {spinner} {prefix:<16} {msg} {elapsed}")
+                .unwrap_or_else(|_| ProgressStyle::default_spinner())
+        };
+        let host_bar = |state: &mut State, host: &str, step: usize, msg: String| {
+            let fresh = state.hosts.get(host).is_none_or(|(s, _)| *s != step);
+            if fresh {
+                let bar = multi.add(ProgressBar::new_spinner());
+                bar.set_style(host_style());
+                bar.set_prefix(host.to_string());
+                bar.enable_steady_tick(Duration::from_millis(120));
+                if let Some((_, old)) = state.hosts.insert(host.to_string(), (step, bar)) {
+                    old.finish_and_clear();
+                    multi.remove(&old);
+                }
+            }
+            if let Some((_, bar)) = state.hosts.get(host) {
+                bar.set_message(msg);
+            }
+        };
+        match event {
+            Event::RunStarted {
+                command,
+                hosts,
+                target,
+                ..
+            } => {
+                let bar = multi.add(ProgressBar::new_spinner());
+                bar.set_style(
+                    ProgressStyle::with_template("{spinner} {msg}  {elapsed}")
+                        .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+                );
+                bar.enable_steady_tick(Duration::from_millis(120));
+                bar.set_message(format!(
+                    "{command} to {target}: connecting to {} host(s)",
+                    hosts.len()
+                ));
+                state.overall = Some(bar);
+                state.all_hosts = hosts.len();
+                for h in hosts {
+                    host_bar(state, h, 0, "connecting".into());
+                }
+            }
+            Event::HostConnected { host } => {
+                host_bar(state, host, 0, "connected, reading facts".into());
+            }
+            Event::HostUnreachable { host, .. } => {
+                if let Some((_, bar)) = state.hosts.remove(host) {
+                    bar.finish_and_clear();
+                    multi.remove(&bar);
+                }
+            }
+            Event::PlanReady { steps, .. } => {
+                for (_, (_, bar)) in state.hosts.drain() {
+                    bar.finish_and_clear();
+                    multi.remove(&bar);
+                }
+                for s in steps {
+                    for h in &s.hosts {
+                        let last = state.last_step.entry(h.clone()).or_default();
+                        *last = (*last).max(s.step);
+                    }
+                }
+                state.all_hosts = state.last_step.len().max(state.all_hosts);
+            }
+            Event::StepStarted {
+                step, kind, host, ..
+            } => {
+                state.step = state.step.max(*step);
+                state.kind = kind.clone();
+                host_bar(
+                    state,
+                    host,
+                    *step,
+                    format!("[{step}/{}] {kind}", state.total),
+                );
+            }
+            Event::StepProgress {
+                step,
+                host,
+                done,
+                total,
+            } => {
+                let key = (*step, host.clone());
+                let bar = state.uploads.entry(key).or_insert_with(|| {
+                    let bar = multi.add(ProgressBar::new(*total));
+                    bar.set_style(
+                        ProgressStyle::with_template(
+                            "    {prefix:<16} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}",
+                        )
+                        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+                    );
+                    bar.set_prefix(host.clone());
+                    bar
+                });
+                bar.set_position(*done);
+            }
+            Event::StepFinished {
+                step, host, status, ..
+            } => {
+                if let Some(bar) = state.uploads.remove(&(*step, host.clone())) {
+                    bar.finish_and_clear();
+                    multi.remove(&bar);
+                }
+                if let Some((_, bar)) = state.hosts.remove(host) {
+                    bar.finish_and_clear();
+                    multi.remove(&bar);
+                }
+                if *status == StepStatus::Failed && !state.failed.contains(host) {
+                    state.failed.push(host.clone());
+                } else if state.last_step.get(host) == Some(step) && !state.done.contains(host) {
+                    state.done.push(host.clone());
+                }
+            }
+            Event::RunFinished { .. } => {
+                for (_, (_, bar)) in state.hosts.drain() {
+                    bar.finish_and_clear();
+                }
+                if let Some(bar) = state.overall.take() {
+                    bar.finish_and_clear();
+                }
+                return;
+            }
+            _ => return,
+        }
+        if let Some(bar) = &state.overall
+            && state.total > 0
+        {
+            bar.set_message(format!(
+                "step {}/{} {} · hosts {} done, {} failed, of {}",
+                state.step,
+                state.total,
+                state.kind,
+                state.done.len(),
+                state.failed.len(),
+                state.all_hosts
+            ));
         }
     }
 }
@@ -253,51 +458,38 @@ impl EventSink for Display {
             state.total = steps.len();
         }
         if let Some(multi) = state.multi.clone() {
-            match event {
-                Event::StepStarted {
-                    step, kind, host, ..
-                } => {
-                    let bar = multi.add(ProgressBar::new_spinner());
-                    bar.set_style(
-                        ProgressStyle::with_template("{spinner} {msg} {elapsed}")
-                            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
-                    );
-                    bar.set_message(format!("[{step}/{}] {kind} {host}", state.total));
-                    bar.enable_steady_tick(Duration::from_millis(120));
-                    if let Some(old) = state.bars.insert((*step, host.clone()), bar) {
-                        old.finish_and_clear();
-                    }
-                }
-                Event::StepProgress {
-                    step,
-                    host,
-                    done,
-                    total,
-                } => {
-                    if let Some(bar) = state.bars.get(&(*step, host.clone())) {
-                        if bar.length() != Some(*total) {
-                            bar.set_length(*total);
-                            bar.set_style(
-                                ProgressStyle::with_template(
-                                    "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}",
-                                )
-                                .unwrap_or_else(|_| ProgressStyle::default_bar()),
-                            );
-                        }
-                        bar.set_position(*done);
-                    }
-                }
-                Event::StepFinished { step, host, .. } => {
-                    if let Some(bar) = state.bars.remove(&(*step, host.clone())) {
-                        bar.finish_and_clear();
-                        multi.remove(&bar);
-                    }
-                }
-                _ => {}
-            }
+            Display::draw(&mut state, &multi, event);
         }
         if let Some(text) = line(event, state.total, self.verbose) {
-            Display::print(&state, &text);
+            self.print(&state, &text);
+        }
+    }
+}
+
+/// When each host's first step started and its last one finished: the end table's time.
+#[derive(Default)]
+pub struct HostClock(Mutex<HashMap<String, (std::time::Instant, std::time::Instant)>>);
+
+impl HostClock {
+    /// How long `host` was worked on, if any step ran there.
+    pub fn elapsed(&self, host: &str) -> Option<Duration> {
+        let times = self.0.lock().ok()?;
+        times.get(host).map(|(a, b)| b.duration_since(*a))
+    }
+}
+
+impl EventSink for HostClock {
+    fn emit(&self, event: &Event) {
+        let host = match event {
+            Event::StepStarted { host, .. } | Event::StepFinished { host, .. } => host,
+            _ => return,
+        };
+        if let Ok(mut times) = self.0.lock() {
+            let now = std::time::Instant::now();
+            times
+                .entry(host.clone())
+                .and_modify(|(_, last)| *last = now)
+                .or_insert((now, now));
         }
     }
 }
@@ -348,13 +540,27 @@ mod tests {
         use DisplayMode::*;
         let r = DisplayMode::resolve;
         assert_eq!(r(true, false, 0, false, Format::Human), Bars);
-        assert_eq!(r(true, false, 1, false, Format::Human), Bars);
+        assert_eq!(r(true, false, 1, false, Format::Human), Lines);
         assert_eq!(r(true, false, 2, false, Format::Human), Lines);
         assert_eq!(r(false, false, 0, false, Format::Human), Lines);
         assert_eq!(r(true, true, 0, false, Format::Human), Lines);
         assert_eq!(r(true, false, 0, false, Format::Json), Lines);
         assert_eq!(r(true, false, 3, true, Format::Human), Quiet);
         assert_eq!(r(false, true, 0, true, Format::Json), Quiet);
+    }
+
+    #[test]
+    fn colour_follows_the_flag_then_no_color_then_the_terminal() {
+        use ColorChoice::*;
+        assert!(use_color(Always, true, false));
+        assert!(!use_color(Never, false, true));
+        assert!(use_color(Auto, false, true));
+        assert!(!use_color(Auto, true, true));
+        assert!(!use_color(Auto, false, false));
+        assert_eq!(
+            colorize("[3/9] backup node-2: FAILED (1s)"),
+            "[3/9] backup node-2: [31mFAILED[0m (1s)"
+        );
     }
 
     #[test]

@@ -60,6 +60,9 @@ pub struct Global {
     /// Only errors on stderr.
     #[arg(short, long, global = true)]
     pub quiet: bool,
+    /// Colour ok / FAILED / BLOCKED on stderr: `auto` on a terminal unless `NO_COLOR` is set.
+    #[arg(long, global = true, value_enum, default_value_t = display::ColorChoice::Auto)]
+    pub color: display::ColorChoice,
     #[command(flatten)]
     pub ssh: inventory::SshFlags,
 }

@@ -20,7 +20,7 @@ use fleetup::plan::Plan;
 use fleetup::runner::{Cancel, FailurePolicy, Outcome, PriorRun, RunReport, kind_name};
 
 use super::connect::{self, ConnectFlags};
-use super::display::{Display, DisplayMode, JsonLines};
+use super::display::{Display, DisplayMode, HostClock, JsonLines};
 use super::{Format, Global, signals};
 
 /// The flags of a changing run that [`RunSession::settings`] reads.
@@ -38,6 +38,8 @@ pub struct RunSession {
     pub sink: Arc<dyn EventSink>,
     pub journal: Arc<DeferredJournal>,
     pub cancel: Cancel,
+    /// How long each host was worked on: the end table's time column.
+    pub clock: Arc<HostClock>,
     header: Header,
     state_dir: PathBuf,
     /// `--resume`: the journal is the continued run's file.
@@ -45,6 +47,22 @@ pub struct RunSession {
     quiet: bool,
     confirm: Option<Confirm>,
     started: Instant,
+}
+
+/// The stderr display `global`'s options ask for (mode and colour chosen by the pure
+/// functions of [`super::display`]).
+pub fn display_for(global: &Global) -> Display {
+    let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let mode = DisplayMode::resolve(
+        terminal,
+        super::display::is_ci(),
+        global.verbose,
+        global.quiet,
+        global.format,
+    );
+    let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
+    let color = super::display::use_color(global.color, no_color, terminal);
+    Display::new(mode, global.verbose, color)
 }
 
 impl RunSession {
@@ -57,16 +75,11 @@ impl RunSession {
         append: bool,
     ) -> RunSession {
         let journal = Arc::new(DeferredJournal::default());
-        let mode = DisplayMode::resolve(
-            std::io::IsTerminal::is_terminal(&std::io::stderr()),
-            super::display::is_ci(),
-            global.verbose,
-            global.quiet,
-            global.format,
-        );
+        let clock = Arc::new(HostClock::default());
         let mut fan = Fanout::new()
-            .with(Arc::new(Display::new(mode, global.verbose)))
-            .with(journal.clone() as Arc<dyn EventSink>);
+            .with(Arc::new(display_for(global)))
+            .with(journal.clone() as Arc<dyn EventSink>)
+            .with(clock.clone() as Arc<dyn EventSink>);
         if global.format == Format::Json {
             fan = fan.with(Arc::new(JsonLines));
         }
@@ -81,6 +94,7 @@ impl RunSession {
             sink,
             journal,
             cancel: Cancel::default(),
+            clock,
             header,
             state_dir,
             append,

@@ -305,13 +305,18 @@ pub fn run(global: &Global, args: &UpgradeArgs) -> anyhow::Result<i32> {
             session.sink.clone(),
             &session,
         ))
-        .and_then(|finished| conclude(global, &finished, &run_id));
+        .and_then(|finished| conclude(global, &finished, &run_id, &session.clock));
     session.finish(global, &result);
     result.map(|(_, code)| code)
 }
 
 /// What the operation's end means for people (printed) and for the exit code.
-fn conclude(global: &Global, finished: &Finished, run_id: &str) -> anyhow::Result<(String, i32)> {
+fn conclude(
+    global: &Global,
+    finished: &Finished,
+    run_id: &str,
+    clock: &super::display::HostClock,
+) -> anyhow::Result<(String, i32)> {
     match finished {
         Finished::NothingToDo { plan, .. } => {
             if global.format == Format::Human {
@@ -327,7 +332,7 @@ fn conclude(global: &Global, finished: &Finished, run_id: &str) -> anyhow::Resul
         }
         Finished::Ran { plan, report } => {
             if global.format == Format::Human {
-                print!("{}", render_summary(plan, report, run_id));
+                print!("{}", render_summary(plan, report, run_id, clock));
             }
             session::conclude(report, "upgrade", run_id)
         }
@@ -385,22 +390,48 @@ fn options(args: &UpgradeArgs, plan: &PlanArgs) -> Vec<String> {
 }
 
 /// The end-of-run report for people: per node old → new and state, backups, ledgers, timings.
-fn render_summary(plan: &Plan, report: &RunReport, run_id: &str) -> String {
+fn render_summary(
+    plan: &Plan,
+    report: &RunReport,
+    run_id: &str,
+    clock: &super::display::HostClock,
+) -> String {
     let mut out = format!(
         "\nupgrade to {}: {} (run {run_id})\n",
         plan.target,
         report.outcome.as_str()
     );
-    let mut rows = vec![["HOST", "FROM", "TO", "STATE"].map(String::from)];
-    for h in &report.hosts {
+    // Failures first: they are what the operator acts on.
+    let mut hosts: Vec<&fleetup::events::HostSummary> = report.hosts.iter().collect();
+    hosts.sort_by_key(|h| !h.state.starts_with("failed"));
+    let mut rows = vec![["HOST", "VERSION", "RESULT", "TIME"].map(String::from)];
+    for h in &hosts {
+        let from = h.from.clone().unwrap_or_else(|| "-".into());
+        let to = h.to.clone().unwrap_or_else(|| "-".into());
         rows.push([
             h.host.clone(),
-            h.from.clone().unwrap_or_else(|| "-".into()),
-            h.to.clone().unwrap_or_else(|| "-".into()),
+            if from == to {
+                from
+            } else {
+                format!("{from} → {to}")
+            },
             h.state.clone(),
+            clock
+                .elapsed(&h.host)
+                .map_or("-".into(), |d| format!("{:.1}s", d.as_secs_f64())),
         ]);
     }
     out.push_str(&super::table::render(&rows));
+    let failed: Vec<&&fleetup::events::HostSummary> = hosts
+        .iter()
+        .filter(|h| h.state.starts_with("failed"))
+        .collect();
+    if !failed.is_empty() {
+        out.push_str(&format!("{} failed:\n", failed.len()));
+        for h in failed {
+            out.push_str(&format!("  - {}: {}\n", h.host, h.state));
+        }
+    }
     let backups: Vec<_> = report
         .changes
         .artefacts
