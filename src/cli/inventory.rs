@@ -8,7 +8,7 @@ use clap::{Args, Subcommand};
 use fleetup::Failure;
 use fleetup::exit_code;
 use fleetup::inventory::values::{HumanDuration, Invalid, JumpHost, Port, UserName, expand_local};
-use fleetup::inventory::{Inventory, Overrides, ResolvedHost, Service};
+use fleetup::inventory::{Inventory, Overrides, ResolvedHost, Service, SshConfigChoice};
 
 use super::{Format, Global};
 
@@ -45,6 +45,10 @@ pub struct SshFlags {
     /// Bastion to go through, `[user@]host[:port]`, or `none` [env: FLEETUP_JUMP_HOST].
     #[arg(long = "jump", global = true, value_name = "HOST", value_parser = JumpHost::parse)]
     pub jump: Option<JumpHost>,
+    /// OpenSSH client config to read (default `~/.ssh/config`), or `none`; the inventory's
+    /// own settings beat it.
+    #[arg(long = "ssh-config", global = true, value_name = "FILE")]
+    pub ssh_config: Option<PathBuf>,
 }
 
 fn parse_user(s: &str) -> Result<String, Invalid> {
@@ -86,6 +90,11 @@ impl SshFlags {
             connect_timeout: self.connect_timeout,
             command_timeout: self.command_timeout,
             jump_host: self.jump.clone(),
+            ssh_config: match self.ssh_config.as_deref() {
+                None => None,
+                Some(p) if p == Path::new("none") => Some(SshConfigChoice::Off),
+                Some(p) => Some(SshConfigChoice::File(path("--ssh-config", p)?)),
+            },
         })
     }
 }
@@ -236,6 +245,9 @@ mod tests {
                 command_timeout: Duration::from_secs(1),
                 jump_host: None,
                 use_agent: true,
+                jump_chain: Vec::new(),
+                global_known_hosts: Vec::new(),
+                openssh: Default::default(),
             },
             ledger: LedgerSettings::default(),
             rollout: Default::default(),
