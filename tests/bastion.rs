@@ -151,7 +151,7 @@ fn an_address_that_is_only_an_ssh_config_alias_connects() {
 
     // The lab's inventory says `ssh_config = "none"`: `lab3` does not resolve, and the hint
     // says no ssh_config was read.
-    let out = fleetup(&inv, &["exec", "--", &touch]);
+    let out = fleetup(&inv, &["status"]);
     assert_eq!(code(&out), exit_code::UNREACHABLE, "{}", both(&out));
     assert!(
         stderr(&out).contains("cannot resolve the name `lab3`")
@@ -159,6 +159,8 @@ fn an_address_that_is_only_an_ssh_config_alias_connects() {
         "{}",
         both(&out)
     );
+    let out = fleetup(&inv, &["exec", "--", &touch]);
+    assert_ne!(code(&out), exit_code::SUCCESS, "{}", both(&out));
     assert!(!marker.exists());
 
     // `--ssh-config` beats the inventory: `lab3` is 127.0.0.1 on the node's port. The
