@@ -534,8 +534,8 @@ fn ssh_config_file(
 ) -> Option<SshConfigFile> {
     let misplaced = raw
         .groups
-        .iter()
-        .filter_map(|(_, g)| g.ssh.ssh_config.as_ref())
+        .values()
+        .filter_map(|g| g.ssh.ssh_config.as_ref())
         .chain(
             raw.hosts
                 .iter()
