@@ -153,7 +153,12 @@ pub fn run(global: &Global, cmd: &InventoryCommand) -> anyhow::Result<i32> {
         InventoryCommand::List => {
             let hosts = select_hosts(global, &inventory)?;
             match global.format {
-                Format::Human => print!("{}", render_table(&hosts)),
+                Format::Human => {
+                    print!("{}", render_table(&hosts));
+                    if global.verbose > 0 {
+                        print!("{}", render_origins(&hosts));
+                    }
+                }
                 Format::Json => println!("{}", serde_json::to_string_pretty(&hosts)?),
             }
         }
@@ -167,7 +172,8 @@ fn plural(n: usize) -> &'static str {
 
 /// One row per host, columns padded to the widest cell.
 fn render_table(hosts: &[&ResolvedHost]) -> String {
-    let header = ["NAME", "ADDRESS", "USER", "GROUPS", "ROLE", "SERVICE"].map(String::from);
+    let mut header = ["NAME", "ADDRESS", "USER", "GROUPS", "ROLE", "SERVICE"].map(String::from);
+    let jumps = hosts.iter().any(|h| h.ssh.jump_host.is_some());
     let rows: Vec<[String; 6]> = hosts
         .iter()
         .map(|h| {
@@ -201,10 +207,17 @@ fn render_table(hosts: &[&ResolvedHost]) -> String {
                 } else {
                     role.join(", ")
                 },
-                service,
+                match (&h.ssh.jump_host, jumps) {
+                    (Some(chain), _) => format!("{service}  via {chain}"),
+                    (None, true) => format!("{service}  direct"),
+                    (None, false) => service,
+                },
             ]
         })
         .collect();
+    if jumps {
+        header[5] = "SERVICE  JUMP".into();
+    }
     let mut widths = header.clone().map(|c| c.chars().count());
     for row in &rows {
         for (w, cell) in widths.iter_mut().zip(row) {
@@ -220,6 +233,32 @@ fn render_table(hosts: &[&ResolvedHost]) -> String {
             .collect();
         out.push_str(cells.join("  ").trim_end());
         out.push('\n');
+    }
+    out
+}
+
+/// `-v`: where each host's SSH settings came from, and each hop of its jump chain.
+fn render_origins(hosts: &[&ResolvedHost]) -> String {
+    let mut out = String::new();
+    for h in hosts {
+        out.push_str(&format!("\n{}:\n", h.name));
+        if let Some(alias) = &h.ssh.openssh.alias {
+            out.push_str(&format!("  alias       {alias}\n"));
+        }
+        for (key, from) in &h.ssh.openssh.origins {
+            out.push_str(&format!("  {key:<16} from {from}\n"));
+        }
+        for (i, hop) in h.ssh.jump_chain.iter().enumerate() {
+            out.push_str(&format!(
+                "  hop {}          {} = {}@{}:{} (known_hosts {})\n",
+                i + 1,
+                hop.spec,
+                hop.user,
+                hop.address,
+                hop.port,
+                hop.known_hosts.display()
+            ));
+        }
     }
     out
 }
