@@ -243,15 +243,15 @@ fn render_origins(hosts: &[&ResolvedHost]) -> String {
     for h in hosts {
         out.push_str(&format!("\n{}:\n", h.name));
         if let Some(alias) = &h.ssh.openssh.alias {
-            out.push_str(&format!("  alias       {alias}\n"));
+            out.push_str(&format!("  {:<16} {alias}\n", "alias"));
         }
         for (key, from) in &h.ssh.openssh.origins {
             out.push_str(&format!("  {key:<16} from {from}\n"));
         }
         for (i, hop) in h.ssh.jump_chain.iter().enumerate() {
             out.push_str(&format!(
-                "  hop {}          {} = {}@{}:{} (known_hosts {})\n",
-                i + 1,
+                "  {:<16} {} = {}@{}:{} (known_hosts {})\n",
+                format!("hop {}", i + 1),
                 hop.spec,
                 hop.user,
                 hop.address,
