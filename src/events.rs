@@ -6,6 +6,10 @@ use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
+/// The version of the `--format json` stream: each line carries it as `schema`. Bumped when a
+/// field changes meaning or goes away (new events and fields do not bump it).
+pub const JSON_SCHEMA: u32 = 1;
+
 /// How one step ended on one host.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -79,9 +83,11 @@ pub enum Event {
         host: String,
         reason: String,
     },
-    /// A check of the preflight (or of `check`) on one host, or fleet-wide when `host` is empty.
+    /// A check of the preflight (or of `check`) on one host, or fleet-wide when `host` is
+    /// `None` (`null` in JSON; a journal of an older fleetup may hold `""`).
     CheckResult {
-        host: String,
+        #[serde(deserialize_with = "empty_as_none")]
+        host: Option<String>,
         check: String,
         ok: bool,
         detail: String,
@@ -139,6 +145,10 @@ pub enum Event {
         migrator: Option<String>,
         steps: Vec<PlannedStep>,
         warnings: Vec<String>,
+        /// The facts the plan was built from, per host (what its id covers besides the plan):
+        /// `upgrade --plan ID` names the ones that changed since the audit.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        facts: Option<serde_json::Value>,
     },
     /// Something the operator should know that is not a step result (the difference `storage
     /// scan` made, a lock shown before it is broken).
@@ -164,6 +174,12 @@ pub enum Event {
         hosts: Vec<HostSummary>,
         artefacts: Vec<Artefact>,
     },
+}
+
+/// Journals written before fleet-wide findings had a `null` host hold `""` there.
+fn empty_as_none<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    let host: Option<String> = Option::deserialize(d)?;
+    Ok(host.filter(|h| !h.is_empty()))
 }
 
 /// One step of a plan, as [`Event::PlanReady`] lists it.

@@ -402,15 +402,61 @@ pub fn list_journals(state_dir: &Path) -> anyhow::Result<Vec<JournalFile>> {
     let mut paths: Vec<PathBuf> = entries
         .filter_map(Result::ok)
         .map(|e| e.path())
-        .filter(|p| {
-            p.extension().is_some_and(|x| x == "jsonl")
-                && p.file_stem()
-                    .and_then(|s| s.to_str())
-                    .is_some_and(valid_run_id)
-        })
+        .filter(|p| run_id_of(p).is_some())
         .collect();
     paths.sort();
     Ok(paths.iter().filter_map(|p| read_journal(p).ok()).collect())
+}
+
+/// The run id a journal's path names, if it is a journal's.
+fn run_id_of(path: &Path) -> Option<&str> {
+    if path.extension().is_none_or(|x| x != "jsonl") {
+        return None;
+    }
+    path.file_stem()
+        .and_then(|s| s.to_str())
+        .filter(|s| valid_run_id(s))
+}
+
+/// What a run named on the command line (`last`, a full id, or the start of one) comes to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunMatch {
+    Found(String),
+    /// No journal in the state dir has such an id.
+    NoMatch,
+    /// The prefix names several runs: their ids, oldest first.
+    Ambiguous(Vec<String>),
+}
+
+/// Resolves `query` against the journals in `state_dir`: `last` is the newest run, anything
+/// else a run id or the start of exactly one (`20261202T1530`).
+pub fn match_run(state_dir: &Path, query: &str) -> anyhow::Result<RunMatch> {
+    let mut ids: Vec<String> = match fs::read_dir(state_dir) {
+        Ok(entries) => entries
+            .filter_map(Result::ok)
+            .filter_map(|e| run_id_of(&e.path()).map(str::to_string))
+            .collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => {
+            return Err(anyhow::Error::new(e).context(format!(
+                "cannot list the state dir `{}`",
+                state_dir.display()
+            )));
+        }
+    };
+    ids.sort();
+    if query == "last" {
+        return Ok(ids.pop().map_or(RunMatch::NoMatch, RunMatch::Found));
+    }
+    if ids.iter().any(|id| id == query) {
+        return Ok(RunMatch::Found(query.to_string()));
+    }
+    let mut hits: Vec<String> = ids.into_iter().filter(|id| id.starts_with(query)).collect();
+    Ok(match hits.len() {
+        0 => RunMatch::NoMatch,
+        1 => RunMatch::Found(hits.remove(0)),
+        _ => RunMatch::Ambiguous(hits),
+    })
 }
 
 #[cfg(test)]
@@ -420,6 +466,34 @@ mod tests {
 
     use super::*;
     use crate::events::StepStatus;
+
+    #[test]
+    fn a_run_is_named_by_last_its_id_or_a_unique_prefix() {
+        let dir = tempfile::tempdir().unwrap();
+        let ids = [
+            "20260125T174502.001Z-00000a",
+            "20260125T174502.002Z-00000b",
+            "20260126T090000.000Z-00000c",
+        ];
+        for id in ids {
+            Journal::create(dir.path(), &header(id)).unwrap();
+        }
+        std::fs::write(dir.path().join("notes.jsonl"), "x").unwrap();
+        let m = |q: &str| match_run(dir.path(), q).unwrap();
+        assert_eq!(m("last"), RunMatch::Found(ids[2].into()));
+        assert_eq!(m(ids[0]), RunMatch::Found(ids[0].into()));
+        assert_eq!(m("20260126"), RunMatch::Found(ids[2].into()));
+        assert_eq!(
+            m("20260125T1745"),
+            RunMatch::Ambiguous(vec![ids[0].into(), ids[1].into()])
+        );
+        assert_eq!(m("2027"), RunMatch::NoMatch);
+        let empty = tempfile::tempdir().unwrap();
+        assert_eq!(
+            match_run(&empty.path().join("none"), "last").unwrap(),
+            RunMatch::NoMatch
+        );
+    }
 
     fn header(run_id: &str) -> Header {
         Header {

@@ -345,12 +345,12 @@ mod tests {
                 port: 22,
                 identity_files: vec![],
                 known_hosts: "/dev/null".into(),
+                global_known_hosts: vec![],
                 connect_timeout: std::time::Duration::from_secs(1),
                 command_timeout: std::time::Duration::from_secs(1),
                 jump_host: None,
                 use_agent: false,
                 jump_chain: Vec::new(),
-                global_known_hosts: Vec::new(),
                 openssh: Default::default(),
             },
             ledger: crate::inventory::LedgerSettings {

@@ -228,8 +228,16 @@ fn a_stopped_lab_is_ready_with_every_check_passed_and_the_json_contract() {
     let text = stdout(&human);
     let id = v["plan_id"].as_str().unwrap();
     assert!(text.contains(&format!("plan id: {id}")), "{text}");
-    assert!(text.contains("node-1, node-2, node-3: will do"), "{text}");
     assert!(text.contains("result: ready"), "{text}");
+    // A 3-node audit fits a screen; `-v` adds each host's mark and commands.
+    assert!(text.lines().count() <= 40, "{text}");
+    assert!(!text.contains("$ "), "{text}");
+    let verbose = stdout(&check(&lab, "1.8.2", &new, &["-v"]));
+    assert!(
+        verbose.contains("node-1, node-2, node-3: will do"),
+        "{verbose}"
+    );
+    assert!(verbose.contains("        $ "), "{verbose}");
 
     // The target's binary everywhere but every node stopped: the goal (serving) is not reached;
     // the storage already holds every migration of 1.7.4, so there is no backup and no
@@ -323,11 +331,16 @@ fn a_typo_in_the_inventory_ledgers_and_a_hot_journal_are_refused_with_their_find
 
     let human = stdout(&check(&lab, "1.8.2", &new, &[]));
     assert!(human.contains("FAIL  ledgers"), "{human}");
-    assert!(
-        human.contains("node-2: BLOCKED (hot-journal, ledgers)"),
-        "{human}"
-    );
     assert!(human.contains("result: blocked"), "{human}");
+    assert!(
+        human.contains("hot-journal (node-2)"),
+        "the result names it: {human}"
+    );
+    let verbose = stdout(&check(&lab, "1.8.2", &new, &["-v"]));
+    assert!(
+        verbose.contains("node-2: BLOCKED (hot-journal, ledgers)"),
+        "{verbose}"
+    );
     assert_eq!(lab.tree_digest().unwrap(), before, "check changed a node");
     assert!(journal.exists(), "the hot journal is left alone");
 }

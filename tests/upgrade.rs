@@ -19,7 +19,8 @@ use fleetup::lab::pg::{self, PgUrl};
 use fleetup::lab::{Driver, Lab, LabGuard};
 use fleetup::version::Version;
 use lab_fixture::{
-    api_version, assert_node_serving, both, code, fleetup, pg_url, release, spec, stderr, stdout,
+    api_version, assert_node_serving, both, code, fleetup, json, pg_url, release, spec, stderr,
+    stdout,
 };
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -186,7 +187,7 @@ fn postgres_three_nodes_1_7_4_to_1_8_2_with_stop() {
         ],
     );
     assert_eq!(code(&audit), exit_code::SUCCESS, "{}", both(&audit));
-    let audit: Value = serde_json::from_slice(&audit.stdout).unwrap();
+    let audit: Value = json(&audit);
     let plan_id = audit["plan_id"].as_str().unwrap().to_string();
     let mut checked = Vec::new();
     for s in audit["steps"].as_array().unwrap() {

@@ -319,6 +319,9 @@ pub fn dry_run_in(
     if let Some(j) = &journal {
         sink = sink.with(j.clone());
     }
+    if global.format == Format::Json {
+        sink = sink.with(Arc::new(super::display::JsonLines));
+    }
     let started = Instant::now();
     sink.emit(&Event::RunStarted {
         run_id: run_id.clone(),
@@ -327,15 +330,21 @@ pub fn dry_run_in(
         hosts: hosts.iter().map(|h| h.name.clone()).collect(),
     });
     let audit = audit(global, &inventory, &hosts, &inputs, connect, &sink)?;
+    // The whole audit (plan, marked steps, findings, facts, id) as one line, before the
+    // stream's last, `run_finished`.
+    if global.format == Format::Json {
+        let mut v = serde_json::to_value(&audit)?;
+        v["event"] = "audit".into();
+        super::display::print_json_line(&v);
+    }
     sink.emit(&Event::RunFinished {
         run_id,
         outcome: audit.outcome.as_str().into(),
         exit_code: audit.exit_code,
         duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
     });
-    match global.format {
-        Format::Json => println!("{}", serde_json::to_string_pretty(&audit)?),
-        Format::Human => print!("{}", audit.render_text()),
+    if global.format == Format::Human {
+        print!("{}", audit.render_text(global.verbose));
     }
     if let Some(j) = &journal {
         if let Some(err) = j.error() {

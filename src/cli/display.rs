@@ -67,7 +67,11 @@ pub fn line(event: &Event, total: usize, verbose: u8) -> Option<String> {
             "{command} to {target} on {} host(s), run {run_id}",
             hosts.len()
         )),
-        Event::HostUnreachable { host, reason } => Some(format!("{host}: unreachable: {reason}")),
+        // Refusals (an unreachable host, a failed check) end the run with an error that lists
+        // each once, grouped, with its hint: shown live only with `-v`.
+        Event::HostUnreachable { host, reason } if verbose > 0 => {
+            Some(format!("{host}: unreachable: {reason}"))
+        }
         Event::HostConnected { host } if verbose > 0 => Some(format!("{host}: connected")),
         Event::CheckResult {
             host,
@@ -75,8 +79,8 @@ pub fn line(event: &Event, total: usize, verbose: u8) -> Option<String> {
             ok,
             detail,
             hint,
-        } if !ok || verbose > 0 => {
-            let who = if host.is_empty() { "fleet" } else { host };
+        } if verbose > 0 => {
+            let who = host.as_deref().unwrap_or("fleet");
             let mut s = format!(
                 "{} {who}: {check}: {detail}",
                 if *ok { "check ok" } else { "check FAILED" }
@@ -93,6 +97,7 @@ pub fn line(event: &Event, total: usize, verbose: u8) -> Option<String> {
             migrator,
             steps,
             warnings,
+            ..
         } => {
             let mut s = format!(
                 "plan {}: {strategy}, {}, {} steps{}",
@@ -128,7 +133,7 @@ pub fn line(event: &Event, total: usize, verbose: u8) -> Option<String> {
             stderr_tail,
             message,
             ..
-        } => {
+        } if verbose > 0 || !(kind == "preflight" && *status == StepStatus::Failed) => {
             let word = match status {
                 StepStatus::Ok => "ok",
                 StepStatus::Failed => "FAILED",
@@ -302,12 +307,36 @@ pub struct JsonLines;
 
 impl EventSink for JsonLines {
     fn emit(&self, event: &Event) {
-        if let Ok(text) = serde_json::to_string(event) {
-            let mut out = std::io::stdout().lock();
-            let _ = writeln!(out, "{text}");
-            let _ = out.flush();
+        if let Ok(value) = serde_json::to_value(event) {
+            print_json_line(&value);
         }
     }
+}
+
+/// One line of the `--format json` stream: `value` (an object with its `event`) with the
+/// stream's schema version first (see docs/json-events.md).
+pub fn json_line(value: &serde_json::Value) -> String {
+    let mut line = format!("{{\"schema\":{}", fleetup::events::JSON_SCHEMA);
+    if let Some(map) = value.as_object() {
+        for (k, v) in map {
+            if k == "schema" {
+                continue;
+            }
+            line.push(',');
+            line.push_str(&serde_json::Value::String(k.clone()).to_string());
+            line.push(':');
+            line.push_str(&v.to_string());
+        }
+    }
+    line.push('}');
+    line
+}
+
+/// [`json_line`] on stdout, flushed (a reader sees each event as it happens).
+pub fn print_json_line(value: &serde_json::Value) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{}", json_line(value));
+    let _ = out.flush();
 }
 
 #[cfg(test)]
@@ -326,6 +355,23 @@ mod tests {
         assert_eq!(r(true, false, 0, false, Format::Json), Lines);
         assert_eq!(r(true, false, 3, true, Format::Human), Quiet);
         assert_eq!(r(false, true, 0, true, Format::Json), Quiet);
+    }
+
+    #[test]
+    fn each_json_line_leads_with_the_schema_and_a_fleet_wide_host_is_null() {
+        let ev = Event::CheckResult {
+            host: None,
+            check: "binary-sha256".into(),
+            ok: true,
+            detail: "matches".into(),
+            hint: None,
+        };
+        let line = json_line(&serde_json::to_value(&ev).unwrap());
+        assert!(line.starts_with("{\"schema\":1,"), "{line}");
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["event"], "check_result");
+        assert_eq!(v["host"], serde_json::Value::Null);
+        assert_eq!(v["schema"], 1);
     }
 
     #[test]
@@ -366,7 +412,7 @@ mod tests {
             Some("[3/9] backup node-2: $ pg_dump ...")
         );
         let pass = Event::CheckResult {
-            host: String::new(),
+            host: None,
             check: "binary-sha256".into(),
             ok: true,
             detail: "matches".into(),

@@ -1,5 +1,7 @@
 //! Rendering errors as `error:` / `caused by:` / `hint:` lines on stderr.
 
+use std::path::Path;
+
 use fleetup::error::find_failure;
 use fleetup::exit_code;
 
@@ -23,17 +25,52 @@ pub fn render(err: &anyhow::Error) -> String {
         out.push_str(&format!("  caused by: {cause}\n"));
     }
     if let Some(f) = find_failure(err) {
-        for hint in &f.hints {
+        for hint in f.hints.iter().filter_map(|h| fit_hint(h, Path::new("."))) {
             out.push_str(&format!("  hint: {hint}\n"));
         }
     }
     out
 }
 
+/// A hint that points at the repository's files (`inventory.example.toml`, `scripts/`) only
+/// where they are, in `dir`: an installed fleetup has neither.
+fn fit_hint(hint: &str, dir: &Path) -> Option<String> {
+    let mut hint = hint.to_string();
+    if hint.contains("inventory.example.toml") && !dir.join("inventory.example.toml").is_file() {
+        if hint.starts_with("inventory.example.toml") {
+            return Some("`fleetup inventory check --help` and the inventory reference (docs/inventory.md) list every key".into());
+        }
+        for tail in [
+            ", see inventory.example.toml",
+            "; see inventory.example.toml",
+        ] {
+            hint = hint.replace(tail, "");
+        }
+    }
+    if hint.contains("scripts/") && !dir.join("scripts").is_dir() {
+        return None;
+    }
+    Some(hint)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use fleetup::Failure;
+
+    #[test]
+    fn hints_name_repository_files_only_where_they_are() {
+        let empty = tempfile::tempdir().unwrap();
+        let h =
+            "add `name`; every `[[host]]` needs `name` and `address`, see inventory.example.toml";
+        assert_eq!(
+            fit_hint(h, empty.path()).unwrap(),
+            "add `name`; every `[[host]]` needs `name` and `address`"
+        );
+        assert_eq!(fit_hint("run scripts/pg.sh start", empty.path()), None);
+        std::fs::write(empty.path().join("inventory.example.toml"), "").unwrap();
+        assert_eq!(fit_hint(h, empty.path()).unwrap(), h);
+    }
 
     #[test]
     fn renders_chain_and_hints() {

@@ -10,8 +10,10 @@ mod connect;
 mod display;
 mod errors;
 mod exec;
+mod generated;
 mod inventory;
 mod lab;
+mod logging;
 mod paths;
 mod rollback;
 mod runs;
@@ -52,7 +54,7 @@ pub struct Global {
     /// Upgrade-path table replacing the built-in one (TOML, same shape as `fleetup paths --toml` prints).
     #[arg(long = "paths", global = true, env = "FLEETUP_PATHS")]
     pub paths_file: Option<PathBuf>,
-    /// More detail on stderr (repeat for more).
+    /// More detail on stderr (repeat for more; `-vvv` shows each host's SSH negotiation).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
     /// Only errors on stderr.
@@ -93,6 +95,19 @@ pub enum Command {
     /// A local practice fleet: real sshd servers and the ledger simulator (`lab up|status|down`).
     #[command(subcommand)]
     Lab(lab::LabCommand),
+    /// Shell completions on stdout: `fleetup completions bash > /etc/bash_completion.d/fleetup`.
+    Completions(generated::CompletionsArgs),
+    /// The man page (roff) on stdout: `fleetup man | man -l -`; `--dir DIR` writes every page.
+    Man(generated::ManArgs),
+}
+
+/// What to add under clap's own message for a mistake it cannot explain: `exec` takes the
+/// remote command after `--` (`fleetup exec uname -n` reads `uname` as an argument of its own).
+fn usage_hint(args: &[String], kind: clap::error::ErrorKind) -> Option<&'static str> {
+    let exec = args.iter().skip(1).any(|a| a == "exec");
+    let dashes = args.iter().any(|a| a == "--");
+    (kind == clap::error::ErrorKind::UnknownArgument && exec && !dashes)
+        .then_some("put the remote command after `--`: `fleetup exec -- uname -n`")
 }
 
 /// Parse the command line, run the command, render errors; returns the process exit code.
@@ -101,6 +116,10 @@ pub fn main() -> i32 {
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();
+            let args: Vec<String> = std::env::args().collect();
+            if let Some(hint) = usage_hint(&args, e.kind()) {
+                eprintln!("hint: {hint}");
+            }
             return if e.use_stderr() {
                 exit_code::USAGE
             } else {
@@ -108,6 +127,7 @@ pub fn main() -> i32 {
             };
         }
     };
+    logging::init(cli.global.verbose, cli.global.quiet);
     let result = match &cli.command {
         Command::Paths(args) => paths::run(&cli.global, args),
         Command::Inventory(cmd) => inventory::run(&cli.global, cmd),
@@ -118,9 +138,25 @@ pub fn main() -> i32 {
         Command::Rollback(args) => rollback::run(&cli.global, args),
         Command::Runs(cmd) => runs::run(&cli.global, cmd),
         Command::Lab(cmd) => lab::run(&cli.global, cmd),
+        Command::Completions(args) => generated::completions(args),
+        Command::Man(args) => generated::man(args),
     };
     match result {
         Ok(code) => code,
         Err(err) => errors::report(&err),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::error::ErrorKind;
+
+    #[test]
+    fn exec_without_dashes_gets_a_hint() {
+        let args = |a: &str| a.split(' ').map(String::from).collect::<Vec<_>>();
+        assert!(usage_hint(&args("fleetup exec uname -n"), ErrorKind::UnknownArgument).is_some());
+        assert!(usage_hint(&args("fleetup exec -- uname"), ErrorKind::UnknownArgument).is_none());
+        assert!(usage_hint(&args("fleetup status x"), ErrorKind::UnknownArgument).is_none());
     }
 }

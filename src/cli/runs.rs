@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
-use fleetup::journal::{self, JournalFile};
+use fleetup::journal::{self, JournalFile, RunMatch};
 use fleetup::{Failure, exit_code};
 use serde_json::{Value, json};
 
@@ -16,10 +16,19 @@ use super::{Format, Global, display, inventory};
 #[derive(Debug, Subcommand)]
 pub enum RunsCommand {
     /// Every recorded run: id, command, target, outcome, start time, duration.
-    List(RunsArgs),
+    List {
+        /// Only runs of this command (`upgrade`, `check`, `rollback`).
+        #[arg(long, value_name = "COMMAND")]
+        command: Option<String>,
+        /// Only runs that did not succeed: failed, blocked, refused, cancelled or interrupted.
+        #[arg(long)]
+        failed: bool,
+        #[command(flatten)]
+        args: RunsArgs,
+    },
     /// One run's header and every step, from its journal.
     Show {
-        /// The run id (`fleetup runs list` shows them).
+        /// The run: `last`, its id, or the start of exactly one id (`fleetup runs list` shows them).
         run_id: String,
         #[command(flatten)]
         args: RunsArgs,
@@ -39,47 +48,100 @@ fn state_dir(global: &Global, args: &RunsArgs) -> PathBuf {
         .unwrap_or_else(|| journal::default_state_dir(&inventory::inventory_path(global)))
 }
 
+/// Outcomes that are not a failure: `--failed` leaves them out.
+const NOT_FAILED: &[&str] = &["succeeded", "ready", "nothing-to-do", "paused"];
+
 pub fn run(global: &Global, cmd: &RunsCommand) -> anyhow::Result<i32> {
     match cmd {
-        RunsCommand::List(args) => {
-            let runs = journal::list_journals(&state_dir(global, args))?;
+        RunsCommand::List {
+            command,
+            failed,
+            args,
+        } => {
+            let dir = state_dir(global, args);
+            let mut runs = journal::list_journals(&dir)?;
+            runs.retain(|j| {
+                command.as_ref().is_none_or(|c| &j.header.command == c)
+                    && (!failed || !NOT_FAILED.contains(&j.outcome().as_str()))
+            });
             match global.format {
                 Format::Json => {
-                    let rows: Vec<Value> = runs.iter().map(summary_json).collect();
-                    println!("{}", serde_json::to_string_pretty(&rows)?);
+                    for j in &runs {
+                        println!("{}", serde_json::to_string(&summary_json(j))?);
+                    }
+                }
+                Format::Human if runs.is_empty() => {
+                    print!("{}", no_run_text(global, args, &dir));
                 }
                 Format::Human => print!("{}", render_list(&runs)),
             }
         }
         RunsCommand::Show { run_id, args } => {
-            if !journal::valid_run_id(run_id) {
-                return Err(Failure::usage(format!("`{run_id}` is not a run id"))
-                    .hint("`fleetup runs list` shows the run ids")
-                    .into());
-            }
             let dir = state_dir(global, args);
-            let path = journal::journal_path(&dir, run_id);
-            if !path.is_file() {
-                return Err(Failure::usage(format!(
-                    "no run `{run_id}` in `{}`",
-                    dir.display()
-                ))
-                .hint("`fleetup runs list` shows the runs; `--state-dir DIR` names another state dir")
-                .into());
-            }
-            let j = journal::read_journal(&path)?;
+            let id = resolve_run(&dir, run_id)?;
+            let j = journal::read_journal(&journal::journal_path(&dir, &id))?;
             match global.format {
                 Format::Json => {
                     let mut v = summary_json(&j);
                     v["header"] = serde_json::to_value(&j.header)?;
                     v["events"] = Value::Array(j.events.clone());
-                    println!("{}", serde_json::to_string_pretty(&v)?);
+                    println!("{}", serde_json::to_string(&v)?);
                 }
                 Format::Human => print!("{}", render_show(&j)),
             }
         }
     }
     Ok(exit_code::SUCCESS)
+}
+
+/// The run id `query` (`last`, an id or a unique prefix) names in `dir`, or a usage error that
+/// says what is there.
+pub fn resolve_run(dir: &std::path::Path, query: &str) -> anyhow::Result<String> {
+    let shape_ok = query == "last"
+        || (!query.is_empty()
+            && query
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-.".contains(&b)));
+    if !shape_ok {
+        return Err(Failure::usage(format!("`{query}` is not a run id"))
+            .hint("name a run by `last`, its id, or the start of its id; `fleetup runs list` shows them")
+            .into());
+    }
+    match journal::match_run(dir, query)? {
+        RunMatch::Found(id) => Ok(id),
+        RunMatch::NoMatch => Err(Failure::usage(format!(
+            "no run {} in `{}`",
+            if query == "last" {
+                "recorded".to_string()
+            } else {
+                format!("`{query}`")
+            },
+            dir.display()
+        ))
+        .hint("`fleetup runs list` shows the runs; `-i INVENTORY` or `--state-dir DIR` names another state dir")
+        .into()),
+        RunMatch::Ambiguous(ids) => Err(Failure::usage(format!(
+            "`{query}` is the start of {} run ids: {}",
+            ids.len(),
+            ids.join(", ")
+        ))
+        .hint("give more of the id")
+        .into()),
+    }
+}
+
+/// What `runs list` says when there is nothing to list: where it looked, and why it may be
+/// the wrong place.
+fn no_run_text(global: &Global, args: &RunsArgs, dir: &std::path::Path) -> String {
+    let mut out = format!("no run recorded in {}\n", dir.display());
+    let inv = inventory::inventory_path(global);
+    if args.state_dir.is_none() && !inv.is_file() {
+        out.push_str(&format!(
+            "hint: there is no inventory `{}` here; run it with `-i INVENTORY` (journals live beside the inventory) or `--state-dir DIR`\n",
+            inv.display()
+        ));
+    }
+    out
 }
 
 fn summary_json(j: &JournalFile) -> Value {
@@ -142,9 +204,6 @@ fn duration(ms: Option<u64>) -> String {
 }
 
 fn render_list(runs: &[JournalFile]) -> String {
-    if runs.is_empty() {
-        return "no run recorded\n".into();
-    }
     let mut rows =
         vec![["RUN", "COMMAND", "TARGET", "OUTCOME", "STARTED", "DURATION"].map(String::from)];
     for j in runs {

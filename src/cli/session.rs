@@ -288,7 +288,13 @@ pub fn find_resumable(
         return Ok(journal::list_journals(state_dir)?
             .into_iter()
             .rev()
-            .find(|j| j.header.command == command && j.header.inventory == inventory)
+            // A run refused before its first step (a held lock, a failed preflight) changed
+            // nothing and has nothing to resume: the run before it may.
+            .find(|j| {
+                j.header.command == command
+                    && j.header.inventory == inventory
+                    && !j.steps.is_empty()
+            })
             .filter(|j| !finished(j))
             .ok_or_else(|| {
                 Failure::usage(format!(
@@ -299,6 +305,7 @@ pub fn find_resumable(
             })?);
     }
     let j = read_run(state_dir, which)?;
+    let which = &j.header.run_id;
     if j.header.command != command {
         return Err(Failure::usage(format!(
             "run `{which}` is a `{}`, not a {command}",
@@ -319,20 +326,8 @@ pub fn find_resumable(
     Ok(j)
 }
 
-/// The journal of run `id` in `state_dir`.
+/// The journal of run `id` (`last`, an id or a unique prefix of one) in `state_dir`.
 pub fn read_run(state_dir: &Path, id: &str) -> anyhow::Result<JournalFile> {
-    if !journal::valid_run_id(id) {
-        return Err(Failure::usage(format!("`{id}` is not a run id"))
-            .hint("`fleetup runs list` shows the run ids")
-            .into());
-    }
-    let path = journal::journal_path(state_dir, id);
-    if !path.is_file() {
-        return Err(
-            Failure::usage(format!("no run `{id}` in `{}`", state_dir.display()))
-                .hint("`fleetup runs list` shows the runs")
-                .into(),
-        );
-    }
-    journal::read_journal(&path)
+    let id = super::runs::resolve_run(state_dir, id)?;
+    journal::read_journal(&journal::journal_path(state_dir, &id))
 }

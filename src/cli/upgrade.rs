@@ -11,9 +11,10 @@ use anyhow::Context;
 use clap::Args;
 use fleetup::events::{Event, StepState};
 use fleetup::inventory::ResolvedHost;
-use fleetup::journal::{self, Header};
+use fleetup::journal::{self, Header, JournalFile};
 use fleetup::operation::{self, Finished, RunSettings, Scope, UpgradeRequest};
 use fleetup::plan::Plan;
+use fleetup::preflight::{self, AuditedPlan, ExpectedPlan};
 use fleetup::runner::{self, FailBudget, FailurePolicy, PriorRun, RunReport, kind_name};
 use fleetup::{Failure, exit_code};
 use sha2::{Digest, Sha256};
@@ -30,6 +31,10 @@ pub struct UpgradeArgs {
     /// Refuse to start unless the fleet still gives this plan id (printed by `fleetup check`).
     #[arg(long = "plan", value_name = "ID")]
     pub plan_id: Option<String>,
+    /// Do not ask before the first change. On a terminal, an upgrade without `--plan` shows
+    /// the plan's summary and asks; off a terminal (scripts, CI) it never asks.
+    #[arg(short = 'y', long)]
+    pub yes: bool,
     /// Break a stale fleet lock (a crashed run's), after showing its holder; a live fleetup
     /// on this machine keeps its lock.
     #[arg(long)]
@@ -64,6 +69,103 @@ pub struct UpgradeArgs {
     pub pause_after_canary: bool,
     #[command(flatten)]
     pub connect: ConnectFlags,
+}
+
+/// What `--plan GIVEN` names: the audit in `state_dir` whose plan id starts with it (the
+/// newest, when several audits gave that id). Refused at once when it is not a plan id, when
+/// it names several different plans, or when the audit was made for another target or other
+/// plan options than this upgrade's.
+fn expected_plan(
+    state_dir: &std::path::Path,
+    given: &str,
+    target: &str,
+    options: &[String],
+) -> anyhow::Result<ExpectedPlan> {
+    let prefix = preflight::parse_plan_prefix(given)?;
+    let mut audits: Vec<(JournalFile, String, Option<serde_json::Value>)> = Vec::new();
+    // Audits only: an upgrade's own journal holds its plan too, with the upgrade's options.
+    for j in journal::list_journals(state_dir)?
+        .into_iter()
+        .filter(|j| j.header.command == "check")
+    {
+        let ready = j
+            .events
+            .iter()
+            .rev()
+            .find(|e| e["event"] == "plan_ready")
+            .cloned();
+        if let Some(e) = ready
+            && let Some(id) = e["plan_id"].as_str()
+            && id.starts_with(&prefix)
+        {
+            audits.push((j, id.to_string(), e.get("facts").cloned()));
+        }
+    }
+    let mut ids: Vec<&str> = audits.iter().map(|(_, id, _)| id.as_str()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    if ids.len() > 1 {
+        return Err(Failure::usage(format!(
+            "`{given}` is the start of {} plan ids: {}",
+            ids.len(),
+            ids.iter().map(|i| &i[..16]).collect::<Vec<_>>().join(", ")
+        ))
+        .hint("give more digits of the plan id `fleetup check` printed")
+        .into());
+    }
+    let audited = audits.pop().map(|(j, plan_id, facts)| {
+        (
+            j.header.target.clone(),
+            j.header.options.clone(),
+            AuditedPlan {
+                run_id: j.header.run_id,
+                plan_id,
+                facts,
+            },
+        )
+    });
+    if let Some((audited_target, audited_options, a)) = &audited
+        && (audited_target != target || audited_options != options)
+    {
+        let show = |t: &str, o: &[String]| {
+            std::iter::once(format!("--to {t}"))
+                .chain(o.iter().cloned())
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        return Err(Failure::usage(format!(
+            "plan id `{given}` was audited by `{}` for `{}`; this upgrade asks for `{}`",
+            a.run_id,
+            show(audited_target, audited_options),
+            show(target, options)
+        ))
+        .hint("run `fleetup upgrade` with the options of the audit, or audit these options with `fleetup check` first")
+        .into());
+    }
+    Ok(ExpectedPlan {
+        given: prefix,
+        audited: audited.map(|(_, _, a)| a),
+    })
+}
+
+/// The plan's summary on stderr, then `proceed? [y/N]`; anything but `y`/`yes` refuses.
+fn confirm_plan(plan: &Plan) -> anyhow::Result<()> {
+    let mut text = String::new();
+    for l in fleetup::plan::header_lines(plan, "plan") {
+        text.push_str(&format!("{l}\n"));
+    }
+    for s in &plan.steps {
+        text.push_str(&format!("  {:>2}. {}: {}\n", s.number, s.kind, s.action));
+    }
+    eprint!("{text}every check passed; nothing has changed yet. proceed? [y/N] ");
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line)?;
+    match line.trim() {
+        "y" | "Y" | "yes" => Ok(()),
+        _ => Err(Failure::usage("not confirmed; nothing was changed")
+            .hint("review it with `fleetup check`, then run `fleetup upgrade ... --plan ID`, or pass `--yes`")
+            .into()),
+    }
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -114,6 +216,15 @@ pub fn run(global: &Global, args: &UpgradeArgs) -> anyhow::Result<i32> {
         None => args.plan.clone(),
     };
     let inputs = plan_args.resolve(global, &inventory)?;
+    let expected = match &args.plan_id {
+        Some(given) => Some(expected_plan(
+            &state_dir,
+            given,
+            &inputs.target.to_string(),
+            &plan_args.recorded_options(),
+        )?),
+        None => None,
+    };
     let now = SystemTime::now();
     let run_id = match &resumed {
         Some(j) => j.header.run_id.clone(),
@@ -137,13 +248,19 @@ pub fn run(global: &Global, args: &UpgradeArgs) -> anyhow::Result<i32> {
         plan_id: None,
     };
     // The header holds the plan: the journal's file is written once the plan is built.
-    let session = RunSession::start(
+    let mut session = RunSession::start(
         global,
         header,
         hosts.iter().map(|h| h.name.clone()).collect(),
         state_dir,
         resumed.is_some(),
     );
+    // A plan nobody reviewed (no `--plan`, not a resumed one) is shown and confirmed on a
+    // terminal before it changes anything.
+    let interactive = std::io::stdin().is_terminal() && std::io::stderr().is_terminal();
+    if interactive && !args.yes && args.plan_id.is_none() && resumed.is_none() {
+        session = session.confirming(Box::new(confirm_plan));
+    }
     if let Some(j) = &resumed {
         session.sink.emit(&Event::Notice {
             host: String::new(),
@@ -161,7 +278,7 @@ pub fn run(global: &Global, args: &UpgradeArgs) -> anyhow::Result<i32> {
     };
     let req = UpgradeRequest {
         inputs: &inputs,
-        expected_plan_id: args.plan_id.as_deref(),
+        expected_plan: expected.as_ref(),
         run: RunSettings {
             failure: FailurePolicy {
                 max_failed: args.max_fail,

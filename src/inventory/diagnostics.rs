@@ -81,6 +81,11 @@ impl Diagnostic {
                     "add {rest}; every `[[host]]` needs `name` and `address`, see inventory.example.toml"
                 )
             });
+        } else if msg.starts_with("invalid type: map, expected a sequence") {
+            self.hints.push(
+                "a list of tables takes two brackets: write `[[host]]` (one per host), not `[host]`"
+                    .to_string(),
+            );
         } else if msg.starts_with("invalid type") {
             self.hints.push(
                 "strings go in double quotes, numbers and booleans (`true`, `false`) do not, lists in `[...]`"
@@ -196,8 +201,11 @@ pub fn closest<'a>(wanted: &str, candidates: impl IntoIterator<Item = &'a str>) 
         .into_iter()
         .filter_map(|c| {
             let d = distance(wanted, c);
-            let contains =
-                !wanted_lower.is_empty() && c.to_ascii_lowercase().contains(&wanted_lower);
+            let c_lower = c.to_ascii_lowercase();
+            // `eu` for `euro`, `ledger-1` for `ledger`: one name the start of the other.
+            let contains = !wanted_lower.is_empty()
+                && (c_lower.contains(&wanted_lower)
+                    || (c_lower.len() >= 2 && wanted_lower.starts_with(&c_lower)));
             // An edit count equal to the length would suggest any name as short as the typo.
             ((d <= limit && d < len) || contains).then_some((d, c))
         })
@@ -229,6 +237,7 @@ mod tests {
         assert_eq!(closest("db", names), vec!["db-1"]);
         assert!(closest("zzzzzz", names).is_empty());
         assert!(closest("us", ["eu"]).is_empty());
+        assert_eq!(closest("euro", ["eu", "us"]), vec!["eu"]);
         assert!(closest("c", ["a"]).is_empty());
         assert_eq!(closest("usr", ["user", "port"]), vec!["user"]);
         assert_eq!(closest("ue", ["eu", "us", "west"]), vec!["eu", "us"]);

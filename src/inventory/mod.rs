@@ -54,6 +54,9 @@ pub struct SshSettings {
     pub identity_files: Vec<PathBuf>,
     /// Local OpenSSH known_hosts file that host keys are checked against.
     pub known_hosts: PathBuf,
+    /// System-wide known_hosts files read as well (never written), like OpenSSH's
+    /// `GlobalKnownHostsFile`; a missing file is empty.
+    pub global_known_hosts: Vec<PathBuf>,
     /// TCP connect + banner + key exchange + authentication.
     #[serde(with = "humantime_serde_compat")]
     pub connect_timeout: Duration,
@@ -69,9 +72,6 @@ pub struct SshSettings {
     /// Empty with a `jump_host` set: each hop uses this host's user, keys and known_hosts.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub jump_chain: Vec<JumpHop>,
-    /// More known_hosts files, only read (ssh_config's `GlobalKnownHostsFile`).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub global_known_hosts: Vec<PathBuf>,
     /// What ssh_config adds that the inventory has no key for.
     pub openssh: OpenSshSettings,
 }
@@ -506,16 +506,17 @@ mod tests {
                 port: 22,
                 identity_files: vec!["/home/op/.ssh/id_ed25519".into()],
                 known_hosts: "/home/op/.ssh/known_hosts".into(),
+                global_known_hosts: vec!["/etc/ssh/ssh_known_hosts".into()],
                 connect_timeout: Duration::from_secs(10),
                 command_timeout: Duration::from_secs(1800),
                 jump_host: None,
                 use_agent: true,
                 jump_chain: Vec::new(),
-                global_known_hosts: Vec::new(),
                 openssh: OpenSshSettings {
                     origins: [
                         ("address", "the inventory"),
                         ("connect_timeout", "the default"),
+                        ("global_known_hosts", "the default"),
                         ("identity_files", "the default"),
                         ("jump_host", "the default"),
                         ("known_hosts", "the default"),
@@ -999,6 +1000,37 @@ mod tests {
         let inv =
             Inventory::parse(&ok, Path::new("inv.toml"), &Overrides::default(), &no_home).unwrap();
         assert_eq!(inv.hosts()[0].ssh.known_hosts, PathBuf::from("/etc/kh"));
+    }
+
+    #[test]
+    fn global_known_hosts_default_to_openssh_and_follow_precedence() {
+        let src = "[ssh]\nglobal_known_hosts = [\"/etc/fleet_known_hosts\", \"kh.d/global\"]\n\
+                   [groups.eu.ssh]\nglobal_known_hosts = []\n\
+                   [[host]]\nname = \"a\"\naddress = \"10.0.0.1\"\n\
+                   [[host]]\nname = \"b\"\naddress = \"10.0.0.2\"\ngroups = [\"eu\"]\n\
+                   [[host]]\nname = \"c\"\naddress = \"10.0.0.3\"\ngroups = [\"eu\"]\n\
+                   [host.ssh]\nglobal_known_hosts = [\"~/ca_known_hosts\"]\n";
+        let inv = parse(src).unwrap();
+        let globals: Vec<&[PathBuf]> = inv
+            .hosts()
+            .iter()
+            .map(|h| h.ssh.global_known_hosts.as_slice())
+            .collect();
+        assert_eq!(
+            globals,
+            [
+                &[
+                    PathBuf::from("/etc/fleet_known_hosts"),
+                    PathBuf::from("/fleet/kh.d/global")
+                ][..],
+                &[][..],
+                &[PathBuf::from("/home/op/ca_known_hosts")][..],
+            ]
+        );
+        assert_eq!(
+            parse(ONE).unwrap().hosts()[0].ssh.global_known_hosts,
+            [PathBuf::from("/etc/ssh/ssh_known_hosts")]
+        );
     }
 
     #[test]

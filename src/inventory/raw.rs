@@ -41,6 +41,7 @@ pub struct RawSsh {
     pub port: Option<Spanned<Port>>,
     pub identity_files: Option<Vec<Spanned<LocalPath>>>,
     pub known_hosts: Option<Spanned<LocalPath>>,
+    pub global_known_hosts: Option<Vec<Spanned<LocalPath>>>,
     pub connect_timeout: Option<HumanDuration>,
     pub command_timeout: Option<HumanDuration>,
     pub jump_host: Option<JumpHost>,

@@ -62,6 +62,9 @@ impl Pass<'_> {
     }
 }
 
+/// OpenSSH's default `GlobalKnownHostsFile`.
+pub const DEFAULT_GLOBAL_KNOWN_HOSTS: &str = "/etc/ssh/ssh_known_hosts";
+
 /// SSH settings of one layer; `None` leaves the lower layer's value.
 #[derive(Debug, Clone, Default)]
 struct SshLayer {
@@ -69,6 +72,7 @@ struct SshLayer {
     port: Option<u16>,
     identity_files: Option<Vec<PathBuf>>,
     known_hosts: Option<PathBuf>,
+    global_known_hosts: Option<Vec<PathBuf>>,
     connect_timeout: Option<Duration>,
     command_timeout: Option<Duration>,
     jump_host: Option<JumpHost>,
@@ -85,6 +89,10 @@ impl SshLayer {
                 .as_ref()
                 .map(|files| files.iter().filter_map(|f| pass.local_path(f)).collect()),
             known_hosts: raw.known_hosts.as_ref().and_then(|p| pass.local_path(p)),
+            global_known_hosts: raw
+                .global_known_hosts
+                .as_ref()
+                .map(|files| files.iter().filter_map(|f| pass.local_path(f)).collect()),
             connect_timeout: raw.connect_timeout.map(|d| d.0),
             command_timeout: raw.command_timeout.map(|d| d.0),
             jump_host: raw.jump_host.clone(),
@@ -98,6 +106,7 @@ impl SshLayer {
             port: o.port,
             identity_files: o.identity_files.clone(),
             known_hosts: o.known_hosts.clone(),
+            global_known_hosts: None,
             connect_timeout: o.connect_timeout,
             command_timeout: o.command_timeout,
             jump_host: o.jump_host.clone(),
@@ -141,6 +150,8 @@ impl SshLayer {
             command_timeout: None,
             jump_host,
             use_agent: None,
+            global_known_hosts: (!q.global_known_hosts.is_empty())
+                .then(|| q.global_known_hosts.clone()),
         }
     }
 
@@ -151,6 +162,7 @@ impl SshLayer {
             port: Some(22),
             identity_files: Some(local.default_identity_files.clone()),
             known_hosts: local.home.as_ref().map(|h| h.join(".ssh/known_hosts")),
+            global_known_hosts: Some(vec![PathBuf::from(DEFAULT_GLOBAL_KNOWN_HOSTS)]),
             connect_timeout: Some(Duration::from_secs(10)),
             command_timeout: Some(Duration::from_secs(30 * 60)),
             jump_host: Some(JumpHost::Direct),
@@ -164,6 +176,7 @@ impl SshLayer {
             port: self.port.or(lower.port),
             identity_files: self.identity_files.clone().or(lower.identity_files),
             known_hosts: self.known_hosts.clone().or(lower.known_hosts),
+            global_known_hosts: self.global_known_hosts.clone().or(lower.global_known_hosts),
             connect_timeout: self.connect_timeout.or(lower.connect_timeout),
             command_timeout: self.command_timeout.or(lower.command_timeout),
             jump_host: self.jump_host.clone().or(lower.jump_host),
@@ -179,12 +192,12 @@ impl SshLayer {
             port: self.port?,
             identity_files: self.identity_files?,
             known_hosts: self.known_hosts?,
+            global_known_hosts: self.global_known_hosts?,
             connect_timeout: self.connect_timeout?,
             command_timeout: self.command_timeout?,
             jump_host: self.jump_host?.into_option(),
             use_agent: self.use_agent?,
             jump_chain: Vec::new(),
-            global_known_hosts: Vec::new(),
             openssh: OpenSshSettings::default(),
         })
     }
@@ -601,6 +614,7 @@ fn fold(layers: &[(String, SshLayer)]) -> (SshLayer, BTreeMap<String, String>) {
     pick("known_hosts", &|l| l.known_hosts.is_some());
     pick("connect_timeout", &|l| l.connect_timeout.is_some());
     pick("jump_host", &|l| l.jump_host.is_some());
+    pick("global_known_hosts", &|l| l.global_known_hosts.is_some());
     let folded = layers
         .iter()
         .rev()
@@ -655,11 +669,13 @@ fn apply_config(
     if from_config("known_hosts", &origins) {
         ssh.known_hosts = expand_tokens(&ssh.known_hosts, &tokens);
     }
-    ssh.global_known_hosts = q
-        .global_known_hosts
-        .iter()
-        .map(|p| expand_tokens(p, &tokens))
-        .collect();
+    if from_config("global_known_hosts", &origins) {
+        ssh.global_known_hosts = ssh
+            .global_known_hosts
+            .iter()
+            .map(|p| expand_tokens(p, &tokens))
+            .collect();
+    }
     ssh.openssh = OpenSshSettings {
         certificate_file: q
             .certificate_file

@@ -60,30 +60,14 @@ pub fn preflight_passed(
         } else {
             exit_code::BLOCKED
         };
-        let mut f = Failure::new(
+        let f = Failure::new(
             code,
             format!(
                 "the preflight found {} problem(s); nothing was changed:\n{}",
                 failures.len(),
-                failures
-                    .iter()
-                    .map(|f| format!(
-                        "  - {}: {}: {}",
-                        f.host.as_deref().unwrap_or("fleet"),
-                        f.check,
-                        f.detail
-                    ))
-                    .collect::<Vec<_>>()
-                    .join("\n")
+                crate::preflight::render_failures(failures.iter().copied(), "  ").trim_end()
             ),
         );
-        for finding in &failures {
-            if let Some(h) = &finding.hint
-                && !f.hints.contains(h)
-            {
-                f.hints.push(h.clone());
-            }
-        }
         return Err(f);
     }
     // The preflight reports every blocker as a finding; should one ever slip through, the

@@ -112,8 +112,8 @@ impl RunSettings {
 /// What `fleetup upgrade` asks for.
 pub struct UpgradeRequest<'a> {
     pub inputs: &'a PlanInputs,
-    /// `--plan ID`: refuse unless the fleet still gives this plan id.
-    pub expected_plan_id: Option<&'a str>,
+    /// `--plan ID`: refuse unless the fleet still gives the plan this id (or prefix) names.
+    pub expected_plan: Option<&'a preflight::ExpectedPlan>,
     pub run: RunSettings,
 }
 
@@ -178,8 +178,9 @@ async fn upgrade_connected(
         ..
     } = audit;
     hooks.planned(&plan, &plan_id)?;
-    if let Some(expected) = req.expected_plan_id {
-        preflight::verify_plan_id(expected, &plan_id)?;
+    if let Some(expected) = req.expected_plan {
+        let facts = serde_json::to_value(&facts).unwrap_or_default();
+        preflight::verify_plan(expected, &plan_id, &facts)?;
     }
     // Nodes the plan leaves alone (they serve the target) may still hold the lock of a run
     // that died: reported, removed with `--break-lock` or `--resume`.
@@ -204,6 +205,8 @@ async fn upgrade_connected(
     let lock_handled = req.run.break_lock || req.run.resumed;
     gates::preflight_passed(&plan, &findings, lock_handled, sink.as_ref())?;
     let binaries = gates::binaries(&plan)?;
+    // Every check passed: the caller's last word before the first change.
+    hooks.confirm(&plan)?;
     let fleet = Fleet {
         hosts: scope.hosts.to_vec(),
         sessions,

@@ -47,7 +47,7 @@ pub(super) async fn run(
     });
     let plan_id = plan_digest(&plan, &facts);
     hooks.planned(&plan, &plan_id)?;
-    sink.emit(&crate::preflight::plan_ready(&plan, &plan_id));
+    sink.emit(&crate::preflight::plan_ready(&plan, &plan_id, &facts));
     if plan.is_blocked() {
         let mut f = Failure::new(
             exit_code::BLOCKED,

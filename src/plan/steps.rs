@@ -495,12 +495,12 @@ fn migrate(l: &Layout, hosts: &[&View], batch: Option<usize>) -> Step {
         (
             if hosts.len() > 1 {
                 format!(
-                    "with the new binary and the service's environment, one node per database, on {} only, one after the other: `storage scan`, `storage list`, then `storage upgrade NAME` for each ledger listed",
+                    "with the new binary and the service's environment, one node per database, on {} only, one after the other: `storage list` (the ledgers before), `storage scan`, `storage list` again (scan must add none), then `storage upgrade NAME` for each ledger listed",
                     names(hosts)
                 )
             } else {
                 format!(
-                    "with the new binary and the service's environment, on {} only: `storage scan`, `storage list`, then `storage upgrade NAME` for each ledger listed",
+                    "with the new binary and the service's environment, on {} only: `storage list` (the ledgers before), `storage scan`, `storage list` again (scan must add none), then `storage upgrade NAME` for each ledger listed",
                     names(hosts)
                 )
             },
@@ -515,7 +515,7 @@ fn migrate(l: &Layout, hosts: &[&View], batch: Option<usize>) -> Step {
     } else {
         (
             format!(
-                "on each of {}, against its own SQLite files, with the new binary and the service's environment: `storage scan`, `storage list`, then `storage upgrade NAME` for each ledger listed",
+                "on each of {}, against its own SQLite files, with the new binary and the service's environment: `storage list` (the ledgers before), `storage scan`, `storage list` again (scan must add none), then `storage upgrade NAME` for each ledger listed",
                 names(hosts)
             ),
             "the guide: using the new binary, run `storage scan`, `storage list`, `storage upgrade {LEDGER_NAME}`; SQLite nodes each hold their own ledgers, so each migrates its own",

@@ -40,12 +40,12 @@ fn node(name: &str, version: &str) -> Node {
                 port: 22,
                 identity_files: Vec::new(),
                 known_hosts: PathBuf::from("/root/.ssh/known_hosts"),
+                global_known_hosts: vec![],
                 connect_timeout: Duration::from_secs(10),
                 command_timeout: Duration::from_secs(600),
                 jump_host: None,
                 use_agent: false,
                 jump_chain: Vec::new(),
-                global_known_hosts: Vec::new(),
                 openssh: Default::default(),
             },
             ledger: LedgerSettings {

@@ -127,17 +127,23 @@ impl Audit {
     }
 
     /// The audit for people: plan header, marked steps, hosts, findings, warnings, plan id and
-    /// the result. Plain text, stable, no colours.
-    pub fn render_text(&self) -> String {
+    /// the result. Plain text, stable, no colours. By default it fits a screen: a line per
+    /// step, the failed findings once each with the hosts they hold on; `verbose` adds every
+    /// host's commands (hosts with identical ones share them) and every check that passed.
+    pub fn render_text(&self, verbose: u8) -> String {
         let mut out = String::new();
         let plan = &self.plan;
         for l in header_lines(plan, "check") {
             line(&mut out, l);
         }
         if !self.steps.is_empty() {
-            out.push_str("\nsteps:\n");
+            out.push_str(if verbose > 0 {
+                "\nsteps:\n"
+            } else {
+                "\nsteps (-v shows each host's commands):\n"
+            });
             for (marked, step) in self.steps.iter().zip(&plan.steps) {
-                render_step(&mut out, marked, step);
+                render_step(&mut out, marked, step, verbose);
             }
         }
         out.push_str("\nhosts:\n");
@@ -178,7 +184,11 @@ impl Audit {
                 format!("  {:<width$}  {version:<16}  {}", h.name, notes.join(", ")),
             );
         }
-        self.render_findings(&mut out);
+        if verbose > 0 {
+            self.render_findings(&mut out);
+        } else {
+            self.render_failed_findings(&mut out);
+        }
         if !plan.warnings.is_empty() {
             out.push_str("\nwarnings:\n");
             for w in &plan.warnings {
@@ -200,9 +210,11 @@ impl Audit {
                     "result: nothing to do, every selected node already runs {}",
                     plan.target
                 ),
-                Outcome::Blocked => {
-                    format!("result: blocked by {failed} finding(s); nothing was changed")
-                }
+                Outcome::Blocked if failed > 0 => format!(
+                    "result: blocked by {failed} finding(s): {}; nothing was changed",
+                    super::failure_names(&self.findings)
+                ),
+                Outcome::Blocked => "result: blocked; nothing was changed".to_owned(),
                 Outcome::Unreachable => format!(
                     "result: unreachable host(s) ({}); nothing was changed",
                     self.findings
@@ -219,6 +231,39 @@ impl Audit {
             },
         );
         out
+    }
+
+    /// The default: how many checks passed, then each failed finding once, with its hosts and
+    /// its hint under it.
+    fn render_failed_findings(&self, out: &mut String) {
+        let failed: Vec<&Finding> = self.findings.iter().filter(|f| !f.ok).collect();
+        out.push_str(&format!(
+            "\nfindings: {} checked, {} ok, {} failed{}\n",
+            self.findings.len(),
+            self.findings.len() - failed.len(),
+            failed.len(),
+            if failed.is_empty() {
+                " (-v lists them)".to_owned()
+            } else {
+                " (-v lists every check):".to_owned()
+            }
+        ));
+        let groups = super::group_findings(failed);
+        let width = groups.iter().map(|g| g.check.len()).max().unwrap_or(0);
+        for g in groups {
+            line(
+                out,
+                format!(
+                    "  FAIL  {:<width$}  {}: {}",
+                    g.check,
+                    g.hosts_text(),
+                    g.detail
+                ),
+            );
+            if let Some(hint) = &g.hint {
+                line(out, format!("        {:<width$}  hint: {hint}", ""));
+            }
+        }
     }
 
     fn render_findings(&self, out: &mut String) {
@@ -256,8 +301,9 @@ impl Audit {
     }
 }
 
-/// [`Event::PlanReady`] for `plan`: what a run's journal records of the plan it follows.
-pub fn plan_ready(plan: &Plan, plan_id: &str) -> Event {
+/// [`Event::PlanReady`] for `plan`, built from `facts`: what a run's journal records of the
+/// plan it follows.
+pub fn plan_ready(plan: &Plan, plan_id: &str, facts: &BTreeMap<String, HostFacts>) -> Event {
     // The plan's JSON names (`multi_node`, `stop_service`), so journals and `--format json` agree.
     let name = |v: serde_json::Result<serde_json::Value>| {
         v.ok()
@@ -279,6 +325,7 @@ pub fn plan_ready(plan: &Plan, plan_id: &str) -> Event {
             })
             .collect(),
         warnings: plan.warnings.clone(),
+        facts: serde_json::to_value(facts).ok(),
     }
 }
 
@@ -287,7 +334,7 @@ fn line(out: &mut String, text: String) {
     out.push('\n');
 }
 
-fn render_step(out: &mut String, marked: &MarkedStep, step: &Step) {
+fn render_step(out: &mut String, marked: &MarkedStep, step: &Step, verbose: u8) {
     let batch = marked
         .batch
         .map_or_else(String::new, |b| format!(" (batch {b})"));
@@ -312,13 +359,21 @@ fn render_step(out: &mut String, marked: &MarkedStep, step: &Step) {
             None => marks.push((text, vec![&hm.host])),
         }
     }
-    for (text, hosts) in marks {
-        line(out, format!("      {}: {text}", hosts.join(", ")));
+    // By default a step whose hosts all will do it, or are all blocked (the hosts and findings
+    // say why), is its one line.
+    let all = |f: fn(&Mark) -> bool| marked.hosts.iter().all(|h| f(&h.mark));
+    let uniform = all(|m| matches!(m, Mark::WillDo)) || all(|m| matches!(m, Mark::Blocked { .. }));
+    if verbose > 0 || !uniform {
+        for (text, hosts) in marks {
+            line(out, format!("      {}: {text}", hosts.join(", ")));
+        }
     }
-    for (hosts, commands) in step.command_groups() {
-        line(out, format!("      on {}:", hosts.join(", ")));
-        for c in commands {
-            line(out, format!("        $ {c}"));
+    if verbose > 0 {
+        for (hosts, commands) in step.command_groups() {
+            line(out, format!("      on {}:", hosts.join(", ")));
+            for c in commands {
+                line(out, format!("        $ {c}"));
+            }
         }
     }
 }

@@ -4,6 +4,8 @@
 //! Nothing here writes on a host: no lock, no temp file, no `numary storage` command.
 
 mod audit;
+mod drift;
+mod grouped;
 mod local;
 mod remote;
 pub(crate) mod sessions;
@@ -23,9 +25,7 @@ use std::task::Poll;
 
 use serde::Serialize;
 
-use crate::error::Failure;
 use crate::events::{Event, EventSink};
-use crate::exit_code;
 use crate::facts::{HostFacts, ServiceState, StorageDriver};
 use crate::inventory::ResolvedHost;
 use crate::plan::{
@@ -37,6 +37,10 @@ use crate::version::Version;
 
 pub use crate::lock::{LOCK_DIR as LOCK_FILE_NAME, lock_path};
 pub use audit::{Audit, HostMark, Mark, MarkedStep, Outcome, plan_ready};
+pub use drift::{
+    AuditedPlan, ExpectedPlan, MIN_PLAN_PREFIX, changed_facts, parse_plan_prefix, verify_plan,
+};
+pub use grouped::{FindingGroup, failure_names, group_findings, render_failures};
 pub use local::{LocalRun, file_sha256, local_binary_version, run_local_version};
 
 /// Names of the checks, as they appear in findings, events and the journal.
@@ -151,21 +155,6 @@ impl Preflight {
     }
 }
 
-/// `upgrade --plan ID`: the fleet must still be the one `check` audited.
-pub fn verify_plan_id(expected: &str, actual: &str) -> Result<(), Failure> {
-    if expected.trim().eq_ignore_ascii_case(actual) {
-        return Ok(());
-    }
-    Err(Failure::new(
-        exit_code::BLOCKED,
-        format!(
-            "the fleet changed since the audit: plan id `{}` was audited, the fleet now gives `{actual}`",
-            expected.trim()
-        ),
-    )
-    .hint("re-run `fleetup check` with the same options, review the new plan, then pass its plan id to `fleetup upgrade --plan`"))
-}
-
 /// The whole dry run over established connections: facts, plan, preflight, audit. Hosts whose
 /// connection failed are reported unreachable; `left_out` are the inventory's other hosts (see
 /// [`crate::plan::build_plan_with`]). Emits `host_connected`/`host_unreachable`,
@@ -204,7 +193,11 @@ pub async fn audit_fleet(
     if read_schemas(&plan, &sessions, hosts, &mut facts).await {
         plan = build_plan_with(hosts, &facts, left_out, target, opts, policy);
     }
-    sink.emit(&plan_ready(&plan, &crate::plan::plan_digest(&plan, &facts)));
+    sink.emit(&plan_ready(
+        &plan,
+        &crate::plan::plan_digest(&plan, &facts),
+        &facts,
+    ));
     let input = PreflightInput {
         hosts,
         facts: &facts,
@@ -313,7 +306,7 @@ pub async fn run<T: Transport>(
     }
     for f in &findings {
         sink.emit(&Event::CheckResult {
-            host: f.host.clone().unwrap_or_default(),
+            host: f.host.clone(),
             check: f.check.to_owned(),
             ok: f.ok,
             detail: f.detail.clone(),

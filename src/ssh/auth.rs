@@ -218,10 +218,15 @@ pub(crate) async fn authenticate(
                     offered.push(key.clone());
                     let attempt =
                         handle.authenticate_publickey_with(req.user, key, hash, &mut agent);
-                    match timeout_at(deadline, attempt)
+                    let result = timeout_at(deadline, attempt)
                         .await
-                        .map_err(|_| req.timed_out())?
-                    {
+                        .map_err(|_| req.timed_out())?;
+                    log_attempt(
+                        req,
+                        tried.last(),
+                        result.as_ref().map_err(|e| e.to_string()),
+                    );
+                    match result {
                         Ok(r) if r.success() => return Ok(()),
                         Ok(_) => {}
                         Err(e) => {
@@ -272,10 +277,15 @@ pub(crate) async fn authenticate(
         tried.push(format!("`{}`", path.display()));
         let with_hash = PrivateKeyWithHashAlg::new(key.clone(), hash);
         let attempt = handle.authenticate_publickey(req.user, with_hash);
-        match timeout_at(deadline, attempt)
+        let result = timeout_at(deadline, attempt)
             .await
-            .map_err(|_| req.timed_out())?
-        {
+            .map_err(|_| req.timed_out())?;
+        log_attempt(
+            req,
+            tried.last(),
+            result.as_ref().map_err(|e| e.to_string()),
+        );
+        match result {
             Ok(r) if r.success() => return Ok(()),
             Ok(_) => {}
             Err(e) => return Err(req.handshake(e)),
@@ -305,6 +315,41 @@ fn certificates_for(identity: &Path, configured: Option<&Path>) -> Vec<PathBuf> 
     out.dedup();
     out.retain(|p| p.is_file());
     out
+}
+
+/// The `-vvv` line of one authentication attempt: method, key, result, what the server offers
+/// next. Keys are named by file or fingerprint; nothing secret is logged.
+fn log_attempt(
+    req: &AuthRequest<'_>,
+    what: Option<&String>,
+    result: Result<&russh::client::AuthResult, String>,
+) {
+    let outcome = match result {
+        Ok(russh::client::AuthResult::Success) => "accepted".to_owned(),
+        Ok(russh::client::AuthResult::Failure {
+            remaining_methods,
+            partial_success,
+        }) => {
+            let left: Vec<&str> = remaining_methods.iter().map(<&str>::from).collect();
+            format!(
+                "refused{} (the server accepts: {})",
+                if *partial_success {
+                    ", partial success"
+                } else {
+                    ""
+                },
+                left.join(",")
+            )
+        }
+        Err(e) => format!("failed: {e}"),
+    };
+    log::debug!(
+        target: super::session::LOG_TARGET,
+        "{}: auth publickey {} as `{}`: {outcome}",
+        req.host,
+        what.map_or("?", String::as_str),
+        req.user
+    );
 }
 
 /// SHA-2 for RSA keys (OpenSSH >= 8.8 refuses SHA-1 `ssh-rsa`); asked only for RSA because the

@@ -5,6 +5,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use super::known_hosts::Location;
 use crate::error::Failure;
 use crate::exit_code;
 
@@ -13,14 +14,19 @@ use crate::exit_code;
 pub enum HostKeyError {
     #[error(
         "host `{host}` (`{addr}`) presented an unknown {key_type} host key `{fingerprint}` \
-         (not in `{known_hosts}`)"
+         (not in `{known_hosts}`{})", also_in(.global_known_hosts)
     )]
     Unknown {
         host: String,
         addr: String,
         key_type: String,
         fingerprint: String,
+        /// The user's file, where a new key would be recorded.
         known_hosts: PathBuf,
+        /// The global files checked as well.
+        global_known_hosts: Vec<PathBuf>,
+        /// An `@cert-authority` entry vouches for this host, yet it presented a plain key.
+        ca_for_host: Option<Location>,
     },
     #[error(
         "host `{host}` (`{addr}`) presented a {key_type} host key `{fingerprint}` that differs \
@@ -66,23 +72,114 @@ pub enum HostKeyError {
         known_hosts: PathBuf,
         reason: String,
     },
+    /// A host certificate that does not prove the host's identity.
     #[error(
-        "host `{host}` (`{addr}`) presented a host certificate; certificates are not supported"
+        "host `{host}` (`{addr}`) presented a host certificate (`{key_id}`, {key_type} key \
+         `{fingerprint}`) signed by CA `{ca}`{}, refused: {problem}",
+        trusted_at(.ca_at)
     )]
-    Certificate { host: String, addr: String },
+    Certificate {
+        host: String,
+        addr: String,
+        key_id: String,
+        key_type: String,
+        fingerprint: String,
+        /// `SHA256:...` of the CA key that signed it.
+        ca: String,
+        /// The `@cert-authority` entry that trusts that CA for this host, when one does.
+        ca_at: Option<Location>,
+        problem: CertProblem,
+    },
+}
+
+/// Why a host certificate is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CertProblem {
+    #[error("no @cert-authority entry for this host trusts that CA")]
+    UnknownCa,
+    #[error("the CA key is marked @revoked at `{at}`")]
+    RevokedCa { at: Location },
+    #[error("the certified host key `{key}` is marked @revoked at `{at}`")]
+    RevokedKey { key: String, at: Location },
+    #[error("it is a user certificate, not a host certificate")]
+    NotHost,
+    #[error("it expired at {}", unix_time(*.valid_before))]
+    Expired { valid_before: u64 },
+    #[error("it is not valid before {}", unix_time(*.valid_after))]
+    NotYetValid { valid_after: u64 },
+    #[error("its signature does not verify against the CA key")]
+    BadSignature,
+    #[error("it is valid for {} only, not for `{wanted}`", quoted_list(.principals))]
+    WrongPrincipal {
+        principals: Vec<String>,
+        wanted: String,
+    },
+    #[error("it names no principal, and fleetup requires the host's name `{wanted}` among them")]
+    NoPrincipals { wanted: String },
+    #[error("it carries critical options fleetup does not know: {}", quoted_list(.options))]
+    CriticalOptions { options: Vec<String> },
+}
+
+/// `host` of a known_hosts name `[host]:port` (or `host`).
+fn bare_host(name: &str) -> &str {
+    name.strip_prefix('[')
+        .and_then(|r| r.split_once("]:"))
+        .map_or(name, |(h, _)| h)
+}
+
+fn also_in(global: &[PathBuf]) -> String {
+    global
+        .iter()
+        .map(|p| format!(" nor in `{}`", p.display()))
+        .collect()
+}
+
+fn trusted_at(at: &Option<Location>) -> String {
+    at.as_ref()
+        .map(|l| format!(" (trusted at `{l}`)"))
+        .unwrap_or_default()
+}
+
+fn quoted_list(items: &[String]) -> String {
+    items
+        .iter()
+        .map(|i| format!("`{i}`"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// A certificate time (Unix seconds) as RFC 3339 UTC.
+fn unix_time(secs: u64) -> String {
+    std::time::UNIX_EPOCH
+        .checked_add(Duration::from_secs(secs))
+        .map(|t| humantime::format_rfc3339_seconds(t).to_string())
+        .unwrap_or_else(|| "the end of time".to_owned())
 }
 
 impl HostKeyError {
     pub fn hints(&self) -> Vec<String> {
         match self {
             HostKeyError::Unknown {
-                addr, known_hosts, ..
-            } => vec![format!(
-                "check the fingerprint with the host's owner, then add the key to `{}` \
+                addr,
+                known_hosts,
+                ca_for_host,
+                ..
+            } => {
+                let mut hints = Vec::new();
+                if let Some(ca) = ca_for_host {
+                    hints.push(format!(
+                        "`{ca}` trusts a certificate authority for this host, but the host \
+                         presented no certificate: check `HostCertificate` in its sshd_config"
+                    ));
+                }
+                hints.push(format!(
+                    "check the fingerprint with the host's owner, then add the key to `{}` \
                      (e.g. `ssh-keyscan` output for `{addr}`), or rerun with \
                      `--accept-new-host-keys` to record keys of hosts seen for the first time",
-                known_hosts.display()
-            )],
+                    known_hosts.display()
+                ));
+                hints
+            }
             HostKeyError::Changed {
                 addr, known_hosts, ..
             }
@@ -97,11 +194,64 @@ impl HostKeyError {
                 vec!["the key was revoked on purpose: do not connect to this host until it is re-keyed".into()]
             }
             HostKeyError::File { .. } => {
-                vec!["check the `known_hosts` setting of the inventory".into()]
+                vec![
+                    "check the `known_hosts` and `global_known_hosts` settings of the inventory \
+                     and that the file is readable (and writable, to record new keys)"
+                        .into(),
+                ]
             }
-            HostKeyError::Certificate { .. } => {
-                vec!["record the host's plain public key in known_hosts".into()]
+            HostKeyError::Certificate { addr, problem, .. } => problem.hints(addr),
+        }
+    }
+}
+
+impl CertProblem {
+    /// What to do, for the host known as `addr` in known_hosts.
+    pub fn hints(&self, addr: &str) -> Vec<String> {
+        let resign = |wanted: &str| {
+            format!(
+                "re-sign the host key on the CA, e.g. `ssh-keygen -s CA_KEY -h -I ID -n {wanted} \
+                 -V +52w ssh_host_ed25519_key.pub`, install the certificate as the host's \
+                 `HostCertificate` and reload its sshd"
+            )
+        };
+        match self {
+            CertProblem::UnknownCa => vec![format!(
+                "if the CA is yours, add `@cert-authority PATTERN CA_PUBLIC_KEY` for `{addr}` to \
+                 known_hosts (`ssh-keygen -l` shows a key's fingerprint); otherwise record the \
+                 host's plain key, checked with its owner"
+            )],
+            CertProblem::RevokedCa { .. } | CertProblem::RevokedKey { .. } => vec![
+                "the key was revoked on purpose: do not connect to this host until it is re-keyed \
+                 and certified by a CA that is not revoked"
+                    .into(),
+            ],
+            CertProblem::NotHost => vec![
+                "the host serves a user certificate as `HostCertificate`: sign its host key with \
+                 `ssh-keygen -h`"
+                    .into(),
+            ],
+            CertProblem::Expired { .. } | CertProblem::NotYetValid { .. } => vec![
+                resign(bare_host(addr)),
+                "check that the clocks of this machine and the CA are right".into(),
+            ],
+            CertProblem::BadSignature => vec![
+                "the certificate was not issued by that CA (or is corrupt): someone may be \
+                 intercepting the connection"
+                    .into(),
+            ],
+            CertProblem::WrongPrincipal { wanted, .. } | CertProblem::NoPrincipals { wanted } => {
+                vec![
+                    resign(wanted),
+                    "or set the host's `address` in the inventory to one of the certificate's \
+                     principals"
+                        .into(),
+                ]
             }
+            CertProblem::CriticalOptions { .. } => vec![
+                "host certificates take no critical options: re-sign the host key without `-O`"
+                    .into(),
+            ],
         }
     }
 }

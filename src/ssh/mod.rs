@@ -20,13 +20,13 @@ use std::future::Future;
 use std::time::Duration;
 
 pub use auth::{KeyCache, PASSPHRASE_ENV, PassphrasePrompt};
-pub use error::{ConnectError, ExecError, HostKeyError, HttpError, UploadError};
+pub use error::{CertProblem, ConnectError, ExecError, HostKeyError, HttpError, UploadError};
 pub use http::HttpResponse;
 pub use process::RemoteProcess;
 pub use session::{
     ConnectOptions, ExecOptions, ExecOutput, ExitStatus, HostKeyPolicy, HostProgress, JumpPool,
-    OutputCallback, OutputStream, Progress, Session, UploadReport, connect, connect_all,
-    host_key_problems, upload_to_many,
+    LOG_TARGET, OutputCallback, OutputStream, Progress, Session, UploadReport, connect,
+    connect_all, host_key_problems, upload_to_many,
 };
 
 /// What fleetup does on a host. Implemented by [`Session`] over SSH.

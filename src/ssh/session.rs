@@ -4,7 +4,6 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex as StdMutex};
 use std::time::Duration;
@@ -18,9 +17,11 @@ use tokio::sync::{OnceCell, Semaphore};
 use tokio::time::{Instant, timeout, timeout_at};
 
 use super::auth::{AuthRequest, KeyCache, authenticate};
-use super::error::{ConnectError, ExecError, HostKeyError, HttpError, UploadError};
+use super::error::{CertProblem, ConnectError, ExecError, HostKeyError, HttpError, UploadError};
 use super::http::{HttpResponse, parse_response, request};
-use super::known_hosts::{self, KnownHosts, Verdict, fingerprint, key_type};
+use super::known_hosts::{
+    self, KnownHostsFiles, Location, Recorded, Verdict, fingerprint, key_data_type, key_type,
+};
 use crate::inventory::{JumpHop, ResolvedHost};
 use crate::shell::quote;
 
@@ -356,17 +357,23 @@ async fn connect_target(
         stage,
         after: t.connect_timeout,
     };
-    let known = KnownHosts::load(&t.known_hosts).map_err(|e| {
-        ConnectError::HostKey(HostKeyError::File {
-            known_hosts: t.known_hosts.clone(),
-            reason: e.to_string(),
-        })
-    })?;
-    let config = Arc::new(client_config(
+    let known =
+        load_known_hosts(&t.known_hosts, &t.global_known_hosts).map_err(ConnectError::HostKey)?;
+    let mut config = client_config(
         opts,
         known.preferred_for_host(&t.address, t.port),
         t.keepalive,
-    ));
+    );
+    config.preferred.host_key_certificates =
+        Cow::Owned(known.certificate_algorithms_for_host(&t.address, t.port));
+    log::debug!(
+        target: LOG_TARGET,
+        "{}: connecting to `{addr}` as `{}`; host key algorithms offered: {}",
+        t.name,
+        t.user,
+        offered_host_keys(&config.preferred)
+    );
+    let config = Arc::new(config);
     let disconnect_reason = Arc::new(StdMutex::new(None));
     let handler = Client {
         name: t.name.clone(),
@@ -619,6 +626,27 @@ async fn tcp_connect(host: &str, port: u16, deadline: Instant) -> Result<TcpStre
     Err(TcpFailure::Connect(last))
 }
 
+/// The `log` target of fleetup's SSH negotiation events (shown by the CLI at `-vvv`).
+pub const LOG_TARGET: &str = "fleetup::ssh";
+
+/// Reads the user's known_hosts and the global files (missing files are empty).
+fn load_known_hosts(user: &Path, global: &[PathBuf]) -> Result<KnownHostsFiles, HostKeyError> {
+    KnownHostsFiles::load(user, global).map_err(|(path, e)| HostKeyError::File {
+        known_hosts: path,
+        reason: e.to_string(),
+    })
+}
+
+/// `ssh-ed25519-cert-v01@openssh.com,ssh-ed25519,...` as sent to the server.
+fn offered_host_keys(p: &russh::Preferred) -> String {
+    p.host_key_certificates
+        .iter()
+        .map(|a| a.to_certificate_type())
+        .chain(p.key.iter().map(|a| a.to_string()))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// `keepalive`: the host's own interval (ssh_config's `ServerAliveInterval`), over the run's.
 fn client_config(
     opts: &ConnectOptions,
@@ -659,7 +687,6 @@ pub(crate) struct Client {
     address: String,
     port: u16,
     known_hosts: PathBuf,
-    /// Read only: a key known there is accepted, a revoked or changed one refused.
     global_known_hosts: Vec<PathBuf>,
     policy: HostKeyPolicy,
     disconnect_reason: Arc<StdMutex<Option<String>>>,
@@ -677,8 +704,8 @@ impl From<russh::Error> for ClientError {
     }
 }
 
-/// Appends to known_hosts are serialized within the process.
-static LEARN_LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+/// How long a new host's key waits for another process's lock on known_hosts.
+const KNOWN_HOSTS_LOCK_WAIT: Duration = Duration::from_secs(10);
 
 impl client::Handler for Client {
     type Error = ClientError;
@@ -687,17 +714,38 @@ impl client::Handler for Client {
         &mut self,
         key: &PublicKeyOrCertificate,
     ) -> Result<bool, ClientError> {
-        let addr = known_hosts::lookup_name(&self.address, self.port);
-        let PublicKeyOrCertificate::PublicKey { key, .. } = key else {
-            return Err(ClientError::HostKey(HostKeyError::Certificate {
-                host: self.name.clone(),
-                addr,
-            }));
+        let result = match key {
+            PublicKeyOrCertificate::PublicKey { key, .. } => self.verify(key).await,
+            PublicKeyOrCertificate::Certificate(cert) => self.verify_certificate(cert),
         };
-        self.verify(key)
-            .await
-            .map(|()| true)
-            .map_err(ClientError::HostKey)
+        if let Err(e) = &result {
+            log::debug!(target: LOG_TARGET, "{}: host key refused: {e}", self.name);
+        }
+        result.map(|()| true).map_err(ClientError::HostKey)
+    }
+
+    async fn kex_done(
+        &mut self,
+        _shared_secret: Option<&[u8]>,
+        names: &russh::Names,
+        _session: &mut client::Session,
+    ) -> Result<(), ClientError> {
+        let cipher = names.cipher.as_ref();
+        // An AEAD cipher authenticates itself: the negotiated MAC is not used.
+        let mac = if cipher.contains("poly1305") || cipher.contains("gcm") {
+            "implicit".to_owned()
+        } else {
+            names.client_mac.as_ref().to_string()
+        };
+        log::debug!(
+            target: LOG_TARGET,
+            "{}: kex {}, host key {}, cipher {cipher}, mac {mac}, strict kex {}",
+            self.name,
+            names.kex.as_ref(),
+            names.key,
+            if names.strict_kex() { "on" } else { "off" },
+        );
+        Ok(())
     }
 
     async fn disconnected(
@@ -721,43 +769,87 @@ impl client::Handler for Client {
 }
 
 impl Client {
+    fn known(&self) -> Result<KnownHostsFiles, HostKeyError> {
+        load_known_hosts(&self.known_hosts, &self.global_known_hosts)
+    }
+
+    fn log_accepted(&self, what: &str, key: &russh::keys::PublicKey, at: &Location) {
+        log::debug!(
+            target: LOG_TARGET,
+            "{}: {what} {} `{}` accepted: recorded at `{at}`",
+            self.name,
+            key_type(key),
+            fingerprint(key)
+        );
+    }
+
     async fn verify(&self, key: &russh::keys::PublicKey) -> Result<(), HostKeyError> {
-        let load = || {
-            KnownHosts::load(&self.known_hosts).map_err(|e| HostKeyError::File {
-                known_hosts: self.known_hosts.clone(),
-                reason: e.to_string(),
-            })
-        };
-        let mut verdict = load()?.check(&self.address, self.port, key);
-        if matches!(verdict, Verdict::Unknown { .. }) {
-            // The global files (ssh_config's `GlobalKnownHostsFile`), read after the user's:
-            // a key recorded there is known; unreadable files are skipped.
-            for file in &self.global_known_hosts {
-                if let Ok(global) = KnownHosts::load(file) {
-                    let v = global.check(&self.address, self.port, key);
-                    if matches!(v, Verdict::Known { .. }) {
-                        verdict = v;
-                        break;
-                    }
-                }
-            }
-        }
+        let verdict = self.known()?.check(&self.address, self.port, key);
         match (verdict, self.policy) {
-            (Verdict::Known { .. }, _) => Ok(()),
+            (Verdict::Known { at }, _) => {
+                self.log_accepted("host key", key, &at);
+                Ok(())
+            }
             (Verdict::Unknown { other_types }, HostKeyPolicy::AcceptNew)
                 if other_types.is_empty() =>
             {
-                let _serial = LEARN_LOCK.lock().await;
-                // Another connection may have recorded this host meanwhile.
-                match load()?.check(&self.address, self.port, key) {
-                    Verdict::Unknown { other_types } if other_types.is_empty() => {
-                        self.record(key)?;
-                        Ok(())
-                    }
-                    v => self.refuse(v, key),
-                }
+                self.record(key).await
             }
             (v, _) => self.refuse(v, key),
+        }
+    }
+
+    /// A host certificate: valid against an `@cert-authority` entry for this host. One that is
+    /// not still passes when its plain key is recorded for the host (as OpenSSH falls back to
+    /// the plain key), unless that key is revoked; it is never recorded as a new key.
+    fn verify_certificate(&self, cert: &russh::keys::Certificate) -> Result<(), HostKeyError> {
+        let known = self.known()?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let plain = russh::keys::PublicKey::new(cert.public_key().clone(), "");
+        let ca = cert
+            .signature_key()
+            .fingerprint(russh::keys::HashAlg::Sha256);
+        match known.check_certificate(&self.address, self.port, cert, now) {
+            Ok(ca_at) => {
+                log::debug!(
+                    target: LOG_TARGET,
+                    "{}: host certificate `{}` (serial {}) for {} `{}` accepted: signed by CA `{ca}` trusted at `{ca_at}`, principals {}",
+                    self.name,
+                    cert.key_id(),
+                    cert.serial(),
+                    key_type(&plain),
+                    fingerprint(&plain),
+                    cert.valid_principals().join(",")
+                );
+                Ok(())
+            }
+            Err((ca_at, problem)) => {
+                if !matches!(
+                    problem,
+                    CertProblem::RevokedCa { .. } | CertProblem::RevokedKey { .. }
+                ) && let Verdict::Known { at } = known.check(&self.address, self.port, &plain)
+                {
+                    log::debug!(
+                        target: LOG_TARGET,
+                        "{}: host certificate refused ({problem}); falling back to its plain key",
+                        self.name
+                    );
+                    self.log_accepted("host key", &plain, &at);
+                    return Ok(());
+                }
+                Err(HostKeyError::Certificate {
+                    host: self.name.clone(),
+                    addr: known_hosts::lookup_name(&self.address, self.port),
+                    key_id: cert.key_id().to_owned(),
+                    key_type: key_data_type(cert.public_key()),
+                    fingerprint: fingerprint(&plain),
+                    ca: ca.to_string(),
+                    ca_at,
+                    problem,
+                })
+            }
         }
     }
 
@@ -766,25 +858,24 @@ impl Client {
             self.name.clone(),
             known_hosts::lookup_name(&self.address, self.port),
         );
-        let (key_type, fingerprint, known_hosts) =
-            (key_type(key), fingerprint(key), self.known_hosts.clone());
+        let (key_type, fingerprint) = (key_type(key), fingerprint(key));
         Err(match verdict {
             Verdict::Known { .. } => return Ok(()),
-            Verdict::Revoked { line } => HostKeyError::Revoked {
+            Verdict::Revoked { at } => HostKeyError::Revoked {
                 host,
                 addr,
                 key_type,
                 fingerprint,
-                known_hosts,
-                line,
+                known_hosts: at.file,
+                line: at.line,
             },
-            Verdict::Changed { line } => HostKeyError::Changed {
+            Verdict::Changed { at } => HostKeyError::Changed {
                 host,
                 addr,
                 key_type,
                 fingerprint,
-                known_hosts,
-                line,
+                known_hosts: at.file,
+                line: at.line,
             },
             Verdict::Unknown { other_types } => match other_types.into_iter().next() {
                 None => HostKeyError::Unknown {
@@ -792,45 +883,62 @@ impl Client {
                     addr,
                     key_type,
                     fingerprint,
-                    known_hosts,
+                    known_hosts: self.known_hosts.clone(),
+                    global_known_hosts: self.global_known_hosts.clone(),
+                    ca_for_host: self.known().ok().and_then(|k| {
+                        k.cert_authorities(&self.address, self.port)
+                            .into_iter()
+                            .next()
+                            .map(|(at, _)| at)
+                    }),
                 },
-                Some((known_type, line)) => HostKeyError::OtherTypeKnown {
+                Some((known_type, at)) => HostKeyError::OtherTypeKnown {
                     host,
                     addr,
                     key_type,
                     fingerprint,
                     known_type,
-                    known_hosts,
-                    line,
+                    known_hosts: at.file,
+                    line: at.line,
                 },
             },
         })
     }
 
-    fn record(&self, key: &russh::keys::PublicKey) -> Result<(), HostKeyError> {
+    /// Records the key of a host seen for the first time in the user's known_hosts, under a
+    /// lock on the file that other fleetup processes respect too.
+    async fn record(&self, key: &russh::keys::PublicKey) -> Result<(), HostKeyError> {
+        let (path, address, port, k) = (
+            self.known_hosts.clone(),
+            self.address.clone(),
+            self.port,
+            key.clone(),
+        );
+        let result = tokio::task::spawn_blocking(move || {
+            known_hosts::record_new_host(&path, &address, port, &k, KNOWN_HOSTS_LOCK_WAIT)
+        })
+        .await
+        .unwrap_or_else(|e| Err(format!("the writer failed: {e}")));
         let file_err = |reason: String| HostKeyError::File {
             known_hosts: self.known_hosts.clone(),
             reason,
         };
-        let line = known_hosts::entry_line(&self.address, self.port, key)
-            .map_err(|e| file_err(e.to_string()))?;
-        if let Some(dir) = self
-            .known_hosts
-            .parent()
-            .filter(|d| !d.as_os_str().is_empty())
-        {
-            std::fs::create_dir_all(dir).map_err(|e| file_err(e.to_string()))?;
+        match result.map_err(file_err)? {
+            Recorded::Added { hashed } => {
+                log::debug!(
+                    target: LOG_TARGET,
+                    "{}: new host key {} `{}` recorded in `{}`{}",
+                    self.name,
+                    key_type(key),
+                    fingerprint(key),
+                    self.known_hosts.display(),
+                    if hashed { " (hashed)" } else { "" }
+                );
+                Ok(())
+            }
+            Recorded::AlreadyKnown => Ok(()),
+            Recorded::Refused(v) => self.refuse(v, key),
         }
-        let needs_newline = std::fs::read(&self.known_hosts)
-            .map(|b| b.last().is_some_and(|&c| c != b'\n'))
-            .unwrap_or(false);
-        let text = format!("{}{line}\n", if needs_newline { "\n" } else { "" });
-        std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.known_hosts)
-            .and_then(|mut f| f.write_all(text.as_bytes()))
-            .map_err(|e| file_err(e.to_string()))
     }
 }
 

@@ -105,15 +105,36 @@ pub fn code(out: &Output) -> i32 {
     out.status.code().unwrap_or(-1)
 }
 
-/// stdout as JSON, or a panic that shows both streams.
+/// stdout as JSON, or a panic that shows both streams. A JSON Lines stream (`--format json`
+/// of `check`, `upgrade`, ...) gives its `audit` line when it has one, else every line as an
+/// array; each line must carry the stream's schema version.
 pub fn json(out: &Output) -> serde_json::Value {
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "stdout is not JSON ({e}):\n{}\nstderr:\n{}",
-            stdout(out),
-            stderr(out)
-        )
-    })
+    if let Ok(v) = serde_json::from_slice(&out.stdout) {
+        return v;
+    }
+    let lines: Vec<serde_json::Value> = stdout(out)
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            serde_json::from_str(l).unwrap_or_else(|e| {
+                panic!(
+                    "stdout is neither JSON nor JSON Lines ({e}) at {l}\nstdout:\n{}\nstderr:\n{}",
+                    stdout(out),
+                    stderr(out)
+                )
+            })
+        })
+        .collect();
+    for l in &lines {
+        assert_eq!(
+            l["schema"], 1,
+            "a JSON line without the schema version: {l}"
+        );
+    }
+    match lines.iter().find(|l| l["event"] == "audit") {
+        Some(audit) => audit.clone(),
+        None => serde_json::Value::Array(lines),
+    }
 }
 
 /// stdout and stderr of `out`, for assertion messages.

@@ -83,6 +83,55 @@ impl Fixture {
         }
     }
 
+    /// A certificate authority's key pair made by `ssh-keygen`: the private key's path (the
+    /// public key is beside it, `.pub`).
+    pub fn ca(&self, name: &str) -> PathBuf {
+        self.new_key(name, KeyKind::Ed25519, None)
+    }
+
+    /// Starts a server whose ed25519 host key is certified by `ca` the way an operator does
+    /// it, `ssh-keygen -s CA -h -I ID -n PRINCIPALS -V VALIDITY`, and served as its
+    /// `HostCertificate`. `validity` is ssh-keygen's (`-5m:+1h`, `20200101:20200102`).
+    pub fn server_with_cert(
+        &self,
+        name: &str,
+        ca: &Path,
+        principals: &str,
+        validity: &str,
+    ) -> Server {
+        let dir = self.path(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        // sshd::start keeps host keys already in its dir.
+        let host_key = dir.join("ssh_host_ed25519_key");
+        keys::generate_key(&host_key, KeyKind::Ed25519, None, "fleetup-lab-host").unwrap();
+        let out = std::process::Command::new("ssh-keygen")
+            .arg("-q")
+            .arg("-s")
+            .arg(ca)
+            .args(["-h", "-I", &format!("{name}-host-cert"), "-n", principals])
+            .args(["-V", validity])
+            .arg(host_key.with_extension("pub"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "ssh-keygen -s: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let cert = dir.join("ssh_host_ed25519_key-cert.pub");
+        assert!(cert.exists());
+        let cert_line = format!("HostCertificate {}", cert.display());
+        self.server(name, &[], &[cert_line.as_str()])
+    }
+
+    /// `@cert-authority PATTERNS <CA public key>`.
+    pub fn ca_line(&self, patterns: &str, ca: &Path) -> String {
+        format!(
+            "@cert-authority {patterns} {}",
+            keys::public_key_line(ca).unwrap()
+        )
+    }
+
     /// Writes a known_hosts file with these lines and returns its path.
     pub fn known_hosts(&self, name: &str, lines: &[String]) -> PathBuf {
         let p = self.path(name);
@@ -114,12 +163,12 @@ pub fn host(name: &str, port: u16, key: Option<&Path>, known_hosts: &Path) -> Re
             port,
             identity_files: key.map(Path::to_path_buf).into_iter().collect(),
             known_hosts: known_hosts.to_path_buf(),
+            global_known_hosts: vec![],
             connect_timeout: Duration::from_secs(10),
             command_timeout: Duration::from_secs(30),
             jump_host: None,
             use_agent: false,
             jump_chain: Vec::new(),
-            global_known_hosts: Vec::new(),
             openssh: Default::default(),
         },
         ledger: LedgerSettings::default(),
