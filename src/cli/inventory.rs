@@ -8,7 +8,7 @@ use clap::{Args, Subcommand};
 use fleetup::Failure;
 use fleetup::exit_code;
 use fleetup::inventory::values::{HumanDuration, Invalid, JumpHost, Port, UserName, expand_local};
-use fleetup::inventory::{Inventory, Overrides, ResolvedHost, Service};
+use fleetup::inventory::{Inventory, Overrides, ResolvedHost, Service, SshConfigChoice};
 
 use super::{Format, Global};
 
@@ -45,6 +45,10 @@ pub struct SshFlags {
     /// Bastion to go through, `[user@]host[:port]`, or `none` [env: FLEETUP_JUMP_HOST].
     #[arg(long = "jump", global = true, value_name = "HOST", value_parser = JumpHost::parse)]
     pub jump: Option<JumpHost>,
+    /// OpenSSH client config to read (default `~/.ssh/config`), or `none`; the inventory's
+    /// own settings beat it.
+    #[arg(long = "ssh-config", global = true, value_name = "FILE")]
+    pub ssh_config: Option<PathBuf>,
 }
 
 fn parse_user(s: &str) -> Result<String, Invalid> {
@@ -86,6 +90,11 @@ impl SshFlags {
             connect_timeout: self.connect_timeout,
             command_timeout: self.command_timeout,
             jump_host: self.jump.clone(),
+            ssh_config: match self.ssh_config.as_deref() {
+                None => None,
+                Some(p) if p == Path::new("none") => Some(SshConfigChoice::Off),
+                Some(p) => Some(SshConfigChoice::File(path("--ssh-config", p)?)),
+            },
         })
     }
 }
@@ -144,7 +153,12 @@ pub fn run(global: &Global, cmd: &InventoryCommand) -> anyhow::Result<i32> {
         InventoryCommand::List => {
             let hosts = select_hosts(global, &inventory)?;
             match global.format {
-                Format::Human => print!("{}", render_table(&hosts)),
+                Format::Human => {
+                    print!("{}", render_table(&hosts));
+                    if global.verbose > 0 {
+                        print!("{}", render_origins(&hosts));
+                    }
+                }
                 Format::Json => println!("{}", serde_json::to_string_pretty(&hosts)?),
             }
         }
@@ -158,7 +172,8 @@ fn plural(n: usize) -> &'static str {
 
 /// One row per host, columns padded to the widest cell.
 fn render_table(hosts: &[&ResolvedHost]) -> String {
-    let header = ["NAME", "ADDRESS", "USER", "GROUPS", "ROLE", "SERVICE"].map(String::from);
+    let mut header = ["NAME", "ADDRESS", "USER", "GROUPS", "ROLE", "SERVICE"].map(String::from);
+    let jumps = hosts.iter().any(|h| h.ssh.jump_host.is_some());
     let rows: Vec<[String; 6]> = hosts
         .iter()
         .map(|h| {
@@ -192,10 +207,17 @@ fn render_table(hosts: &[&ResolvedHost]) -> String {
                 } else {
                     role.join(", ")
                 },
-                service,
+                match (&h.ssh.jump_host, jumps) {
+                    (Some(chain), _) => format!("{service}  via {chain}"),
+                    (None, true) => format!("{service}  direct"),
+                    (None, false) => service,
+                },
             ]
         })
         .collect();
+    if jumps {
+        header[5] = "SERVICE  JUMP".into();
+    }
     let mut widths = header.clone().map(|c| c.chars().count());
     for row in &rows {
         for (w, cell) in widths.iter_mut().zip(row) {
@@ -211,6 +233,32 @@ fn render_table(hosts: &[&ResolvedHost]) -> String {
             .collect();
         out.push_str(cells.join("  ").trim_end());
         out.push('\n');
+    }
+    out
+}
+
+/// `-v`: where each host's SSH settings came from, and each hop of its jump chain.
+fn render_origins(hosts: &[&ResolvedHost]) -> String {
+    let mut out = String::new();
+    for h in hosts {
+        out.push_str(&format!("\n{}:\n", h.name));
+        if let Some(alias) = &h.ssh.openssh.alias {
+            out.push_str(&format!("  {:<16} {alias}\n", "alias"));
+        }
+        for (key, from) in &h.ssh.openssh.origins {
+            out.push_str(&format!("  {key:<16} from {from}\n"));
+        }
+        for (i, hop) in h.ssh.jump_chain.iter().enumerate() {
+            out.push_str(&format!(
+                "  {:<16} {} = {}@{}:{} (known_hosts {})\n",
+                format!("hop {}", i + 1),
+                hop.spec,
+                hop.user,
+                hop.address,
+                hop.port,
+                hop.known_hosts.display()
+            ));
+        }
     }
     out
 }
@@ -237,6 +285,8 @@ mod tests {
                 command_timeout: Duration::from_secs(1),
                 jump_host: None,
                 use_agent: true,
+                jump_chain: Vec::new(),
+                openssh: Default::default(),
             },
             ledger: LedgerSettings::default(),
             rollout: Default::default(),

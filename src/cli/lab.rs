@@ -74,6 +74,10 @@ pub struct UpArgs {
     /// The simulator binary (default: `FLEETUP_SIM`, else `numary-sim` beside fleetup, else PATH).
     #[arg(long)]
     pub sim: Option<PathBuf>,
+    /// Chain N bastion sshd servers in front of the nodes (bastion-1 -> ... -> bastion-N ->
+    /// nodes): the inventory reaches the nodes only through them, named in `DIR/ssh_config`.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub bastion: usize,
 }
 
 #[derive(Debug, Args)]
@@ -131,6 +135,7 @@ fn up(global: &Global, args: &UpArgs) -> anyhow::Result<i32> {
         sim: args.sim.clone(),
         pg_per_node: false,
         replacements: args.replacements,
+        bastions: args.bastion,
     };
     if !global.quiet {
         let replacements = match spec.replacements {

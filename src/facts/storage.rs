@@ -219,6 +219,8 @@ mod tests {
                 command_timeout: std::time::Duration::from_secs(1),
                 jump_host: None,
                 use_agent: false,
+                jump_chain: Vec::new(),
+                openssh: Default::default(),
             },
             ledger: Default::default(),
             rollout: Default::default(),

@@ -20,6 +20,8 @@ mod overrides;
 mod raw;
 mod resolve;
 mod select;
+#[cfg(test)]
+mod ssh_config_tests;
 pub mod values;
 
 pub use overrides::{ENV_VARS, Overrides};
@@ -61,10 +63,72 @@ pub struct SshSettings {
     /// Upper bound for one remote command.
     #[serde(with = "humantime_serde_compat")]
     pub command_timeout: Duration,
-    /// `[user@]host[:port]` of a bastion to go through (ProxyJump), if any.
+    /// The bastions to go through (ProxyJump), as written: `[user@]host[:port]`, several
+    /// separated by commas, first hop first.
     pub jump_host: Option<String>,
     /// Offer the keys of the ssh-agent at `SSH_AUTH_SOCK`.
     pub use_agent: bool,
+    /// [`SshSettings::jump_host`] resolved hop by hop, each with its own ssh_config block.
+    /// Empty with a `jump_host` set: each hop uses this host's user, keys and known_hosts.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub jump_chain: Vec<JumpHop>,
+    /// What ssh_config adds that the inventory has no key for.
+    pub openssh: OpenSshSettings,
+}
+
+/// Settings from ssh_config with no inventory key, and where each resolved setting came from.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct OpenSshSettings {
+    /// `CertificateFile`: a user certificate offered with its identity file's key.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub certificate_file: Option<PathBuf>,
+    /// `IdentitiesOnly yes`: offer only agent keys whose `.pub` is one of the identity files.
+    pub identities_only: bool,
+    /// `ServerAliveInterval`: the keepalive of this host's connection.
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        with = "humantime_serde_compat::option"
+    )]
+    pub server_alive_interval: Option<Duration>,
+    /// `StrictHostKeyChecking yes` makes this host strict even with `--accept-new-host-keys`;
+    /// other values never weaken fleetup's policy.
+    pub strict_host_key_checking: bool,
+    /// The inventory's `address` when ssh_config's `HostName` replaced it (an alias).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub alias: Option<String>,
+    /// The ssh_config file read, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ssh_config: Option<PathBuf>,
+    /// Where `address`, `user`, `port`, `jump_host`, `identity_files`, `known_hosts` and
+    /// `connect_timeout` came from (`[[host]] NAME`, `[ssh]`, `ssh_config FILE (Host PATTERN)`...).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub origins: BTreeMap<String, String>,
+}
+
+/// One bastion of a jump chain, resolved like a host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct JumpHop {
+    /// As written in the chain (`ops@bastion:2222`, or an ssh_config alias).
+    pub spec: String,
+    pub address: String,
+    pub port: u16,
+    pub user: String,
+    pub identity_files: Vec<PathBuf>,
+    pub known_hosts: PathBuf,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub global_known_hosts: Vec<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub certificate_file: Option<PathBuf>,
+    pub identities_only: bool,
+    pub strict_host_key_checking: bool,
+}
+
+/// Which ssh_config file to read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SshConfigChoice {
+    /// Read none (`none`).
+    Off,
+    File(PathBuf),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -182,6 +246,19 @@ mod humantime_serde_compat {
 
     pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
         s.collect_str(&humantime::format_duration(*d))
+    }
+
+    pub mod option {
+        use std::time::Duration;
+
+        use serde::Serializer;
+
+        pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+            match d {
+                Some(d) => super::serialize(d, s),
+                None => s.serialize_none(),
+            }
+        }
     }
 }
 
@@ -472,6 +549,23 @@ mod tests {
                 command_timeout: Duration::from_secs(1800),
                 jump_host: None,
                 use_agent: true,
+                jump_chain: Vec::new(),
+                openssh: OpenSshSettings {
+                    origins: [
+                        ("address", "the inventory"),
+                        ("connect_timeout", "the default"),
+                        ("global_known_hosts", "the default"),
+                        ("identity_files", "the default"),
+                        ("jump_host", "the default"),
+                        ("known_hosts", "the default"),
+                        ("port", "the default"),
+                        ("user", "the default"),
+                    ]
+                    .into_iter()
+                    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                    .collect(),
+                    ..Default::default()
+                },
             }
         );
         assert_eq!(h.ledger, LedgerSettings::default());
@@ -540,6 +634,7 @@ mod tests {
             connect_timeout: Some(Duration::from_secs(2)),
             command_timeout: Some(Duration::from_secs(120)),
             jump_host: Some(JumpHost::Direct),
+            ssh_config: None,
         };
         let h = parse_with(src, &env).unwrap().hosts()[0].clone();
         assert_eq!(h.ssh.user, "env-user");

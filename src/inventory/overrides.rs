@@ -18,6 +18,8 @@ pub struct Overrides {
     pub connect_timeout: Option<Duration>,
     pub command_timeout: Option<Duration>,
     pub jump_host: Option<JumpHost>,
+    /// `--ssh-config PATH|none` (no environment variable).
+    pub ssh_config: Option<super::SshConfigChoice>,
 }
 
 /// The variables [`Overrides::from_env`] reads, for docs and `--help`.
@@ -104,6 +106,7 @@ impl Overrides {
             connect_timeout: self.connect_timeout.or(lower.connect_timeout),
             command_timeout: self.command_timeout.or(lower.command_timeout),
             jump_host: self.jump_host.or(lower.jump_host),
+            ssh_config: self.ssh_config.or(lower.ssh_config),
         }
     }
 }

@@ -46,6 +46,8 @@ pub struct RawSsh {
     pub command_timeout: Option<HumanDuration>,
     pub jump_host: Option<JumpHost>,
     pub use_agent: Option<bool>,
+    /// The OpenSSH client config to read (`none`: none); only in the top-level `[ssh]`.
+    pub ssh_config: Option<Spanned<LocalPath>>,
 }
 
 /// `[ledger]`, `[groups.NAME.ledger]`, `[host.ledger]`.

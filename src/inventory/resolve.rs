@@ -16,11 +16,12 @@ use super::overrides::Overrides;
 use super::raw::{
     Manager, RawHookSetting, RawHost, RawInventory, RawLedger, RawRollout, RawService, RawSsh,
 };
-use super::values::{Invalid, JumpHost, LocalPath};
+use super::values::{Invalid, JumpHost, LocalPath, split_host_port};
 use super::{
-    Hook, LedgerSettings, LocalEnv, Release, ReleaseSource, ResolvedHost, RolloutSettings, Service,
-    SshSettings,
+    Hook, JumpHop, LedgerSettings, LocalEnv, OpenSshSettings, Release, ReleaseSource, ResolvedHost,
+    RolloutSettings, Service, SshConfigChoice, SshSettings,
 };
+use crate::ssh::config::{HostConfig, SshConfigFile, StrictHostKeyChecking, Tokens, expand_tokens};
 
 /// What the file means once every layer is applied.
 pub struct Resolved {
@@ -113,6 +114,47 @@ impl SshLayer {
         }
     }
 
+    /// What ssh_config says for the host, under every inventory layer. A `ProxyJump` that is
+    /// not a valid chain is reported and left out.
+    fn from_config(q: &HostConfig, file: &Path, alias: &str, pass: &mut Pass<'_>) -> SshLayer {
+        let jump_host = q.proxy_jump.as_ref().and_then(|hops| {
+            if hops.is_empty() {
+                return Some(JumpHost::Direct);
+            }
+            let chain = hops.join(",");
+            match JumpHost::parse(&chain) {
+                Ok(j) => Some(j),
+                Err(e) => {
+                    pass.diags.push(Diagnostic {
+                        span: None,
+                        message: format!(
+                            "ssh_config `{}`: `ProxyJump {chain}` (for `{alias}`): {}",
+                            file.display(),
+                            e.message
+                        ),
+                        hints: vec![
+                            "fix the ssh_config, or set `jump_host` for this host in the inventory"
+                                .into(),
+                        ],
+                    });
+                    None
+                }
+            }
+        });
+        SshLayer {
+            user: q.user.clone(),
+            port: q.port,
+            identity_files: (!q.identity_files.is_empty()).then(|| q.identity_files.clone()),
+            known_hosts: q.user_known_hosts.first().cloned(),
+            connect_timeout: q.connect_timeout,
+            command_timeout: None,
+            jump_host,
+            use_agent: None,
+            global_known_hosts: (!q.global_known_hosts.is_empty())
+                .then(|| q.global_known_hosts.clone()),
+        }
+    }
+
     /// The built-in defaults; `known_hosts` stays unset without a home directory.
     fn builtin(local: &LocalEnv) -> SshLayer {
         SshLayer {
@@ -155,6 +197,8 @@ impl SshLayer {
             command_timeout: self.command_timeout?,
             jump_host: self.jump_host?.into_option(),
             use_agent: self.use_agent?,
+            jump_chain: Vec::new(),
+            openssh: OpenSshSettings::default(),
         })
     }
 }
@@ -408,30 +452,58 @@ pub fn resolve(
 
     check_cross_references(raw, &mut pass);
 
+    let ssh_config = ssh_config_file(raw, overrides, local, &mut pass);
     let top = SshLayer::from_overrides(overrides);
     let mut resolved = Vec::with_capacity(hosts.len());
     let mut missing_known_hosts = false;
     for host in &hosts {
-        let mut ssh = default_ssh.over(SshLayer::builtin(local));
+        let name = host.raw.name.get_ref().to_string();
+        let alias = host.raw.address.get_ref().to_string();
+        // Highest first: flags and environment, the host, its groups (the last listed wins),
+        // `[ssh]`, then ssh_config, which fills only what the inventory leaves unset.
+        let mut layers: Vec<(String, SshLayer)> = vec![
+            ("a flag or `FLEETUP_*` variable".into(), top.clone()),
+            (format!("[[host]] `{name}`"), host.ssh.clone()),
+        ];
+        for group in host.raw.groups.iter().rev() {
+            if let Some((g_ssh, _, _)) = groups.get(group.get_ref().as_str()) {
+                layers.push((format!("[groups.{}]", group.get_ref()), g_ssh.clone()));
+            }
+        }
+        layers.push(("[ssh]".into(), default_ssh.clone()));
+        let config = ssh_config.as_ref().map(|f| (f, f.query(&alias)));
+        if let Some((file, q)) = &config {
+            let layer = SshLayer::from_config(q, file.path(), &alias, &mut pass);
+            layers.push((config_label(file, q), layer));
+        }
+        layers.push(("the default".into(), SshLayer::builtin(local)));
+        let (ssh, origins) = fold(&layers);
+
         let mut ledger = default_ledger.clone();
         let mut rollout = default_rollout.clone();
         for group in &host.raw.groups {
-            if let Some((g_ssh, g_ledger, g_rollout)) = groups.get(group.get_ref().as_str()) {
-                ssh = g_ssh.over(ssh);
+            if let Some((_, g_ledger, g_rollout)) = groups.get(group.get_ref().as_str()) {
                 ledger = g_ledger.over(ledger);
                 rollout = g_rollout.over(rollout);
             }
         }
-        let ssh = top.over(host.ssh.over(ssh));
         let ledger = host.ledger.over(ledger);
         let rollout = host.rollout.over(rollout);
-        let Some(ssh) = ssh.finish() else {
+        let Some(mut ssh) = ssh.finish() else {
             missing_known_hosts = true;
             continue;
         };
+        let address = apply_config(&mut ssh, origins, &alias, config.as_ref(), local);
+        ssh.jump_chain = match &ssh.jump_host {
+            None => Vec::new(),
+            Some(chain) => chain
+                .split(',')
+                .map(|hop| resolve_hop(hop.trim(), &ssh, ssh_config.as_ref(), local))
+                .collect(),
+        };
         resolved.push(ResolvedHost {
-            name: host.raw.name.get_ref().to_string(),
-            address: host.raw.address.get_ref().to_string(),
+            name,
+            address,
             groups: host
                 .raw
                 .groups
@@ -466,6 +538,233 @@ pub fn resolve(
         })
     } else {
         Err(pass.diags)
+    }
+}
+
+/// The ssh_config to read: `--ssh-config` over the inventory's `[ssh] ssh_config` over
+/// `~/.ssh/config` when it exists; `none` reads none. `ssh_config` below `[ssh]` is refused.
+fn ssh_config_file(
+    raw: &RawInventory,
+    overrides: &Overrides,
+    local: &LocalEnv,
+    pass: &mut Pass<'_>,
+) -> Option<SshConfigFile> {
+    let misplaced = raw
+        .groups
+        .values()
+        .filter_map(|g| g.ssh.ssh_config.as_ref())
+        .chain(
+            raw.hosts
+                .iter()
+                .filter_map(|h| h.get_ref().ssh.ssh_config.as_ref()),
+        );
+    for at in misplaced.map(|p| p.span()).collect::<Vec<_>>() {
+        pass.diags.push(
+            Diagnostic::at(
+                at,
+                "`ssh_config` applies to the whole inventory".to_string(),
+            )
+            .hint("set it once in the top-level `[ssh]` table (or pass `--ssh-config`)"),
+        );
+    }
+    let (path, span) = match &overrides.ssh_config {
+        Some(SshConfigChoice::Off) => return None,
+        Some(SshConfigChoice::File(p)) => (p.clone(), None),
+        None => match &raw.ssh.ssh_config {
+            Some(p) if p.get_ref().as_str() == "none" => return None,
+            Some(p) => (pass.local_path(p)?, Some(p.span())),
+            None => {
+                let default = local.home.as_ref()?.join(".ssh/config");
+                if !default.is_file() {
+                    return None;
+                }
+                (default, None)
+            }
+        },
+    };
+    match SshConfigFile::load(&path, local.home.as_deref()) {
+        Ok(f) => Some(f),
+        Err(e) => {
+            pass.diags.push(Diagnostic {
+                span,
+                message: e.to_string(),
+                hints: vec![
+                    "fix the file, or read none with `ssh_config = \"none\"` in `[ssh]` or `--ssh-config none`".into(),
+                ],
+            });
+            None
+        }
+    }
+}
+
+fn config_label(file: &SshConfigFile, q: &HostConfig) -> String {
+    match q.matched.first() {
+        Some(pattern) => format!("ssh_config `{}` (Host {pattern})", file.path().display()),
+        None => format!("ssh_config `{}`", file.path().display()),
+    }
+}
+
+/// Stacks `layers` (highest first) into one, and records which layer gave each key.
+fn fold(layers: &[(String, SshLayer)]) -> (SshLayer, BTreeMap<String, String>) {
+    let mut origins = BTreeMap::new();
+    let mut pick = |key: &str, has: &dyn Fn(&SshLayer) -> bool| {
+        if let Some((label, _)) = layers.iter().find(|(_, l)| has(l)) {
+            origins.insert(key.to_owned(), label.clone());
+        }
+    };
+    pick("user", &|l| l.user.is_some());
+    pick("port", &|l| l.port.is_some());
+    pick("identity_files", &|l| l.identity_files.is_some());
+    pick("known_hosts", &|l| l.known_hosts.is_some());
+    pick("connect_timeout", &|l| l.connect_timeout.is_some());
+    pick("jump_host", &|l| l.jump_host.is_some());
+    pick("global_known_hosts", &|l| l.global_known_hosts.is_some());
+    let folded = layers
+        .iter()
+        .rev()
+        .fold(SshLayer::default(), |lower, (_, l)| l.over(lower));
+    (folded, origins)
+}
+
+/// Applies what ssh_config says beyond the inventory's keys: `HostName` (the address to
+/// connect to, returned), `%` tokens in paths it gave, and [`OpenSshSettings`].
+fn apply_config(
+    ssh: &mut SshSettings,
+    mut origins: BTreeMap<String, String>,
+    alias: &str,
+    config: Option<&(&SshConfigFile, HostConfig)>,
+    local: &LocalEnv,
+) -> String {
+    let Some((file, q)) = config else {
+        origins.insert("address".into(), "the inventory".into());
+        ssh.openssh.origins = origins;
+        return alias.to_owned();
+    };
+    let from_config = |key: &str, origins: &BTreeMap<String, String>| {
+        origins
+            .get(key)
+            .is_some_and(|o| o.starts_with("ssh_config"))
+    };
+    let address = match &q.host_name {
+        Some(h) => {
+            origins.insert("address".into(), config_label(file, q));
+            h.replace("%h", alias).replace("%%", "%")
+        }
+        None => {
+            origins.insert("address".into(), "the inventory".into());
+            alias.to_owned()
+        }
+    };
+    let tokens = Tokens {
+        host_name: &address,
+        alias,
+        port: ssh.port,
+        remote_user: &ssh.user,
+        local_user: &local.user,
+        home: local.home.as_deref(),
+    };
+    if from_config("identity_files", &origins) {
+        ssh.identity_files = ssh
+            .identity_files
+            .iter()
+            .map(|p| expand_tokens(p, &tokens))
+            .collect();
+    }
+    if from_config("known_hosts", &origins) {
+        ssh.known_hosts = expand_tokens(&ssh.known_hosts, &tokens);
+    }
+    if from_config("global_known_hosts", &origins) {
+        ssh.global_known_hosts = ssh
+            .global_known_hosts
+            .iter()
+            .map(|p| expand_tokens(p, &tokens))
+            .collect();
+    }
+    ssh.openssh = OpenSshSettings {
+        certificate_file: q
+            .certificate_file
+            .as_ref()
+            .map(|p| expand_tokens(p, &tokens)),
+        identities_only: q.identities_only.unwrap_or(false),
+        server_alive_interval: q.server_alive_interval,
+        strict_host_key_checking: StrictHostKeyChecking::from_config(
+            q.strict_host_key_checking.as_deref(),
+        ) == StrictHostKeyChecking::Always,
+        alias: (address != alias).then(|| alias.to_owned()),
+        ssh_config: Some(file.path().to_path_buf()),
+        origins,
+    };
+    address
+}
+
+/// One hop of a jump chain: what the hop says (`user@`, `:port`) over the hop's own ssh_config
+/// block over the target host's user, keys and known_hosts.
+fn resolve_hop(
+    spec: &str,
+    target: &SshSettings,
+    config: Option<&SshConfigFile>,
+    local: &LocalEnv,
+) -> JumpHop {
+    let (user, rest) = match spec.rsplit_once('@') {
+        Some((u, r)) => (Some(u.to_owned()), r),
+        None => (None, spec),
+    };
+    // Validated by `JumpHost::parse`; a hop that does not split keeps its text as the name.
+    let (name, port) = split_host_port(rest).unwrap_or((rest, None));
+    let port: Option<u16> = port.and_then(|p| p.parse().ok());
+    let q = config.map(|f| f.query(name)).unwrap_or_default();
+    let address = q
+        .host_name
+        .as_ref()
+        .map_or_else(|| name.to_owned(), |h| h.replace("%h", name));
+    let user = user
+        .or(q.user.clone())
+        .unwrap_or_else(|| target.user.clone());
+    let port = port.or(q.port).unwrap_or(22);
+    let tokens = Tokens {
+        host_name: &address,
+        alias: name,
+        port,
+        remote_user: &user,
+        local_user: &local.user,
+        home: local.home.as_deref(),
+    };
+    let identity_files = if q.identity_files.is_empty() {
+        target.identity_files.clone()
+    } else {
+        q.identity_files
+            .iter()
+            .map(|p| expand_tokens(p, &tokens))
+            .collect()
+    };
+    let known_hosts = q
+        .user_known_hosts
+        .first()
+        .map_or_else(|| target.known_hosts.clone(), |p| expand_tokens(p, &tokens));
+    let global_known_hosts = if q.global_known_hosts.is_empty() {
+        target.global_known_hosts.clone()
+    } else {
+        q.global_known_hosts
+            .iter()
+            .map(|p| expand_tokens(p, &tokens))
+            .collect()
+    };
+    JumpHop {
+        spec: spec.to_owned(),
+        certificate_file: q
+            .certificate_file
+            .as_ref()
+            .map(|p| expand_tokens(p, &tokens)),
+        identities_only: q.identities_only.unwrap_or(false),
+        strict_host_key_checking: StrictHostKeyChecking::from_config(
+            q.strict_host_key_checking.as_deref(),
+        ) == StrictHostKeyChecking::Always,
+        address,
+        port,
+        user,
+        identity_files,
+        known_hosts,
+        global_known_hosts,
     }
 }
 

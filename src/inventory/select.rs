@@ -187,6 +187,8 @@ mod tests {
                 command_timeout: std::time::Duration::from_secs(1),
                 jump_host: None,
                 use_agent: true,
+                jump_chain: Vec::new(),
+                openssh: Default::default(),
             },
             ledger: LedgerSettings::default(),
             rollout: Default::default(),

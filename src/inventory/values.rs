@@ -582,41 +582,52 @@ pub fn expand_local(
     Ok(base.join(s))
 }
 
-/// A ProxyJump target: `[user@]host[:port]`, or `none` to connect directly.
+/// A ProxyJump chain: `[user@]host[:port]`, or several separated by commas (the first hop
+/// first, as OpenSSH's `ProxyJump a,b`), or `none` to connect directly.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum JumpHost {
     /// Connect to the host directly (`none`), overriding a jump host set lower down.
     Direct,
-    /// Go through this bastion, written `[user@]host[:port]`.
+    /// Go through these bastions, written `[user@]host[:port][,[user@]host[:port]...]`.
     Via(String),
 }
 
 impl JumpHost {
     pub fn parse(s: &str) -> Result<Self, Invalid> {
-        let hint = "write `[user@]host[:port]`, such as `ops@bastion.example.com:2222`, or `none`";
+        let hint = "write `[user@]host[:port]`, such as `ops@bastion.example.com:2222`, several separated by commas (first hop first), or `none`";
         if s == "none" {
             return Ok(JumpHost::Direct);
         }
-        let (user, rest) = match s.split_once('@') {
-            Some((user, rest)) => (Some(user), rest),
-            None => (None, s),
-        };
-        let wrap = |e: Invalid| Invalid {
-            message: format!("jump host `{s}`: {}", e.message),
-            hints: vec![hint.to_string()],
-        };
-        if let Some(user) = user {
-            UserName::parse(user).map_err(wrap)?;
+        for hop in s.split(',') {
+            let wrap = |e: Invalid| Invalid {
+                message: format!("jump host `{s}`: {}", e.message),
+                hints: vec![hint.to_string()],
+            };
+            if hop.trim().is_empty() {
+                return Err(wrap(Invalid::new("a hop of the chain is empty")));
+            }
+            JumpHost::check_hop(hop.trim()).map_err(wrap)?;
         }
-        let (host, port) = split_host_port(rest).map_err(wrap)?;
-        if let Some(port) = port {
-            Port::parse(port).map_err(wrap)?;
-        }
-        Address::parse(host).map_err(wrap)?;
         Ok(JumpHost::Via(s.to_string()))
     }
 
-    /// The bastion, or `None` for a direct connection.
+    fn check_hop(hop: &str) -> Result<(), Invalid> {
+        let (user, rest) = match hop.split_once('@') {
+            Some((user, rest)) => (Some(user), rest),
+            None => (None, hop),
+        };
+        if let Some(user) = user {
+            UserName::parse(user)?;
+        }
+        let (host, port) = split_host_port(rest)?;
+        if let Some(port) = port {
+            Port::parse(port)?;
+        }
+        Address::parse(host)?;
+        Ok(())
+    }
+
+    /// The bastions as written, or `None` for a direct connection.
     pub fn into_option(self) -> Option<String> {
         match self {
             JumpHost::Direct => None,
@@ -643,7 +654,7 @@ impl FromStr for JumpHost {
 }
 
 /// `host[:port]` or `[ipv6][:port]` → (host without brackets, port text).
-fn split_host_port(s: &str) -> Result<(&str, Option<&str>), Invalid> {
+pub(crate) fn split_host_port(s: &str) -> Result<(&str, Option<&str>), Invalid> {
     if let Some(rest) = s.strip_prefix('[') {
         let (inner, after) = rest
             .split_once(']')
@@ -993,6 +1004,7 @@ mod tests {
             "ops@bastion.example.com:2222",
             "[fd00::1]:22",
             "ops@10.0.0.1",
+            "ops@b1:2200,b2,root@[fd00::1]:22",
         ] {
             assert_eq!(
                 JumpHost::parse(good).unwrap(),
@@ -1007,6 +1019,9 @@ mod tests {
             "a b",
             "@host",
             "bastion:ssh",
+            "b1,,b2",
+            "b1,",
+            "b1,bad:port",
         ] {
             let err = JumpHost::parse(bad).unwrap_err();
             assert!(

@@ -40,6 +40,19 @@ pub fn render(lab: &Lab) -> String {
         p(&lab.client_key_path()),
         p(&lab.known_hosts_path()),
     );
+    if lab.bastions.is_empty() {
+        // The operator's own ~/.ssh/config has nothing to say about the lab.
+        let _ = writeln!(out, "ssh_config = \"none\"");
+    } else {
+        let chain: Vec<&str> = lab.bastions.iter().map(|b| b.name.as_str()).collect();
+        let _ = writeln!(
+            out,
+            "# Every node is reached through the bastions, first to last; their addresses are in\n\
+             # the ssh_config next to this file.\nssh_config = {}\njump_host = {}",
+            p(&lab.ssh_config_path()),
+            s(&chain.join(",")),
+        );
+    }
     let ledgers: Vec<String> = lab.ledgers.iter().map(|l| s(l)).collect();
     let _ = writeln!(out, "\n[ledger]\nledgers = [{}]", ledgers.join(", "));
     if lab.postgres.as_ref().is_some_and(|p| p.per_node.is_empty()) {
@@ -90,6 +103,28 @@ pub fn render(lab: &Lab) -> String {
     out
 }
 
+/// The `ssh_config` of a lab with bastions: one `Host` block per bastion, as an operator
+/// would write for a real bastion chain.
+pub fn render_ssh_config(lab: &Lab) -> String {
+    let mut out = format!(
+        "# The bastions of the fleetup lab in {}: `ssh -F THIS_FILE bastion-1` works too.\n",
+        lab.dir.display()
+    );
+    for b in &lab.bastions {
+        let _ = writeln!(
+            out,
+            "\nHost {}\n  HostName 127.0.0.1\n  Port {}\n  User {}\n  IdentityFile {}\n  \
+             IdentitiesOnly yes\n  UserKnownHostsFile {}",
+            b.name,
+            b.ssh_port,
+            lab.user,
+            lab.client_key_path().display(),
+            lab.known_hosts_path().display(),
+        );
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::{Driver, LabNode};
@@ -121,6 +156,7 @@ mod tests {
             transactions: 1,
             nodes: vec![node(1), node(2), node(3)],
             postgres: None,
+            bastions: Vec::new(),
         };
         let text = render(&lab);
         let local = LocalEnv {

@@ -84,6 +84,10 @@ pub struct LabSpec {
     /// "node-i"`, each with its own sshd, env file (the storage of the node it replaces),
     /// service script and API port, but no `numary` installed and the service stopped.
     pub replacements: usize,
+    /// Bastions chained in front of the nodes: `bastion-1` -> ... -> `bastion-N` -> nodes,
+    /// each its own sshd (logging each forward at `LogLevel DEBUG1`). The inventory then
+    /// reaches every node through the whole chain, the bastions named in `DIR/ssh_config`.
+    pub bastions: usize,
 }
 
 impl LabSpec {
@@ -102,6 +106,7 @@ impl LabSpec {
             pg_per_node: false,
             sim: None,
             replacements: 0,
+            bastions: 0,
         }
     }
 }
@@ -122,6 +127,41 @@ pub struct Lab {
     pub transactions: u32,
     pub nodes: Vec<LabNode>,
     pub postgres: Option<LabPostgres>,
+    /// The bastion chain in front of the nodes, first hop first (empty: nodes reached directly).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub bastions: Vec<LabBastion>,
+}
+
+/// One sshd of the lab's bastion chain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LabBastion {
+    /// `bastion-1`, ...: its `Host` alias in `DIR/ssh_config`.
+    pub name: String,
+    pub ssh_port: u16,
+    pub sshd_dir: PathBuf,
+    pub sshd_pid: u32,
+}
+
+impl LabBastion {
+    /// Its sshd log: at `LogLevel DEBUG1`, one `server_request_direct_tcpip` line per tunnel
+    /// it opened (`target 127.0.0.1 port N`).
+    pub fn log_path(&self) -> PathBuf {
+        self.sshd_dir.join("sshd.log")
+    }
+
+    /// The ports this bastion opened tunnels to, in order, read from its log.
+    pub fn forwarded_ports(&self) -> Vec<u16> {
+        let log = std::fs::read_to_string(self.log_path()).unwrap_or_default();
+        log.lines()
+            .filter(|l| l.contains("server_request_direct_tcpip"))
+            .filter_map(|l| l.rsplit_once("port ")?.1.trim().parse().ok())
+            .collect()
+    }
+
+    fn sshd_is_ours(&self) -> bool {
+        process::alive(self.sshd_pid)
+            && process::cmdline(self.sshd_pid).contains(&*self.sshd_dir.to_string_lossy())
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -390,6 +430,7 @@ impl Lab {
             transactions: spec.transactions,
             nodes: Vec::new(),
             postgres: None,
+            bastions: Vec::new(),
         };
         lab.save()?;
         match lab.build(spec, &sim, server.as_ref()) {
@@ -456,6 +497,9 @@ impl Lab {
             used_ports: BTreeSet::new(),
             known_hosts: Vec::new(),
         };
+        for i in 1..=spec.bastions {
+            self.add_bastion(&mut setup, format!("bastion-{i}"))?;
+        }
         for i in 1..=spec.nodes {
             let name = format!("node-{i}");
             self.add_node(&mut setup, name, None, Some(&wrapper))?;
@@ -470,6 +514,13 @@ impl Lab {
         node::write_file(&self.known_hosts_path(), &text, 0o644)?;
 
         self.seed()?;
+        if !self.bastions.is_empty() {
+            node::write_file(
+                &self.ssh_config_path(),
+                &inventory_file::render_ssh_config(self),
+                0o644,
+            )?;
+        }
         node::write_file(&self.inventory_path(), &inventory_file::render(self), 0o644)?;
         if spec.start {
             self.start_services()?;
@@ -516,6 +567,27 @@ impl Lab {
             sshd_pid: sshd.pid,
             migrator,
             replaces,
+        });
+        self.save()
+    }
+
+    /// Starts bastion `name` (an sshd that only forwards, logging each tunnel) and records it.
+    fn add_bastion(&mut self, setup: &mut NodeSetup<'_>, name: String) -> anyhow::Result<()> {
+        let sshd = sshd::start(&sshd::SshdSpec {
+            authorized_keys: vec![setup.client_pub.to_owned()],
+            extra_config: vec!["LogLevel DEBUG1".into()],
+            ..sshd::SshdSpec::new(self.dir.join("bastions").join(&name))
+        })
+        .with_context(|| format!("cannot start the sshd of `{name}`"))?;
+        setup.used_ports.insert(sshd.port);
+        setup
+            .known_hosts
+            .extend(sshd::known_hosts_lines(&sshd, "127.0.0.1"));
+        self.bastions.push(LabBastion {
+            name,
+            ssh_port: sshd.port,
+            sshd_dir: sshd.dir.clone(),
+            sshd_pid: sshd.pid,
         });
         self.save()
     }
@@ -719,6 +791,13 @@ impl Lab {
                 report.sshd_stopped.push((node.name.clone(), node.sshd_pid));
             }
         }
+        for b in &self.bastions {
+            if b.sshd_is_ours() {
+                sshd::stop(b.sshd_pid)
+                    .with_context(|| format!("cannot stop the sshd of `{}`", b.name))?;
+                report.sshd_stopped.push((b.name.clone(), b.sshd_pid));
+            }
+        }
         if let Some(pg) = &self.postgres {
             let server = pg::PgUrl::parse(&pg.server_url)?;
             for db in pg.databases() {
@@ -777,6 +856,11 @@ impl Lab {
 
     pub fn known_hosts_path(&self) -> PathBuf {
         self.dir.join("client/known_hosts")
+    }
+
+    /// `DIR/ssh_config`: the bastions' `Host` blocks, written when the lab has bastions.
+    pub fn ssh_config_path(&self) -> PathBuf {
+        self.dir.join("ssh_config")
     }
 
     /// The lab's own copy of the simulator (`DIR/bin/numary`).

@@ -45,6 +45,8 @@ fn node(name: &str, version: &str) -> Node {
                 command_timeout: Duration::from_secs(600),
                 jump_host: None,
                 use_agent: false,
+                jump_chain: Vec::new(),
+                openssh: Default::default(),
             },
             ledger: LedgerSettings {
                 binary: "/usr/local/bin/numary".to_string(),

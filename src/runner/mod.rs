@@ -984,6 +984,8 @@ pub(crate) mod tests {
                 command_timeout: Duration::from_secs(1),
                 jump_host: None,
                 use_agent: false,
+                jump_chain: Vec::new(),
+                openssh: Default::default(),
             },
             ledger: LedgerSettings::default(),
             rollout: Default::default(),

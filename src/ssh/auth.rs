@@ -137,6 +137,11 @@ pub(crate) struct AuthRequest<'a> {
     /// The agent socket, when the host uses the agent.
     pub agent: Option<&'a Path>,
     pub identity_files: &'a [PathBuf],
+    /// ssh_config's `CertificateFile`, offered with the identity file whose key it certifies
+    /// (besides each identity file's own `FILE-cert.pub`).
+    pub certificate_file: Option<&'a Path>,
+    /// ssh_config's `IdentitiesOnly`: agent keys only when an identity file's `.pub` is theirs.
+    pub identities_only: bool,
     pub keys: &'a KeyCache,
     /// End of the connect timeout. Time spent decrypting keys (a passphrase prompt above all)
     /// does not count against it.
@@ -191,10 +196,20 @@ pub(crate) async fn authenticate(
                         Vec::new()
                     }
                 };
+                let allowed: Vec<PublicKey> = req
+                    .identity_files
+                    .iter()
+                    .filter_map(|p| russh::keys::load_public_key(pub_path(p)).ok())
+                    .collect();
                 for id in ids {
                     let AgentIdentity::PublicKey { key, .. } = id else {
                         continue;
                     };
+                    if req.identities_only
+                        && !allowed.iter().any(|k| k.key_data() == key.key_data())
+                    {
+                        continue;
+                    }
                     let hash = timeout_at(deadline, rsa_hash(handle, &key))
                         .await
                         .map_err(|_| req.timed_out())?
@@ -234,6 +249,24 @@ pub(crate) async fn authenticate(
             continue;
         };
         let public = key.public_key();
+        for cert_path in certificates_for(path, req.certificate_file) {
+            let Ok(cert) = russh::keys::load_openssh_certificate(&cert_path) else {
+                continue;
+            };
+            if cert.public_key() != public.key_data() {
+                continue;
+            }
+            tried.push(format!("certificate `{}`", cert_path.display()));
+            let attempt = handle.authenticate_openssh_cert(req.user, key.clone(), cert);
+            match timeout_at(deadline, attempt)
+                .await
+                .map_err(|_| req.timed_out())?
+            {
+                Ok(r) if r.success() => return Ok(()),
+                Ok(_) => {}
+                Err(e) => return Err(req.handshake(e)),
+            }
+        }
         if offered.iter().any(|k| k.key_data() == public.key_data()) {
             continue;
         }
@@ -263,6 +296,25 @@ pub(crate) async fn authenticate(
         user: req.user.to_owned(),
         tried,
     })
+}
+
+/// `FILE.pub`, where OpenSSH looks for an identity file's public key.
+fn pub_path(identity: &Path) -> PathBuf {
+    let mut p = identity.as_os_str().to_owned();
+    p.push(".pub");
+    PathBuf::from(p)
+}
+
+/// The certificates to try with `identity`'s key: the configured `CertificateFile`, then
+/// `FILE-cert.pub` as OpenSSH does; only existing files.
+fn certificates_for(identity: &Path, configured: Option<&Path>) -> Vec<PathBuf> {
+    let mut implicit = identity.as_os_str().to_owned();
+    implicit.push("-cert.pub");
+    let mut out: Vec<PathBuf> = configured.map(Path::to_path_buf).into_iter().collect();
+    out.push(PathBuf::from(implicit));
+    out.dedup();
+    out.retain(|p| p.is_file());
+    out
 }
 
 /// The `-vvv` line of one authentication attempt: method, key, result, what the server offers

@@ -273,6 +273,16 @@ pub enum ConnectError {
         #[source]
         source: std::io::Error,
     },
+    /// The address is not a name this machine can resolve.
+    #[error("host `{host}`: cannot resolve the name `{name}`: {source}")]
+    Lookup {
+        host: String,
+        name: String,
+        #[source]
+        source: std::io::Error,
+        /// Which ssh_config was read and what it said, or `None` when none was read.
+        ssh_config: Option<String>,
+    },
     #[error(transparent)]
     HostKey(HostKeyError),
     #[error("host `{host}` (`{addr}`): SSH handshake failed: {source}")]
@@ -325,6 +335,17 @@ impl ConnectError {
                         .into(),
                 ]
             }
+            ConnectError::Lookup {
+                name, ssh_config, ..
+            } => vec![
+                format!(
+                    "check the name, or define it in ssh_config: `Host {name}` with a `HostName` (and `Port`, `User`)"
+                ),
+                match ssh_config {
+                    Some(note) => note.clone(),
+                    None => "no ssh_config was read (`~/.ssh/config` does not exist, or `ssh_config = \"none\"` / `--ssh-config none`); name one with `--ssh-config FILE` or `ssh_config` in `[ssh]`".into(),
+                },
+            ],
             ConnectError::Auth { user, .. } => vec![format!(
                 "check that one of the keys is in `~{user}/.ssh/authorized_keys` on the host, \
                  that `SSH_AUTH_SOCK` points at a running agent, or set `identity_files`"

@@ -9,6 +9,7 @@
 #![allow(clippy::result_large_err)]
 
 mod auth;
+pub mod config;
 mod error;
 pub mod http;
 pub mod known_hosts;

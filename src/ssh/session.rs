@@ -22,7 +22,7 @@ use super::http::{HttpResponse, parse_response, request};
 use super::known_hosts::{
     self, KnownHostsFiles, Location, Recorded, Verdict, fingerprint, key_data_type, key_type,
 };
-use crate::inventory::ResolvedHost;
+use crate::inventory::{JumpHop, ResolvedHost};
 use crate::shell::quote;
 
 /// What to do with a host key that is not in known_hosts. There is deliberately no "accept
@@ -201,9 +201,10 @@ const EXIT_GRACE: Duration = Duration::from_secs(2);
 pub async fn connect(host: &ResolvedHost, opts: &ConnectOptions) -> Result<Session, ConnectError> {
     let deadline = Instant::now() + host.ssh.connect_timeout;
     let target = Target::of(host);
-    let jump = match &host.ssh.jump_host {
-        None => None,
-        Some(spec) => Some(jump_session(host, spec, opts, deadline).await?),
+    let hops = jump_hops(host)?;
+    let jump = match hops.is_empty() {
+        true => None,
+        false => Some(jump_chain(host, &hops, opts, deadline).await?),
     };
     connect_target(&target, opts, deadline, jump).await
 }
@@ -263,9 +264,17 @@ struct Target {
     identity_files: Vec<PathBuf>,
     known_hosts: PathBuf,
     global_known_hosts: Vec<PathBuf>,
+    certificate_file: Option<PathBuf>,
+    identities_only: bool,
+    /// ssh_config's `StrictHostKeyChecking yes`: strict whatever the run's policy.
+    strict: bool,
+    /// ssh_config's `ServerAliveInterval`, over the run's keepalive.
+    keepalive: Option<Duration>,
     use_agent: bool,
     command_timeout: Duration,
     connect_timeout: Duration,
+    /// Where the settings came from, for hints (`ssh_config FILE (Host lab3)`).
+    config_note: Option<String>,
 }
 
 impl Target {
@@ -278,9 +287,37 @@ impl Target {
             identity_files: h.ssh.identity_files.clone(),
             known_hosts: h.ssh.known_hosts.clone(),
             global_known_hosts: h.ssh.global_known_hosts.clone(),
+            certificate_file: h.ssh.openssh.certificate_file.clone(),
+            identities_only: h.ssh.openssh.identities_only,
+            strict: h.ssh.openssh.strict_host_key_checking,
+            keepalive: h.ssh.openssh.server_alive_interval,
             use_agent: h.ssh.use_agent,
             command_timeout: h.ssh.command_timeout,
             connect_timeout: h.ssh.connect_timeout,
+            config_note: config_note(h),
+        }
+    }
+
+    /// A bastion of `host`'s chain: the hop's own settings, the host's timeouts and agent.
+    fn of_hop(host: &ResolvedHost, hop: &JumpHop) -> Self {
+        Target {
+            name: hop.spec.clone(),
+            address: hop.address.clone(),
+            port: hop.port,
+            user: hop.user.clone(),
+            identity_files: hop.identity_files.clone(),
+            known_hosts: hop.known_hosts.clone(),
+            global_known_hosts: hop.global_known_hosts.clone(),
+            certificate_file: hop.certificate_file.clone(),
+            identities_only: hop.identities_only,
+            strict: hop.strict_host_key_checking,
+            config_note: host
+                .ssh
+                .openssh
+                .ssh_config
+                .as_ref()
+                .map(|f| format!("ssh_config `{}`", f.display())),
+            ..Target::of(host)
         }
     }
 
@@ -291,6 +328,20 @@ impl Target {
             format!("{}:{}", self.address, self.port)
         }
     }
+}
+
+/// Which ssh_config was read for `h` and what matched, for the hint of a failed name lookup.
+fn config_note(h: &ResolvedHost) -> Option<String> {
+    let o = &h.ssh.openssh;
+    let file = o.ssh_config.as_ref()?;
+    Some(match o.origins.get("address") {
+        Some(from) if from.starts_with("ssh_config") => format!("the address came from {from}"),
+        _ => format!(
+            "ssh_config `{}` was read, and no `Host` block gave `{}` a `HostName`",
+            file.display(),
+            h.address
+        ),
+    })
 }
 
 async fn connect_target(
@@ -308,7 +359,11 @@ async fn connect_target(
     };
     let known =
         load_known_hosts(&t.known_hosts, &t.global_known_hosts).map_err(ConnectError::HostKey)?;
-    let mut config = client_config(opts, known.preferred_for_host(&t.address, t.port));
+    let mut config = client_config(
+        opts,
+        known.preferred_for_host(&t.address, t.port),
+        t.keepalive,
+    );
     config.preferred.host_key_certificates =
         Cow::Owned(known.certificate_algorithms_for_host(&t.address, t.port));
     log::debug!(
@@ -326,7 +381,12 @@ async fn connect_target(
         port: t.port,
         known_hosts: t.known_hosts.clone(),
         global_known_hosts: t.global_known_hosts.clone(),
-        policy: opts.host_keys,
+        // ssh_config can make a host stricter, never weaker.
+        policy: if t.strict {
+            HostKeyPolicy::Strict
+        } else {
+            opts.host_keys
+        },
         disconnect_reason: disconnect_reason.clone(),
     };
     let handshake_err = |e: ClientError| match e {
@@ -342,10 +402,18 @@ async fn connect_target(
             let stream = timeout_at(deadline, tcp_connect(&t.address, t.port, deadline))
                 .await
                 .map_err(|_| timed_out("tcp connect"))?
-                .map_err(|source| ConnectError::Tcp {
-                    host: t.name.clone(),
-                    addr: addr.clone(),
-                    source,
+                .map_err(|e| match e {
+                    TcpFailure::Lookup(source) => ConnectError::Lookup {
+                        host: t.name.clone(),
+                        name: t.address.clone(),
+                        source,
+                        ssh_config: t.config_note.clone(),
+                    },
+                    TcpFailure::Connect(source) => ConnectError::Tcp {
+                        host: t.name.clone(),
+                        addr: addr.clone(),
+                        source,
+                    },
                 })?;
             timeout_at(deadline, client::connect_stream(config, stream, handler))
                 .await
@@ -390,6 +458,8 @@ async fn connect_target(
         user: &t.user,
         agent: agent.as_deref(),
         identity_files: &t.identity_files,
+        certificate_file: t.certificate_file.as_deref(),
+        identities_only: t.identities_only,
         keys: &opts.keys,
         deadline,
         connect_timeout: t.connect_timeout,
@@ -407,39 +477,89 @@ async fn connect_target(
     })
 }
 
-/// The jump host's session, shared by every host of the run that goes through it.
-async fn jump_session(
+/// The bastions of `host`, first hop first: the inventory's resolved chain, or (for settings
+/// built by hand) `jump_host` parsed with the host's own user, keys and known_hosts.
+fn jump_hops(host: &ResolvedHost) -> Result<Vec<JumpHop>, ConnectError> {
+    if !host.ssh.jump_chain.is_empty() {
+        return Ok(host.ssh.jump_chain.clone());
+    }
+    let Some(chain) = &host.ssh.jump_host else {
+        return Ok(Vec::new());
+    };
+    chain
+        .split(',')
+        .map(|spec| {
+            let spec = spec.trim();
+            let (user, address, port) =
+                parse_jump(spec, &host.ssh.user).ok_or_else(|| ConnectError::Config {
+                    host: host.name.clone(),
+                    message: format!("`{spec}` is not a jump host (expected `[user@]host[:port]`)"),
+                })?;
+            Ok(JumpHop {
+                spec: spec.to_owned(),
+                address,
+                port,
+                user,
+                identity_files: host.ssh.identity_files.clone(),
+                known_hosts: host.ssh.known_hosts.clone(),
+                global_known_hosts: host.ssh.global_known_hosts.clone(),
+                certificate_file: host.ssh.openssh.certificate_file.clone(),
+                identities_only: host.ssh.openssh.identities_only,
+                strict_host_key_checking: host.ssh.openssh.strict_host_key_checking,
+            })
+        })
+        .collect()
+}
+
+/// The session of the last bastion of the chain, each hop tunnelled through the one before
+/// (nested direct-tcpip) and checked against its own known_hosts. Each prefix of a chain is
+/// opened once per run and shared by every host behind it; a session keeps the one it goes
+/// through alive.
+async fn jump_chain(
     host: &ResolvedHost,
-    spec: &str,
+    hops: &[JumpHop],
     opts: &ConnectOptions,
     deadline: Instant,
 ) -> Result<Session, ConnectError> {
-    let (user, address, port) =
-        parse_jump(spec, &host.ssh.user).ok_or_else(|| ConnectError::Config {
-            host: host.name.clone(),
-            message: format!("`{spec}` is not a jump host (expected `[user@]host[:port]`)"),
-        })?;
-    let key = format!("{user}@{address}:{port}");
-    let cell = opts.jumps.0.lock().await.entry(key).or_default().clone();
-    let result = cell
-        .get_or_init(|| async {
-            let mut t = Target::of(host);
-            t.name = spec.to_owned();
-            (t.address, t.port, t.user) = (address, port, user);
-            connect_target(&t, opts, deadline, None)
-                .await
-                .map_err(|e| (e.host_key().cloned(), e.to_string()))
-        })
-        .await;
-    match result {
-        Ok(s) => Ok(s.clone()),
-        Err((Some(hk), _)) => Err(ConnectError::HostKey(hk.clone())),
-        Err((None, reason)) => Err(ConnectError::Jump {
-            host: host.name.clone(),
-            jump: spec.to_owned(),
-            reason: reason.clone(),
-        }),
+    let mut via: Option<Session> = None;
+    let mut key = String::new();
+    for hop in hops {
+        if !key.is_empty() {
+            key.push(',');
+        }
+        key.push_str(&format!("{}@{}:{}", hop.user, hop.address, hop.port));
+        let cell = opts
+            .jumps
+            .0
+            .lock()
+            .await
+            .entry(key.clone())
+            .or_default()
+            .clone();
+        let t = Target::of_hop(host, hop);
+        let result = cell
+            .get_or_init(|| async {
+                connect_target(&t, opts, deadline, via.clone())
+                    .await
+                    .map_err(|e| (e.host_key().cloned(), e.to_string()))
+            })
+            .await;
+        via = Some(match result {
+            Ok(s) => s.clone(),
+            Err((Some(hk), _)) => return Err(ConnectError::HostKey(hk.clone())),
+            Err((None, reason)) => {
+                return Err(ConnectError::Jump {
+                    host: host.name.clone(),
+                    jump: hop.spec.clone(),
+                    reason: reason.clone(),
+                });
+            }
+        });
     }
+    via.ok_or_else(|| ConnectError::Config {
+        host: host.name.clone(),
+        message: "an empty jump chain".into(),
+    })
 }
 
 /// `[user@]host[:port]`, with `[v6addr]:port` for IPv6.
@@ -471,8 +591,17 @@ fn parse_jump(spec: &str, default_user: &str) -> Option<(String, String, u16)> {
 }
 
 /// Tries each address of `host` in turn, giving each a fair share of the time left.
-async fn tcp_connect(host: &str, port: u16, deadline: Instant) -> std::io::Result<TcpStream> {
-    let addrs: Vec<_> = tokio::net::lookup_host((host, port)).await?.collect();
+enum TcpFailure {
+    /// The name did not resolve.
+    Lookup(std::io::Error),
+    Connect(std::io::Error),
+}
+
+async fn tcp_connect(host: &str, port: u16, deadline: Instant) -> Result<TcpStream, TcpFailure> {
+    let addrs: Vec<_> = tokio::net::lookup_host((host, port))
+        .await
+        .map_err(TcpFailure::Lookup)?
+        .collect();
     let mut last = std::io::Error::new(
         std::io::ErrorKind::NotFound,
         "the name resolved to no address",
@@ -482,7 +611,7 @@ async fn tcp_connect(host: &str, port: u16, deadline: Instant) -> std::io::Resul
         let share = left / u32::try_from(addrs.len() - i).unwrap_or(1);
         match timeout(share, TcpStream::connect(a)).await {
             Ok(Ok(s)) => {
-                s.set_nodelay(true)?;
+                s.set_nodelay(true).map_err(TcpFailure::Connect)?;
                 return Ok(s);
             }
             Ok(Err(e)) => last = e,
@@ -494,7 +623,7 @@ async fn tcp_connect(host: &str, port: u16, deadline: Instant) -> std::io::Resul
             }
         }
     }
-    Err(last)
+    Err(TcpFailure::Connect(last))
 }
 
 /// The `log` target of fleetup's SSH negotiation events (shown by the CLI at `-vvv`).
@@ -518,16 +647,20 @@ fn offered_host_keys(p: &russh::Preferred) -> String {
         .join(",")
 }
 
+/// `keepalive`: the host's own interval (ssh_config's `ServerAliveInterval`), over the run's.
 fn client_config(
     opts: &ConnectOptions,
     host_key_order: Vec<russh::keys::Algorithm>,
+    keepalive: Option<Duration>,
 ) -> client::Config {
     // curve25519 first: cheapest for both ends. The strict-kex and ext-info markers stay.
     let defaults = russh::Preferred::DEFAULT;
     let curve = [russh::kex::CURVE25519, russh::kex::CURVE25519_PRE_RFC_8731];
     let mut kex: Vec<_> = curve.to_vec();
     kex.extend(defaults.kex.iter().filter(|k| !curve.contains(k)).cloned());
-    let keepalive = opts.keepalive.max(Duration::from_millis(100));
+    let keepalive = keepalive
+        .unwrap_or(opts.keepalive)
+        .max(Duration::from_millis(100));
     let inactivity = if opts.inactivity_timeout > keepalive {
         opts.inactivity_timeout
     } else {
@@ -1372,6 +1505,7 @@ mod tests {
         let cfg = client_config(
             &ConnectOptions::default(),
             russh::Preferred::DEFAULT.key.to_vec(),
+            None,
         );
         assert_eq!(cfg.preferred.kex[0], russh::kex::CURVE25519);
         assert!(

@@ -168,6 +168,8 @@ pub fn host(name: &str, port: u16, key: Option<&Path>, known_hosts: &Path) -> Re
             command_timeout: Duration::from_secs(30),
             jump_host: None,
             use_agent: false,
+            jump_chain: Vec::new(),
+            openssh: Default::default(),
         },
         ledger: LedgerSettings::default(),
         rollout: Default::default(),
