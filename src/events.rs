@@ -153,7 +153,9 @@ pub enum Event {
     /// Something the operator should know that is not a step result (the difference `storage
     /// scan` made, a lock shown before it is broken).
     Notice {
-        host: String,
+        /// `None` (`null`): about the whole run.
+        #[serde(deserialize_with = "empty_as_none")]
+        host: Option<String>,
         message: String,
     },
     /// `--break-lock` removed another run's lock on `host`; `holder` says whose it was.

@@ -184,7 +184,10 @@ pub fn line(event: &Event, total: usize, verbose: u8) -> Option<String> {
                     .unwrap_or_default()
             ))
         }
-        Event::Notice { host, message } => Some(format!("{host}: {message}")),
+        Event::Notice { host, message } => Some(match host {
+            Some(host) => format!("{host}: {message}"),
+            None => message.clone(),
+        }),
         Event::LockBroken { host, holder } => {
             Some(format!("{host}: broke the fleet lock held by {holder}"))
         }

@@ -157,7 +157,7 @@ pub fn run(global: &Global, args: &RollbackArgs) -> anyhow::Result<i32> {
     }
     if let Some(j) = &resumed {
         session.sink.emit(&Event::Notice {
-            host: String::new(),
+            host: None,
             message: format!(
                 "resuming run `{run_id}` (the rollback of `{}`, started {} by {}@{}): every step is probed again",
                 record.run_id, j.header.started_at, j.header.user, j.header.local_host

@@ -216,7 +216,9 @@ impl RunSession {
 
 impl Hooks for RunSession {
     fn connected(&self, conns: &Connections) {
-        if !self.quiet {
+        // An upgrade's refusal names each unreachable host with its hints; a rollback's
+        // refusal only says one of its nodes is not there, so the reasons come first.
+        if !self.quiet && self.header.command != "upgrade" {
             connect::report_failures(conns);
         }
     }

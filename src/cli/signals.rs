@@ -28,7 +28,7 @@ pub async fn watch(cancel: Cancel, sink: Arc<dyn EventSink>, run_id: String, com
         "\n{name}: cancelling: nothing new starts; running commands finish, then the locks are released (press Ctrl-C again to stop waiting and leave the locks)"
     );
     sink.emit(&Event::Notice {
-        host: String::new(),
+        host: None,
         message: format!("{name}: cancelling; nothing new starts"),
     });
     let name = tokio::select! {
@@ -36,7 +36,7 @@ pub async fn watch(cancel: Cancel, sink: Arc<dyn EventSink>, run_id: String, com
         _ = term.recv() => "SIGTERM",
     };
     sink.emit(&Event::Notice {
-        host: String::new(),
+        host: None,
         message: format!(
             "{name} again: stopped waiting; the locks stay on the nodes and commands may still run there"
         ),

@@ -263,7 +263,7 @@ pub fn run(global: &Global, args: &UpgradeArgs) -> anyhow::Result<i32> {
     }
     if let Some(j) = &resumed {
         session.sink.emit(&Event::Notice {
-            host: String::new(),
+            host: None,
             message: format!(
                 "resuming run `{run_id}` (started {} by {}@{}): every step is probed again",
                 j.header.started_at, j.header.user, j.header.local_host

@@ -18,22 +18,28 @@ use crate::runner::kind_name;
 use crate::ssh::{ExecOptions, Session};
 use crate::{Failure, exit_code};
 
-/// Every selected host must answer before an upgrade starts.
+/// Every selected host must answer before an upgrade starts. The refusal names each host
+/// once, with why and what to do under it (host-key problems first: they are all shown at
+/// once, so one `--accept-new-host-keys` or one known_hosts fix settles them).
 pub fn all_reachable(conns: &Connections) -> Result<(), Failure> {
-    let unreachable: Vec<&str> = conns
-        .iter()
-        .filter(|(_, c)| c.is_err())
-        .map(|(n, _)| n.as_str())
-        .collect();
-    if unreachable.is_empty() {
+    let mut failed: Vec<&crate::ssh::ConnectError> =
+        conns.iter().filter_map(|(_, c)| c.as_ref().err()).collect();
+    if failed.is_empty() {
         return Ok(());
+    }
+    failed.sort_by_key(|e| e.host_key().is_none());
+    let mut list = String::new();
+    for e in &failed {
+        list.push_str(&format!("\n  - {e}"));
+        for h in e.hints() {
+            list.push_str(&format!("\n    hint: {h}"));
+        }
     }
     Err(Failure::new(
         exit_code::UNREACHABLE,
         format!(
-            "{} host(s) could not be reached: {}; nothing was changed",
-            unreachable.len(),
-            unreachable.join(", ")
+            "{} host(s) could not be reached; nothing was changed:{list}",
+            failed.len()
         ),
     )
     .hint("every selected host must answer before an upgrade starts; fix them or leave them out with `--limit`"))
@@ -188,7 +194,7 @@ pub async fn leftover_locks(
         let held = lock::parse_held(&out.stdout_lossy());
         let shown = held.describe(ttl);
         sink.emit(&Event::Notice {
-            host: h.name.clone(),
+            host: Some(h.name.clone()),
             message: format!("the lock `{}` is held by {shown}", lock::lock_path(h)),
         });
         let owner = held.holder.owner();

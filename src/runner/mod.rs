@@ -384,7 +384,7 @@ fn keep_leases<T: Transport + Clone + 'static>(sh: &Arc<Shared<T>>) -> lock::Ref
     let sink = sh.sink.clone();
     let on_failure: lock::RefreshFailed = Arc::new(move |host: &str, e: &LockError| {
         sink.emit(&Event::Notice {
-            host: host.to_string(),
+            host: Some(host.to_string()),
             message: format!("the lock's lease could not be refreshed: {e}"),
         });
     });
@@ -593,7 +593,7 @@ async fn contain<T: Transport + Clone + 'static>(
             contained: true,
         });
         sh.emit(Event::Notice {
-            host: e.host.clone(),
+            host: Some(e.host.clone()),
             message: format!(
                 "failed at step {} ({}): left out of the rest of the run, which goes on with the other hosts ({} of `--max-fail {}` failed)",
                 step.number,
@@ -752,7 +752,7 @@ async fn lock_one<T: Transport>(sh: &Shared<T>, step: &Step, name: &str) -> Resu
             .is_some_and(|o| o.run_id == sh.cfg.run_id)
     {
         sh.emit(Event::Notice {
-            host: name.to_string(),
+            host: Some(name.to_string()),
             message: format!(
                 "taking over the lock `{}` of the run being resumed",
                 lock::lock_path(host)
@@ -765,7 +765,7 @@ async fn lock_one<T: Transport>(sh: &Shared<T>, step: &Step, name: &str) -> Resu
     {
         let shown = held.describe(lease.ttl);
         sh.emit(Event::Notice {
-            host: name.to_string(),
+            host: Some(name.to_string()),
             message: format!("the lock `{}` is held by {shown}", lock::lock_path(host)),
         });
         let liveness = held

@@ -257,7 +257,7 @@ pub async fn wait_storage_commands_on<T: Transport + Clone + 'static>(
         }
         if !waited {
             sink.emit(&crate::events::Event::Notice {
-                host: String::new(),
+                host: None,
                 message: format!(
                     "a `numary storage` command still runs on {}, left by an interrupted run: waiting for it to end",
                     busy.join(", ")

@@ -785,7 +785,7 @@ pub async fn stop_outside_step<T: Transport>(
 /// Tells the operator something about a host.
 pub fn notice<T: Transport>(sh: &Shared<T>, host: &str, message: String) {
     sh.emit(Event::Notice {
-        host: host.to_string(),
+        host: Some(host.to_string()),
         message,
     });
 }
