@@ -201,14 +201,14 @@ fn summary(lab: &Lab, dir_arg: &Path, stopped: bool) -> String {
             n.root.display(),
         ));
     }
-    // Paths as the user typed them, so the commands can be pasted.
+    // Paths as the user typed them, fleetup too (`target/release/fleetup` is not on PATH), so
+    // the commands can be pasted.
     let d = dir_arg.display();
+    let f = invoked_as();
     let first = lab.nodes.first();
     out.push_str("\nnext:\n");
-    out.push_str(&format!("  fleetup -i {d}/inventory.toml status\n"));
-    out.push_str(&format!(
-        "  fleetup -i {d}/inventory.toml exec -- uname -n\n"
-    ));
+    out.push_str(&format!("  {f} -i {d}/inventory.toml status\n"));
+    out.push_str(&format!("  {f} -i {d}/inventory.toml exec -- uname -n\n"));
     if let Some(n) = first {
         out.push_str(&format!(
             "  ssh -i {d}/client/id_ed25519 -o UserKnownHostsFile={d}/client/known_hosts -p {} {}@127.0.0.1 {} version\n",
@@ -218,13 +218,24 @@ fn summary(lab: &Lab, dir_arg: &Path, stopped: bool) -> String {
         ));
     }
     out.push_str(&format!(
-        "  fleetup lab release --dir {d} --version 1.9.0 --out {d}/numary-1.9.0\n"
+        "  {f} lab release --dir {d} --version 1.9.0 --out {d}/numary-1.9.0\n"
     ));
-    out.push_str(&format!("  fleetup lab status --dir {d}\n"));
+    out.push_str(&format!("  {f} lab status --dir {d}\n"));
     out.push_str(&format!(
-        "  fleetup lab down --dir {d}        (add --purge to delete {d})\n"
+        "  {f} lab down --dir {d}        (add --purge to delete {d})\n"
     ));
     out
+}
+
+/// fleetup as this process was started (`target/release/fleetup`, `fleetup` from PATH), for
+/// hints that run as shown.
+fn invoked_as() -> String {
+    let argv0 = std::env::args().next().unwrap_or_default();
+    if argv0.is_empty() || argv0.contains(char::is_whitespace) {
+        "fleetup".into()
+    } else {
+        argv0
+    }
 }
 
 fn status(global: &Global, dir: &Path) -> anyhow::Result<i32> {
