@@ -445,8 +445,7 @@ fn cli_three_node_lab_shows_in_status_runs_exec_and_goes_down() {
         "{}",
         String::from_utf8_lossy(&status.stderr)
     );
-    let hosts: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
-    let hosts = hosts.as_array().expect("a JSON array of hosts");
+    let hosts = json_lines(&status.stdout, "host_status");
     assert_eq!(hosts.len(), 3);
     for (h, node) in hosts.iter().zip(&lab.nodes) {
         assert_eq!(h["host"], node.name.as_str());
@@ -468,7 +467,7 @@ fn cli_three_node_lab_shows_in_status_runs_exec_and_goes_down() {
         "{}",
         String::from_utf8_lossy(&exec.stderr)
     );
-    let results: serde_json::Value = serde_json::from_slice(&exec.stdout).unwrap();
+    let results = serde_json::Value::Array(json_lines(&exec.stdout, "exec_result"));
     let uname =
         String::from_utf8(Command::new("uname").arg("-n").output().unwrap().stdout).unwrap();
     for r in results.as_array().unwrap() {
@@ -525,4 +524,17 @@ fn up_refuses_a_dir_with_other_files_and_cleans_up_after_a_failed_start() {
         );
     }
     std::fs::remove_file(broken).unwrap();
+}
+
+/// The JSON Lines of `stdout`, each with the stream's schema and the event `event`.
+fn json_lines(stdout: &[u8], event: &str) -> Vec<serde_json::Value> {
+    String::from_utf8_lossy(stdout)
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).expect("a JSON line");
+            assert_eq!(v["schema"], 1, "{v}");
+            assert_eq!(v["event"], event, "{v}");
+            v
+        })
+        .collect()
 }

@@ -114,7 +114,14 @@ pub fn run(global: &Global, args: &ExecArgs) -> anyhow::Result<i32> {
     results.sort_by_key(|r| hosts.iter().position(|h| h.name == r.host));
 
     match global.format {
-        Format::Json => println!("{}", serde_json::to_string_pretty(&results)?),
+        // JSON Lines, one `exec_result` per host, in inventory order (docs/json-events.md).
+        Format::Json => {
+            for r in &results {
+                let mut v = serde_json::to_value(r)?;
+                v["event"] = "exec_result".into();
+                super::display::print_json_line(&v);
+            }
+        }
         Format::Human => {
             for r in &results {
                 print!("{}", render_host(r));

@@ -55,7 +55,14 @@ pub fn run(global: &Global, args: &StatusArgs) -> anyhow::Result<i32> {
         })
         .collect();
     match global.format {
-        Format::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
+        // JSON Lines, one `host_status` per host, in inventory order (docs/json-events.md).
+        Format::Json => {
+            for r in &rows {
+                let mut v = serde_json::to_value(r)?;
+                v["event"] = "host_status".into();
+                super::display::print_json_line(&v);
+            }
+        }
         Format::Human => print!("{}", render(&rows)),
     }
     let unreachable = rows.iter().filter(|r| !r.reachable).count();

@@ -109,7 +109,10 @@ pub fn code(out: &Output) -> i32 {
 /// of `check`, `upgrade`, ...) gives its `audit` line when it has one, else every line as an
 /// array; each line must carry the stream's schema version.
 pub fn json(out: &Output) -> serde_json::Value {
-    if let Ok(v) = serde_json::from_slice(&out.stdout) {
+    // One document (`paths`, `inventory list`, `lab`), unless it is a stream of one line.
+    if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&out.stdout)
+        && v.get("schema").is_none()
+    {
         return v;
     }
     let lines: Vec<serde_json::Value> = stdout(out)
