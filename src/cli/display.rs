@@ -276,6 +276,15 @@ impl Display {
         }
     }
 
+    /// Runs `f` (a prompt) with the bars off the screen, so what it writes stays readable.
+    pub fn suspend<R>(&self, f: impl FnOnce() -> R) -> R {
+        let multi = self.state.lock().ok().and_then(|s| s.multi.clone());
+        match multi {
+            Some(m) => m.suspend(f),
+            None => f(),
+        }
+    }
+
     pub fn is_bars(&self) -> bool {
         self.mode == DisplayMode::Bars
     }

@@ -40,6 +40,8 @@ pub struct RunSession {
     pub cancel: Cancel,
     /// How long each host was worked on: the end table's time column.
     pub clock: Arc<HostClock>,
+    /// The stderr display: a confirmation prompt suspends its bars.
+    display: Arc<Display>,
     header: Header,
     state_dir: PathBuf,
     /// `--resume`: the journal is the continued run's file.
@@ -76,8 +78,9 @@ impl RunSession {
     ) -> RunSession {
         let journal = Arc::new(DeferredJournal::default());
         let clock = Arc::new(HostClock::default());
+        let display = Arc::new(display_for(global));
         let mut fan = Fanout::new()
-            .with(Arc::new(display_for(global)))
+            .with(display.clone() as Arc<dyn EventSink>)
             .with(journal.clone() as Arc<dyn EventSink>)
             .with(clock.clone() as Arc<dyn EventSink>);
         if global.format == Format::Json {
@@ -95,6 +98,7 @@ impl RunSession {
             journal,
             cancel: Cancel::default(),
             clock,
+            display,
             header,
             state_dir,
             append,
@@ -228,7 +232,9 @@ impl Hooks for RunSession {
     }
 
     fn confirm(&self, plan: &Plan) -> anyhow::Result<()> {
-        self.confirm.as_ref().map_or(Ok(()), |c| c(plan))
+        self.confirm
+            .as_ref()
+            .map_or(Ok(()), |c| self.display.suspend(|| c(plan)))
     }
 }
 
