@@ -738,7 +738,19 @@ mod tests {
             critical: Option<&'a str>,
         }
 
-        impl Cert<'_> {
+        impl<'a> Cert<'a> {
+            /// A host certificate for `127.0.0.1`, valid a minute either side of `NOW`.
+            fn valid(ca: &'a PrivateKey, host_key: &'a PrivateKey) -> Cert<'a> {
+                Cert {
+                    ca,
+                    host_key,
+                    kind: CertType::Host,
+                    principals: &["127.0.0.1"],
+                    window: (NOW - 60, NOW + 60),
+                    critical: None,
+                }
+            }
+
             fn sign(&self) -> Certificate {
                 let mut b = Builder::new(
                     [7u8; 32],
@@ -777,14 +789,7 @@ mod tests {
         #[test]
         fn a_valid_host_certificate_names_the_trusting_entry() {
             let (ca, other_ca, host) = (private(1), private(2), private(3));
-            let good = Cert {
-                ca: &ca,
-                host_key: &host,
-                kind: CertType::Host,
-                principals: &["127.0.0.1"],
-                window: (NOW - 60, NOW + 60),
-                critical: None,
-            };
+            let good = Cert::valid(&ca, &host);
             let text = format!(
                 "{}\n{}\n",
                 line("@cert-authority ", "*.example", &other_ca),
@@ -816,14 +821,7 @@ mod tests {
         #[test]
         fn each_reason_to_refuse_a_certificate_is_its_own() {
             let (ca, other_ca, host) = (private(1), private(2), private(3));
-            let good = Cert {
-                ca: &ca,
-                host_key: &host,
-                kind: CertType::Host,
-                principals: &["127.0.0.1"],
-                window: (NOW - 60, NOW + 60),
-                critical: None,
-            };
+            let good = Cert::valid(&ca, &host);
             let trusted = line("@cert-authority ", "*", &ca);
             let refused = |c: Cert<'_>, text: &str| check(text, &c.sign()).unwrap_err();
 
