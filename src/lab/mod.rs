@@ -885,15 +885,29 @@ impl Lab {
     /// Waits until no command runs on the lab's nodes any more, apart from their sshds and
     /// servers: a client that died (SIGKILL) leaves the commands its SSH sessions started
     /// running, a service start among them, and a test that goes on at once would race them.
-    /// Fails after `timeout`, naming what still runs.
+    /// A session sshd still open counts as busy too: it may not have started the command the
+    /// client sent just before it died. Fails after `timeout`, naming what still runs.
     pub fn wait_remote_commands(&self, timeout: Duration) -> anyhow::Result<()> {
         let needle = self.dir.to_string_lossy().into_owned();
         let deadline = Instant::now() + timeout;
+        let listeners: Vec<u32> = self
+            .nodes
+            .iter()
+            .map(|n| n.sshd_pid)
+            .chain(self.bastions.iter().map(|b| b.sshd_pid))
+            .collect();
         loop {
-            let busy: Vec<(u32, String)> = process::mentioning(&needle)
+            let sessions = listeners
+                .iter()
+                .flat_map(|&pid| process::descendants(pid))
+                .map(|pid| (pid, process::cmdline(pid)));
+            let mut busy: Vec<(u32, String)> = process::mentioning(&needle)
                 .into_iter()
                 .filter(|(_, line)| !line.starts_with("sshd:") && !line.ends_with(" server start"))
+                .chain(sessions)
                 .collect();
+            busy.sort_unstable();
+            busy.dedup();
             if busy.is_empty() {
                 return Ok(());
             }
