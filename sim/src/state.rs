@@ -142,6 +142,20 @@ impl StateDir {
         found
     }
 
+    /// The lines of the fault marker `name` (`faults/<name>`), trimmed, blank ones left out;
+    /// empty when it is absent. For faults that name something other than nodes (ledgers).
+    pub fn fault_lines(&self, name: &str) -> Vec<String> {
+        fs::read_to_string(self.root.join("faults").join(name))
+            .map(|t| {
+                t.lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty())
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// The fault marker `name` if it applies to this node: `faults/<name>` (empty, or node
     /// names one per line, bare numbers being seconds, `hang` a mode) or `NUMARY_SIM_<NAME>`.
     pub fn fault(&self, name: &str) -> Option<Fault> {

@@ -397,7 +397,13 @@ impl Driver {
         let slow = state
             .fault("slow-migration")
             .map(|f| f.seconds.unwrap_or(5));
-        let fail = state.fault("fail-migration").is_some();
+        // `fail-migration-ledgers` lists ledgers whose migration fails (the others commit): a
+        // migration that fails halfway through a node's ledgers.
+        let fail = state.fault("fail-migration").is_some()
+            || state
+                .fault_lines("fail-migration-ledgers")
+                .iter()
+                .any(|l| l == ledger);
         let old_layout = version.minor <= 6;
         let result = self.with_ledger(ledger, |conn, t| {
             if !old_layout {

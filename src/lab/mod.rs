@@ -264,6 +264,58 @@ impl LabNode {
         Ok(())
     }
 
+    /// The node's link goes silent, as when a cable is pulled or a firewall starts dropping
+    /// packets: its sshd and every session it serves are stopped (SIGSTOP), so connections stay
+    /// open but nothing answers on them and new ones get no banner. [`LabNode::thaw_sshd`]
+    /// undoes it. For failure tests: the client's timeouts must fire.
+    pub fn freeze_sshd(&self) -> anyhow::Result<()> {
+        self.signal_sshd(libc::SIGSTOP)
+    }
+
+    /// Resumes what [`LabNode::freeze_sshd`] stopped.
+    pub fn thaw_sshd(&self) -> anyhow::Result<()> {
+        self.signal_sshd(libc::SIGCONT)
+    }
+
+    fn signal_sshd(&self, signal: libc::c_int) -> anyhow::Result<()> {
+        if !self.sshd_is_ours() {
+            bail!("the sshd of `{}` does not run", self.name);
+        }
+        for pid in std::iter::once(self.sshd_pid).chain(process::descendants(self.sshd_pid)) {
+            if process::cmdline(pid).ends_with(" server start") {
+                continue;
+            }
+            if let Ok(p) = libc::pid_t::try_from(pid) {
+                // SAFETY: kill(2) on the lab's own sshd and its session processes.
+                unsafe { libc::kill(p, signal) };
+            }
+        }
+        Ok(())
+    }
+
+    /// The node gets new host keys (as after a reinstall, or a machine-in-the-middle): its
+    /// sshd's keys are generated afresh and the sshd reloads them (SIGHUP); returns once it
+    /// accepts connections again. Its known_hosts lines in the lab are left as they were.
+    pub fn replace_host_keys(&self) -> anyhow::Result<()> {
+        if !self.sshd_is_ours() {
+            bail!("the sshd of `{}` does not run", self.name);
+        }
+        sshd::regenerate_host_keys(&self.sshd_dir)?;
+        let pid = libc::pid_t::try_from(self.sshd_pid)?;
+        // SAFETY: kill(2) on the lab's own sshd: SIGHUP makes it re-execute and re-read its keys.
+        unsafe { libc::kill(pid, libc::SIGHUP) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        // The listener closes and reopens while it re-executes.
+        std::thread::sleep(Duration::from_millis(200));
+        while std::net::TcpStream::connect(("127.0.0.1", self.ssh_port)).is_err() {
+            if Instant::now() > deadline {
+                bail!("the sshd of `{}` did not come back after SIGHUP", self.name);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(())
+    }
+
     /// The pid is alive and still the sshd of this node (not a reused pid).
     fn sshd_is_ours(&self) -> bool {
         process::alive(self.sshd_pid)

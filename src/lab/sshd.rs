@@ -188,6 +188,26 @@ fn launch(sshd: &Path, dir: &Path, port: u16) -> Result<u32, Launch> {
     }
 }
 
+/// Replaces the host keys in `dir` (an sshd dir of [`start`]) with fresh ones; the running sshd
+/// serves them once it re-reads its config (SIGHUP).
+pub fn regenerate_host_keys(dir: &Path) -> anyhow::Result<()> {
+    for (name, kind) in HOST_KEYS {
+        let path = dir.join(name);
+        for p in [path.clone(), path.with_extension("pub")] {
+            match std::fs::remove_file(&p) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(
+                        anyhow::Error::new(e).context(format!("cannot remove `{}`", p.display()))
+                    );
+                }
+                _ => {}
+            }
+        }
+        keys::generate_key(&path, kind, None, "fleetup-lab-host")?;
+    }
+    Ok(())
+}
+
 fn config_text(spec: &SshdSpec, dir: &Path, port: u16) -> String {
     let mut lines: Vec<String> = spec.extra_config.clone();
     lines.push(format!("ListenAddress 127.0.0.1:{port}"));

@@ -582,6 +582,15 @@ async fn gate_one<T: Transport>(sh: &Shared<T>, step: &Step, name: &str) -> Resu
                     return Ok(());
                 }
             }
+            // Another release answers: the service started some other binary than the one
+            // switched to the target (a unit naming a fixed path, a config tool that reverted
+            // it). Waiting cannot change that, and that release must not serve storage this run
+            // may have migrated: stop it now, fail the gate.
+            Ok(v) if Version::parse(&v).is_ok() => {
+                let e = wrong_release(sh, step, name, &v, target).await;
+                op.fail(&e.message);
+                return Err(e);
+            }
             Ok(v) => last = format!("`/_info` reports `{v}`, not `{target}`"),
             Err(e) => last = format!("the API is not ready: {e}"),
         }
@@ -614,6 +623,39 @@ async fn gate_one<T: Transport>(sh: &Shared<T>, step: &Step, name: &str) -> Resu
         }
         tokio::time::sleep(sh.cfg.poll_interval).await;
     }
+}
+
+/// The gate's failure when a started node serves release `seen` instead of `target`: the node
+/// is stopped (through its service manager) and the error says whether that worked.
+async fn wrong_release<T: Transport>(
+    sh: &Shared<T>,
+    step: &Step,
+    name: &str,
+    seen: &str,
+    target: &Version,
+) -> StepError {
+    let host = sh.host(name);
+    let stopped = stop_outside_step(sh, name, &ServiceParams::of(host)).await;
+    let outcome = match &stopped {
+        Ok(()) => "fleetup stopped it, so that release serves nothing this run may have migrated"
+            .to_owned(),
+        Err(why) => format!("stopping it failed ({why}): stop it by hand before anything else"),
+    };
+    if stopped.is_ok() {
+        sh.change(|c| c.started.retain(|h| h != name));
+    }
+    let mut e = sh.error(
+        step,
+        name,
+        format!(
+            "came back on the wrong release: `/_info` reports `{seen}`, not `{target}`; {outcome}"
+        ),
+    );
+    e.hints.push(format!(
+        "the service must start `{}`, which now points at `{target}`: a unit or start command that names a release directory or another copy keeps the old binary",
+        host.ledger.binary
+    ));
+    e
 }
 
 /// `min_healthy_time`: after the gate first passed, waits that long (polling, so a node that

@@ -119,6 +119,7 @@ async fn undo_as<T: Transport>(
                     };
                     if ok {
                         undone(*kind, h, &detail);
+                        forget_artefacts(sh, h, dir);
                     }
                     restored(h, "remove-staged-release", ok, detail);
                 }
@@ -149,6 +150,7 @@ async fn undo_as<T: Transport>(
                     };
                     if ok {
                         undone(*kind, h, &detail);
+                        forget_artefacts(sh, h, dir);
                     }
                     restored(h, "remove-backup", ok, detail);
                 }
@@ -195,6 +197,16 @@ async fn undo_as<T: Transport>(
             _ => {}
         }
     }
+}
+
+/// The artefacts of `host` under `dir` are gone (the undo removed them): the end report must
+/// not name them.
+fn forget_artefacts<T: Transport>(sh: &Shared<T>, host: &str, dir: &str) {
+    let under = format!("{}/", dir.trim_end_matches('/'));
+    sh.change(|c| {
+        c.artefacts
+            .retain(|a| !(a.host == host && (a.path == dir || a.path.starts_with(&under))))
+    });
 }
 
 fn restored<T: Transport>(sh: &Shared<T>, host: &str, action: &str, ok: bool, detail: String) {
