@@ -19,7 +19,7 @@ use std::time::Duration;
 use tokio::time::{Instant, timeout_at};
 
 use crate::inventory::ResolvedHost;
-use crate::redact::redact_conn_strings;
+use crate::redact::redact;
 use crate::shell::quote;
 use crate::ssh::{OutputStream, RemoteProcess, Transport};
 
@@ -244,7 +244,7 @@ impl Psql {
             return String::new();
         }
         let tail: Vec<&str> = tail.into_iter().rev().collect();
-        format!(": {}", redact_conn_strings(&tail.join(" / ")))
+        format!(": {}", redact(&tail.join(" / ")))
     }
 
     fn lost(&self, reason: String) -> DbLockError {

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::events::{Event, EventSink, StepState};
-use crate::redact::redact_conn_strings;
+use crate::redact::redact_json;
 
 /// Bumped when a line changes meaning; readers refuse what they do not know.
 pub const FORMAT_VERSION: u32 = 2;
@@ -142,7 +142,9 @@ impl Journal {
             .mode(0o600)
             .open(&path)
             .with_context(|| format!("cannot create the journal `{}`", path.display()))?;
-        let line = redact_conn_strings(&serde_json::to_string(header)?);
+        let mut header_value = serde_json::to_value(header)?;
+        redact_json(&mut header_value);
+        let line = header_value.to_string();
         file.write_all(format!("{line}\n").as_bytes())
             .with_context(|| format!("cannot write the journal `{}`", path.display()))?;
         Ok(Journal {
@@ -177,7 +179,7 @@ impl Journal {
 
     fn append(&self, event: &Event) -> Result<(), String> {
         let ts = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
-        let value = match event {
+        let mut value = match event {
             Event::StepState {
                 id,
                 step,
@@ -208,7 +210,8 @@ impl Journal {
             }
         };
 
-        let line = redact_conn_strings(&value.to_string());
+        redact_json(&mut value);
+        let line = value.to_string();
         let mut file = self.file.lock().map_err(|_| "journal lock poisoned")?;
         // One write per line, flushed at once: a crash leaves whole lines only.
         file.write_all(format!("{line}\n").as_bytes())

@@ -311,7 +311,7 @@ pub fn dry_run_in(
     let journal = match open_journal(global, plan, state_dir, &inputs, &run_id, now) {
         Ok(j) => Some(Arc::new(j)),
         Err(e) => {
-            eprintln!("warning: no journal for this check: {e:#}");
+            errln!("warning: no journal for this check: {e:#}");
             None
         }
     };
@@ -350,14 +350,14 @@ pub fn dry_run_in(
         duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
     });
     if global.format == Format::Human {
-        print!("{}", audit.render_text(global.verbose));
+        out!("{}", audit.render_text(global.verbose));
     }
     if let Some(j) = &journal {
         if let Some(err) = j.error() {
-            eprintln!("warning: {err}");
+            errln!("warning: {err}");
         }
         if global.format == Format::Human && !global.quiet {
-            eprintln!("journal: {}", j.path().display());
+            errln!("journal: {}", j.path().display());
         }
     }
     Ok(audit.exit_code)

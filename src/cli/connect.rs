@@ -67,9 +67,9 @@ pub fn report_failures(conns: &Connections) -> usize {
     let (keys, other): (Vec<&ConnectError>, Vec<&ConnectError>) =
         failed.iter().partition(|e| e.host_key().is_some());
     for e in keys.iter().chain(other.iter()) {
-        eprintln!("error: {e}");
+        errln!("error: {e}");
         for hint in e.hints() {
-            eprintln!("  hint: {hint}");
+            errln!("  hint: {hint}");
         }
     }
     failed.len()

@@ -290,11 +290,8 @@ impl Display {
     }
 
     fn print(&self, state: &State, text: &str) {
-        let text = if self.color {
-            colorize(text)
-        } else {
-            text.to_string()
-        };
+        let text = fleetup::redact::redact(text);
+        let text = if self.color { colorize(&text) } else { text };
         match &state.multi {
             Some(m) => {
                 let _ = m.println(&text);
@@ -536,10 +533,13 @@ pub fn json_line(value: &serde_json::Value) -> String {
     line
 }
 
-/// [`json_line`] on stdout, flushed (a reader sees each event as it happens).
+/// [`json_line`] on stdout, its strings redacted, flushed (a reader sees each event as it
+/// happens).
 pub fn print_json_line(value: &serde_json::Value) {
+    let mut value = value.clone();
+    fleetup::redact::redact_json(&mut value);
     let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "{}", json_line(value));
+    let _ = writeln!(out, "{}", json_line(&value));
     let _ = out.flush();
 }
 

@@ -7,14 +7,14 @@ use fleetup::exit_code;
 
 /// Render an error chain in the house style and return the exit code it maps to.
 pub fn report(err: &anyhow::Error) -> i32 {
-    eprint!("{}", render(err));
+    err!("{}", render(err));
     find_failure(err)
         .map(|f| f.code)
         .unwrap_or(exit_code::FAILURE)
 }
 
 /// `error: <top>` then one `caused by: <source>` per further link, then the hints of any
-/// [`fleetup::Failure`] in the chain.
+/// [`fleetup::Failure`] in the chain; redacted (an error may quote a command or its output).
 pub fn render(err: &anyhow::Error) -> String {
     let mut out = String::new();
     let mut links = err.chain();
@@ -29,7 +29,7 @@ pub fn render(err: &anyhow::Error) -> String {
             out.push_str(&format!("  hint: {hint}\n"));
         }
     }
-    out
+    fleetup::redact::redact(&out)
 }
 
 /// A hint that points at the repository's files (`inventory.example.toml`, `scripts/`) only
@@ -70,6 +70,19 @@ mod tests {
         assert_eq!(fit_hint("run scripts/pg.sh start", empty.path()), None);
         std::fs::write(empty.path().join("inventory.example.toml"), "").unwrap();
         assert_eq!(fit_hint(h, empty.path()).unwrap(), h);
+    }
+
+    #[test]
+    fn rendering_masks_known_secrets_and_conn_string_passwords() {
+        fleetup::redact::known().register("render-Pass-phrase");
+        let err = anyhow::Error::new(
+            Failure::usage("`PGPASSWORD=\"x y\" psql` failed").hint("not render-Pass-phrase"),
+        )
+        .context("cannot decrypt with `render-Pass-phrase` for postgresql://u:pw@h/db");
+        let text = render(&err);
+        assert!(!text.contains("render-Pass-phrase"), "{text}");
+        assert!(!text.contains("x y") && !text.contains(":pw@"), "{text}");
+        assert!(text.contains("PGPASSWORD=\"***\""), "{text}");
     }
 
     #[test]

@@ -124,7 +124,7 @@ pub fn run(global: &Global, args: &ExecArgs) -> anyhow::Result<i32> {
         }
         Format::Human => {
             for r in &results {
-                print!("{}", render_host(r));
+                out!("{}", render_host(r));
             }
         }
     }
@@ -134,7 +134,7 @@ pub fn run(global: &Global, args: &ExecArgs) -> anyhow::Result<i32> {
         .filter(|r| r.error.is_none() && !r.ok())
         .count();
     if !global.quiet {
-        eprintln!("{}", summary(&results));
+        errln!("{}", summary(&results));
     }
     Ok(if unreachable > 0 {
         exit_code::UNREACHABLE

@@ -133,13 +133,13 @@ pub fn run(global: &Global, cmd: &InventoryCommand) -> anyhow::Result<i32> {
         InventoryCommand::Check => {
             let (hosts, groups) = (inventory.hosts().len(), inventory.groups().len());
             match global.format {
-                Format::Human => println!(
+                Format::Human => outln!(
                     "inventory `{}` is valid: {hosts} host{}, {groups} group{}",
                     inventory.path().display(),
                     plural(hosts),
                     plural(groups)
                 ),
-                Format::Json => println!(
+                Format::Json => outln!(
                     "{}",
                     serde_json::json!({
                         "path": inventory.path(),
@@ -154,12 +154,12 @@ pub fn run(global: &Global, cmd: &InventoryCommand) -> anyhow::Result<i32> {
             let hosts = select_hosts(global, &inventory)?;
             match global.format {
                 Format::Human => {
-                    print!("{}", render_table(&hosts));
+                    out!("{}", render_table(&hosts));
                     if global.verbose > 0 {
-                        print!("{}", render_origins(&hosts));
+                        out!("{}", render_origins(&hosts));
                     }
                 }
-                Format::Json => println!("{}", serde_json::to_string_pretty(&hosts)?),
+                Format::Json => super::out::json(&hosts, true)?,
             }
         }
     }

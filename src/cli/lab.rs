@@ -6,7 +6,7 @@ use clap::{Args, Subcommand, ValueEnum};
 use fleetup::Version;
 use fleetup::exit_code;
 use fleetup::lab::{Driver, Lab, LabSpec, NodeStatus};
-use fleetup::redact::redact_conn_strings;
+use fleetup::redact::redact;
 use sha2::{Digest, Sha256};
 
 use super::{Format, Global};
@@ -142,7 +142,7 @@ fn up(global: &Global, args: &UpArgs) -> anyhow::Result<i32> {
             0 => String::new(),
             n => format!(" + {n} replacement(s)"),
         };
-        eprintln!(
+        errln!(
             "starting a {}-node{replacements} lab in `{}` (numary {}, {})...",
             spec.nodes,
             spec.dir.display(),
@@ -152,10 +152,10 @@ fn up(global: &Global, args: &UpArgs) -> anyhow::Result<i32> {
     }
     let lab = Lab::up(&spec)?;
     if global.format == Format::Json {
-        println!("{}", serde_json::to_string_pretty(&lab_json(&lab))?);
+        super::out::json(&lab_json(&lab), true)?;
         return Ok(exit_code::SUCCESS);
     }
-    print!("{}", summary(&lab, &args.dir, args.stopped));
+    out!("{}", summary(&lab, &args.dir, args.stopped));
     Ok(exit_code::SUCCESS)
 }
 
@@ -163,7 +163,7 @@ fn up(global: &Global, args: &UpArgs) -> anyhow::Result<i32> {
 fn lab_json(lab: &Lab) -> serde_json::Value {
     let mut v = serde_json::to_value(lab).unwrap_or_default();
     if let Some(url) = v.pointer_mut("/postgres/server_url") {
-        *url = serde_json::Value::String(redact_conn_strings(url.as_str().unwrap_or_default()));
+        *url = serde_json::Value::String(redact(url.as_str().unwrap_or_default()));
     }
     v["inventory"] = serde_json::Value::String(lab.inventory_path().display().to_string());
     v
@@ -242,10 +242,10 @@ fn status(global: &Global, dir: &Path) -> anyhow::Result<i32> {
     let lab = Lab::load(dir)?;
     let rows = lab.status();
     if global.format == Format::Json {
-        println!("{}", serde_json::to_string_pretty(&rows)?);
+        super::out::json(&rows, true)?;
         return Ok(exit_code::SUCCESS);
     }
-    print!("{}", status_table(&rows));
+    out!("{}", status_table(&rows));
     Ok(exit_code::SUCCESS)
 }
 
@@ -303,7 +303,7 @@ fn down(global: &Global, args: &DownArgs) -> anyhow::Result<i32> {
     let dir = &args.dir.dir;
     if !dir.join("lab.json").exists() {
         if !global.quiet {
-            eprintln!("no lab in `{}`; nothing to stop", dir.display());
+            errln!("no lab in `{}`; nothing to stop", dir.display());
         }
         return Ok(exit_code::SUCCESS);
     }
@@ -314,21 +314,21 @@ fn down(global: &Global, args: &DownArgs) -> anyhow::Result<i32> {
             .map_err(|e| anyhow::anyhow!("cannot remove `{}`: {e}", lab.dir.display()))?;
     }
     if global.format == Format::Json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        super::out::json(&report, true)?;
     } else {
         for (node, pid) in &report.servers_stopped {
-            println!("stopped numary server {pid} ({node})");
+            outln!("stopped numary server {pid} ({node})");
         }
         for (node, pid) in &report.sshd_stopped {
-            println!("stopped sshd {pid} ({node})");
+            outln!("stopped sshd {pid} ({node})");
         }
         if let Some(db) = &report.database_dropped {
-            println!("dropped database `{db}`");
+            outln!("dropped database `{db}`");
         }
         if args.purge {
-            println!("removed {}", lab.dir.display());
+            outln!("removed {}", lab.dir.display());
         }
-        println!("lab down");
+        outln!("lab down");
     }
     if !report.survivors.is_empty() {
         anyhow::bail!(
@@ -346,12 +346,12 @@ fn release(global: &Global, args: &ReleaseArgs) -> anyhow::Result<i32> {
         lab.release_wrapper(&args.version).as_bytes(),
     ));
     if global.format == Format::Json {
-        println!(
+        outln!(
             "{}",
             serde_json::json!({ "file": args.out, "version": args.version, "sha256": sha })
         );
     } else {
-        println!(
+        outln!(
             "wrote {} (numary {}, sha256 {sha})",
             args.out.display(),
             args.version

@@ -19,7 +19,8 @@ impl Log for SshLog {
 
     fn log(&self, record: &Record<'_>) {
         if self.enabled(record.metadata()) {
-            let _ = writeln!(std::io::stderr().lock(), "debug: ssh: {}", record.args());
+            let line = fleetup::redact::redact(&record.args().to_string());
+            let _ = writeln!(std::io::stderr().lock(), "debug: ssh: {line}");
         }
     }
 

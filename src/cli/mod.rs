@@ -5,6 +5,9 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use fleetup::exit_code;
 
+#[macro_use]
+mod out;
+
 mod check;
 mod connect;
 mod display;
@@ -121,7 +124,7 @@ pub fn main() -> i32 {
             let _ = e.print();
             let args: Vec<String> = std::env::args().collect();
             if let Some(hint) = usage_hint(&args, e.kind()) {
-                eprintln!("hint: {hint}");
+                errln!("hint: {hint}");
             }
             return if e.use_stderr() {
                 exit_code::USAGE
@@ -131,6 +134,10 @@ pub fn main() -> i32 {
         }
     };
     logging::init(cli.global.verbose, cli.global.quiet);
+    // Known before anything is written, whether or not a key ever needs it.
+    if let Ok(p) = std::env::var(fleetup::ssh::PASSPHRASE_ENV) {
+        fleetup::redact::known().register(&p);
+    }
     let result = match &cli.command {
         Command::Paths(args) => paths::run(&cli.global, args),
         Command::Inventory(cmd) => inventory::run(&cli.global, cmd),

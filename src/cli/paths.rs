@@ -45,13 +45,13 @@ pub fn run(global: &Global, args: &PathsArgs) -> anyhow::Result<i32> {
         None => PolicyTable::builtin(),
     };
     if args.toml {
-        print!("{}", table_toml(&table, global.paths_file.is_none()));
+        out!("{}", table_toml(&table, global.paths_file.is_none()));
         return Ok(exit_code::SUCCESS);
     }
     let (from, to) = match (&args.from, &args.to) {
         (Some(from), Some(to)) => (parse_version("--from", from)?, parse_version("--to", to)?),
         (None, None) => {
-            print!("{}", render_table(table.rows(), global.format)?);
+            out!("{}", render_table(table.rows(), global.format)?);
             return Ok(exit_code::SUCCESS);
         }
         // clap's `requires` already refuses these; kept so the function stands on its own.
@@ -63,8 +63,8 @@ pub fn run(global: &Global, args: &PathsArgs) -> anyhow::Result<i32> {
     };
     let verdict = table.evaluate_for(&from, &to, args.storage.map(Into::into));
     match global.format {
-        Format::Json => println!("{}", serde_json::to_string_pretty(&verdict)?),
-        Format::Human => print!("{}", render_verdict(&verdict)),
+        Format::Json => super::out::json(&verdict, true)?,
+        Format::Human => out!("{}", render_verdict(&verdict)),
     }
     Ok(if verdict.supported {
         exit_code::SUCCESS

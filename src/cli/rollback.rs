@@ -244,7 +244,7 @@ fn conclude(
     match finished {
         Finished::NothingToDo { plan, .. } => {
             if global.format == Format::Human {
-                println!(
+                outln!(
                     "every node of run `{of_run}` already serves `{}`: nothing to do",
                     plan.target
                 );
@@ -267,7 +267,7 @@ fn conclude(
                         h.state
                     ));
                 }
-                print!("{out}");
+                out!("{out}");
             }
             session::conclude(report, "rollback", run_id)
         }
@@ -333,7 +333,7 @@ fn confirm(plan: &Plan, of_run: &str, again: &str) -> anyhow::Result<()> {
         .hint(format!("pass `--yes` to confirm: `{again}`"))
         .into());
     }
-    eprint!("{what}.\ntype `yes` to stop the nodes and restore: ");
+    err!("{what}.\ntype `yes` to stop the nodes and restore: ");
     let _ = std::io::stderr().flush();
     let mut line = String::new();
     std::io::stdin().lock().read_line(&mut line)?;

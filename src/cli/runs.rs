@@ -67,13 +67,13 @@ pub fn run(global: &Global, cmd: &RunsCommand) -> anyhow::Result<i32> {
             match global.format {
                 Format::Json => {
                     for j in &runs {
-                        println!("{}", serde_json::to_string(&summary_json(j))?);
+                        super::out::json(&summary_json(j), false)?;
                     }
                 }
                 Format::Human if runs.is_empty() => {
-                    print!("{}", no_run_text(global, args, &dir));
+                    out!("{}", no_run_text(global, args, &dir));
                 }
-                Format::Human => print!("{}", render_list(&runs)),
+                Format::Human => out!("{}", render_list(&runs)),
             }
         }
         RunsCommand::Show { run_id, args } => {
@@ -85,9 +85,9 @@ pub fn run(global: &Global, cmd: &RunsCommand) -> anyhow::Result<i32> {
                     let mut v = summary_json(&j);
                     v["header"] = serde_json::to_value(&j.header)?;
                     v["events"] = Value::Array(j.events.clone());
-                    println!("{}", serde_json::to_string(&v)?);
+                    super::out::json(&v, false)?;
                 }
-                Format::Human => print!("{}", render_show(&j)),
+                Format::Human => out!("{}", render_show(&j)),
             }
         }
     }

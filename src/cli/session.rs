@@ -188,7 +188,7 @@ impl RunSession {
         if self.journal.journal().is_none()
             && let Err(e) = self.attach_journal(None)
         {
-            eprintln!("warning: {e:#}");
+            errln!("warning: {e:#}");
         }
         let (outcome, code) = match result {
             Ok((outcome, code)) => (outcome.clone(), *code),
@@ -209,10 +209,10 @@ impl RunSession {
         });
         if let Some(j) = self.journal.journal() {
             if let Some(err) = j.error() {
-                eprintln!("warning: {err}");
+                errln!("warning: {err}");
             }
             if global.format == Format::Human && !global.quiet {
-                eprintln!("journal: {}", j.path().display());
+                errln!("journal: {}", j.path().display());
             }
         }
     }

@@ -24,7 +24,7 @@ pub async fn watch(cancel: Cancel, sink: Arc<dyn EventSink>, run_id: String, com
         _ = term.recv() => "SIGTERM",
     };
     cancel.request();
-    eprintln!(
+    errln!(
         "\n{name}: cancelling: nothing new starts; running commands finish, then the locks are released (press Ctrl-C again to stop waiting and leave the locks)"
     );
     sink.emit(&Event::Notice {
@@ -47,7 +47,7 @@ pub async fn watch(cancel: Cancel, sink: Arc<dyn EventSink>, run_id: String, com
         exit_code: exit_code::CANCELLED,
         duration_ms: 0,
     });
-    eprintln!(
+    errln!(
         "error: {name} again: stopped without waiting; the locks stay on the nodes (`fleetup {command} --resume {run_id}` takes them over)"
     );
     std::process::exit(exit_code::CANCELLED);

@@ -63,7 +63,7 @@ pub fn run(global: &Global, args: &StatusArgs) -> anyhow::Result<i32> {
                 super::display::print_json_line(&v);
             }
         }
-        Format::Human => print!("{}", render(&rows)),
+        Format::Human => out!("{}", render(&rows)),
     }
     let unreachable = rows.iter().filter(|r| !r.reachable).count();
     Ok(if unreachable > 0 {

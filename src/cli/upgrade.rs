@@ -157,7 +157,7 @@ fn confirm_plan(plan: &Plan) -> anyhow::Result<()> {
     for s in &plan.steps {
         text.push_str(&format!("  {:>2}. {}: {}\n", s.number, s.kind, s.action));
     }
-    eprint!("{text}every check passed; nothing has changed yet. proceed? [y/N] ");
+    err!("{text}every check passed; nothing has changed yet. proceed? [y/N] ");
     let mut line = String::new();
     std::io::stdin().read_line(&mut line)?;
     match line.trim() {
@@ -320,7 +320,7 @@ fn conclude(
     match finished {
         Finished::NothingToDo { plan, .. } => {
             if global.format == Format::Human {
-                println!(
+                outln!(
                     "every selected node already serves `{}`: nothing to do",
                     plan.target
                 );
@@ -332,7 +332,7 @@ fn conclude(
         }
         Finished::Ran { plan, report } => {
             if global.format == Format::Human {
-                print!("{}", render_summary(plan, report, run_id, clock));
+                out!("{}", render_summary(plan, report, run_id, clock));
             }
             session::conclude(report, "upgrade", run_id)
         }
@@ -345,12 +345,12 @@ fn pause_prompt(run_id: &str) -> runner::Pause {
     runner::Pause(std::sync::Arc::new(move |canary: &[String]| {
         let names = canary.join(", ");
         if !std::io::stdin().is_terminal() {
-            eprintln!(
+            errln!(
                 "the canary batch ({names}) is healthy; paused (`--pause-after-canary`, no terminal to ask): continue with `{resume}`"
             );
             return false;
         }
-        eprint!(
+        err!(
             "the canary batch ({names}) is healthy. Press Enter to go on with the other batches, Ctrl-C to stop here (`{resume}` continues): "
         );
         let mut line = String::new();

@@ -10,7 +10,7 @@ use crate::facts::{ApiInfo, HostFacts, ServiceState, StorageDriver, StorageFacts
 use crate::inventory::ResolvedHost;
 use crate::node;
 use crate::numary;
-use crate::redact::redact_conn_strings;
+use crate::redact::redact;
 use crate::ssh::{ConnectError, ExecOptions, ExitStatus, Session, Transport};
 use crate::version::Version;
 
@@ -76,7 +76,7 @@ pub async fn gather_with<T: Transport>(t: &T, host: &ResolvedHost, schema: bool)
             "`{} version` exited with {}: {}",
             host.ledger.binary,
             out.status,
-            tail(&redact_conn_strings(&out.stderr_lossy()))
+            tail(&redact(&out.stderr_lossy()))
         )),
         Err(e) => facts
             .problems

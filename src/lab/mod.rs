@@ -718,7 +718,7 @@ impl Lab {
                 "`{}` failed ({}): {}",
                 cmd.get_program().to_string_lossy(),
                 out.status,
-                crate::redact::redact_conn_strings(String::from_utf8_lossy(&out.stderr).trim())
+                crate::redact::redact(String::from_utf8_lossy(&out.stderr).trim())
             );
         }
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())

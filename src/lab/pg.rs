@@ -8,7 +8,7 @@ use anyhow::{Context, bail};
 
 use crate::error::Failure;
 use crate::exit_code;
-use crate::redact::redact_conn_strings;
+use crate::redact::redact;
 
 /// A `postgres://` or `postgresql://` URL, split where the lab needs it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,11 +24,8 @@ pub struct PgUrl {
 impl PgUrl {
     pub fn parse(url: &str) -> anyhow::Result<PgUrl> {
         let bad = || {
-            Failure::usage(format!(
-                "`{}` is not a Postgres URL",
-                redact_conn_strings(url)
-            ))
-            .hint("expected `postgresql://USER:PASSWORD@HOST:PORT/DATABASE`")
+            Failure::usage(format!("`{}` is not a Postgres URL", redact(url)))
+                .hint("expected `postgresql://USER:PASSWORD@HOST:PORT/DATABASE`")
         };
         let (scheme, rest) = url.split_once("://").ok_or_else(bad)?;
         if scheme != "postgres" && scheme != "postgresql" {
@@ -63,7 +60,7 @@ impl PgUrl {
 
     /// The URL with its password masked, for messages.
     pub fn redacted(&self) -> String {
-        redact_conn_strings(&self.with_database(&self.database))
+        redact(&self.with_database(&self.database))
     }
 
     /// libpq environment variables equivalent to this URL.
@@ -126,7 +123,7 @@ impl PgUrl {
                 "`{tool}` failed on `{}` ({}): {}",
                 self.redacted(),
                 out.status,
-                redact_conn_strings(String::from_utf8_lossy(&out.stderr).trim())
+                redact(String::from_utf8_lossy(&out.stderr).trim())
             );
         }
         Ok(out.stdout)

@@ -12,7 +12,7 @@ use super::{Finding, PreflightInput, Scope, check};
 use crate::facts::{HostFacts, ServiceState, StorageDriver};
 use crate::inventory::ResolvedHost;
 use crate::plan::{BinarySource, HostAction};
-use crate::redact::redact_conn_strings;
+use crate::redact::redact;
 use crate::shell::{quote, validate_ledger_name};
 use crate::ssh::{ExecOptions, HttpError, Transport};
 use crate::version::Version;
@@ -414,7 +414,7 @@ fn parse_psql(lines: &[String]) -> PgReport {
                 .ledgers
                 .get_or_insert_with(Vec::new)
                 .push((*name).to_owned()),
-            _ => r.errors.push(redact_conn_strings(line.trim())),
+            _ => r.errors.push(redact(line.trim())),
         }
     }
     r.sessions = counted.then_some(sessions);
@@ -598,7 +598,7 @@ fn lock_finding(name: &str, host: &ResolvedHost, text: &str) -> Option<Finding> 
 /// The lock's holder and whether its lease is fresh, in one line, as the runner describes it.
 fn describe_lock(text: &str) -> String {
     let held = crate::lock::parse_held(&format!("{}\n", text.trim()));
-    redact_conn_strings(&held.describe(crate::lock::LeaseConfig::default().ttl))
+    redact(&held.describe(crate::lock::LeaseConfig::default().ttl))
 }
 
 fn human(bytes: u64) -> String {
@@ -785,7 +785,7 @@ fn process_finding(
                 "same-database" => "uses the same Postgres database",
                 other => other,
             };
-            format!("pid {pid} {why} (`{}`)", redact_conn_strings(cmd))
+            format!("pid {pid} {why} (`{}`)", redact(cmd))
         })
         .collect();
     match facts.service {

@@ -15,7 +15,7 @@ use crate::exit_code;
 use crate::facts::HostFacts;
 use crate::inventory::ResolvedHost;
 use crate::plan::{Plan, Step, StepKind};
-use crate::redact::redact_conn_strings;
+use crate::redact::redact;
 use crate::ssh::{ExecOptions, ExecOutput, Transport};
 
 use super::RunConfig;
@@ -156,7 +156,7 @@ impl<T: Transport> Shared<T> {
             step: step.number,
             kind: kind_name(step.kind),
             host: host.to_string(),
-            command: command.map(redact_conn_strings),
+            command: command.map(redact),
         });
         Op {
             shared: self,
@@ -258,7 +258,7 @@ impl<T: Transport> Shared<T> {
             step: step.number,
             kind: step.kind,
             host: host.to_string(),
-            message: redact_conn_strings(&message.into()),
+            message: redact(&message.into()),
             stderr: None,
             hints: Vec::new(),
             code: exit_code::FAILURE,
@@ -317,7 +317,7 @@ impl<T: Transport> Op<'_, T> {
             exit_status,
             duration_ms: u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX),
             stderr_tail,
-            message: message.map(|m| redact_conn_strings(&m)),
+            message: message.map(|m| redact(&m)),
             artefacts,
         });
     }
@@ -355,7 +355,7 @@ pub fn tail(text: &str) -> Option<String> {
         return None;
     }
     let start = lines.len().saturating_sub(STDERR_TAIL_LINES);
-    Some(redact_conn_strings(&lines[start..].join("\n")))
+    Some(redact(&lines[start..].join("\n")))
 }
 
 /// Runs `f` on each host of `step` at once (within `--forks`); the first failure in host order

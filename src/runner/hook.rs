@@ -13,7 +13,7 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 
 use crate::events::StepStatus;
 use crate::plan::{Action, HookParams, Step};
-use crate::redact::redact_conn_strings;
+use crate::redact::redact;
 use crate::ssh::{ExecError, ExecOptions, ExitStatus, Transport};
 
 use super::ctx::{Shared, StepError, per_host};
@@ -159,7 +159,7 @@ impl Tail {
             _ if self.cut => "",
             _ => &text,
         };
-        redact_conn_strings(whole)
+        redact(whole)
     }
 }
 

@@ -415,7 +415,7 @@ fn step_state<T: Transport>(
         kind: kind_name(step.kind),
         host: host.to_string(),
         state,
-        message: message.map(|m| crate::redact::redact_conn_strings(&m)),
+        message: message.map(|m| crate::redact::redact(&m)),
     });
 }
 

@@ -263,7 +263,7 @@ async fn database_free_on<T: Transport>(
             Ok(out) => Err(format!(
                 "`psql` exited with {}: {}",
                 out.status,
-                crate::redact::redact_conn_strings(&tail(&out.stderr_lossy()).unwrap_or_default())
+                crate::redact::redact(&tail(&out.stderr_lossy()).unwrap_or_default())
             )),
             Err(e) => Err(e.to_string()),
         };
@@ -540,7 +540,7 @@ fn clean_journal(text: &str) -> Option<String> {
         .iter()
         .map(|l| crate::shell::printable(l, JOURNAL_LINE_CHARS))
         .collect();
-    Some(crate::redact::redact_conn_strings(&kept.join("\n")))
+    Some(crate::redact::redact(&kept.join("\n")))
 }
 
 /// Waits until each node of the batch serves the target (`/_info`) and `/_health` answers 200.

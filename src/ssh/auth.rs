@@ -49,6 +49,9 @@ impl KeyCache {
     /// Passphrase from [`PASSPHRASE_ENV`] when set, else `prompt` (if any).
     pub fn from_env(prompt: Option<PassphrasePrompt>) -> Self {
         let passphrase = std::env::var(PASSPHRASE_ENV).ok().filter(|p| !p.is_empty());
+        if let Some(p) = &passphrase {
+            crate::redact::known().register(p);
+        }
         KeyCache {
             passphrase,
             prompt,
@@ -57,6 +60,9 @@ impl KeyCache {
     }
 
     pub fn with_passphrase(passphrase: Option<String>, prompt: Option<PassphrasePrompt>) -> Self {
+        if let Some(p) = &passphrase {
+            crate::redact::known().register(p);
+        }
         KeyCache {
             passphrase,
             prompt,
@@ -115,6 +121,9 @@ impl KeyCache {
                     let _one_at_a_time = self.prompt_lock.lock();
                     prompt(path)
                 });
+                if let Some(p) = &asked {
+                    crate::redact::known().register(p);
+                }
                 (asked, "the prompt".to_owned())
             }
         };
