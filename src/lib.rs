@@ -25,6 +25,8 @@ pub mod runner;
 pub mod schema;
 pub mod shell;
 pub mod ssh;
+pub mod tasks;
+pub mod terminal;
 pub mod version;
 
 pub use error::Failure;

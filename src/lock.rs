@@ -1197,6 +1197,7 @@ mod tests {
                 stderr: out.stderr,
                 status: ExitStatus::Code(out.status.code().unwrap_or(255) as u32),
                 duration: Duration::ZERO,
+                truncated: 0,
             })
         }
 

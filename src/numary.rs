@@ -56,7 +56,12 @@ pub fn parse_storage_list(stdout: &str) -> Result<Vec<String>, UnexpectedOutput>
     let mut ledgers = Vec::new();
     let mut in_block = false;
     let mut seen = false;
-    for line in clean_lines(stdout) {
+    // A ledger line is taken exactly as printed (only its `\n`, and a `\r` before it, removed):
+    // trimmed, a registered `"foo "` would read as `foo`, and `storage upgrade foo` would
+    // create that other ledger (the contract's typo trap) while `"foo "` stays unmigrated.
+    for raw in stdout.split('\n') {
+        let raw = raw.strip_suffix('\r').unwrap_or(raw);
+        let line = raw.trim_end_matches([' ', '\t']);
         if line == "No ledger found." {
             seen = true;
             in_block = false;
@@ -64,7 +69,7 @@ pub fn parse_storage_list(stdout: &str) -> Result<Vec<String>, UnexpectedOutput>
             seen = true;
             in_block = true;
         } else if in_block {
-            match line.strip_prefix("- ") {
+            match raw.strip_prefix("- ") {
                 Some(name) => ledgers.push(name.to_string()),
                 // 1.9+ logs to stdout (logrus text format), possibly between ledger lines.
                 None if is_log_line(line) || line.is_empty() => {}
@@ -264,6 +269,16 @@ mod tests {
         assert!(parse_storage_list("Ledgers:\n- default\nsomething odd\n- payments\n").is_err());
         // Help text (a typo'd subcommand exits 0) is not a listing.
         assert!(parse_storage_list("Usage:\n  numary storage [command]\n").is_err());
+    }
+
+    #[test]
+    fn ledger_names_are_kept_exactly_as_listed() {
+        let out = "Ledgers:\n- foo \n- \tbar\n- baz\r\n";
+        let names = parse_storage_list(out).unwrap();
+        assert_eq!(names, vec!["foo ", "\tbar", "baz"]);
+        // So validation (which refuses white space) sees the real name, not `foo`.
+        assert!(crate::shell::validate_ledger_name(&names[0]).is_err());
+        assert!(crate::shell::validate_ledger_name(&names[1]).is_err());
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //! silent mid-run; a migration failing halfway through the ledgers; the backup destination full
 //! and read-only; a corrupt download; a binary reporting another version; health never coming;
 //! a node coming back on the old release; two runs started at the same instant; a node's host key
-//! replaced between `check` and `upgrade`.
+//! replaced between `check` and `upgrade`; a hostile HTTP reply (a chunk size near `u64::MAX`)
+//! on a stopped node's API port; escape sequences in what a node's `/_info` reports.
 //!
 //! Every scenario ends with the same assertions ([`assert_safe`]), read from the nodes, the
 //! database and the simulator, never from fleetup's word alone:
@@ -759,4 +760,144 @@ fn a_host_key_replaced_between_check_and_upgrade() {
         run.show()
     );
     assert_safe(&lab, &run, &b, "node-2's host key replaced");
+}
+
+/// A stand-in for whatever binds a node's API port while its service is stopped: answers every
+/// connection with `reply`, then closes it. Stopped when dropped.
+struct Squatter {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Squatter {
+    fn bind(port: u16, reply: Vec<u8>) -> Squatter {
+        use std::io::{Read, Write};
+        use std::sync::atomic::Ordering;
+        // The stopped server's socket may linger a moment.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let listener = loop {
+            match std::net::TcpListener::bind(("127.0.0.1", port)) {
+                Ok(l) => break l,
+                Err(e) if Instant::now() < deadline => {
+                    let _ = e;
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Err(e) => panic!("bind 127.0.0.1:{port}: {e}"),
+            }
+        };
+        listener.set_nonblocking(true).unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            while !flag.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((mut s, _)) => {
+                        let _ = s.set_nonblocking(false);
+                        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+                        let mut req = Vec::new();
+                        let mut buf = [0u8; 1024];
+                        while !req.windows(4).any(|w| w == b"\r\n\r\n") && req.len() < 8192 {
+                            match s.read(&mut buf) {
+                                Ok(0) | Err(_) => break,
+                                Ok(n) => req.extend_from_slice(&buf[..n]),
+                            }
+                        }
+                        let _ = s.write_all(&reply);
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                }
+            }
+        });
+        Squatter {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Squatter {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The chunk size that once overflowed fleetup's arithmetic and panicked it (exit 101, lock
+/// left, no `run_finished`), and an escape sequence setting the terminal's title after it.
+const HOSTILE_CHUNKED: &[u8] = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nffffffffffffffff\r\n\x1b]0;owned\x07abc\r\n0\r\n\r\n";
+
+#[test]
+fn a_hostile_http_reply_on_the_api_port_is_refused_with_the_locks_released() {
+    let (lab, new) = pg_lab();
+    let n = &lab.nodes[1];
+    n.stop().unwrap();
+    let b = before(&lab);
+    let squatter = Squatter::bind(n.api_port, HOSTILE_CHUNKED.to_vec());
+
+    let run = upgrade(&lab, &new, &[]);
+    assert_eq!(run.code, exit_code::BLOCKED, "{}", run.show());
+    // Named: the host, what holds its port, and why the reply is refused; no terminal escape.
+    assert!(
+        run.stderr.contains("node-2")
+            && run.stderr.contains("although the service is stopped")
+            && run.stderr.contains("larger than"),
+        "{}",
+        run.show()
+    );
+    for text in [&run.stdout, &run.stderr] {
+        assert!(!text.contains('\x1b') && !text.contains('\x07'), "{text:?}");
+    }
+    assert!(!run.stderr.contains("panicked"), "{}", run.show());
+    assert_safe(&lab, &run, &b, "hostile chunk size on node-2's API port");
+
+    // Once the port is free again and node-2 serves, the run goes through. (Stopped, node-2
+    // would be refused again: its neighbours on this one machine use its database.)
+    drop(squatter);
+    lab.start_services().unwrap();
+    let b = before(&lab);
+    converge_afterwards(&lab, &new, &b, "hostile chunk size on node-2's API port");
+}
+
+#[test]
+fn values_a_node_reports_reach_the_terminal_escaped() {
+    let (lab, _new) = pg_lab();
+    let n = &lab.nodes[1];
+    n.stop().unwrap();
+    // The service looks running (its pid file names a live process), and its "API" answers
+    // `/_info` with escape sequences in the version and a ledger name.
+    let mut decoy = Command::new("sleep").arg("600").spawn().unwrap();
+    std::fs::write(n.paths().pid_file(), format!("{}\n", decoy.id())).unwrap();
+    let body = br#"{"data":{"version":"v1.7.4\u001b]0;owned\u0007\u001b[2J","config":{"storage":{"driver":"postgres","ledgers":["\u001b[31mevil\nnext","default"]}}}}"#;
+    let mut reply = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    reply.extend_from_slice(body);
+    let squatter = Squatter::bind(n.api_port, reply);
+
+    let out = fleetup_cmd(&lab.inventory_path(), &["status"])
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    );
+    let _ = decoy.kill();
+    let _ = decoy.wait();
+    drop(squatter);
+    std::fs::remove_file(n.paths().pid_file()).unwrap();
+    assert!(out.status.code().is_some(), "status was killed");
+    assert_ne!(out.status.code(), Some(101), "status panicked:\n{stderr}");
+    for text in [&stdout, &stderr] {
+        assert!(!text.contains('\x1b') && !text.contains('\x07'), "{text:?}");
+    }
+    // node-2's row is there, its ledger name shown escaped, on one line.
+    let row = stdout
+        .lines()
+        .find(|l| l.starts_with("node-2"))
+        .unwrap_or_else(|| panic!("no node-2 row:\n{stdout}"));
+    assert!(row.contains("\\u{1b}[31mevil\\u{a}next"), "{stdout}");
 }

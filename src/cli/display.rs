@@ -290,7 +290,8 @@ impl Display {
     }
 
     fn print(&self, state: &State, text: &str) {
-        let text = fleetup::redact::redact(text);
+        // Escaped before it is coloured: the colours are ours, any escape before is a node's.
+        let text = fleetup::redact::redact(&fleetup::terminal::cell_lines(text));
         let text = if self.color { colorize(&text) } else { text };
         match &state.multi {
             Some(m) => {
@@ -331,7 +332,7 @@ impl Display {
                 }
             }
             if let Some((_, bar)) = state.hosts.get(host) {
-                bar.set_message(msg);
+                bar.set_message(fleetup::terminal::cell(&msg).into_owned());
             }
         };
         match event {

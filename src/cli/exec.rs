@@ -68,7 +68,7 @@ pub fn run(global: &Global, args: &ExecArgs) -> anyhow::Result<i32> {
     let runtime = tokio::runtime::Runtime::new()?;
     let results = runtime.block_on(async {
         let conns = connect::connect(&hosts, &args.connect).await;
-        let mut set = tokio::task::JoinSet::new();
+        let mut set = fleetup::tasks::HostTasks::new();
         let mut results = Vec::new();
         for (name, conn) in conns {
             match conn {
@@ -78,18 +78,16 @@ pub fn run(global: &Global, args: &ExecArgs) -> anyhow::Result<i32> {
                         ..Default::default()
                     };
                     let command = command.clone();
-                    set.spawn(async move {
-                        let r = session.exec(&command, &opts).await;
-                        (name, r)
-                    });
+                    set.spawn(&name, async move { session.exec(&command, &opts).await });
                 }
                 Err(e) => results.push(HostResult::failed(name, e.to_string())),
             }
         }
-        while let Some(joined) = set.join_next().await {
-            let Ok((host, r)) = joined else { continue };
-            results.push(match r {
-                Ok(out) => HostResult {
+        while let Some((host, joined)) = set.next().await {
+            results.push(match joined {
+                Err(why) => HostResult::failed(host, why),
+                Ok(Err(e)) => HostResult::failed(host, e.to_string()),
+                Ok(Ok(out)) => HostResult {
                     host,
                     exit_code: match out.status {
                         ExitStatus::Code(c) => Some(c),
@@ -104,7 +102,6 @@ pub fn run(global: &Global, args: &ExecArgs) -> anyhow::Result<i32> {
                     stderr: out.stderr_lossy(),
                     duration_ms: out.duration.as_millis(),
                 },
-                Err(e) => HostResult::failed(host, e.to_string()),
             });
         }
         results

@@ -19,7 +19,8 @@ impl Log for SshLog {
 
     fn log(&self, record: &Record<'_>) {
         if self.enabled(record.metadata()) {
-            let line = fleetup::redact::redact(&record.args().to_string());
+            let line = fleetup::terminal::safe(&record.args().to_string()).into_owned();
+            let line = fleetup::redact::redact(&line);
             let _ = writeln!(std::io::stderr().lock(), "debug: ssh: {line}");
         }
     }

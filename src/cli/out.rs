@@ -1,22 +1,23 @@
 //! Everything the CLI writes goes through here, redacted ([`fleetup::redact::redact`]: the run's
 //! known secrets and connection-string passwords), so no secret reaches a terminal or a log
-//! file. `print!`/`eprint!` are denied elsewhere in the binary (see `main.rs`); use the macros.
+//! file, and with control characters escaped ([`fleetup::terminal::safe`]), so no text a node
+//! sent can drive the terminal. `print!`/`eprint!` are denied elsewhere in the binary (see `main.rs`); use the macros.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 use std::io::Write;
 
-/// `text` on stdout, redacted.
+/// `text` on stdout, redacted and escaped.
 pub fn stdout(text: &str) {
     let mut out = std::io::stdout().lock();
-    let _ = out.write_all(fleetup::redact::redact(text).as_bytes());
+    let _ = out.write_all(fleetup::redact::redact(&fleetup::terminal::safe(text)).as_bytes());
     let _ = out.flush();
 }
 
-/// `text` on stderr, redacted.
+/// `text` on stderr, redacted and escaped.
 pub fn stderr(text: &str) {
     let _ = std::io::stderr()
         .lock()
-        .write_all(fleetup::redact::redact(text).as_bytes());
+        .write_all(fleetup::redact::redact(&fleetup::terminal::safe(text)).as_bytes());
 }
 
 /// `print!`, redacted.

@@ -1,7 +1,13 @@
 //! Plain aligned text tables for human output.
 
-/// Left-aligned columns separated by two spaces; the first row is the header.
+/// Left-aligned columns separated by two spaces; the first row is the header. Cells are shown
+/// escaped ([`fleetup::terminal::cell`]): a value a node sent cannot break the table.
 pub fn render<const N: usize>(rows: &[[String; N]]) -> String {
+    let rows: Vec<[String; N]> = rows
+        .iter()
+        .map(|r| r.clone().map(|c| fleetup::terminal::cell(&c).into_owned()))
+        .collect();
+    let rows = rows.as_slice();
     let mut widths = [0usize; N];
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {

@@ -249,7 +249,7 @@ pub async fn gather_all(
     hosts: &[ResolvedHost],
     conns: &[(String, Result<Session, ConnectError>)],
 ) -> BTreeMap<String, HostFacts> {
-    let mut set = tokio::task::JoinSet::new();
+    let mut set = crate::tasks::HostTasks::new();
     let mut facts = BTreeMap::new();
     // One node reads a shared Postgres database's schema in its probe: the one marked
     // `migrator = true`, else the first (others are read later, only if the plan needs them).
@@ -266,9 +266,8 @@ pub async fn gather_all(
             Ok(session) => {
                 let (session, host) = (session.clone(), host.clone());
                 let schema = schema_host.as_deref() == Some(host.name.as_str());
-                set.spawn(async move {
-                    let f = gather_with(&session, &host, schema).await;
-                    (host.name, f)
+                set.spawn(&host.name.clone(), async move {
+                    gather_with(&session, &host, schema).await
                 });
             }
             Err(e) => {
@@ -282,10 +281,13 @@ pub async fn gather_all(
             }
         }
     }
-    while let Some(joined) = set.join_next().await {
-        if let Ok((name, f)) = joined {
-            facts.insert(name, f);
-        }
+    while let Some((name, joined)) = set.next().await {
+        // A probe that panicked leaves the host unknown: say so, never show it blank.
+        let f = joined.unwrap_or_else(|why| HostFacts {
+            unreachable: Some(why),
+            ..Default::default()
+        });
+        facts.insert(name, f);
     }
     facts
 }

@@ -66,6 +66,7 @@ impl Transport for Fake {
             stderr: Vec::new(),
             status: ExitStatus::Code(0),
             duration: Duration::from_millis(1),
+            truncated: 0,
         })
     }
 

@@ -372,15 +372,7 @@ where
         .hosts
         .iter()
         .zip(results)
-        .map(|(name, r)| {
-            r.unwrap_or_else(|| {
-                Err(sh.error(
-                    step,
-                    name,
-                    "internal error: the task for this host panicked",
-                ))
-            })
-        })
+        .map(|(name, r)| r.unwrap_or_else(|why| Err(sh.error(step, name, &why))))
         .collect();
     if let Ok(mut all) = sh.results.lock() {
         for (name, r) in step.hosts.iter().zip(&results) {
@@ -392,33 +384,36 @@ where
 
 /// Runs `f` for each of `hosts`, at most `--forks` at once (the run's one semaphore: never nest
 /// a call inside `f`, it would wait for a permit its caller holds); results in the order of
-/// `hosts` (`None` for a task that panicked: a bug, which the caller reports as a failure of
-/// that host).
+/// `hosts` (`Err` with the panic's message for a task that panicked: a bug, which the caller
+/// reports as a failure of that host).
 pub async fn each_host<T, F, Fut, R>(
     shared: &Arc<Shared<T>>,
     hosts: &[String],
     f: F,
-) -> Vec<Option<R>>
+) -> Vec<Result<R, String>>
 where
     T: Transport + 'static,
     F: Fn(Arc<Shared<T>>, String) -> Fut,
     Fut: Future<Output = R> + Send + 'static,
     R: Send + 'static,
 {
-    let mut set = tokio::task::JoinSet::new();
+    let mut set = crate::tasks::HostTasks::new();
     for (i, h) in hosts.iter().enumerate() {
         let fut = f(shared.clone(), h.clone());
         let forks = shared.forks.clone();
-        set.spawn(async move {
+        // Keyed by position: a host may be named twice in no plan, but the order is the answer's.
+        set.spawn(&i.to_string(), async move {
             // The semaphore is never closed, so the permit always comes.
             let _permit = forks.acquire_owned().await;
-            (i, fut.await)
+            fut.await
         });
     }
-    let mut out: Vec<Option<R>> = (0..hosts.len()).map(|_| None).collect();
-    while let Some(joined) = set.join_next().await {
-        if let Ok((i, r)) = joined {
-            out[i] = Some(r);
+    let mut out: Vec<Result<R, String>> = (0..hosts.len())
+        .map(|_| Err("internal error: the task for this host never ended".into()))
+        .collect();
+    while let Some((i, r)) = set.next().await {
+        if let Some(slot) = i.parse::<usize>().ok().and_then(|i| out.get_mut(i)) {
+            *slot = r;
         }
     }
     out

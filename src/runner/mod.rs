@@ -458,7 +458,7 @@ async fn run_step<T: Transport + Clone + 'static>(
     let mut todo = Vec::new();
     for (host, p) in hosts.iter().zip(probes) {
         match p {
-            Some(Probe::Done(why)) => step_state(sh, step, host, StepState::AlreadyDone, Some(why)),
+            Ok(Probe::Done(why)) => step_state(sh, step, host, StepState::AlreadyDone, Some(why)),
             _ => todo.push(host.clone()),
         }
     }
@@ -722,9 +722,13 @@ async fn take_locks<T: Transport + Clone + 'static>(
     rest.iter()
         .zip(results)
         .find_map(|(name, r)| match r {
-            Some(Ok(())) => None,
-            Some(Err(e)) => Some(e),
-            None => Some(sh.error(step, name, "the lock task ended without an answer")),
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(e),
+            Err(why) => Some(sh.error(
+                step,
+                name,
+                format!("{why}; the lock task may hold a lock it did not record"),
+            )),
         })
         .map_or(Ok(()), Err)
 }
@@ -875,9 +879,9 @@ async fn release_locks<T: Transport + Clone + 'static>(sh: &Arc<Shared<T>>) -> V
     .into_iter()
     .zip(&locked)
     .filter_map(|(r, name)| {
-        r.unwrap_or_else(|| {
+        r.unwrap_or_else(|why| {
             Some(format!(
-                "the unlock task of `{name}` ended without an answer; check its lock by hand"
+                "the unlock task of `{name}` ended without an answer ({why}); check its lock by hand"
             ))
         })
     })
@@ -1154,6 +1158,7 @@ pub(crate) mod tests {
                 stderr: stderr.into_bytes(),
                 status: ExitStatus::Code(code),
                 duration: Duration::ZERO,
+                truncated: 0,
             })
         }
 

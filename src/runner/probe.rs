@@ -240,15 +240,18 @@ pub async fn wait_storage_commands_on<T: Transport + Clone + 'static>(
     let deadline = Instant::now() + Duration::from_secs(120);
     let mut waited = false;
     loop {
-        let mut set = tokio::task::JoinSet::new();
+        let mut set = crate::tasks::HostTasks::new();
         for (name, t) in sessions {
-            let (name, t) = (name.clone(), t.clone());
-            set.spawn(async move { (name, storage_commands(&t).await) });
+            let t = t.clone();
+            set.spawn(name, async move { storage_commands(&t).await });
         }
         let mut busy = Vec::new();
-        while let Some(Ok((name, pids))) = set.join_next().await {
-            if !pids.is_empty() {
-                busy.push(format!("`{name}` (pid {})", pids.join(", ")));
+        while let Some((name, joined)) = set.next().await {
+            // A host whose probe failed is not known to be free: it counts as busy.
+            match joined {
+                Ok(pids) if pids.is_empty() => {}
+                Ok(pids) => busy.push(format!("`{name}` (pid {})", pids.join(", "))),
+                Err(why) => busy.push(format!("`{name}` ({why})")),
             }
         }
         busy.sort();

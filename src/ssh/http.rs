@@ -1,5 +1,17 @@
-//! A minimal HTTP/1.1 client side for probing the ledger API through an SSH tunnel: the request
-//! text and an incremental response parser (Content-Length, chunked, or read to EOF).
+//! The client side of one HTTP/1.1 exchange, for probing the ledger API through an SSH tunnel:
+//! the request text and an incremental response parser (Content-Length, chunked, or read to
+//! EOF). The head is parsed by `httparse`; every size a node sends is checked before it is used,
+//! and a reply is bounded ([`MAX_HEAD`], [`MAX_BODY`], [`MAX_REPLY`]): whoever binds the API
+//! port on a node must not be able to crash fleetup or exhaust its memory.
+
+/// The most header bytes read before the blank line that ends them.
+pub const MAX_HEAD: usize = 16 * 1024;
+/// The largest body kept (after de-chunking). `/_info` and `/_health` answer a few hundred bytes.
+pub const MAX_BODY: usize = 1024 * 1024;
+/// The most bytes read from the connection for one reply, chunk framing included.
+pub const MAX_REPLY: usize = MAX_HEAD + 4 * MAX_BODY;
+/// Headers understood in one reply.
+const MAX_HEADERS: usize = 64;
 
 /// What the server answered.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,41 +50,50 @@ pub fn request(host: &str, port: u16, path: &str) -> String {
     )
 }
 
-/// Parses `buf`. `Ok(None)`: more bytes are needed (only possible while `!eof`).
+/// Parses `buf`, all bytes read so far. `Ok(None)`: more bytes are needed (only while `!eof`).
+/// An error is a reply fleetup will not use, described for the operator (bounded, escaped).
 pub fn parse_response(buf: &[u8], eof: bool) -> Result<Option<HttpResponse>, String> {
-    let Some(head_end) = find(buf, b"\r\n\r\n") else {
-        return if eof {
-            Err("the connection closed before the headers ended".into())
-        } else {
-            Ok(None)
-        };
-    };
-    let head = std::str::from_utf8(&buf[..head_end]).map_err(|_| "headers are not UTF-8")?;
-    let mut lines = head.split("\r\n");
-    let status_line = lines.next().unwrap_or_default();
-    let mut parts = status_line.splitn(3, ' ');
-    let (Some(version), Some(code)) = (parts.next(), parts.next()) else {
-        return Err(format!("bad status line `{status_line}`"));
-    };
-    if !version.starts_with("HTTP/1.") {
-        return Err(format!("bad status line `{status_line}`"));
+    if buf.len() > MAX_REPLY {
+        return Err(format!(
+            "the reply is longer than {} KiB, more than any ledger API answer",
+            MAX_REPLY / 1024
+        ));
     }
-    let status: u16 = code
-        .parse()
-        .map_err(|_| format!("bad status code in `{status_line}`"))?;
-    let mut headers = Vec::new();
-    for line in lines {
-        let (k, v) = line
-            .split_once(':')
-            .ok_or_else(|| format!("bad header line `{line}`"))?;
-        headers.push((k.trim().to_ascii_lowercase(), v.trim().to_owned()));
+    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut head = httparse::Response::new(&mut slots);
+    let head_len = match head.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD => {
+            return Err(format!(
+                "the headers are longer than {} KiB",
+                MAX_HEAD / 1024
+            ));
+        }
+        Ok(httparse::Status::Partial) if eof => {
+            return Err("the connection closed before the headers ended".into());
+        }
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(e) => return Err(format!("not an HTTP reply ({e}): {}", excerpt(buf))),
+    };
+    if head_len > MAX_HEAD {
+        return Err(format!(
+            "the headers are longer than {} KiB",
+            MAX_HEAD / 1024
+        ));
+    }
+    let status = head.code.ok_or("no status code")?;
+    let mut headers = Vec::with_capacity(head.headers.len());
+    for h in head.headers.iter() {
+        let value = std::str::from_utf8(h.value)
+            .map_err(|_| format!("header `{}` is not UTF-8", h.name))?;
+        headers.push((h.name.to_ascii_lowercase(), value.trim().to_owned()));
     }
     let mut resp = HttpResponse {
         status,
         headers,
         body: Vec::new(),
     };
-    let body = &buf[head_end + 4..];
+    let body = &buf[head_len..];
     let chunked = resp
         .header("transfer-encoding")
         .is_some_and(|v| v.eq_ignore_ascii_case("chunked"));
@@ -87,9 +108,10 @@ pub fn parse_response(buf: &[u8], eof: bool) -> Result<Option<HttpResponse>, Str
         };
     }
     if let Some(len) = resp.header("content-length") {
-        let len: usize = len
+        let len: u64 = len
             .parse()
-            .map_err(|_| format!("bad Content-Length `{len}`"))?;
+            .map_err(|_| format!("bad Content-Length `{}`", excerpt(len.as_bytes())))?;
+        let len = bounded_body(len)?;
         if body.len() >= len {
             resp.body = body[..len].to_vec();
             return Ok(Some(resp));
@@ -103,6 +125,7 @@ pub fn parse_response(buf: &[u8], eof: bool) -> Result<Option<HttpResponse>, Str
     if status == 204 || status == 304 || (100..200).contains(&status) {
         return Ok(Some(resp));
     }
+    bounded_body(body.len() as u64)?;
     if eof {
         resp.body = body.to_vec();
         return Ok(Some(resp));
@@ -110,31 +133,47 @@ pub fn parse_response(buf: &[u8], eof: bool) -> Result<Option<HttpResponse>, Str
     Ok(None)
 }
 
+/// `len` as a body size fleetup reads, or why not.
+fn bounded_body(len: u64) -> Result<usize, String> {
+    match usize::try_from(len) {
+        Ok(n) if n <= MAX_BODY => Ok(n),
+        _ => Err(format!(
+            "a body of {len} bytes is larger than the {} KiB fleetup reads",
+            MAX_BODY / 1024
+        )),
+    }
+}
+
 /// The decoded body once the terminating zero chunk is in `body`.
 fn dechunk(mut body: &[u8]) -> Result<Option<Vec<u8>>, String> {
     let mut out = Vec::new();
     loop {
-        let Some(line_end) = find(body, b"\r\n") else {
-            return Ok(None);
+        let (data_start, size) = match httparse::parse_chunk_size(body) {
+            Ok(httparse::Status::Complete(c)) => c,
+            Ok(httparse::Status::Partial) => return Ok(None),
+            Err(_) => return Err(format!("bad chunk size line: {}", excerpt(body))),
         };
-        let size_text = std::str::from_utf8(&body[..line_end]).map_err(|_| "bad chunk size")?;
-        let size_text = size_text.split(';').next().unwrap_or_default().trim();
-        let size = usize::from_str_radix(size_text, 16)
-            .map_err(|_| format!("bad chunk size `{size_text}`"))?;
-        let data_start = line_end + 2;
         if size == 0 {
             return Ok(Some(out));
         }
-        if body.len() < data_start + size + 2 {
+        // Checked before any arithmetic: a size near `u64::MAX` must not wrap.
+        let size = bounded_body(size.saturating_add(out.len() as u64))? - out.len();
+        let rest = &body[data_start..];
+        if rest.len() < size + 2 {
             return Ok(None);
         }
-        out.extend_from_slice(&body[data_start..data_start + size]);
-        body = &body[data_start + size + 2..];
+        if &rest[size..size + 2] != b"\r\n" {
+            return Err("a chunk does not end with CRLF".into());
+        }
+        out.extend_from_slice(&rest[..size]);
+        body = &rest[size + 2..];
     }
 }
 
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
+/// The start of some bytes a node sent, for an error message: at most 40 characters, escaped.
+fn excerpt(bytes: &[u8]) -> String {
+    let text = String::from_utf8_lossy(&bytes[..bytes.len().min(40)]);
+    format!("`{}`", text.escape_debug())
 }
 
 #[cfg(test)]
@@ -177,6 +216,81 @@ mod tests {
         assert!(parse_response(b"SSH-2.0-OpenSSH\r\n\r\n", true).is_err());
         assert!(parse_response(b"HTTP/1.1 abc OK\r\n\r\n", true).is_err());
         assert!(parse_response(b"", true).is_err());
+    }
+
+    #[test]
+    fn a_chunk_size_near_the_maximum_is_an_error_not_a_panic() {
+        for size in [
+            "ffffffffffffffff",
+            "fffffffffffffffe",
+            "7fffffffffffffff",
+            "100001",
+        ] {
+            let resp = format!(
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n{size}\r\nabc\r\n0\r\n\r\n"
+            );
+            let err = parse_response(resp.as_bytes(), false).unwrap_err();
+            assert!(err.contains("larger than"), "{size}: {err}");
+        }
+        // Too many hex digits to fit 64 bits at all.
+        let resp = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1ffffffffffffffff\r\n";
+        assert!(parse_response(resp, false).is_err());
+    }
+
+    #[test]
+    fn sizes_and_lengths_are_bounded() {
+        let huge = b"HTTP/1.1 200 OK\r\nContent-Length: 18446744073709551615\r\n\r\n";
+        assert!(
+            parse_response(huge, false)
+                .unwrap_err()
+                .contains("larger than")
+        );
+        let mut long_head = b"HTTP/1.1 200 OK\r\nX: ".to_vec();
+        long_head.resize(MAX_HEAD + 10, b'a');
+        assert!(
+            parse_response(&long_head, false)
+                .unwrap_err()
+                .contains("headers")
+        );
+        let mut to_eof = b"HTTP/1.1 200 OK\r\n\r\n".to_vec();
+        to_eof.resize(to_eof.len() + MAX_BODY + 1, b'a');
+        assert!(
+            parse_response(&to_eof, false)
+                .unwrap_err()
+                .contains("larger than")
+        );
+        let many: String = (0..MAX_HEADERS + 1)
+            .map(|i| format!("X-{i}: y\r\n"))
+            .collect();
+        let resp = format!("HTTP/1.1 200 OK\r\n{many}\r\n");
+        assert!(parse_response(resp.as_bytes(), true).is_err());
+    }
+
+    #[test]
+    fn a_chunk_without_its_crlf_is_an_error() {
+        let resp = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabcXY0\r\n\r\n";
+        assert!(parse_response(resp, false).is_err());
+    }
+
+    #[test]
+    fn errors_show_node_bytes_escaped() {
+        let err = parse_response(b"\x1b]0;owned\x07 HTTP/1.1\r\n\r\n", true).unwrap_err();
+        assert!(!err.contains('\x1b'), "{err}");
+    }
+
+    #[test]
+    fn any_prefix_of_any_reply_never_panics() {
+        let replies: [&[u8]; 3] = [
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nWiki\r\nffffffffffffffff\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4;ext\r\nWiki\r\n0\r\n\r\n",
+        ];
+        for r in replies {
+            for n in 0..=r.len() {
+                let _ = parse_response(&r[..n], false);
+                let _ = parse_response(&r[..n], true);
+            }
+        }
     }
 
     #[test]

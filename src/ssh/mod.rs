@@ -25,7 +25,7 @@ pub use http::HttpResponse;
 pub use process::RemoteProcess;
 pub use session::{
     ConnectOptions, ExecOptions, ExecOutput, ExitStatus, HostKeyPolicy, HostProgress, JumpPool,
-    LOG_TARGET, OutputCallback, OutputStream, Progress, Session, UploadReport, connect,
+    LOG_TARGET, OUTPUT_CAP, OutputCallback, OutputStream, Progress, Session, UploadReport, connect,
     connect_all, host_key_problems, upload_to_many,
 };
 

@@ -116,10 +116,48 @@ impl std::fmt::Display for ExitStatus {
 /// The result of a command that ran to the end.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExecOutput {
+    /// The last [`OUTPUT_CAP`] bytes of stdout.
     pub stdout: Vec<u8>,
+    /// The last [`OUTPUT_CAP`] bytes of stderr.
     pub stderr: Vec<u8>,
     pub status: ExitStatus,
     pub duration: Duration,
+    /// Bytes dropped from the start of stdout and stderr to keep them within the cap.
+    pub truncated: u64,
+}
+
+/// The most output kept of each stream of one command: a node printing without end must not
+/// exhaust the controller's memory. Every command fleetup parses prints a few KiB.
+pub const OUTPUT_CAP: usize = 1024 * 1024;
+
+/// Output kept up to [`OUTPUT_CAP`]: the newest bytes win.
+#[derive(Default)]
+struct Tail {
+    buf: Vec<u8>,
+    dropped: u64,
+}
+
+impl Tail {
+    fn push(&mut self, data: &[u8]) {
+        self.buf.extend_from_slice(data);
+        // Trimmed at twice the cap, so the copy is amortized over a cap's worth of output.
+        if self.buf.len() > 2 * OUTPUT_CAP {
+            self.trim();
+        }
+    }
+
+    fn trim(&mut self) {
+        if self.buf.len() > OUTPUT_CAP {
+            let extra = self.buf.len() - OUTPUT_CAP;
+            self.buf.drain(..extra);
+            self.dropped += extra as u64;
+        }
+    }
+
+    fn finish(mut self) -> (Vec<u8>, u64) {
+        self.trim();
+        (self.buf, self.dropped)
+    }
 }
 
 impl ExecOutput {
@@ -1037,8 +1075,8 @@ impl Session {
                 source,
             })?;
 
-        let mut stdout = Vec::new();
-        let mut stderr = Vec::new();
+        let mut stdout = Tail::default();
+        let mut stderr = Tail::default();
         let mut status: Option<ExitStatus> = None;
         let mut refused = false;
         let mut closed = false;
@@ -1065,13 +1103,13 @@ impl Session {
                         if let Some(cb) = on_output {
                             cb(OutputStream::Stdout, &data);
                         }
-                        stdout.extend_from_slice(&data);
+                        stdout.push(&data);
                     }
                     ChannelMsg::ExtendedData { data, ext: 1 } => {
                         if let Some(cb) = on_output {
                             cb(OutputStream::Stderr, &data);
                         }
-                        stderr.extend_from_slice(&data);
+                        stderr.push(&data);
                     }
                     ChannelMsg::ExitStatus { exit_status } => {
                         status = Some(ExitStatus::Code(exit_status));
@@ -1113,6 +1151,8 @@ impl Session {
             let _ = tx.close().await;
         }
         drop((rx, tx));
+        let ((stdout, dropped_out), (stderr, dropped_err)) = (stdout.finish(), stderr.finish());
+        let truncated = dropped_out + dropped_err;
         let write_result = match outcome {
             Err(_) => {
                 return Err(ExecError::Timeout {
@@ -1133,6 +1173,7 @@ impl Session {
                 stderr,
                 status,
                 duration: started.elapsed(),
+                truncated,
             }),
             None => {
                 let reason = match write_result {
