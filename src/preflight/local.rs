@@ -38,9 +38,14 @@ pub fn local_binary_version(path: &Path) -> Option<Version> {
     }
 }
 
+/// The only `PATH` the local `version` run gets.
+const LOCAL_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
 /// Runs `<path> version` here, with a timeout, in a scratch dir that stands in for `$HOME` and
-/// the storage dir (every `numary` command creates its storage dir) and with no `NUMARY_*`
-/// variable of this process, so it touches nothing of the operator's.
+/// the storage dir (every `numary` command creates its storage dir), with an empty environment
+/// but `PATH` ([`LOCAL_PATH`]) and those two: the file is not trusted yet (its checksum may be
+/// all that vouches for it), so it gets nothing of the operator's: no `SSH_AUTH_SOCK`, no
+/// `FLEETUP_KEY_PASSPHRASE`, no `NUMARY_*`, no `PG*`.
 pub fn run_local_version(path: &Path) -> LocalRun {
     // The command runs in a scratch dir: a relative path would no longer name the file.
     let absolute = std::path::absolute(path);
@@ -57,17 +62,13 @@ pub fn run_local_version(path: &Path) -> LocalRun {
     let mut cmd = Command::new(path);
     cmd.arg("version")
         .current_dir(scratch.path())
+        .env_clear()
+        .env("PATH", LOCAL_PATH)
         .env("HOME", scratch.path())
+        .env("NUMARY_STORAGE_DIR", scratch.path().join("data"))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null());
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("NUMARY_") {
-            cmd.env_remove(key);
-        }
-    }
-    // Set after the removal loop, which would otherwise drop it again.
-    cmd.env("NUMARY_STORAGE_DIR", scratch.path().join("data"));
     let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => {
@@ -236,5 +237,66 @@ fn version_finding(path: &Path, target: &Version, local: Option<&Version>) -> Fi
             format!("`{}` ran here but {why}", path.display()),
             Some("pass a release build of `numary` (a source build prints `develop`)".to_owned()),
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_local_run_gets_only_path_home_and_a_storage_dir_in_its_scratch_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        let seen = dir.path().join("seen");
+        let bin = dir.path().join("numary");
+        // A stand-in that records its environment and working dir, then answers as 1.8.2.
+        std::fs::write(
+            &bin,
+            format!(
+                "#!/bin/sh\nenv > '{s}.env'\npwd > '{s}.pwd'\necho 'Version: 1.8.2'\n",
+                s = seen.display()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+        assert_eq!(
+            run_local_version(&bin),
+            LocalRun::Version(Version::new(1, 8, 2))
+        );
+        let env = std::fs::read_to_string(seen.with_extension("env")).unwrap();
+        let pwd = std::fs::read_to_string(seen.with_extension("pwd")).unwrap();
+        let keys: Vec<&str> = env
+            .lines()
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, _)| k)
+            .collect();
+        // `sh` itself adds PWD (and some add SHLVL, `_`); the test process has many more
+        // (CARGO_*, HOME, maybe SSH_AUTH_SOCK): none of them may show.
+        for k in &keys {
+            assert!(
+                [
+                    "PATH",
+                    "HOME",
+                    "NUMARY_STORAGE_DIR",
+                    "PWD",
+                    "SHLVL",
+                    "_",
+                    "OLDPWD"
+                ]
+                .contains(k),
+                "`{k}` reached the local binary:\n{env}"
+            );
+        }
+        assert!(env.contains(&format!("PATH={LOCAL_PATH}\n")), "{env}");
+        let scratch = pwd.trim();
+        assert!(env.contains(&format!("HOME={scratch}\n")), "{env}");
+        assert!(
+            env.contains(&format!("NUMARY_STORAGE_DIR={scratch}/data\n")),
+            "{env}"
+        );
+        assert!(
+            !Path::new(scratch).exists(),
+            "the scratch dir `{scratch}` is left behind"
+        );
     }
 }
