@@ -347,7 +347,7 @@ mod tests {
         let mut h = crate::runner::tests::host("n");
         h.ledger.env_file = Some("/etc/numary/env".into());
         let cmd = command(&h, "fleetup r1 o'ps@lap top");
-        assert!(cmd.starts_with("set -a && . /etc/numary/env && set +a"));
+        assert!(cmd.starts_with(&crate::envfile::loader("/etc/numary/env")));
         assert!(
             cmd.contains("export PGAPPNAME='fleetup r1 o'\\''ps@lap top'"),
             "{cmd}"

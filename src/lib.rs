@@ -6,6 +6,7 @@
 #![deny(clippy::print_stdout, clippy::print_stderr, clippy::exit)]
 
 pub mod dblock;
+pub mod envfile;
 pub mod error;
 pub mod events;
 pub mod exit_code;

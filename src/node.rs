@@ -6,9 +6,10 @@ use crate::facts::ServiceState;
 use crate::inventory::{ResolvedHost, Service};
 use crate::shell::quote;
 
-/// `numary ARGS...` run with `binary` and the service's environment file sourced first, so the
-/// storage commands see exactly what the service sees (contract gotcha: a different `$HOME` or
-/// `NUMARY_STORAGE_DIR` silently points SQLite at an empty store).
+/// `numary ARGS...` run with `binary` and the service's environment first (its env file as
+/// systemd reads it, passed on stdin: [`crate::envfile`]), so the storage commands see exactly
+/// what the service sees (contract gotcha: a different `$HOME` or `NUMARY_STORAGE_DIR` silently
+/// points SQLite at an empty store).
 pub fn numary(host: &ResolvedHost, binary: &str, args: &[&str]) -> String {
     numary_with(host.ledger.env_file.as_deref(), binary, args)
 }
@@ -18,7 +19,7 @@ pub fn numary(host: &ResolvedHost, binary: &str, args: &[&str]) -> String {
 pub fn numary_with(env_file: Option<&str>, binary: &str, args: &[&str]) -> String {
     let mut cmd = String::new();
     if let Some(env) = env_file {
-        cmd.push_str(&format!("set -a && . {} && set +a && ", quote(env)));
+        cmd.push_str(&crate::envfile::loader(env));
     }
     cmd.push_str("exec ");
     cmd.push_str(&quote(binary));
@@ -29,10 +30,11 @@ pub fn numary_with(env_file: Option<&str>, binary: &str, args: &[&str]) -> Strin
     cmd
 }
 
-/// `set -a && . ENV && set +a || exit 6; ` (or nothing without an env file): the variables the
-/// service reads, exported for the commands that follow, so the storage they see is the
-/// service's and secrets stay in the remote shell. Every script that needs the service's
-/// environment starts with it ([`numary`] chains it with `&&` into one command).
+/// The service's environment loaded from stdin ([`crate::envfile::loader`]; nothing without an
+/// env file): the variables the service reads, exported for the commands that follow, so the
+/// storage they see is the service's. The file is never sourced: fleetup reads it, parses it as
+/// systemd does, and the session feeds the values on stdin (never on a command line). Every
+/// script that needs the service's environment starts with it.
 pub fn env_prefix(host: &ResolvedHost) -> String {
     env_prefix_with(host.ledger.env_file.as_deref())
 }
@@ -40,7 +42,7 @@ pub fn env_prefix(host: &ResolvedHost) -> String {
 /// [`env_prefix`] with the environment file given.
 pub fn env_prefix_with(env_file: Option<&str>) -> String {
     match env_file {
-        Some(f) => format!("set -a && . {} && set +a || exit 6; ", quote(f)),
+        Some(f) => crate::envfile::loader(f),
         None => String::new(),
     }
 }
@@ -191,6 +193,20 @@ pub fn parse_service_state(
     }
 }
 
+/// Prints the service's env file, to be parsed here ([`crate::envfile::parse`]), never sourced.
+/// With `become = "sudo"`, a file only root may read (mode 0600, or 0640 root:numary) is read
+/// through `sudo -n`.
+pub fn read_env_file(host: &ResolvedHost, file: &str) -> String {
+    let f = quote(file);
+    match host.ledger.escalate {
+        crate::inventory::Become::None => format!("exec cat -- {f}"),
+        crate::inventory::Become::Sudo => format!(
+            "if [ -r {f} ]; then exec cat -- {f}; else {}; fi",
+            crate::shell::sudo(&format!("exec cat -- {f}"))
+        ),
+    }
+}
+
 /// Marker lines of the [`probe`] script's sections.
 pub const PROBE_ENV: &str = "==fleetup:env";
 pub const PROBE_RELEASES: &str = "==fleetup:releases";
@@ -200,32 +216,23 @@ pub const PROBE_LOCK: &str = "==fleetup:lock";
 pub const PROBE_END: &str = "==fleetup:end";
 
 /// One read-only script for the facts that need no `numary`: the storage settings as the
-/// service sees them (its env file sourced by the shell, exactly as the storage commands do, so
-/// quotes, comments and `$VAR` mean the same), and the staged releases. The Postgres connection
-/// is reported as `user@host:port/db` from libpq's variables: the password never leaves the
-/// node. Sections are introduced by marker lines; `! reason` lines report what failed. Shell
-/// builtins stand in for `basename` and `cat`: every process it starts runs on every node of an
-/// audit.
+/// service sees them (its env file's values loaded from stdin, exactly as the storage commands
+/// get them: [`env_prefix`]), and the staged releases. The Postgres connection is reported as
+/// `user@host:port/db` from libpq's variables: the password never leaves the node. Sections are
+/// introduced by marker lines; `! reason` lines report what failed. `env_error`: the env file
+/// could not be read (then no storage settings are printed). Shell builtins stand in for
+/// `basename` and `cat`: every process it starts runs on every node of an audit.
 pub fn probe(host: &ResolvedHost) -> String {
+    probe_with(host, None)
+}
+
+/// [`probe`]; `env_error`: why the env file could not be read.
+pub fn probe_with(host: &ResolvedHost, env_error: Option<&str>) -> String {
     let mut s = format!("echo {PROBE_ENV}; ( ");
-    if let Some(env) = &host.ledger.env_file {
-        let e = quote(env);
-        match host.ledger.escalate {
-            crate::inventory::Become::None => s.push_str(&format!(
-                "if [ ! -r {e} ]; then echo \"! cannot read {e}\"; exit 0; fi; \
-                 set -a; . {e} || {{ echo \"! cannot source {e}\"; exit 0; }}; set +a; "
-            )),
-            // An env file only root may read (mode 0600 or 0640 root:numary) is read through
-            // `sudo -n cat` into this shell's memory (never a file or an argument), then
-            // evaluated as the `.` would have.
-            crate::inventory::Become::Sudo => s.push_str(&format!(
-                "if [ -r {e} ]; then set -a; . {e} || {{ echo \"! cannot source {e}\"; exit 0; }}; set +a; \
-                 elif fleetup_env=$({cat} 2>/dev/null); then \
-                 set -a; eval \"$fleetup_env\" || {{ echo \"! cannot source {e}\"; exit 0; }}; set +a; unset fleetup_env; \
-                 else echo \"! cannot read {e}, not even through sudo -n\"; exit 0; fi; ",
-                cat = crate::shell::sudo(&format!("cat -- {e}")),
-            )),
-        }
+    if let Some(why) = env_error {
+        s.push_str(&format!("echo {}; exit 0; ", quote(&format!("! {why}"))));
+    } else {
+        s.push_str(&env_prefix(host));
     }
     s.push_str(&format!(
         "printf 'driver=%s\\n' \"${{NUMARY_STORAGE_DRIVER:-sqlite}}\"; \
@@ -375,6 +382,7 @@ mod tests {
                 global_known_hosts: vec![],
                 connect_timeout: std::time::Duration::from_secs(1),
                 command_timeout: std::time::Duration::from_secs(1),
+                migration_timeout: std::time::Duration::from_secs(1),
                 jump_host: None,
                 use_agent: false,
                 jump_chain: Vec::new(),
@@ -386,6 +394,50 @@ mod tests {
             },
             rollout: Default::default(),
         }
+    }
+
+    /// Does locally what the facts do over SSH: reads the env file with [`read_env_file`] (in a
+    /// real `sh`, `PATH` first), parses it as systemd does, then runs the probe with the values
+    /// on stdin. `env_error` as the facts would say it.
+    fn read_and_probe(host: &ResolvedHost, path: &str) -> ProbeOutput {
+        let sh = |cmd: &str, stdin: &[u8]| {
+            use std::io::Write;
+            let mut child = std::process::Command::new("/bin/sh")
+                .arg("-c")
+                .arg(cmd)
+                .env_clear()
+                .env("PATH", path)
+                .env("HOME", "/home/ledger")
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap();
+            child.stdin.take().unwrap().write_all(stdin).unwrap();
+            child.wait_with_output().unwrap()
+        };
+        let (env_error, stdin) = match &host.ledger.env_file {
+            None => (None, Vec::new()),
+            Some(f) => {
+                let out = sh(&read_env_file(host, f), b"");
+                if out.status.success() {
+                    let env = crate::envfile::parse(&String::from_utf8_lossy(&out.stdout));
+                    (None, env.stdin())
+                } else {
+                    (
+                        Some(format!("cannot read {f}, not even through sudo -n")),
+                        Vec::new(),
+                    )
+                }
+            }
+        };
+        let out = sh(&probe_with(host, env_error.as_deref()), &stdin);
+        assert!(out.status.success());
+        let mut p = parse_probe(&String::from_utf8_lossy(&out.stdout));
+        if p.env_error.is_none() && env_error.is_some() {
+            p.env_error = env_error;
+        }
+        p
     }
 
     /// `Some(None)`: the inventory names an env file that does not exist.
@@ -403,22 +455,13 @@ mod tests {
             }
             p.display().to_string()
         });
-        let out = std::process::Command::new("sh")
-            .arg("-c")
-            .arg(probe(&host))
-            .env_clear()
-            .env("PATH", "/usr/bin:/bin")
-            .env("HOME", "/home/ledger")
-            .output()
-            .unwrap();
-        assert!(out.status.success());
-        parse_probe(&String::from_utf8_lossy(&out.stdout))
+        read_and_probe(&host, "/usr/bin:/bin")
     }
 
     #[test]
-    fn probe_reads_the_env_file_as_the_shell_does() {
+    fn probe_reads_the_env_file_as_systemd_does_and_never_runs_it() {
         let p = probe_locally(Some(Some(
-            "NUMARY_STORAGE_DIR=\"/srv/ledger\" # data\nexport NUMARY_STORAGE_SQLITE_DB_NAME=led\nNUMARY_SERVER_HTTP_BIND_ADDRESS=127.0.0.1:4000\n",
+            "# data\nNUMARY_STORAGE_DIR=\"/srv/ledger\"\nNUMARY_STORAGE_SQLITE_DB_NAME=led\nNUMARY_SERVER_HTTP_BIND_ADDRESS=127.0.0.1:4000\n",
         )));
         assert_eq!(p.driver, "sqlite");
         assert_eq!(p.dir, "/srv/ledger");
@@ -428,8 +471,16 @@ mod tests {
         assert_eq!(p.env_error, None);
         assert_eq!(p.releases, vec!["1.7.4", "1.8.2"]);
 
-        let p = probe_locally(Some(Some("NUMARY_STORAGE_DIR=$HOME/x\n")));
-        assert_eq!(p.dir, "/home/ledger/x");
+        // No substitution, and nothing runs: systemd's value, verbatim.
+        let dir = tempfile::tempdir().unwrap();
+        let owned = dir.path().join("owned");
+        let p = probe_locally(Some(Some(&format!(
+            "NUMARY_STORAGE_DIR=$HOME/x\nNUMARY_STORAGE_SQLITE_DB_NAME=$(touch {})\n",
+            owned.display()
+        ))));
+        assert_eq!(p.dir, "$HOME/x");
+        assert!(p.db_name.starts_with("$(touch "), "{p:?}");
+        assert!(!owned.exists(), "the env file was run");
         let p = probe_locally(None);
         assert_eq!(p.dir, "/home/ledger/.numary/data");
         assert_eq!(p.bind, "localhost:3068");
@@ -443,17 +494,9 @@ mod tests {
         host.ledger.escalate = crate::inventory::Become::Sudo;
         let bin = dir.path().join("bin");
         std::fs::create_dir(&bin).unwrap();
-        let run = |host: &ResolvedHost| {
-            let out = std::process::Command::new("/bin/sh")
-                .arg("-c")
-                .arg(probe(host))
-                .env("PATH", format!("{}:/usr/bin:/bin", bin.display()))
-                .output()
-                .unwrap();
-            parse_probe(&String::from_utf8_lossy(&out.stdout))
-        };
+        let path = format!("{}:/usr/bin:/bin", bin.display());
         // No sudo: the env file cannot be read at all.
-        let p = run(&host);
+        let p = read_and_probe(&host, &path);
         assert!(
             p.env_error
                 .as_deref()
@@ -469,9 +512,23 @@ mod tests {
         )
         .unwrap();
         std::fs::set_permissions(&sudo, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let p = run(&host);
+        let p = read_and_probe(&host, &path);
         assert_eq!(p.env_error, None, "{p:?}");
         assert_eq!(p.dir, "/via sudo");
+    }
+
+    #[test]
+    fn without_the_environment_on_stdin_the_probe_reports_no_storage() {
+        let dir = tempfile::tempdir().unwrap();
+        let host = host_with(Some(dir.path().join("env").display().to_string()));
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(probe(&host))
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        let p = parse_probe(&String::from_utf8_lossy(&out.stdout));
+        assert_eq!((p.driver.as_str(), p.dir.as_str()), ("", ""), "{p:?}");
     }
 
     #[test]

@@ -250,11 +250,7 @@ mod tests {
         std::fs::write(&env, format!("NUMARY_STORAGE_DIR={}\n", d.display())).unwrap();
         let mut h = crate::runner::tests::host("n");
         h.ledger.env_file = Some(env.to_string_lossy().into_owned());
-        let out = std::process::Command::new("sh")
-            .arg("-c")
-            .arg(state_command(&h, StorageDriver::Sqlite))
-            .output()
-            .unwrap();
+        let out = crate::envfile::sh_with_env_file(&state_command(&h, StorageDriver::Sqlite), &env);
         assert!(
             out.status.success(),
             "{}",

@@ -118,8 +118,10 @@ fn eu_offline_uses_the_flagged_migrator_and_the_inventory_ledgers() {
         "{:?}",
         migrate.checks
     );
-    let env =
-        "set -a && . /etc/numary/numary.env && set +a && exec /opt/numary/releases/1.8.2/numary";
+    let env = format!(
+        "{}exec /opt/numary/releases/1.8.2/numary",
+        fleetup::envfile::loader("/etc/numary/numary.env")
+    );
     assert_eq!(
         commands_on(&p, StepKind::Migrate, "ledger-eu-1").last(),
         Some(&format!("{env} storage upgrade wallets").as_str())

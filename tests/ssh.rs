@@ -636,7 +636,7 @@ async fn a_timed_out_command_is_ended_on_the_host_too() {
     // the host-side deadline can end the command.
     let (fx, server, kh) = one_server(&[]);
     let mut h = host("n1", server.port(), Some(&fx.key), &kh);
-    h.ssh.command_timeout = Duration::from_secs(1);
+    h.ssh.command_timeout = Duration::from_secs(3);
     let s = connect(&h, &opts()).await.unwrap();
     let pidfile = fx.path("sleeper.pid");
     let cmd = format!("sh -c 'echo $$ > {}; exec sleep 60'", pidfile.display());
@@ -906,4 +906,29 @@ async fn output_without_end_is_capped_to_its_last_mebibyte() {
     assert!(out.stdout.ends_with(b"END"));
     assert_eq!(out.stderr.len(), 100);
     assert_eq!(out.truncated, (total + 3 - fleetup::ssh::OUTPUT_CAP) as u64);
+}
+
+#[tokio::test]
+async fn a_command_ignoring_term_is_killed_by_the_host_before_fleetup_gives_up() {
+    let (fx, server, kh) = one_server(&[]);
+    let mut h = host("n1", server.port(), Some(&fx.key), &kh);
+    h.ssh.command_timeout = Duration::from_secs(2);
+    let s = connect(&h, &opts()).await.unwrap();
+    let started = Instant::now();
+    let err = s
+        .exec("trap '' TERM; sleep 20", &run_opts())
+        .await
+        .unwrap_err();
+    let took = started.elapsed();
+    let ExecError::Timeout { ended_by_host, .. } = &err else {
+        panic!("{err}")
+    };
+    // TERM at 2 s is ignored, KILL 3 s later: the host reports the end before fleetup's own
+    // deadline (2 + 5 s) would fire.
+    assert!(*ended_by_host, "{err}");
+    assert!(
+        took >= Duration::from_millis(4500) && took < Duration::from_secs(7),
+        "{took:?}"
+    );
+    assert!(err.to_string().contains("the host ended it"), "{err}");
 }

@@ -42,6 +42,10 @@ pub struct SshFlags {
     /// Time allowed for one remote command, such as `30m` [env: FLEETUP_COMMAND_TIMEOUT].
     #[arg(long = "command-timeout", global = true, value_name = "DURATION", value_parser = parse_duration)]
     pub command_timeout: Option<Duration>,
+    /// Time allowed for one migration command (`storage upgrade`, `storage scan`), such as
+    /// `6h` (the default) [env: FLEETUP_MIGRATION_TIMEOUT].
+    #[arg(long = "migration-timeout", global = true, value_name = "DURATION", value_parser = parse_duration)]
+    pub migration_timeout: Option<Duration>,
     /// Bastion to go through, `[user@]host[:port]`, or `none` [env: FLEETUP_JUMP_HOST].
     #[arg(long = "jump", global = true, value_name = "HOST", value_parser = JumpHost::parse)]
     pub jump: Option<JumpHost>,
@@ -89,6 +93,7 @@ impl SshFlags {
                 .transpose()?,
             connect_timeout: self.connect_timeout,
             command_timeout: self.command_timeout,
+            migration_timeout: self.migration_timeout,
             jump_host: self.jump.clone(),
             ssh_config: match self.ssh_config.as_deref() {
                 None => None,
@@ -283,6 +288,7 @@ mod tests {
                 global_known_hosts: vec![],
                 connect_timeout: Duration::from_secs(1),
                 command_timeout: Duration::from_secs(1),
+                migration_timeout: Duration::from_secs(1),
                 jump_host: None,
                 use_agent: true,
                 jump_chain: Vec::new(),

@@ -145,6 +145,12 @@ fn render(rows: &[HostStatus]) -> String {
         for p in &f.problems {
             notes.push(format!("{}: {p}", r.host));
         }
+        for d in &f.env_divergent {
+            notes.push(format!(
+                "{}: env file read differently by systemd and a shell: {d}",
+                r.host
+            ));
+        }
     }
     let mut out = super::table::render(&table);
     let reachable = rows.iter().filter(|r| r.reachable).count();

@@ -38,16 +38,30 @@ pub async fn gather_with<T: Transport>(t: &T, host: &ResolvedHost, schema: bool)
         timeout: Some(FACT_TIMEOUT),
         ..Default::default()
     };
-    let probe_cmd = node::probe(host);
-    let mut version_cmd = node::numary(host, &host.ledger.binary, &["version"]);
-    // `become = "sudo"`: an env file only root may read is read through sudo.
-    if let (Some(env), false) = (&host.ledger.env_file, host.ledger.escalate.is_none()) {
-        version_cmd = format!(
-            "if [ -r {} ]; then {version_cmd}; else {}; fi",
-            crate::shell::quote(env),
-            host.ledger.escalate.wrap(&version_cmd)
-        );
-    }
+    // The env file first: its values reach every later command that needs them on stdin.
+    let mut env_divergent = Vec::new();
+    let env_error = match &host.ledger.env_file {
+        None => {
+            t.set_service_env(None);
+            None
+        }
+        Some(file) => match read_service_env(t, host, file).await {
+            Ok(env) => {
+                env_divergent = env.divergent.iter().map(ToString::to_string).collect();
+                if let Some(conn) = env.get("NUMARY_STORAGE_POSTGRES_CONN_STRING") {
+                    crate::redact::known().register_conn_string(conn);
+                }
+                t.set_service_env(Some(env.stdin()));
+                None
+            }
+            Err(why) => {
+                t.set_service_env(None);
+                Some(why)
+            }
+        },
+    };
+    let probe_cmd = node::probe_with(host, env_error.as_deref());
+    let version_cmd = node::numary(host, &host.ledger.binary, &["version"]);
     let status_cmd = node::service_state(host);
     let schema_cmd = schema.then(|| crate::schema::postgres_probe(host));
     let schema_read = async {
@@ -62,7 +76,10 @@ pub async fn gather_with<T: Transport>(t: &T, host: &ResolvedHost, schema: bool)
         probe_api(t, host),
         schema_read,
     );
-    let mut facts = HostFacts::default();
+    let mut facts = HostFacts {
+        env_divergent,
+        ..Default::default()
+    };
 
     match version {
         Ok(out) if out.status.success() => match numary::parse_version(&out.stdout_lossy()) {
@@ -219,6 +236,42 @@ pub async fn gather_schema<T: Transport>(
         Ok(out) if out.status.success() => Some(crate::schema::parse_state(&out.stdout_lossy())),
         _ => None,
     }
+}
+
+/// The service's env file, read (never sourced) and parsed as systemd reads it.
+async fn read_service_env<T: Transport>(
+    t: &T,
+    host: &ResolvedHost,
+    file: &str,
+) -> Result<crate::envfile::EnvFile, String> {
+    let opts = ExecOptions {
+        timeout: Some(FACT_TIMEOUT),
+        ..Default::default()
+    };
+    let through = if host.ledger.escalate.is_none() {
+        ""
+    } else {
+        ", not even through sudo -n"
+    };
+    let out = t
+        .exec(&node::read_env_file(host, file), &opts)
+        .await
+        .map_err(|e| format!("cannot read {file}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "cannot read {file}{through} ({})",
+            tail(&crate::shell::printable(&redact(&out.stderr_lossy()), 200))
+        ));
+    }
+    if out.stdout.len() > crate::envfile::MAX_LEN || out.truncated > 0 {
+        return Err(format!(
+            "{file} is larger than {} KiB: not an env file",
+            crate::envfile::MAX_LEN / 1024
+        ));
+    }
+    let text = String::from_utf8(out.stdout)
+        .map_err(|_| format!("{file} is not UTF-8 text (systemd requires UTF-8)"))?;
+    Ok(crate::envfile::parse(&text))
 }
 
 /// `/_info` and `/_health` as the node sees them.

@@ -48,6 +48,10 @@ pub struct HostFacts {
     pub ledgers_source: String,
     /// Things that could not be learned, one sentence each (the host was reachable).
     pub problems: Vec<String>,
+    /// Lines of the env file that systemd and a shell read differently ([`crate::envfile`]),
+    /// each `line N `text`: why`: the preflight refuses such a file.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env_divergent: Vec<String>,
 }
 
 impl HostFacts {

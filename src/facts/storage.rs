@@ -217,6 +217,7 @@ mod tests {
                 global_known_hosts: vec![],
                 connect_timeout: std::time::Duration::from_secs(1),
                 command_timeout: std::time::Duration::from_secs(1),
+                migration_timeout: std::time::Duration::from_secs(1),
                 jump_host: None,
                 use_agent: false,
                 jump_chain: Vec::new(),

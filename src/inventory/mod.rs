@@ -63,6 +63,10 @@ pub struct SshSettings {
     /// Upper bound for one remote command.
     #[serde(with = "humantime_serde_compat")]
     pub command_timeout: Duration,
+    /// Upper bound for one migration command (`storage upgrade NAME`, `storage scan`), which
+    /// scales with the ledger's size: hours, not the minutes of `command_timeout`.
+    #[serde(with = "humantime_serde_compat")]
+    pub migration_timeout: Duration,
     /// The bastions to go through (ProxyJump), as written: `[user@]host[:port]`, several
     /// separated by commas, first hop first.
     pub jump_host: Option<String>,
@@ -547,6 +551,7 @@ mod tests {
                 global_known_hosts: vec!["/etc/ssh/ssh_known_hosts".into()],
                 connect_timeout: Duration::from_secs(10),
                 command_timeout: Duration::from_secs(1800),
+                migration_timeout: Duration::from_secs(6 * 3600),
                 jump_host: None,
                 use_agent: true,
                 jump_chain: Vec::new(),
@@ -633,10 +638,12 @@ mod tests {
             known_hosts: Some("/env/kh".into()),
             connect_timeout: Some(Duration::from_secs(2)),
             command_timeout: Some(Duration::from_secs(120)),
+            migration_timeout: Some(Duration::from_secs(7200)),
             jump_host: Some(JumpHost::Direct),
             ssh_config: None,
         };
         let h = parse_with(src, &env).unwrap().hosts()[0].clone();
+        assert_eq!(h.ssh.migration_timeout, Duration::from_secs(7200));
         assert_eq!(h.ssh.user, "env-user");
         assert_eq!(h.ssh.port, 2);
         assert_eq!(h.ssh.identity_files, [PathBuf::from("/env/k")]);

@@ -17,19 +17,21 @@ pub struct Overrides {
     pub known_hosts: Option<PathBuf>,
     pub connect_timeout: Option<Duration>,
     pub command_timeout: Option<Duration>,
+    pub migration_timeout: Option<Duration>,
     pub jump_host: Option<JumpHost>,
     /// `--ssh-config PATH|none` (no environment variable).
     pub ssh_config: Option<super::SshConfigChoice>,
 }
 
 /// The variables [`Overrides::from_env`] reads, for docs and `--help`.
-pub const ENV_VARS: [&str; 7] = [
+pub const ENV_VARS: [&str; 8] = [
     "FLEETUP_SSH_USER",
     "FLEETUP_SSH_PORT",
     "FLEETUP_IDENTITY_FILE",
     "FLEETUP_KNOWN_HOSTS",
     "FLEETUP_CONNECT_TIMEOUT",
     "FLEETUP_COMMAND_TIMEOUT",
+    "FLEETUP_MIGRATION_TIMEOUT",
     "FLEETUP_JUMP_HOST",
 ];
 
@@ -85,6 +87,7 @@ impl Overrides {
         for (name, slot) in [
             ("FLEETUP_CONNECT_TIMEOUT", &mut out.connect_timeout),
             ("FLEETUP_COMMAND_TIMEOUT", &mut out.command_timeout),
+            ("FLEETUP_MIGRATION_TIMEOUT", &mut out.migration_timeout),
         ] {
             if let Some(v) = get(name) {
                 *slot = Some(HumanDuration::parse(&v).map_err(|e| bad(name, &v, e))?.0);
@@ -105,6 +108,7 @@ impl Overrides {
             known_hosts: self.known_hosts.or(lower.known_hosts),
             connect_timeout: self.connect_timeout.or(lower.connect_timeout),
             command_timeout: self.command_timeout.or(lower.command_timeout),
+            migration_timeout: self.migration_timeout.or(lower.migration_timeout),
             jump_host: self.jump_host.or(lower.jump_host),
             ssh_config: self.ssh_config.or(lower.ssh_config),
         }

@@ -44,6 +44,7 @@ pub struct RawSsh {
     pub global_known_hosts: Option<Vec<Spanned<LocalPath>>>,
     pub connect_timeout: Option<HumanDuration>,
     pub command_timeout: Option<HumanDuration>,
+    pub migration_timeout: Option<HumanDuration>,
     pub jump_host: Option<JumpHost>,
     pub use_agent: Option<bool>,
     /// The OpenSSH client config to read (`none`: none); only in the top-level `[ssh]`.

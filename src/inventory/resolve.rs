@@ -62,6 +62,9 @@ impl Pass<'_> {
     }
 }
 
+/// The default `migration_timeout`: a large ledger's `storage upgrade` runs for hours.
+pub const DEFAULT_MIGRATION_TIMEOUT: Duration = Duration::from_secs(6 * 3600);
+
 /// OpenSSH's default `GlobalKnownHostsFile`.
 pub const DEFAULT_GLOBAL_KNOWN_HOSTS: &str = "/etc/ssh/ssh_known_hosts";
 
@@ -75,6 +78,7 @@ struct SshLayer {
     global_known_hosts: Option<Vec<PathBuf>>,
     connect_timeout: Option<Duration>,
     command_timeout: Option<Duration>,
+    migration_timeout: Option<Duration>,
     jump_host: Option<JumpHost>,
     use_agent: Option<bool>,
 }
@@ -95,6 +99,7 @@ impl SshLayer {
                 .map(|files| files.iter().filter_map(|f| pass.local_path(f)).collect()),
             connect_timeout: raw.connect_timeout.map(|d| d.0),
             command_timeout: raw.command_timeout.map(|d| d.0),
+            migration_timeout: raw.migration_timeout.map(|d| d.0),
             jump_host: raw.jump_host.clone(),
             use_agent: raw.use_agent,
         }
@@ -109,6 +114,7 @@ impl SshLayer {
             global_known_hosts: None,
             connect_timeout: o.connect_timeout,
             command_timeout: o.command_timeout,
+            migration_timeout: o.migration_timeout,
             jump_host: o.jump_host.clone(),
             use_agent: None,
         }
@@ -148,6 +154,7 @@ impl SshLayer {
             known_hosts: q.user_known_hosts.first().cloned(),
             connect_timeout: q.connect_timeout,
             command_timeout: None,
+            migration_timeout: None,
             jump_host,
             use_agent: None,
             global_known_hosts: (!q.global_known_hosts.is_empty())
@@ -165,6 +172,7 @@ impl SshLayer {
             global_known_hosts: Some(vec![PathBuf::from(DEFAULT_GLOBAL_KNOWN_HOSTS)]),
             connect_timeout: Some(Duration::from_secs(10)),
             command_timeout: Some(Duration::from_secs(30 * 60)),
+            migration_timeout: Some(DEFAULT_MIGRATION_TIMEOUT),
             jump_host: Some(JumpHost::Direct),
             use_agent: Some(true),
         }
@@ -179,6 +187,7 @@ impl SshLayer {
             global_known_hosts: self.global_known_hosts.clone().or(lower.global_known_hosts),
             connect_timeout: self.connect_timeout.or(lower.connect_timeout),
             command_timeout: self.command_timeout.or(lower.command_timeout),
+            migration_timeout: self.migration_timeout.or(lower.migration_timeout),
             jump_host: self.jump_host.clone().or(lower.jump_host),
             use_agent: self.use_agent.or(lower.use_agent),
         }
@@ -195,6 +204,7 @@ impl SshLayer {
             global_known_hosts: self.global_known_hosts?,
             connect_timeout: self.connect_timeout?,
             command_timeout: self.command_timeout?,
+            migration_timeout: self.migration_timeout?,
             jump_host: self.jump_host?.into_option(),
             use_agent: self.use_agent?,
             jump_chain: Vec::new(),

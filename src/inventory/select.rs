@@ -185,6 +185,7 @@ mod tests {
                 global_known_hosts: vec![],
                 connect_timeout: std::time::Duration::from_secs(1),
                 command_timeout: std::time::Duration::from_secs(1),
+                migration_timeout: std::time::Duration::from_secs(1),
                 jump_host: None,
                 use_agent: true,
                 jump_chain: Vec::new(),

@@ -572,7 +572,9 @@ mod tests {
     }
 
     const ENV: &str = "/etc/numary/env";
-    const SOURCED: &str = "set -a && . /etc/numary/env && set +a && ";
+    fn sourced() -> String {
+        crate::envfile::loader(ENV)
+    }
 
     fn systemd() -> Service {
         Service::Systemd {
@@ -669,7 +671,7 @@ mod tests {
         p.count_db_sessions = true;
         let c = Action::ConfirmStopped(p).commands();
         assert_eq!(c[2], commands::storage_use_command("/da ta"));
-        assert!(c[3].starts_with("set -a && . /etc/numary/env && set +a || exit 6; "));
+        assert!(c[3].starts_with(&crate::envfile::loader("/etc/numary/env")));
         assert!(c[3].contains("psql"), "{}", c[3]);
     }
 
@@ -724,7 +726,7 @@ mod tests {
             [
                 "mkdir -p /srv/rel/1.8.2".to_string(),
                 "# upload `./numary` to /srv/rel/1.8.2/numary".to_string(),
-                format!("{SOURCED}exec /srv/rel/1.8.2/numary version"),
+                format!("{}exec /srv/rel/1.8.2/numary version", sourced()),
             ]
         );
         p.source = BinarySource::Url {
@@ -753,7 +755,7 @@ mod tests {
             exclusive: true,
             escalate: Become::None,
         };
-        let n = |args: &str| format!("{SOURCED}exec /srv/rel/1.8.2/numary {args}");
+        let n = |args: &str| format!("{}exec /srv/rel/1.8.2/numary {args}", sourced());
         assert_eq!(
             Action::Migrate(p.clone()).commands(),
             [

@@ -43,6 +43,7 @@ fn node(name: &str, version: &str) -> Node {
                 global_known_hosts: vec![],
                 connect_timeout: Duration::from_secs(10),
                 command_timeout: Duration::from_secs(600),
+                migration_timeout: Duration::from_secs(6 * 3600),
                 jump_host: None,
                 use_agent: false,
                 jump_chain: Vec::new(),
@@ -299,7 +300,10 @@ fn migrate_runs_scan_list_and_upgrade_with_the_new_binary_and_the_service_env() 
     let migrate = steps_of(&p, Migrate)[0];
     assert_eq!(migrate.commands.len(), 1);
     let cmds = &migrate.commands[0].commands;
-    let env = "set -a && . /etc/numary/env && set +a && exec /opt/numary/releases/1.8.2/numary";
+    let env = format!(
+        "{}exec /opt/numary/releases/1.8.2/numary",
+        crate::envfile::loader("/etc/numary/env")
+    );
     // Postgres: the other sessions counted again and the migration lock held first.
     assert!(cmds[0].contains("pg_stat_activity"), "{}", cmds[0]);
     assert!(cmds[1].contains("pg_try_advisory_lock"), "{}", cmds[1]);
@@ -323,7 +327,7 @@ fn migrate_runs_scan_list_and_upgrade_with_the_new_binary_and_the_service_env() 
     let dump = &backup.commands[0].commands;
     assert_eq!(dump.len(), 1, "{dump:?}");
     assert!(
-        dump[0].starts_with("set -a && . /etc/numary/env"),
+        dump[0].starts_with(&crate::envfile::loader("/etc/numary/env")),
         "{}",
         dump[0]
     );
@@ -1578,7 +1582,7 @@ fn text_rendering_lists_numbered_steps_hosts_blockers_and_hints() {
         "{text}"
     );
     assert!(text.contains("why: "), "{text}");
-    assert!(text.contains("$ set -a && . /etc/numary/env"), "{text}");
+    assert!(text.contains(": service env /etc/numary/env;"), "{text}");
     assert!(text.contains("ledger-2  1.7.4 → 1.8.2"), "{text}");
     assert!(text.contains("`ledger-2` is running"), "{text}");
     assert!(text.contains("hint: stop it cleanly first"), "{text}");

@@ -66,6 +66,8 @@ pub mod check {
     pub const SWITCH: &str = "binary-switch";
     /// Inventory nodes outside the selection on a storage the plan migrates.
     pub const LEFT_OUT: &str = "left-out";
+    /// The env file reads the same to systemd and to a shell ([`crate::envfile`]).
+    pub const ENV_FILE: &str = "env-file";
 }
 
 /// What the preflight looks at. `facts` and `plan` come from [`crate::facts::gather_all`] and
@@ -321,11 +323,12 @@ pub async fn run<T: Transport>(
 
 /// The order findings are listed in, per host: from "can we talk to it" to "is it ours to take".
 fn check_rank(name: &str) -> usize {
-    const ORDER: [&str; 18] = [
+    const ORDER: [&str; 19] = [
         check::SELECTION,
         check::LEFT_OUT,
         check::REACHABLE,
         check::BECOME,
+        check::ENV_FILE,
         check::UPGRADE_PATH,
         check::STRATEGY,
         check::STORAGE,
@@ -521,10 +524,39 @@ async fn host_probes<T: Transport>(
         "answers over SSH",
     ));
     out.extend(become_finding(session, host, input.plan).await);
+    out.extend(env_file_finding(name, host, &facts));
     out.extend(path_finding(name, input.plan));
     out.extend(state_findings(name, &facts, input.plan, scope));
     out.extend(remote::findings(session, host, &facts, input, scope, seen).await);
     out
+}
+
+/// The env file is read as systemd's `EnvironmentFile=` reads it and never run; a line a shell
+/// reads otherwise (the service manager may be a shell script, and an operator's tooling often
+/// sources the file) means the storage commands and the service could see different values:
+/// refused, naming each line.
+fn env_file_finding(name: &str, host: &ResolvedHost, facts: &HostFacts) -> Option<Finding> {
+    let file = host.ledger.env_file.as_deref()?;
+    if facts.env_divergent.is_empty() {
+        return Some(Finding::pass(
+            Some(name),
+            check::ENV_FILE,
+            format!(
+                "`{file}` reads the same to systemd and to a shell (fleetup parses it, never runs it)"
+            ),
+        ));
+    }
+    Some(Finding::fail(
+        Some(name),
+        check::ENV_FILE,
+        format!(
+            "`{file}` reads differently to systemd (`EnvironmentFile=`) and to a shell: {}",
+            facts.env_divergent.join("; ")
+        ),
+        Some(
+            "write each of these lines as `KEY=value` with no space, `$`, backtick, quote or shell operator in the value, or as `KEY='value'` in single quotes; no `export`, no `;` comments".to_owned(),
+        ),
+    ))
 }
 
 /// `become = "sudo"` on a host the plan changes: `sudo -n` is asked once, within the host's

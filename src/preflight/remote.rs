@@ -49,12 +49,9 @@ struct Want<'a> {
 
 fn script(w: &Want) -> String {
     let mut s = String::new();
-    if let Some(env) = &w.host.ledger.env_file {
-        let e = quote(env);
-        s.push_str(&format!(
-            "if [ -r {e} ]; then set -a; . {e} >/dev/null 2>&1; set +a; fi\n"
-        ));
-    }
+    // The service's environment from stdin (read and parsed by the facts, never sourced).
+    s.push_str(&crate::node::env_prefix(w.host));
+    s.push('\n');
     if w.disk {
         s.push_str(&format!(
             "echo {SECTION}df\n\

@@ -299,14 +299,10 @@ mod tests {
         let mut host = crate::runner::tests::host("n");
         host.ledger.env_file = Some(env.to_string_lossy().into_owned());
         let dst = tmp.path().join("backups/run 1");
-        let out = std::process::Command::new("sh")
-            .arg("-c")
-            .arg(backup_sqlite(
-                host.ledger.env_file.as_deref(),
-                &dst.to_string_lossy(),
-            ))
-            .output()
-            .unwrap();
+        let out = crate::envfile::sh_with_env_file(
+            &backup_sqlite(host.ledger.env_file.as_deref(), &dst.to_string_lossy()),
+            &env,
+        );
         assert!(
             out.status.success(),
             "{}",
@@ -327,14 +323,13 @@ mod tests {
             ),
         )
         .unwrap();
-        let out = std::process::Command::new("sh")
-            .arg("-c")
-            .arg(backup_sqlite(
+        let out = crate::envfile::sh_with_env_file(
+            &backup_sqlite(
                 host.ledger.env_file.as_deref(),
                 &tmp.path().join("b2").to_string_lossy(),
-            ))
-            .output()
-            .unwrap();
+            ),
+            &env,
+        );
         assert_eq!(out.status.code(), Some(3));
         assert!(String::from_utf8_lossy(&out.stderr).contains("no numary_*.db file in"));
     }

@@ -290,7 +290,10 @@ async fn survey<T: Transport>(
 
     let before = list("`storage list` before `scan`").await?;
     let cmd = numary(&["storage", "scan"]);
-    sh.run_checked(step, name, &cmd, "`storage scan`", None, |out| {
+    // `scan` registers (and, before 1.4, migrates into the registry) every ledger: a
+    // migration's time, not a command's.
+    let migration = Some(host.ssh.migration_timeout);
+    sh.run_checked(step, name, &cmd, "`storage scan`", migration, |out| {
         let report = numary::parse_storage_scan(&out.stdout_lossy());
         if !report.errors.is_empty() {
             let mut e = sh.error(
@@ -371,18 +374,15 @@ async fn migrate<T: Transport>(
     ledgers: &[String],
 ) -> Result<(), StepError> {
     let p = params::of(sh, step, name, Action::migrate)?;
+    // Each ledger's pending migrations run in one transaction that scales with its size.
+    let migration = Some(sh.host(name).ssh.migration_timeout);
     for ledger in ledgers {
         sh.change(|c| c.touch_storage(name));
         let cmd = p.numary(&["storage", "upgrade", ledger]);
         let label = format!("`storage upgrade {ledger}`");
         let word = sh
-            .run_checked(
-                step,
-                name,
-                &cmd,
-                &label,
-                None,
-                |out| match numary::parse_storage_upgrade(&out.stdout_lossy(), ledger) {
+            .run_checked(step, name, &cmd, &label, migration, |out| {
+                match numary::parse_storage_upgrade(&out.stdout_lossy(), ledger) {
                     Ok(outcome) => {
                         let word = match outcome {
                             UpgradeOutcome::Migrated => "migrated",
@@ -395,8 +395,8 @@ async fn migrate<T: Transport>(
                         e.stderr = tail(&out.stdout_lossy());
                         Err(e)
                     }
-                },
-            )
+                }
+            })
             .await?;
         sh.change(|c| {
             c.ledgers

@@ -986,6 +986,7 @@ pub(crate) mod tests {
                 global_known_hosts: vec![],
                 connect_timeout: Duration::from_secs(1),
                 command_timeout: Duration::from_secs(1),
+                migration_timeout: Duration::from_secs(1),
                 jump_host: None,
                 use_agent: false,
                 jump_chain: Vec::new(),

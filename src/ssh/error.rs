@@ -385,12 +385,24 @@ pub enum ExecError {
     },
     #[error("host `{host}`: the server refused to run the command")]
     Refused { host: String },
-    #[error("host `{host}`: command did not finish within {}", humantime::format_duration(*.after))]
+    #[error(
+        "host `{host}`: command did not finish within {}{}",
+        humantime::format_duration(*.after),
+        if *.ended_by_host {
+            ": the host ended it (TERM, then KILL 3 s later)"
+        } else {
+            ": no answer from the host after the deadline (the link may be down; the host's own deadline ends the command there)"
+        }
+    )]
     Timeout {
         host: String,
         after: Duration,
         stdout: Vec<u8>,
         stderr: Vec<u8>,
+        /// The host's own deadline ended the command and said so (`timeout` exited 124 or
+        /// 137): nothing of it runs any more. Otherwise fleetup stopped waiting, the command
+        /// may still be ending there.
+        ended_by_host: bool,
     },
     #[error("host `{host}`: the command ended without an exit status ({reason})")]
     Lost {

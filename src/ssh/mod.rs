@@ -60,6 +60,13 @@ pub trait Transport: Send + Sync {
         timeout: Duration,
     ) -> impl Future<Output = Result<HttpResponse, HttpError>> + Send;
 
+    /// The service's environment ([`crate::envfile::EnvFile::stdin`]), written first on the
+    /// stdin of every later command that holds [`crate::envfile::LOADER`]. A transport that
+    /// cannot keeps nothing: such commands then refuse to run (exit 6).
+    fn set_service_env(&self, stdin: Option<Vec<u8>>) {
+        let _ = stdin;
+    }
+
     /// Starts `command` (with `env` exported) and keeps it running while the returned handle
     /// lives: fleetup writes its stdin, reads its output as it comes and decides when it ends;
     /// once the handle is dropped or fleetup dies, the command sees EOF on its stdin. By default
@@ -123,6 +130,10 @@ impl<T: Transport + ?Sized> Transport for std::sync::Arc<T> {
     ) -> impl Future<Output = Result<RemoteProcess, ExecError>> + Send {
         T::spawn(self, command, env)
     }
+
+    fn set_service_env(&self, stdin: Option<Vec<u8>>) {
+        T::set_service_env(self, stdin)
+    }
 }
 
 impl Transport for Session {
@@ -165,5 +176,9 @@ impl Transport for Session {
         env: &[(String, String)],
     ) -> impl Future<Output = Result<RemoteProcess, ExecError>> + Send {
         Session::spawn(self, command, env)
+    }
+
+    fn set_service_env(&self, stdin: Option<Vec<u8>>) {
+        Session::set_service_env(self, stdin)
     }
 }

@@ -91,6 +91,7 @@ impl RemoteProcess {
                 after: limit,
                 stdout: Vec::new(),
                 stderr: Vec::new(),
+                ended_by_host: false,
             }),
         }
     }

@@ -212,6 +212,9 @@ struct Inner {
     channels: Arc<Semaphore>,
     command_timeout: Duration,
     disconnect_reason: Arc<StdMutex<Option<String>>>,
+    /// The service's environment as [`crate::envfile::EnvFile::stdin`] gives it: written first
+    /// on the stdin of every command holding [`crate::envfile::LOADER`].
+    service_env: StdMutex<Option<Arc<Vec<u8>>>>,
     /// Keeps the jump host's connection open as long as this one lives.
     _jump: Option<Session>,
 }
@@ -510,6 +513,7 @@ async fn connect_target(
             channels: Arc::new(Semaphore::new(opts.max_sessions.max(1))),
             command_timeout: t.command_timeout,
             disconnect_reason,
+            service_env: StdMutex::new(None),
             _jump: jump,
         }),
     })
@@ -999,17 +1003,39 @@ impl Session {
             .await;
     }
 
+    /// The service's environment, fed to every command that loads it (see [`Inner`]).
+    pub fn set_service_env(&self, stdin: Option<Vec<u8>>) {
+        if let Ok(mut env) = self.inner.service_env.lock() {
+            *env = stdin.map(Arc::new);
+        }
+    }
+
+    /// What a command's stdin starts with: the service's environment when it loads it.
+    fn env_for(&self, command: &str) -> Option<Arc<Vec<u8>>> {
+        if !command.contains(crate::envfile::LOADER) {
+            return None;
+        }
+        self.inner.service_env.lock().ok().and_then(|e| e.clone())
+    }
+
     /// Runs `command` through the remote user's shell and collects its output. A command that
     /// ends with no exit status and no signal (the connection died) is an error, never success.
     pub async fn exec(&self, command: &str, opts: &ExecOptions) -> Result<ExecOutput, ExecError> {
+        let env = self.env_for(command);
         let command = with_env(&self.inner.name, command, &opts.env)?;
         let timeout = opts.timeout.unwrap_or(self.inner.command_timeout);
         let command = with_remote_deadline(&command, timeout);
         let no_progress = |_: u64, _: u64| {};
-        let stdin: Option<(&[u8], Progress<'_>)> = opts
-            .stdin
+        let joined: Option<Vec<u8>> = match (&env, &opts.stdin) {
+            (Some(env), Some(data)) => Some([env.as_slice(), data].concat()),
+            _ => None,
+        };
+        let data = joined
             .as_deref()
-            .map(|data| (data, &no_progress as &(dyn Fn(u64, u64) + Sync)));
+            .or(env.as_deref().map(Vec::as_slice))
+            .or(opts.stdin.as_deref());
+        let stdin: Option<(&[u8], Progress<'_>)> =
+            data.map(|data| (data, &no_progress as &(dyn Fn(u64, u64) + Sync)));
         self.run(&command, stdin, timeout, opts.on_output.as_ref())
             .await
     }
@@ -1040,7 +1066,12 @@ impl Session {
             .open_session_channel()
             .await
             .map_err(|source| ExecError::channel(host(), source))?;
-        super::process::spawn(self.clone(), permit, channel, &command).await
+        let env = self.env_for(&command);
+        let process = super::process::spawn(self.clone(), permit, channel, &command).await?;
+        if let Some(env) = env {
+            process.write(&env)?;
+        }
+        Ok(process)
     }
 
     async fn run(
@@ -1142,7 +1173,10 @@ impl Session {
             }
             write_result
         };
-        let outcome = timeout(limit, both).await;
+        // The host's deadline comes first (see `with_remote_deadline`); ours only for a host
+        // that cannot say it ended the command.
+        let local = Duration::from_secs(remote_seconds(limit)) + LOCAL_DEADLINE_GRACE;
+        let outcome = timeout(local, both).await;
         if !closed {
             // Never wait for the server's answer to our close (russh drops it, see the notes).
             if outcome.is_err() {
@@ -1160,10 +1194,23 @@ impl Session {
                     after: limit,
                     stdout,
                     stderr,
+                    ended_by_host: false,
                 });
             }
             Ok(w) => w,
         };
+        if let Some(st) = &status
+            && ended_by_remote_deadline(st)
+            && started.elapsed() >= limit
+        {
+            return Err(ExecError::Timeout {
+                host: host(),
+                after: limit,
+                stdout,
+                stderr,
+                ended_by_host: true,
+            });
+        }
         if refused {
             return Err(ExecError::Refused { host: host() });
         }
@@ -1455,20 +1502,41 @@ pub async fn upload_to_many(
 }
 
 /// `export K='v'; command`, after checking each name is a plain shell variable name.
-/// Extra time the host gives a command past our own deadline before ending it itself.
-const REMOTE_DEADLINE_GRACE: Duration = Duration::from_secs(3);
+/// How long the host's `timeout` waits after its TERM before it sends KILL.
+const REMOTE_KILL_AFTER: Duration = Duration::from_secs(3);
+/// How long fleetup waits past a command's deadline for the host to report it ended: the
+/// host's KILL plus time for the exit status to arrive. Only a host that does not answer at all
+/// (a cut link, a frozen sshd) is waited for this long.
+const LOCAL_DEADLINE_GRACE: Duration = Duration::from_secs(5);
 
-/// Wraps `command` so the host ends it (TERM, then KILL 5 s later) shortly after our own
-/// deadline. Our signal request is not enough: OpenSSH refuses signals for root sessions
-/// ("session signalling requires privilege separation"), and a timed-out migration must not
-/// go on running once fleetup has reported it failed. The login shell still runs the command
-/// (`$SHELL -c`); hosts without `timeout` (coreutils, busybox) run it unwrapped.
+/// The exit status of a command `timeout` ended: 124 after TERM; after KILL, `timeout` kills
+/// its own process group, itself included (signal KILL, or 137 = 128 + 9 through a shell).
+fn ended_by_remote_deadline(status: &ExitStatus) -> bool {
+    match status {
+        ExitStatus::Code(c) => matches!(c, 124 | 137),
+        ExitStatus::Signal(s) => s == "KILL",
+    }
+}
+
+/// Wraps `command` so the host ends it itself at the deadline: TERM at `limit` (whole seconds,
+/// rounded up), KILL [`REMOTE_KILL_AFTER`] later. The host acts before fleetup's own deadline
+/// ([`LOCAL_DEADLINE_GRACE`] later), so a report of a timeout means the command no longer runs
+/// (a migration must not go on once fleetup said it failed); our signal request is not
+/// enough: OpenSSH refuses signals for root sessions ("session signalling requires privilege
+/// separation"). The login shell still runs the command (`$SHELL -c`); hosts without `timeout`
+/// (coreutils, busybox) run it unwrapped.
 fn with_remote_deadline(command: &str, limit: Duration) -> String {
-    let secs = (limit + REMOTE_DEADLINE_GRACE).as_secs();
+    let secs = remote_seconds(limit);
+    let kill = REMOTE_KILL_AFTER.as_secs();
     let q = quote(command);
     format!(
-        "if command -v timeout >/dev/null 2>&1; then exec timeout -k 5 {secs} \"${{SHELL:-/bin/sh}}\" -c {q}; else exec \"${{SHELL:-/bin/sh}}\" -c {q}; fi"
+        "if command -v timeout >/dev/null 2>&1; then exec timeout -k {kill} {secs} \"${{SHELL:-/bin/sh}}\" -c {q}; else exec \"${{SHELL:-/bin/sh}}\" -c {q}; fi"
     )
+}
+
+/// `limit` in whole seconds for `timeout`, rounded up, at least 1.
+fn remote_seconds(limit: Duration) -> u64 {
+    limit.as_millis().div_ceil(1000).max(1) as u64
 }
 
 fn with_env(host: &str, command: &str, env: &[(String, String)]) -> Result<String, ExecError> {

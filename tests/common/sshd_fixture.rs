@@ -166,6 +166,7 @@ pub fn host(name: &str, port: u16, key: Option<&Path>, known_hosts: &Path) -> Re
             global_known_hosts: vec![],
             connect_timeout: Duration::from_secs(10),
             command_timeout: Duration::from_secs(30),
+            migration_timeout: Duration::from_secs(30),
             jump_host: None,
             use_agent: false,
             jump_chain: Vec::new(),
