@@ -26,8 +26,9 @@ pub const SENTINEL: &str = "fleetup-service-env";
 
 /// Reads `KEY=VALUE` lines from stdin up to an empty line and exports each verbatim; exits 6
 /// when stdin does not start with [`SENTINEL`]. Put first in a command: the SSH session feeds
-/// [`EnvFile::stdin`] to every command holding it (`Session::set_service_env`).
-pub const LOADER: &str = "{ IFS= read -r fleetup_kv && [ \"$fleetup_kv\" = fleetup-service-env ]; } || { echo 'fleetup: the service environment was not passed on stdin' >&2; exit 6; }; \
+/// [`EnvFile::stdin`] to every command holding it (`Session::set_service_env`), found by this
+/// text, so it holds no single quote: quoted into `sudo -n -- sh -c '...'` it stays the same.
+pub const LOADER: &str = "{ IFS= read -r fleetup_kv && [ \"$fleetup_kv\" = fleetup-service-env ]; } || { echo \"fleetup: the service environment was not passed on stdin\" >&2; exit 6; }; \
      while IFS= read -r fleetup_kv && [ -n \"$fleetup_kv\" ]; do export \"$fleetup_kv\" || exit 6; done; unset fleetup_kv; ";
 
 /// [`LOADER`] introduced by a no-op naming the file it stands for, so a printed plan says where
@@ -246,9 +247,12 @@ fn parse_value(chars: &[char], mut i: usize) -> (String, Vec<&'static str>, usiz
                             "a carriage return (CRLF line end): systemd ends the value there, a shell keeps it",
                             &mut whys,
                         );
-                        if chars.get(i + 1) == Some(&'\n') {
+                        // A lone `\r` ends the value for systemd, but not the line's count.
+                        if chars.get(i + 1) != Some(&'\n') {
                             i += 1;
+                            break;
                         }
+                        i += 1;
                     }
                     i += 1;
                     lines += 1;
@@ -550,6 +554,17 @@ mod tests {
     }
 
     #[test]
+    fn a_lone_carriage_return_ends_a_value_but_not_a_line() {
+        // Found by tests/fuzz_corpus.rs: the next assignment was said to be on line 2.
+        let f = parse("A=b\rC=$x\n");
+        assert!(
+            f.divergent.iter().all(|d| d.line == 1),
+            "{:#?}",
+            f.divergent
+        );
+    }
+
+    #[test]
     fn the_text_shown_is_escaped_and_short() {
         let f = parse(&format!("A=$\x1b]0;x\x07{}\n", "y".repeat(200)));
         let d = &f.divergent[0];
@@ -557,6 +572,13 @@ mod tests {
             !d.text.contains('\x1b') && d.text.chars().count() < 100,
             "{d}"
         );
+    }
+
+    #[test]
+    fn the_loader_is_found_in_a_command_quoted_for_sudo() {
+        let cmd = crate::shell::sudo(&format!("{}exec numary version", loader("/etc/it's env")));
+        assert!(cmd.contains(LOADER), "{cmd}");
+        assert!(!LOADER.contains('\''));
     }
 
     #[test]

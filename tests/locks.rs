@@ -219,10 +219,15 @@ fn node(inventory: &std::path::Path) -> ResolvedHost {
         .clone()
 }
 
+/// A session to the lab node with the service's environment read, as every run has once it
+/// gathered the node's facts.
 async fn session(host: &ResolvedHost) -> Session {
-    connect(host, &ConnectOptions::default())
+    let s = connect(host, &ConnectOptions::default())
         .await
-        .expect("connect to the lab node")
+        .expect("connect to the lab node");
+    let facts = fleetup::facts::gather(&s, host).await;
+    assert!(facts.reachable(), "{facts:?}");
+    s
 }
 
 /// The advisory locks on the lab's database, and its sessions named `app`, counted with `psql`
