@@ -20,7 +20,7 @@
 //!   every step started on a host ended there;
 //! - no fleet lock is left, unless the run's stderr names that host's lock as left held.
 //!
-//! Two scenarios mount a tmpfs over a node's backup dir: they need root (CI runs as root).
+//! Three scenarios mount a tmpfs over a node's backup dir: they need root (CI runs as root).
 //! Needs `FLEETUP_TEST_PG_URL`.
 
 #[path = "common/lab_fixture.rs"]
