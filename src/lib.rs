@@ -11,6 +11,8 @@ pub mod error;
 pub mod events;
 pub mod exit_code;
 pub mod facts;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod inventory;
 pub mod journal;
 pub mod lab;
