@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use fleetup::exit_code;
 use fleetup::lab::{Driver, LabGuard};
-use lab_fixture::{api_version, both, code, fleetup, release, spec, stderr};
+use lab_fixture::{api_version, both, code, release, spec, stderr, upgrade_stop};
 
 /// `numary storage ...` processes of the simulator still alive on the machine, from this lab.
 fn storage_commands(lab: &fleetup::lab::Lab) -> Vec<String> {
@@ -33,19 +33,7 @@ fn a_migration_longer_than_the_command_timeout_runs_to_its_end() {
     let new = release(&lab, "1.8.2");
     // Each ledger's migration takes 5 s; any other command gets 3 s.
     lab.set_fault_with("slow-migration", &[], &["5"]).unwrap();
-    let out = fleetup(
-        &lab.inventory_path(),
-        &[
-            "upgrade",
-            "--to",
-            "1.8.2",
-            "--binary",
-            new.to_str().unwrap(),
-            "--stop",
-            "--command-timeout",
-            "3s",
-        ],
-    );
+    let out = upgrade_stop(&lab, &new, &["--command-timeout", "3s"]);
     assert_eq!(code(&out), exit_code::SUCCESS, "{}", both(&out));
     assert_eq!(api_version(&lab, "node-1").as_deref(), Some("1.8.2"));
 }
@@ -56,19 +44,7 @@ fn a_migration_past_its_timeout_is_ended_by_the_host_before_fleetup_reports_it()
     let new = release(&lab, "1.8.2");
     lab.set_fault_with("slow-migration", &[], &["30"]).unwrap();
     let started = Instant::now();
-    let out = fleetup(
-        &lab.inventory_path(),
-        &[
-            "upgrade",
-            "--to",
-            "1.8.2",
-            "--binary",
-            new.to_str().unwrap(),
-            "--stop",
-            "--migration-timeout",
-            "2s",
-        ],
-    );
+    let out = upgrade_stop(&lab, &new, &["--migration-timeout", "2s"]);
     let took = started.elapsed();
     assert_eq!(code(&out), exit_code::FAILURE, "{}", both(&out));
     let err = stderr(&out);

@@ -7,7 +7,7 @@ mod lab_fixture;
 
 use fleetup::exit_code;
 use fleetup::lab::{Driver, LabGuard};
-use lab_fixture::{both, code, fleetup, release, spec, stderr, stdout};
+use lab_fixture::{both, code, fleetup, release, spec, stderr, stdout, upgrade_stop};
 
 #[test]
 fn an_env_file_with_shell_code_is_never_run_and_is_refused_naming_its_lines() {
@@ -33,17 +33,7 @@ fn an_env_file_with_shell_code_is_never_run_and_is_refused_naming_its_lines() {
         &lab.inventory_path(),
         &["check", "--to", "1.8.2", "--binary", new.to_str().unwrap()],
     );
-    let upgrade = fleetup(
-        &lab.inventory_path(),
-        &[
-            "upgrade",
-            "--to",
-            "1.8.2",
-            "--binary",
-            new.to_str().unwrap(),
-            "--stop",
-        ],
-    );
+    let upgrade = upgrade_stop(&lab, &new, &[]);
     assert!(!owned.exists(), "`$(...)` in the env file ran");
     assert!(!owned2.exists(), "backticks in the env file ran");
 
@@ -77,17 +67,7 @@ fn an_env_file_with_shell_code_is_never_run_and_is_refused_naming_its_lines() {
         format!("{before}FLEETUP_X='$(touch {})'\n", owned.display()),
     )
     .unwrap();
-    let out = fleetup(
-        &lab.inventory_path(),
-        &[
-            "upgrade",
-            "--to",
-            "1.8.2",
-            "--binary",
-            new.to_str().unwrap(),
-            "--stop",
-        ],
-    );
+    let out = upgrade_stop(&lab, &new, &[]);
     assert_eq!(code(&out), exit_code::SUCCESS, "{}", both(&out));
     assert!(!owned.exists(), "a single-quoted `$(...)` ran");
     assert_eq!(

@@ -182,3 +182,18 @@ pub fn assert_node_serving(lab: &Lab, name: &str, version: &str, context: &str) 
         "{context}: {name} keeps a lock"
     );
 }
+
+/// `fleetup upgrade --to 1.8.2 --binary NEW --stop EXTRA...` on the lab: the offline upgrade
+/// most lab tests run.
+pub fn upgrade_stop(lab: &Lab, new: &Path, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "upgrade",
+        "--to",
+        "1.8.2",
+        "--binary",
+        new.to_str().unwrap(),
+        "--stop",
+    ];
+    args.extend_from_slice(extra);
+    fleetup(&lab.inventory_path(), &args)
+}
