@@ -515,6 +515,62 @@ async fn unreachable_hosts_fail_within_the_connect_timeout_while_others_work() {
     drop(silent);
 }
 
+/// A front for `sshd` that sheds every other new connection exactly as sshd does past its
+/// `MaxStartups` (it writes `Exceeded MaxStartups` and closes), and relays the others.
+fn shedding_front(sshd_port: u16) -> (u16, Arc<AtomicUsize>) {
+    use std::io::Write;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let shed = Arc::new(AtomicUsize::new(0));
+    let counter = shed.clone();
+    std::thread::spawn(move || {
+        for (i, conn) in listener.incoming().enumerate() {
+            let Ok(mut client) = conn else { return };
+            if i % 2 == 0 {
+                let _ = client.write_all(b"Exceeded MaxStartups\r\n");
+                counter.fetch_add(1, Ordering::SeqCst);
+                continue;
+            }
+            let server = std::net::TcpStream::connect(("127.0.0.1", sshd_port)).unwrap();
+            let (mut c2, mut s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut c2, &mut s2);
+                let _ = s2.shutdown(std::net::Shutdown::Write);
+            });
+            let mut server = server;
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut server, &mut client);
+                let _ = client.shutdown(std::net::Shutdown::Write);
+            });
+        }
+    });
+    (port, shed)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_a_loaded_sshd_drops_past_max_startups_are_made_again() {
+    let fx = Fixture::new();
+    let server = fx.server("node", &[], &[]);
+    let (front, shed) = shedding_front(server.port());
+    let lines: Vec<String> = server
+        .sshd
+        .host_key_lines
+        .iter()
+        .map(|k| format!("[127.0.0.1]:{front} {k}"))
+        .collect();
+    let kh = fx.known_hosts("known_hosts", &lines);
+    let hosts: Vec<_> = (1..=12)
+        .map(|i| host(&format!("h{i}"), front, Some(&fx.key), &kh))
+        .collect();
+    let results = connect_all(&hosts, &opts()).await;
+    for (name, r) in &results {
+        r.as_ref().unwrap_or_else(|e| panic!("{name}: {e}"));
+    }
+    // Every host got in, each after at least one shed attempt on average.
+    assert_eq!(server.accepted_logins(), 12);
+    assert!(shed.load(Ordering::SeqCst) >= 12, "{shed:?}");
+}
+
 #[tokio::test]
 async fn a_silent_command_longer_than_keepalive_finishes() {
     let (fx, server, kh) = one_server(&[]);

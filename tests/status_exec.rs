@@ -138,6 +138,88 @@ fn exec_reports_each_host_and_fails_when_one_fails() {
 }
 
 #[test]
+fn several_commands_run_in_turn_over_one_connection_per_host_and_stop_at_the_first_failure() {
+    let lab = LabGuard::up(&spec(Driver::Sqlite, 3, "1.8.2")).expect("lab up");
+    let inv = lab.inventory_path();
+    let marks = lab.dir.join("marks");
+    std::fs::create_dir_all(&marks).unwrap();
+    let failing_port = lab.nodes[1].ssh_port;
+    let port = "${SSH_CONNECTION##* }";
+    let m = marks.display();
+    let first = format!("mkdir {m}/{port} && ls {m} | wc -l && echo \"$SSH_CONNECTION\"");
+    let second = format!("echo \"$SSH_CONNECTION\"; [ \"{port}\" != {failing_port} ] || exit 4");
+    let third = format!("rmdir {m}/{port}");
+    // One host at a time: a host's commands end (its mark removed) before the next one starts.
+    let out = fleetup(
+        &inv,
+        &[
+            "exec", "--forks", "1", "--format", "json", "-c", &first, "-c", &second, "--", &third,
+        ],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(exit_code::FAILURE),
+        "{}",
+        stderr(&out)
+    );
+    let results = json(&out);
+    let results = results.as_array().unwrap();
+    let ran: Vec<(&str, i64, i64)> = results
+        .iter()
+        .map(|r| {
+            (
+                r["host"].as_str().unwrap(),
+                r["command"].as_i64().unwrap(),
+                r["exit_code"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        ran,
+        [
+            ("node-1", 1, 0),
+            ("node-1", 2, 0),
+            ("node-1", 3, 0),
+            ("node-2", 1, 0),
+            ("node-2", 2, 4),
+            ("node-3", 1, 0),
+            ("node-3", 2, 0),
+            ("node-3", 3, 0),
+        ]
+    );
+    let lines = |r: &Value| -> Vec<String> {
+        r["stdout"]
+            .as_str()
+            .unwrap()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    };
+    // node-1 and node-2 each saw only their own mark; node-3 also saw node-2's, which its third
+    // command (never run) would have removed.
+    let seen: Vec<String> = [0, 3, 5]
+        .iter()
+        .map(|&i| lines(&results[i])[0].clone())
+        .collect();
+    assert_eq!(seen, ["1", "1", "2"]);
+    // Each host's commands came over one connection: the same client address and port.
+    for (a, b) in [(0, 1), (3, 4), (5, 6)] {
+        assert_eq!(lines(&results[a])[1], lines(&results[b])[0], "{results:?}");
+    }
+    let left: Vec<String> = std::fs::read_dir(&marks)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(left, [failing_port.to_string()]);
+    assert!(
+        stderr(&out)
+            .contains("3 hosts, 3 commands each: 2 ok, 1 failed: `node-2` (command 2: exit 4)"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
 fn unknown_host_key_and_unreachable_host_are_reported_while_others_answer() {
     let lab = LabGuard::up(&spec(Driver::Sqlite, 3, "1.8.2")).expect("lab up");
     let inv = lab.inventory_path();

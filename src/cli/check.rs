@@ -300,6 +300,9 @@ pub fn dry_run_in(
     state_dir: Option<&Path>,
 ) -> anyhow::Result<i32> {
     let inventory = inventory::load_inventory(global)?;
+    // Every host of the inventory is connected: the selected ones and, for the plan's
+    // left-out check, the others.
+    connect::ensure_open_files(inventory.hosts().len())?;
     let hosts: Vec<ResolvedHost> = inventory::select_hosts(global, &inventory)?
         .into_iter()
         .cloned()

@@ -42,6 +42,19 @@ impl ConnectFlags {
     }
 }
 
+/// Makes sure this process may keep `connections` connections open (raising its soft limit on
+/// open files when needed), before the first one is made.
+pub fn ensure_open_files(connections: usize) -> anyhow::Result<()> {
+    let limits = ssh::limits::ensure_open_files(connections)?;
+    log::debug!(
+        "open files: {connections} connections need {}; the limit is {} (hard {})",
+        ssh::limits::needed_for(connections),
+        limits.soft,
+        limits.hard
+    );
+    Ok(())
+}
+
 /// Connect to every host (in parallel, bounded by `--forks`).
 pub async fn connect(hosts: &[ResolvedHost], flags: &ConnectFlags) -> Connections {
     ssh::connect_all(hosts, &flags.options()).await

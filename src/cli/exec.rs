@@ -1,12 +1,14 @@
-//! `fleetup exec -- CMD ...`: an ad-hoc command on the selected hosts, output grouped per host,
-//! exit status per host and a summary.
+//! `fleetup exec -- CMD ...` (or `exec -c CMD -c CMD ...`): ad-hoc commands on the selected
+//! hosts, output grouped per host and command, exit status per host and a summary. Each host
+//! is connected, runs its commands, and is disconnected, at most `--forks` hosts at once
+//! ([`fleetup::ssh::run_on_hosts`]).
 
 use std::time::Duration;
 
 use clap::Args;
 use fleetup::exit_code;
 use fleetup::inventory::ResolvedHost;
-use fleetup::ssh::{ExecOptions, ExitStatus};
+use fleetup::ssh::{ExecOptions, ExitStatus, HostRun};
 use serde::Serialize;
 
 use super::connect::{self, ConnectFlags};
@@ -19,15 +21,34 @@ pub struct ExecArgs {
     /// Time allowed for the command on each host (default: the inventory's `command_timeout`).
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub timeout: Option<Duration>,
-    /// The command, run by the login shell of each host (as `ssh host CMD...` would).
-    #[arg(required = true, last = true, value_name = "CMD")]
+    /// A command to run, by the login shell of each host; give it several times to run several
+    /// commands in turn over each host's one connection (a host stops at the first that fails).
+    #[arg(short = 'c', long = "cmd", value_name = "CMD")]
+    pub commands: Vec<String>,
+    /// The command, run by the login shell of each host (as `ssh host CMD...` would); after
+    /// the `-c` commands when both are given.
+    #[arg(last = true, value_name = "CMD", required_unless_present = "commands")]
     pub command: Vec<String>,
+}
+
+impl ExecArgs {
+    /// The commands to run on each host, in order.
+    fn commands(&self) -> Vec<String> {
+        let mut all = self.commands.clone();
+        if !self.command.is_empty() {
+            all.push(self.command.join(" "));
+        }
+        all
+    }
 }
 
 /// What happened on one host.
 #[derive(Debug, Serialize)]
 struct HostResult {
     host: String,
+    /// Which command (1 = the first), when several were given.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    command: Option<usize>,
     /// Exit code when the command ran to the end.
     exit_code: Option<u32>,
     /// Signal name when the command was killed.
@@ -44,12 +65,33 @@ impl HostResult {
     fn failed(host: String, error: String) -> Self {
         HostResult {
             host,
+            command: None,
             exit_code: None,
             signal: None,
             error: Some(error),
             stdout: String::new(),
             stderr: String::new(),
             duration_ms: 0,
+        }
+    }
+
+    /// A command that ran to the end.
+    fn of(host: String, out: fleetup::ssh::ExecOutput) -> Self {
+        HostResult {
+            host,
+            command: None,
+            exit_code: match out.status {
+                ExitStatus::Code(c) => Some(c),
+                ExitStatus::Signal(_) => None,
+            },
+            signal: match &out.status {
+                ExitStatus::Signal(s) => Some(s.clone()),
+                ExitStatus::Code(_) => None,
+            },
+            error: None,
+            stdout: out.stdout_lossy(),
+            stderr: out.stderr_lossy(),
+            duration_ms: out.duration.as_millis(),
         }
     }
 
@@ -64,52 +106,38 @@ pub fn run(global: &Global, args: &ExecArgs) -> anyhow::Result<i32> {
         .into_iter()
         .cloned()
         .collect();
-    let command = args.command.join(" ");
+    let commands = args.commands();
+    let several = commands.len() > 1;
+    let exec = ExecOptions {
+        timeout: args.timeout,
+        ..Default::default()
+    };
+    // Only `--forks` hosts are connected at a time.
+    connect::ensure_open_files(hosts.len().min(usize::from(args.connect.forks)))?;
     let runtime = tokio::runtime::Runtime::new()?;
-    let results = runtime.block_on(async {
-        let conns = connect::connect(&hosts, &args.connect).await;
-        let mut set = fleetup::tasks::HostTasks::new();
-        let mut results = Vec::new();
-        for (name, conn) in conns {
-            match conn {
-                Ok(session) => {
-                    let opts = ExecOptions {
-                        timeout: args.timeout,
-                        ..Default::default()
+    let runs = runtime.block_on(fleetup::ssh::run_on_hosts(
+        &hosts,
+        &args.connect.options(),
+        &commands,
+        &exec,
+    ));
+    let mut results = Vec::new();
+    for (host, run) in runs {
+        match run {
+            HostRun::Unreachable(e) => results.push(HostResult::failed(host, e.to_string())),
+            HostRun::Lost(why) => results.push(HostResult::failed(host, why)),
+            HostRun::Ran(ran) => {
+                for (i, r) in ran.into_iter().enumerate() {
+                    let mut one = match r {
+                        Err(e) => HostResult::failed(host.clone(), e.to_string()),
+                        Ok(out) => HostResult::of(host.clone(), out),
                     };
-                    let command = command.clone();
-                    set.spawn(&name, async move { session.exec(&command, &opts).await });
+                    one.command = several.then_some(i + 1);
+                    results.push(one);
                 }
-                Err(e) => results.push(HostResult::failed(name, e.to_string())),
             }
         }
-        while let Some((host, joined)) = set.next().await {
-            results.push(match joined {
-                Err(why) => HostResult::failed(host, why),
-                Ok(Err(e)) => HostResult::failed(host, e.to_string()),
-                Ok(Ok(out)) => HostResult {
-                    host,
-                    exit_code: match out.status {
-                        ExitStatus::Code(c) => Some(c),
-                        ExitStatus::Signal(_) => None,
-                    },
-                    signal: match &out.status {
-                        ExitStatus::Signal(s) => Some(s.clone()),
-                        ExitStatus::Code(_) => None,
-                    },
-                    error: None,
-                    stdout: out.stdout_lossy(),
-                    stderr: out.stderr_lossy(),
-                    duration_ms: out.duration.as_millis(),
-                },
-            });
-        }
-        results
-    });
-    // Inventory order, whatever order the hosts finished in.
-    let mut results = results;
-    results.sort_by_key(|r| hosts.iter().position(|h| h.name == r.host));
-
+    }
     match global.format {
         // JSON Lines, one `exec_result` per host, in inventory order (docs/json-events.md).
         Format::Json => {
@@ -131,7 +159,7 @@ pub fn run(global: &Global, args: &ExecArgs) -> anyhow::Result<i32> {
         .filter(|r| r.error.is_none() && !r.ok())
         .count();
     if !global.quiet {
-        errln!("{}", summary(&results));
+        errln!("{}", summary(&results, hosts.len(), commands.len()));
     }
     Ok(if unreachable > 0 {
         exit_code::UNREACHABLE
@@ -152,7 +180,13 @@ fn status_text(r: &HostResult) -> String {
 }
 
 fn render_host(r: &HostResult) -> String {
-    let mut out = format!("== {} ({}, {} ms)\n", r.host, status_text(r), r.duration_ms);
+    let which = r.command.map(|i| format!(" [{i}]")).unwrap_or_default();
+    let mut out = format!(
+        "== {}{which} ({}, {} ms)\n",
+        r.host,
+        status_text(r),
+        r.duration_ms
+    );
     for (prefix, text) in [("", &r.stdout), ("stderr: ", &r.stderr)] {
         for line in text.lines() {
             out.push_str(&format!("{prefix}{line}\n"));
@@ -161,16 +195,37 @@ fn render_host(r: &HostResult) -> String {
     out
 }
 
-fn summary(results: &[HostResult]) -> String {
-    let ok = results.iter().filter(|r| r.ok()).count();
+/// `N hosts: A ok, B failed: ...`: a host is ok when every command ran and succeeded; a
+/// failed host is named with its first command that failed.
+fn summary(results: &[HostResult], hosts: usize, commands: usize) -> String {
     let bad: Vec<String> = results
         .iter()
         .filter(|r| !r.ok())
-        .map(|r| format!("`{}` ({})", r.host, status_text(r)))
+        .map(|r| match r.command {
+            Some(i) => format!("`{}` (command {i}: {})", r.host, status_text(r)),
+            None => format!("`{}` ({})", r.host, status_text(r)),
+        })
         .collect();
-    let mut s = format!("{} hosts: {ok} ok, {} failed", results.len(), bad.len());
+    let ok = hosts - bad.len();
+    let mut s = format!("{hosts} hosts: {ok} ok, {} failed", bad.len());
+    if commands > 1 {
+        s = format!(
+            "{hosts} hosts, {commands} commands each: {ok} ok, {} failed",
+            bad.len()
+        );
+    }
     if !bad.is_empty() {
-        s.push_str(&format!(": {}", bad.join(", ")));
+        let shown = bad.len().min(SUMMARY_NAMES);
+        s.push_str(&format!(": {}", bad[..shown].join(", ")));
+        if bad.len() > shown {
+            s.push_str(&format!(
+                " and {} more (each is shown above)",
+                bad.len() - shown
+            ));
+        }
     }
     s
 }
+
+/// Failed hosts the summary line names; each host's own block above says what happened.
+const SUMMARY_NAMES: usize = 10;

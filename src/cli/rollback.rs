@@ -22,7 +22,7 @@ use fleetup::{Failure, exit_code};
 use sha2::{Digest, Sha256};
 
 use super::check::{local_host, local_user};
-use super::connect::ConnectFlags;
+use super::connect::{self, ConnectFlags};
 use super::session::{self, RunFlags, RunSession};
 use super::{Format, Global, inventory};
 
@@ -65,6 +65,9 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 
 pub fn run(global: &Global, args: &RollbackArgs) -> anyhow::Result<i32> {
     let inventory = inventory::load_inventory(global)?;
+    // Every host of the inventory is connected: the selected ones and, for the plan's
+    // left-out check, the others.
+    connect::ensure_open_files(inventory.hosts().len())?;
     let inventory_path = inventory::inventory_path(global);
     let inventory_bytes = std::fs::read(&inventory_path)
         .with_context(|| format!("cannot read `{}`", inventory_path.display()))?;

@@ -20,7 +20,7 @@ use fleetup::{Failure, exit_code};
 use sha2::{Digest, Sha256};
 
 use super::check::{PlanArgs, local_host, local_user};
-use super::connect::ConnectFlags;
+use super::connect::{self, ConnectFlags};
 use super::session::{self, RunFlags, RunSession};
 use super::{Format, Global, inventory};
 
@@ -180,6 +180,9 @@ pub fn run(global: &Global, args: &UpgradeArgs) -> anyhow::Result<i32> {
         };
     }
     let inventory = inventory::load_inventory(global)?;
+    // Every host of the inventory is connected: the selected ones and, for the plan's
+    // left-out check, the others.
+    connect::ensure_open_files(inventory.hosts().len())?;
     let hosts: Vec<ResolvedHost> = inventory::select_hosts(global, &inventory)?
         .into_iter()
         .cloned()

@@ -8,17 +8,20 @@
 // line); they are built once per failed host, so their size does not matter.
 #![allow(clippy::result_large_err)]
 
+mod adhoc;
 mod auth;
 pub mod config;
 mod error;
 pub mod http;
 pub mod known_hosts;
+pub mod limits;
 mod process;
 mod session;
 
 use std::future::Future;
 use std::time::Duration;
 
+pub use adhoc::{HostRun, run_on_hosts};
 pub use auth::{KeyCache, PASSPHRASE_ENV, PassphrasePrompt};
 pub use error::{CertProblem, ConnectError, ExecError, HostKeyError, HttpError, UploadError};
 pub use http::HttpResponse;

@@ -438,53 +438,79 @@ async fn connect_target(
             source,
         },
     };
-    let mut handle = match &jump {
-        None => {
-            let stream = timeout_at(deadline, tcp_connect(&t.address, t.port, deadline))
-                .await
-                .map_err(|_| timed_out("tcp connect"))?
-                .map_err(|e| match e {
-                    TcpFailure::Lookup(source) => ConnectError::Lookup {
-                        host: t.name.clone(),
-                        name: t.address.clone(),
-                        source,
-                        ssh_config: t.config_note.clone(),
-                    },
-                    TcpFailure::Connect(source) => ConnectError::Tcp {
-                        host: t.name.clone(),
-                        addr: addr.clone(),
-                        source,
-                    },
-                })?;
-            timeout_at(deadline, client::connect_stream(config, stream, handler))
+    // A server that closes a new connection before its banner is most likely shedding load:
+    // sshd drops unauthenticated connections beyond `MaxStartups` (by default at random from
+    // the 10th at once on). That connection is made again after a pause, within the connect
+    // timeout, so a high fan-out never loses a host to it.
+    let mut attempt = 0;
+    let mut handle = loop {
+        let shake = match &jump {
+            None => {
+                let stream = timeout_at(deadline, tcp_connect(&t.address, t.port, deadline))
+                    .await
+                    .map_err(|_| timed_out("tcp connect"))?
+                    .map_err(|e| match e {
+                        TcpFailure::Lookup(source) => ConnectError::Lookup {
+                            host: t.name.clone(),
+                            name: t.address.clone(),
+                            source,
+                            ssh_config: t.config_note.clone(),
+                        },
+                        TcpFailure::Connect(source) => ConnectError::Tcp {
+                            host: t.name.clone(),
+                            addr: addr.clone(),
+                            source,
+                        },
+                    })?;
+                timeout_at(
+                    deadline,
+                    client::connect_stream(config.clone(), stream, handler.clone()),
+                )
                 .await
                 .map_err(|_| timed_out("ssh handshake (banner and key exchange)"))?
-                .map_err(handshake_err)?
-        }
-        Some(j) => {
-            let channel = timeout_at(
-                deadline,
-                j.inner.handle.channel_open_direct_tcpip(
-                    t.address.clone(),
-                    u32::from(t.port),
-                    "127.0.0.1",
-                    0,
-                ),
-            )
-            .await
-            .map_err(|_| timed_out("tunnel through the jump host"))?
-            .map_err(|e| ConnectError::Jump {
-                host: t.name.clone(),
-                jump: j.inner.name.clone(),
-                reason: format!("cannot open a tunnel to `{addr}`: {e}"),
-            })?;
-            timeout_at(
-                deadline,
-                client::connect_stream(config, channel.into_stream(), handler),
-            )
-            .await
-            .map_err(|_| timed_out("ssh handshake through the jump host"))?
-            .map_err(handshake_err)?
+            }
+            Some(j) => {
+                let channel = timeout_at(
+                    deadline,
+                    j.inner.handle.channel_open_direct_tcpip(
+                        t.address.clone(),
+                        u32::from(t.port),
+                        "127.0.0.1",
+                        0,
+                    ),
+                )
+                .await
+                .map_err(|_| timed_out("tunnel through the jump host"))?
+                .map_err(|e| ConnectError::Jump {
+                    host: t.name.clone(),
+                    jump: j.inner.name.clone(),
+                    reason: format!("cannot open a tunnel to `{addr}`: {e}"),
+                })?;
+                timeout_at(
+                    deadline,
+                    client::connect_stream(config.clone(), channel.into_stream(), handler.clone()),
+                )
+                .await
+                .map_err(|_| timed_out("ssh handshake through the jump host"))?
+            }
+        };
+        match shake {
+            Err(ClientError::Russh(e)) if attempt < STARTUP_RETRIES && shed_by_server(&e) => {
+                attempt += 1;
+                let pause = startup_pause(attempt);
+                if Instant::now() + pause >= deadline {
+                    return Err(handshake_err(ClientError::Russh(e)));
+                }
+                log::debug!(
+                    target: LOG_TARGET,
+                    "{}: `{addr}` closed the connection before the handshake ({e}; sshd's MaxStartups?): connecting again in {} ms (attempt {})",
+                    t.name,
+                    pause.as_millis(),
+                    attempt + 1
+                );
+                tokio::time::sleep(pause).await;
+            }
+            other => break other.map_err(handshake_err)?,
         }
     };
     let agent = t.use_agent.then(|| {
@@ -632,6 +658,32 @@ fn parse_jump(spec: &str, default_user: &str) -> Option<(String, String, u16)> {
     Some((user, host, port))
 }
 
+/// Connections a server closed before the handshake that are made again (see
+/// [`shed_by_server`]).
+const STARTUP_RETRIES: u32 = 6;
+
+/// Whether the server closed the connection before any handshake: what sshd does to a
+/// connection beyond its `MaxStartups` (and what a server restarting does).
+fn shed_by_server(e: &russh::Error) -> bool {
+    use std::io::ErrorKind;
+    match e {
+        russh::Error::Disconnect => true,
+        russh::Error::IO(io) => matches!(
+            io.kind(),
+            ErrorKind::ConnectionReset | ErrorKind::UnexpectedEof | ErrorKind::BrokenPipe
+        ),
+        _ => false,
+    }
+}
+
+/// The pause before attempt `attempt + 1` of a shed connection: doubling from 50 ms, with up to
+/// half of it again at random, so the retries of many hosts do not arrive together.
+fn startup_pause(attempt: u32) -> Duration {
+    use rand::Rng;
+    let base = 50u64 << attempt.min(6);
+    Duration::from_millis(base + rand::thread_rng().gen_range(0..=base / 2))
+}
+
 /// Tries each address of `host` in turn, giving each a fair share of the time left.
 enum TcpFailure {
     /// The name did not resolve.
@@ -724,6 +776,7 @@ fn client_config(
 }
 
 /// The russh handler of one connection: checks the host key, remembers why it ended.
+#[derive(Clone)]
 pub(crate) struct Client {
     name: String,
     address: String,
