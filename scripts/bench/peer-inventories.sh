@@ -19,7 +19,9 @@
 #   ssh-args         one line: the OpenSSH options every host needs (-F, -i, -o ...), shell-quoted,
 #                    for `parallel-ssh -x "$(cat OUT_DIR/ssh-args)"`.
 #   pssh-hosts       one `user@host:port` a line, for `parallel-ssh -h OUT_DIR/pssh-hosts`.
-#   bssh-hosts       the same list, for `bssh -H ^OUT_DIR/bssh-hosts`.
+#   bssh-hosts       the same hosts on one line, comma-separated, for
+#                    `bssh -H "$(cat OUT_DIR/bssh-hosts)"` (bssh 2.4.1 refuses its documented
+#                    `-H ^FILE`: "Invalid hostname in node").
 #   bssh-home/       HOME for bssh: .ssh/known_hosts is a copy of the lab's (bssh 2.4.1 checks
 #                    host keys against $HOME/.ssh/known_hosts only; it parses but ignores
 #                    UserKnownHostsFile), .config/bssh/config.yaml a cluster `lab` of the hosts.
@@ -225,7 +227,7 @@ write("ansible.cfg", "\n".join([
 ]))
 hostlist = "".join(f"{r['user']}@{r['address']}:{r['port']}\n" for r in resolved)
 write("pssh-hosts", hostlist)
-write("bssh-hosts", hostlist)
+write("bssh-hosts", ",".join(hostlist.split()) + "\n")
 write("ssh-args", shlex.join(pssh_args) + "\n")
 
 home = os.path.join(out, "bssh-home")
