@@ -23,6 +23,34 @@ use super::params;
 /// How long one probe of the API may take.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// The first pause of a [`Backoff`].
+const FIRST_POLL: Duration = Duration::from_millis(20);
+
+/// Pauses between polls of something about to change (a service stopping or starting, an API
+/// coming up, a database's sessions leaving): 20 ms at first, doubling up to the run's poll
+/// interval. A node ready within tens of milliseconds is seen then, not a whole interval
+/// later (with 20 nodes started one after the other, that wait was most of an upgrade), and
+/// one that takes seconds is not asked more often than once an interval.
+pub(crate) struct Backoff {
+    next: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    pub(crate) fn new(max: Duration) -> Self {
+        Backoff {
+            next: FIRST_POLL.min(max),
+            max,
+        }
+    }
+
+    /// The pause before the next poll.
+    pub(crate) async fn wait(&mut self) {
+        tokio::time::sleep(self.next).await;
+        self.next = (self.next * 2).min(self.max);
+    }
+}
+
 /// `host:port` of the API (`api`, as the node sees it).
 pub fn api_endpoint(api: &str) -> Option<(String, u16)> {
     let (h, p) = api.rsplit_once(':')?;
@@ -152,6 +180,7 @@ pub async fn stop_and_wait<T: Transport>(
     stopping();
     let deadline = Instant::now() + sh.cfg.stop_timeout;
     let waiting = sh.begin(step, name, Some(&p.state_command()));
+    let mut pause = Backoff::new(sh.cfg.poll_interval);
     loop {
         match service_running(sh.session(name), &p.service).await {
             Some(false) => {
@@ -173,7 +202,7 @@ pub async fn stop_and_wait<T: Transport>(
                 waiting.fail(&e.message);
                 return Err(e);
             }
-            _ => tokio::time::sleep(sh.cfg.poll_interval).await,
+            _ => pause.wait().await,
         }
     }
 }
@@ -257,6 +286,7 @@ async fn database_free_on<T: Transport>(
         ..Default::default()
     };
     let deadline = Instant::now() + SESSIONS_SETTLE;
+    let mut pause = Backoff::new(sh.cfg.poll_interval);
     loop {
         let counted = match t.exec(cmd, &opts).await {
             Ok(out) if out.status.success() => sessions::parse_output(&out.stdout_lossy()),
@@ -274,7 +304,7 @@ async fn database_free_on<T: Transport>(
             }
             // The backends of the nodes just stopped may not have left yet.
             Ok(_) if Instant::now() < deadline => {
-                tokio::time::sleep(sh.cfg.poll_interval).await;
+                pause.wait().await;
                 continue;
             }
             Ok(found) => (
@@ -561,6 +591,7 @@ async fn gate_one<T: Transport>(sh: &Shared<T>, step: &Step, name: &str) -> Resu
     let op = sh.begin(step, name, None);
     let deadline = Instant::now() + sh.cfg.health_timeout;
     let mut last;
+    let mut pause = Backoff::new(sh.cfg.poll_interval);
     loop {
         match api_version(t, &p.api).await {
             Ok(v) if Version::parse(&v).ok().as_ref() == Some(target) => {
@@ -621,7 +652,7 @@ async fn gate_one<T: Transport>(sh: &Shared<T>, step: &Step, name: &str) -> Resu
             let host = sh.host(name);
             return Err(with_journal(t, &host.ledger.service, host.ledger.escalate, e).await);
         }
-        tokio::time::sleep(sh.cfg.poll_interval).await;
+        pause.wait().await;
     }
 }
 
@@ -774,6 +805,7 @@ pub async fn restart_old<T: Transport>(
         ));
     }
     let deadline = Instant::now() + sh.cfg.health_timeout;
+    let mut pause = Backoff::new(sh.cfg.poll_interval);
     loop {
         match api_version(t, &p.api).await {
             Ok(v) => {
@@ -784,7 +816,7 @@ pub async fn restart_old<T: Transport>(
             Err(e) if Instant::now() >= deadline => {
                 return Err(format!("restarted, but the API does not answer: {e}"));
             }
-            Err(_) => tokio::time::sleep(sh.cfg.poll_interval).await,
+            Err(_) => pause.wait().await,
         }
     }
 }
@@ -813,13 +845,14 @@ pub async fn stop_outside_step<T: Transport>(
         ));
     }
     let deadline = Instant::now() + sh.cfg.stop_timeout;
+    let mut pause = Backoff::new(sh.cfg.poll_interval);
     loop {
         match service_running(t, &p.service).await {
             Some(false) => return Ok(()),
             _ if Instant::now() >= deadline => {
                 return Err("the service manager still does not say stopped".to_string());
             }
-            _ => tokio::time::sleep(sh.cfg.poll_interval).await,
+            _ => pause.wait().await,
         }
     }
 }
