@@ -26,6 +26,7 @@ pub mod preflight;
 pub mod redact;
 pub mod runner;
 pub mod schema;
+pub mod scripted;
 pub mod shell;
 pub mod ssh;
 pub mod tasks;

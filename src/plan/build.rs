@@ -1,7 +1,7 @@
 //! Deciding the plan: assess each host against the table, choose the strategy, collect blockers
 //! and warnings, pick the migrator and the start batches. `steps.rs` lays out the steps.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use super::steps::{self, Layout};
 use super::storage;
@@ -127,6 +127,8 @@ impl<'a> View<'a> {
 pub(super) struct Findings {
     blockers: Vec<Blocker>,
     warnings: Vec<String>,
+    /// The warnings given, each once (a fleet can give one per host).
+    warned: HashSet<String>,
 }
 
 impl Findings {
@@ -146,7 +148,7 @@ impl Findings {
     }
 
     fn warn(&mut self, warning: String) {
-        if !self.warnings.contains(&warning) {
+        if self.warned.insert(warning.clone()) {
             self.warnings.push(warning);
         }
     }
@@ -267,6 +269,20 @@ pub(super) fn build_hop(
         .filter(|g| g.views.len() > 1)
         .filter_map(|g| g.migrator.map(|m| m.name()))
         .collect();
+    // Looked up once per host: maps, not searches of lists as long as the fleet.
+    let mut batch_of: HashMap<&str, usize> = HashMap::new();
+    for (i, b) in batch_names.iter().enumerate() {
+        for n in b {
+            batch_of.entry(n.as_str()).or_insert(i + 1);
+        }
+    }
+    let mut blocked_by: HashMap<&str, Vec<&str>> = HashMap::new();
+    for b in &found.blockers {
+        let mut named: HashSet<&str> = HashSet::new();
+        for h in b.hosts.iter().filter(|h| named.insert(h.as_str())) {
+            blocked_by.entry(h.as_str()).or_default().push(&b.reason);
+        }
+    }
     let host_plans = views
         .iter()
         .map(|v| HostPlan {
@@ -277,21 +293,16 @@ pub(super) fn build_hop(
                 || shared_migrators.contains(&v.name()),
             storage: StorageId::of(v.host, v.facts),
             replaces: v.host.replaces.clone(),
-            batch: batch_names
-                .iter()
-                .position(|b| b.iter().any(|n| n == v.name()))
-                .map(|i| i + 1),
+            batch: batch_of.get(v.name()).copied(),
             verdict: if v.action == HostAction::Deploy {
                 None
             } else {
                 v.verdict.clone()
             },
-            blocked: found
-                .blockers
-                .iter()
-                .filter(|b| b.hosts.iter().any(|h| h == v.name()))
-                .map(|b| b.reason.clone())
-                .collect(),
+            blocked: blocked_by
+                .get(v.name())
+                .map(|r| r.iter().map(|r| r.to_string()).collect())
+                .unwrap_or_default(),
         })
         .collect();
 

@@ -3,7 +3,7 @@
 //! Also the two helpers every step uses: run one command on one host with its events, and do
 //! something on several hosts at once (at most `--forks` at a time, one semaphore for the run).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -14,7 +14,7 @@ use crate::events::{Artefact, Event, EventSink, StepStatus};
 use crate::exit_code;
 use crate::facts::HostFacts;
 use crate::inventory::ResolvedHost;
-use crate::plan::{Plan, Step, StepKind};
+use crate::plan::{HostCommands, Plan, Step, StepKind};
 use crate::redact::redact;
 use crate::ssh::{ExecOptions, ExecOutput, Transport};
 
@@ -127,13 +127,25 @@ impl<T: Transport> Shared<T> {
         }
     }
 
+    /// A copy of what the run changed: as long as the fleet, so never one per host (read one
+    /// thing with [`Shared::changed`]).
     pub fn changes(&self) -> Changes {
         self.changes.lock().map(|c| c.clone()).unwrap_or_default()
     }
 
+    /// `f` of what the run changed so far, without copying it.
+    pub fn changed<R>(&self, f: impl FnOnce(&Changes) -> R) -> R {
+        match self.changes.lock() {
+            Ok(c) => f(&c),
+            Err(_) => f(&Changes::default()),
+        }
+    }
+
     /// Still part of the run: not a host that failed and was left behind.
     pub fn going(&self, host: &str) -> bool {
-        !self.failed_hosts().iter().any(|h| h == host)
+        self.failed
+            .lock()
+            .map_or(true, |f| !f.iter().any(|h| h == host))
     }
 
     pub fn failed_hosts(&self) -> Vec<String> {
@@ -358,7 +370,8 @@ pub fn tail(text: &str) -> Option<String> {
     Some(redact(&lines[start..].join("\n")))
 }
 
-/// Runs `f` on each host of `step` at once (within `--forks`); the first failure in host order
+/// Runs `f` on each host of `step` at once (within `--forks`), each given its own copy of the
+/// step ([`OwnSteps`]); the first failure in host order
 /// (each was reported as an event already). Every host's result is kept in
 /// [`Shared::results`] for the engine.
 pub async fn per_host<T, F, Fut>(sh: &Arc<Shared<T>>, step: &Step, f: F) -> Result<(), StepError>
@@ -367,7 +380,8 @@ where
     F: Fn(Arc<Shared<T>>, Step, String) -> Fut,
     Fut: Future<Output = Result<(), StepError>> + Send + 'static,
 {
-    let results = each_host(sh, &step.hosts, |sh, name| f(sh, step.clone(), name)).await;
+    let own = OwnSteps::new(step);
+    let results = each_host(sh, &step.hosts, |sh, name| f(sh, own.of(&name), name)).await;
     let results: Vec<Result<(), StepError>> = step
         .hosts
         .iter()
@@ -380,6 +394,54 @@ where
         }
     }
     results.into_iter().collect()
+}
+
+/// One host's copy of a step, for the task that works on that host: the step with that host's
+/// parameters alone. A copy of the whole step for each host (every host's parameters and
+/// command lines) would cost a step time and memory in the square of its hosts. What the run
+/// never reads is left out of the copy: the plan's text (`action`, `why`, `checks`) and the
+/// rendered command lines, which are the dry run's display.
+pub struct OwnSteps<'a> {
+    step: &'a Step,
+    /// Each host's parameters (the first, as [`Step::params`] finds them).
+    by_host: HashMap<&'a str, &'a HostCommands>,
+}
+
+impl<'a> OwnSteps<'a> {
+    pub fn new(step: &'a Step) -> Self {
+        let mut by_host = HashMap::with_capacity(step.commands.len());
+        for hc in &step.commands {
+            by_host.entry(hc.host.as_str()).or_insert(hc);
+        }
+        OwnSteps { step, by_host }
+    }
+
+    /// `step` on `host` alone: `hosts` is `[host]`, `commands` its own parameters.
+    pub fn of(&self, host: &str) -> Step {
+        let s = self.step;
+        Step {
+            id: s.id.clone(),
+            number: s.number,
+            kind: s.kind,
+            hosts: vec![host.to_string()],
+            batch: s.batch,
+            hop: s.hop.clone(),
+            action: String::new(),
+            why: String::new(),
+            checks: Vec::new(),
+            commands: self
+                .by_host
+                .get(host)
+                .map(|hc| {
+                    vec![HostCommands {
+                        host: hc.host.clone(),
+                        params: hc.params.clone(),
+                        commands: Vec::new(),
+                    }]
+                })
+                .unwrap_or_default(),
+        }
+    }
 }
 
 /// Runs `f` for each of `hosts`, at most `--forks` at once (the run's one semaphore: never nest

@@ -23,7 +23,10 @@ pub fn answer<T: Transport>(
     host: &str,
     earlier: &[StepKind],
 ) -> Option<Probe> {
-    if sh.cfg.resumed || sh.plan.rollback.is_some() || !sh.changes().facts_current.contains(host) {
+    if sh.cfg.resumed
+        || sh.plan.rollback.is_some()
+        || !sh.changed(|c| c.facts_current.contains(host))
+    {
         return None;
     }
     // The audit's facts are those before the first hop: a later hop's steps are probed.

@@ -4,15 +4,16 @@
 //! only names `storage list` printed are passed (the real binary creates a ledger on a typo),
 //! every ledger the fleet is known to hold must be listed, and `scan` may add only known ones.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::exit_code;
 use crate::numary::{self, UpgradeOutcome};
-use crate::plan::{Action, Step, StepKind};
+use crate::plan::{Action, PlanStorage, Step, StepKind};
 use crate::shell::validate_ledger_name;
 use crate::ssh::Transport;
 
-use super::ctx::{Checked, Shared, StepError, tail};
+use super::ctx::{self, Checked, OwnSteps, Shared, StepError, tail};
 use super::params;
 use super::service::{self, notice};
 
@@ -174,9 +175,21 @@ async fn survey_and_migrate<T: Transport + 'static>(
 ) -> Result<(), StepError> {
     // Every host's lists and guards before the first `storage upgrade` anywhere: a refusal on the
     // second SQLite node must not come after the first one migrated (nothing would be unchanged).
+    // What the guards compare with, gathered once (not once per host: each is as long as the
+    // fleet): every ledger the fleet's facts know of, and the storage of each host.
+    let mut fleet: Vec<String> = sh.facts.values().flat_map(|f| f.ledgers.clone()).collect();
+    fleet.sort();
+    fleet.dedup();
+    let mut storages: HashMap<&str, &PlanStorage> = HashMap::new();
+    for s in &sh.plan.storages {
+        for h in &s.hosts {
+            storages.entry(h.as_str()).or_insert(s);
+        }
+    }
     let mut ledgers = Vec::new();
     for name in &step.hosts {
-        ledgers.push(survey(sh, step, name).await?);
+        let known = known_ledgers(sh, storages.get(name.as_str()).copied(), name);
+        ledgers.push(survey(sh, step, name, &known, &fleet).await?);
     }
     // One host after the other: on SQLite each node migrates its own files, and a failure must
     // stop the run before the next node is touched.
@@ -223,8 +236,13 @@ async fn release_db_locks(locks: Vec<crate::dblock::DbLock>) {
 }
 
 /// Right before the storage changes: every node of the run still stopped, API silent (a node
-/// started behind fleetup's back since `confirm_stopped` would race the migration).
-async fn recheck_stopped<T: Transport>(sh: &Shared<T>, step: &Step) -> Result<(), StepError> {
+/// started behind fleetup's back since `confirm_stopped` would race the migration). Only reads,
+/// so every node at once (within `--forks`); the first one found running, in host order, stops
+/// the run.
+async fn recheck_stopped<T: Transport + 'static>(
+    sh: &Arc<Shared<T>>,
+    step: &Step,
+) -> Result<(), StepError> {
     // What "stopped" was confirmed against: the confirm step's parameters (this step's hosts,
     // with their own settings, when the plan has none).
     let confirm = sh
@@ -232,45 +250,67 @@ async fn recheck_stopped<T: Transport>(sh: &Shared<T>, step: &Step) -> Result<()
         .steps
         .iter()
         .find(|s| s.kind == StepKind::ConfirmStopped && s.hop == step.hop);
-    let hosts = confirm.map_or(&step.hosts, |s| &s.hosts);
     // A host left behind after its own failure is alone on its storage (the failure policy).
-    for name in hosts.iter().filter(|h| sh.going(h)) {
-        let host = sh.host(name);
-        let t = sh.session(name);
-        let (service, api) = match confirm
-            .and_then(|s| s.params(name))
-            .and_then(Action::confirm)
-        {
-            Some(p) => (&p.service, p.api.as_str()),
-            None => (&host.ledger.service, host.ledger.api.as_str()),
-        };
-        let running = service::service_running(t, service).await;
-        let api = service::api_answers(t, api).await;
-        if running != Some(false) || api.is_some() {
-            let op = sh.begin(step, name, None);
-            let mut e = sh.error(
-                step,
-                name,
-                format!(
-                    "the node is no longer cleanly stopped ({}): refusing to migrate",
-                    service::live_state(t, host).await
-                ),
-            );
-            e.code = exit_code::BLOCKED;
-            e.hints
-                .push("something restarted it; stop it and run again".into());
-            op.fail(&e.message);
-            return Err(e);
+    let hosts: Vec<String> = confirm
+        .map_or(&step.hosts, |s| &s.hosts)
+        .iter()
+        .filter(|h| sh.going(h))
+        .cloned()
+        .collect();
+    let own = confirm.map(OwnSteps::new);
+    let found = ctx::each_host(sh, &hosts, |sh, name| {
+        let confirm = own.as_ref().map(|o| o.of(&name));
+        async move {
+            let host = sh.host(&name);
+            let t = sh.session(&name);
+            let (service, api) = match confirm
+                .as_ref()
+                .and_then(|s| s.params(&name))
+                .and_then(Action::confirm)
+            {
+                Some(p) => (&p.service, p.api.as_str()),
+                None => (&host.ledger.service, host.ledger.api.as_str()),
+            };
+            let running = service::service_running(t, service).await;
+            let api = service::api_answers(t, api).await;
+            if running != Some(false) || api.is_some() {
+                Some(service::live_state(t, host).await)
+            } else {
+                None
+            }
         }
+    })
+    .await;
+    for (name, found) in hosts.iter().zip(found) {
+        let message = match found {
+            Ok(None) => continue,
+            Ok(Some(live)) => {
+                format!("the node is no longer cleanly stopped ({live}): refusing to migrate")
+            }
+            Err(why) => format!(
+                "cannot tell whether the node is still stopped ({why}): refusing to migrate"
+            ),
+        };
+        let op = sh.begin(step, name, None);
+        let mut e = sh.error(step, name, message);
+        e.code = exit_code::BLOCKED;
+        e.hints
+            .push("something restarted it; stop it and run again".into());
+        op.fail(&e.message);
+        return Err(e);
     }
     Ok(())
 }
 
 /// `storage list`, `scan`, `list` on `name` and the guards: the ledgers to migrate there.
+/// `known`: the ledgers `name`'s storage is known to hold; `fleet`: every ledger the fleet's
+/// facts know of (sorted, once each).
 async fn survey<T: Transport>(
     sh: &Shared<T>,
     step: &Step,
     name: &str,
+    known: &[String],
+    fleet: &[String],
 ) -> Result<Vec<String>, StepError> {
     let host = sh.host(name);
     let p = params::of(sh, step, name, Action::migrate)?;
@@ -336,10 +376,6 @@ async fn survey<T: Transport>(
         },
     );
 
-    let known = known_ledgers(sh, name);
-    let mut fleet: Vec<String> = sh.facts.values().flat_map(|f| f.ledgers.clone()).collect();
-    fleet.sort();
-    fleet.dedup();
     let refuse = |message: String, hint: Option<&str>| {
         let op = sh.begin(step, name, None);
         let mut e = sh.error(step, name, message);
@@ -351,8 +387,8 @@ async fn survey<T: Transport>(
     if let Err(problem) = check_listed(
         &before,
         &after,
-        &known,
-        &fleet,
+        known,
+        fleet,
         host.ledger.ledgers.as_deref(),
     ) {
         let hint = problem.hint(p.env_file.as_deref());
@@ -406,10 +442,15 @@ async fn migrate<T: Transport>(
     Ok(())
 }
 
-/// The ledgers `name`'s storage is known to hold: what every node on it reported (a SQLite node
-/// holds its own files; nodes sharing a Postgres database report the same ledgers).
-fn known_ledgers<T: Transport>(sh: &Shared<T>, name: &str) -> Vec<String> {
-    let on_storage: Vec<&str> = match sh.plan.storage_of(name) {
+/// The ledgers `name`'s storage (`storage`, as the plan has it) is known to hold: what every node
+/// on it reported (a SQLite node holds its own files; nodes sharing a Postgres database report
+/// the same ledgers).
+fn known_ledgers<T: Transport>(
+    sh: &Shared<T>,
+    storage: Option<&PlanStorage>,
+    name: &str,
+) -> Vec<String> {
+    let on_storage: Vec<&str> = match storage {
         Some(s) => s.hosts.iter().map(String::as_str).collect(),
         None => vec![name],
     };

@@ -26,7 +26,7 @@ mod stage;
 mod switch;
 mod undo;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -48,7 +48,7 @@ pub use failures::{FailBudget, FailurePolicy, HostFailure};
 pub use migrate::{ListProblem, check_listed};
 pub use service::service_running;
 
-use ctx::Shared;
+use ctx::{OwnSteps, Shared};
 use probe::Probe;
 
 /// How the run behaves, beyond what the plan says.
@@ -439,14 +439,15 @@ async fn run_step<T: Transport + Clone + 'static>(
             None => true,
         });
     }
+    // The kinds each host applied so far, gathered once: `applied` grows with hosts × steps.
+    let mut applied: HashMap<&str, Vec<StepKind>> = HashMap::new();
+    for (k, h) in &run.applied {
+        applied.entry(h.as_str()).or_default().push(*k);
+    }
+    let own = OwnSteps::new(step);
     let probes = ctx::each_host(sh, &hosts, |sh, name| {
-        let step = step.clone();
-        let earlier: Vec<StepKind> = run
-            .applied
-            .iter()
-            .filter(|(_, h)| *h == name)
-            .map(|(k, _)| *k)
-            .collect();
+        let step = own.of(&name);
+        let earlier = applied.get(name.as_str()).cloned().unwrap_or_default();
         async move {
             match known::answer(&sh, &step, &name, &earlier) {
                 Some(p) => p,
@@ -474,7 +475,8 @@ async fn run_step<T: Transport + Clone + 'static>(
     loop {
         let mut sub = step.clone();
         sub.hosts = todo.clone();
-        sub.commands.retain(|c| todo.contains(&c.host));
+        let todo_set: HashSet<&str> = todo.iter().map(String::as_str).collect();
+        sub.commands.retain(|c| todo_set.contains(c.host.as_str()));
         let result = dispatch(sh, &sub).await;
         let results = sh.take_results(step.number);
         let e = match result {
@@ -495,7 +497,8 @@ async fn run_step<T: Transport + Clone + 'static>(
         // The hosts the step had not finished go on: those a sequential step did not reach yet.
         let mut next = Vec::new();
         for host in todo.iter().filter(|h| sh.going(h)) {
-            if outcome.finished.contains(host) || probe::probe(sh, step, host).await != Probe::ToDo
+            if outcome.finished.contains(host.as_str())
+                || probe::probe(sh, step, host).await != Probe::ToDo
             {
                 step_state(sh, step, host, StepState::Done, None);
                 run.applied.push((step.kind, host.clone()));
@@ -528,7 +531,7 @@ struct StepOutcome {
     /// the one a sequential step stopped on.
     errors: Vec<StepError>,
     /// Hosts known to have finished the step.
-    finished: Vec<String>,
+    finished: HashSet<String>,
 }
 
 impl StepOutcome {
@@ -537,11 +540,17 @@ impl StepOutcome {
         if !errors.iter().any(|x| x.host == e.host) {
             errors.push(e);
         }
-        let at = |h: &str| todo.iter().position(|t| t == h).unwrap_or(usize::MAX);
-        errors.sort_by_key(|x| at(&x.host));
+        let order: HashMap<&str, usize> = todo
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.as_str(), i))
+            .rev()
+            .collect();
+        errors.sort_by_key(|x| order.get(x.host.as_str()).copied().unwrap_or(usize::MAX));
+        let failed: HashSet<&str> = errors.iter().map(|x| x.host.as_str()).collect();
         let finished = results
             .into_iter()
-            .filter(|(h, r)| r.is_none() && !errors.iter().any(|x| &x.host == h))
+            .filter(|(h, r)| r.is_none() && !failed.contains(h.as_str()))
             .map(|(h, _)| h)
             .collect();
         StepOutcome { errors, finished }
@@ -637,7 +646,7 @@ async fn stopped<T: Transport + Clone + 'static>(
                 StepState::Failed
             };
             step_state(sh, step, host, state, Some(e.message.clone()));
-        } else if outcome.finished.contains(host)
+        } else if outcome.finished.contains(host.as_str())
             || probe::probe(sh, step, host).await != Probe::ToDo
         {
             step_state(sh, step, host, StepState::Done, None);
@@ -713,8 +722,9 @@ async fn take_locks<T: Transport + Clone + 'static>(
         return Ok(());
     };
     lock_one(sh, step, first).await?;
+    let own = OwnSteps::new(step);
     let results = ctx::each_host(sh, rest, |sh, name| {
-        let step = step.clone();
+        let step = own.of(&name);
         async move { lock_one(&sh, &step, &name).await }
     })
     .await;
@@ -857,9 +867,10 @@ async fn release_locks<T: Transport + Clone + 'static>(sh: &Arc<Shared<T>>) -> V
     else {
         return Vec::new();
     };
-    let locked = sh.changes().locked;
+    let locked = sh.changed(|c| c.locked.clone());
+    let own = OwnSteps::new(&step);
     ctx::each_host(sh, &locked, |sh, name| {
-        let step = step.clone();
+        let step = own.of(&name);
         async move {
             let op = sh.begin(&step, &name, None);
             match lock::release(sh.session(&name), sh.host(&name), &sh.cfg.run_id).await {
@@ -898,22 +909,30 @@ async fn summarize<T: Transport>(
     failures: &[HostFailure],
 ) -> Vec<HostSummary> {
     let mut out = Vec::new();
+    // Looked up once per host: sets, not the lists (as long as the fleet).
+    let switched_on: HashSet<&str> = c.switched.iter().map(|(h, _)| h.as_str()).collect();
+    let healthy: HashSet<&str> = c.healthy.iter().map(String::as_str).collect();
+    let decommissioned: HashSet<&str> = c.decommissioned.iter().map(String::as_str).collect();
+    let mut failed_at: HashMap<&str, &HostFailure> = HashMap::new();
+    for f in failures {
+        failed_at.entry(f.host.as_str()).or_insert(f);
+    }
     for hp in &sh.plan.hosts {
         if hp.action == HostAction::AlreadyAtTarget {
             continue;
         }
         let name = &hp.name;
         let from = hp.current.as_ref().map(ToString::to_string);
-        let switched = c.switched.iter().any(|(h, _)| h == name);
+        let switched = switched_on.contains(name.as_str());
         let to = if switched {
             Some(sh.plan.target.to_string())
         } else {
             from.clone()
         };
         let state = if !failed {
-            if c.healthy.contains(name) {
+            if healthy.contains(name.as_str()) {
                 format!("running `{}`, healthy", sh.plan.target)
-            } else if c.decommissioned.contains(name) {
+            } else if decommissioned.contains(name.as_str()) {
                 "decommissioned: stopped through its service manager, its binary and data kept"
                     .to_string()
             } else {
@@ -929,7 +948,7 @@ async fn summarize<T: Transport>(
             } else {
                 "binary not switched".to_string()
             };
-            match failures.iter().find(|f| &f.host == name) {
+            match failed_at.get(name.as_str()) {
                 Some(f) => format!(
                     "failed at step {} ({}): {binary}, {live}",
                     f.step,
@@ -950,295 +969,21 @@ async fn summarize<T: Transport>(
 
 #[cfg(test)]
 pub(crate) mod tests {
-    use std::collections::BTreeMap;
-    use std::sync::atomic::AtomicUsize;
-    use std::sync::{Arc, Mutex};
-    use std::time::Duration;
+    use std::sync::Arc;
 
     use super::*;
     use crate::events::Recorder;
     use crate::facts::{HostFacts, ServiceState, StorageDriver, StorageFacts};
-    use crate::inventory::{LedgerSettings, ResolvedHost, SshSettings};
     use crate::plan::{BinarySource, PlanOptions, Strategy, build_plan};
     use crate::policy::PolicyTable;
+    use crate::scripted::{self, LISTED, Node, Spec, Storage, Traffic, spec as node};
     use crate::ssh::ExecOptions;
-    use crate::ssh::{
-        ExecError, ExecOutput, ExitStatus, HttpError, HttpResponse, Progress, UploadError,
-        UploadReport,
-    };
     use crate::version::Version;
 
-    mod hooks;
-
     /// A host with the built-in ledger settings, for the script tests of the steps.
-    pub fn host(name: &str) -> ResolvedHost {
-        ResolvedHost {
-            name: name.into(),
-            address: "127.0.0.1".into(),
-            groups: vec![],
-            migrator: false,
-            replaces: None,
-            ssh: SshSettings {
-                user: "ops".into(),
-                port: 22,
-                identity_files: vec![],
-                known_hosts: "/kh".into(),
-                global_known_hosts: vec![],
-                connect_timeout: Duration::from_secs(1),
-                command_timeout: Duration::from_secs(1),
-                migration_timeout: Duration::from_secs(1),
-                jump_host: None,
-                use_agent: false,
-                jump_chain: Vec::new(),
-                openssh: Default::default(),
-            },
-            ledger: LedgerSettings::default(),
-            rollout: Default::default(),
-        }
-    }
+    pub use crate::scripted::host;
 
-    /// A node played by a script: answers each command it was scripted for by what the command
-    /// contains, fails loudly on any other, logs every command, and serves `/_info` on the
-    /// target while started.
-    #[derive(Clone)]
-    struct Fake {
-        name: String,
-        /// What `storage list` prints before `storage scan` ran, and after.
-        listed: (String, String),
-        /// A command containing this fails (exit 1, stderr `boom`).
-        fail: Option<&'static str>,
-        /// The ledgers whose SQLite files the backup copies.
-        files: Vec<String>,
-        scanned: Arc<Mutex<bool>>,
-        log: Arc<Mutex<Vec<String>>>,
-        /// Commands it was not scripted for (each answered with exit 127).
-        unexpected: Arc<Mutex<Vec<String>>>,
-        started: Arc<Mutex<bool>>,
-        /// Counts the calls in flight across the fleet (and paces them) when set.
-        flight: Option<Arc<Flight>>,
-    }
-
-    /// Transport calls in flight at once across every fake of a fleet, and the most seen.
-    #[derive(Default)]
-    struct Flight {
-        now: AtomicUsize,
-        max: AtomicUsize,
-    }
-
-    impl Flight {
-        /// Counts one call while it lasts; the pause lets other hosts' tasks overlap it, so
-        /// an unbounded engine would be seen running more at once.
-        async fn enter(flight: &Option<Arc<Flight>>) -> Option<FlightGuard> {
-            let f = flight.as_ref()?;
-            let n = f.now.fetch_add(1, Ordering::SeqCst) + 1;
-            f.max.fetch_max(n, Ordering::SeqCst);
-            tokio::time::sleep(Duration::from_millis(2)).await;
-            Some(FlightGuard(f.clone()))
-        }
-    }
-
-    struct FlightGuard(Arc<Flight>);
-
-    impl Drop for FlightGuard {
-        fn drop(&mut self) {
-            self.0.now.fetch_sub(1, Ordering::SeqCst);
-        }
-    }
-
-    impl Fake {
-        fn answer(&self, cmd: &str) -> (u32, String, String) {
-            let has = |s: &str| cmd.contains(s);
-            let ok = |out: &str| (0, out.to_string(), String::new());
-            if self.fail.is_some_and(has) {
-                return (1, String::new(), format!("boom: `{cmd}`\n"));
-            }
-            // The engine's probes: nothing is done yet on these nodes.
-            if has("pgrep -x numary") {
-                return ok("");
-            }
-            if has("sqlite3 -readonly") {
-                return (7, String::new(), "sqlite3 is not installed".into());
-            }
-            if cmd.starts_with("f=") && has("[ -x \"$f\" ] && sha256sum") {
-                return (1, String::new(), String::new());
-            }
-            if cmd.starts_with("readlink -f ") {
-                return ok("/opt/numary/releases/1.7.4/numary\n");
-            }
-            if has("storage list") {
-                let scanned = *self.scanned.lock().unwrap();
-                ok(if scanned {
-                    &self.listed.1
-                } else {
-                    &self.listed.0
-                })
-            } else if has("storage scan") {
-                *self.scanned.lock().unwrap() = true;
-                ok("")
-            } else if let Some(rest) = cmd.split("storage upgrade ").nth(1) {
-                ok(&format!("Storage '{}' migrated\r\n", rest.trim()))
-            } else if cmd.ends_with(" version") {
-                ok("Version: 1.8.2 \n")
-            } else if has("echo ==orig") {
-                let sums: String = self
-                    .files
-                    .iter()
-                    .map(|l| format!("aa 1 numary_{l}.db\n"))
-                    .collect();
-                ok(&format!(
-                    "==dir /data\n==name numary\n==orig\n{sums}==copy\n{sums}"
-                ))
-            } else if has("prev-link") {
-                ok(
-                    "prev-link /opt/numary/releases/1.7.4/numary\nnow /opt/numary/releases/1.8.2/numary\n",
-                )
-            } else if has("systemctl show --property=LoadState,ActiveState") {
-                ok(if *self.started.lock().unwrap() {
-                    "loaded\nactive\n"
-                } else {
-                    "loaded\ninactive\n"
-                })
-            } else if has("journalctl -u") {
-                ok("numary[1]: the unit's journal\n")
-            } else if has("systemctl is-active") {
-                if *self.started.lock().unwrap() {
-                    ok("active\n")
-                } else {
-                    (3, "inactive\n".to_string(), String::new())
-                }
-            } else if has("systemctl disable") {
-                ok("")
-            } else if has("systemctl is-enabled") {
-                ok(if self.ran("systemctl disable") {
-                    "disabled\n"
-                } else {
-                    "enabled\n"
-                })
-            } else if has("systemctl start") || has("systemctl stop") {
-                *self.started.lock().unwrap() = has("systemctl start");
-                ok("")
-            } else if cmd.starts_with("FLEETUP_HOST=") {
-                // The operator's hook.
-                ok("hook ran\n")
-            } else if has("from pg_stat_activity") {
-                ok("sessions|0\n")
-            } else if has("echo ==journals") {
-                ok("==journals\n==open\n")
-            } else if (has(".fleetup.lock") && (has("mkdir \"$d\"") || has("grep -qF")))
-                || has("mkdir -p /opt/numary/releases/")
-                || has("rm -f \"$d/numary\"")
-                || has("rm -rf -- /var/backups/numary/")
-            {
-                ok("")
-            } else {
-                self.unexpected.lock().unwrap().push(cmd.to_string());
-                (127, String::new(), format!("unexpected command: {cmd}\n"))
-            }
-        }
-
-        fn commands(&self) -> Vec<String> {
-            self.log.lock().unwrap().clone()
-        }
-
-        fn ran(&self, part: &str) -> bool {
-            self.commands().iter().any(|c| c.contains(part))
-        }
-    }
-
-    impl Transport for Fake {
-        fn host(&self) -> &str {
-            &self.name
-        }
-
-        async fn exec(&self, command: &str, _: &ExecOptions) -> Result<ExecOutput, ExecError> {
-            let _in_flight = Flight::enter(&self.flight).await;
-            self.log.lock().unwrap().push(command.to_string());
-            let (code, stdout, stderr) = self.answer(command);
-            Ok(ExecOutput {
-                stdout: stdout.into_bytes(),
-                stderr: stderr.into_bytes(),
-                status: ExitStatus::Code(code),
-                duration: Duration::ZERO,
-                truncated: 0,
-            })
-        }
-
-        async fn upload(
-            &self,
-            data: &[u8],
-            sha256: &str,
-            remote_path: &str,
-            _: u32,
-            _: Progress<'_>,
-        ) -> Result<UploadReport, UploadError> {
-            let _in_flight = Flight::enter(&self.flight).await;
-            self.log
-                .lock()
-                .unwrap()
-                .push(format!("# upload {remote_path}"));
-            Ok(UploadReport {
-                bytes: data.len() as u64,
-                sha256: sha256.to_string(),
-            })
-        }
-
-        async fn http_get(
-            &self,
-            host: &str,
-            port: u16,
-            path: &str,
-            _: Duration,
-        ) -> Result<HttpResponse, HttpError> {
-            let _in_flight = Flight::enter(&self.flight).await;
-            if !*self.started.lock().unwrap() {
-                return Err(HttpError::Connect {
-                    host: self.name.clone(),
-                    target: format!("{host}:{port}"),
-                    reason: "connection refused".into(),
-                });
-            }
-            let body = if path == "/_info" {
-                r#"{"data":{"version":"1.8.2"}}"#
-            } else {
-                "{}"
-            };
-            Ok(HttpResponse {
-                status: 200,
-                headers: vec![],
-                body: body.as_bytes().to_vec(),
-            })
-        }
-    }
-
-    /// One SQLite node at 1.7.4 of a scripted fleet going to 1.8.2.
-    struct Node {
-        name: &'static str,
-        /// `storage list` before `scan`, and after it.
-        listed: (&'static str, &'static str),
-        /// The ledgers its facts report.
-        known: &'static [&'static str],
-        /// The inventory's `ledgers`.
-        expected: Option<&'static [&'static str]>,
-        fail: Option<&'static str>,
-        /// Running at the start (the run stops it: `--stop`).
-        running: bool,
-        /// The lock generation its facts read (the fake's lock finds none).
-        generation: Option<&'static str>,
-    }
-
-    const LISTED: &str = "Ledgers:\n- default\n";
-
-    fn node(name: &'static str) -> Node {
-        Node {
-            name,
-            listed: (LISTED, LISTED),
-            known: &["default"],
-            expected: None,
-            fail: None,
-            running: false,
-            generation: None,
-        }
-    }
+    mod hooks;
 
     /// How a scripted fleet is run, beyond its nodes.
     #[derive(Clone, Copy)]
@@ -1264,7 +1009,7 @@ pub(crate) mod tests {
         }
     }
 
-    async fn run_fleet(nodes: Vec<Node>) -> (RunReport, Vec<Fake>) {
+    async fn run_fleet(nodes: Vec<Spec>) -> (RunReport, Vec<Node>) {
         let ran = run_fleet_with(nodes, Setup::default()).await;
         (ran.report, ran.fakes)
     }
@@ -1272,7 +1017,7 @@ pub(crate) mod tests {
     /// What a scripted run did.
     struct Ran {
         report: RunReport,
-        fakes: Vec<Fake>,
+        fakes: Vec<Node>,
         /// The most transport calls in flight at once (with `Setup::flight`).
         most_in_flight: usize,
         events: Vec<Event>,
@@ -1297,95 +1042,36 @@ pub(crate) mod tests {
     }
 
     /// Runs `nodes` as `setup` says.
-    async fn run_fleet_with(nodes: Vec<Node>, setup: Setup) -> Ran {
+    async fn run_fleet_with(nodes: Vec<Spec>, setup: Setup) -> Ran {
         run_fleet_edited(nodes, setup, |_| {}).await
     }
 
     /// [`run_fleet`], with the plan changed by `edit` before it runs.
-    async fn run_plan(nodes: Vec<Node>, edit: impl FnOnce(&mut Plan)) -> (RunReport, Vec<Fake>) {
+    async fn run_plan(nodes: Vec<Spec>, edit: impl FnOnce(&mut Plan)) -> (RunReport, Vec<Node>) {
         let ran = run_fleet_edited(nodes, Setup::default(), edit).await;
         (ran.report, ran.fakes)
     }
 
     /// [`run_fleet_with`], with the plan changed by `edit` before it runs.
-    async fn run_fleet_edited(nodes: Vec<Node>, setup: Setup, edit: impl FnOnce(&mut Plan)) -> Ran {
-        let flight = setup.flight.then(|| Arc::new(Flight::default()));
-        let mut hosts = Vec::new();
-        let mut facts = BTreeMap::new();
-        let mut fakes = Vec::new();
-        for n in &nodes {
-            let mut h = host(n.name);
-            h.ledger.ledgers = n
-                .expected
-                .map(|e| e.iter().map(|s| s.to_string()).collect());
-            hosts.push(h);
-            facts.insert(
-                n.name.to_string(),
-                HostFacts {
-                    installed_version: Some(Version::new(1, 7, 4)),
-                    service: if n.running {
-                        ServiceState::Running
-                    } else {
-                        ServiceState::Stopped
-                    },
-                    storage: Some(if setup.postgres {
-                        StorageFacts {
-                            driver: StorageDriver::Postgres,
-                            sqlite_dir: None,
-                            postgres: Some("postgres://ledger@10.0.0.5:5432/ledger".into()),
-                        }
-                    } else {
-                        StorageFacts {
-                            driver: StorageDriver::Sqlite,
-                            sqlite_dir: Some("/data".into()),
-                            postgres: None,
-                        }
-                    }),
-                    ledgers: n.known.iter().map(|s| s.to_string()).collect(),
-                    lock_generation: n.generation.map(str::to_string),
-                    ..HostFacts::default()
-                },
-            );
-            fakes.push(Fake {
-                name: n.name.into(),
-                listed: (n.listed.0.into(), n.listed.1.into()),
-                fail: n.fail,
-                files: n.known.iter().map(|s| s.to_string()).collect(),
-                scanned: Arc::default(),
-                log: Arc::default(),
-                unexpected: Arc::default(),
-                started: Arc::new(Mutex::new(n.running)),
-                flight: flight.clone(),
-            });
-        }
-        let opts = PlanOptions {
-            strategy: Strategy::Offline,
-            serial: None,
-            canary: std::num::NonZeroUsize::MIN,
-            hop_binaries: Vec::new(),
-            stop_running: nodes.iter().any(|n| n.running),
-            backup: setup.backup,
-            binary: BinarySource::File {
-                path: "numary".into(),
-                sha256: "ab".repeat(32),
-            },
+    async fn run_fleet_edited(nodes: Vec<Spec>, setup: Setup, edit: impl FnOnce(&mut Plan)) -> Ran {
+        // Each call held 2 ms, so an unbounded engine would be seen running more at once.
+        let traffic = setup.flight.then(|| Traffic::new(Duration::from_millis(2)));
+        let storage = if setup.postgres {
+            Storage::Postgres
+        } else {
+            Storage::Sqlite
         };
-        let target = Version::new(1, 8, 2);
-        let mut plan = build_plan(&hosts, &facts, &target, &opts, &PolicyTable::builtin());
+        let fleet = scripted::Fleet::new(&nodes, storage, traffic.clone(), true);
+        let mut plan = fleet.plan(setup.backup);
         assert!(!plan.is_blocked(), "{:?}", plan.blockers);
         edit(&mut plan);
-        let cfg = config(setup);
-        let fleet = Fleet {
-            hosts,
-            sessions: fakes.iter().map(|f| (f.name.clone(), f.clone())).collect(),
-            facts,
-        };
+        let fakes = fleet.nodes.clone();
         let recorder = Arc::new(Recorder::default());
-        let report = execute(plan, fleet, cfg, recorder.clone()).await;
+        let report = execute(plan, fleet.connected(), config(setup), recorder.clone()).await;
         Ran {
             report,
             fakes,
-            most_in_flight: flight.map_or(0, |f| f.max.load(Ordering::SeqCst)),
+            most_in_flight: traffic.map_or(0, |t| t.most_in_flight()),
             events: recorder.events(),
         }
     }
@@ -1393,32 +1079,10 @@ pub(crate) mod tests {
     /// The run's settings for a scripted fleet (short timeouts).
     fn config(setup: Setup) -> RunConfig {
         RunConfig {
-            run_id: "20260125T174502Z-00ab12".into(),
-            owner: crate::lock::LockOwner {
-                user: "ops".into(),
-                local_host: "here".into(),
-                run_id: "20260125T174502Z-00ab12".into(),
-                pid: 1,
-                started_at: "2026-01-25T17:45:02Z".into(),
-                fleetup_version: "0".into(),
-                command: "upgrade".into(),
-                process: None,
-            },
-            break_lock: false,
-            binaries: BTreeMap::from([("ab".repeat(32), Arc::new(b"#!/bin/sh\n".to_vec()))]),
-            stop_timeout: Duration::from_secs(1),
-            health_timeout: Duration::from_secs(1),
-            poll_interval: Duration::from_millis(10),
-            parallel_uploads: 4,
-            forks: setup.forks,
             failure: FailurePolicy {
                 max_failed: setup.max_failed,
             },
-            prior: PriorRun::default(),
-            cancel: Cancel::default(),
-            lease: LeaseConfig::default(),
-            resumed: false,
-            pause: None,
+            ..scripted::run_config(setup.forks)
         }
     }
 
@@ -1427,8 +1091,8 @@ pub(crate) mod tests {
     async fn run_single(
         listed: &'static str,
         expected: Option<&'static [&'static str]>,
-    ) -> (RunReport, Fake) {
-        let (report, mut fakes) = run_fleet(vec![Node {
+    ) -> (RunReport, Node) {
+        let (report, mut fakes) = run_fleet(vec![Spec {
             listed: (listed, listed),
             expected,
             ..node("node-1")
@@ -1437,7 +1101,7 @@ pub(crate) mod tests {
         (report, fakes.remove(0))
     }
 
-    fn upgrades(fake: &Fake) -> Vec<String> {
+    fn upgrades(fake: &Node) -> Vec<String> {
         fake.commands()
             .iter()
             .filter_map(|c| c.split("storage upgrade ").nth(1).map(str::to_string))
@@ -1479,7 +1143,7 @@ pub(crate) mod tests {
             backup: false,
             binary: BinarySource::File {
                 path: "numary".into(),
-                sha256: "ab".repeat(32),
+                sha256: scripted::binary_sha256(),
             },
         };
         let hosts = vec![old, new];
@@ -1491,18 +1155,12 @@ pub(crate) mod tests {
         let ids: Vec<&str> = plan.steps.iter().map(|s| s.id.as_str()).collect();
         assert_eq!(ids, ["preflight", "lock", "decommission", "unlock"]);
         plan.blockers.clear();
-        let fakes: Vec<Fake> = ["old-1", "new-1"]
+        let fakes: Vec<Node> = ["old-1", "new-1"]
             .iter()
-            .map(|name| Fake {
-                name: name.to_string(),
-                listed: (LISTED.into(), LISTED.into()),
-                fail: None,
-                files: Vec::new(),
-                scanned: Arc::default(),
-                log: Arc::default(),
-                unexpected: Arc::default(),
-                started: Arc::new(Mutex::new(*name == "old-1" || serving)),
-                flight: None,
+            .map(|name| {
+                Node::new(name)
+                    .holding(&[])
+                    .running(*name == "old-1" || serving)
             })
             .collect();
         let fleet = Fleet {
@@ -1534,8 +1192,8 @@ pub(crate) mod tests {
         };
         // The probe saw it running; the stop is waited for, then the unit disabled.
         assert!(pos("systemctl stop numary.service") < pos("systemctl disable numary.service"));
-        assert!(!*old.started.lock().unwrap(), "stopped");
-        assert!(old.unexpected.lock().unwrap().is_empty());
+        assert!(!old.started(), "stopped");
+        assert!(old.unexpected().is_empty());
         // Nothing removes its binary, releases or data (only its fleetup lock goes).
         assert!(
             !cmds
@@ -1572,7 +1230,7 @@ pub(crate) mod tests {
         );
         let old = &ran.fakes[0];
         assert!(!old.ran("systemctl stop"), "{:#?}", old.commands());
-        assert!(*old.started.lock().unwrap(), "it keeps serving");
+        assert!(old.started(), "it keeps serving");
         assert!(ran.report.changes.decommissioned.is_empty());
     }
 
@@ -1601,7 +1259,7 @@ pub(crate) mod tests {
         changed.generation = Some("20260101T000000Z-000001");
         let (report, fakes) = run_fleet(vec![node("node-1"), changed]).await;
         assert_eq!(report.outcome, Outcome::Succeeded, "{:?}", report.error);
-        let probed = |f: &Fake| {
+        let probed = |f: &Node| {
             f.ran("[ -x \"$f\" ] && sha256sum")
                 || f.commands().iter().any(|c| c.starts_with("readlink -f "))
         };
@@ -1717,33 +1375,23 @@ pub(crate) mod tests {
 
     /// Every command the run sent was one the script knows: a test of a failure path must not
     /// pass because a recovery command was silently answered.
-    fn assert_scripted(fakes: &[Fake]) {
+    fn assert_scripted(fakes: &[Node]) {
         for f in fakes {
-            let unexpected = f.unexpected.lock().unwrap().clone();
+            let unexpected = f.unexpected();
             assert!(unexpected.is_empty(), "{}: {unexpected:?}", f.name);
         }
     }
 
     #[tokio::test]
     async fn the_fake_refuses_a_command_it_was_not_scripted_for() {
-        let f = Fake {
-            name: "node-1".into(),
-            listed: (LISTED.into(), LISTED.into()),
-            fail: None,
-            files: vec![],
-            scanned: Arc::default(),
-            log: Arc::default(),
-            unexpected: Arc::default(),
-            started: Arc::default(),
-            flight: None,
-        };
+        let f = Node::new("node-1");
         let out = f
             .exec("rm -rf /opt/numary", &ExecOptions::default())
             .await
             .unwrap();
         assert!(!out.status.success());
         assert!(out.stderr_lossy().contains("unexpected command"));
-        assert!(!f.unexpected.lock().unwrap().is_empty());
+        assert!(!f.unexpected().is_empty());
     }
 
     #[tokio::test]
@@ -1751,7 +1399,7 @@ pub(crate) mod tests {
         // node-2's environment points at an empty store; node-1 is fine and listed first.
         let (report, fakes) = run_fleet(vec![
             node("node-1"),
-            Node {
+            Spec {
                 listed: ("No ledger found.\n", "No ledger found.\n"),
                 ..node("node-2")
             },
@@ -1808,7 +1456,7 @@ pub(crate) mod tests {
     #[tokio::test]
     async fn a_known_ledger_missing_from_the_list_is_the_wrong_environment() {
         // Another store that holds a `default` too, while the node's files hold `payments` as well.
-        let (report, fakes) = run_fleet(vec![Node {
+        let (report, fakes) = run_fleet(vec![Spec {
             known: &["default", "payments"],
             ..node("node-1")
         }])
@@ -1828,7 +1476,7 @@ pub(crate) mod tests {
     #[tokio::test]
     async fn a_ledger_scan_adds_that_nobody_knows_is_refused_unless_the_inventory_names_it() {
         let scanned = "Ledgers:\n- default\n- accounting\n";
-        let (report, fakes) = run_fleet(vec![Node {
+        let (report, fakes) = run_fleet(vec![Spec {
             listed: (LISTED, scanned),
             ..node("node-1")
         }])
@@ -1841,7 +1489,7 @@ pub(crate) mod tests {
         assert!(upgrades(&fakes[0]).is_empty());
         assert_scripted(&fakes);
 
-        let (report, fakes) = run_fleet(vec![Node {
+        let (report, fakes) = run_fleet(vec![Spec {
             listed: (LISTED, scanned),
             expected: Some(&["default", "accounting"]),
             ..node("node-1")
@@ -1855,11 +1503,11 @@ pub(crate) mod tests {
     async fn a_failed_storage_upgrade_starts_no_node_keeps_the_backup_and_unlocks() {
         // Both nodes run and are stopped by the run; node-1 migrates, node-2's upgrade fails.
         let (report, fakes) = run_fleet(vec![
-            Node {
+            Spec {
                 running: true,
                 ..node("node-1")
             },
-            Node {
+            Spec {
                 running: true,
                 fail: Some("storage upgrade"),
                 ..node("node-2")
@@ -1882,7 +1530,7 @@ pub(crate) mod tests {
             // migrated) is started.
             assert!(!f.ran("systemctl start"), "{} was started", f.name);
             assert!(!f.ran("prev-link"), "{} was switched", f.name);
-            assert!(!*f.started.lock().unwrap());
+            assert!(!f.started());
             assert!(
                 !f.ran("rm -rf -- /var/backups/numary/"),
                 "{}: backup kept",
@@ -1905,7 +1553,7 @@ pub(crate) mod tests {
 
     #[tokio::test]
     async fn a_failed_switch_after_the_migration_starts_no_old_binary() {
-        let (report, fakes) = run_fleet(vec![Node {
+        let (report, fakes) = run_fleet(vec![Spec {
             running: true,
             fail: Some("prev-link"),
             ..node("node-1")
@@ -1917,7 +1565,7 @@ pub(crate) mod tests {
         assert_eq!(upgrades(f), ["default"]);
         assert!(f.ran("systemctl stop"));
         assert!(!f.ran("systemctl start"), "started after a migration");
-        assert!(!*f.started.lock().unwrap());
+        assert!(!f.started());
         assert!(!f.ran("rm -rf -- /var/backups/numary/"), "backup kept");
         assert!(
             f.commands().last().unwrap().contains("grep -qF"),
@@ -1926,7 +1574,7 @@ pub(crate) mod tests {
         assert_scripted(&fakes);
     }
 
-    fn nodes(n: usize) -> Vec<Node> {
+    fn nodes(n: usize) -> Vec<Spec> {
         const NAMES: [&str; 5] = ["node-1", "node-2", "node-3", "node-4", "node-5"];
         NAMES[..n].iter().map(|name| node(name)).collect()
     }
@@ -1960,7 +1608,7 @@ pub(crate) mod tests {
     }
 
     /// Runs `nodes` with `--max-fail max_failed`; the run must fail.
-    async fn run_with_budget(nodes: Vec<Node>, max_failed: usize) -> Ran {
+    async fn run_with_budget(nodes: Vec<Spec>, max_failed: usize) -> Ran {
         let max_failed = failures::FailBudget::Count(max_failed);
         let ran = run_fleet_with(
             nodes,
@@ -1980,7 +1628,7 @@ pub(crate) mod tests {
     }
 
     /// Three SQLite nodes, `node-2`'s start fails.
-    fn start_fails_on_node_2() -> Vec<Node> {
+    fn start_fails_on_node_2() -> Vec<Spec> {
         let mut n = nodes(3);
         n[1].fail = Some("systemctl start");
         n
@@ -2109,9 +1757,9 @@ pub(crate) mod tests {
 
     #[tokio::test]
     async fn a_sqlite_node_failing_before_the_migration_is_undone_alone_and_the_others_go_on() {
-        let mut n: Vec<Node> = nodes(3)
+        let mut n: Vec<Spec> = nodes(3)
             .into_iter()
-            .map(|n| Node { running: true, ..n })
+            .map(|n| Spec { running: true, ..n })
             .collect();
         n[1].fail = Some("mkdir -p /opt/numary/releases/");
         let ran = run_with_budget(n, 1).await;
@@ -2130,10 +1778,7 @@ pub(crate) mod tests {
         assert!(upgrades(n2).is_empty());
         assert!(!n2.ran("prev-link"));
         assert!(n2.ran("rm -rf -- /var/backups/numary/"));
-        assert!(
-            *n2.started.lock().unwrap(),
-            "node-2 restarted on its old binary"
-        );
+        assert!(n2.started(), "node-2 restarted on its old binary");
         assert!(
             ran.states(StepKind::Backup)
                 .contains(&("node-2".into(), StepState::Undone))
