@@ -2,7 +2,10 @@
 # Write the peers' views of a fleetup lab: the same hosts, key and known_hosts as the lab's
 # inventory.toml, in the formats Ansible, parallel-ssh and bssh read.
 #
-#   scripts/bench/peer-inventories.sh LAB_DIR OUT_DIR
+#   scripts/bench/peer-inventories.sh [--bare] LAB_DIR OUT_DIR
+#
+# --bare: a fleet of bare sshd servers (scripts/bench/bare-fleet.py) for the fan-out peers only:
+# no ledger settings and no migrator are needed, and hosts.ini has no playbook vars.
 #
 # Reads LAB_DIR/inventory.toml (written by `fleetup lab up`; any inventory of that format whose
 # hosts share one SSH user, key and known_hosts works) and writes into OUT_DIR (created):
@@ -32,6 +35,8 @@
 # read or its hosts do not share one user, key and known_hosts.
 set -euo pipefail
 
+bare=0
+if [ "${1:-}" = --bare ]; then bare=1; shift; fi
 if [ $# -ne 2 ]; then
   sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//' >&2
   exit 2
@@ -48,11 +53,12 @@ done
 [ -n "$py" ] || { echo "peer-inventories.sh: needs python3 (3.11+, tomllib)" >&2; exit 1; }
 
 mkdir -p "$out_dir"
-exec "$py" - "$inv" "$out_dir" <<'PY'
+PEER_BARE=$bare exec "$py" - "$inv" "$out_dir" <<'PY'
 import ast, json, os, shlex, shutil, sys, tomllib
 
 inv_path, out = os.path.abspath(sys.argv[1]), os.path.abspath(sys.argv[2])
 inv_dir = os.path.dirname(inv_path)
+bare = os.environ.get("PEER_BARE") == "1"
 
 def die(msg):
     sys.exit(f"peer-inventories.sh: {inv_path}: {msg}")
@@ -127,7 +133,7 @@ for h in hosts:
         "vars": {
             "numary_binary": led["binary"],
             "numary_releases_dir": led["releases_dir"],
-            "numary_env_file": led.get("env_file") or die(f"host {name}: no env_file (the playbook loads the service's env from it)"),
+            "numary_env_file": led.get("env_file") or ("" if bare else die(f"host {name}: no env_file (the playbook loads the service's env from it)")),
             "numary_api": led["api"],
             "numary_backup_dir": led["backup_dir"],
             "numary_service_start": start,
@@ -146,7 +152,7 @@ for p in (key, known_hosts):
     if not os.path.isfile(p):
         die(f"{p} does not exist")
 migrators = [r for r in resolved if r["migrator"]]
-if len(migrators) != 1:
+if not bare and len(migrators) != 1:
     die(f"needs exactly one host with migrator = true, found {len(migrators)}")
 # The migrator first: the playbook's `serial: [1, "100%"]` starts it alone, before the others.
 resolved.sort(key=lambda r: not r["migrator"])
@@ -178,7 +184,7 @@ def ini_value(v):
 
 def host_line(r):
     # Host lines are split with shlex first, so each key=value is one shell word.
-    fields = {"ansible_host": r["address"], "ansible_port": r["port"], **r["vars"]}
+    fields = {"ansible_host": r["address"], "ansible_port": r["port"], **({} if bare else r["vars"])}
     words = [f"{k}={shlex.quote(ini_value(v))}" for k, v in fields.items()]
     return " ".join([r["name"]] + words)
 
@@ -186,7 +192,7 @@ interp = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else "auto_sil
 ledgers = doc.get("ledger", {}).get("ledgers")
 lines = [f"# Generated from {inv_path} by scripts/bench/peer-inventories.sh.", "[ledger]"]
 lines += [host_line(r) for r in resolved]
-lines += ["", "[migrator]", shlex.quote(migrators[0]["name"]), "", "[ledger:vars]",
+lines += ["", "[migrator]", *(shlex.quote(m["name"]) for m in migrators[:1]), "", "[ledger:vars]",
           f"ansible_user={ini_value(user)}",
           f"ansible_ssh_private_key_file={ini_value(key)}",
           f"ansible_ssh_common_args={ini_value(shlex.join(common))}",
