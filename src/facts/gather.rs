@@ -36,46 +36,53 @@ pub async fn gather<T: Transport>(t: &T, host: &ResolvedHost) -> HostFacts {
 pub async fn gather_with<T: Transport>(t: &T, host: &ResolvedHost, schema: bool) -> HostFacts {
     let opts = ExecOptions {
         timeout: Some(FACT_TIMEOUT),
+        // Read-only: see `ExecOptions::read_only`.
+        read_only: true,
         ..Default::default()
     };
-    // The env file first: its values reach every later command that needs them on stdin.
-    let mut env_divergent = Vec::new();
-    let env_error = match &host.ledger.env_file {
-        None => {
-            t.set_service_env(None);
-            None
-        }
-        Some(file) => match read_service_env(t, host, file).await {
-            Ok(env) => {
-                env_divergent = env.divergent.iter().map(ToString::to_string).collect();
-                if let Some(conn) = env.get("NUMARY_STORAGE_POSTGRES_CONN_STRING") {
-                    crate::redact::known().register_conn_string(conn);
-                }
-                t.set_service_env(Some(env.stdin()));
+    // The service manager's status and the API need nothing of the env file: they start at
+    // once, while the env file is read; its values reach on stdin every later command that
+    // needs them (the probe, `numary version`, the schema read).
+    let status_cmd = node::service_state(host);
+    let with_env = async {
+        let mut env_divergent = Vec::new();
+        let env_error = match &host.ledger.env_file {
+            None => {
+                t.set_service_env(None);
                 None
             }
-            Err(why) => {
-                t.set_service_env(None);
-                Some(why)
-            }
-        },
+            Some(file) => match read_service_env(t, host, file).await {
+                Ok(env) => {
+                    env_divergent = env.divergent.iter().map(ToString::to_string).collect();
+                    if let Some(conn) = env.get("NUMARY_STORAGE_POSTGRES_CONN_STRING") {
+                        crate::redact::known().register_conn_string(conn);
+                    }
+                    t.set_service_env(Some(env.stdin()));
+                    None
+                }
+                Err(why) => {
+                    t.set_service_env(None);
+                    Some(why)
+                }
+            },
+        };
+        let probe_cmd = node::probe_with(host, env_error.as_deref());
+        let version_cmd = node::numary(host, &host.ledger.binary, &["version"]);
+        let schema_cmd = schema.then(|| crate::schema::postgres_probe(host));
+        let schema_read = async {
+            let out = t.exec(schema_cmd.as_deref()?, &opts).await.ok()?;
+            let text = out.stdout_lossy().to_string();
+            (out.status.success() && !text.trim().is_empty()).then_some(text)
+        };
+        let (probe, version, schema_text) = tokio::join!(
+            t.exec(&probe_cmd, &opts),
+            t.exec(&version_cmd, &opts),
+            schema_read,
+        );
+        (env_divergent, probe, version, schema_text)
     };
-    let probe_cmd = node::probe_with(host, env_error.as_deref());
-    let version_cmd = node::numary(host, &host.ledger.binary, &["version"]);
-    let status_cmd = node::service_state(host);
-    let schema_cmd = schema.then(|| crate::schema::postgres_probe(host));
-    let schema_read = async {
-        let out = t.exec(schema_cmd.as_deref()?, &opts).await.ok()?;
-        let text = out.stdout_lossy().to_string();
-        (out.status.success() && !text.trim().is_empty()).then_some(text)
-    };
-    let (probe, version, status, api, schema_text) = tokio::join!(
-        t.exec(&probe_cmd, &opts),
-        t.exec(&version_cmd, &opts),
-        t.exec(&status_cmd, &opts),
-        probe_api(t, host),
-        schema_read,
-    );
+    let ((env_divergent, probe, version, schema_text), status, api) =
+        tokio::join!(with_env, t.exec(&status_cmd, &opts), probe_api(t, host));
     let mut facts = HostFacts {
         env_divergent,
         ..Default::default()
@@ -229,6 +236,8 @@ pub async fn gather_schema<T: Transport>(
 ) -> Option<crate::schema::SchemaState> {
     let opts = ExecOptions {
         timeout: Some(FACT_TIMEOUT),
+        // Read-only: see `ExecOptions::read_only`.
+        read_only: true,
         ..Default::default()
     };
     let cmd = crate::schema::state_command(host, driver);
@@ -246,6 +255,8 @@ async fn read_service_env<T: Transport>(
 ) -> Result<crate::envfile::EnvFile, String> {
     let opts = ExecOptions {
         timeout: Some(FACT_TIMEOUT),
+        // Read-only: see `ExecOptions::read_only`.
+        read_only: true,
         ..Default::default()
     };
     let through = if host.ledger.escalate.is_none() {

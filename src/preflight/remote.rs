@@ -467,6 +467,8 @@ pub(super) async fn findings<T: Transport>(
     };
     let opts = ExecOptions {
         timeout: Some(SCRIPT_TIMEOUT),
+        // Read-only: see `ExecOptions::read_only`.
+        read_only: true,
         ..Default::default()
     };
     let command = script(&want);

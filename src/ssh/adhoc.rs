@@ -37,15 +37,14 @@ pub async fn run_on_hosts(
     let commands: Arc<[String]> = commands.into();
     let mut tasks = HostTasks::new();
     for (i, h) in hosts.iter().enumerate() {
-        let (h, opts, exec, forks, commands) = (
-            h.clone(),
-            opts.clone(),
-            exec.clone(),
-            forks.clone(),
-            commands.clone(),
-        );
+        // Taken here, in the order of `hosts`: the hosts start in that order (with `--forks 1`,
+        // one after the other as listed), and no task exists yet for a host still waiting.
+        let Ok(permit) = forks.clone().acquire_owned().await else {
+            break;
+        };
+        let (h, opts, exec, commands) = (h.clone(), opts.clone(), exec.clone(), commands.clone());
         tasks.spawn(&i.to_string(), async move {
-            let _permit = forks.acquire_owned().await;
+            let _permit = permit;
             let session = match connect(&h, &opts).await {
                 Ok(s) => s,
                 Err(e) => return HostRun::Unreachable(Box::new(e)),

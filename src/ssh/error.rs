@@ -391,7 +391,7 @@ pub enum ExecError {
         if *.ended_by_host {
             ": the host ended it (TERM, then KILL 3 s later)"
         } else {
-            ": no answer from the host after the deadline (the link may be down; the host's own deadline ends the command there)"
+            ": fleetup stopped waiting (the link may be down; a command that changes the host is ended there by the host's own deadline, a read-only probe is left to end)"
         }
     )]
     Timeout {

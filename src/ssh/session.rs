@@ -189,6 +189,12 @@ pub struct ExecOptions {
     pub env: Vec<(String, String)>,
     /// Overrides the host's `command_timeout`.
     pub timeout: Option<Duration>,
+    /// A read-only probe of fleetup's own (a file read, `numary version`, the service
+    /// manager's status): one that outlives its deadline changes nothing, so it runs without
+    /// the host's own deadline (one process less on the host, `timeout`, per command) and
+    /// fleetup stops waiting at the deadline itself. Every other command is ended by the host
+    /// at its deadline (see `with_remote_deadline`).
+    pub read_only: bool,
     pub on_output: Option<OutputCallback>,
 }
 
@@ -1077,7 +1083,14 @@ impl Session {
         let env = self.env_for(command);
         let command = with_env(&self.inner.name, command, &opts.env)?;
         let timeout = opts.timeout.unwrap_or(self.inner.command_timeout);
-        let command = with_remote_deadline(&command, timeout);
+        let (command, local) = if opts.read_only {
+            (command, timeout)
+        } else {
+            (
+                with_remote_deadline(&command, timeout),
+                local_deadline(timeout),
+            )
+        };
         let no_progress = |_: u64, _: u64| {};
         let joined: Option<Vec<u8>> = match (&env, &opts.stdin) {
             (Some(env), Some(data)) => Some([env.as_slice(), data].concat()),
@@ -1089,7 +1102,7 @@ impl Session {
             .or(opts.stdin.as_deref());
         let stdin: Option<(&[u8], Progress<'_>)> =
             data.map(|data| (data, &no_progress as &(dyn Fn(u64, u64) + Sync)));
-        self.run(&command, stdin, timeout, opts.on_output.as_ref())
+        self.run(&command, stdin, (timeout, local), opts.on_output.as_ref())
             .await
     }
 
@@ -1127,11 +1140,12 @@ impl Session {
         Ok(process)
     }
 
+    /// `limits`: the command's deadline, and when fleetup stops waiting for its end.
     async fn run(
         &self,
         command: &str,
         stdin: Option<(&[u8], Progress<'_>)>,
-        limit: Duration,
+        (limit, local): (Duration, Duration),
         on_output: Option<&OutputCallback>,
     ) -> Result<ExecOutput, ExecError> {
         let host = || self.inner.name.clone();
@@ -1227,8 +1241,7 @@ impl Session {
             write_result
         };
         // The host's deadline comes first (see `with_remote_deadline`); ours only for a host
-        // that cannot say it ended the command.
-        let local = Duration::from_secs(remote_seconds(limit)) + LOCAL_DEADLINE_GRACE;
+        // that cannot say it ended the command (or for a read-only probe, which has none).
         let outcome = timeout(local, both).await;
         if !closed {
             // Never wait for the server's answer to our close (russh drops it, see the notes).
@@ -1365,14 +1378,22 @@ impl Session {
                 .run(
                     &format!("umask 077 && cat > {qt}"),
                     Some((data, progress)),
-                    limit,
+                    (limit, local_deadline(limit)),
                     None,
                 )
                 .await?;
             self.check_step(&sent, remote_path)?;
             let finish = finish_script(&qt, &qd, &quote(&dir), sha256, mode);
             let done = self
-                .run(&finish, None, self.inner.command_timeout, None)
+                .run(
+                    &finish,
+                    None,
+                    (
+                        self.inner.command_timeout,
+                        local_deadline(self.inner.command_timeout),
+                    ),
+                    None,
+                )
                 .await?;
             if done.status == ExitStatus::Code(FINISH_MISMATCH) {
                 return Err(UploadError::Checksum {
@@ -1585,6 +1606,11 @@ fn with_remote_deadline(command: &str, limit: Duration) -> String {
     format!(
         "if command -v timeout >/dev/null 2>&1; then exec timeout -k {kill} {secs} \"${{SHELL:-/bin/sh}}\" -c {q}; else exec \"${{SHELL:-/bin/sh}}\" -c {q}; fi"
     )
+}
+
+/// When fleetup stops waiting for a command the host ends at `limit`.
+fn local_deadline(limit: Duration) -> Duration {
+    Duration::from_secs(remote_seconds(limit)) + LOCAL_DEADLINE_GRACE
 }
 
 /// `limit` in whole seconds for `timeout`, rounded up, at least 1.
