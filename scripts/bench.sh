@@ -13,6 +13,8 @@
 #   --upgrade-runs U   timed upgrades per tool, each on a fresh lab (default 3)
 #   --jobs LIST        any of exec,exec5,status,check,upgrade,engine (default: all)
 #   --engine-hosts L   host counts of the engine-only benchmark (default 1000,2000,5000,10000)
+#   --peers LIST       peers of the exec job, any of bssh,pssh,pssh-curve25519,ansible-raw,
+#                      ansible-command (default: all installed; `none` for fleetup alone)
 #   --fleetup BIN      the fleetup under test (default target/release/fleetup, built with
 #                      `cargo build --release --workspace --examples` when missing)
 #   --baseline BIN     another fleetup build measured in turn with BIN (A B A B)
@@ -56,6 +58,7 @@ runs=5
 upgrade_runs=3
 jobs=exec,exec5,status,check,upgrade,engine
 engine_hosts=1000,2000,5000,10000
+peers=bssh,pssh,pssh-curve25519,ansible-raw,ansible-command
 fleetup=target/release/fleetup
 fleetup_given=0
 baseline=
@@ -75,6 +78,7 @@ while [ $# -gt 0 ]; do
     --upgrade-runs) need_arg "$@"; upgrade_runs=$2; shift 2 ;;
     --jobs) need_arg "$@"; jobs=$2; shift 2 ;;
     --engine-hosts) need_arg "$@"; engine_hosts=$2; shift 2 ;;
+    --peers) need_arg "$@"; peers=$2; shift 2 ;;
     --fleetup) need_arg "$@"; fleetup=$2; fleetup_given=1; shift 2 ;;
     --baseline) need_arg "$@"; baseline=$2; shift 2 ;;
     --dir) need_arg "$@"; dir=$2; shift 2 ;;
@@ -95,6 +99,14 @@ for j in ${jobs//,/ }; do
   case $j in exec | exec5 | status | check | upgrade | engine) ;; *) die "unknown job \`$j\` in --jobs" ;; esac
 done
 want() { [[ ",$jobs," == *",$1,"* ]]; }
+exec_peers=()
+for p in ${peers//,/ }; do
+  case $p in
+    none) ;;
+    bssh | pssh | pssh-curve25519 | ansible-raw | ansible-command) exec_peers+=("$p") ;;
+    *) die "unknown peer \`$p\` in --peers" ;;
+  esac
+done
 
 # --- as root: build, gather the peers, then run as the unprivileged bench user ----------------
 bench_user=fleetup-bench
@@ -349,7 +361,7 @@ if want exec || want exec5; then
       esac
     }
     if want exec; then
-      runs_of "exec-$n" "${fleetups[@]}" bssh pssh pssh-curve25519 ansible-raw ansible-command
+      runs_of "exec-$n" "${fleetups[@]}" "${exec_peers[@]}"
     fi
     if want exec5; then
       tool_cmd() {
