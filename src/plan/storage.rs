@@ -3,7 +3,7 @@
 //! mixed, names that contradict the connections, and nodes left out of the selection on a
 //! storage the plan migrates.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use super::build::{Findings, View};
 use super::{BlockerKind, HostAction, LeftOut, PlanStorage};
@@ -43,15 +43,22 @@ impl Group<'_, '_> {
 /// without a replacement moves only after them).
 pub(super) fn group<'v, 'a>(views: &'v [View<'a>]) -> Vec<Group<'v, 'a>> {
     let mut groups: Vec<Group> = Vec::new();
+    // Each known storage's group, found in one look-up (SQLite nodes: one storage each).
+    let mut at: HashMap<StorageId, usize> = HashMap::new();
     for v in views.iter().filter(|v| v.touched()) {
         let id = StorageId::of(v.host, v.facts);
-        match groups.iter_mut().find(|g| id.is_some() && g.id == id) {
-            Some(g) => g.views.push(v),
-            None => groups.push(Group {
-                id,
-                views: vec![v],
-                migrator: None,
-            }),
+        match id.as_ref().and_then(|id| at.get(id)) {
+            Some(&i) => groups[i].views.push(v),
+            None => {
+                if let Some(id) = &id {
+                    at.insert(id.clone(), groups.len());
+                }
+                groups.push(Group {
+                    id,
+                    views: vec![v],
+                    migrator: None,
+                });
+            }
         }
     }
     for g in &mut groups {

@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use tokio::sync::Semaphore;
@@ -60,7 +60,7 @@ pub struct Changes {
     /// A `storage upgrade` was issued: the storage may differ from the backup from now on.
     pub storage_touched: bool,
     /// The hosts on which it was ([`Changes::touch_storage`]), for the undo of one failed host.
-    pub touched_on: Vec<String>,
+    pub touched_on: std::collections::BTreeSet<String>,
     /// `(host, previous target of the binary)`.
     pub switched: Vec<(String, String)>,
     /// Hosts started on the new binary.
@@ -79,8 +79,8 @@ impl Changes {
     /// A `storage upgrade` (or a restore) is about to change `host`'s storage.
     pub fn touch_storage(&mut self, host: &str) {
         self.storage_touched = true;
-        if !self.touched_on.iter().any(|h| h == host) {
-            self.touched_on.push(host.to_string());
+        if !self.touched_on.contains(host) {
+            self.touched_on.insert(host.to_string());
         }
     }
 }
@@ -101,6 +101,8 @@ pub struct Shared<T> {
     pub results: Mutex<Vec<(usize, String, Option<StepError>)>>,
     /// Hosts that failed and were left out of the rest of the run (the failure policy).
     pub failed: Mutex<Vec<String>>,
+    /// [`Shared::step_naming`]'s index, made on first use.
+    pub naming: OnceLock<HashMap<&'static str, HashMap<String, usize>>>,
 }
 
 impl<T: Transport> Shared<T> {
@@ -150,6 +152,22 @@ impl<T: Transport> Shared<T> {
 
     pub fn failed_hosts(&self) -> Vec<String> {
         self.failed.lock().map(|f| f.clone()).unwrap_or_default()
+    }
+
+    /// The plan's first step of `kind` that names `host` (the undo's look-up, once per host).
+    pub fn step_naming(&self, kind: StepKind, host: &str) -> Option<&Step> {
+        let index = self.naming.get_or_init(|| {
+            let mut index: HashMap<&'static str, HashMap<String, usize>> = HashMap::new();
+            for (i, s) in self.plan.steps.iter().enumerate() {
+                let of_kind = index.entry(s.kind.as_str()).or_default();
+                for h in &s.hosts {
+                    of_kind.entry(h.clone()).or_insert(i);
+                }
+            }
+            index
+        });
+        let i = *index.get(kind.as_str())?.get(host)?;
+        self.plan.steps.get(i)
     }
 
     /// The per-host results [`per_host`] recorded for step `number`, taken out.

@@ -151,9 +151,10 @@ pub async fn run<T: Transport + 'static>(
     // Each Postgres database is migrated under its advisory lock, held for the whole step in a
     // session of its own: another inventory, or a disjoint `--limit`, on the same database is
     // refused with this run named, and never migrates at the same time.
+    let own = OwnSteps::new(step);
     let mut db_locks = Vec::new();
     for name in &step.hosts {
-        if !params::of(sh, step, name, Action::migrate)?.is_postgres() {
+        if !params::of(sh, &own.of(name), name, Action::migrate)?.is_postgres() {
             continue;
         }
         match hold_db_lock(sh, step, name).await {
@@ -164,14 +165,16 @@ pub async fn run<T: Transport + 'static>(
             }
         }
     }
-    let result = survey_and_migrate(sh, step).await;
+    let result = survey_and_migrate(sh, step, &own).await;
     release_db_locks(db_locks).await;
     result
 }
 
+/// `own`: `step`'s copy for each host (its parameters found at once, not searched for).
 async fn survey_and_migrate<T: Transport + 'static>(
     sh: &Arc<Shared<T>>,
     step: &Step,
+    own: &OwnSteps<'_>,
 ) -> Result<(), StepError> {
     // Every host's lists and guards before the first `storage upgrade` anywhere: a refusal on the
     // second SQLite node must not come after the first one migrated (nothing would be unchanged).
@@ -189,12 +192,12 @@ async fn survey_and_migrate<T: Transport + 'static>(
     let mut ledgers = Vec::new();
     for name in &step.hosts {
         let known = known_ledgers(sh, storages.get(name.as_str()).copied(), name);
-        ledgers.push(survey(sh, step, name, &known, &fleet).await?);
+        ledgers.push(survey(sh, &own.of(name), name, &known, &fleet).await?);
     }
     // One host after the other: on SQLite each node migrates its own files, and a failure must
     // stop the run before the next node is touched.
     for (name, ledgers) in step.hosts.iter().zip(ledgers) {
-        migrate(sh, step, name, &ledgers).await?;
+        migrate(sh, &own.of(name), name, &ledgers).await?;
     }
     Ok(())
 }

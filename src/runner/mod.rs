@@ -225,6 +225,7 @@ pub async fn execute<T: Transport + Clone + 'static>(
         forks,
         results: Mutex::default(),
         failed: Mutex::default(),
+        naming: std::sync::OnceLock::new(),
     });
     let mut timings = Vec::new();
     let mut error = None;
@@ -902,13 +903,38 @@ async fn release_locks<T: Transport + Clone + 'static>(sh: &Arc<Shared<T>>) -> V
 /// Each node the plan touches: versions before and after, and its state. After a failure the
 /// state is read live from the node, so the report says what really runs where; a host that
 /// failed a step says which first.
-async fn summarize<T: Transport>(
-    sh: &Shared<T>,
+async fn summarize<T: Transport + 'static>(
+    sh: &Arc<Shared<T>>,
     c: &Changes,
     failed: bool,
     failures: &[HostFailure],
 ) -> Vec<HostSummary> {
     let mut out = Vec::new();
+    // After a failure, every node's live state, read at once (within `--forks`): one node after
+    // the other, a large fleet's report would wait hosts × three round trips.
+    let mut live: HashMap<String, String> = HashMap::new();
+    if failed {
+        let names: Vec<String> = sh
+            .plan
+            .hosts
+            .iter()
+            .filter(|hp| hp.action != HostAction::AlreadyAtTarget)
+            .map(|hp| hp.name.clone())
+            .collect();
+        let states = ctx::each_host(sh, &names, |sh, name| async move {
+            match sh.sessions.get(name.as_str()) {
+                Some(t) => service::live_state(t, sh.host(&name)).await,
+                None => "not reachable".into(),
+            }
+        })
+        .await;
+        for (name, state) in names.into_iter().zip(states) {
+            live.insert(
+                name,
+                state.unwrap_or_else(|why| format!("state not read ({why})")),
+            );
+        }
+    }
     // Looked up once per host: sets, not the lists (as long as the fleet).
     let switched_on: HashSet<&str> = c.switched.iter().map(|(h, _)| h.as_str()).collect();
     let healthy: HashSet<&str> = c.healthy.iter().map(String::as_str).collect();
@@ -939,10 +965,7 @@ async fn summarize<T: Transport>(
                 "unchanged".to_string()
             }
         } else {
-            let live = match sh.sessions.get(name.as_str()) {
-                Some(t) => service::live_state(t, sh.host(name)).await,
-                None => "not reachable".into(),
-            };
+            let live = live.remove(name.as_str()).unwrap_or_default();
             let binary = if switched {
                 format!("binary switched to `{}`", sh.plan.target)
             } else {

@@ -14,6 +14,7 @@
 //! and its old node, decommissioned only after it passed, still serves); an old node without a
 //! replacement is reverted as in rolling; an old node is left as its decommission left it.
 
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use crate::events::{Event, StepState};
@@ -68,7 +69,7 @@ pub async fn undo_host<T: Transport>(
         .plan
         .storage_of(host)
         .map_or_else(|| vec![host.to_string()], |s| s.hosts.clone());
-    let touched = c.touched_on.iter().any(|h| on_storage.contains(h));
+    let touched = on_storage.iter().any(|h| c.touched_on.contains(h));
     let switched = c.switched.iter().any(|(h, _)| on_storage.contains(h));
     let mine: Vec<(StepKind, String)> =
         applied.iter().filter(|(_, h)| h == host).cloned().collect();
@@ -91,16 +92,28 @@ async fn undo_as<T: Transport>(
     let restored =
         |host: &str, action: &str, ok: bool, detail: String| restored(sh, host, action, ok, detail);
     let undone = |kind: StepKind, host: &str, detail: &str| undone(sh, kind, host, detail);
+    // Looked up per host: maps and sets, not the lists (each as long as the fleet).
+    let mut staged: HashMap<&str, Vec<&(String, String, bool)>> = HashMap::new();
+    for s in &c.staged {
+        staged.entry(s.0.as_str()).or_default().push(s);
+    }
+    let mut backups: HashMap<&str, Vec<&(String, String)>> = HashMap::new();
+    for b in &c.backups {
+        backups.entry(b.0.as_str()).or_default().push(b);
+    }
+    let stopped: HashSet<&str> = c.stopped.iter().map(String::as_str).collect();
+    // `(host, dir)` of each artefact dir removed: forgotten all at once at the end.
+    let mut removed: Vec<(&str, &str)> = Vec::new();
     // Once a binary was switched, the storage was migrated before it: nothing is undone.
-    let mut seen: Vec<(StepKind, &str)> = Vec::new();
+    let mut seen: HashSet<(&'static str, &str)> = HashSet::new();
     for (kind, host) in applied.iter().rev() {
-        if seen.contains(&(*kind, host.as_str())) {
+        if !seen.insert((kind.as_str(), host.as_str())) {
             continue;
         }
-        seen.push((*kind, host.as_str()));
         match kind {
             StepKind::Stage if !switched => {
-                for (h, dir, created) in c.staged.iter().filter(|(h, _, _)| h == host) {
+                let mine = staged.get(host.as_str()).map_or(&[][..], Vec::as_slice);
+                for (h, dir, created) in mine.iter().copied() {
                     if !created {
                         continue;
                     }
@@ -119,13 +132,14 @@ async fn undo_as<T: Transport>(
                     };
                     if ok {
                         undone(*kind, h, &detail);
-                        forget_artefacts(sh, h, dir);
+                        removed.push((h.as_str(), dir.as_str()));
                     }
                     restored(h, "remove-staged-release", ok, detail);
                 }
             }
             StepKind::Backup => {
-                for (h, dir) in c.backups.iter().filter(|(h, _)| h == host) {
+                let mine = backups.get(host.as_str()).map_or(&[][..], Vec::as_slice);
+                for (h, dir) in mine.iter().copied() {
                     if touched || switched {
                         restored(
                             h,
@@ -150,12 +164,12 @@ async fn undo_as<T: Transport>(
                     };
                     if ok {
                         undone(*kind, h, &detail);
-                        forget_artefacts(sh, h, dir);
+                        removed.push((h.as_str(), dir.as_str()));
                     }
                     restored(h, "remove-backup", ok, detail);
                 }
             }
-            StepKind::StopService if c.stopped.contains(host) => {
+            StepKind::StopService if stopped.contains(host.as_str()) => {
                 if touched || switched {
                     restored(
                         host,
@@ -197,15 +211,27 @@ async fn undo_as<T: Transport>(
             _ => {}
         }
     }
+    forget_artefacts(sh, &removed);
 }
 
-/// The artefacts of `host` under `dir` are gone (the undo removed them): the end report must
-/// not name them.
-fn forget_artefacts<T: Transport>(sh: &Shared<T>, host: &str, dir: &str) {
-    let under = format!("{}/", dir.trim_end_matches('/'));
+/// The artefacts under each `(host, dir)` of `removed` are gone (the undo removed them): the
+/// end report must not name them.
+fn forget_artefacts<T: Transport>(sh: &Shared<T>, removed: &[(&str, &str)]) {
+    if removed.is_empty() {
+        return;
+    }
+    let mut dirs: HashMap<&str, Vec<(&str, String)>> = HashMap::new();
+    for (host, dir) in removed {
+        let under = format!("{}/", dir.trim_end_matches('/'));
+        dirs.entry(host).or_default().push((dir, under));
+    }
     sh.change(|c| {
-        c.artefacts
-            .retain(|a| !(a.host == host && (a.path == dir || a.path.starts_with(&under))))
+        c.artefacts.retain(|a| {
+            !dirs.get(a.host.as_str()).is_some_and(|ds| {
+                ds.iter()
+                    .any(|(dir, under)| a.path == *dir || a.path.starts_with(under.as_str()))
+            })
+        })
     });
 }
 
@@ -220,10 +246,9 @@ fn restored<T: Transport>(sh: &Shared<T>, host: &str, action: &str, ok: bool, de
 
 /// The step of `kind` that names `host` (the first of that kind otherwise) marked undone there.
 fn undone<T: Transport>(sh: &Shared<T>, kind: StepKind, host: &str, detail: &str) {
-    let of_kind = || sh.plan.steps.iter().filter(|s| s.kind == kind);
-    let step = of_kind()
-        .find(|s| s.hosts.iter().any(|h| h == host))
-        .or_else(|| of_kind().next());
+    let step = sh
+        .step_naming(kind, host)
+        .or_else(|| sh.plan.steps.iter().find(|s| s.kind == kind));
     sh.emit(Event::StepState {
         id: step.map_or_else(|| kind.to_string(), |s| s.id.clone()),
         step: step.map_or(0, |s| s.number),
@@ -238,10 +263,11 @@ fn undone<T: Transport>(sh: &Shared<T>, kind: StepKind, host: &str, detail: &str
 /// backed out ([`back_out`]), in the order they were changed; staged releases and the backup are
 /// judged as in the offline undo (kept once a binary was switched or the storage migrated).
 async fn undo_zero_downtime<T: Transport>(sh: &Shared<T>, applied: &[(StepKind, String)]) {
-    let c = sh.changes();
+    let healthy: HashSet<String> = sh.changed(|c| c.healthy.iter().cloned().collect());
+    let mut seen: HashSet<&str> = HashSet::new();
     let mut hosts: Vec<&str> = Vec::new();
     for (_, h) in applied {
-        if !hosts.contains(&h.as_str()) && !c.healthy.contains(h) {
+        if !healthy.contains(h) && seen.insert(h) {
             hosts.push(h);
         }
     }
@@ -276,7 +302,7 @@ async fn back_out<T: Transport>(sh: &Shared<T>, host: &str) {
 /// Its binary stays switched to the target (it had none before) and its staged release stays
 /// (judged with the others), so `--resume` picks it up where it stopped.
 async fn stop_new<T: Transport>(sh: &Shared<T>, host: &str) {
-    if !sh.changes().started.iter().any(|n| n == host) {
+    if !sh.changed(|c| c.started.iter().any(|n| n == host)) {
         return;
     }
     let old = sh
@@ -307,24 +333,28 @@ async fn stop_new<T: Transport>(sh: &Shared<T>, host: &str) {
 /// old release. Where the table gives no zero-downtime row from its version (the plan would
 /// not be rolling then), it is left stopped, said why.
 pub async fn revert<T: Transport>(sh: &Shared<T>, host: &str) {
-    let c = sh.changes();
     let h = sh.host(host);
     let plan_host = sh.plan.host(host);
-    // The latest switch's previous target: in a multi-hop run, the release of the hop before.
-    let previous = c
-        .switched
-        .iter()
-        .rev()
-        .find(|(n, _)| n == host)
-        .map(|(_, p)| p.clone())
-        .or_else(|| {
-            // Switched by the run this one resumes: the release of its version before.
-            let current = plan_host.and_then(|p| p.current.as_ref())?;
-            (current != &sh.plan.target).then(|| crate::plan::commands::release_binary(h, current))
-        });
-    let started = c.started.iter().any(|n| n == host);
-    let stopped = c.stopped.iter().any(|n| n == host);
-    let switched = c.switched.iter().any(|(n, _)| n == host);
+    // Read in place: a copy of the changes per host reverted would cost the fleet's size each.
+    let (previous, started, stopped, switched) = sh.changed(|c| {
+        (
+            // The latest switch's previous target: in a multi-hop run, the release of the hop
+            // before.
+            c.switched
+                .iter()
+                .rev()
+                .find(|(n, _)| n == host)
+                .map(|(_, p)| p.clone()),
+            c.started.iter().any(|n| n == host),
+            c.stopped.iter().any(|n| n == host),
+            c.switched.iter().any(|(n, _)| n == host),
+        )
+    });
+    let previous = previous.or_else(|| {
+        // Switched by the run this one resumes: the release of its version before.
+        let current = plan_host.and_then(|p| p.current.as_ref())?;
+        (current != &sh.plan.target).then(|| crate::plan::commands::release_binary(h, current))
+    });
     if !(started || stopped || switched) {
         return;
     }
