@@ -463,9 +463,11 @@ impl<'a> OwnSteps<'a> {
 }
 
 /// Runs `f` for each of `hosts`, at most `--forks` at once (the run's one semaphore: never nest
-/// a call inside `f`, it would wait for a permit its caller holds); results in the order of
-/// `hosts` (`Err` with the panic's message for a task that panicked: a bug, which the caller
-/// reports as a failure of that host).
+/// a call inside `f`, it would wait for a permit its caller holds), started in the order of
+/// `hosts`, each once a fork is free: the tasks of hosts still waiting are not made yet, so a
+/// large fleet never holds them all at once. Results in the order of `hosts` (`Err` with the
+/// panic's message for a task that panicked: a bug, which the caller reports as a failure of
+/// that host).
 pub async fn each_host<T, F, Fut, R>(
     shared: &Arc<Shared<T>>,
     hosts: &[String],
@@ -479,12 +481,12 @@ where
 {
     let mut set = crate::tasks::HostTasks::new();
     for (i, h) in hosts.iter().enumerate() {
+        // The semaphore is never closed, so the permit always comes.
+        let permit = shared.forks.clone().acquire_owned().await;
         let fut = f(shared.clone(), h.clone());
-        let forks = shared.forks.clone();
         // Keyed by position: a host may be named twice in no plan, but the order is the answer's.
         set.spawn(&i.to_string(), async move {
-            // The semaphore is never closed, so the permit always comes.
-            let _permit = forks.acquire_owned().await;
+            let _permit = permit;
             fut.await
         });
     }
