@@ -22,8 +22,10 @@
 //! (each step keeps 500 hosts' tasks in flight, the rest queued on the semaphore: what the engine
 //! must hold at scale), and 500 forks make the 10,000-host run 20 waves of each step, some 1.5 s
 //! of latency in all, less than the controller's own CPU: the run measures the engine's work, not
-//! the waiting, and still takes seconds. `--latency-ms 50` is latency-bound instead (about 15 s
-//! at 10,000 hosts), with the same CPU per host. Steps that are sequential by design scale in
+//! the waiting, and still takes seconds. `--latency-ms 50` is latency-bound instead (about 20 s
+//! at 10,000 hosts), with the same CPU per host; a run past 10 s also shows the node locks'
+//! lease refresh, which refreshes every lock at once (calls per host past 15, calls in flight
+//! past `--forks`). Steps that are sequential by design scale in
 //! wall time with their hosts: on SQLite each node migrates its own storage, one node after the
 //! other (4 calls each), which is why `--driver sqlite` is best run with `--latency-ms 0`
 //! (10,000 × 4 × 5 ms would be 200 s of waiting alone); its CPU per host is measured all the
