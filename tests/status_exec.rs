@@ -220,6 +220,50 @@ fn several_commands_run_in_turn_over_one_connection_per_host_and_stop_at_the_fir
 }
 
 #[test]
+fn exec_timeout_has_the_host_end_the_command_and_without_it_the_command_is_left_as_ssh_leaves_it() {
+    let lab = LabGuard::up(&spec(Driver::Sqlite, 1, "1.8.2")).expect("lab up");
+    let inv = lab.inventory_path();
+    let (ended, left) = (lab.dir.join("ended-mark"), lab.dir.join("left-mark"));
+    // `--timeout`: the host ends the command at the deadline; it never gets to its `touch`.
+    let cmd = format!("sleep 6; touch {}", ended.display());
+    let started = Instant::now();
+    let out = fleetup(&inv, &["exec", "--timeout", "2s", "--", &cmd]);
+    assert_eq!(
+        out.status.code(),
+        Some(exit_code::UNREACHABLE),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        stderr(&out).contains("the host ended it"),
+        "{}",
+        stderr(&out)
+    );
+    // Without it: fleetup stops waiting at `command_timeout`, the command goes on.
+    let cmd = format!("sleep 4; touch {}", left.display());
+    let out = fleetup(&inv, &["--command-timeout", "2s", "exec", "--", &cmd]);
+    assert_eq!(
+        out.status.code(),
+        Some(exit_code::UNREACHABLE),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        stderr(&out).contains("fleetup stopped waiting"),
+        "{}",
+        stderr(&out)
+    );
+    while started.elapsed() < Duration::from_secs(12) && !left.exists() {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(left.exists(), "the command left to run did not finish");
+    assert!(
+        !ended.exists(),
+        "the host did not end the command at its --timeout"
+    );
+}
+
+#[test]
 fn unknown_host_key_and_unreachable_host_are_reported_while_others_answer() {
     let lab = LabGuard::up(&spec(Driver::Sqlite, 3, "1.8.2")).expect("lab up");
     let inv = lab.inventory_path();

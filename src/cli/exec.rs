@@ -18,7 +18,9 @@ use super::{Format, Global, inventory};
 pub struct ExecArgs {
     #[command(flatten)]
     pub connect: ConnectFlags,
-    /// Time allowed for the command on each host (default: the inventory's `command_timeout`).
+    /// Time allowed for each command on each host; the host itself ends a command still running
+    /// then (TERM, KILL 3 s later). Without it, fleetup stops waiting after the inventory's
+    /// `command_timeout` and leaves the command to end, as `ssh host CMD` would.
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub timeout: Option<Duration>,
     /// A command to run, by the login shell of each host; give it several times to run several
@@ -110,6 +112,9 @@ pub fn run(global: &Global, args: &ExecArgs) -> anyhow::Result<i32> {
     let several = commands.len() > 1;
     let exec = ExecOptions {
         timeout: args.timeout,
+        // As `ssh host CMD`: without `--timeout`, fleetup stops waiting at the inventory's
+        // `command_timeout` and the host runs no `timeout` of its own (a process per command).
+        local_deadline_only: args.timeout.is_none(),
         ..Default::default()
     };
     // Only `--forks` hosts are connected at a time.

@@ -36,8 +36,8 @@ pub async fn gather<T: Transport>(t: &T, host: &ResolvedHost) -> HostFacts {
 pub async fn gather_with<T: Transport>(t: &T, host: &ResolvedHost, schema: bool) -> HostFacts {
     let opts = ExecOptions {
         timeout: Some(FACT_TIMEOUT),
-        // Read-only: see `ExecOptions::read_only`.
-        read_only: true,
+        // Read-only: see `ExecOptions::local_deadline_only`.
+        local_deadline_only: true,
         ..Default::default()
     };
     // The service manager's status and the API need nothing of the env file: they start at
@@ -236,8 +236,8 @@ pub async fn gather_schema<T: Transport>(
 ) -> Option<crate::schema::SchemaState> {
     let opts = ExecOptions {
         timeout: Some(FACT_TIMEOUT),
-        // Read-only: see `ExecOptions::read_only`.
-        read_only: true,
+        // Read-only: see `ExecOptions::local_deadline_only`.
+        local_deadline_only: true,
         ..Default::default()
     };
     let cmd = crate::schema::state_command(host, driver);
@@ -255,8 +255,8 @@ async fn read_service_env<T: Transport>(
 ) -> Result<crate::envfile::EnvFile, String> {
     let opts = ExecOptions {
         timeout: Some(FACT_TIMEOUT),
-        // Read-only: see `ExecOptions::read_only`.
-        read_only: true,
+        // Read-only: see `ExecOptions::local_deadline_only`.
+        local_deadline_only: true,
         ..Default::default()
     };
     let through = if host.ledger.escalate.is_none() {

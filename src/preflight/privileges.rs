@@ -126,8 +126,8 @@ pub async fn probe<T: Transport>(
 ) -> Result<(), BecomeError> {
     let opts = ExecOptions {
         timeout: Some(timeout),
-        // Read-only: see `ExecOptions::read_only`.
-        read_only: true,
+        // Read-only: see `ExecOptions::local_deadline_only`.
+        local_deadline_only: true,
         ..Default::default()
     };
     let no_answer = |reason: String| BecomeError::NoAnswer {

@@ -467,8 +467,8 @@ pub(super) async fn findings<T: Transport>(
     };
     let opts = ExecOptions {
         timeout: Some(SCRIPT_TIMEOUT),
-        // Read-only: see `ExecOptions::read_only`.
-        read_only: true,
+        // Read-only: see `ExecOptions::local_deadline_only`.
+        local_deadline_only: true,
         ..Default::default()
     };
     let command = script(&want);

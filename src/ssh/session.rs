@@ -189,12 +189,13 @@ pub struct ExecOptions {
     pub env: Vec<(String, String)>,
     /// Overrides the host's `command_timeout`.
     pub timeout: Option<Duration>,
-    /// A read-only probe of fleetup's own (a file read, `numary version`, the service
-    /// manager's status): one that outlives its deadline changes nothing, so it runs without
-    /// the host's own deadline (one process less on the host, `timeout`, per command) and
-    /// fleetup stops waiting at the deadline itself. Every other command is ended by the host
+    /// Only fleetup's own deadline: it stops waiting at `timeout`, and the host runs the
+    /// command without a deadline of its own (one process less on the host, `timeout`, per
+    /// command). For fleetup's read-only probes (a file read, `numary version`, the service
+    /// manager's status), which change nothing if they outlive it, and for `exec` without
+    /// `--timeout`, which runs as `ssh host CMD` would. Every other command is ended by the host
     /// at its deadline (see `with_remote_deadline`).
-    pub read_only: bool,
+    pub local_deadline_only: bool,
     pub on_output: Option<OutputCallback>,
 }
 
@@ -1083,7 +1084,7 @@ impl Session {
         let env = self.env_for(command);
         let command = with_env(&self.inner.name, command, &opts.env)?;
         let timeout = opts.timeout.unwrap_or(self.inner.command_timeout);
-        let (command, local) = if opts.read_only {
+        let (command, local) = if opts.local_deadline_only {
             (command, timeout)
         } else {
             (
