@@ -17,7 +17,8 @@
 #                      ansible-command (default: all installed; `none` for fleetup alone)
 #   --fleetup BIN      the fleetup under test (default target/release/fleetup, built with
 #                      `cargo build --release --workspace --examples` when missing)
-#   --baseline BIN     another fleetup build measured in turn with BIN (A B A B)
+#   --baseline BIN     another fleetup build measured in turn with BIN (A B A B), on the same
+#                      fleets and labs (its journals go beside theirs)
 #   --dir DIR          labs, samples and logs (default: a fresh /tmp/fleetup-bench.XXXXXX)
 #   --pg-url URL       Postgres for the labs (default FLEETUP_LAB_PG_URL, else
 #                      FLEETUP_TEST_PG_URL, else a private server started by scripts/pg.sh)
@@ -145,6 +146,17 @@ if [ "$(id -u)" -eq 0 ] && [ -z "${FLEETUP_BENCH_AS_USER:-}" ]; then
     eval "$(scripts/pg.sh start)"
     pg_url=$FLEETUP_TEST_PG_URL
   fi
+  # The servers' own CPU: every sshd of a bare fleet, and all it starts, in one cpuacct cgroup
+  # (v1 or v2) the bench user may put processes into.
+  cg=
+  for c in /sys/fs/cgroup/cpuacct /sys/fs/cgroup/unified /sys/fs/cgroup; do
+    if [ -w "$c" ] && mkdir -p "$c/fleetup-bench" 2>/dev/null; then
+      if [ -e "$c/fleetup-bench/cpuacct.usage" ] || [ -e "$c/fleetup-bench/cpu.stat" ]; then
+        chown -R "$bench_user:" "$c/fleetup-bench" && cg=$c/fleetup-bench && break
+      fi
+    fi
+  done
+  [ -n "$cg" ] || log "no cpuacct cgroup: the servers' CPU is not measured"
   log "running as $bench_user (logs in as that user on every host)"
   rest=()
   skip=0
@@ -155,7 +167,7 @@ if [ "$(id -u)" -eq 0 ] && [ -z "${FLEETUP_BENCH_AS_USER:-}" ]; then
   base_args=()
   [ -z "$baseline" ] || base_args=(--baseline "$dir/bin/fleetup-baseline")
   exec runuser -u "$bench_user" -- env -i HOME="$home" PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin \
-    LANG=C.UTF-8 FLEETUP_BENCH_AS_USER=1 FLEETUP_SIM="$dir/bin/numary-sim" \
+    LANG=C.UTF-8 FLEETUP_BENCH_AS_USER=1 FLEETUP_SIM="$dir/bin/numary-sim" FLEETUP_BENCH_CGROUP="$cg" \
     bash "$repo/scripts/bench.sh" "${rest[@]}" --fleetup "$dir/bin/fleetup" "${base_args[@]}" \
     --dir "$dir" --pg-url "$pg_url"
 fi
@@ -248,22 +260,27 @@ lab_up() { # DIR NODES
   done
   "$fleetup" -q lab release --dir "$d" --version "$to" --out "$d/numary-$to" >>"$logs/lab-up.log" 2>&1 ||
     die "lab release in $d failed"
-  if [ -n "$baseline" ]; then
-    # A baseline predating some inventory keys reads a copy without them, in its own dir.
-    mkdir -p "$d/baseline"
-    grep -v '^storage = ' "$d/inventory.toml" >"$d/baseline/inventory.toml"
-  fi
 }
 peers_for() { # DIR [bare]: the peers' inventories in DIR/peers
   bash scripts/bench/peer-inventories.sh ${2:+--bare} "$1" "$1/peers" >>"$logs/peers.log" 2>&1 ||
     { tail -n 5 "$logs/peers.log" >&2; die "peer-inventories.sh $1 failed"; }
 }
 
+# The CPU (ns) of every process in the bench's cgroup so far: the bare fleet's servers.
+cg=${FLEETUP_BENCH_CGROUP:-}
+server_cg_live=0
+server_cpu() {
+  if [ -z "$cg" ]; then return; fi
+  if [ -e "$cg/cpuacct.usage" ]; then cat "$cg/cpuacct.usage"
+  else awk '$1 == "usage_usec" { print $2 * 1000 }' "$cg/cpu.stat"; fi
+}
+
 # measure JOB TOOL LABEL CMD...: runs CMD once, appends wall/cpu/rss to $samples/JOB.TOOL.*
 measure() {
   local job=$1 tool=$2 label=$3 rc=0 t0 t1 wall u s m
   shift 3
-  local out=$logs/$job-$tool-$label
+  local out=$logs/$job-$tool-$label c0
+  c0=$(server_cpu)
   t0=$(date +%s%N)
   if [ -n "$timebin" ]; then
     "$timebin" -f '%U %S %M' -o "$out.time" "$@" >"$out.out" 2>"$out.err" </dev/null || rc=$?
@@ -284,6 +301,10 @@ measure() {
   fi
   wall=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f", (b - a) / 1e9 }')
   echo "$wall" >>"$samples/$job.$tool.wall"
+  if [ -n "$c0" ] && [ "$server_cg_live" = 1 ]; then
+    sleep 0.2 # sessions still ending on the servers
+    awk -v a="$c0" -v b="$(server_cpu)" 'BEGIN { printf "%.3f\n", (b - a) / 1e9 }' >>"$samples/$job.$tool.srv"
+  fi
   [ -s "$samples/$job.tools" ] && grep -qx "$tool" "$samples/$job.tools" || echo "$tool" >>"$samples/$job.tools"
   if [ -n "$timebin" ]; then
     read -r u s m < <(tail -n 1 "$out.time")
@@ -328,6 +349,10 @@ if want exec || want exec5; then
     log "fleet up: $n bare sshd servers in $f"
     live_fleets+=("$f")
     python3 scripts/bench/bare-fleet.py up "$f" "$n" || die "bare-fleet.py up $f $n failed"
+    if [ -n "$cg" ]; then
+      server_cg_live=1
+      for pf in "$f"/sshd-*.pid; do cat "$pf" >"$cg/$( [ -e "$cg/tasks" ] && echo tasks || echo cgroup.procs)"; done
+    fi
     peers_for "$f" bare
     p=$f/peers
     tool_cmd() {
@@ -374,6 +399,7 @@ if want exec || want exec5; then
       runs_of "exec5-$n" fleetup
     fi
     fleet_down "$f"
+    server_cg_live=0
   done
 fi
 
@@ -382,7 +408,7 @@ if want status || want check; then
   lab=$dir/lab-$nodes
   log "lab up: $nodes nodes at $from (postgres, stopped) in $lab"
   lab_up "$lab" "$nodes"
-  inv_for() { if [ "$1" = baseline ]; then echo "$lab/baseline/inventory.toml"; else echo "$lab/inventory.toml"; fi; }
+  inv_for() { echo "$lab/inventory.toml"; }
   if want status; then
     tool_cmd() { cmd=("$(bin_for "$1")" -q -i "$(inv_for "$1")" status --format json); }
     runs_of "status-$nodes" "${fleetups[@]}"
@@ -465,7 +491,6 @@ if want upgrade && [ "$upgrade_nodes" -gt 0 ] && [ "$upgrade_runs" -gt 0 ]; then
       case $t in
         fleetup | baseline)
           inv=$ul/inventory.toml
-          [ "$t" = fleetup ] || inv=$ul/baseline/inventory.toml
           measure "upgrade-$upgrade_nodes" "$t" "$r" "$(bin_for "$t")" -i "$inv" \
             upgrade --to "$to" --binary "$ul/numary-$to"
           for j in "$(dirname "$inv")"/.fleetup/runs/*.jsonl; do
@@ -514,11 +539,13 @@ stats() { # FILE -> "median min max"
 }
 figures=(wall)
 [ -z "$timebin" ] || figures=(wall cpu rss)
-unit() { case $1 in wall | cpu) echo s ;; rss) echo MB ;; esac; }
+figures+=(srv)
+unit() { case $1 in wall | cpu | srv) echo s ;; rss) echo MB ;; esac; }
 
 echo
 echo "fleetup $fleetup${baseline:+, baseline $baseline}; $(nproc) cores; $(uname -r); $(sshd -V 2>&1 | head -n 1 || true)"
 echo "runs: $runs after 1 warm-up per tool (upgrade: $upgrade_runs, fresh lab each); ratio = median / fleetup's median"
+echo "cpu: the tool's own (and its children's); srv: every sshd of the fleet and all it started (the servers' floor is srv / $(nproc) cores)"
 for jf in "$samples"/*.tools; do
   [ -e "$jf" ] || continue
   job=$(basename "$jf" .tools)
