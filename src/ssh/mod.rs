@@ -28,8 +28,8 @@ pub use http::HttpResponse;
 pub use process::RemoteProcess;
 pub use session::{
     ConnectOptions, ExecOptions, ExecOutput, ExitStatus, HostKeyPolicy, HostProgress, JumpPool,
-    LOG_TARGET, OUTPUT_CAP, OutputCallback, OutputStream, Progress, Session, UploadReport, connect,
-    connect_all, host_key_problems, upload_to_many,
+    KnownHostsCache, LOG_TARGET, OUTPUT_CAP, OutputCallback, OutputStream, Progress, Session,
+    UploadReport, connect, connect_all, host_key_problems, upload_to_many,
 };
 
 /// What fleetup does on a host. Implemented by [`Session`] over SSH.

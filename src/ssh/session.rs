@@ -55,6 +55,31 @@ pub struct ConnectOptions {
     pub agent_socket: Option<PathBuf>,
     /// Jump-host connections of the run, shared by the hosts behind each; leave it default.
     pub jumps: JumpPool,
+    /// The known_hosts files of the run, read once and shared by every connection; leave it
+    /// default.
+    pub known: KnownHostsCache,
+}
+
+/// known_hosts files read once per run: every host of a fleet usually shares one file that
+/// lists them all, and reading it for each connection made the cost per host grow with the
+/// fleet (500 hosts: 500 reads of a 500-line file, twice each). A key recorded during the run
+/// (`AcceptNew`) is written under the file's lock, which re-reads the file, so a stale cache
+/// only means a second host with the same new key finds it already recorded.
+#[derive(Clone, Default)]
+pub struct KnownHostsCache(Arc<StdMutex<HashMap<(PathBuf, Vec<PathBuf>), Arc<KnownHostsFiles>>>>);
+
+impl KnownHostsCache {
+    fn load(&self, user: &Path, global: &[PathBuf]) -> Result<Arc<KnownHostsFiles>, HostKeyError> {
+        let key = (user.to_path_buf(), global.to_vec());
+        if let Some(k) = self.0.lock().ok().and_then(|m| m.get(&key).cloned()) {
+            return Ok(k);
+        }
+        let files = Arc::new(load_known_hosts(user, global)?);
+        if let Ok(mut m) = self.0.lock() {
+            m.insert(key, files.clone());
+        }
+        Ok(files)
+    }
 }
 
 /// Connections to jump hosts, opened once per run and shared.
@@ -74,6 +99,7 @@ impl Default for ConnectOptions {
             inactivity_timeout: Duration::from_secs(90),
             agent_socket: None,
             jumps: JumpPool::default(),
+            known: KnownHostsCache::default(),
         }
     }
 }
@@ -405,8 +431,10 @@ async fn connect_target(
         stage,
         after: t.connect_timeout,
     };
-    let known =
-        load_known_hosts(&t.known_hosts, &t.global_known_hosts).map_err(ConnectError::HostKey)?;
+    let known = opts
+        .known
+        .load(&t.known_hosts, &t.global_known_hosts)
+        .map_err(ConnectError::HostKey)?;
     let mut config = client_config(
         opts,
         known.preferred_for_host(&t.address, t.port),
@@ -436,6 +464,7 @@ async fn connect_target(
             opts.host_keys
         },
         disconnect_reason: disconnect_reason.clone(),
+        known_cache: opts.known.clone(),
     };
     let handshake_err = |e: ClientError| match e {
         ClientError::HostKey(k) => ConnectError::HostKey(k),
@@ -792,6 +821,7 @@ pub(crate) struct Client {
     global_known_hosts: Vec<PathBuf>,
     policy: HostKeyPolicy,
     disconnect_reason: Arc<StdMutex<Option<String>>>,
+    known_cache: KnownHostsCache,
 }
 
 #[derive(Debug)]
@@ -871,8 +901,9 @@ impl client::Handler for Client {
 }
 
 impl Client {
-    fn known(&self) -> Result<KnownHostsFiles, HostKeyError> {
-        load_known_hosts(&self.known_hosts, &self.global_known_hosts)
+    fn known(&self) -> Result<Arc<KnownHostsFiles>, HostKeyError> {
+        self.known_cache
+            .load(&self.known_hosts, &self.global_known_hosts)
     }
 
     fn log_accepted(&self, what: &str, key: &russh::keys::PublicKey, at: &Location) {
