@@ -66,7 +66,10 @@ pub struct ConnectOptions {
 /// (`AcceptNew`) is written under the file's lock, which re-reads the file, so a stale cache
 /// only means a second host with the same new key finds it already recorded.
 #[derive(Clone, Default)]
-pub struct KnownHostsCache(Arc<StdMutex<HashMap<(PathBuf, Vec<PathBuf>), Arc<KnownHostsFiles>>>>);
+pub struct KnownHostsCache(Arc<StdMutex<HashMap<KnownHostsKey, Arc<KnownHostsFiles>>>>);
+
+/// The user's known_hosts file and the global ones: what one cached reading holds.
+type KnownHostsKey = (PathBuf, Vec<PathBuf>);
 
 impl KnownHostsCache {
     fn load(&self, user: &Path, global: &[PathBuf]) -> Result<Arc<KnownHostsFiles>, HostKeyError> {
