@@ -143,7 +143,7 @@ fn exec_without_the_double_dash() {
     assert_eq!(code, exit_code::USAGE);
     assert_eq!(
         err,
-        "error: unexpected argument 'uname' found\n\nUsage: fleetup exec [OPTIONS] -- <CMD>...\n\n\
+        "error: unexpected argument 'uname' found\n\nUsage: fleetup exec [OPTIONS] [-- <CMD>...]\n\n\
          For more information, try '--help'.\n\
          hint: put the remote command after `--`: `fleetup exec -- uname -n`\n"
     );
